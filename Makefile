@@ -1,0 +1,97 @@
+# raftlog's one entry point. `make run` and `make test` work on a fresh clone: every
+# target that needs the virtual environment, the generated code, the Serf binary or the
+# development certificates depends on the target that makes them.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+TOOLS  := .tools
+SERF   := $(TOOLS)/bin/serf
+STAMP  := $(VENV)/.installed
+PROTO  := api/v1/log.proto
+GEN    := api/v1/log_pb2.py api/v1/log_pb2_grpc.py api/v1/log_pb2.pyi
+CERTS  := certs/ca.pem certs/server.pem certs/root-client.pem certs/nobody-client.pem
+PYTEST_ARGS ?=
+
+.PHONY: help install run cluster test lint fmt proto certs bench chaos clean typeroot
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
+
+install: $(STAMP) $(GEN) $(SERF) ## venv, Python deps, generated code, the Serf binary
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml setup.py | $(PY)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# protoc sees the contract at raftlog/api/v1/log.proto, so the generated modules import
+# each other as raftlog.api.v1.* (the package they are installed in).
+proto: $(GEN) ## generate the gRPC code from api/v1/log.proto
+$(GEN) &: $(PROTO) $(STAMP)
+	rm -rf .build/proto && mkdir -p .build/proto/src/raftlog/api/v1 .build/proto/out
+	cp $(PROTO) .build/proto/src/raftlog/api/v1/log.proto
+	$(PY) -m grpc_tools.protoc -I .build/proto/src --python_out=.build/proto/out \
+	    --pyi_out=.build/proto/out --grpc_python_out=.build/proto/out \
+	    raftlog/api/v1/log.proto
+	cp .build/proto/out/raftlog/api/v1/log_pb2*.py* api/v1/
+
+# Serf: the real HashiCorp agent. Debian's package enables a systemd service on install,
+# so it is extracted (never installed) into .tools/.
+$(SERF):
+	@mkdir -p $(TOOLS)/bin
+	@if command -v serf >/dev/null 2>&1; then \
+	    ln -sf "$$(command -v serf)" $(SERF); \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	    rm -rf $(TOOLS)/deb && mkdir -p $(TOOLS)/deb; \
+	    ( cd $(TOOLS)/deb && apt-get download serf >/dev/null 2>&1 ) || \
+	    { echo "apt-get update (package lists are missing or stale)"; \
+	      apt-get update -qq && ( cd $(TOOLS)/deb && apt-get download serf ); }; \
+	    dpkg-deb -x $(TOOLS)/deb/serf_*.deb $(TOOLS)/root; \
+	    ln -sf ../root/usr/bin/serf $(SERF); \
+	else \
+	    echo "error: serf not found and apt-get is not available;" \
+	         "install HashiCorp Serf 0.9+ on PATH and run make again" >&2; exit 1; \
+	fi
+	@$(SERF) version | head -1
+
+certs: $(CERTS) ## development CA, server/peer and client certificates in certs/
+$(CERTS) &: | $(STAMP) $(GEN)
+	$(VENV)/bin/raftlog cert --out-dir certs
+
+run: install certs ## start a local node (or cluster) on the embedded default config
+	$(VENV)/bin/raftlog agent
+
+# mypy cannot follow setuptools' editable import hook, so it reads the package through a
+# tree of symlinks that has the installed layout (raftlog/, raftlog/api, raftlog/cmd).
+typeroot:
+	@rm -rf .build/typeroot && mkdir -p .build/typeroot/raftlog
+	@for f in internal/*; do ln -s "../../../$$f" .build/typeroot/raftlog/; done
+	@ln -s ../../../api .build/typeroot/raftlog/api
+	@ln -s ../../../cmd .build/typeroot/raftlog/cmd
+
+lint: install typeroot ## ruff (lint + format check) and mypy --strict on the package
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy -p raftlog
+
+fmt: install ## format and auto-fix with ruff
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: install lint ## the whole test suite (includes lint)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: install certs ## benchmarks, printed as ratios against baselines measured in the same run
+	$(PY) bench/run.py
+
+clean: ## remove everything generated (venv, tools, generated code, certificates, data)
+	rm -rf $(VENV) $(TOOLS) .build build dist *.egg-info .mypy_cache .ruff_cache \
+	    .pytest_cache .hypothesis .data api/v1/*_pb2*.py api/v1/*_pb2*.pyi \
+	    certs/*.pem certs/*.key
