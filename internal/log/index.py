@@ -1,0 +1,114 @@
+"""Index: relative offset -> store position, fixed-width entries in a memory-mapped file.
+
+::
+
+    entry = | relative offset: u32 LE | position: u64 LE |     (12 bytes, packed)
+
+The file of the active segment is preallocated (sparse) to ``max_index_bytes`` and mapped
+with :class:`numpy.memmap`; a batch of positions is one vectorised slice assignment. On a
+clean close (or when the segment is sealed) the file is cut to ``count * 12`` bytes.
+
+The number of entries is never read from the file's size: a crash leaves the preallocated
+size behind, full of zeros. Recovery (:mod:`raftlog.log.segment`) accepts an entry only if
+its relative offset equals its slot number and its position is the start of the next valid
+frame in the store, so zeros and stale entries are never taken for records.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from raftlog.log.config import INDEX_ENTRY_BYTES
+
+ENTRY_DTYPE = np.dtype([("rel", "<u4"), ("pos", "<u8")])
+assert ENTRY_DTYPE.itemsize == INDEX_ENTRY_BYTES
+
+EntryArray = np.ndarray[Any, np.dtype[np.void]]
+
+
+class Index:
+    """One index file. ``count`` is the number of valid entries (set by recovery)."""
+
+    def __init__(self, path: Path, capacity: int) -> None:
+        self.path = path
+        self.capacity = capacity
+        self.count = 0
+        if not path.exists():
+            path.touch(mode=0o644)
+        self._entries: EntryArray = np.zeros(0, dtype=ENTRY_DTYPE)
+        self._map(path.stat().st_size // INDEX_ENTRY_BYTES)
+
+    def _map(self, slots: int) -> None:
+        self._entries = np.zeros(0, dtype=ENTRY_DTYPE)  # drop the old mapping first
+        if slots > 0:
+            self._entries = np.memmap(self.path, dtype=ENTRY_DTYPE, mode="r+", shape=(slots,))
+
+    @property
+    def slots(self) -> int:
+        """Entries the current mapping has room for (capacity when active)."""
+        return len(self._entries)
+
+    @property
+    def room(self) -> int:
+        return self.capacity - self.count
+
+    def raw(self) -> EntryArray:
+        """Every mapped slot, valid or not (recovery validates them against the store)."""
+        return self._entries
+
+    def reserve(self) -> None:
+        """Grow the file (sparse) to full capacity and map it, ready for appends."""
+        if self.slots < self.capacity:
+            os.truncate(self.path, self.capacity * INDEX_ENTRY_BYTES)
+            self._map(self.capacity)
+
+    def shrink(self) -> None:
+        """Cut the file to its real size (``count`` entries): a sealed or closed index."""
+        self._map(0)
+        os.truncate(self.path, self.count * INDEX_ENTRY_BYTES)
+        self._map(self.count)
+
+    def append(self, positions: npt.NDArray[np.uint64]) -> None:
+        """Add one entry per position, for the next ``len(positions)`` relative offsets."""
+        k = len(positions)
+        start = self.count
+        if start + k > self.slots:
+            self.reserve()
+        block = np.empty(k, dtype=ENTRY_DTYPE)
+        block["rel"] = np.arange(start, start + k, dtype=np.uint32)
+        block["pos"] = positions
+        self._entries[start : start + k] = block
+        self.count = start + k
+
+    def write_all(self, positions: npt.NDArray[np.uint64]) -> None:
+        """Replace the whole index with ``positions`` (a rebuild) and clear stale slots."""
+        if len(positions) > self.slots:
+            os.truncate(self.path, len(positions) * INDEX_ENTRY_BYTES)
+            self._map(len(positions))
+        self.count = 0
+        self.append(positions)
+        self._entries[self.count :] = np.zeros(1, dtype=ENTRY_DTYPE)
+
+    def position(self, rel: int) -> int:
+        return int(self._entries[rel]["pos"])
+
+    def positions(self, start: int, stop: int) -> npt.NDArray[np.uint64]:
+        """Positions of relative offsets ``start..stop-1`` (a copy)."""
+        return np.array(self._entries["pos"][start:stop], dtype=np.uint64)
+
+    def truncate(self, count: int) -> None:
+        """Keep the first ``count`` entries; zero the rest so they cannot be misread."""
+        stop = min(self.count, self.slots)
+        if count < stop:
+            self._entries[count:stop] = np.zeros(1, dtype=ENTRY_DTYPE)
+        self.count = count
+
+    def close(self) -> None:
+        """Cut the file to its real size and unmap it."""
+        self.shrink()
+        self._map(0)
