@@ -1,0 +1,325 @@
+"""Membership: Serf events -> handler calls, deterministic with a fake source, then real Serf."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+import pytest
+
+from raftlog.discovery import (
+    RPC_ADDR_TAG,
+    Member,
+    MemberEvent,
+    Membership,
+    MembershipConfig,
+    MembershipConfigError,
+    SerfAgent,
+    SerfMemberSource,
+    StaticMembership,
+    parse_static_peers,
+)
+
+AgentFactory = Callable[..., Awaitable[SerfAgent]]
+
+
+class RecordingHandler:
+    """A Handler that records calls and keeps a member map like DistributedLog would."""
+
+    def __init__(self, local: str = "self", leader: bool = True) -> None:
+        self.leader = leader
+        self.cluster: dict[str, str] = {local: "127.0.0.1:1"}
+        self.calls: list[tuple[str, ...]] = []
+        self.fail_next = 0
+        self.changed = asyncio.Event()
+
+    async def join(self, node_id: str, rpc_addr: str) -> None:
+        self.calls.append(("join", node_id, rpc_addr))
+        self._maybe_fail()
+        self.cluster[node_id] = rpc_addr
+        self.changed.set()
+
+    async def leave(self, node_id: str) -> None:
+        self.calls.append(("leave", node_id))
+        self._maybe_fail()
+        self.cluster.pop(node_id, None)
+        self.changed.set()
+
+    def _maybe_fail(self) -> None:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise RuntimeError("raft says no")
+
+    def is_leader(self) -> bool:
+        return self.leader
+
+    async def members(self) -> Mapping[str, str]:
+        return dict(self.cluster)
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"condition not met; calls: {self.calls}"
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), min(remaining, 0.1))
+            except TimeoutError:
+                pass
+
+
+class _FakeSubscription:
+    def __init__(self, queue: asyncio.Queue[object]) -> None:
+        self.queue = queue
+
+    def __aiter__(self) -> _FakeSubscription:
+        return self
+
+    async def __anext__(self) -> object:
+        item = await self.queue.get()
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+    async def close(self, timeout: float | None = None) -> None:
+        return None
+
+
+class FakeSource:
+    """A MemberSource fed by the test; the member list follows the events."""
+
+    def __init__(self, members: Sequence[Member] = ()) -> None:
+        self.listed = {m.name: m for m in members}
+        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self.subscriptions = 0
+
+    async def subscribe(self) -> _FakeSubscription:
+        self.subscriptions += 1
+        return _FakeSubscription(self.queue)
+
+    async def members(self) -> Sequence[Member]:
+        return list(self.listed.values())
+
+    async def close(self) -> None:
+        return None
+
+    def emit(self, kind: str, *members: Member) -> None:
+        status = {"member-leave": "left", "member-failed": "failed"}.get(kind, "alive")
+        for m in members:
+            if kind == "member-reap":
+                self.listed.pop(m.name, None)
+            else:
+                self.listed[m.name] = Member(m.name, m.addr, m.port, m.tags, status)
+        self.queue.put_nowait(MemberEvent(kind, tuple(members)))
+
+
+def member(name: str, addr: str | None = None) -> Member:
+    tags = {RPC_ADDR_TAG: addr or f"10.0.0.{len(name)}:8400"} if addr != "" else {}
+    return Member(name=name, addr="127.0.0.1", port=7946, tags=tags, status="alive")
+
+
+def config(**overrides: object) -> MembershipConfig:
+    settings: dict[str, object] = {"node_name": "self", "failed_grace": 0.3}
+    settings.update(overrides)
+    return MembershipConfig(**settings)  # type: ignore[arg-type]
+
+
+async def started(handler: RecordingHandler, source: FakeSource, **overrides: object) -> Membership:
+    membership = Membership(config(**overrides), handler, source)
+    await membership.start()
+    await membership.wait_subscribed(2.0)
+    return membership
+
+
+async def drain(source: FakeSource) -> None:
+    """Wait until the membership loop took every queued event and went idle."""
+    deadline = time.monotonic() + 2.0
+    while not source.queue.empty():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.005)
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(MembershipConfigError, match="failed_grace"):
+        config(failed_grace=-1).validate()
+    with pytest.raises(MembershipConfigError, match="node_name"):
+        config(node_name="").validate()
+    with pytest.raises(MembershipConfigError, match="reconcile_interval"):
+        config(reconcile_interval=0).validate()
+    config().validate()
+
+
+def test_parse_static_peers() -> None:
+    assert parse_static_peers(["a=127.0.0.1:1", " b = h:2 "]) == {"a": "127.0.0.1:1", "b": "h:2"}
+    for bad in ["a", "=h:1", "a=h", "a=:1"]:
+        with pytest.raises(MembershipConfigError, match="id=host:port"):
+            parse_static_peers([bad])
+    with pytest.raises(MembershipConfigError, match="twice"):
+        parse_static_peers(["a=h:1", "a=h:2"])
+
+
+async def test_join_leave_duplicates_and_self_ignored() -> None:
+    handler, source = RecordingHandler(), FakeSource()
+    m = await started(handler, source)
+    try:
+        b = member("b", "127.0.0.1:9002")
+        source.emit("member-join", b, member("self"))
+        source.emit("member-join", b)  # duplicate
+        source.emit("member-update", b)  # same address: nothing to do
+        await drain(source)
+        assert handler.calls == [("join", "b", "127.0.0.1:9002")]
+        moved = member("b", "127.0.0.1:9999")
+        source.emit("member-update", moved)
+        source.emit("member-leave", b)
+        source.emit("member-leave", b)  # duplicate
+        source.emit("member-reap", b)  # already gone
+        await drain(source)
+        assert handler.calls[1:] == [("join", "b", "127.0.0.1:9999"), ("leave", "b")]
+        assert handler.cluster == {"self": "127.0.0.1:1"}
+    finally:
+        await m.close()
+
+
+async def test_member_without_rpc_tag_is_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    handler, source = RecordingHandler(), FakeSource()
+    m = await started(handler, source)
+    try:
+        with caplog.at_level(logging.WARNING):
+            source.emit("member-join", member("untagged", ""))
+            await drain(source)
+        assert handler.calls == []
+        assert "no 'rpc_addr' tag" in caplog.text
+    finally:
+        await m.close()
+
+
+async def test_failed_member_removed_after_grace_only() -> None:
+    handler, source = RecordingHandler(), FakeSource()
+    m = await started(handler, source, failed_grace=0.3)
+    try:
+        b, c = member("b"), member("c")
+        source.emit("member-join", b, c)
+        await handler.wait_for(lambda: {"b", "c"} <= set(handler.cluster), 2.0)
+        started_at = time.monotonic()
+        source.emit("member-failed", b, c)
+        await drain(source)
+        assert ("leave", "b") not in handler.calls  # not before the grace period
+        source.emit("member-join", c)  # c comes back in time: keeps its place
+        await handler.wait_for(lambda: "b" not in handler.cluster, 3.0)
+        assert time.monotonic() - started_at >= 0.3
+        await asyncio.sleep(0.4)  # past c's grace too: it must still be there
+        assert "c" in handler.cluster
+        assert ("leave", "c") not in handler.calls
+        assert handler.calls.count(("leave", "b")) == 1
+    finally:
+        await m.close()
+
+
+async def test_non_leader_keeps_view_and_reconciles_when_elected() -> None:
+    handler, source = RecordingHandler(leader=False), FakeSource()
+    m = await started(handler, source, failed_grace=0.0)
+    try:
+        source.emit("member-join", member("b"), member("c"))
+        source.emit("member-failed", member("c"))
+        await drain(source)
+        assert handler.calls == []
+        assert {n: x.status for n, x in m.view.items()} == {"b": "alive", "c": "failed"}
+        handler.cluster["c"] = "10.0.0.1:8400"  # c is still in Raft from before
+        handler.leader = True
+        await m.reconcile()
+        assert sorted(handler.calls) == [("join", "b", "10.0.0.1:8400"), ("leave", "c")]
+    finally:
+        await m.close()
+
+
+async def test_handler_errors_are_retried_by_reconcile() -> None:
+    handler, source = RecordingHandler(), FakeSource()
+    handler.fail_next = 1
+    m = await started(handler, source, reconcile_interval=0.2)
+    try:
+        source.emit("member-join", member("b"))
+        await handler.wait_for(lambda: "b" in handler.cluster, 3.0)
+        assert handler.calls.count(("join", "b", "10.0.0.1:8400")) == 2
+        assert m.errors == 1
+        source.emit("member-join", member("d"))  # the loop is still alive
+        await handler.wait_for(lambda: "d" in handler.cluster, 2.0)
+    finally:
+        await m.close()
+
+
+async def test_initial_member_list_is_reconciled_on_start() -> None:
+    handler = RecordingHandler()
+    handler.cluster["gone"] = "10.0.0.9:8400"
+    handler.cluster["stranger"] = "10.0.0.8:8400"  # unknown to serf: left alone
+    left = Member("gone", "127.0.0.1", 1, {RPC_ADDR_TAG: "10.0.0.9:8400"}, "left")
+    source = FakeSource([member("b"), member("self"), left])
+    m = await started(handler, source)
+    try:
+        await handler.wait_for(lambda: "b" in handler.cluster, 2.0)
+        await handler.wait_for(lambda: "gone" not in handler.cluster, 2.0)
+        assert "stranger" in handler.cluster
+        assert ("join", "self", "10.0.0.4:8400") not in handler.calls
+    finally:
+        await m.close()
+
+
+async def test_static_membership_joins_peers_on_the_leader() -> None:
+    handler = RecordingHandler(leader=False)
+    peers = parse_static_peers(["self=127.0.0.1:1", "b=127.0.0.1:2", "c=127.0.0.1:3"])
+    m = StaticMembership(config(reconcile_interval=0.1), handler, peers)
+    await m.start()
+    try:
+        await asyncio.sleep(0.25)
+        assert handler.calls == []  # not the leader: nothing
+        handler.leader = True
+        await handler.wait_for(lambda: {"b", "c"} <= set(handler.cluster), 2.0)
+        assert sorted(handler.calls) == [("join", "b", "127.0.0.1:2"), ("join", "c", "127.0.0.1:3")]
+    finally:
+        await m.close()
+
+
+async def test_membership_with_real_serf(make_agent: AgentFactory) -> None:
+    a = await make_agent("a")
+    handler = RecordingHandler(local="a")
+    source = SerfMemberSource(a.connect, timeout=5.0)
+    m = Membership(MembershipConfig(node_name="a", failed_grace=30.0), handler, source)
+    await m.start()
+    try:
+        await m.wait_subscribed(5.0)
+        b = await make_agent("b", start_join_addrs=(a.config.bind_addr,))
+        await handler.wait_for(lambda: "b" in handler.cluster, 15.0)
+        assert handler.cluster["b"] == b.config.advertise_rpc_addr
+        await b.stop()
+        await handler.wait_for(lambda: "b" not in handler.cluster, 15.0)
+        assert handler.calls == [("join", "b", b.config.advertise_rpc_addr), ("leave", "b")]
+    finally:
+        await m.close()
+
+
+async def test_membership_resubscribes_after_agent_restart(make_agent: AgentFactory) -> None:
+    import os
+    import signal
+
+    a = await make_agent("a")
+    handler = RecordingHandler(local="a")
+    m = Membership(
+        MembershipConfig(node_name="a", resubscribe_backoff=0.1, resubscribe_backoff_max=0.5),
+        handler,
+        SerfMemberSource(a.connect, timeout=3.0),
+    )
+    await m.start()
+    try:
+        await m.wait_subscribed(5.0)
+        assert a.pid is not None
+        os.kill(a.pid, signal.SIGKILL)
+        await a.wait_running(15.0)
+        await m.wait_subscribed(10.0)
+        b = await make_agent("b", start_join_addrs=(a.config.bind_addr,))
+        await handler.wait_for(lambda: "b" in handler.cluster, 15.0)
+        assert handler.cluster["b"] == b.config.advertise_rpc_addr
+    finally:
+        await m.close()

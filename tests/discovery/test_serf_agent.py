@@ -1,0 +1,172 @@
+"""The Serf agent supervisor: lookup, validation, start/stop, restart, no leftovers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from raftlog.discovery import (
+    SERF_BIN_ENV,
+    SerfAgent,
+    SerfAgentConfig,
+    SerfAgentError,
+    SerfConfigError,
+    SerfNotFoundError,
+    SerfRPCClient,
+    find_serf_binary,
+)
+
+AgentFactory = Callable[..., Awaitable[SerfAgent]]
+
+
+def process_gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists()
+
+
+def base_config(**overrides: object) -> SerfAgentConfig:
+    settings: dict[str, object] = {
+        "node_name": "n1",
+        "bind_addr": "127.0.0.1:7946",
+        "rpc_addr": "127.0.0.1:7373",
+        "advertise_rpc_addr": "127.0.0.1:8400",
+    }
+    settings.update(overrides)
+    return SerfAgentConfig(**settings)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"node_name": ""}, "node_name"),
+        ({"bind_addr": "nohost"}, "bind_addr"),
+        ({"rpc_addr": "10.0.0.1:7373"}, "rpc_addr"),
+        ({"advertise_rpc_addr": "x:99999"}, "advertise_rpc_addr"),
+        ({"encrypt_key": "not base64!"}, "encrypt_key"),
+        ({"encrypt_key": "YWJj"}, "encrypt_key"),
+        ({"profile": "fast"}, "profile"),
+        ({"start_timeout": 0}, "start_timeout"),
+        ({"restart_backoff": 5.0, "restart_backoff_max": 1.0}, "restart_backoff"),
+        ({"start_join_addrs": ("127.0.0.1",)}, "start_join_addrs"),
+    ],
+)
+def test_config_validation_names_the_field(overrides: dict[str, object], field: str) -> None:
+    with pytest.raises(SerfConfigError, match=field):
+        base_config(**overrides).validate()
+
+
+def test_command_line_carries_name_addresses_tag_key_and_joins() -> None:
+    key = "cg8StVXbQJ0gPvMd9o7yrg=="
+    argv = base_config(
+        encrypt_key=key, start_join_addrs=("127.0.0.1:7000",), tags={"rpc_addr": "ignored"}
+    ).command("/bin/serf")
+    assert argv[:2] == ["/bin/serf", "agent"]
+    assert "-node=n1" in argv
+    assert "-bind=127.0.0.1:7946" in argv
+    assert "-rpc-addr=127.0.0.1:7373" in argv
+    assert argv[argv.index("-tag") + 1] == "rpc_addr=127.0.0.1:8400"
+    assert f"-encrypt={key}" in argv
+    assert "-retry-join=127.0.0.1:7000" in argv
+
+
+def test_binary_lookup_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serf_bin: Path
+) -> None:
+    with pytest.raises(SerfNotFoundError, match="configured path"):
+        find_serf_binary(tmp_path / "missing")
+    monkeypatch.setenv(SERF_BIN_ENV, str(serf_bin))
+    assert find_serf_binary() == serf_bin
+    monkeypatch.setenv(SERF_BIN_ENV, str(tmp_path / "nope"))
+    with pytest.raises(SerfNotFoundError, match=SERF_BIN_ENV):
+        find_serf_binary()
+    monkeypatch.delenv(SERF_BIN_ENV)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    # Falls back to <repo>/.tools/bin/serf, where `make install` put it.
+    found = find_serf_binary()
+    assert found.name == "serf"
+    assert found.parent.parent.name == ".tools"
+
+
+async def test_supervisor_restarts_a_killed_agent(make_agent: AgentFactory) -> None:
+    agent = await make_agent("phoenix")
+    first = agent.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 15.0
+    while not (agent.running and agent.pid not in (None, first)):
+        assert time.monotonic() < deadline, "agent was not restarted"
+        await asyncio.sleep(0.05)
+    assert agent.restarts == 1
+    assert process_gone(first)  # the killed one was reaped, not left a zombie
+    async with SerfRPCClient(agent.rpc_addr, timeout=3.0) as client:
+        assert [m.name for m in await client.members()] == ["phoenix"]
+    second = agent.pid
+    assert second is not None
+    await agent.stop()
+    assert process_gone(second)
+    assert agent.pid is None
+    await agent.stop()  # idempotent
+
+
+async def test_start_failure_is_clear_and_leaves_nothing(
+    serf_bin: Path, tmp_path: Path, free_port: Callable[[], int]
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        rpc_port = busy.getsockname()[1]
+        agent = SerfAgent(
+            base_config(
+                bind_addr=f"127.0.0.1:{free_port()}",
+                rpc_addr=f"127.0.0.1:{rpc_port}",  # taken: the agent cannot listen
+                binary=str(serf_bin),
+                start_timeout=10.0,
+            )
+        )
+        with pytest.raises(SerfAgentError, match="exited with status"):
+            await agent.start()
+        assert agent.pid is None
+
+
+async def test_cancelled_start_leaves_no_process(
+    serf_bin: Path, free_port: Callable[[], int]
+) -> None:
+    agent = SerfAgent(
+        base_config(
+            bind_addr=f"127.0.0.1:{free_port()}",
+            rpc_addr=f"127.0.0.1:{free_port()}",
+            binary=str(serf_bin),
+        )
+    )
+    task = asyncio.create_task(agent.start())
+    deadline = time.monotonic() + 5.0
+    while agent.pid is None:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.005)
+    pid = agent.pid
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    deadline = time.monotonic() + 5.0
+    while not process_gone(pid):  # killed on cancellation, reaped by the child watcher
+        assert time.monotonic() < deadline, f"serf pid {pid} left behind after cancel"
+        await asyncio.sleep(0.05)
+
+
+async def test_encrypted_agents_join(make_agent: AgentFactory) -> None:
+    key = "cg8StVXbQJ0gPvMd9o7yrg=="
+    a = await make_agent("ea", encrypt_key=key)
+    b = await make_agent("eb", encrypt_key=key, start_join_addrs=(a.config.bind_addr,))
+    async with SerfRPCClient(a.rpc_addr, timeout=3.0) as client:
+        deadline = time.monotonic() + 10.0
+        while {m.name for m in await client.members() if m.status == "alive"} != {"ea", "eb"}:
+            assert time.monotonic() < deadline, "retry-join did not bring eb in"
+            await asyncio.sleep(0.1)
+    assert b.running
