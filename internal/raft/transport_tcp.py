@@ -1,0 +1,646 @@
+"""The Raft transport over TCP: asyncio streams, mutual TLS, length-prefixed frames.
+
+Connections are one-way for data: each node dials one outbound connection per peer and
+writes its payloads there; payloads from a peer arrive on the connection that peer dialled.
+So a node's own listener only reads, and a dialer only writes (it watches its connection for
+end-of-stream to notice a dead peer early).
+
+Connection setup (see ``docs/raft-transport.md`` for the diagram)::
+
+    dialer                                   listener (own serve() or the mux)
+      | --- RAFT_MARKER (1 plain byte) -------> |  first byte read by serve()/the mux
+      | <-- RAFT_MARKER_ACK (1 plain byte) ---- |  handle_connection() from here on
+      | ==== TLS handshake (both certs verified against the cluster CA) ==== |
+      |   each side checks authorize(peer certificate CN)                   |
+      | --- frame: HELLO_MAGIC + dialer id ---> |
+      | <-- frame: HELLO_ACK_MAGIC + own id --- |  dialer checks it reached the node it meant
+      | --- frame, frame, frame ... ----------> |  handler(payload) per frame, in order
+
+Every wait is bounded: connect, marker ack, TLS and hello share ``handshake_timeout``; each
+batch of writes must drain within ``write_timeout``; close() within ``close_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import ssl
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from raftlog.raft.transport import (
+    DEFAULT_MAX_FRAME_SIZE,
+    FRAME_HEADER,
+    HELLO_ACK_MAGIC,
+    HELLO_MAGIC,
+    MAX_NODE_ID_BYTES,
+    RAFT_MARKER,
+    RAFT_MARKER_ACK,
+    FrameTooLargeError,
+    Handler,
+    HandshakeError,
+    TransportConfigError,
+    TransportError,
+    TransportStats,
+    decode_hello,
+    encode_frame,
+    encode_hello,
+    read_frame,
+    split_host_port,
+    validate_max_frame_size,
+)
+from raftlog.security import TLSConfig, client_ssl_context, peer_common_name, server_ssl_context
+
+log = logging.getLogger("raftlog.raft.transport")
+
+#: Largest handshake frame payload (magic + node id), in bytes.
+_HANDSHAKE_FRAME_MAX = len(HELLO_MAGIC) + MAX_NODE_ID_BYTES
+
+#: Errors that mean "this connection is unusable"; they are logged, counted and survived.
+_CONNECTION_ERRORS = (
+    OSError,  # includes ssl.SSLError and ConnectionError
+    TimeoutError,
+    asyncio.IncompleteReadError,
+    HandshakeError,
+    FrameTooLargeError,
+)
+
+#: Decides whether a peer may speak Raft to us, by the common name of its certificate.
+Authorizer = Callable[[str], bool]
+
+
+@dataclass(frozen=True)
+class TcpTransportConfig:
+    """Settings of one node's TCP transport. Times in seconds, sizes in bytes."""
+
+    #: This node's id, announced to listeners in the hello frame (1..255 bytes of UTF-8).
+    node_id: str
+    #: Certificate, key and cluster CA; the certificate serves both as server and client.
+    tls: TLSConfig
+    #: Largest payload sent or accepted; a peer announcing more is disconnected. 64 MiB.
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    #: Payloads queued per peer before ``send`` drops; default 1024.
+    queue_size: int = 1024
+    #: Payload bytes queued per peer before ``send`` drops; default 256 MiB.
+    queue_bytes: int = 256 * 1024 * 1024
+    #: Payload bytes written per batch before one drain (write coalescing); default 1 MiB.
+    batch_bytes: int = 1024 * 1024
+    #: Bound of the TCP connect, in seconds; default 5.
+    connect_timeout: float = 5.0
+    #: Bound of marker exchange + TLS handshake + hello, either side, in seconds; default 5.
+    handshake_timeout: float = 5.0
+    #: Bound of one batch's drain; a peer that does not read is disconnected. Default 10 s.
+    write_timeout: float = 10.0
+    #: First reconnect delay after a failed dial, doubled per failure; default 0.05 s.
+    backoff_initial: float = 0.05
+    #: Largest reconnect delay, in seconds; default 2.
+    backoff_max: float = 2.0
+    #: Bound of close(): tasks and connections still running after it are abandoned
+    #: (cancelled and aborted). Default 2 s.
+    close_timeout: float = 2.0
+    #: Name checked against the listener's certificate instead of the dialled host (for
+    #: certificates issued to a DNS name while peers dial IPs). Default: the dialled host.
+    server_hostname: str | None = None
+
+    def validate(self) -> None:
+        """Check every field and the fields against each other; name what is wrong."""
+        raw = self.node_id.encode("utf-8") if isinstance(self.node_id, str) else b""
+        if not raw or len(raw) > MAX_NODE_ID_BYTES:
+            raise TransportConfigError(
+                f"node_id must be 1..{MAX_NODE_ID_BYTES} bytes of UTF-8, got {self.node_id!r}"
+            )
+        validate_max_frame_size(self.max_frame_size)
+        for name in ("queue_size", "queue_bytes", "batch_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise TransportConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.queue_bytes < self.max_frame_size and self.queue_bytes < 1024 * 1024:
+            raise TransportConfigError(
+                f"queue_bytes ({self.queue_bytes}) must be at least 1 MiB or max_frame_size "
+                f"({self.max_frame_size}), or a large payload could never be queued"
+            )
+        for name in (
+            "connect_timeout",
+            "handshake_timeout",
+            "write_timeout",
+            "backoff_initial",
+            "backoff_max",
+            "close_timeout",
+        ):
+            value = getattr(self, name)
+            if not value > 0:
+                raise TransportConfigError(f"{name} must be > 0 seconds, got {value!r}")
+        if self.backoff_max < self.backoff_initial:
+            raise TransportConfigError(
+                f"backoff_max ({self.backoff_max} s) must be >= backoff_initial "
+                f"({self.backoff_initial} s)"
+            )
+        self.tls.validate("tls")
+
+
+class _Peer:
+    """Outbound side of one peer: its address, bounded queue and connection task."""
+
+    def __init__(self, node_id: str, address: str) -> None:
+        self.node_id = node_id
+        self.address = address
+        self.queue: deque[bytes] = deque()
+        self.queued_bytes = 0
+        self.wakeup = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.connected = False
+
+    def drop_queue(self) -> int:
+        n = len(self.queue)
+        self.queue.clear()
+        self.queued_bytes = 0
+        return n
+
+
+class _Inbound:
+    """One accepted connection, tracked so close() can end it."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.task = asyncio.current_task()
+
+
+class TcpTransport:
+    """Raft transport over TCP + mutual TLS; implements the Transport protocol.
+
+    ``authorize(subject)`` is asked about the certificate common name of every peer, on both
+    sides of every connection, after the TLS handshake (later: Casbin's ``replicate``). Use
+    :meth:`serve` to listen on a port of its own, or hand connections accepted elsewhere
+    (the connection multiplexer) to :meth:`handle_connection` after reading the marker.
+    """
+
+    def __init__(self, config: TcpTransportConfig, *, authorize: Authorizer) -> None:
+        config.validate()
+        self.config = config
+        self._authorize = authorize
+        self._server_ctx: ssl.SSLContext = server_ssl_context(config.tls)
+        self._client_ctx: ssl.SSLContext = client_ssl_context(config.tls)
+        self._peers: dict[str, _Peer] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._inbound: set[_Inbound] = set()
+        self._inbound_empty = asyncio.Event()
+        self._inbound_empty.set()
+        self._handler: Handler | None = None
+        self._stats = TransportStats()
+        self._server: asyncio.Server | None = None
+        self._listen_address: str | None = None
+        self._started = False
+        self._closed = False
+        self._random = random.Random()
+
+    # ---------------------------------------------------------------- protocol
+
+    @property
+    def node_id(self) -> str:
+        return self.config.node_id
+
+    @property
+    def listen_address(self) -> str | None:
+        """``host:port`` bound by :meth:`serve`, or None when not serving."""
+        return self._listen_address
+
+    async def start(self) -> None:
+        """Start one connection task per known peer. Idempotent."""
+        if self._closed:
+            raise TransportError(f"transport {self.node_id!r} is closed; create a new one")
+        if self._started:
+            return
+        self._started = True
+        for peer in self._peers.values():
+            self._spawn(peer)
+
+    async def serve(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen on ``host:port`` (0 = any free port); returns the bound ``host:port``.
+
+        This listener reads the marker byte itself, then continues as
+        :meth:`handle_connection`. Connections whose first byte is not the marker are closed.
+        """
+        if self._closed:
+            raise TransportError(f"transport {self.node_id!r} is closed")
+        if self._server is not None:
+            raise TransportError(f"transport {self.node_id!r} is already serving")
+        self._server = await asyncio.start_server(self._on_accept, host, port)
+        bound = self._server.sockets[0].getsockname()
+        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        self._listen_address = f"{shown}:{bound[1]}"
+        return self._listen_address
+
+    async def close(self) -> None:
+        """Stop listening, cancel peer tasks, abort connections; at most ~close_timeout."""
+        if self._closed:
+            return
+        self._closed = True
+        timeout = self.config.close_timeout
+        if self._server is not None:
+            self._server.close()
+        tasks: set[asyncio.Task[None]] = set(self._retiring)
+        for peer in self._peers.values():
+            if peer.task is not None:
+                tasks.add(peer.task)
+            self._stats.dropped_closed += peer.drop_queue()
+        for task in tasks:
+            task.cancel()
+        for conn in list(self._inbound):
+            conn.writer.transport.abort()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            if pending:
+                log.warning(
+                    "raft transport %s: %d peer tasks did not stop within %.1f s",
+                    self.node_id,
+                    len(pending),
+                    timeout,
+                )
+        try:
+            await asyncio.wait_for(self._inbound_empty.wait(), timeout)
+        except TimeoutError:
+            for conn in list(self._inbound):
+                if conn.task is not None and conn.task is not asyncio.current_task():
+                    conn.task.cancel()
+            log.warning(
+                "raft transport %s: %d inbound connections did not end within %.1f s; cancelled",
+                self.node_id,
+                len(self._inbound),
+                timeout,
+            )
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), timeout)
+
+    def set_handler(self, handler: Handler) -> None:
+        self._handler = handler
+
+    def update_peers(self, addresses: Mapping[str, str]) -> None:
+        """Replace the peer table; changed addresses reconnect (queue kept), removed peers
+        are disconnected and their queued payloads dropped. ValueError on a malformed
+        address, before anything changes."""
+        table = {k: v for k, v in addresses.items() if k != self.node_id}
+        for node_id, address in table.items():
+            split_host_port(address)
+            if not node_id:
+                raise ValueError("peer node id must not be empty")
+        for node_id in list(self._peers):
+            if node_id not in table:
+                peer = self._peers.pop(node_id)
+                self._stats.dropped_connection += peer.drop_queue()
+                self._retire(peer)
+        for node_id, address in table.items():
+            existing = self._peers.get(node_id)
+            if existing is None:
+                peer = _Peer(node_id, address)
+                self._peers[node_id] = peer
+                if self._started and not self._closed:
+                    self._spawn(peer)
+            elif existing.address != address:
+                existing.address = address
+                self._retire(existing)
+                if self._started and not self._closed:
+                    self._spawn(existing)
+
+    def peers(self) -> dict[str, str]:
+        """A copy of the peer table (node id -> address)."""
+        return {k: p.address for k, p in self._peers.items()}
+
+    def connected_peers(self) -> set[str]:
+        """Ids of peers with an established outbound connection right now."""
+        return {k for k, p in self._peers.items() if p.connected}
+
+    def inbound_connections(self) -> int:
+        """Accepted connections currently open (handshaking or streaming)."""
+        return len(self._inbound)
+
+    def send(self, to: str, payload: bytes) -> None:
+        if not self._started or self._closed:
+            self._stats.dropped_closed += 1
+            return
+        peer = self._peers.get(to)
+        if peer is None:
+            self._stats.dropped_unknown_peer += 1
+            return
+        size = len(payload)
+        if size > self.config.max_frame_size:
+            self._stats.dropped_too_large += 1
+            log.error(
+                "raft transport %s: dropped a %d-byte payload to %s: above max_frame_size %d",
+                self.node_id,
+                size,
+                to,
+                self.config.max_frame_size,
+            )
+            return
+        if (
+            len(peer.queue) >= self.config.queue_size
+            or peer.queued_bytes + size > self.config.queue_bytes
+        ):
+            self._stats.dropped_queue_full += 1
+            return
+        peer.queue.append(payload)
+        peer.queued_bytes += size
+        self._stats.enqueued += 1
+        peer.wakeup.set()
+
+    def stats(self) -> TransportStats:
+        return self._stats.copy()
+
+    # ---------------------------------------------------------------- outbound
+
+    def _spawn(self, peer: _Peer) -> None:
+        peer.task = asyncio.create_task(
+            self._run_peer(peer), name=f"raft-transport {self.node_id}->{peer.node_id}"
+        )
+
+    def _retire(self, peer: _Peer) -> None:
+        task, peer.task = peer.task, None
+        peer.connected = False
+        if task is None or task.done():
+            return
+        task.cancel()
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _run_peer(self, peer: _Peer) -> None:
+        """Dial when there is something to send, pump the queue, redial with backoff."""
+        cfg = self.config
+        backoff = cfg.backoff_initial
+        failures = 0
+        while True:
+            if not peer.queue:
+                peer.wakeup.clear()
+                await peer.wakeup.wait()
+                continue
+            address = peer.address
+            try:
+                reader, writer = await self._dial(peer.node_id, address)
+            except _CONNECTION_ERRORS as exc:
+                failures += 1
+                self._stats.connect_failures += 1
+                # Raft resends what matters; stale payloads would only arrive as a burst.
+                self._stats.dropped_connection += peer.drop_queue()
+                level = logging.WARNING if failures == 1 else logging.DEBUG
+                log.log(
+                    level,
+                    "raft transport %s: cannot connect to %s at %s (attempt %d): %s",
+                    self.node_id,
+                    peer.node_id,
+                    address,
+                    failures,
+                    _describe(exc),
+                )
+                await asyncio.sleep(backoff * (0.5 + self._random.random() / 2))
+                backoff = min(backoff * 2, cfg.backoff_max)
+                continue
+            if failures:
+                log.info(
+                    "raft transport %s: connected to %s at %s after %d failed attempts",
+                    self.node_id,
+                    peer.node_id,
+                    address,
+                    failures,
+                )
+            failures = 0
+            backoff = cfg.backoff_initial
+            self._stats.connects += 1
+            peer.connected = True
+            try:
+                await self._pump(peer, reader, writer)
+            except _CONNECTION_ERRORS as exc:
+                log.info(
+                    "raft transport %s: connection to %s at %s lost: %s",
+                    self.node_id,
+                    peer.node_id,
+                    address,
+                    _describe(exc),
+                )
+            finally:
+                peer.connected = False
+                writer.transport.abort()
+
+    async def _dial(
+        self, peer_id: str, address: str
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        cfg = self.config
+        host, port = split_host_port(address)
+        async with asyncio.timeout(cfg.connect_timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+        try:
+            _set_keepalive(writer)
+            async with asyncio.timeout(cfg.handshake_timeout):
+                writer.write(RAFT_MARKER)
+                ack = await reader.readexactly(1)
+                if ack != RAFT_MARKER_ACK:
+                    raise HandshakeError(f"{address} answered the Raft marker with {ack!r}")
+                await writer.start_tls(
+                    self._client_ctx, server_hostname=cfg.server_hostname or host
+                )
+                subject = peer_common_name(writer.get_extra_info("peercert"))
+                if subject is None or not self._authorize(subject):
+                    raise HandshakeError(
+                        f"{address} presented certificate subject {subject!r}, "
+                        "which is not authorized for Raft"
+                    )
+                writer.write(encode_frame(encode_hello(HELLO_MAGIC, self.node_id)))
+                await writer.drain()
+                answer = await read_frame(reader, _HANDSHAKE_FRAME_MAX)
+                if answer is None:
+                    raise HandshakeError(
+                        f"{address} closed the connection during the hello "
+                        "(it may have refused our certificate or subject)"
+                    )
+                remote_id = decode_hello(HELLO_ACK_MAGIC, answer)
+                if remote_id != peer_id:
+                    raise HandshakeError(f"{address} is node {remote_id!r}, not {peer_id!r}")
+        except BaseException:
+            writer.transport.abort()
+            raise
+        return reader, writer
+
+    async def _pump(
+        self, peer: _Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Write queued payloads in batches, one drain per batch, until the connection dies."""
+        cfg = self.config
+
+        async def watch() -> None:
+            # The listener never writes after its hello-ack: any byte or EOF means closed.
+            try:
+                await reader.read(1)
+            finally:
+                peer.wakeup.set()
+
+        watcher = asyncio.create_task(watch(), name=f"raft-transport-watch {peer.node_id}")
+        try:
+            while True:
+                if not peer.queue:
+                    peer.wakeup.clear()
+                    await peer.wakeup.wait()
+                if watcher.done():
+                    raise ConnectionResetError(f"{peer.node_id} closed the connection")
+                if not peer.queue:
+                    continue
+                parts: list[bytes] = []
+                count = 0
+                size = 0
+                while peer.queue and (count == 0 or size + len(peer.queue[0]) <= cfg.batch_bytes):
+                    payload = peer.queue.popleft()
+                    parts.append(FRAME_HEADER.pack(len(payload)))
+                    parts.append(payload)
+                    count += 1
+                    size += len(payload)
+                peer.queued_bytes -= size
+                try:
+                    writer.writelines(parts)
+                    async with asyncio.timeout(cfg.write_timeout):
+                        await writer.drain()
+                except BaseException:
+                    self._stats.dropped_connection += count
+                    raise
+                self._stats.frames_written += count
+                self._stats.bytes_written += size
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *_CONNECTION_ERRORS):
+                await watcher
+
+    # ---------------------------------------------------------------- inbound
+
+    async def _on_accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Own listener: read the marker byte (bounded), then continue as handle_connection."""
+        conn = self._track(writer)
+        try:
+            try:
+                async with asyncio.timeout(self.config.handshake_timeout):
+                    first = await reader.read(1)
+            except _CONNECTION_ERRORS as exc:
+                self._refuse(writer, None, f"no marker byte: {_describe(exc)}")
+                return
+            if first != RAFT_MARKER:
+                self._refuse(writer, None, f"first byte {first!r} is not the Raft marker")
+                return
+        finally:
+            self._untrack(conn)
+        await self.handle_connection(reader, writer)
+
+    async def handle_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Serve one accepted plain connection whose marker byte was already consumed.
+
+        The connection must come from ``asyncio.start_server`` (its stream protocol must be
+        server side, which ``StreamWriter.start_tls`` relies on). Returns when the
+        connection ends; never raises for connection trouble (it is logged and counted).
+        """
+        if self._closed:
+            writer.transport.abort()
+            return
+        conn = self._track(writer)
+        cfg = self.config
+        subject: str | None = None
+        try:
+            try:
+                async with asyncio.timeout(cfg.handshake_timeout):
+                    # No await between the ack and start_tls' switch to the TLS protocol, and
+                    # the dialer sends nothing before the ack: no TLS byte can be misread.
+                    writer.write(RAFT_MARKER_ACK)
+                    await writer.start_tls(self._server_ctx)
+                    subject = peer_common_name(writer.get_extra_info("peercert"))
+                    if subject is None or not self._authorize(subject):
+                        self._refuse(writer, subject, "certificate subject is not authorized")
+                        return
+                    hello = await read_frame(reader, _HANDSHAKE_FRAME_MAX)
+                    if hello is None:
+                        raise HandshakeError("connection closed before the hello frame")
+                    remote_id = decode_hello(HELLO_MAGIC, hello)
+                    writer.write(encode_frame(encode_hello(HELLO_ACK_MAGIC, self.node_id)))
+                    await writer.drain()
+            except _CONNECTION_ERRORS as exc:
+                self._refuse(writer, subject, _describe(exc))
+                return
+            self._stats.accepted += 1
+            log.debug(
+                "raft transport %s: accepted %s (subject %r) from %s",
+                self.node_id,
+                remote_id,
+                subject,
+                writer.get_extra_info("peername"),
+            )
+            await self._read_loop(remote_id, reader)
+        finally:
+            writer.transport.abort()
+            self._untrack(conn)
+
+    async def _read_loop(self, remote_id: str, reader: asyncio.StreamReader) -> None:
+        limit = self.config.max_frame_size
+        try:
+            while True:
+                payload = await read_frame(reader, limit)
+                if payload is None:
+                    return
+                self._stats.bytes_received += len(payload)
+                self._deliver(payload)
+        except FrameTooLargeError as exc:
+            self._stats.oversized_frames += 1
+            log.error(
+                "raft transport %s: closing connection from %s: %s", self.node_id, remote_id, exc
+            )
+        except _CONNECTION_ERRORS as exc:
+            log.debug(
+                "raft transport %s: connection from %s ended: %s",
+                self.node_id,
+                remote_id,
+                _describe(exc),
+            )
+
+    def _deliver(self, payload: bytes) -> None:
+        handler = self._handler
+        if handler is None:
+            self._stats.dropped_no_handler += 1
+            return
+        self._stats.delivered += 1
+        try:
+            handler(payload)
+        except Exception:
+            self._stats.handler_errors += 1
+            log.exception("raft transport %s: handler failed on an inbound payload", self.node_id)
+
+    def _refuse(self, writer: asyncio.StreamWriter, subject: str | None, why: str) -> None:
+        self._stats.refused += 1
+        log.warning(
+            "raft transport %s: refused connection from %s (subject %r): %s",
+            self.node_id,
+            writer.get_extra_info("peername"),
+            subject,
+            why,
+        )
+        writer.transport.abort()
+
+    def _track(self, writer: asyncio.StreamWriter) -> _Inbound:
+        conn = _Inbound(writer)
+        self._inbound.add(conn)
+        self._inbound_empty.clear()
+        return conn
+
+    def _untrack(self, conn: _Inbound) -> None:
+        self._inbound.discard(conn)
+        if not self._inbound:
+            self._inbound_empty.set()
+
+
+def _set_keepalive(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
