@@ -37,9 +37,9 @@ class LogConfig:
     """Settings of one commit log (one directory of segments).
 
     Attributes:
-        max_store_bytes: a segment's store file is sealed (and a new segment started) once it
-            holds at least this many bytes, headers included. A single record larger than
-            this still gets a segment of its own. Default 64 MiB.
+        max_store_bytes: most bytes (frame headers included) one segment's store file
+            holds; a batch that does not fit is split and the rest goes to a new segment.
+            A single record larger than this gets a segment of its own. Default 64 MiB.
         max_index_bytes: size of a segment's preallocated index file, in bytes; a multiple
             of 12 (one entry per record). A segment is also sealed when its index is full.
             The file is sparse while the segment is active and cut to its real size when

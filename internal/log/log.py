@@ -224,9 +224,7 @@ class Log:
             return first
         data, sizes = encode_batch(records)
         seg = self._segments[-1]
-        if n == 1 or (not seg.is_maxed and seg.fit(sizes.cumsum(), 0, 0) == n):
-            if seg.is_maxed:
-                seg = self._roll()
+        if not seg.is_maxed and seg.fit(sizes.cumsum(), 0, 0) == n:
             seg.append_encoded(data, sizes)
             self._dirty[id(seg)] = seg
         else:
