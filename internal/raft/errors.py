@@ -1,0 +1,72 @@
+"""Named errors of the Raft core.
+
+Each error says whether retrying may help (``retriable``) and whether the caller should
+refresh its idea of who the leader is (``refresh_leader``), so that the runtime and the gRPC
+layer can map them to status codes without guessing.
+"""
+
+from __future__ import annotations
+
+from raftlog.raft.types import NO_NODE, NodeId
+
+
+class RaftError(Exception):
+    """Base class of every error raised by the Raft package."""
+
+    retriable: bool = False
+    refresh_leader: bool = False
+
+
+class NotLeaderError(RaftError):
+    """This node cannot accept the request because it is not the leader.
+
+    ``leader_id``/``leader_address`` name the leader this node knows of (empty if none):
+    forward the request there, or retry after a leader is elected.
+    """
+
+    retriable = True
+    refresh_leader = True
+
+    def __init__(self, leader_id: NodeId = NO_NODE, leader_address: str = "") -> None:
+        self.leader_id = leader_id
+        self.leader_address = leader_address
+        hint = f"leader is {leader_id!r} at {leader_address!r}" if leader_id else "no known leader"
+        super().__init__(f"not the leader ({hint})")
+
+
+class LeadershipTransferInProgressError(RaftError):
+    """The leader is handing over leadership and refuses new proposals until that ends."""
+
+    retriable = True
+    refresh_leader = True
+
+
+class ConfChangeError(RaftError):
+    """A membership change is invalid for the current membership (not retriable as is)."""
+
+
+class ConfChangeInProgressError(RaftError):
+    """Another membership change is not yet committed, or the new leader has not yet
+    committed an entry of its term; only one change may be in flight at a time."""
+
+    retriable = True
+
+
+class ReadyOutstandingError(RaftError):
+    """``ready()`` was called again before ``advance()`` acknowledged the previous Ready."""
+
+
+class ConfigError(RaftError, ValueError):
+    """A RaftConfig field is invalid on its own or against another field."""
+
+
+class CodecError(RaftError, ValueError):
+    """Bytes from the wire or disk do not decode to a valid Raft value."""
+
+
+class SnapshotError(RaftError):
+    """A snapshot request does not fit the log (index not applied, or already compacted)."""
+
+
+class TransferError(RaftError):
+    """A leadership transfer cannot start (no other voter, or the target is not a voter)."""
