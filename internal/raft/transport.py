@@ -96,8 +96,10 @@ class TransportStats:
     dropped_connection: int = 0
     #: Exceptions raised by the handler (logged; the connection stays up).
     handler_errors: int = 0
-    #: Frames and payload bytes written to connections (TCP).
+    #: Frames and payload bytes written to connections, and the batches (one drain each)
+    #: they were coalesced into (TCP).
     frames_written: int = 0
+    write_batches: int = 0
     bytes_written: int = 0
     #: Payload bytes read from connections (TCP).
     bytes_received: int = 0

@@ -26,7 +26,7 @@ import heapq
 import logging
 import random
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from raftlog.raft.transport import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -93,10 +93,12 @@ DropPredicate = Callable[[str, str, bytes], bool]
 class _Envelope:
     deliver_at: float
     seq: int
-    src: str
-    dst: str
-    dst_address: str
-    payload: bytes
+    src: str = field(compare=False)
+    dst: str = field(compare=False)
+    #: The transport that held the address when the payload was sent: a payload in flight
+    #: to a node that restarts meanwhile is lost with the old incarnation, as on TCP.
+    target: InmemTransport | None = field(compare=False)
+    payload: bytes = field(compare=False)
 
 
 class InmemNetwork:
@@ -127,7 +129,7 @@ class InmemNetwork:
         self._by_address: dict[str, InmemTransport] = {}
         self._heap: list[_Envelope] = []
         self._seq = 0
-        self._now = 0.0
+        self._now_ns = 0  # manual clock, integer nanoseconds: 9 ms + 1 ms is exactly 10 ms
         self._link_tail: dict[tuple[str, str], float] = {}
         self._in_flight: dict[tuple[str, str], int] = {}
         self._groups: list[frozenset[str]] | None = None
@@ -219,7 +221,7 @@ class InmemNetwork:
     def now(self) -> float:
         """Current network time in seconds (manual clock, or the running loop's clock)."""
         if self.manual:
-            return self._now
+            return self._now_ns / 1e9
         return asyncio.get_running_loop().time()
 
     def pending(self) -> int:
@@ -232,8 +234,8 @@ class InmemNetwork:
             raise RuntimeError("advance() is for manual mode; asyncio mode follows the loop clock")
         if seconds < 0:
             raise ValueError(f"cannot move time backwards ({seconds} s)")
-        self._now += seconds
-        return self._deliver_due(self._now)
+        self._now_ns += round(seconds * 1e9)
+        return self._deliver_due(self.now)
 
     def run_until_idle(self, max_deliveries: int = 1_000_000) -> int:
         """Manual mode: deliver everything scheduled, advancing time to each delivery.
@@ -245,8 +247,8 @@ class InmemNetwork:
             raise RuntimeError("run_until_idle() is for manual mode")
         delivered = 0
         while self._heap and delivered < max_deliveries:
-            self._now = max(self._now, self._heap[0].deliver_at)
-            delivered += self._deliver_due(self._now, limit=max_deliveries - delivered)
+            self._now_ns = max(self._now_ns, round(self._heap[0].deliver_at * 1e9))
+            delivered += self._deliver_due(self.now, limit=max_deliveries - delivered)
         return delivered
 
     async def close(self) -> None:
@@ -260,6 +262,7 @@ class InmemNetwork:
     # ----------------------------------------------------------------- routing
 
     def _submit(self, src: InmemTransport, dst_id: str, dst_address: str, payload: bytes) -> None:
+        target = self._by_address.get(dst_address)
         link = (src.node_id, dst_id)
         if self._in_flight.get(link, 0) >= self.queue_size:
             src._stats.dropped_queue_full += 1
@@ -280,24 +283,29 @@ class InmemNetwork:
         if f.duplicate_rate and rnd.random() < f.duplicate_rate:
             copies = 2
             src._stats.duplicated += 1
-        now = self.now
         for _ in range(copies):
             delay = f.min_delay
             if f.max_delay > f.min_delay:
                 delay = rnd.uniform(f.min_delay, f.max_delay)
-            at = now + delay
-            if f.reorder_rate and rnd.random() < f.reorder_rate:
-                at += rnd.uniform(0.0, f.reorder_delay)
-            else:
+            reorder = bool(f.reorder_rate) and rnd.random() < f.reorder_rate
+            if reorder:
+                delay += rnd.uniform(0.0, f.reorder_delay)
+            at = self._time_after(delay)
+            if not reorder:
                 at = max(at, self._link_tail.get(link, at))
                 self._link_tail[link] = at
             self._seq += 1
             heapq.heappush(
-                self._heap, _Envelope(at, self._seq, src.node_id, dst_id, dst_address, payload)
+                self._heap, _Envelope(at, self._seq, src.node_id, dst_id, target, payload)
             )
             self._in_flight[link] = self._in_flight.get(link, 0) + 1
         if not self.manual:
             self._arm_timer()
+
+    def _time_after(self, delay: float) -> float:
+        if self.manual:
+            return (self._now_ns + round(delay * 1e9)) / 1e9
+        return asyncio.get_running_loop().time() + delay
 
     def _deliver_due(self, now: float, limit: int | None = None) -> int:
         delivered = 0
@@ -312,7 +320,7 @@ class InmemNetwork:
             else:
                 self._in_flight.pop(link, None)
                 self._link_tail.pop(link, None)
-            dst = self._by_address.get(env.dst_address)
+            dst = env.target
             if dst is None or dst.closed or not dst.started or dst.node_id != env.dst:
                 continue
             if not self.reachable(env.src, env.dst):

@@ -162,11 +162,22 @@ class _Peer:
 
 
 class _Inbound:
-    """One accepted connection, tracked so close() can end it."""
+    """One accepted connection, tracked so close() can end it.
+
+    While the handshake runs (in a task of our own, ``handshake``), close() cancels that
+    task: aborting the socket under ``start_tls`` would leave asyncio's stream half
+    upgraded. Once streaming, close() aborts the transport and the read loop ends.
+    """
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
-        self.task = asyncio.current_task()
+        self.handshake: asyncio.Task[tuple[str, str] | None] | None = None
+
+    def end(self) -> None:
+        if self.handshake is not None and not self.handshake.done():
+            self.handshake.cancel()
+        else:
+            _abort(self.writer)
 
 
 class TcpTransport:
@@ -250,7 +261,7 @@ class TcpTransport:
         for task in tasks:
             task.cancel()
         for conn in list(self._inbound):
-            conn.writer.transport.abort()
+            conn.end()
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=timeout)
             if pending:
@@ -263,11 +274,8 @@ class TcpTransport:
         try:
             await asyncio.wait_for(self._inbound_empty.wait(), timeout)
         except TimeoutError:
-            for conn in list(self._inbound):
-                if conn.task is not None and conn.task is not asyncio.current_task():
-                    conn.task.cancel()
             log.warning(
-                "raft transport %s: %d inbound connections did not end within %.1f s; cancelled",
+                "raft transport %s: %d inbound connections did not end within %.1f s",
                 self.node_id,
                 len(self._inbound),
                 timeout,
@@ -422,7 +430,7 @@ class TcpTransport:
                 )
             finally:
                 peer.connected = False
-                writer.transport.abort()
+                _abort(writer)
 
     async def _dial(
         self, peer_id: str, address: str
@@ -459,7 +467,7 @@ class TcpTransport:
                 if remote_id != peer_id:
                     raise HandshakeError(f"{address} is node {remote_id!r}, not {peer_id!r}")
         except BaseException:
-            writer.transport.abort()
+            _abort(writer)
             raise
         return reader, writer
 
@@ -504,6 +512,7 @@ class TcpTransport:
                     self._stats.dropped_connection += count
                     raise
                 self._stats.frames_written += count
+                self._stats.write_batches += 1
                 self._stats.bytes_written += size
         finally:
             watcher.cancel()
@@ -536,34 +545,29 @@ class TcpTransport:
 
         The connection must come from ``asyncio.start_server`` (its stream protocol must be
         server side, which ``StreamWriter.start_tls`` relies on). Returns when the
-        connection ends; never raises for connection trouble (it is logged and counted).
+        connection ends or the transport closes; never raises for connection trouble (it is
+        logged and counted).
         """
         if self._closed:
-            writer.transport.abort()
+            _abort(writer)
             return
         conn = self._track(writer)
-        cfg = self.config
-        subject: str | None = None
         try:
+            handshake = asyncio.create_task(
+                self._accept_handshake(reader, writer), name="raft-transport-handshake"
+            )
+            conn.handshake = handshake
             try:
-                async with asyncio.timeout(cfg.handshake_timeout):
-                    # No await between the ack and start_tls' switch to the TLS protocol, and
-                    # the dialer sends nothing before the ack: no TLS byte can be misread.
-                    writer.write(RAFT_MARKER_ACK)
-                    await writer.start_tls(self._server_ctx)
-                    subject = peer_common_name(writer.get_extra_info("peercert"))
-                    if subject is None or not self._authorize(subject):
-                        self._refuse(writer, subject, "certificate subject is not authorized")
-                        return
-                    hello = await read_frame(reader, _HANDSHAKE_FRAME_MAX)
-                    if hello is None:
-                        raise HandshakeError("connection closed before the hello frame")
-                    remote_id = decode_hello(HELLO_MAGIC, hello)
-                    writer.write(encode_frame(encode_hello(HELLO_ACK_MAGIC, self.node_id)))
-                    await writer.drain()
-            except _CONNECTION_ERRORS as exc:
-                self._refuse(writer, subject, _describe(exc))
+                await asyncio.wait({handshake})
+            except asyncio.CancelledError:
+                handshake.cancel()
+                raise
+            if handshake.cancelled():
+                return  # close() ended it
+            accepted = handshake.result()
+            if accepted is None:
                 return
+            remote_id, subject = accepted
             self._stats.accepted += 1
             log.debug(
                 "raft transport %s: accepted %s (subject %r) from %s",
@@ -572,10 +576,38 @@ class TcpTransport:
                 subject,
                 writer.get_extra_info("peername"),
             )
+            if self._closed:
+                return
             await self._read_loop(remote_id, reader)
         finally:
-            writer.transport.abort()
+            _abort(writer)
             self._untrack(conn)
+
+    async def _accept_handshake(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[str, str] | None:
+        """Ack the marker, TLS (server side), authorize, hello; (peer id, subject) or None."""
+        subject: str | None = None
+        try:
+            async with asyncio.timeout(self.config.handshake_timeout):
+                # No await between the ack and start_tls' switch to the TLS protocol, and the
+                # dialer sends nothing before the ack: no TLS byte can be misread as plain.
+                writer.write(RAFT_MARKER_ACK)
+                await writer.start_tls(self._server_ctx)
+                subject = peer_common_name(writer.get_extra_info("peercert"))
+                if subject is None or not self._authorize(subject):
+                    self._refuse(writer, subject, "certificate subject is not authorized")
+                    return None
+                hello = await read_frame(reader, _HANDSHAKE_FRAME_MAX)
+                if hello is None:
+                    raise HandshakeError("connection closed before the hello frame")
+                remote_id = decode_hello(HELLO_MAGIC, hello)
+                writer.write(encode_frame(encode_hello(HELLO_ACK_MAGIC, self.node_id)))
+                await writer.drain()
+        except _CONNECTION_ERRORS as exc:
+            self._refuse(writer, subject, _describe(exc))
+            return None
+        return remote_id, subject
 
     async def _read_loop(self, remote_id: str, reader: asyncio.StreamReader) -> None:
         limit = self.config.max_frame_size
@@ -620,7 +652,7 @@ class TcpTransport:
             subject,
             why,
         )
-        writer.transport.abort()
+        _abort(writer)
 
     def _track(self, writer: asyncio.StreamWriter) -> _Inbound:
         conn = _Inbound(writer)
@@ -632,6 +664,13 @@ class TcpTransport:
         self._inbound.discard(conn)
         if not self._inbound:
             self._inbound_empty.set()
+
+
+def _abort(writer: asyncio.StreamWriter) -> None:
+    """Drop a connection at once (no TLS close_notify: the peer may be hostile or gone)."""
+    transport = writer.transport
+    if transport is not None:
+        transport.abort()
 
 
 def _set_keepalive(writer: asyncio.StreamWriter) -> None:

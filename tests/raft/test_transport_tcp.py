@@ -1,0 +1,454 @@
+"""TCP+TLS transport: authentication, authorization, hostile input, reconnects, mux hand-off."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from raftlog.raft.transport import (
+    FRAME_HEADER,
+    HELLO_ACK_MAGIC,
+    HELLO_MAGIC,
+    RAFT_MARKER,
+    RAFT_MARKER_ACK,
+    FrameTooLargeError,
+    HandshakeError,
+    TransportConfigError,
+    decode_hello,
+    encode_frame,
+    encode_hello,
+    read_frame,
+    split_host_port,
+)
+from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
+from raftlog.security import (
+    TLSConfig,
+    client_ssl_context,
+    generate_ca,
+    issue_cert,
+    write_dev_certs,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TLSConfig]:
+    """The cluster's peer cert, a same-CA cert with another subject, a foreign-CA cert."""
+    out = tmp_path_factory.mktemp("tcp-certs")
+    files = write_dev_certs(out)["server"]
+    peer = TLSConfig(files.cert_file, files.key_file, files.ca_file)
+    ca_pem = Path(files.ca_file).read_bytes()
+    ca_key = (out / "ca-key.pem").read_bytes()
+    from raftlog.security import CertPair
+
+    cluster_ca = CertPair(ca_pem, ca_key)
+    result = {"peer": peer}
+    intruder = issue_cert(cluster_ca, "intruder", hosts=["127.0.0.1", "localhost"])
+    foreign = issue_cert(generate_ca("foreign CA"), "server", hosts=["127.0.0.1", "localhost"])
+    for name, pair in (("intruder", intruder), ("foreign", foreign)):
+        (out / f"{name}.pem").write_bytes(pair.cert_pem)
+        (out / f"{name}-key.pem").write_bytes(pair.key_pem)
+        # Both trust the cluster CA, so only the listener's check can refuse them.
+        result[name] = TLSConfig(out / f"{name}.pem", out / f"{name}-key.pem", files.ca_file)
+    return result
+
+
+def config(node_id: str, tls: TLSConfig, **overrides: object) -> TcpTransportConfig:
+    settings: dict[str, object] = {
+        "connect_timeout": 2.0,
+        "handshake_timeout": 1.0,
+        "close_timeout": 2.0,
+        "backoff_initial": 0.02,
+        "backoff_max": 0.1,
+    }
+    settings.update(overrides)
+    return TcpTransportConfig(node_id=node_id, tls=tls, **settings)  # type: ignore[arg-type]
+
+
+def only_server(subject: str) -> bool:
+    return subject == "server"
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+        self.event = asyncio.Event()
+
+    def __call__(self, payload: bytes) -> None:
+        self.items.append(payload)
+        self.event.set()
+
+    async def wait_for(self, pred: Callable[[list[bytes]], bool], timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not pred(self.items):
+                self.event.clear()
+                await self.event.wait()
+
+
+async def eventually(pred: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached within the deadline")
+        await asyncio.sleep(0.01)
+
+
+class Nodes:
+    """Creates transports and closes every one of them at the end of a test."""
+
+    def __init__(self) -> None:
+        self.made: list[TcpTransport] = []
+
+    async def make(
+        self,
+        node_id: str,
+        tls: TLSConfig,
+        *,
+        authorize: Callable[[str], bool] = only_server,
+        port: int | None = 0,
+        **overrides: object,
+    ) -> tuple[TcpTransport, Inbox]:
+        t = TcpTransport(config(node_id, tls, **overrides), authorize=authorize)
+        self.made.append(t)
+        inbox = Inbox()
+        t.set_handler(inbox)
+        if port is not None:
+            await t.serve("127.0.0.1", port)
+        await t.start()
+        return t, inbox
+
+
+@pytest.fixture
+async def nodes() -> AsyncIterator[Nodes]:
+    n = Nodes()
+    try:
+        yield n
+    finally:
+        for t in n.made:
+            await t.close()
+
+
+async def open_raft_tls(
+    address: str, tls: TLSConfig, node_id: str = "raw"
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Dial like a transport would, by hand, up to and including the hello exchange."""
+    host, port = split_host_port(address)
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(RAFT_MARKER)
+    assert await asyncio.wait_for(reader.readexactly(1), 5) == RAFT_MARKER_ACK
+    await asyncio.wait_for(writer.start_tls(client_ssl_context(tls), server_hostname=host), 5)
+    writer.write(encode_frame(encode_hello(HELLO_MAGIC, node_id)))
+    answer = await asyncio.wait_for(read_frame(reader, 1024), 5)
+    assert answer is not None
+    decode_hello(HELLO_ACK_MAGIC, answer)
+    return reader, writer
+
+
+async def wait_closed_by_remote(reader: asyncio.StreamReader, timeout: float = 5.0) -> None:
+    """The remote closed the connection: EOF or a reset, within the deadline."""
+    async with asyncio.timeout(timeout):
+        try:
+            while await reader.read(65536):
+                pass
+        except (ConnectionError, OSError):
+            pass
+
+
+# ------------------------------------------------------------------ framing helpers
+
+
+async def test_frames_round_trip_and_oversized_header_is_refused() -> None:
+    reader = asyncio.StreamReader()
+    reader.feed_data(encode_frame(b"abc") + encode_frame(b"") + FRAME_HEADER.pack(11))
+    reader.feed_eof()
+    assert await read_frame(reader, 10) == b"abc"
+    assert await read_frame(reader, 10) == b""
+    with pytest.raises(FrameTooLargeError):
+        await read_frame(reader, 10)
+
+    truncated = asyncio.StreamReader()
+    truncated.feed_data(FRAME_HEADER.pack(5) + b"ab")
+    truncated.feed_eof()
+    with pytest.raises(asyncio.IncompleteReadError):
+        await read_frame(truncated, 10)
+
+    empty = asyncio.StreamReader()
+    empty.feed_eof()
+    assert await read_frame(empty, 10) is None
+
+
+def test_hello_and_address_parsing() -> None:
+    assert decode_hello(HELLO_MAGIC, encode_hello(HELLO_MAGIC, "nöde-1")) == "nöde-1"
+    with pytest.raises(HandshakeError):
+        decode_hello(HELLO_MAGIC, encode_hello(HELLO_ACK_MAGIC, "n1"))
+    with pytest.raises(HandshakeError):
+        decode_hello(HELLO_MAGIC, HELLO_MAGIC + b"\xff\xfe")
+    with pytest.raises(HandshakeError):
+        encode_hello(HELLO_MAGIC, "")
+    assert split_host_port("127.0.0.1:80") == ("127.0.0.1", 80)
+    assert split_host_port("[::1]:9000") == ("::1", 9000)
+    for bad in ("nohost", ":80", "h:", "h:x", "h:70000"):
+        with pytest.raises(ValueError):
+            split_host_port(bad)
+
+
+def test_config_validation_names_the_field(certs: dict[str, TLSConfig]) -> None:
+    tls = certs["peer"]
+    config("n1", tls).validate()
+    cases = {
+        "node_id": {"node_id": ""},
+        "max_frame_size": {"max_frame_size": 0},
+        "queue_size": {"queue_size": 0},
+        "connect_timeout": {"connect_timeout": 0},
+        "backoff_max": {"backoff_initial": 1.0, "backoff_max": 0.5},
+    }
+    for field, overrides in cases.items():
+        node_id = str(overrides.pop("node_id", "n1"))
+        with pytest.raises(TransportConfigError, match=field):
+            config(node_id, tls, **overrides).validate()
+    missing = TLSConfig(Path("/nonexistent.pem"), tls.key_file, tls.ca_file)
+    with pytest.raises(ValueError, match="cert_file"):
+        config("n1", missing).validate()
+
+
+# ------------------------------------------------------------------ authentication
+
+
+async def test_certificate_from_another_ca_is_refused(
+    nodes: Nodes, certs: dict[str, TLSConfig]
+) -> None:
+    b, inbox = await nodes.make("b", certs["peer"])
+    a, _ = await nodes.make("a", certs["foreign"], port=None)
+    assert b.listen_address is not None
+    a.update_peers({"b": b.listen_address})
+    a.send("b", b"let me in")
+    await eventually(lambda: b.stats().refused >= 1 and a.stats().connect_failures >= 1)
+    assert inbox.items == []
+    assert b.stats().accepted == 0
+    assert b.stats().delivered == 0
+
+
+async def test_subject_rejected_by_authorize_is_refused_and_logged(
+    nodes: Nodes, certs: dict[str, TLSConfig], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="raftlog.raft.transport")
+    b, inbox = await nodes.make("b", certs["peer"])
+    # The intruder's certificate is from the cluster CA: only authorization can stop it.
+    a, _ = await nodes.make("a", certs["intruder"], port=None)
+    assert b.listen_address is not None
+    a.update_peers({"b": b.listen_address})
+    a.send("b", b"replicate this")
+    await eventually(lambda: b.stats().refused >= 1)
+    assert inbox.items == []
+    assert any(
+        "'intruder'" in r.getMessage() and "not authorized" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+async def test_dialer_refuses_listener_whose_subject_it_does_not_authorize(
+    nodes: Nodes, certs: dict[str, TLSConfig]
+) -> None:
+    b, inbox = await nodes.make("b", certs["peer"])
+    a, _ = await nodes.make("a", certs["peer"], authorize=lambda s: s == "someone-else", port=None)
+    assert b.listen_address is not None
+    a.update_peers({"b": b.listen_address})
+    a.send("b", b"x")
+    await eventually(lambda: a.stats().connect_failures >= 1)
+    assert inbox.items == []
+    assert a.stats().connects == 0
+
+
+async def test_dialer_refuses_a_different_node_at_the_address(
+    nodes: Nodes, certs: dict[str, TLSConfig]
+) -> None:
+    c, inbox = await nodes.make("c", certs["peer"])
+    a, _ = await nodes.make("a", certs["peer"], port=None)
+    assert c.listen_address is not None
+    a.update_peers({"b": c.listen_address})  # stale table: b's old address now serves c
+    a.send("b", b"meant for b")
+    await eventually(lambda: a.stats().connect_failures >= 1)
+    assert a.stats().connects == 0
+    assert inbox.items == []
+
+
+# ------------------------------------------------------------------ hostile input
+
+
+async def test_garbage_does_not_crash_the_listener(
+    nodes: Nodes, certs: dict[str, TLSConfig]
+) -> None:
+    b, inbox = await nodes.make("b", certs["peer"])
+    assert b.listen_address is not None
+    host, port = split_host_port(b.listen_address)
+
+    # Not the marker at all (an HTTP client that knocked on the wrong port).
+    r1, w1 = await asyncio.open_connection(host, port)
+    w1.write(b"GET / HTTP/1.1\r\n\r\n")
+    await wait_closed_by_remote(r1)
+    w1.close()
+
+    # The marker, then plain garbage instead of a TLS ClientHello.
+    r2, w2 = await asyncio.open_connection(host, port)
+    w2.write(RAFT_MARKER)
+    assert await asyncio.wait_for(r2.readexactly(1), 5) == RAFT_MARKER_ACK
+    w2.write(b"\x00garbage" * 64)
+    await wait_closed_by_remote(r2)
+    w2.close()
+
+    # The marker glued to garbage, without waiting for the ack: ends by handshake timeout.
+    r3, w3 = await asyncio.open_connection(host, port)
+    w3.write(RAFT_MARKER + b"\xff" * 300)
+    await wait_closed_by_remote(r3)
+    w3.close()
+
+    # A valid TLS peer whose hello is malformed.
+    host_r, host_w = await asyncio.open_connection(host, port)
+    host_w.write(RAFT_MARKER)
+    assert await asyncio.wait_for(host_r.readexactly(1), 5) == RAFT_MARKER_ACK
+    await host_w.start_tls(client_ssl_context(certs["peer"]), server_hostname=host)
+    host_w.write(encode_frame(b"HELLO? " * 10))
+    await wait_closed_by_remote(host_r)
+    host_w.close()
+
+    await eventually(lambda: b.stats().refused >= 4)
+    # The listener still serves a proper peer.
+    a, _ = await nodes.make("a", certs["peer"], port=None)
+    a.update_peers({"b": b.listen_address})
+    a.send("b", b"still alive")
+    await inbox.wait_for(lambda items: items == [b"still alive"])
+
+
+async def test_oversized_frame_closes_the_connection_with_an_error(
+    nodes: Nodes, certs: dict[str, TLSConfig], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="raftlog.raft.transport")
+    b, inbox = await nodes.make("b", certs["peer"], max_frame_size=1024 * 1024)
+    assert b.listen_address is not None
+    reader, writer = await open_raft_tls(b.listen_address, certs["peer"])
+    writer.write(encode_frame(b"fine"))
+    writer.write(FRAME_HEADER.pack(1024 * 1024 + 1) + b"x" * 100)
+    await wait_closed_by_remote(reader)
+    writer.close()
+    await inbox.wait_for(lambda items: items == [b"fine"])
+    assert b.stats().oversized_frames == 1
+    assert any("maximum frame size" in r.getMessage() for r in caplog.records)
+
+
+async def test_close_ends_a_stalled_handshake_promptly(
+    nodes: Nodes, certs: dict[str, TLSConfig]
+) -> None:
+    b, _ = await nodes.make("b", certs["peer"], handshake_timeout=30.0)
+    assert b.listen_address is not None
+    host, port = split_host_port(b.listen_address)
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(RAFT_MARKER)
+    assert await asyncio.wait_for(reader.readexactly(1), 5) == RAFT_MARKER_ACK
+    await eventually(lambda: b.inbound_connections() == 1)
+    started = time.monotonic()
+    await b.close()
+    assert time.monotonic() - started < 2.5
+    assert b.inbound_connections() == 0
+    await wait_closed_by_remote(reader)
+    writer.close()
+
+
+# ------------------------------------------------------------------ connections
+
+
+async def test_writes_are_coalesced_into_batches(nodes: Nodes, certs: dict[str, TLSConfig]) -> None:
+    b, inbox = await nodes.make("b", certs["peer"])
+    a, _ = await nodes.make("a", certs["peer"], port=None)
+    assert b.listen_address is not None
+    a.update_peers({"b": b.listen_address})
+    count = 1000
+    for i in range(count):
+        a.send("b", b"%d" % i)  # all queued while the connection is being set up
+    await inbox.wait_for(lambda items: len(items) == count)
+    s = a.stats()
+    assert s.frames_written == count
+    assert s.write_batches < count / 10, f"{s.write_batches} drains for {count} frames"
+
+
+async def test_reconnects_after_the_remote_restarts(
+    nodes: Nodes, certs: dict[str, TLSConfig]
+) -> None:
+    b, inbox = await nodes.make("b", certs["peer"])
+    a, _ = await nodes.make("a", certs["peer"], port=None)
+    address = b.listen_address
+    assert address is not None
+    a.update_peers({"b": address})
+    a.send("b", b"before")
+    await inbox.wait_for(lambda items: items == [b"before"])
+    await b.close()
+    await eventually(lambda: "b" not in a.connected_peers())
+
+    port = split_host_port(address)[1]
+    b2, inbox2 = await nodes.make("b", certs["peer"], port=port)
+    # Payloads sent while the peer is away may be lost (Raft resends); keep sending.
+    deadline = time.monotonic() + 10
+    while not inbox2.items:
+        assert time.monotonic() < deadline, "never reconnected"
+        a.send("b", b"after")
+        try:
+            await inbox2.wait_for(bool, timeout=0.2)
+        except TimeoutError:
+            pass
+    assert inbox2.items[0] == b"after"
+    assert a.stats().connects >= 2
+    assert b2.stats().accepted >= 1
+
+
+async def test_handle_connection_accepts_connections_from_a_mux(
+    nodes: Nodes, certs: dict[str, TLSConfig]
+) -> None:
+    b, inbox = await nodes.make("b", certs["peer"], port=None)  # no listener of its own
+    other: list[bytes] = []
+
+    async def mux(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first = await asyncio.wait_for(reader.readexactly(1), 5)
+        if first == RAFT_MARKER:
+            await b.handle_connection(reader, writer)
+            return
+        other.append(first + await reader.read(100))
+        writer.write(b"not raft")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(mux, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        a, _ = await nodes.make("a", certs["peer"], port=None)
+        a.update_peers({"b": f"127.0.0.1:{port}"})
+        for i in range(50):
+            a.send("b", b"%d" % i)
+        await inbox.wait_for(lambda items: len(items) == 50)
+        assert inbox.items == [b"%d" % i for i in range(50)]
+
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"\x16\x03\x01")
+        assert await asyncio.wait_for(r.read(100), 5) == b"not raft"
+        w.close()
+        assert other and other[0].startswith(b"\x16")
+        assert b.stats().accepted == 1
+    finally:
+        await b.close()  # ends the handed-over connection, so the mux task finishes
+        server.close()
+        await server.wait_closed()
+
+
+async def test_serve_twice_and_start_after_close_are_errors(
+    nodes: Nodes, certs: dict[str, TLSConfig]
+) -> None:
+    b, _ = await nodes.make("b", certs["peer"])
+    with pytest.raises(Exception, match="already serving"):
+        await b.serve("127.0.0.1", 0)
+    await b.close()
+    with pytest.raises(Exception, match="closed"):
+        await b.start()
