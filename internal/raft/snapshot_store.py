@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import hashlib
 import json
 import logging
@@ -419,9 +420,9 @@ class SnapshotStore:
             raise SnapshotStoreError(f"cannot delete snapshot {snapshot_id}: {exc}") from exc
         shutil.rmtree(doomed, ignore_errors=True)
 
-    def apply_retention(self) -> list[str]:
+    def apply_retention(self) -> builtins.list[str]:
         """Delete complete snapshots beyond the newest ``retain``; the ids deleted."""
-        deleted: list[str] = []
+        deleted: builtins.list[str] = []
         for meta in self.list()[self.retain :]:
             try:
                 self.delete(meta.id)
