@@ -841,6 +841,7 @@ class RaftCore:
             waiting, self._reads_waiting = self._reads_waiting, []
             for ctx in waiting:
                 self._start_read(ctx)
+        self._prune_removed()
         self._maybe_step_down_removed()
         return True
 
@@ -981,14 +982,21 @@ class RaftCore:
         old = self.membership
         self._scan_confs(after)
         if self.membership != old and self.role is Role.LEADER:
+            # Removed servers keep receiving the log until their removal commits, so that
+            # they learn of it and stop campaigning (see _prune_removed).
             for s in self.membership:
                 if s.id not in self._prs:
                     self._prs[s.id] = self._new_progress()
-            for i in list(self._prs):
-                if i not in self.membership and i != self.id:
-                    del self._prs[i]
-                    if i == self._transferee:
-                        self._transferee = NO_NODE
+            if self._transferee and not self.membership.is_voter(self._transferee):
+                self._transferee = NO_NODE
+
+    def _prune_removed(self) -> None:
+        conf_index = self._confs[-1][0] if self._confs else self._base_conf[0]
+        if conf_index > self.log.committed:
+            return
+        for i in list(self._prs):
+            if i not in self.membership and i != self.id:
+                del self._prs[i]
 
     # ===================================================================================
     # State snapshots

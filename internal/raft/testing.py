@@ -448,6 +448,10 @@ class MemCluster:
             self.tick()
         raise AssertionError("no leader emerged")
 
+    @staticmethod
+    def check_logs_static(logs: dict[NodeId, dict[int, int]]) -> None:
+        SafetyChecker.check_log_matching(logs)
+
     def check_logs(self) -> None:
         logs: dict[NodeId, dict[int, int]] = {}
         for n in self.nodes.values():

@@ -19,7 +19,10 @@ from raftlog.raft.testing import MemCluster
 def cfg(pre_vote: bool = True, check_quorum: bool = True):
     def make(i: str) -> RaftConfig:
         return RaftConfig(
-            id=i, election_tick=10, snapshot_threshold=0, pre_vote=pre_vote,
+            id=i,
+            election_tick=10,
+            snapshot_threshold=0,
+            pre_vote=pre_vote,
             check_quorum=check_quorum,
         )
 
@@ -130,7 +133,9 @@ def test_leader_stickiness_followers_ignore_votes_while_in_lease() -> None:
     term = lead.c.term
     b = c.nodes["b"].c
     last = b.last_index
-    b.step(Message(MessageType.VOTE, "c", "b", term + 5, index=last, log_term=b.entry_term(last) or 0))
+    b.step(
+        Message(MessageType.VOTE, "c", "b", term + 5, index=last, log_term=b.entry_term(last) or 0)
+    )
     assert b.term == term and b.vote != "c"
     assert b.leader_id == "a"
     c.stabilize()

@@ -1,0 +1,268 @@
+"""Membership changes, leadership transfer, snapshots and InstallSnapshot."""
+
+from __future__ import annotations
+
+import pytest
+
+from raftlog.raft import (
+    ConfChange,
+    ConfChangeError,
+    ConfChangeInProgressError,
+    ConfChangeType,
+    LeadershipTransferInProgressError,
+    MessageType,
+    RaftConfig,
+    Role,
+    SnapshotError,
+    Suffrage,
+    TransferError,
+)
+from raftlog.raft.testing import MemCluster
+
+
+def cfg(**kw: object):
+    def make(i: str) -> RaftConfig:
+        base: dict[str, object] = {"election_tick": 10, "snapshot_threshold": 0}
+        base.update(kw)
+        return RaftConfig(id=i, **base)  # type: ignore[arg-type]
+
+    return make
+
+
+def change(c: MemCluster, kind: ConfChangeType, node: str) -> None:
+    lead = c.wait_leader()
+    lead.c.propose_conf_change(ConfChange(kind, node, f"mem://{node}"))
+    c.stabilize()
+    c.tick(2)
+
+
+# -- membership --------------------------------------------------------------------------
+
+
+def test_add_learner_catch_up_then_promote() -> None:
+    c = MemCluster(["a", "b", "c"], config=cfg())
+    lead = c.elect("a")
+    for i in range(10):
+        lead.propose([b"%d" % i])
+    c.stabilize()
+    c.add_node("d")  # empty state: waits to be contacted
+    change(c, ConfChangeType.ADD_LEARNER, "d")
+    d = c.nodes["d"]
+    assert d.c.membership.get("d") is not None
+    assert d.c.membership.get("d").suffrage is Suffrage.LEARNER  # type: ignore[union-attr]
+    assert d.state == lead.state
+    assert lead.c.status().progress["d"].match == lead.c.last_index
+    # A learner never campaigns.
+    c.tick(30, nodes=["d"])
+    assert d.c.role is Role.FOLLOWER
+    change(c, ConfChangeType.PROMOTE_LEARNER, "d")
+    assert lead.c.membership.voters == ("a", "b", "c", "d")
+    assert d.c.membership.is_voter("d")
+
+
+def test_added_voter_counts_for_commit_once_appended() -> None:
+    c = MemCluster(["a", "b"], config=cfg())
+    lead = c.elect("a")
+    c.add_node("c")
+    change(c, ConfChangeType.ADD_VOTER, "c")
+    # Voters a, b, c: with b and c down, nothing commits any more.
+    c.nodes["b"].crash()
+    c.nodes["c"].crash()
+    before = lead.c.commit_index
+    lead.propose([b"x"])
+    c.stabilize()
+    assert lead.c.commit_index == before
+    c.nodes["c"].start()
+    c.tick(3)
+    assert lead.c.commit_index == lead.c.last_index
+
+
+def test_one_change_at_a_time_and_not_before_commit_in_term() -> None:
+    c = MemCluster(["a", "b", "c"], config=cfg())
+    c.drop_if = lambda m: m.type is MessageType.APPEND_RESP
+    a = c.nodes["a"]
+    a.c.campaign()
+    c.stabilize()
+    assert a.c.role is Role.LEADER
+    with pytest.raises(ConfChangeInProgressError):
+        a.c.propose_conf_change(ConfChange(ConfChangeType.REMOVE, "c"))
+    c.drop_if = None
+    c.tick(2)
+    c.drop_if = lambda m: m.type is MessageType.APPEND_RESP
+    a.c.propose_conf_change(ConfChange(ConfChangeType.REMOVE, "c"))
+    with pytest.raises(ConfChangeInProgressError):
+        a.c.propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, "d", "mem://d"))
+    c.drop_if = None
+
+
+def test_invalid_changes_are_named_errors() -> None:
+    c = MemCluster(["a", "b"], config=cfg())
+    lead = c.elect("a").c
+    with pytest.raises(ConfChangeError):
+        lead.propose_conf_change(ConfChange(ConfChangeType.ADD_VOTER, "b", "mem://b"))
+    with pytest.raises(ConfChangeError):
+        lead.propose_conf_change(ConfChange(ConfChangeType.PROMOTE_LEARNER, "b"))
+    with pytest.raises(ConfChangeError):
+        lead.propose_conf_change(ConfChange(ConfChangeType.REMOVE, "zz"))
+    with pytest.raises(ConfChangeError):
+        lead.propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, "d"))
+
+
+def test_remove_follower() -> None:
+    c = MemCluster(["a", "b", "c"], config=cfg())
+    lead = c.elect("a")
+    change(c, ConfChangeType.REMOVE, "c")
+    assert lead.c.membership.voters == ("a", "b")
+    assert "c" not in lead.c.status().progress
+    # c no longer counts: with only a and b, both are needed; c can't help or harm.
+    c.nodes["b"].crash()
+    lead.propose([b"x"])
+    c.stabilize()
+    assert lead.c.commit_index < lead.c.last_index
+    # The removed node knows it was removed and does not disturb anyone.
+    c.tick(50, nodes=["c"])
+    assert c.nodes["c"].c.role is Role.FOLLOWER
+
+
+def test_removed_leader_steps_down_and_others_elect() -> None:
+    c = MemCluster(["a", "b", "c"], config=cfg())
+    lead = c.elect("a")
+    lead.c.propose_conf_change(ConfChange(ConfChangeType.REMOVE, "a"))
+    c.stabilize()
+    assert lead.c.role is Role.FOLLOWER
+    assert not lead.c.membership.is_voter("a")
+    c.tick(30)
+    new = c.leader()
+    assert new is not None and new.id in {"b", "c"}
+    t = new.propose([b"after"])
+    c.stabilize()
+    assert t is not None and new.acked == {t.first_index: b"after"}
+    assert lead.c.role is Role.FOLLOWER  # never campaigns again
+
+
+def test_membership_change_rolled_back_with_truncated_entry() -> None:
+    c = MemCluster(["a", "b", "c"], config=cfg())
+    lead = c.elect("a")
+    lead.propose([b"x"])
+    c.stabilize()
+    c.isolate("a")
+    lead.c.propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, "z", "mem://z"))
+    c.stabilize()
+    assert "z" in lead.c.membership  # effective when appended, even uncommitted
+    c.tick(25, nodes=["a"])
+    c.partition(["b", "c"], ["a"])
+    c.tick(30, nodes=["b", "c"])
+    c.heal()
+    c.tick(5)
+    assert "z" not in c.nodes["a"].c.membership, "overwritten change must be rolled back"
+
+
+# -- leadership transfer -----------------------------------------------------------------
+
+
+def test_transfer_to_named_voter() -> None:
+    c = MemCluster(["a", "b", "c"], config=cfg())
+    lead = c.elect("a")
+    assert lead.c.transfer_leadership("c") == "c"
+    c.stabilize()
+    assert c.nodes["c"].c.role is Role.LEADER
+    assert lead.c.role is Role.FOLLOWER and lead.c.leader_id == "c"
+
+
+def test_transfer_to_most_caught_up_voter_after_catch_up() -> None:
+    c = MemCluster(["a", "b", "c"], config=cfg())
+    lead = c.elect("a")
+    c.drop_if = lambda m: m.dst == "b" and m.type is MessageType.APPEND
+    for i in range(5):
+        lead.propose([b"%d" % i])
+    c.stabilize()
+    c.drop_if = None
+    assert lead.c.transfer_leadership() == "c"
+    c.stabilize()
+    assert c.nodes["c"].c.role is Role.LEADER
+    # A lagging target is caught up first, then TimeoutNow.
+    c.drop_if = lambda m: m.dst == "b" and m.type is MessageType.APPEND
+    new = c.nodes["c"]
+    new.propose([b"more"])
+    c.stabilize()
+    c.drop_if = None
+    new.c.transfer_leadership("b")
+    with pytest.raises(LeadershipTransferInProgressError):
+        new.c.propose([b"refused"])
+    c.stabilize()
+    assert c.nodes["b"].c.role is Role.LEADER
+
+
+def test_transfer_abandoned_when_target_is_down() -> None:
+    c = MemCluster(["a", "b", "c"], config=cfg())
+    lead = c.elect("a")
+    c.nodes["c"].crash()
+    lead.c.transfer_leadership("c")
+    c.tick(10, nodes=["a", "b"])
+    assert lead.c.role is Role.LEADER
+    assert lead.propose([b"ok again"]) is not None
+    with pytest.raises(TransferError):
+        lead.c.transfer_leadership("nobody")
+
+
+# -- snapshots ---------------------------------------------------------------------------
+
+
+def test_should_snapshot_at_threshold_and_compact() -> None:
+    c = MemCluster(["a"], config=cfg(snapshot_threshold=0, snapshot_trailing_entries=2))
+    lead = c.elect("a")
+    for i in range(10):
+        lead.propose([b"%d" % i])
+    c.stabilize()
+    core = lead.c
+    meta = core.snapshot_meta()
+    assert meta.index == core.applied_index and meta.membership.voters == ("a",)
+    through = core.compact(meta)
+    assert through == meta.index - 2
+    assert core.status().first_index == through + 1
+    with pytest.raises(SnapshotError):
+        core.snapshot_meta(meta.index + 100)
+
+
+def test_lagging_follower_catches_up_by_install_snapshot() -> None:
+    c = MemCluster(["a", "b", "c"], config=cfg(snapshot_threshold=5, snapshot_trailing_entries=0))
+    lead = c.elect("a")
+    c.nodes["c"].crash()
+    for i in range(30):
+        lead.propose([b"%d" % i])
+        c.stabilize()
+    assert lead.disk.snapshot is not None
+    assert lead.c.status().first_index > 2, "the log was compacted"
+    sent: list[MessageType] = []
+    c.drop_if = lambda m: sent.append(m.type) is not None
+    c.nodes["c"].start()
+    c.tick(5)
+    c.drop_if = None
+    assert MessageType.SNAPSHOT in sent
+    follower = c.nodes["c"]
+    assert follower.disk.snapshot is not None
+    assert follower.state == lead.state
+    assert follower.c.applied_index == lead.c.applied_index
+    # It keeps replicating normally afterwards, and survives a restart from its snapshot.
+    lead.propose([b"tail"])
+    c.stabilize()
+    c.tick(2)
+    follower.crash()
+    follower.start()
+    c.tick(3)
+    assert follower.state == lead.state
+
+
+def test_learner_added_after_compaction_gets_snapshot() -> None:
+    c = MemCluster(["a", "b"], config=cfg(snapshot_threshold=4, snapshot_trailing_entries=1))
+    lead = c.elect("a")
+    for i in range(20):
+        lead.propose([b"%d" % i])
+        c.stabilize()
+    c.add_node("n")
+    change(c, ConfChangeType.ADD_LEARNER, "n")
+    c.tick(3)
+    n = c.nodes["n"]
+    assert n.disk.snapshot is not None
+    assert n.state == lead.state
+    assert n.c.membership == lead.c.membership
