@@ -37,6 +37,7 @@ from raftlog.log.snapshot import LogReader, restore_log
 
 logger = logging.getLogger("raftlog.log")
 
+_NO_FLOOR = 1 << 64
 #: Default cap on the records one ``read_batch`` returns.
 DEFAULT_MAX_RECORDS = 65_536
 
@@ -48,7 +49,7 @@ class _SyncJob:
     target: int
     fds: list[int]
     dir_fd: int
-    stores: list[tuple[Segment, int, int]]  # segment, size covered, truncation counter
+    stores: list[tuple[Segment, int]]  # segment, store size the fsync covers
     new_names: list[str]
 
 
@@ -88,6 +89,9 @@ class Log:
         self._dir_dirty = False
         self._undurable_names: set[str] = set()
         self._interval_timer: asyncio.TimerHandle | None = None
+        # Lowest truncate_after point since the running fsync was prepared: that fsync
+        # cannot vouch for records rewritten at or above it.
+        self._sync_floor = _NO_FLOOR
         self.recovery: list[RecoveryReport] = []
 
     # -- opening -------------------------------------------------------------------------
@@ -321,13 +325,15 @@ class Log:
 
     def _prepare_sync(self) -> _SyncJob:
         fds: list[int] = []
-        stores: list[tuple[Segment, int, int]] = []
+        stores: list[tuple[Segment, int]] = []
         for seg in self._dirty.values():
             if seg.closed:
                 continue
             fds.append(os.dup(seg.store.fileno()))
-            stores.append((seg, seg.store.size, seg.store.truncations))
+            stores.append((seg, seg.store.size))
+            seg.store.cut_floor = seg.store.size
         self._dirty.clear()
+        self._sync_floor = _NO_FLOOR
         dir_fd = -1
         names: list[str] = []
         if self._dir_dirty:
@@ -350,11 +356,12 @@ class Log:
             self._complete_sync(job)
 
     def _complete_sync(self, job: _SyncJob) -> None:
-        for seg, size, truncations in job.stores:
-            if seg.store.truncations == truncations:
-                seg.store.synced_size = max(seg.store.synced_size, size)
+        for seg, size in job.stores:
+            covered = min(size, seg.store.cut_floor)
+            seg.store.synced_size = max(seg.store.synced_size, covered)
         self._undurable_names.difference_update(job.new_names)
-        self._durable = max(self._durable, min(job.target, self.next_offset))
+        covered = min(job.target, self.next_offset, self._sync_floor)
+        self._durable = max(self._durable, covered)
         still: list[tuple[int, asyncio.Future[None]]] = []
         for target, fut in self._waiters:
             if fut.done():
@@ -457,6 +464,7 @@ class Log:
             seg.unseal()
         self._dirty[id(seg)] = seg
         self._durable = min(self._durable, offset + 1)
+        self._sync_floor = min(self._sync_floor, offset + 1)
         self._fail_waiters(
             lambda target: target > offset + 1,
             DurabilityError(f"records above offset {offset} were truncated before their fsync"),

@@ -26,9 +26,9 @@ class Store:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         self.size = os.fstat(self._fd).st_size
         self.synced_size = 0
-        #: bumped by every truncation; a sync that started before one must not raise
-        #: ``synced_size`` past the cut.
-        self.truncations = 0
+        #: the smallest size a truncation left since the running fsync was prepared: that
+        #: fsync vouches for no byte at or past it.
+        self.cut_floor = self.size
 
     @property
     def closed(self) -> bool:
@@ -77,7 +77,7 @@ class Store:
         os.ftruncate(self.fileno(), size)
         self.size = size
         self.synced_size = min(self.synced_size, size)
-        self.truncations += 1
+        self.cut_floor = min(self.cut_floor, size)
 
     def sync(self) -> None:
         """fsync in the calling thread (blocking; the log calls it from a worker thread)."""

@@ -266,3 +266,36 @@ def test_unrelated_files_are_left_alone_and_orphan_index_removed(tmp_path: Path)
     assert not (tmp_path / "00000000000000000099.index").exists()
     log.close_sync()
     assert os.path.exists(tmp_path / "00000000000000000000.store")
+
+
+async def test_fsync_started_before_a_suffix_cut_does_not_vouch_for_rewritten_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = threading.Event()
+    calls: list[int] = []
+    real = log_module._fsync_job
+
+    def first_is_slow(fds: list[int], dir_fd: int) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            gate.wait(5)
+        real(fds, dir_fd)
+
+    monkeypatch.setattr(log_module, "_fsync_job", first_is_slow)
+    log = Log.open(tmp_path, LogConfig())
+    old = asyncio.ensure_future(log.append_batch(recs(10)))
+    deadline = time.monotonic() + 5
+    while not calls:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.001)
+    log.truncate_after(4)  # while the first fsync (covering offsets 0..9) is running
+    new = asyncio.ensure_future(log.append_batch([b"new-5", b"new-6", b"new-7"]))
+    await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.wait_for(new, 5) == 5
+    assert len(calls) >= 2  # the rewritten records needed an fsync of their own
+    with pytest.raises(DurabilityError):
+        await old
+    store = log.segments[0].store
+    assert log.durable_lengths() == {store.path: store.size}
+    await log.close()
