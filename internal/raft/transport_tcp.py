@@ -40,6 +40,7 @@ from raftlog.raft.transport import (
     MAX_NODE_ID_BYTES,
     RAFT_MARKER,
     RAFT_MARKER_ACK,
+    FrameDecoder,
     FrameTooLargeError,
     Handler,
     HandshakeError,
@@ -59,6 +60,12 @@ log = logging.getLogger("raftlog.raft.transport")
 
 #: Largest handshake frame payload (magic + node id), in bytes.
 _HANDSHAKE_FRAME_MAX = len(HELLO_MAGIC) + MAX_NODE_ID_BYTES
+
+#: Bytes asked of the stream per read on inbound connections (many frames per read).
+_READ_CHUNK = 256 * 1024
+#: Payloads at least this large are written on their own instead of joined into the batch
+#: buffer (joining costs a copy; small frames joined make one TLS write per batch).
+_JOIN_LIMIT = 256 * 1024
 
 #: Errors that mean "this connection is unusable"; they are logged, counted and survived.
 _CONNECTION_ERRORS = (
@@ -494,18 +501,29 @@ class TcpTransport:
                     raise ConnectionResetError(f"{peer.node_id} closed the connection")
                 if not peer.queue:
                     continue
-                parts: list[bytes] = []
                 count = 0
                 size = 0
-                while peer.queue and (count == 0 or size + len(peer.queue[0]) <= cfg.batch_bytes):
-                    payload = peer.queue.popleft()
-                    parts.append(FRAME_HEADER.pack(len(payload)))
-                    parts.append(payload)
-                    count += 1
-                    size += len(payload)
-                peer.queued_bytes -= size
+                small: list[bytes] = []
                 try:
-                    writer.writelines(parts)
+                    while peer.queue and (
+                        count == 0 or size + len(peer.queue[0]) <= cfg.batch_bytes
+                    ):
+                        payload = peer.queue.popleft()
+                        peer.queued_bytes -= len(payload)
+                        count += 1
+                        size += len(payload)
+                        header = FRAME_HEADER.pack(len(payload))
+                        if len(payload) >= _JOIN_LIMIT:
+                            if small:
+                                writer.write(b"".join(small))
+                                small.clear()
+                            writer.write(header)
+                            writer.write(payload)
+                        else:
+                            small.append(header)
+                            small.append(payload)
+                    if small:
+                        writer.write(b"".join(small))
                     async with asyncio.timeout(cfg.write_timeout):
                         await writer.drain()
                 except BaseException:
@@ -610,14 +628,27 @@ class TcpTransport:
         return remote_id, subject
 
     async def _read_loop(self, remote_id: str, reader: asyncio.StreamReader) -> None:
-        limit = self.config.max_frame_size
+        decoder = FrameDecoder(self.config.max_frame_size)
         try:
             while True:
-                payload = await read_frame(reader, limit)
-                if payload is None:
+                data = await reader.read(_READ_CHUNK)
+                if not data:
+                    if decoder.pending:
+                        log.warning(
+                            "raft transport %s: connection from %s ended inside a frame "
+                            "(%d bytes of it received)",
+                            self.node_id,
+                            remote_id,
+                            decoder.pending,
+                        )
                     return
-                self._stats.bytes_received += len(payload)
-                self._deliver(payload)
+                for payload in decoder.feed(data):
+                    self._stats.bytes_received += len(payload)
+                    self._deliver(payload)
+                    if self._closed:
+                        return
+                if decoder.error is not None:
+                    raise decoder.error
         except FrameTooLargeError as exc:
             self._stats.oversized_frames += 1
             log.error(

@@ -16,6 +16,7 @@ from raftlog.raft.transport import (
     HELLO_MAGIC,
     RAFT_MARKER,
     RAFT_MARKER_ACK,
+    FrameDecoder,
     FrameTooLargeError,
     HandshakeError,
     TransportConfigError,
@@ -452,3 +453,22 @@ async def test_serve_twice_and_start_after_close_are_errors(
     await b.close()
     with pytest.raises(Exception, match="closed"):
         await b.start()
+
+
+def test_frame_decoder_handles_any_split_and_poisons_on_oversized_header() -> None:
+    stream = b"".join(encode_frame(p) for p in (b"one", b"", b"three" * 100, b"4"))
+    for step in (1, 3, 7, len(stream)):
+        decoder = FrameDecoder(1024)
+        out: list[bytes] = []
+        for i in range(0, len(stream), step):
+            out.extend(decoder.feed(stream[i : i + step]))
+        assert out == [b"one", b"", b"three" * 100, b"4"]
+        assert decoder.pending == 0
+    decoder = FrameDecoder(10)
+    assert decoder.feed(encode_frame(b"ok") + FRAME_HEADER.pack(11) + b"x") == [b"ok"]
+    assert isinstance(decoder.error, FrameTooLargeError)
+    with pytest.raises(FrameTooLargeError):
+        decoder.feed(b"more")
+    torn = FrameDecoder(10)
+    assert torn.feed(FRAME_HEADER.pack(5) + b"ab") == []
+    assert torn.pending == 6
