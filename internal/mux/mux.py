@@ -11,8 +11,16 @@ Flow of one accepted connection (see ``docs/mux.md`` for the diagram):
    ClientHello, say) in the kernel for whoever gets the connection.
 3. A byte registered with :meth:`Mux.register` (the Raft transport registers
    :data:`RAFT_MARKER`) hands the connection to that handler as an
-   ``(asyncio.StreamReader, asyncio.StreamWriter)`` pair whose first byte was consumed; the
-   pair is a server-side stream, so ``await writer.start_tls(ctx)`` does a server handshake.
+   ``(asyncio.StreamReader, asyncio.StreamWriter)`` pair whose first byte was consumed.
+   Registered with ``ssl=<server SSLContext>``, the mux first completes the server-side TLS
+   handshake (bounded by ``tls_handshake_timeout``; the peer's certificate is then
+   ``writer.get_extra_info("peercert")``) and the handler gets the TLS stream: this works
+   on every event loop and is the way for the Raft transport. Without ``ssl`` the handler
+   gets the plain stream; it is a server-side stream whose transport starts paused, so
+   ``await writer.start_tls(ctx)`` as the handler's first step works on the default asyncio
+   loop. (uvloop starts reading right after ``connection_made`` whatever the protocol
+   does, so bytes sent right behind the marker can land in the StreamReader, out of
+   ``start_tls``'s reach: under uvloop, let the mux do TLS.)
 4. Any other byte is gRPC: the connection is relayed, first byte included, as a plain byte
    pipe to the grpc.aio server on a private unix socket (:mod:`raftlog.mux.sockdir`). The
    client's TLS thus runs end to end with the gRPC server, which checks the client
@@ -26,10 +34,11 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
 from raftlog.mux.relay import RelaySide
 
@@ -76,6 +85,9 @@ class MuxConfig:
       above ``high`` and resumes below ``low``.
     - ``stream_limit``: buffer limit of the StreamReader handed to registered handlers,
       bytes (default 256 KiB).
+    - ``tls_handshake_timeout``: seconds allowed for the TLS handshake of handlers
+      registered with ``ssl`` (default 10.0); a failed or slow handshake closes the
+      connection (``tls_errors``).
     - ``close_timeout``: seconds :meth:`Mux.close` waits for cancelled handler tasks
       (default 5.0).
     """
@@ -89,13 +101,19 @@ class MuxConfig:
     write_buffer_high: int = 256 * 1024
     write_buffer_low: int = 64 * 1024
     stream_limit: int = 256 * 1024
+    tls_handshake_timeout: float = 10.0
     close_timeout: float = 5.0
 
     def validate(self) -> None:
         """Raise :class:`MuxConfigError` naming the first invalid field."""
         if not 0 <= self.port <= 65535:
             raise MuxConfigError(f"port: must be in 0..65535, got {self.port}")
-        for name in ("first_byte_timeout", "upstream_connect_timeout", "close_timeout"):
+        for name in (
+            "first_byte_timeout",
+            "upstream_connect_timeout",
+            "tls_handshake_timeout",
+            "close_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise MuxConfigError(f"{name}: must be > 0 seconds, got {getattr(self, name)}")
         for name in ("max_pending", "backlog", "stream_limit"):
@@ -121,6 +139,7 @@ class MuxMetrics:
     by_marker: dict[int, int] = field(default_factory=dict)  # handled, per first byte
     upstream_errors: int = 0  # gRPC socket unreachable (or not configured)
     handler_errors: int = 0  # registered handlers that raised
+    tls_errors: int = 0  # TLS handshakes (handlers registered with ssl) that failed
     paused: int = 0  # times a relay paused reading because the other side was slow
     bytes_up: int = 0  # relayed client -> gRPC server
     bytes_down: int = 0  # relayed gRPC server -> client
@@ -131,6 +150,25 @@ class MuxMetrics:
     def raft(self) -> int:
         """Connections handed over with the Raft marker."""
         return self.by_marker.get(RAFT_MARKER, 0)
+
+
+class _PausedStreamProtocol(asyncio.StreamReaderProtocol):
+    """A server-side stream protocol whose transport reads nothing until the handler asks.
+
+    The handler usually starts with ``writer.start_tls()``: any byte the transport read
+    before that (the TLS ClientHello, when it came in the same segment as the marker) would
+    sit in the StreamReader, out of the TLS layer's reach, and the handshake would hang. So
+    the transport starts paused; ``start_tls`` resumes it itself, and the reader's first
+    wait for data resumes it otherwise (StreamReader resumes a transport it marked paused).
+    """
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have the same API.
+        cast(asyncio.Transport, transport).pause_reading()
+        super().connection_made(transport)
+        reader = self._stream_reader  # type: ignore[attr-defined]
+        if reader is not None:
+            reader._paused = True  # the first read resumes the transport
 
 
 class Mux:
@@ -152,7 +190,7 @@ class Mux:
         config.validate()
         self.config = config
         self.grpc_socket = str(grpc_socket) if grpc_socket is not None else None
-        self._handlers: dict[int, ConnectionHandler] = {}
+        self._handlers: dict[int, tuple[ConnectionHandler, ssl.SSLContext | None]] = {}
         for marker, handler in (handlers or {}).items():
             self.register(marker, handler)
         self.metrics = MuxMetrics()
@@ -164,17 +202,28 @@ class Mux:
         self._closed = False
 
     # --- configuration -----------------------------------------------------------------
-    def register(self, marker: int, handler: ConnectionHandler) -> None:
-        """Send connections whose first byte is ``marker`` (0..255) to ``handler``."""
+    def register(
+        self,
+        marker: int,
+        handler: ConnectionHandler,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """Send connections whose first byte is ``marker`` (0..255) to ``handler``.
+
+        With ``ssl_context`` (a server context, e.g. ``server_ssl_context(peer_tls)``, which
+        requires a client certificate) the mux does the TLS handshake first and the
+        handler gets the TLS stream; without it, the plain stream (see the module doc).
+        """
         if not 0 <= marker <= 255:
             raise MuxConfigError(f"marker: must be a byte value 0..255, got {marker}")
         if marker in (0x16, 0x50):
             raise MuxConfigError(
                 f"marker: {marker:#04x} starts TLS or HTTP/2 (gRPC) connections; pick another"
             )
-        if marker in self._handlers and self._handlers[marker] is not handler:
+        if marker in self._handlers and self._handlers[marker][0] is not handler:
             raise MuxConfigError(f"marker: {marker:#04x} already has a handler")
-        self._handlers[marker] = handler
+        self._handlers[marker] = (handler, ssl_context)
 
     # --- lifecycle ---------------------------------------------------------------------
     @property
@@ -298,9 +347,9 @@ class Mux:
             if not first:
                 self.metrics.closed_early += 1
                 return
-            handler = self._handlers.get(first[0])
-            if handler is not None:
-                handed_over = await self._hand_over(conn, first[0], handler)
+            registered = self._handlers.get(first[0])
+            if registered is not None:
+                handed_over = await self._hand_over(conn, first[0], *registered)
             else:
                 handed_over = await self._relay(conn, first)
         except Exception:
@@ -310,7 +359,11 @@ class Mux:
                 conn.close()
 
     async def _hand_over(
-        self, conn: socket.socket, marker: int, handler: ConnectionHandler
+        self,
+        conn: socket.socket,
+        marker: int,
+        handler: ConnectionHandler,
+        ssl_context: ssl.SSLContext | None,
     ) -> bool:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=self.config.stream_limit)
@@ -320,9 +373,26 @@ class Mux:
             self._handler_tasks.add(task)
             task.add_done_callback(self._handler_tasks.discard)
 
-        # A client_connected_cb makes this a *server-side* stream for writer.start_tls().
-        protocol = asyncio.StreamReaderProtocol(reader, connected)
-        await loop.connect_accepted_socket(lambda: protocol, sock=conn)
+        if ssl_context is not None:
+            tls_protocol = asyncio.StreamReaderProtocol(reader, connected)
+            timeout = self.config.tls_handshake_timeout
+            try:
+                # The TLS layer sees the connection from its second byte on: nothing lost.
+                async with asyncio.timeout(timeout + 1.0):
+                    await loop.connect_accepted_socket(
+                        lambda: tls_protocol,
+                        sock=conn,
+                        ssl=ssl_context,
+                        ssl_handshake_timeout=timeout,
+                    )
+            except (OSError, ssl.SSLError, TimeoutError) as exc:
+                self.metrics.tls_errors += 1
+                log.info("mux: TLS handshake for marker %#04x failed: %r", marker, exc)
+                return False
+        else:
+            # A client_connected_cb makes this a *server-side* stream for start_tls().
+            protocol = _PausedStreamProtocol(reader, connected)
+            await loop.connect_accepted_socket(lambda: protocol, sock=conn)
         self.metrics.handled += 1
         self.metrics.by_marker[marker] = self.metrics.by_marker.get(marker, 0) + 1
         return True
