@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
 import raftlog
 
 # Modules of raftlog.cmd that contribute sub-commands, in the order --help lists them.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("agent", "produce", "consume", "servers", "cert")
+
+
+# gRPC's C core logs every failed TLS handshake at INFO on stderr; the commands say what
+# went wrong in one line of their own. Set GRPC_VERBOSITY yourself to see the core's logs.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,65 @@
+"""``raftlog cert``: development certificates (CA, server/peer, clients) and the example ACL."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from raftlog.auth import write_example_acl
+from raftlog.security import write_dev_certs
+from raftlog.security.certs import DEFAULT_CLIENTS, DEFAULT_HOSTS
+
+
+def register(sub: Any) -> None:
+    """Add the ``cert`` sub-command."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "cert",
+        help="make development certificates (CA, server, clients) and the example ACL",
+        description=(
+            "Write a development CA (ca.pem), a server/peer certificate (server.pem, CN "
+            "'server') valid for the given hosts, and a client certificate "
+            "(<name>-client.pem, CN <name>) for each client, plus model.conf and "
+            "policy.csv when the directory has none. Keys are written mode 0600. An "
+            "existing CA is reused unless --overwrite is given."
+        ),
+    )
+    parser.add_argument("--out-dir", default="certs", help="directory to write (default certs)")
+    parser.add_argument(
+        "--host",
+        action="append",
+        dest="hosts",
+        metavar="HOST",
+        help="DNS name or IP the server certificate is valid for (repeatable; "
+        f"default {', '.join(DEFAULT_HOSTS)})",
+    )
+    parser.add_argument(
+        "--client",
+        action="append",
+        dest="clients",
+        metavar="NAME",
+        help=f"client subject to issue a certificate for (repeatable; default "
+        f"{', '.join(DEFAULT_CLIENTS)})",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="make a new CA even if one exists")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the files and list them."""
+    try:
+        files = write_dev_certs(
+            args.out_dir,
+            hosts=tuple(args.hosts or DEFAULT_HOSTS),
+            clients=tuple(args.clients or DEFAULT_CLIENTS),
+            overwrite=args.overwrite,
+        )
+        acl = write_example_acl(args.out_dir)
+    except OSError as exc:
+        print(f"raftlog cert: cannot write to {args.out_dir}: {exc}", file=sys.stderr)
+        return 1
+    for role, cert in files.items():
+        print(f"{role}: {cert.cert_file} (key {cert.key_file}, CA {cert.ca_file})")
+    for path in acl:
+        print(f"acl: {path}")
+    return 0

@@ -1,0 +1,104 @@
+"""``raftlog consume``: print records from an offset, up to the end or following new ones."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+from typing import Any
+
+from raftlog.api.v1 import log_pb2
+from raftlog.cmd.clientargs import (
+    EXIT_USAGE,
+    CommandError,
+    Progress,
+    add_client_flags,
+    log_stub,
+    run_command,
+)
+
+#: Records per ConsumeStream message the command asks for.
+BATCH_RECORDS = 1000
+
+
+def register(sub: Any) -> None:
+    """Add the ``consume`` sub-command."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "consume",
+        help="print records from an offset (to the current end, or --follow)",
+        description=(
+            "Print one record per line from --from on: up to the log's end as it is when the "
+            "command starts, or, with --follow, every new record until interrupted. "
+            '--format json prints {"offset": N, "value": ..., "encoding": "utf-8"|'
+            '"base64"} (base64 when the value is not UTF-8 text).'
+        ),
+    )
+    parser.add_argument(
+        "--from", dest="offset", type=int, default=0, help="first offset (default 0)"
+    )
+    parser.add_argument("--count", type=int, default=None, help="stop after this many records")
+    parser.add_argument("--follow", "-f", action="store_true", help="wait for new records")
+    parser.add_argument("--format", choices=("raw", "json"), default="raw", help="output format")
+    add_client_flags(parser)
+    parser.set_defaults(handler=lambda args: run_command(run, args, "consume"))
+
+
+def format_json(record: log_pb2.Record) -> str:
+    """One JSON line for ``record``."""
+    try:
+        value, encoding = record.value.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        value, encoding = base64.b64encode(record.value).decode("ascii"), "base64"
+    return json.dumps({"offset": record.offset, "value": value, "encoding": encoding})
+
+
+def run(args: argparse.Namespace) -> int:
+    """Stream and print."""
+    if args.offset < 0:
+        raise CommandError(f"--from must be an offset >= 0, got {args.offset}", EXIT_USAGE)
+    if args.count is not None and args.count < 0:
+        raise CommandError(f"--count must be >= 0, got {args.count}", EXIT_USAGE)
+    remaining = args.count
+    if remaining == 0:
+        return 0
+    out = sys.stdout.buffer
+    progress = Progress("consumed")
+    with log_stub(args) as stub:
+        end: int | None = None
+        if not args.follow:
+            offsets = stub.GetOffsets(log_pb2.GetOffsetsRequest(), timeout=args.timeout)
+            if offsets.empty or args.offset > offsets.highest_offset:
+                if args.offset < offsets.lowest_offset or args.offset > offsets.next_offset:
+                    # let the server say what is wrong (OUT_OF_RANGE with the offsets)
+                    stub.Consume(log_pb2.ConsumeRequest(offset=args.offset), timeout=args.timeout)
+                return 0
+            end = offsets.highest_offset
+        call = stub.ConsumeStream(
+            log_pb2.ConsumeRequest(offset=args.offset, max_records=BATCH_RECORDS)
+        )
+        try:
+            for response in call:
+                lines = []
+                done = False
+                for record in response.records:
+                    if args.format == "json":
+                        lines.append(format_json(record).encode() + b"\n")
+                    else:
+                        lines.append(record.value + b"\n")
+                    if remaining is not None:
+                        remaining -= 1
+                        done = remaining == 0
+                    if end is not None and record.offset >= end:
+                        done = True
+                    if done:
+                        break
+                out.write(b"".join(lines))
+                out.flush()
+                progress.add(len(lines))
+                if done:
+                    break
+        finally:
+            call.cancel()
+    progress.done()
+    return 0

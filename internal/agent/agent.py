@@ -1,0 +1,175 @@
+"""The agent: builds one node from an :class:`AgentConfig`, runs it, shuts it down.
+
+The node is an ordered list of setup steps; each returns its teardown. :meth:`Agent.start`
+runs them in order (undoing what started if one fails), :meth:`Agent.shutdown` runs the
+teardowns in reverse, once, each bounded in time. The single node has two steps::
+
+    log     open the commit log in data_dir               -> sync and close it
+    server  gRPC API on bind host : rpc_port (mTLS, ACL)  -> drain calls, stop
+
+The cluster adds its steps (mux, raft, serf membership) to the same list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from raftlog.auth import AllowAll, CasbinAuthorizer
+from raftlog.config import AgentConfig
+from raftlog.log import Log, LogConfig, SyncPolicy
+from raftlog.security import TLSConfig
+from raftlog.server import LocalLog, LogServer, ServerConfig
+from raftlog.server.protocols import Authorizer
+
+logger = logging.getLogger("raftlog.agent")
+
+Teardown = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One part of the node: its name and the coroutine that starts it."""
+
+    name: str
+    setup: Callable[[], Awaitable[Teardown]]
+
+
+class Agent:
+    """One raftlog node. ``await start()``, then ``await shutdown()`` (idempotent)."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        config.validate()
+        self.config = config
+        self.local_log: LocalLog | None = None
+        self.server: LogServer | None = None
+        self._teardowns: list[tuple[str, Teardown]] = []
+        self._shutdown_task: asyncio.Task[None] | None = None
+        self.steps: list[Step] = [
+            Step("log", self._setup_log),
+            Step("server", self._setup_server),
+        ]
+
+    @property
+    def rpc_addr(self) -> str:
+        """HOST:PORT clients dial (the bound port, once the server step ran)."""
+        if self.server is None or self.server.port is None:
+            return self.config.rpc_addr
+        host = self.config.bind_host
+        return f"[{host}]:{self.server.port}" if ":" in host else f"{host}:{self.server.port}"
+
+    # -- steps -------------------------------------------------------------------------
+
+    async def _setup_log(self) -> Teardown:
+        log_config = LogConfig(sync=SyncPolicy(self.config.sync))
+        # Opening verifies the active segment (file I/O): keep it off the event loop.
+        log = await asyncio.to_thread(Log.open, self.config.data_dir, log_config)
+        self.local_log = LocalLog(log, node_id=self.config.node_name)
+        logger.info(
+            "commit log open in %s: offsets %d..%d, sync=%s",
+            self.config.data_dir,
+            log.lowest_offset,
+            log.highest_offset,
+            self.config.sync,
+        )
+        local_log = self.local_log
+        return local_log.close
+
+    def _authorizer(self) -> Authorizer:
+        if self.config.insecure:
+            return AllowAll()
+        return CasbinAuthorizer(self.config.acl_model_file, self.config.acl_policy_file)
+
+    async def _setup_server(self) -> Teardown:
+        assert self.local_log is not None, "the log step runs first"
+        config = self.config
+        tls = None
+        if not config.insecure:
+            tls = TLSConfig(
+                config.server_tls_cert_file, config.server_tls_key_file, config.server_tls_ca_file
+            )
+        server = LogServer(
+            self.local_log,
+            self.local_log,
+            self._authorizer(),
+            tls=tls,
+            insecure=config.insecure,
+            config=ServerConfig(max_message_bytes=config.max_message_bytes),
+        )
+        server.bind(config.bind_host, config.rpc_port)
+        self.server = server
+        self.local_log.rpc_addr = self.rpc_addr
+        await server.start()
+        logger.info(
+            "node %s serving log.v1.Log on %s (%s)",
+            config.node_name,
+            self.rpc_addr,
+            "INSECURE" if config.insecure else "mutual TLS, Casbin ACL",
+        )
+        grace = max(config.shutdown_timeout_s / 2, 0.1)
+
+        async def stop() -> None:
+            await server.stop(grace)
+
+        return stop
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Run every step in order; if one fails, tear down the started ones and raise."""
+        for step in self.steps:
+            try:
+                teardown = await step.setup()
+            except BaseException:
+                logger.error(
+                    "step %r failed to start; stopping the steps already started", step.name
+                )
+                await self.shutdown()
+                raise
+            self._teardowns.append((step.name, teardown))
+
+    async def shutdown(self) -> None:
+        """Tear the steps down in reverse order, once; every step bounded in time."""
+        if self._shutdown_task is None:
+            self._shutdown_task = asyncio.ensure_future(self._shutdown())
+        await asyncio.shield(self._shutdown_task)
+
+    async def _shutdown(self) -> None:
+        timeout = self.config.shutdown_timeout_s
+        while self._teardowns:
+            name, teardown = self._teardowns.pop()
+            try:
+                await asyncio.wait_for(teardown(), timeout)
+            except TimeoutError:
+                logger.error("step %r did not stop within %.1f s; moving on", name, timeout)
+            except Exception:
+                logger.exception("step %r failed to stop cleanly", name)
+        logger.info("node %s stopped", self.config.node_name)
+
+    async def run_until_signalled(self, on_started: Callable[[Agent], None] | None = None) -> None:
+        """Start, call ``on_started``, serve until SIGINT/SIGTERM, then shut down."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        def request_stop(sig: signal.Signals) -> None:
+            if stop.is_set():
+                logger.warning("%s again: already shutting down", sig.name)
+                return
+            logger.info("%s received: shutting down", sig.name)
+            stop.set()
+
+        signals = (signal.SIGINT, signal.SIGTERM)
+        for sig in signals:
+            loop.add_signal_handler(sig, request_stop, sig)
+        try:
+            await self.start()
+            if on_started is not None:
+                on_started(self)
+            await stop.wait()
+        finally:
+            await self.shutdown()
+            for sig in signals:
+                loop.remove_signal_handler(sig)

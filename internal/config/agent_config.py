@@ -1,0 +1,336 @@
+"""The node's configuration: one frozen :class:`AgentConfig`, from file, env and flags.
+
+Precedence (highest first): command-line flags > environment variables ``RAFTLOG_<NAME>``
+(for example ``RAFTLOG_RPC_PORT``) > the YAML config file (``--config-file`` or
+``RAFTLOG_CONFIG_FILE``) > the defaults below. Every key has the same name in all three
+places: ``rpc_port`` in YAML (``rpc-port`` works too), ``RAFTLOG_RPC_PORT`` in the
+environment, ``--rpc-port`` on the command line.
+
+Relative paths are resolved against the current directory, except those in a config file,
+which are resolved against the file's directory. The defaults are relative to the current
+directory and work from the repository root after ``make certs``.
+
+An error names the key, where the value came from, and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ENV_PREFIX = "RAFTLOG_"
+MIB = 1 << 20
+LOG_LEVELS = ("debug", "info", "warning", "error")
+SYNC_POLICIES = ("always", "interval", "never")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, malformed or inconsistent; the message says which."""
+
+
+def _doc(help_text: str, kind: str, *, cluster: bool = False, choices: tuple[str, ...] = ()) -> Any:
+    return {"help": help_text, "kind": kind, "cluster": cluster, "choices": choices}
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Every setting of a node. Units and defaults are in each field's help text.
+
+    Cluster-only settings (``start_join_addrs``, ``bootstrap``, ``peer_tls_*``) are parsed
+    and validated now and take effect once the node runs Raft and Serf.
+    """
+
+    data_dir: Path = field(
+        default=Path(".data/node-0"),
+        metadata=_doc("directory of the node's commit log (created if missing)", "path"),
+    )
+    node_name: str = field(
+        default="node-0",
+        metadata=_doc("unique id of this node in the cluster (never an address)", "str"),
+    )
+    bind_addr: str = field(
+        default="127.0.0.1:8401",
+        metadata=_doc(
+            "HOST:PORT for Serf gossip; HOST is also the address the RPC port listens on",
+            "addr",
+        ),
+    )
+    rpc_port: int = field(
+        default=8400,
+        metadata=_doc("TCP port of the gRPC API on the bind host (0 = any free port)", "port"),
+    )
+    start_join_addrs: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "Serf addresses (HOST:PORT, comma separated) of cluster members to join",
+            "addrs",
+            cluster=True,
+        ),
+    )
+    bootstrap: bool = field(
+        default=False,
+        metadata=_doc(
+            "bootstrap a new cluster with this node (first node only)", "bool", cluster=True
+        ),
+    )
+    acl_model_file: Path = field(
+        default=Path("certs/model.conf"),
+        metadata=_doc("Casbin ACL model file", "path"),
+    )
+    acl_policy_file: Path = field(
+        default=Path("certs/policy.csv"),
+        metadata=_doc("Casbin ACL policy file (CSV)", "path"),
+    )
+    server_tls_cert_file: Path = field(
+        default=Path("certs/server.pem"),
+        metadata=_doc("PEM certificate the gRPC server presents", "path"),
+    )
+    server_tls_key_file: Path = field(
+        default=Path("certs/server-key.pem"),
+        metadata=_doc("PEM private key of the server certificate", "path"),
+    )
+    server_tls_ca_file: Path = field(
+        default=Path("certs/ca.pem"),
+        metadata=_doc("PEM CA that client certificates must be signed by", "path"),
+    )
+    peer_tls_cert_file: Path = field(
+        default=Path("certs/server.pem"),
+        metadata=_doc("PEM certificate this node presents to its peers", "path", cluster=True),
+    )
+    peer_tls_key_file: Path = field(
+        default=Path("certs/server-key.pem"),
+        metadata=_doc("PEM private key of the peer certificate", "path", cluster=True),
+    )
+    peer_tls_ca_file: Path = field(
+        default=Path("certs/ca.pem"),
+        metadata=_doc("PEM CA that peer certificates must be signed by", "path", cluster=True),
+    )
+    insecure: bool = field(
+        default=False,
+        metadata=_doc(
+            "serve without TLS and without ACL checks (development sandboxes only; logged loudly)",
+            "bool",
+        ),
+    )
+    log_level: str = field(
+        default="info",
+        metadata=_doc("log level", "choice", choices=LOG_LEVELS),
+    )
+    sync: str = field(
+        default="always",
+        metadata=_doc(
+            "when appends are fsynced: always (before acknowledging; group commit), interval "
+            "(within 0.2 s), never (left to the OS)",
+            "choice",
+            choices=SYNC_POLICIES,
+        ),
+    )
+    max_message_bytes: int = field(
+        default=4 * MIB,
+        metadata=_doc(
+            "largest record / produce batch payload accepted, bytes (default 4 MiB)", "size"
+        ),
+    )
+    shutdown_timeout_s: float = field(
+        default=10.0,
+        metadata=_doc("longest graceful shutdown before calls are cut off, seconds", "seconds"),
+    )
+
+    # -- derived -----------------------------------------------------------------------
+
+    @property
+    def bind_host(self) -> str:
+        """The host part of ``bind_addr``."""
+        return _split_addr(self.bind_addr, "bind_addr")[0]
+
+    @property
+    def rpc_addr(self) -> str:
+        """HOST:PORT of the gRPC API (bind host, RPC port)."""
+        host = self.bind_host
+        return f"[{host}]:{self.rpc_port}" if ":" in host else f"{host}:{self.rpc_port}"
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first key whose value is unusable."""
+        if not self.node_name or any(c.isspace() for c in self.node_name):
+            raise ConfigError(
+                f"node_name: must be non-empty without spaces, got {self.node_name!r}"
+            )
+        _split_addr(self.bind_addr, "bind_addr")
+        for addr in self.start_join_addrs:
+            _split_addr(addr, "start_join_addrs")
+        if not 0 <= self.rpc_port <= 65535:
+            raise ConfigError(f"rpc_port: must be a port number 0-65535, got {self.rpc_port}")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(
+                f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
+            )
+        if self.sync not in SYNC_POLICIES:
+            raise ConfigError(f"sync: must be one of {', '.join(SYNC_POLICIES)}, got {self.sync!r}")
+        if not 0 < self.max_message_bytes <= 1 << 30:
+            raise ConfigError(
+                f"max_message_bytes: must be between 1 byte and 1 GiB, got {self.max_message_bytes}"
+            )
+        if not (math.isfinite(self.shutdown_timeout_s) and self.shutdown_timeout_s > 0):
+            raise ConfigError(
+                "shutdown_timeout_s: must be a positive number of seconds, "
+                f"got {self.shutdown_timeout_s}"
+            )
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise ConfigError(f"data_dir: {self.data_dir} exists and is not a directory")
+        if self.insecure:
+            return
+        needed = [
+            "acl_model_file",
+            "acl_policy_file",
+            "server_tls_cert_file",
+            "server_tls_key_file",
+            "server_tls_ca_file",
+            "peer_tls_cert_file",
+            "peer_tls_key_file",
+            "peer_tls_ca_file",
+        ]
+        for key in needed:
+            path: Path = getattr(self, key)
+            if not path.is_file():
+                hint = " (run `make certs`, or pass --insecure for a sandbox)"
+                raise ConfigError(f"{key}: no such file: {path}{hint}")
+
+
+FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(AgentConfig)}
+
+
+def _split_addr(value: str, key: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: expected HOST:PORT (port 0-65535), got {value!r}")
+    return host, int(port)
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse(key: str, value: Any, source: str, base: Path | None) -> Any:
+    """Turn a raw value from ``source`` into the type of field ``key``."""
+    meta = FIELDS[key].metadata
+    kind = meta["kind"]
+    where = f"{key} (from {source})"
+    if kind == "path":
+        if not isinstance(value, str | Path) or not str(value):
+            raise ConfigError(f"{where}: expected a path, got {value!r}")
+        path = Path(os.path.expanduser(str(value)))
+        return base / path if base is not None and not path.is_absolute() else path
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if kind in ("port", "size"):
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value.strip())
+        if not isinstance(value, int) or isinstance(value, bool):
+            what = "a port number 0-65535" if kind == "port" else "a whole number of bytes"
+            raise ConfigError(f"{where}: expected {what}, got {value!r}")
+        return value
+    if kind == "seconds":
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number of seconds, got {value!r}") from None
+    if kind == "addrs":
+        if isinstance(value, str):
+            items = [v.strip() for v in value.split(",") if v.strip()]
+        elif isinstance(value, list | tuple):
+            items = []
+            for v in value:
+                items += [p.strip() for p in str(v).split(",") if p.strip()]
+        else:
+            raise ConfigError(f"{where}: expected a list of HOST:PORT, got {value!r}")
+        for item in items:
+            _split_addr(item, where)
+        return tuple(items)
+    if kind == "choice":
+        text = str(value).strip().lower()
+        if text not in meta["choices"]:
+            raise ConfigError(
+                f"{where}: must be one of {', '.join(meta['choices'])}, got {value!r}"
+            )
+        return text
+    if kind == "addr":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected HOST:PORT, got {value!r}")
+        _split_addr(value, where)
+        return value
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return str(value)
+
+
+def env_name(key: str) -> str:
+    """The environment variable of config key ``key`` (``rpc_port`` -> ``RAFTLOG_RPC_PORT``)."""
+    return ENV_PREFIX + key.upper()
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The settings of a YAML config file, parsed and checked key by key."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"config_file: cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config_file: {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config_file: {path} must hold a mapping of keys to values")
+    base = path.resolve().parent
+    values: dict[str, Any] = {}
+    for raw_key, value in data.items():
+        key = str(raw_key).replace("-", "_")
+        if key not in FIELDS:
+            known = ", ".join(sorted(FIELDS))
+            raise ConfigError(f"{raw_key} (from {path}): unknown key; known keys: {known}")
+        values[key] = _parse(key, value, str(path), base)
+    return values
+
+
+def load_config(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> AgentConfig:
+    """Build and validate the config: flags > env > file > defaults.
+
+    ``flags`` holds only the flags given (None values are ignored); ``env`` defaults to
+    ``os.environ``; ``config_file`` (or ``RAFTLOG_CONFIG_FILE``) names the YAML file.
+    """
+    environ = os.environ if env is None else env
+    if config_file is None and environ.get(env_name("config_file")):
+        config_file = environ[env_name("config_file")]
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(read_config_file(Path(config_file)))
+    for key in FIELDS:
+        name = env_name(key)
+        if name in environ and environ[name] != "":
+            values[key] = _parse(key, environ[name], f"env {name}", None)
+    for key, value in (flags or {}).items():
+        if value is None:
+            continue
+        if key not in FIELDS:
+            raise ConfigError(f"--{key.replace('_', '-')}: unknown setting")
+        values[key] = _parse(key, value, f"flag --{key.replace('_', '-')}", None)
+    config = AgentConfig(**values)
+    config.validate()
+    return config

@@ -1,0 +1,71 @@
+"""Settings of the gRPC API server."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+MIB = 1 << 20
+
+#: gRPC's own receive/send limit is the record limit plus this slack (bytes), so that a
+#: too-large record reaches the servicer and gets a clear INVALID_ARGUMENT instead of
+#: gRPC's bare RESOURCE_EXHAUSTED. Messages beyond limit + slack are refused by gRPC itself.
+TRANSPORT_SLACK_BYTES = 1 * MIB
+
+
+class ServerConfigError(ValueError):
+    """A :class:`ServerConfig` field has an unusable value; the message names it."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Settings of the ``log.v1.Log`` server.
+
+    Attributes:
+        max_message_bytes: the largest record, and the largest total payload of one
+            ProduceRequest batch, the server accepts, in bytes; above it the call gets
+            INVALID_ARGUMENT. gRPC's transport limit is this plus 1 MiB of slack (beyond it:
+            RESOURCE_EXHAUSTED). Default 4 MiB (gRPC's usual default).
+        consume_max_bytes: byte budget of one ConsumeStream batch message when the client
+            leaves ``max_bytes`` at 0. Default 1 MiB. Client budgets are capped at
+            ``max_message_bytes``.
+        follow_recheck_s: a ConsumeStream that has caught up sleeps until a record is
+            appended, waking at least this often (seconds) to notice a server shutdown.
+            Default 0.5 s.
+        produce_stream_max_requests: most ProduceStream requests gathered into one append
+            (one group commit). Default 1024.
+        produce_stream_window: most requests of one ProduceStream read ahead but not yet
+            answered (back-pressure on a fast producer). Default 4096.
+    """
+
+    max_message_bytes: int = 4 * MIB
+    consume_max_bytes: int = 1 * MIB
+    follow_recheck_s: float = 0.5
+    produce_stream_max_requests: int = 1024
+    produce_stream_window: int = 4096
+
+    @property
+    def transport_limit_bytes(self) -> int:
+        """gRPC's max send/receive message length (bytes)."""
+        return self.max_message_bytes + TRANSPORT_SLACK_BYTES
+
+    def validate(self) -> None:
+        """Raise :class:`ServerConfigError` naming the first unusable field."""
+        for name in (
+            "max_message_bytes",
+            "consume_max_bytes",
+            "produce_stream_max_requests",
+            "produce_stream_window",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ServerConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_message_bytes > 1 << 30:
+            raise ServerConfigError(
+                f"max_message_bytes must be at most 1 GiB, got {self.max_message_bytes}"
+            )
+        value = self.follow_recheck_s
+        if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            raise ServerConfigError(
+                f"follow_recheck_s must be a positive number of seconds, got {value!r}"
+            )

@@ -1,0 +1,280 @@
+"""Server interceptors: authentication, authorization (Casbin) and observability.
+
+grpc.aio interceptors see only the method name before the call starts; the client
+certificate is in the servicer context's auth context. So each interceptor wraps the
+method's handler in a function that runs first inside the call, with the context at hand.
+
+Order (outermost first): observability, authentication, authorization. A denied call is
+logged like any other, with its status code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+
+from raftlog.server.errors import (
+    ApiError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+    status_for,
+)
+from raftlog.server.protocols import Authorizer
+
+logger = logging.getLogger("raftlog.server.calls")
+
+#: Object of every ACL check: the book authorizes on the whole log (``*``).
+OBJECT_WILDCARD = "*"
+#: Actions of the example policy.
+PRODUCE, CONSUME, REPLICATE = "produce", "consume", "replicate"
+
+#: Method -> the action it needs. Methods not listed (GetServers, health, reflection) need
+#: an authenticated client only. The cluster adds its peer methods with ``replicate``.
+DEFAULT_ACTIONS: Mapping[str, str] = {
+    "/log.v1.Log/Produce": PRODUCE,
+    "/log.v1.Log/ProduceStream": PRODUCE,
+    "/log.v1.Log/Consume": CONSUME,
+    "/log.v1.Log/ConsumeStream": CONSUME,
+    "/log.v1.Log/GetOffsets": CONSUME,
+}
+
+Context = grpc.aio.ServicerContext[Any, Any]
+#: A method handler (grpc.RpcMethodHandler); typed loosely because grpc's stubs describe the
+#: synchronous API's behaviours, while grpc.aio's are coroutines and async generators.
+Handler = Any
+#: A check run inside the call before the method; raises ApiError to refuse it.
+Check = Callable[[str, Context], None]
+
+
+def subject_of(context: Context) -> str | None:
+    """The client certificate's common name (gRPC's ``x509_common_name``), if any."""
+    names: Any = context.auth_context().get("x509_common_name")
+    if not names:
+        return None
+    name = next(iter(names))
+    return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+
+
+async def _refuse(context: Context, error: ApiError) -> None:
+    code, message, trailing = status_for(error)
+    await context.abort(code, message, trailing_metadata=trailing)
+
+
+def _checked(handler: Handler, method: str, check: Check) -> Handler:
+    """``handler`` with ``check`` run at the start of each call."""
+    if handler.request_streaming and handler.response_streaming:
+        inner_ss = handler.stream_stream
+
+        async def stream_stream(requests: Any, context: Context) -> AsyncIterator[Any]:
+            try:
+                check(method, context)
+            except ApiError as exc:
+                await _refuse(context, exc)
+            async for response in inner_ss(requests, context):
+                yield response
+
+        return grpc.stream_stream_rpc_method_handler(
+            stream_stream, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.response_streaming:
+        inner_us = handler.unary_stream
+
+        async def unary_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            try:
+                check(method, context)
+            except ApiError as exc:
+                await _refuse(context, exc)
+            async for response in inner_us(request, context):
+                yield response
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.request_streaming:
+        inner_su = handler.stream_unary
+
+        async def stream_unary(requests: Any, context: Context) -> Any:
+            try:
+                check(method, context)
+            except ApiError as exc:
+                await _refuse(context, exc)
+            return await inner_su(requests, context)
+
+        return grpc.stream_unary_rpc_method_handler(
+            stream_unary, handler.request_deserializer, handler.response_serializer
+        )
+    inner_uu = handler.unary_unary
+
+    async def unary_unary(request: Any, context: Context) -> Any:
+        try:
+            check(method, context)
+        except ApiError as exc:
+            await _refuse(context, exc)
+        return await inner_uu(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        unary_unary, handler.request_deserializer, handler.response_serializer
+    )
+
+
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
+
+
+class AuthenticationInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses (UNAUTHENTICATED) any call whose connection has no client-certificate CN.
+
+    With mutual TLS a handshake without a CA-signed certificate already fails; this makes
+    the rule hold for every method whatever the transport settings.
+    """
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        return _checked(handler, handler_call_details.method, self._check)
+
+    @staticmethod
+    def _check(method: str, context: Context) -> None:
+        if subject_of(context) is None:
+            raise UnauthenticatedError(
+                f"{method}: no client certificate subject (mutual TLS is required)"
+            )
+
+
+class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
+    """Asks the :class:`Authorizer` whether the subject may do the method's action.
+
+    ``actions`` maps full method names to actions; unlisted methods pass (authentication
+    still applies). Decisions are cached per (subject, action): the policy is static for
+    the life of the server.
+    """
+
+    def __init__(self, authorizer: Authorizer, actions: Mapping[str, str] | None = None) -> None:
+        self._authorizer = authorizer
+        self._actions = dict(DEFAULT_ACTIONS if actions is None else actions)
+        self._cache: dict[tuple[str, str], bool] = {}
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method not in self._actions:
+            return handler
+        return _checked(handler, handler_call_details.method, self._check)
+
+    def _check(self, method: str, context: Context) -> None:
+        action = self._actions[method]
+        subject = subject_of(context)
+        if subject is None:
+            raise UnauthenticatedError(f"{method}: no client certificate subject")
+        key = (subject, action)
+        allowed = self._cache.get(key)
+        if allowed is None:
+            allowed = self._authorizer.authorize(subject, OBJECT_WILDCARD, action)
+            self._cache[key] = allowed
+        if not allowed:
+            raise PermissionDeniedError(subject, action, OBJECT_WILDCARD)
+
+
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
+    """Logs every call (method, subject, status code, duration) and counts them.
+
+    Successful calls log at DEBUG, failed ones at INFO (WARNING for INTERNAL/UNKNOWN).
+    Nothing but those four facts is logged: no payloads, no certificates, no keys.
+    ``counts`` holds (method, code name) -> calls, for tests and a later metrics endpoint.
+    """
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, str]] = Counter()
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        return self._observed(handler, handler_call_details.method)
+
+    def _record(self, method: str, context: Context, started: float, code: grpc.StatusCode) -> None:
+        name = code.name
+        self.counts[method, name] += 1
+        if code is grpc.StatusCode.OK:
+            level = logging.DEBUG
+        elif code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+            level = logging.WARNING
+        else:
+            level = logging.INFO
+        if logger.isEnabledFor(level):
+            logger.log(
+                level,
+                "call method=%s subject=%s peer=%s code=%s duration_ms=%.3f",
+                method,
+                subject_of(context) or "-",
+                context.peer(),
+                name,
+                (time.perf_counter() - started) * 1e3,
+            )
+
+    @staticmethod
+    def _code(context: Context, exc: BaseException | None) -> grpc.StatusCode:
+        code = context.code()
+        if isinstance(code, grpc.StatusCode):
+            return code
+        if isinstance(exc, BaseException) and type(exc).__name__ == "CancelledError":
+            return grpc.StatusCode.CANCELLED
+        return grpc.StatusCode.OK if exc is None else grpc.StatusCode.UNKNOWN
+
+    def _observed(self, handler: Handler, method: str) -> Handler:
+        record, code_of = self._record, self._code
+        if handler.response_streaming:
+            if handler.request_streaming:
+                inner_s: Callable[[Any, Context], AsyncIterator[Any]] = handler.stream_stream
+            else:
+                inner_s = handler.unary_stream
+
+            async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
+                started, failure = time.perf_counter(), None
+                try:
+                    async for response in inner_s(request, context):
+                        yield response
+                except BaseException as exc:
+                    failure = exc
+                    raise
+                finally:
+                    record(method, context, started, code_of(context, failure))
+
+            factory = (
+                grpc.stream_stream_rpc_method_handler
+                if handler.request_streaming
+                else grpc.unary_stream_rpc_method_handler
+            )
+            return factory(streaming, handler.request_deserializer, handler.response_serializer)
+
+        if handler.request_streaming:
+            inner_u: Callable[[Any, Context], Awaitable[Any]] = handler.stream_unary
+        else:
+            inner_u = handler.unary_unary
+
+        async def unary(request: Any, context: Context) -> Any:
+            started, failure = time.perf_counter(), None
+            try:
+                return await inner_u(request, context)
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                record(method, context, started, code_of(context, failure))
+
+        factory_u = (
+            grpc.stream_unary_rpc_method_handler
+            if handler.request_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        return factory_u(unary, handler.request_deserializer, handler.response_serializer)

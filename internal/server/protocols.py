@@ -1,0 +1,83 @@
+"""What the gRPC server needs from the rest of the node, declared where it is used.
+
+The single node plugs in :class:`~raftlog.server.local.LocalLog`; the cluster plugs in a
+``DistributedLog`` implementing the same :class:`CommitLog` and :class:`ServerLister`, and its
+own :class:`Authorizer` if it likes. Nothing in :mod:`raftlog.server` imports either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class CommitLog(Protocol):
+    """An append-only log of opaque records addressed by dense offsets.
+
+    Errors: reads raise :class:`raftlog.log.OffsetOutOfRangeError` (or any
+    :class:`raftlog.server.errors.ApiError`, for example ``NotLeaderError``); the servicer maps
+    :mod:`raftlog.log` errors to status codes in one place.
+    """
+
+    async def append(self, records: Sequence[bytes]) -> tuple[int, int]:
+        """Append ``records`` atomically at consecutive offsets; return (first, last).
+
+        Returns once the records are durable per the node's policy (committed, in a cluster).
+        An empty ``records`` is never passed.
+        """
+        ...
+
+    def read(self, offset: int) -> bytes:
+        """The record at ``offset`` (committed records only)."""
+        ...
+
+    def read_batch(self, offset: int, max_bytes: int, max_records: int) -> list[bytes]:
+        """Consecutive records from ``offset``: at least one when ``offset`` is readable, at
+        most ``max_records``, payload at most ``max_bytes`` unless the first alone is larger.
+        """
+        ...
+
+    @property
+    def lowest_offset(self) -> int:
+        """The lowest readable offset."""
+        ...
+
+    @property
+    def highest_offset(self) -> int:
+        """The highest readable offset (``lowest_offset - 1`` when the log is empty)."""
+        ...
+
+    async def wait_for(self, offset: int, timeout_s: float) -> bool:
+        """Wait until ``offset`` is readable; True if it is, False after ``timeout_s`` seconds
+        or when the log is closing. Implementations wake waiters on append (no polling).
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """One member of the cluster, as GetServers reports it."""
+
+    id: str
+    rpc_addr: str
+    is_leader: bool
+
+
+@runtime_checkable
+class ServerLister(Protocol):
+    """Lists the cluster's members (the single node lists itself, as leader)."""
+
+    async def get_servers(self) -> Sequence[ServerInfo]:
+        """The members now, leader flagged."""
+        ...
+
+
+@runtime_checkable
+class Authorizer(Protocol):
+    """Decides whether ``subject`` may do ``action`` on ``obj`` (Casbin in production)."""
+
+    def authorize(self, subject: str, obj: str, action: str) -> bool:
+        """True when the policy allows it."""
+        ...

@@ -1,0 +1,133 @@
+"""The grpc.aio server of one node: ``log.v1.Log``, health and reflection, behind mTLS.
+
+:class:`LogServer` binds, starts and stops the server. Security is mutual TLS through
+:func:`raftlog.security.grpc_server_credentials` (a client without a CA-signed certificate
+fails the handshake) plus the interceptors; insecure mode (no TLS, no ACL) exists only when
+the caller passes ``tls=None`` explicitly, and logs a loud warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from raftlog.api.v1 import log_pb2, log_pb2_grpc
+from raftlog.security import TLSConfig, grpc_server_credentials
+from raftlog.server.config import ServerConfig
+from raftlog.server.interceptors import (
+    AuthenticationInterceptor,
+    AuthorizationInterceptor,
+    ObservabilityInterceptor,
+)
+from raftlog.server.protocols import Authorizer, CommitLog, ServerLister
+from raftlog.server.service import LogService
+
+logger = logging.getLogger("raftlog.server")
+
+LOG_SERVICE_NAME: str = log_pb2.DESCRIPTOR.services_by_name["Log"].full_name
+INSECURE_WARNING = (
+    "INSECURE MODE: no TLS, no client authentication, no authorization. Anyone who can "
+    "reach this port can read and write the log. Never use this outside a sandbox."
+)
+
+
+class BindError(OSError):
+    """The server could not listen on the requested address."""
+
+
+class LogServer:
+    """One grpc.aio server carrying the log service, health and reflection.
+
+    ``tls=None`` means insecure mode and requires ``insecure=True`` (no accidental
+    plaintext). ``actions`` extends the method -> ACL action map (the cluster adds its
+    peer methods with ``replicate``).
+    """
+
+    def __init__(
+        self,
+        commit_log: CommitLog,
+        servers: ServerLister,
+        authorizer: Authorizer,
+        *,
+        tls: TLSConfig | None,
+        config: ServerConfig | None = None,
+        insecure: bool = False,
+        actions: Mapping[str, str] | None = None,
+        extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ) -> None:
+        if tls is None and not insecure:
+            raise ValueError("a server without TLS needs insecure=True, explicitly")
+        self.config = config or ServerConfig()
+        self.config.validate()
+        self.tls = tls
+        self.insecure = tls is None
+        self.service = LogService(commit_log, servers, self.config)
+        self.observability = ObservabilityInterceptor()
+        interceptors: list[grpc.aio.ServerInterceptor] = [self.observability]
+        if not self.insecure:
+            interceptors += [
+                AuthenticationInterceptor(),
+                AuthorizationInterceptor(authorizer, actions),
+            ]
+        interceptors += list(extra_interceptors)
+        limit = self.config.transport_limit_bytes
+        self.server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                # Two nodes must never share a port silently (gRPC's default is reuseport).
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        log_pb2_grpc.add_LogServicer_to_server(self.service, self.server)  # type: ignore[no-untyped-call]
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (LOG_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port: int | None = None
+        self._started = False
+        self._stopped = False
+
+    def bind(self, host: str, port: int) -> int:
+        """Listen on ``host:port`` (0 = any free port); returns the bound port."""
+        address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+        try:
+            if self.tls is None:
+                bound = self.server.add_insecure_port(address)
+            else:
+                bound = self.server.add_secure_port(address, grpc_server_credentials(self.tls))
+        except RuntimeError as exc:
+            raise BindError(f"cannot listen on {address}: {exc}") from exc
+        if bound == 0:
+            raise BindError(f"cannot listen on {address} (in use, or not a local address?)")
+        self.port = bound
+        return bound
+
+    async def start(self) -> None:
+        """Start serving; health reports SERVING."""
+        if self.insecure:
+            logger.warning(INSECURE_WARNING)
+        await self.server.start()
+        self._started = True
+        serving = health_pb2.HealthCheckResponse.SERVING
+        await self.health.set("", serving)
+        await self.health.set(LOG_SERVICE_NAME, serving)
+
+    async def stop(self, grace_s: float) -> None:
+        """Report NOT_SERVING, end followers, let calls finish for ``grace_s``, then stop.
+
+        Idempotent; bounded by ``grace_s`` plus gRPC's own teardown.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        self.service.begin_shutdown()
+        if self._started:
+            await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)

@@ -1,0 +1,298 @@
+"""The ``log.v1.Log`` servicer: produce and consume over gRPC, batches first.
+
+Produce path (ProduceStream)::
+
+    client ──req──> reader task ──queue (window)──> appender loop ──append_batch──> log
+                                                        │ gathers every queued request
+                                                        v into ONE append (group commit)
+    client <──resp── yield, in request order  <─────────┘
+
+The reader keeps reading while an append waits for its fsync, so the next append carries
+everything that arrived meanwhile: one fsync for many requests. Responses keep the order of
+the requests. A bad request ends the stream with its status after every earlier request
+was appended and answered.
+
+Consume path (ConsumeStream): read from the offset in batches until caught up, then sleep
+in ``CommitLog.wait_for`` (woken by appends, no polling) and go on. The stream ends when
+the client cancels, or with UNAVAILABLE when the server shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from raftlog.api.v1 import log_pb2, log_pb2_grpc
+from raftlog.log import (
+    CorruptRecordError,
+    DurabilityError,
+    LogClosedError,
+    LogError,
+)
+from raftlog.log import OffsetOutOfRangeError as LogOffsetOutOfRangeError
+from raftlog.log import RecordTooLargeError as LogRecordTooLargeError
+from raftlog.server.config import ServerConfig
+from raftlog.server.errors import (
+    ApiError,
+    InvalidArgumentError,
+    OffsetOutOfRangeError,
+    RecordTooLargeError,
+    StorageError,
+    UnavailableError,
+    status_for,
+)
+from raftlog.server.protocols import CommitLog, ServerLister
+
+logger = logging.getLogger("raftlog.server")
+
+#: Records read per batch when a ConsumeStream sends one record per message (book mode).
+_BOOK_READ_RECORDS = 256
+#: Most records in one batched ConsumeStream message, whatever the client asks.
+_MAX_RECORDS_PER_MESSAGE = 65536
+
+#: What the ProduceStream reader hands the appender: a request, the end (None) or an error.
+_Item = log_pb2.ProduceRequest | Exception | None
+
+
+def to_api_error(exc: BaseException) -> ApiError:
+    """Map a commit-log (or unexpected) error to the API's taxonomy, in one place."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, LogOffsetOutOfRangeError):
+        return OffsetOutOfRangeError(exc.offset, exc.lowest, exc.highest)
+    if isinstance(exc, LogClosedError):
+        return UnavailableError("the log is closed: the server is shutting down")
+    if isinstance(exc, LogRecordTooLargeError):
+        return InvalidArgumentError(str(exc))
+    if isinstance(exc, DurabilityError | CorruptRecordError | LogError):
+        return StorageError(f"storage error: {exc}")
+    return ApiError("internal error")
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+    """End the call with the status of ``exc`` (a rich status with ErrorInfo details)."""
+    error = to_api_error(exc)
+    if type(error) is ApiError and not isinstance(exc, ApiError):
+        logger.exception("unexpected error in a call", exc_info=exc)
+    code, message, trailing = status_for(error)
+    await context.abort(code, message, trailing_metadata=trailing)
+
+
+class LogService(log_pb2_grpc.LogServicer):
+    """Serves a :class:`CommitLog` and a :class:`ServerLister` as ``log.v1.Log``."""
+
+    def __init__(
+        self, commit_log: CommitLog, servers: ServerLister, config: ServerConfig | None = None
+    ) -> None:
+        self._log = commit_log
+        self._servers = servers
+        self.config = config or ServerConfig()
+        self.config.validate()
+        self._stopping = False
+
+    def begin_shutdown(self) -> None:
+        """Make following ConsumeStreams end (UNAVAILABLE) at their next wake-up."""
+        self._stopping = True
+
+    # -- validation ------------------------------------------------------------------------
+
+    def _records_of(self, request: log_pb2.ProduceRequest) -> list[bytes]:
+        limit = self.config.max_message_bytes
+        batch = request.records
+        if request.HasField("record"):
+            if batch:
+                raise InvalidArgumentError(
+                    "ProduceRequest sets both record and records: set exactly one"
+                )
+            value = request.record.value
+            if len(value) > limit:
+                raise RecordTooLargeError(len(value), limit)
+            return [value]
+        if not batch:
+            raise InvalidArgumentError("ProduceRequest sets neither record nor records")
+        values = [r.value for r in batch]
+        total = sum(map(len, values))
+        if total > limit:
+            biggest = max(map(len, values))
+            if biggest > limit:
+                raise RecordTooLargeError(biggest, limit)
+            raise RecordTooLargeError(total, limit, what=f"batch of {len(values)} records")
+        return values
+
+    def _budget(self, request: log_pb2.ConsumeRequest) -> int:
+        asked = request.max_bytes or self.config.consume_max_bytes
+        return min(asked, self.config.max_message_bytes)
+
+    # -- unary -----------------------------------------------------------------------------
+
+    async def Produce(
+        self,
+        request: log_pb2.ProduceRequest,
+        context: grpc.aio.ServicerContext[log_pb2.ProduceRequest, log_pb2.ProduceResponse],
+    ) -> log_pb2.ProduceResponse:
+        """Append one record (book) or a batch (``records``)."""
+        try:
+            first, last = await self._log.append(self._records_of(request))
+        except Exception as exc:
+            await abort(context, exc)
+            raise  # unreachable: abort raises
+        return log_pb2.ProduceResponse(offset=first, last_offset=last)
+
+    async def Consume(
+        self,
+        request: log_pb2.ConsumeRequest,
+        context: grpc.aio.ServicerContext[log_pb2.ConsumeRequest, log_pb2.ConsumeResponse],
+    ) -> log_pb2.ConsumeResponse:
+        """Read the record at ``request.offset``."""
+        try:
+            value = self._log.read(request.offset)
+        except Exception as exc:
+            await abort(context, exc)
+            raise
+        return log_pb2.ConsumeResponse(record=log_pb2.Record(value=value, offset=request.offset))
+
+    async def GetServers(
+        self,
+        request: log_pb2.GetServersRequest,
+        context: grpc.aio.ServicerContext[log_pb2.GetServersRequest, log_pb2.GetServersResponse],
+    ) -> log_pb2.GetServersResponse:
+        """The cluster's members, leader flagged."""
+        try:
+            servers = await self._servers.get_servers()
+        except Exception as exc:
+            await abort(context, exc)
+            raise
+        return log_pb2.GetServersResponse(
+            servers=[
+                log_pb2.Server(id=s.id, rpc_addr=s.rpc_addr, is_leader=s.is_leader) for s in servers
+            ]
+        )
+
+    async def GetOffsets(
+        self,
+        request: log_pb2.GetOffsetsRequest,
+        context: grpc.aio.ServicerContext[log_pb2.GetOffsetsRequest, log_pb2.GetOffsetsResponse],
+    ) -> log_pb2.GetOffsetsResponse:
+        """The offsets the log holds now."""
+        lowest, highest = self._log.lowest_offset, self._log.highest_offset
+        return log_pb2.GetOffsetsResponse(
+            lowest_offset=lowest,
+            highest_offset=max(highest, 0),
+            next_offset=highest + 1,
+            empty=highest < lowest,
+        )
+
+    # -- streams ---------------------------------------------------------------------------
+
+    async def ConsumeStream(
+        self,
+        request: log_pb2.ConsumeRequest,
+        context: grpc.aio.ServicerContext[log_pb2.ConsumeRequest, log_pb2.ConsumeResponse],
+    ) -> AsyncIterator[log_pb2.ConsumeResponse]:
+        """Every record from ``request.offset`` on, then each new one as it is appended.
+
+        Starting past the next offset is OUT_OF_RANGE (a follower starts at most at the
+        next offset, where it waits for the next append).
+        """
+        log = self._log
+        offset = request.offset
+        batched = request.max_records > 0
+        max_records = min(request.max_records, _MAX_RECORDS_PER_MESSAGE)
+        budget = self._budget(request)
+        Record, ConsumeResponse = log_pb2.Record, log_pb2.ConsumeResponse
+        try:
+            if offset < log.lowest_offset or offset > log.highest_offset + 1:
+                raise OffsetOutOfRangeError(offset, log.lowest_offset, log.highest_offset)
+            while True:
+                if offset <= log.highest_offset:
+                    if batched:
+                        values = log.read_batch(offset, budget, max_records)
+                        response = ConsumeResponse()
+                        add = response.records.add
+                        for value in values:
+                            add(value=value, offset=offset)
+                            offset += 1
+                        yield response
+                    else:
+                        values = log.read_batch(offset, budget, _BOOK_READ_RECORDS)
+                        for value in values:
+                            yield ConsumeResponse(record=Record(value=value, offset=offset))
+                            offset += 1
+                    continue
+                if self._stopping:
+                    raise UnavailableError("the server is shutting down")
+                await log.wait_for(offset, self.config.follow_recheck_s)
+        except (ApiError, LogError) as exc:
+            await abort(context, exc)
+
+    async def ProduceStream(
+        self,
+        request_iterator: AsyncIterator[log_pb2.ProduceRequest],
+        context: grpc.aio.ServicerContext[log_pb2.ProduceRequest, log_pb2.ProduceResponse],
+    ) -> AsyncIterator[log_pb2.ProduceResponse]:
+        """One response per request, in order; consecutive requests share one append."""
+        queue: asyncio.Queue[_Item] = asyncio.Queue(self.config.produce_stream_window)
+        reader = asyncio.create_task(_read_into(request_iterator, queue))
+        max_requests = self.config.produce_stream_max_requests
+        ProduceResponse = log_pb2.ProduceResponse
+        try:
+            ended = False
+            while not ended:
+                item = await queue.get()
+                if item is None:
+                    break
+                if isinstance(item, Exception):
+                    raise item
+                requests = [item]
+                pending: Exception | None = None
+                while len(requests) < max_requests and not queue.empty():
+                    nxt = queue.get_nowait()
+                    if nxt is None or isinstance(nxt, Exception):
+                        ended, pending = True, nxt
+                        break
+                    requests.append(nxt)
+                # Validate in order; append the good prefix, answer it, then fail.
+                records: list[bytes] = []
+                counts: list[int] = []
+                error: ApiError | None = None
+                for req in requests:
+                    try:
+                        values = self._records_of(req)
+                    except ApiError as exc:
+                        error = exc
+                        break
+                    records.extend(values)
+                    counts.append(len(values))
+                if records:
+                    first, _ = await self._log.append(records)
+                    for n in counts:
+                        yield ProduceResponse(offset=first, last_offset=first + n - 1)
+                        first += n
+                if error is not None:
+                    raise error
+                if pending is not None:
+                    raise pending
+        except Exception as exc:
+            await abort(context, exc)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+
+async def _read_into(
+    requests: AsyncIterator[log_pb2.ProduceRequest], queue: asyncio.Queue[_Item]
+) -> None:
+    """Read the client's requests into ``queue``; then None (end) or the read error."""
+    try:
+        async for request in requests:
+            await queue.put(request)
+    except Exception as exc:
+        await queue.put(exc)
+        return
+    await queue.put(None)
