@@ -76,7 +76,7 @@ def test_flow_control_window_and_byte_budget() -> None:
     lead = c.elect("a")
     c.drop_if = lambda m: m.dst == "a"  # b never acknowledges
     sent: list[Message] = []
-    for i in range(10):
+    for _ in range(10):
         lead.c.propose([bytes(60), bytes(60)])  # each entry alone fills a message
         rd = lead.c.ready()
         sent += [m for m in rd.messages if m.type is MessageType.APPEND and m.entries]

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from raftlog.raft import Entry, EntryType, Message, MessageType, RaftConfig, RaftCore, Role
-from raftlog.raft import quorum
+from raftlog.raft import Entry, EntryType, Message, MessageType, RaftConfig, RaftCore, Role, quorum
 from raftlog.raft.testing import Faults, MemCluster, SafetyViolation
 
 
