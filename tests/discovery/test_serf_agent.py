@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -170,3 +171,61 @@ async def test_encrypted_agents_join(make_agent: AgentFactory) -> None:
             assert time.monotonic() < deadline, "retry-join did not bring eb in"
             await asyncio.sleep(0.1)
     assert b.running
+
+
+def _dead_or_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"  # reparented, awaiting init's reaping
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
+async def test_agent_dies_with_a_killed_node(
+    serf_bin: Path, free_port: Callable[[], int], tmp_path: Path
+) -> None:
+    """kill -9 of the node process: the kernel's parent-death signal stops serf too.
+
+    The agent logs to a file here, so no broken stdout pipe can be what stops it."""
+    script = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from raftlog.discovery import SerfAgent, SerfAgentConfig\n"
+        "async def main():\n"
+        "    a = SerfAgent(SerfAgentConfig(node_name='orphan', bind_addr=sys.argv[1],\n"
+        "        rpc_addr=sys.argv[2], advertise_rpc_addr='127.0.0.1:1', binary=sys.argv[3],\n"
+        "        log_file=Path(sys.argv[4])))\n"
+        "    await a.start()\n"
+        "    print(a.pid, flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    node = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        f"127.0.0.1:{free_port()}",
+        f"127.0.0.1:{free_port()}",
+        str(serf_bin),
+        str(tmp_path / "orphan.log"),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    serf_pid = 0
+    try:
+        assert node.stdout is not None
+        async with asyncio.timeout(15.0):
+            serf_pid = int(await node.stdout.readline())
+        assert not _dead_or_zombie(serf_pid)
+        node.kill()
+        await node.wait()
+        deadline = time.monotonic() + 10.0
+        while not _dead_or_zombie(serf_pid):
+            assert time.monotonic() < deadline, "serf outlived its killed parent"
+            await asyncio.sleep(0.05)
+    finally:
+        if node.returncode is None:
+            node.kill()
+            await node.wait()
+        if serf_pid and not _dead_or_zombie(serf_pid):
+            os.kill(serf_pid, signal.SIGKILL)
