@@ -28,8 +28,10 @@ from raftlog.raft.core import (
     Ready,
     Status,
     bootstrap_state,
+    check_can_bootstrap,
 )
 from raftlog.raft.errors import (
+    BootstrapError,
     CodecError,
     ConfChangeError,
     ConfChangeInProgressError,
@@ -67,6 +69,7 @@ from raftlog.raft.types import (
 __all__ = [
     "NO_NODE",
     "TRANSFER_CONTEXT",
+    "BootstrapError",
     "CodecError",
     "ConfChange",
     "ConfChangeError",
@@ -102,6 +105,7 @@ __all__ = [
     "Suffrage",
     "TransferError",
     "bootstrap_state",
+    "check_can_bootstrap",
     "decode_conf_change_record",
     "decode_entry",
     "decode_hard_state",

@@ -25,6 +25,7 @@ from raftlog.raft.codec import decode_conf_change_record, encode_conf_change_rec
 from raftlog.raft.confchange import apply_change
 from raftlog.raft.config import RaftConfig
 from raftlog.raft.errors import (
+    BootstrapError,
     ConfChangeInProgressError,
     LeadershipTransferInProgressError,
     NotLeaderError,
@@ -1007,6 +1008,28 @@ class RaftCore:
 
     def _soft_state(self) -> SoftState:
         return SoftState(self.lead, self.role, self.term)
+
+
+def check_can_bootstrap(existing: PersistentState) -> None:
+    """Raise BootstrapError, saying why, if ``existing`` (what the stores hold) is not empty.
+
+    The runtime calls this before writing :func:`bootstrap_state` to its stores: a node that
+    has ever had a term, a vote, a log entry or a snapshot must restart from that state.
+    """
+    hs = existing.hard_state
+    reasons = []
+    if hs.term or hs.vote or hs.commit:
+        reasons.append(f"hard state term={hs.term} vote={hs.vote!r} commit={hs.commit}")
+    if existing.entries:
+        reasons.append(
+            f"{len(existing.entries)} log entries from index {existing.entries[0].index}"
+        )
+    if existing.snapshot is not None:
+        reasons.append(f"a snapshot at index {existing.snapshot.index}")
+    if reasons:
+        raise BootstrapError(
+            "refusing to bootstrap: this node already has Raft state (" + "; ".join(reasons) + ")"
+        )
 
 
 def bootstrap_state(membership: Membership) -> PersistentState:

@@ -68,5 +68,9 @@ class SnapshotError(RaftError):
     """A snapshot request does not fit the log (index not applied, or already compacted)."""
 
 
+class BootstrapError(RaftError):
+    """A node with existing Raft state was asked to bootstrap (it must restart instead)."""
+
+
 class TransferError(RaftError):
     """A leadership transfer cannot start (no other voter, or the target is not a voter)."""
