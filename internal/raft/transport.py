@@ -25,11 +25,6 @@ from typing import Protocol, runtime_checkable
 #: multiplexer reads the first byte of every accepted connection: this value means "Raft",
 #: anything else goes to gRPC (TLS records start with 0x16, HTTP/2 prefaces with ``P``).
 RAFT_MARKER = b"\x01"
-#: Byte the Raft listener answers with after it consumed :data:`RAFT_MARKER`, immediately
-#: before it starts TLS. The dialer waits for it before sending its TLS ClientHello, so no
-#: TLS bytes can sit in a plain read buffer when the listener upgrades (asyncio's
-#: ``start_tls`` would not see them and the handshake would stall).
-RAFT_MARKER_ACK = b"\x06"
 
 #: Frame header: payload length as an unsigned 32-bit big-endian integer.
 FRAME_HEADER = struct.Struct(">I")

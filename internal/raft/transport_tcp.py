@@ -8,16 +8,21 @@ end-of-stream to notice a dead peer early).
 Connection setup (see ``docs/raft-transport.md`` for the diagram)::
 
     dialer                                   listener (own serve() or the mux)
-      | --- RAFT_MARKER (1 plain byte) -------> |  first byte read by serve()/the mux
-      | <-- RAFT_MARKER_ACK (1 plain byte) ---- |  handle_connection() from here on
+      | --- RAFT_MARKER (1 plain byte) -------> |  first byte read at socket level
       | ==== TLS handshake (both certs verified against the cluster CA) ==== |
       |   each side checks authorize(peer certificate CN)                   |
-      | --- frame: HELLO_MAGIC + dialer id ---> |
+      | --- frame: HELLO_MAGIC + dialer id ---> |  handle_connection()
       | <-- frame: HELLO_ACK_MAGIC + own id --- |  dialer checks it reached the node it meant
       | --- frame, frame, frame ... ----------> |  handler(payload) per frame, in order
 
-Every wait is bounded: connect, marker ack, TLS and hello share ``handshake_timeout``; each
-batch of writes must drain within ``write_timeout``; close() within ``close_timeout``.
+The dialer sends its TLS ClientHello right behind the marker, so the listener must read the
+marker byte alone (``sock_recv(sock, 1)``), never through a buffered stream that could
+swallow the ClientHello. :meth:`TcpTransport.serve` does exactly that, then runs the TLS
+server handshake on the accepted socket; the connection multiplexer does the same.
+
+Every wait is bounded: connect (``connect_timeout``); marker, TLS and hello share
+``handshake_timeout``; each batch of writes must drain within ``write_timeout``; close()
+takes at most about ``close_timeout``.
 """
 
 from __future__ import annotations
@@ -39,7 +44,6 @@ from raftlog.raft.transport import (
     HELLO_MAGIC,
     MAX_NODE_ID_BYTES,
     RAFT_MARKER,
-    RAFT_MARKER_ACK,
     FrameDecoder,
     FrameTooLargeError,
     Handler,
@@ -193,7 +197,8 @@ class TcpTransport:
     ``authorize(subject)`` is asked about the certificate common name of every peer, on both
     sides of every connection, after the TLS handshake (later: Casbin's ``replicate``). Use
     :meth:`serve` to listen on a port of its own, or hand connections accepted elsewhere
-    (the connection multiplexer) to :meth:`handle_connection` after reading the marker.
+    (the connection multiplexer) to :meth:`handle_connection` after reading the marker;
+    :attr:`server_context` is the TLS context such a multiplexer should handshake with.
     """
 
     def __init__(self, config: TcpTransportConfig, *, authorize: Authorizer) -> None:
@@ -209,7 +214,10 @@ class TcpTransport:
         self._inbound_empty.set()
         self._handler: Handler | None = None
         self._stats = TransportStats()
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
+        self._accept_task: asyncio.Task[None] | None = None
+        self._accepted: set[asyncio.Task[None]] = set()
+        self._accepting = 0
         self._listen_address: str | None = None
         self._started = False
         self._closed = False
@@ -236,31 +244,56 @@ class TcpTransport:
         for peer in self._peers.values():
             self._spawn(peer)
 
+    @property
+    def server_context(self) -> ssl.SSLContext:
+        """Server-side TLS context (peer cert, cluster CA, client certificate required).
+
+        A multiplexer that completes the TLS handshake itself before calling
+        :meth:`handle_connection` must use this context (or one just as strict).
+        """
+        return self._server_ctx
+
     async def serve(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen on ``host:port`` (0 = any free port); returns the bound ``host:port``.
 
-        This listener reads the marker byte itself, then continues as
-        :meth:`handle_connection`. Connections whose first byte is not the marker are closed.
+        Each accepted connection must start with the marker byte (read alone, within
+        ``handshake_timeout``); then the TLS server handshake runs on the socket and the
+        connection continues as :meth:`handle_connection`. Others are closed and counted.
         """
         if self._closed:
             raise TransportError(f"transport {self.node_id!r} is closed")
-        if self._server is not None:
+        if self._listener is not None:
             raise TransportError(f"transport {self.node_id!r} is already serving")
-        self._server = await asyncio.start_server(self._on_accept, host, port)
-        bound = self._server.sockets[0].getsockname()
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+            family, _, _, _, sockaddr = infos[0]
+            sock = socket.create_server(sockaddr[:2], family=family, backlog=1024)
+        except OSError as exc:
+            raise TransportError(f"cannot listen on {host}:{port}: {exc}") from exc
+        sock.setblocking(False)
+        self._listener = sock
+        bound = sock.getsockname()
         shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
         self._listen_address = f"{shown}:{bound[1]}"
+        self._accept_task = asyncio.create_task(
+            self._accept_loop(sock), name=f"raft-transport-accept {self.node_id}"
+        )
         return self._listen_address
 
     async def close(self) -> None:
-        """Stop listening, cancel peer tasks, abort connections; at most ~close_timeout."""
+        """Stop listening, cancel every task, abort connections; at most ~close_timeout."""
         if self._closed:
             return
         self._closed = True
         timeout = self.config.close_timeout
-        if self._server is not None:
-            self._server.close()
-        tasks: set[asyncio.Task[None]] = set(self._retiring)
+        tasks: set[asyncio.Task[None]] = set(self._retiring) | set(self._accepted)
+        if self._accept_task is not None:
+            tasks.add(self._accept_task)
+        if self._listener is not None:
+            self._listener.close()
         for peer in self._peers.values():
             if peer.task is not None:
                 tasks.add(peer.task)
@@ -273,7 +306,7 @@ class TcpTransport:
             _, pending = await asyncio.wait(tasks, timeout=timeout)
             if pending:
                 log.warning(
-                    "raft transport %s: %d peer tasks did not stop within %.1f s",
+                    "raft transport %s: %d tasks did not stop within %.1f s",
                     self.node_id,
                     len(pending),
                     timeout,
@@ -287,9 +320,6 @@ class TcpTransport:
                 len(self._inbound),
                 timeout,
             )
-        if self._server is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), timeout)
 
     def set_handler(self, handler: Handler) -> None:
         self._handler = handler
@@ -330,8 +360,8 @@ class TcpTransport:
         return {k for k, p in self._peers.items() if p.connected}
 
     def inbound_connections(self) -> int:
-        """Accepted connections currently open (handshaking or streaming)."""
-        return len(self._inbound)
+        """Accepted connections currently open (marker, handshake or streaming)."""
+        return self._accepting + len(self._inbound)
 
     def send(self, to: str, payload: bytes) -> None:
         if not self._started or self._closed:
@@ -450,9 +480,6 @@ class TcpTransport:
             _set_keepalive(writer)
             async with asyncio.timeout(cfg.handshake_timeout):
                 writer.write(RAFT_MARKER)
-                ack = await reader.readexactly(1)
-                if ack != RAFT_MARKER_ACK:
-                    raise HandshakeError(f"{address} answered the Raft marker with {ack!r}")
                 await writer.start_tls(
                     self._client_ctx, server_hostname=cfg.server_hostname or host
                 )
@@ -539,32 +566,82 @@ class TcpTransport:
 
     # ---------------------------------------------------------------- inbound
 
-    async def _on_accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Own listener: read the marker byte (bounded), then continue as handle_connection."""
-        conn = self._track(writer)
+    async def _accept_loop(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError as exc:
+                # Out of file descriptors and the like: say so, and do not spin.
+                log.error("raft transport %s: accept failed: %s", self.node_id, _describe(exc))
+                await asyncio.sleep(0.1)
+                continue
+            conn.setblocking(False)
+            task = asyncio.create_task(
+                self._serve_accepted(conn), name=f"raft-transport-inbound {self.node_id}"
+            )
+            self._accepted.add(task)
+            task.add_done_callback(self._accepted.discard)
+
+    async def _serve_accepted(self, conn: socket.socket) -> None:
+        """Own listener: marker byte alone, TLS on the socket, then handle_connection."""
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        self._accepting += 1
         try:
             try:
-                async with asyncio.timeout(self.config.handshake_timeout):
-                    first = await reader.read(1)
+                peer: object = conn.getpeername()
+            except OSError:
+                peer = None
+            try:
+                async with asyncio.timeout(cfg.handshake_timeout):
+                    first = await loop.sock_recv(conn, 1)
+                    if first != RAFT_MARKER:
+                        self._refuse_socket(
+                            conn, peer, f"first byte {first!r} is not the Raft marker"
+                        )
+                        return
+                    reader = asyncio.StreamReader(limit=_READ_CHUNK)
+                    protocol = asyncio.StreamReaderProtocol(reader)
+                    transport, _ = await loop.connect_accepted_socket(
+                        lambda: protocol,
+                        sock=conn,
+                        ssl=self._server_ctx,
+                        ssl_handshake_timeout=cfg.handshake_timeout,
+                    )
             except _CONNECTION_ERRORS as exc:
-                self._refuse(writer, None, f"no marker byte: {_describe(exc)}")
+                self._refuse_socket(conn, peer, _describe(exc))
                 return
-            if first != RAFT_MARKER:
-                self._refuse(writer, None, f"first byte {first!r} is not the Raft marker")
-                return
+            except BaseException:
+                conn.close()
+                raise
         finally:
-            self._untrack(conn)
+            self._accepting -= 1
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         await self.handle_connection(reader, writer)
+
+    def _refuse_socket(self, conn: socket.socket, peer: object, why: str) -> None:
+        self._stats.refused += 1
+        log.warning(
+            "raft transport %s: refused connection from %s (subject None): %s",
+            self.node_id,
+            peer,
+            why,
+        )
+        conn.close()
 
     async def handle_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        """Serve one accepted plain connection whose marker byte was already consumed.
+        """Serve one accepted connection whose marker byte was already consumed.
 
-        The connection must come from ``asyncio.start_server`` (its stream protocol must be
-        server side, which ``StreamWriter.start_tls`` relies on). Returns when the
-        connection ends or the transport closes; never raises for connection trouble (it is
-        logged and counted).
+        Either a TLS stream whose server handshake is done (the multiplexer did it with
+        :attr:`server_context`; the peer certificate is then authorized here), or a plain
+        server-side stream that has not read past the marker (``start_tls`` runs here; any
+        byte already buffered in the StreamReader would be lost to it, so the marker must
+        have been read with ``sock_recv(sock, 1)`` and the stream's transport kept from
+        reading until now). Returns when the connection ends or the transport closes; never
+        raises for connection trouble (it is logged and counted).
         """
         if self._closed:
             _abort(writer)
@@ -608,10 +685,8 @@ class TcpTransport:
         subject: str | None = None
         try:
             async with asyncio.timeout(self.config.handshake_timeout):
-                # No await between the ack and start_tls' switch to the TLS protocol, and the
-                # dialer sends nothing before the ack: no TLS byte can be misread as plain.
-                writer.write(RAFT_MARKER_ACK)
-                await writer.start_tls(self._server_ctx)
+                if writer.get_extra_info("ssl_object") is None:
+                    await writer.start_tls(self._server_ctx)
                 subject = peer_common_name(writer.get_extra_info("peercert"))
                 if subject is None or not self._authorize(subject):
                     self._refuse(writer, subject, "certificate subject is not authorized")
