@@ -17,6 +17,7 @@ interleave and one ``bytes.join``: no Python loop body runs per record.
 from __future__ import annotations
 
 import mmap
+import struct
 import zlib
 from collections.abc import Sequence
 
@@ -64,6 +65,34 @@ def encode_batch(records: Sequence[bytes]) -> tuple[bytes, U64Array]:
     return b"".join(parts), lengths + FRAME_HEADER_BYTES
 
 
+_PACK_HEADER = struct.Struct("<II").pack
+#: Batches up to this many records take the pure-Python path (numpy's fixed cost per call
+#: is larger than its per-record savings on a handful of records).
+SMALL_BATCH = 16
+
+
+def encode_small(records: Sequence[bytes]) -> tuple[bytes, list[int]]:
+    """:func:`encode_batch` for a few records, without numpy; sizes as a list."""
+    crc32 = zlib.crc32
+    parts: list[bytes] = []
+    sizes: list[int] = []
+    for record in records:
+        length = len(record)
+        if length > MAX_RECORD_BYTES:
+            raise RecordTooLargeError(
+                f"a record of {length} bytes exceeds the frame limit of {MAX_RECORD_BYTES} bytes"
+            )
+        parts.append(_PACK_HEADER(length, crc32(record) ^ CHECK_MASK))
+        parts.append(record)
+        sizes.append(length + FRAME_HEADER_BYTES)
+    return b"".join(parts), sizes
+
+
+def slices(buf: bytes, starts: list[int], ends: list[int]) -> list[bytes]:
+    """``[buf[s:e] for s, e in zip(starts, ends)]``, looped in C."""
+    return list(map(buf.__getitem__, map(slice, starts, ends)))
+
+
 def parse_headers(buf: npt.NDArray[np.uint8], starts: U64Array) -> tuple[U64Array, U64Array]:
     """Gather the (length, check) header of every frame starting at ``starts`` in ``buf``.
 
@@ -80,14 +109,15 @@ def bad_checksums(
 ) -> npt.NDArray[np.intp]:
     """Indices of the frames whose payload ``buf[start+8:end]`` does not match its check."""
     view = memoryview(buf)
-    n = len(starts)
-    got = np.fromiter(
-        map(
-            zlib.crc32,
-            [view[s + FRAME_HEADER_BYTES : e] for s, e in zip(starts, ends, strict=True)],
-        ),
-        dtype=np.uint64,
-        count=n,
-    )
+    payload_starts = [s + FRAME_HEADER_BYTES for s in starts]
+    payloads = map(view.__getitem__, map(slice, payload_starts, ends))
+    got = np.fromiter(map(zlib.crc32, payloads), dtype=np.uint64, count=len(starts))
+    got ^= CHECK_MASK
+    return np.flatnonzero(got != checks)
+
+
+def bad_payload_checksums(payloads: list[bytes], checks: U64Array) -> npt.NDArray[np.intp]:
+    """Indices of the payloads whose checksum differs from ``checks``."""
+    got = np.fromiter(map(zlib.crc32, payloads), dtype=np.uint64, count=len(payloads))
     got ^= CHECK_MASK
     return np.flatnonzero(got != checks)

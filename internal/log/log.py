@@ -25,7 +25,7 @@ from raftlog.log.errors import (
     LogClosedError,
     OffsetOutOfRangeError,
 )
-from raftlog.log.framing import encode_batch
+from raftlog.log.framing import SMALL_BATCH, encode_batch, encode_small
 from raftlog.log.segment import (
     INDEX_SUFFIX,
     STORE_SUFFIX,
@@ -226,6 +226,16 @@ class Log:
         n = len(records)
         if n == 0:
             return first
+        if n <= SMALL_BATCH:
+            small, small_sizes = encode_small(records)
+            seg = self._segments[-1]
+            fits = seg.store.size + len(small) <= self.config.max_store_bytes
+            if seg.index.room >= n and (fits or (seg.count == 0 and n == 1)):
+                seg.append_small(small, small_sizes)
+                self._dirty[id(seg)] = seg
+                if self.config.sync is SyncPolicy.INTERVAL:
+                    self._schedule_interval_sync()
+                return first
         data, sizes = encode_batch(records)
         seg = self._segments[-1]
         if not seg.is_maxed and seg.fit(sizes.cumsum(), 0, 0) == n:

@@ -33,7 +33,13 @@ import numpy.typing as npt
 
 from raftlog.log.config import FRAME_HEADER_BYTES, LogConfig
 from raftlog.log.errors import CorruptRecordError
-from raftlog.log.framing import CHECK_MASK, bad_checksums, parse_headers
+from raftlog.log.framing import (
+    CHECK_MASK,
+    bad_checksums,
+    bad_payload_checksums,
+    parse_headers,
+    slices,
+)
 from raftlog.log.index import EntryArray, Index
 from raftlog.log.store import Store
 
@@ -123,6 +129,17 @@ class Segment:
         self.index.append(positions)
         return first
 
+    def append_small(self, data: bytes, frame_sizes: list[int]) -> int:
+        """:meth:`append_encoded` for a few records (plain ints, no numpy)."""
+        first = self.next_offset
+        pos = self.store.append(data)
+        positions = []
+        for size in frame_sizes:
+            positions.append(pos)
+            pos += size
+        self.index.append_small(positions)
+        return first
+
     def seal(self) -> None:
         """No more appends: cut the index file to its real size."""
         if not self.sealed:
@@ -196,12 +213,11 @@ class Segment:
         bad_len = np.flatnonzero(lengths != ends - starts - np.uint64(FRAME_HEADER_BYTES))
         if len(bad_len):
             raise CorruptRecordError(offset + int(bad_len[0]), "header length disagrees")
-        start_list = starts.tolist()
-        end_list = ends.tolist()
-        bad = bad_checksums(buf, start_list, end_list, checks)
+        payloads = slices(buf, (starts + np.uint64(FRAME_HEADER_BYTES)).tolist(), ends.tolist())
+        bad = bad_payload_checksums(payloads, checks)
         if len(bad):
             raise CorruptRecordError(offset + int(bad[0]), "checksum mismatch")
-        return [buf[s + FRAME_HEADER_BYTES : e] for s, e in zip(start_list, end_list, strict=True)]
+        return payloads
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from hypothesis.stateful import (
 from raftlog.log import Log, LogConfig, OffsetOutOfRangeError, SyncPolicy
 
 payloads = st.binary(max_size=48)
-batches = st.lists(payloads, min_size=0, max_size=12)
+batches = st.lists(payloads, min_size=0, max_size=40)  # both the small and numpy paths
 
 
 class LogModel(RuleBasedStateMachine):
