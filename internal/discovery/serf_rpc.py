@@ -276,6 +276,8 @@ class SerfRPCClient:
     # --- lifecycle ---------------------------------------------------------------------
     async def connect(self, timeout: float | None = None) -> SerfRPCClient:
         """Open the TCP connection, handshake and (if configured) authenticate."""
+        if self._writer is not None or self._closed_error is not None:
+            raise SerfConnectionError("connect", "a client connects once; make a new one")
         host, _, port = self.address.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"serf rpc address must be host:port, got {self.address!r}")
