@@ -425,7 +425,10 @@ class TcpTransport:
             address = peer.address
             try:
                 reader, writer = await self._dial(peer.node_id, address)
-            except _CONNECTION_ERRORS as exc:
+            except Exception as exc:
+                if not isinstance(exc, _CONNECTION_ERRORS):
+                    # A bug or an authorize() that raised: keep the task alive, say so loudly.
+                    log.exception("raft transport %s: dialling %s failed", self.node_id, address)
                 failures += 1
                 self._stats.connect_failures += 1
                 # Raft resends what matters; stale payloads would only arrive as a burst.
@@ -457,7 +460,9 @@ class TcpTransport:
             peer.connected = True
             try:
                 await self._pump(peer, reader, writer)
-            except _CONNECTION_ERRORS as exc:
+            except Exception as exc:
+                if not isinstance(exc, _CONNECTION_ERRORS):
+                    log.exception("raft transport %s: writing to %s failed", self.node_id, address)
                 log.info(
                     "raft transport %s: connection to %s at %s lost: %s",
                     self.node_id,
@@ -698,6 +703,10 @@ class TcpTransport:
                 writer.write(encode_frame(encode_hello(HELLO_ACK_MAGIC, self.node_id)))
                 await writer.drain()
         except _CONNECTION_ERRORS as exc:
+            self._refuse(writer, subject, _describe(exc))
+            return None
+        except Exception as exc:
+            log.exception("raft transport %s: handshake failed unexpectedly", self.node_id)
             self._refuse(writer, subject, _describe(exc))
             return None
         return remote_id, subject

@@ -502,3 +502,34 @@ def test_frame_decoder_handles_any_split_and_poisons_on_oversized_header() -> No
     torn = FrameDecoder(10)
     assert torn.feed(FRAME_HEADER.pack(5) + b"ab") == []
     assert torn.pending == 6
+
+
+async def test_authorize_that_raises_refuses_without_killing_anything(
+    nodes: Nodes, certs: dict[str, TLSConfig]
+) -> None:
+    def broken(subject: str) -> bool:
+        raise RuntimeError("policy store unavailable")
+
+    b, inbox = await nodes.make("b", certs["peer"], authorize=broken)
+    a, _ = await nodes.make("a", certs["peer"], port=None)
+    c, _ = await nodes.make("c", certs["peer"], authorize=broken, port=None)
+    assert b.listen_address is not None
+    a.update_peers({"b": b.listen_address})
+    c.update_peers({"b": b.listen_address})
+    a.send("b", b"x")
+    c.send("b", b"y")
+    await eventually(lambda: b.stats().refused >= 1 and c.stats().connect_failures >= 1)
+    assert inbox.items == []
+    # Both sides keep working once the policy answers again.
+    b._authorize = only_server
+    c._authorize = only_server
+    deadline = time.monotonic() + 10
+    while len(set(inbox.items)) < 2:
+        assert time.monotonic() < deadline
+        a.send("b", b"x")
+        c.send("b", b"y")
+        try:
+            await inbox.wait_for(lambda items: len(set(items)) == 2, timeout=0.2)
+        except TimeoutError:
+            pass
+    assert set(inbox.items) == {b"x", b"y"}
