@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from raftlog.raft import snapshot_store as snap_mod
 from raftlog.raft.snapshot_store import (
     CorruptSnapshotError,
     SnapshotNotFoundError,
@@ -135,8 +134,8 @@ def test_commit_order_fsync_then_rename_then_dir_fsync(
         events.append("rename")
         real_rename(src, dst)
 
-    monkeypatch.setattr(snap_mod.os, "fsync", fsync)
-    monkeypatch.setattr(snap_mod.os, "rename", rename)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
     make(store, 1, 1, b"data")
     # data file, meta file, temp dir (its entries), rename, parent dir.
     assert events == ["fsync-file", "fsync-file", "fsync-dir", "rename", "fsync-dir"]
@@ -193,13 +192,13 @@ async def test_async_commit_runs_off_the_loop(
     sink.write(b"x" * 10)
     loop_thread = threading.get_ident()
     seen: list[int] = []
-    real = snap_mod.os.fsync
+    real = os.fsync
 
     def fsync(fd: int) -> None:
         seen.append(threading.get_ident())
         real(fd)
 
-    monkeypatch.setattr(snap_mod.os, "fsync", fsync)
+    monkeypatch.setattr(os, "fsync", fsync)
     meta = await sink.commit()
     assert seen and all(t != loop_thread for t in seen)
     assert store.verify(meta.id) == meta

@@ -103,8 +103,8 @@ def test_save_is_atomic_temp_fsync_rename_fsync_dir(
         events.append("rename")
         real_replace(src, dst)
 
-    monkeypatch.setattr(stable_mod.os, "fsync", fsync)
-    monkeypatch.setattr(stable_mod.os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
     store.save_sync(StableState(term=2, voted_for="b"))
     assert events == ["fsync-file", "rename", "fsync-dir"]
     assert store.load_sync() == StableState(term=2, voted_for="b")
@@ -119,7 +119,7 @@ def test_crash_before_rename_keeps_old_state(
     def crash(src: object, dst: object) -> None:
         raise OSError("power cut")
 
-    monkeypatch.setattr(stable_mod.os, "replace", crash)
+    monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(stable_mod.StableStoreError, match="power cut"):
         store.save_sync(StableState(term=4, voted_for="b"))
     monkeypatch.undo()

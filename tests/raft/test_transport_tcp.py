@@ -201,7 +201,7 @@ def test_hello_and_address_parsing() -> None:
 def test_config_validation_names_the_field(certs: dict[str, TLSConfig]) -> None:
     tls = certs["peer"]
     config("n1", tls).validate()
-    cases = {
+    cases: dict[str, dict[str, object]] = {
         "node_id": {"node_id": ""},
         "max_frame_size": {"max_frame_size": 0},
         "queue_size": {"queue_size": 0},
