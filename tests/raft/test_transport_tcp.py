@@ -533,3 +533,51 @@ async def test_authorize_that_raises_refuses_without_killing_anything(
         except TimeoutError:
             pass
     assert set(inbox.items) == {b"x", b"y"}
+
+
+async def test_a_peer_that_stops_reading_is_cut_off_by_write_timeout(
+    nodes: Nodes, certs: dict[str, TLSConfig]
+) -> None:
+    """A listener that completes the hello and then never reads must not wedge the dialer."""
+    server_ctx = TcpTransport(config("stall", certs["peer"]), authorize=only_server).server_context
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    held: list[asyncio.StreamWriter] = []
+
+    async def stall_once() -> None:
+        conn, _ = await loop.sock_accept(listener)
+        conn.setblocking(False)
+        assert await loop.sock_recv(conn, 1) == RAFT_MARKER
+        reader = asyncio.StreamReader(limit=1024)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        transport, _ = await loop.connect_accepted_socket(
+            lambda: protocol, sock=conn, ssl=server_ctx
+        )
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        held.append(writer)
+        hello = await read_frame(reader, 1024)
+        assert hello is not None
+        writer.write(encode_frame(encode_hello(HELLO_ACK_MAGIC, "b")))
+        await writer.drain()
+        transport.pause_reading()  # and never read again
+
+    stall = asyncio.create_task(stall_once())
+    try:
+        a, _ = await nodes.make("a", certs["peer"], port=None, write_timeout=0.5)
+        a.update_peers({"b": f"127.0.0.1:{port}"})
+        big = bytes(4 * 1024 * 1024)
+        for _ in range(16):
+            a.send("b", big)
+        await asyncio.wait_for(stall, 5)
+        started = time.monotonic()
+        await eventually(lambda: a.stats().dropped_connection > 0, timeout=5)
+        assert time.monotonic() - started < 3.0
+        assert a.stats().connects == 1
+        await eventually(lambda: "b" not in a.connected_peers(), timeout=2)
+    finally:
+        stall.cancel()
+        listener.close()
+        for w in held:
+            w.transport.abort()
