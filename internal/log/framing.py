@@ -68,7 +68,7 @@ def encode_batch(records: Sequence[bytes]) -> tuple[bytes, U64Array]:
 _PACK_HEADER = struct.Struct("<II").pack
 #: Batches up to this many records take the pure-Python path (numpy's fixed cost per call
 #: is larger than its per-record savings on a handful of records).
-SMALL_BATCH = 16
+SMALL_BATCH = 64
 
 
 def encode_small(records: Sequence[bytes]) -> tuple[bytes, list[int]]:

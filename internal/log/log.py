@@ -153,12 +153,17 @@ class Log:
         log.recovery = reports
         if config.sync is not SyncPolicy.NEVER:
             # What recovery kept may still sit in the page cache only (a killed process
-            # leaves it there); make it durable before promising anything about it.
-            segments[-1].store.sync()
+            # leaves it there); make it durable before promising anything about it. An
+            # fsync of a file with nothing dirty is cheap.
+            for seg in segments:
+                seg.store.sync()
             if changed:
                 log._fsync_dir()
-        for seg in segments:
-            seg.store.synced_size = seg.store.size
+        else:
+            # Nothing is known to be on disk: the first sync() covers every segment.
+            log._durable = log.lowest_offset
+            log._dirty = {id(seg): seg for seg in segments}
+            log._dir_dirty = changed
         return log
 
     def _fsync_dir(self) -> None:
@@ -517,6 +522,12 @@ class Log:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(task), self.config.sync_timeout_s)
         self._close_files()
+
+    async def __aenter__(self) -> Log:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     def close_sync(self) -> None:
         """Blocking close for code without an event loop (tools, tests, subprocesses)."""

@@ -322,7 +322,6 @@ class Segment:
             seg.index.write_all(positions)
         else:
             seg.index.count = count
-        seg.store.synced_size = seg.store.size
         seg.index.shrink()
         seg.sealed = True
         report.records = count
