@@ -29,7 +29,6 @@ def register(sub: Any) -> None:
             "(e.g. RAFTLOG_RPC_PORT) or from its flag; flags override env, env overrides "
             "the file. The defaults work from the repository root after `make certs`."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--config-file", default=None, help="YAML file of settings (keys as below, e.g. rpc_port)"
@@ -55,7 +54,6 @@ def register(sub: Any) -> None:
             )
         else:
             parser.add_argument(flag, dest=name, default=None, help=help_text)
-    parser.formatter_class = argparse.HelpFormatter  # our help texts carry the defaults
     parser.set_defaults(handler=run)
 
 
@@ -66,6 +64,8 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
+    # grpc's Python side logs each call's event-loop lookup at DEBUG: noise, not insight.
+    logging.getLogger("grpc").setLevel(max(logging.INFO, logging.getLogger().level))
     if level != "debug":
         # Casbin logs the whole model and policy at INFO on every load.
         logging.getLogger("casbin").setLevel(logging.WARNING)

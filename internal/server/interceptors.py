@@ -10,6 +10,7 @@ logged like any other, with its status code.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -186,8 +187,9 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     """Logs every call (method, subject, status code, duration) and counts them.
 
-    Successful calls log at DEBUG, failed ones at INFO (WARNING for INTERNAL/UNKNOWN).
-    Nothing but those four facts is logged: no payloads, no certificates, no keys.
+    Successful (and client-cancelled) calls log at DEBUG, failed ones at INFO (WARNING for
+    INTERNAL/UNKNOWN). Nothing but those facts (and the peer address) is logged: no
+    payloads, no certificates, no keys.
     ``counts`` holds (method, code name) -> calls, for tests and a later metrics endpoint.
     """
 
@@ -202,11 +204,13 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             return None
         return self._observed(handler, handler_call_details.method)
 
-    def _record(self, method: str, context: Context, started: float, code: grpc.StatusCode) -> None:
+    def _record(
+        self, method: str, who: tuple[str, str], started: float, code: grpc.StatusCode
+    ) -> None:
         name = code.name
         self.counts[method, name] += 1
-        if code is grpc.StatusCode.OK:
-            level = logging.DEBUG
+        if code in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
+            level = logging.DEBUG  # success, or the client's own choice to stop
         elif code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
             level = logging.WARNING
         else:
@@ -216,23 +220,30 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                 level,
                 "call method=%s subject=%s peer=%s code=%s duration_ms=%.3f",
                 method,
-                subject_of(context) or "-",
-                context.peer(),
+                who[0],
+                who[1],
                 name,
                 (time.perf_counter() - started) * 1e3,
             )
 
     @staticmethod
+    def _who(context: Context) -> tuple[str, str]:
+        # Read while the call is alive: grpc.aio's auth context and peer must not be touched
+        # after a client cancelled (the call's core object is gone; it can crash the process).
+        return subject_of(context) or "-", context.peer()
+
+    @staticmethod
     def _code(context: Context, exc: BaseException | None) -> grpc.StatusCode:
+        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            # the client went away (the call is cancelled, its response stream closed)
+            return grpc.StatusCode.CANCELLED
         code = context.code()
         if isinstance(code, grpc.StatusCode):
             return code
-        if isinstance(exc, BaseException) and type(exc).__name__ == "CancelledError":
-            return grpc.StatusCode.CANCELLED
         return grpc.StatusCode.OK if exc is None else grpc.StatusCode.UNKNOWN
 
     def _observed(self, handler: Handler, method: str) -> Handler:
-        record, code_of = self._record, self._code
+        record, code_of, who_of = self._record, self._code, self._who
         if handler.response_streaming:
             if handler.request_streaming:
                 inner_s: Callable[[Any, Context], AsyncIterator[Any]] = handler.stream_stream
@@ -240,7 +251,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                 inner_s = handler.unary_stream
 
             async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
-                started, failure = time.perf_counter(), None
+                started, failure, who = time.perf_counter(), None, who_of(context)
                 try:
                     async for response in inner_s(request, context):
                         yield response
@@ -248,7 +259,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                     failure = exc
                     raise
                 finally:
-                    record(method, context, started, code_of(context, failure))
+                    record(method, who, started, code_of(context, failure))
 
             factory = (
                 grpc.stream_stream_rpc_method_handler
@@ -263,14 +274,14 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
             inner_u = handler.unary_unary
 
         async def unary(request: Any, context: Context) -> Any:
-            started, failure = time.perf_counter(), None
+            started, failure, who = time.perf_counter(), None, who_of(context)
             try:
                 return await inner_u(request, context)
             except BaseException as exc:
                 failure = exc
                 raise
             finally:
-                record(method, context, started, code_of(context, failure))
+                record(method, who, started, code_of(context, failure))
 
         factory_u = (
             grpc.stream_unary_rpc_method_handler
