@@ -307,11 +307,13 @@ class InmemNetwork:
             return (self._now_ns + round(delay * 1e9)) / 1e9
         return asyncio.get_running_loop().time() + delay
 
-    def _deliver_due(self, now: float, limit: int | None = None) -> int:
+    def _deliver_due(self, now: float, limit: int | None = None, max_seq: int | None = None) -> int:
         delivered = 0
         while self._heap and self._heap[0].deliver_at <= now:
             if limit is not None and delivered >= limit:
                 break
+            if max_seq is not None and self._heap[0].seq > max_seq:
+                break  # sent by a handler during this round: next loop iteration
             env = heapq.heappop(self._heap)
             link = (env.src, env.dst)
             left = self._in_flight.get(link, 1) - 1
@@ -344,7 +346,9 @@ class InmemNetwork:
     def _on_timer(self) -> None:
         self._timer = None
         assert self._loop is not None
-        self._deliver_due(self._loop.time())
+        # Payloads sent by handlers during this round wait for the next loop iteration, so
+        # two handlers answering each other with no delay cannot monopolise the loop.
+        self._deliver_due(self._loop.time(), max_seq=self._seq)
         if self._heap and any(not t.closed for t in self._by_address.values()):
             self._arm_timer()
         elif not any(not t.closed for t in self._by_address.values()):

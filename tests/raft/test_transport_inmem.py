@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -266,3 +267,28 @@ def test_fault_settings_are_validated() -> None:
             net.set_faults(bad)
     with pytest.raises(TransportConfigError, match="queue_size"):
         InmemNetwork(queue_size=0)
+
+
+async def test_asyncio_mode_ping_pong_yields_to_the_loop() -> None:
+    net = InmemNetwork(seed=12)
+    nodes, _ = await cluster(net, ("a", "b"))
+    hits = 0
+
+    def bounce(me: str, other: str) -> Callable[[bytes], None]:
+        def handler(payload: bytes) -> None:
+            nonlocal hits
+            hits += 1
+            nodes[me].send(other, payload)
+
+        return handler
+
+    nodes["a"].set_handler(bounce("a", "b"))
+    nodes["b"].set_handler(bounce("b", "a"))
+    nodes["a"].send("b", b"ball")
+    ticks = 0
+    while hits < 50:
+        await asyncio.sleep(0)  # the loop keeps turning while the ball bounces
+        ticks += 1
+        assert ticks < 10_000
+    assert ticks >= 25, "each bounce must wait for a new loop iteration"
+    await net.close()
