@@ -476,18 +476,23 @@ class SimConfig:
     drop: float = 0.05
     duplicate: float = 0.03
     reorder: bool = True
-    tick: float = 0.12
+    tick: float = 0.2
     propose: float = 0.06
     crash: float = 0.004
-    restart: float = 0.03
+    restart: float = 0.006
     partition: float = 0.004
-    heal: float = 0.02
+    heal: float = 0.003
     transfer: float = 0.002
+    read: float = 0.02
+    """Probability of a ReadIndex request on a leader; each answer is checked to cover
+    every write acknowledged before the request (linearizable reads)."""
     membership: float = 0.0
     """Probability of attempting a membership change (remove a voter, add it back as a
     learner, promote a learner) on the leader."""
     snapshot_threshold: int = 12
     election_tick: int = 10
+    check_quorum: bool = True
+    pre_vote: bool = True
     check_every: int = 200
     settle_ticks: int = 400
 
@@ -505,6 +510,7 @@ class SimReport:
     snapshots_sent: int = 0
     conf_changes: int = 0
     transfers: int = 0
+    reads: int = 0
 
 
 def simulate(seed: int, sc: SimConfig) -> SimReport:
@@ -526,6 +532,8 @@ def simulate(seed: int, sc: SimConfig) -> SimReport:
             max_size_per_msg=64,
             snapshot_threshold=sc.snapshot_threshold,
             snapshot_trailing_entries=3,
+            check_quorum=sc.check_quorum,
+            pre_vote=sc.pre_vote,
         )
 
     faults = Faults(drop=sc.drop, duplicate=sc.duplicate, reorder=sc.reorder)
@@ -534,6 +542,8 @@ def simulate(seed: int, sc: SimConfig) -> SimReport:
     rep = SimReport(seed)
     counter = 0
     removed: list[NodeId] = []
+    read_need: dict[bytes, int] = {}
+    read_seen: dict[NodeId, int] = {}
 
     def snapshot_sends(m: Message) -> bool:
         if m.type is MessageType.SNAPSHOT:
@@ -549,6 +559,7 @@ def simulate(seed: int, sc: SimConfig) -> SimReport:
         ("partition", sc.partition),
         ("heal", sc.heal),
         ("transfer", sc.transfer),
+        ("read", sc.read),
         ("membership", sc.membership),
     ]
     for step in range(sc.steps):
@@ -591,12 +602,30 @@ def simulate(seed: int, sc: SimConfig) -> SimReport:
                 rep.transfers += 1
             except RaftError:
                 pass
+        elif action == "read" and leaders:
+            counter += 1
+            ctx = f"r{counter}".encode()
+            need = max((max(n.acked, default=0) for n in c.nodes.values()), default=0)
+            try:
+                rng.choice(leaders).c.read_index(ctx)
+                read_need[ctx] = need
+            except RaftError:
+                pass
         elif action == "membership" and leaders:
             if _membership_step(rng.choice(leaders).c, rng, removed):
                 rep.conf_changes += 1
         else:
             c.deliver_next()
         c.process()
+        for n in c.nodes.values():
+            for rs in n.reads[read_seen.get(n.id, 0) :]:
+                if rs.index < read_need[rs.context]:
+                    raise SafetyViolation(
+                        f"linearizability: read {rs.context!r} on {n.id} at index {rs.index} "
+                        f"misses a write acknowledged at {read_need[rs.context]}"
+                    )
+                rep.reads += 1
+            read_seen[n.id] = len(n.reads)
         if step % sc.check_every == 0:
             c.check_logs()
 

@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from raftlog.raft import RaftCore, quorum
+from raftlog.raft import RaftCore, ReadState, quorum
 from raftlog.raft.log_view import RaftLog
 from raftlog.raft.testing import SafetyViolation, SimConfig, SimReport, simulate
 
@@ -45,6 +45,17 @@ def test_five_nodes_with_membership_changes(seed: int) -> None:
     assert rep.leaders >= 1
 
 
+@pytest.mark.parametrize(
+    ("check_quorum", "pre_vote"), [(False, True), (True, False), (False, False)]
+)
+def test_three_nodes_other_election_settings(check_quorum: bool, pre_vote: bool) -> None:
+    for seed in SEED_LIST[:8]:
+        run(
+            2000 + seed,
+            SimConfig(nodes=3, steps=STEPS, check_quorum=check_quorum, pre_vote=pre_vote),
+        )
+
+
 def test_simulation_exercises_the_interesting_paths() -> None:
     """Over a handful of seeds the faults actually happen and work gets done, so a passing
     run means something."""
@@ -53,6 +64,7 @@ def test_simulation_exercises_the_interesting_paths() -> None:
     assert sum(r.snapshots_sent for r in reps) > 0
     assert sum(r.conf_changes for r in reps) > 0
     assert sum(r.transfers for r in reps) > 0
+    assert sum(r.reads for r in reps) > 0
     assert max(r.max_term for r in reps) > 3
 
 
@@ -94,3 +106,14 @@ def test_simulation_catches_lost_acknowledged_writes(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(RaftCore, "_maybe_commit", commit_alone)
     assert _first_failure(SimConfig(nodes=3, steps=3000), 10) is not None
+
+
+def test_simulation_catches_reads_without_a_quorum_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Answering ReadIndex from the local commit index (no heartbeat round) serves stale
+    reads on a deposed leader: the linearizability check must notice."""
+
+    def read_locally(self: RaftCore, ctx: bytes) -> None:
+        self._read_states.append(ReadState(self.log.committed, ctx))
+
+    monkeypatch.setattr(RaftCore, "_start_read", read_locally)
+    assert _first_failure(SimConfig(nodes=3, steps=3000, read=0.05), 30) is not None
