@@ -1,4 +1,9 @@
-"""One behaviour contract, run against every Raft transport (in-memory and TCP+TLS).
+"""One behaviour contract, run against every Raft transport.
+
+Implementations: in-memory; TCP+TLS with its own listener; TCP+TLS behind the one-port
+connection multiplexer (``raftlog.mux``), which reads the marker and either does the TLS
+handshake with the transport's server context or hands over the plain stream, before
+``handle_connection`` takes it.
 
 Each test gets a small network of nodes from a harness that hides how nodes are created,
 addressed, stopped and restarted; the assertions are the same for every transport.
@@ -15,7 +20,8 @@ from typing import Any, Protocol
 
 import pytest
 
-from raftlog.raft.transport import Transport, TransportStats
+from raftlog.mux import Mux, MuxConfig
+from raftlog.raft.transport import RAFT_MARKER, Transport, TransportStats
 from raftlog.raft.transport_inmem import InmemNetwork
 from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
 from raftlog.security import TLSConfig, write_dev_certs
@@ -156,6 +162,58 @@ class TcpHarness:
             await t.close()
 
 
+class MuxHarness(TcpHarness):
+    """TCP transports behind the one-port connection multiplexer.
+
+    ``mux_tls``: the mux does the TLS handshake (with the transport's server context);
+    otherwise it hands over the plain, paused stream and the transport runs ``start_tls``.
+    """
+
+    def __init__(
+        self, certs: TLSConfig, *, max_frame_size: int, queue_size: int, mux_tls: bool
+    ) -> None:
+        super().__init__(certs, max_frame_size=max_frame_size, queue_size=queue_size)
+        self._muxes: list[Mux] = []
+        self.mux_tls = mux_tls
+
+    async def add(
+        self, node_id: str, *, new_address: bool = False, handler: bool = True
+    ) -> Transport:
+        config = TcpTransportConfig(
+            node_id=node_id,
+            tls=self.certs,
+            max_frame_size=self.max_frame_size,
+            queue_size=self.queue_size,
+            connect_timeout=2.0,
+            handshake_timeout=2.0,
+            close_timeout=2.0,
+            backoff_initial=0.02,
+            backoff_max=0.2,
+        )
+        t = TcpTransport(config, authorize=lambda subject: subject == "server")
+        self._all.append(t)
+        mux = Mux(MuxConfig(host="127.0.0.1", port=0))
+        mux.register(
+            RAFT_MARKER[0],
+            t.handle_connection,
+            ssl_context=t.server_context if self.mux_tls else None,
+        )
+        await mux.start()
+        self._muxes.append(mux)
+        self._addresses[node_id] = f"127.0.0.1:{mux.port}"
+        inbox = Inbox()
+        if handler:
+            t.set_handler(inbox)
+        await t.start()
+        self.transports[node_id], self.inboxes[node_id] = t, inbox
+        return t
+
+    async def close(self) -> None:
+        await super().close()
+        for mux in self._muxes:
+            await mux.close()
+
+
 def free_port() -> int:
     """A port that nothing listens on (bound, then released)."""
     import socket
@@ -171,12 +229,19 @@ def peer_tls(tmp_path_factory: pytest.TempPathFactory) -> TLSConfig:
     return TLSConfig(files.cert_file, files.key_file, files.ca_file)
 
 
-@pytest.fixture(params=["inmem", "tcp"])
+@pytest.fixture(params=["inmem", "tcp", "tcp-behind-mux-tls", "tcp-behind-mux-plain"])
 def make_harness(request: pytest.FixtureRequest, peer_tls: TLSConfig) -> Callable[..., Harness]:
     def make(*, max_frame_size: int = 16 * 1024 * 1024, queue_size: int = 1024) -> Harness:
         if request.param == "inmem":
             return InmemHarness(max_frame_size=max_frame_size, queue_size=queue_size)
-        return TcpHarness(peer_tls, max_frame_size=max_frame_size, queue_size=queue_size)
+        if request.param == "tcp":
+            return TcpHarness(peer_tls, max_frame_size=max_frame_size, queue_size=queue_size)
+        return MuxHarness(
+            peer_tls,
+            max_frame_size=max_frame_size,
+            queue_size=queue_size,
+            mux_tls=request.param == "tcp-behind-mux-tls",
+        )
 
     return make
 
