@@ -32,7 +32,6 @@ CHECK_MASK = 0xFFFFFFFF
 #: Largest payload a frame can describe (bytes).
 MAX_RECORD_BYTES = (1 << 32) - 1
 
-_HEADER_DTYPE = np.dtype([("length", "<u4"), ("check", "<u4")])
 
 U64Array = npt.NDArray[np.uint64]
 U32Array = npt.NDArray[np.uint32]
@@ -55,12 +54,12 @@ def encode_batch(records: Sequence[bytes]) -> tuple[bytes, U64Array]:
             f"a record of {int(lengths.max())} bytes exceeds the frame limit of "
             f"{MAX_RECORD_BYTES} bytes"
         )
-    headers = np.empty(n, dtype=_HEADER_DTYPE)
-    headers["length"] = lengths
-    headers["check"] = np.fromiter(map(zlib.crc32, records), dtype=np.uint32, count=n)
-    headers["check"] ^= CHECK_MASK
+    headers = np.empty((n, 2), dtype="<u4")
+    headers[:, 0] = lengths
+    headers[:, 1] = np.fromiter(map(zlib.crc32, records), dtype=np.uint32, count=n)
+    headers[:, 1] ^= CHECK_MASK
     parts: list[bytes] = [b""] * (2 * n)
-    parts[0::2] = headers.view("V8").tolist()
+    parts[0::2] = headers.view("V8").ravel().tolist()
     parts[1::2] = records
     return b"".join(parts), lengths + FRAME_HEADER_BYTES
 

@@ -55,7 +55,10 @@ class Index:
         self._entries = np.zeros(0, dtype=ENTRY_DTYPE)
         self._bytes = memoryview(b"")
         if slots > 0:
-            self._entries = np.memmap(self.path, dtype=ENTRY_DTYPE, mode="r+", shape=(slots,))
+            mapped = np.memmap(self.path, dtype=ENTRY_DTYPE, mode="r+", shape=(slots,))
+            # A base-class view of the same pages: slicing a np.memmap runs Python-level
+            # __array_finalize__ code on every access, a plain ndarray view does not.
+            self._entries = mapped.view(np.ndarray)
             # The same mapping as bytes, for struct access to single entries (a numpy
             # scalar lookup costs ~10x a struct unpack on the hot read path).
             self._bytes = memoryview(cast(Any, self._entries.view(np.uint8)))

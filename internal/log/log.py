@@ -243,7 +243,8 @@ class Log:
                 return first
         data, sizes = encode_batch(records)
         seg = self._segments[-1]
-        if not seg.is_maxed and seg.fit(sizes.cumsum(), 0, 0) == n:
+        fits = seg.store.size + len(data) <= self.config.max_store_bytes
+        if seg.index.room >= n and fits:
             seg.append_encoded(data, sizes)
             self._dirty[id(seg)] = seg
         else:
