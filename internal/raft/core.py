@@ -508,6 +508,18 @@ class RaftCore:
             )
         return got
 
+    def caught_up_learners(self, max_lag: int = 0) -> list[NodeId]:
+        """On the leader: learners whose log is within ``max_lag`` entries of the leader's
+        last index, ready to be promoted with PROMOTE_LEARNER. Empty on other nodes."""
+        if self.role is not Role.LEADER:
+            return []
+        last = self.log.last_index
+        return [
+            i
+            for i in self.membership.learners
+            if i in self._prs and self._prs[i].match >= last - max_lag
+        ]
+
     def soft_state(self) -> SoftState:
         return self._soft_state()
 

@@ -231,6 +231,7 @@ class MemNode:
             rd = core.ready()
             self._persist(rd)
             for m in rd.messages:
+                self._check_persisted(m)
                 send(m)
             self._apply(rd)
             core.advance(rd)
@@ -256,6 +257,27 @@ class MemNode:
         d.append(rd.entries)
         if rd.hard_state is not None:
             d.hard_state = rd.hard_state
+
+    def _check_persisted(self, m: Message) -> None:
+        """Persist-before-send: what a message promises must already be on the disk."""
+        d = self.disk
+        hs = d.hard_state
+        if m.type is MessageType.VOTE_RESP and not m.reject:
+            if (hs.term, hs.vote) != (m.term, m.dst):
+                raise SafetyViolation(f"persist-before-send: vote for {m.dst} not durable ({hs})")
+        elif m.type is MessageType.VOTE:
+            if (hs.term, hs.vote) != (m.term, self.id):
+                raise SafetyViolation(f"persist-before-send: candidacy not durable ({hs})")
+        elif m.type is MessageType.APPEND_RESP and not m.reject:
+            snap = d.snapshot.index if d.snapshot else 0
+            held = {e.index for e in d.entries}
+            if m.index > snap and m.index not in held:
+                raise SafetyViolation(
+                    f"persist-before-send: {self.id} acknowledged index {m.index} not on disk"
+                )
+        pre = (MessageType.PRE_VOTE, MessageType.PRE_VOTE_RESP)  # speak of a future term
+        if m.term > hs.term and m.type not in pre:
+            raise SafetyViolation(f"persist-before-send: term {m.term} sent, {hs.term} durable")
 
     def _apply(self, rd: Ready) -> None:
         self.reads.extend(rd.read_states)

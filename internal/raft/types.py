@@ -243,6 +243,17 @@ class SnapshotChunk:
     data: bytes
     done: bool
 
+    def install_message(self) -> Message:
+        """The SNAPSHOT message the receiving runtime steps into its core once every chunk
+        of this snapshot is stored."""
+        return Message(
+            type=MessageType.SNAPSHOT,
+            src=self.src,
+            dst=self.dst,
+            term=self.term,
+            snapshot=self.meta,
+        )
+
 
 class Role(enum.IntEnum):
     FOLLOWER = 0

@@ -52,6 +52,8 @@ def test_add_learner_catch_up_then_promote() -> None:
     assert d.c.membership.get("d").suffrage is Suffrage.LEARNER  # type: ignore[union-attr]
     assert d.state == lead.state
     assert lead.c.status().progress["d"].match == lead.c.last_index
+    assert lead.c.caught_up_learners() == ["d"]
+    assert c.nodes["b"].c.caught_up_learners() == []
     # A learner never campaigns.
     c.tick(30, nodes=["d"])
     assert d.c.role is Role.FOLLOWER
@@ -266,3 +268,61 @@ def test_learner_added_after_compaction_gets_snapshot() -> None:
     assert n.disk.snapshot is not None
     assert n.state == lead.state
     assert n.c.membership == lead.c.membership
+
+
+def test_failed_snapshot_stream_is_retried() -> None:
+    c = MemCluster(["a", "b", "c"], config=cfg(snapshot_threshold=5, snapshot_trailing_entries=0))
+    lead = c.elect("a")
+    c.nodes["c"].crash()
+    for i in range(20):
+        lead.propose([b"%d" % i])
+        c.stabilize()
+    failures: list[int] = []
+
+    def drop_first_snapshot(m: object) -> bool:
+        from raftlog.raft import Message
+
+        assert isinstance(m, Message)
+        if m.type is MessageType.SNAPSHOT and not failures:
+            failures.append(1)
+            return True  # the stream failed: the cluster reports it to the leader
+        return False
+
+    c.drop_if = drop_first_snapshot
+    c.nodes["c"].start()
+    c.tick(3)
+    assert failures == [1]
+    assert lead.c.status().progress["c"].state != "SNAPSHOT"
+    c.tick(5)
+    assert c.nodes["c"].state == lead.state
+
+
+def test_stale_or_matching_snapshot_is_not_installed() -> None:
+    from raftlog.raft import Message, SnapshotMeta
+
+    c = MemCluster(["a", "b"], config=cfg())
+    lead = c.elect("a")
+    lead.propose([b"x", b"y"])
+    c.stabilize()
+    c.tick(2)
+    b = c.nodes["b"].c
+    term = lead.c.term
+    # Older than b's commit: acknowledged with the commit index, not installed.
+    stale = SnapshotMeta(1, 1, lead.c.membership)
+    b.step(Message(MessageType.SNAPSHOT, "a", "b", term, snapshot=stale))
+    rd = b.ready()
+    assert rd.snapshot is None
+    assert [(m.type, m.index) for m in rd.messages] == [(MessageType.APPEND_RESP, b.commit_index)]
+    b.advance(rd)
+    # Matching b's log beyond commit: b just commits up to it.
+    c.isolate("b")
+    lead.propose([b"z"])
+    c.stabilize()
+    c.heal()
+    c.queue.clear()
+    b_last = b.last_index
+    meta = SnapshotMeta(b_last, term, lead.c.membership)
+    b.step(Message(MessageType.SNAPSHOT, "a", "b", term, snapshot=meta))
+    rd = b.ready()
+    assert rd.snapshot is None and b.commit_index == b_last
+    b.advance(rd)

@@ -83,6 +83,14 @@ def test_other_codecs_roundtrip() -> None:
     assert decode_conf_change_record(encode_conf_change_record(rec)) == rec
     chunk = SnapshotChunk("a", "b", 4, meta, 1024, b"data", True)
     assert decode_snapshot_chunk(encode_snapshot_chunk(chunk)) == chunk
+    install = chunk.install_message()
+    assert (install.type, install.src, install.dst, install.term) == (
+        MessageType.SNAPSHOT,
+        "a",
+        "b",
+        4,
+    )
+    assert install.snapshot == meta
 
 
 @pytest.mark.parametrize(

@@ -117,3 +117,16 @@ def test_simulation_catches_reads_without_a_quorum_round(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(RaftCore, "_start_read", read_locally)
     assert _first_failure(SimConfig(nodes=3, steps=3000, read=0.05), 30) is not None
+
+
+def test_persist_before_send_check_rejects_undurable_promises() -> None:
+    from raftlog.raft import Message, MessageType
+    from raftlog.raft.testing import MemCluster
+
+    c = MemCluster(["a", "b"])
+    a = c.nodes["a"]
+    with pytest.raises(SafetyViolation, match="persist-before-send"):
+        a._check_persisted(Message(MessageType.VOTE_RESP, "a", "b", 5))
+    with pytest.raises(SafetyViolation, match="persist-before-send"):
+        a._check_persisted(Message(MessageType.APPEND_RESP, "a", "b", 1, index=7))
+    a._check_persisted(Message(MessageType.PRE_VOTE, "a", "b", 9))  # future term is fine
