@@ -262,11 +262,13 @@ class MemNode:
         """Persist-before-send: what a message promises must already be on the disk."""
         d = self.disk
         hs = d.hard_state
+        # A vote is safe once durable, or once a later term is durable (no more votes in
+        # the older term are possible then).
         if m.type is MessageType.VOTE_RESP and not m.reject:
-            if (hs.term, hs.vote) != (m.term, m.dst):
+            if hs.term < m.term or (hs.term == m.term and hs.vote != m.dst):
                 raise SafetyViolation(f"persist-before-send: vote for {m.dst} not durable ({hs})")
         elif m.type is MessageType.VOTE:
-            if (hs.term, hs.vote) != (m.term, self.id):
+            if hs.term < m.term or (hs.term == m.term and hs.vote != self.id):
                 raise SafetyViolation(f"persist-before-send: candidacy not durable ({hs})")
         elif m.type is MessageType.APPEND_RESP and not m.reject:
             snap = d.snapshot.index if d.snapshot else 0
