@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -23,6 +24,7 @@ from raftlog.log.config import LogConfig, SyncPolicy
 from raftlog.log.errors import (
     DurabilityError,
     LogClosedError,
+    LogError,
     OffsetOutOfRangeError,
 )
 from raftlog.log.framing import SMALL_BATCH, encode_batch, encode_small
@@ -51,6 +53,20 @@ class _SyncJob:
     dir_fd: int
     stores: list[tuple[Segment, int]]  # segment, store size the fsync covers
     new_names: list[str]
+
+
+LOCK_NAME = "LOCK"
+
+
+def _lock_directory(directory: Path) -> int:
+    """Take the directory's exclusive lock (one open Log per directory, across processes)."""
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise LogError(f"log directory {directory} is in use by another open Log") from None
+    return fd
 
 
 def _fsync_job(fds: list[int], dir_fd: int) -> None:
@@ -92,6 +108,7 @@ class Log:
         # Lowest truncate_after point since the running fsync was prepared: that fsync
         # cannot vouch for records rewritten at or above it.
         self._sync_floor = _NO_FLOOR
+        self._lock_fd = -1
         self.recovery: list[RecoveryReport] = []
 
     # -- opening -------------------------------------------------------------------------
@@ -108,6 +125,17 @@ class Log:
         config.validate()
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
+        lock_fd = _lock_directory(path)
+        try:
+            log = cls._recover(path, config)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        log._lock_fd = lock_fd
+        return log
+
+    @classmethod
+    def _recover(cls, path: Path, config: LogConfig) -> Log:
         stores: set[int] = set()
         for entry in path.iterdir():
             stem, suffix = entry.stem, entry.suffix
@@ -566,6 +594,9 @@ class Log:
         self._sync_task = None
         for seg in self._segments:
             seg.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def remove(self) -> None:
         """Close the log (without syncing) and delete its directory."""
@@ -586,10 +617,11 @@ class Log:
         object stays usable.
         """
         self._closing_remove()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _lock_directory(self.directory)
         for seg in self._segments:
             seg.remove()
         start = self.config.initial_offset if initial_offset is None else initial_offset
-        self.directory.mkdir(parents=True, exist_ok=True)
         seg = Segment.create(self.directory, start, self.config)
         self._segments = [seg]
         self._bases = [start]
@@ -600,3 +632,4 @@ class Log:
         self._undurable_names = {seg.store.path.name}
         self._durable = start
         self._waiters = []
+        self._sync_floor = _NO_FLOOR

@@ -44,9 +44,17 @@ class Store:
         fd = self.fileno()
         pos = self.size
         view = memoryview(data)
-        written = os.pwrite(fd, view, pos)
-        while written < len(view):  # a short write only happens on a full disk or a signal
-            written += os.pwrite(fd, view[written:], pos + written)
+        try:
+            written = os.pwrite(fd, view, pos)
+            while written < len(view):  # short writes happen on a full disk or a signal
+                written += os.pwrite(fd, view[written:], pos + written)
+        except OSError:
+            # Leave no partial frame behind for a later append to land after.
+            try:
+                os.ftruncate(fd, pos)
+            except OSError:
+                pass
+            raise
         self.size = pos + len(view)
         return pos
 

@@ -16,6 +16,7 @@ from raftlog.log import (
     Log,
     LogClosedError,
     LogConfig,
+    LogError,
     OffsetOutOfRangeError,
     SnapshotFormatError,
     SyncPolicy,
@@ -41,7 +42,7 @@ async def test_rollover_across_many_segments_and_reopen(tmp_path: Path) -> None:
         assert seg.is_maxed and seg.sealed
         assert seg.index.path.stat().st_size == seg.count * 12  # sealed index cut to size
     await log.close()
-    names = sorted(p.name for p in tmp_path.iterdir())
+    names = sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".store", ".index"))
     assert len(names) == 2 * len(log.segments)
     log = Log.open(tmp_path, SMALL)
     assert not any(r.cut_bytes or r.index_rebuilt for r in log.recovery)
@@ -222,7 +223,7 @@ async def test_closed_log_refuses_calls_and_reset_reopens(tmp_path: Path) -> Non
     log.reset(7)
     assert (log.lowest_offset, log.next_offset) == (7, 7)
     assert await log.append(b"x") == 7
-    assert len(list(tmp_path.iterdir())) == 2
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == ["", ".index", ".store"]  # + LOCK
     log.remove()
     assert not tmp_path.exists()
 
@@ -299,3 +300,35 @@ async def test_fsync_started_before_a_suffix_cut_does_not_vouch_for_rewritten_re
     store = log.segments[0].store
     assert log.durable_lengths() == {store.path: store.size}
     await log.close()
+
+
+def test_one_open_log_per_directory(tmp_path: Path) -> None:
+    log = Log.open(tmp_path, SMALL)
+    with pytest.raises(LogError, match="in use"):
+        Log.open(tmp_path, SMALL)
+    log.close_sync()
+    Log.open(tmp_path, SMALL).close_sync()  # the lock goes with the close
+
+
+def test_failed_write_leaves_no_partial_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = Log.open(tmp_path, SMALL)
+    log.append_batch_nosync([b"kept"])
+    store = log.segments[-1].store
+    real_pwrite = os.pwrite
+
+    def half_then_full(fd: int, data: bytes, pos: int) -> int:
+        real_pwrite(fd, bytes(memoryview(data)[: len(data) // 2]), pos)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", half_then_full)
+    with pytest.raises(OSError):
+        log.append_batch_nosync([b"x" * 50])
+    monkeypatch.undo()
+    assert os.path.getsize(store.path) == store.size == 12
+    assert log.append_batch_nosync([b"next"]) == 1
+    log.close_sync()
+    log = Log.open(tmp_path, SMALL)
+    assert [log.read(0), log.read(1)] == [b"kept", b"next"]
+    log.close_sync()
