@@ -57,7 +57,14 @@ Lifecycle
     without an event loop. ``remove()`` closes and deletes the directory; ``reset()``
     empties the log and keeps it open. A closed log raises :class:`LogClosedError`.
 
-Not thread-safe: use one log from one thread (the event loop).
+Errors
+    An I/O error while appending leaves no partial frame in the store, but a batch that
+    spans segments may be partly written (its first records keep their offsets). A failed
+    fsync makes the log refuse further writes (:class:`DurabilityError`): the kernel may
+    have dropped the dirty pages.
+
+Not thread-safe: use one log from one thread (the event loop). One open log per directory:
+``Log.open`` takes an exclusive ``flock`` on ``LOCK`` in it, across processes.
 """
 
 from raftlog.log.config import LogConfig, SyncPolicy
