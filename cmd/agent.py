@@ -75,6 +75,8 @@ def _announce(agent: Agent) -> None:
     """Where to connect, and commands to try (stdout, flushed at once)."""
     config = agent.config
     addr = agent.rpc_addr
+    # show the command as it was typed (e.g. .venv/bin/raftlog under `make run`)
+    prog = sys.argv[0] if "/" in sys.argv[0] and sys.argv[0].endswith("raftlog") else "raftlog"
     client = "" if addr == "127.0.0.1:8400" else f" --addr {addr}"
     if config.insecure:
         client += " --insecure"
@@ -83,10 +85,10 @@ def _announce(agent: Agent) -> None:
         f"raftlog node {config.node_name} is serving log.v1.Log on {addr} ({mode}); "
         f"data in {config.data_dir}\n"
         "try, in another terminal:\n"
-        f"  raftlog produce{client} hello world\n"
-        f"  raftlog consume{client} --from 0\n"
-        f"  raftlog consume{client} --from 0 --follow --format json\n"
-        f"  raftlog servers{client}\n"
+        f"  {prog} produce{client} hello world\n"
+        f"  {prog} consume{client} --from 0\n"
+        f"  {prog} consume{client} --from 0 --follow --format json\n"
+        f"  {prog} servers{client}\n"
         "stop with Ctrl-C (SIGINT) or SIGTERM",
         flush=True,
     )

@@ -3,6 +3,10 @@
 :class:`LocalLog` wraps :class:`raftlog.log.Log` and adds what the API needs on top of it:
 appends return (first, last) and wake every ``wait_for`` waiter, so ConsumeStream followers
 sleep until a record arrives instead of polling.
+
+Readers see committed records only: on one node a record is committed once its append has
+returned (with ``sync=always``: once it is fsynced). A record written to the file but still
+waiting for its fsync is not served, so no reader ever sees a record a crash could take back.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from raftlog.log import Log
+from raftlog.log import Log, OffsetOutOfRangeError
 from raftlog.server.protocols import ServerInfo
 
 
@@ -23,6 +27,9 @@ class LocalLog:
         #: The address clients dial; the agent sets it once the server is bound.
         self.rpc_addr = rpc_addr
         self._closing = False
+        # Highest committed offset: every append that returned is durable per the policy,
+        # and fsyncs are ordered, so the highest returned offset bounds what is safe.
+        self._committed = log.highest_offset
         # One future per "generation" of the log: set (and replaced) on every append, so a
         # waiter wakes once per append batch, whatever the number of records.
         self._changed: asyncio.Future[None] | None = None
@@ -40,16 +47,23 @@ class LocalLog:
     async def append(self, records: Sequence[bytes]) -> tuple[int, int]:
         """Append a batch and wake the followers; returns (first, last) offsets."""
         first = await self._log.append_batch(records)
+        last = first + len(records) - 1
+        self._committed = max(self._committed, last)
         self._notify()
-        return first, first + len(records) - 1
+        return first, last
 
     def read(self, offset: int) -> bytes:
         """The record at ``offset``; :class:`raftlog.log.OffsetOutOfRangeError` if absent."""
+        if offset > self._committed:
+            raise OffsetOutOfRangeError(offset, self._log.lowest_offset, self._committed)
         return self._log.read(offset)
 
     def read_batch(self, offset: int, max_bytes: int, max_records: int) -> list[bytes]:
-        """Consecutive records from ``offset`` (see :meth:`raftlog.log.Log.read_batch`)."""
-        return self._log.read_batch(offset, max_bytes, max_records)
+        """Consecutive committed records from ``offset`` (see :meth:`Log.read_batch`)."""
+        if offset > self._committed:
+            raise OffsetOutOfRangeError(offset, self._log.lowest_offset, self._committed)
+        limit = min(max_records, self._committed - offset + 1)
+        return self._log.read_batch(offset, max_bytes, limit)
 
     @property
     def lowest_offset(self) -> int:
@@ -58,14 +72,14 @@ class LocalLog:
 
     @property
     def highest_offset(self) -> int:
-        """The highest offset the log holds (``lowest_offset - 1`` when empty)."""
-        return self._log.highest_offset
+        """The highest committed offset (``lowest_offset - 1`` when empty)."""
+        return self._committed
 
     async def wait_for(self, offset: int, timeout_s: float) -> bool:
         """True once ``offset`` is readable; False after ``timeout_s`` seconds or on close."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while offset > self._log.highest_offset:
+        while offset > self._committed:
             remaining = deadline - loop.time()
             if self._closing or remaining <= 0:
                 return False
@@ -75,7 +89,7 @@ class LocalLog:
                 # shield: a waiter that times out must not cancel the shared future.
                 await asyncio.wait_for(asyncio.shield(self._changed), remaining)
             except TimeoutError:
-                return offset <= self._log.highest_offset
+                return offset <= self._committed
         return True
 
     async def get_servers(self) -> list[ServerInfo]:

@@ -196,3 +196,16 @@ def test_cert_command_writes_the_make_certs_files(
     assert "node.example" in names.get_values_for_type(x509.DNSName)
     assert "PRIVATE KEY" not in capsys.readouterr().out
     assert os.access(out / "ca.pem", os.R_OK)
+
+
+def test_agent_reports_a_port_in_use(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        rc = main(
+            ["agent", "--insecure", "--rpc-port", str(port), "--data-dir", str(tmp_path / "d")]
+        )
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err

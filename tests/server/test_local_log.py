@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from raftlog.log import Log, LogConfig, SyncPolicy
+import pytest
+
+from raftlog.log import Log, LogConfig, OffsetOutOfRangeError, SyncPolicy
 from raftlog.server import CommitLog, LocalLog, ServerLister
 
 
@@ -31,3 +33,20 @@ async def test_wait_for_wakes_on_append_and_times_out(tmp_path: Path) -> None:
     assert await asyncio.wait_for(late, 1) is False
     servers = await local.get_servers()
     assert [s.id for s in servers] == ["n1"] and servers[0].is_leader
+
+
+async def test_readers_see_only_committed_records(tmp_path: Path) -> None:
+    """With sync=always a record waiting for its fsync is not served yet."""
+    log = Log.open(tmp_path, LogConfig(sync=SyncPolicy.ALWAYS))
+    local = LocalLog(log)
+    appending = asyncio.create_task(local.append([b"pending"]))
+    await asyncio.sleep(0)  # the append wrote the file and now waits for its fsync
+    assert not appending.done()
+    assert log.highest_offset == 0, "written to the file"
+    assert local.highest_offset == -1, "but not committed"
+    with pytest.raises(OffsetOutOfRangeError) as err:
+        local.read(0)
+    assert (err.value.lowest, err.value.highest) == (0, -1)
+    assert await asyncio.wait_for(appending, 10) == (0, 0)
+    assert local.read(0) == b"pending" and local.highest_offset == 0
+    await local.close()
