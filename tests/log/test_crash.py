@@ -88,6 +88,7 @@ WRITER = textwrap.dedent(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(60)  # readline() below has no deadline of its own
 @pytest.mark.parametrize("kill_after", [5, 40, 120])
 def test_sigkill_in_the_middle_of_appending(tmp_path: Path, kill_after: int) -> None:
     helper = tmp_path / "helper"

@@ -107,6 +107,17 @@ class LogModel(RuleBasedStateMachine):
         self._log().truncate_after(offset)
         del self.records[max(0, offset + 1 - self.lowest) :]
 
+    @rule(initial=st.integers(0, 2000))
+    def reset(self, initial: int) -> None:
+        self._log().reset(initial)
+        self.lowest, self.records = initial, []
+
+    @rule()
+    def sync_then_durable(self) -> None:
+        log = self._log()
+        asyncio.run(log.sync())
+        assert log.durable_offset == self.next
+
     @rule()
     def reopen(self) -> None:
         self._log().close_sync()
