@@ -316,6 +316,9 @@ class Faults:
     drop: float = 0.0
     duplicate: float = 0.0
     reorder: bool = False
+    """Interleave the links at random (each link stays FIFO unless ``overtake`` says)."""
+    overtake: float = 0.0
+    """With reordering: probability that a message overtakes older ones on its own link."""
 
 
 class MemCluster:
@@ -411,7 +414,13 @@ class MemCluster:
         """Deliver one queued message (a random one if reordering); False if none."""
         if not self.queue:
             return False
-        k = self.rng.randrange(len(self.queue)) if self.faults.reorder else 0
+        k = 0
+        if self.faults.reorder:
+            k = self.rng.randrange(len(self.queue))
+            if self.rng.random() >= self.faults.overtake:
+                # Keep the link FIFO: take the oldest message on the chosen link.
+                src, dst = self.queue[k].src, self.queue[k].dst
+                k = next(n for n, m in enumerate(self.queue) if m.src == src and m.dst == dst)
         m = self.queue.pop(k)
         self.deliver(m)
         return True
@@ -500,6 +509,7 @@ class SimConfig:
     drop: float = 0.05
     duplicate: float = 0.03
     reorder: bool = True
+    overtake: float = 0.2
     tick: float = 0.2
     propose: float = 0.06
     crash: float = 0.004
@@ -552,15 +562,15 @@ def simulate(seed: int, sc: SimConfig) -> SimReport:
             id=i,
             election_tick=sc.election_tick,
             heartbeat_tick=2,
-            max_inflight_msgs=4,
-            max_size_per_msg=64,
+            max_inflight_msgs=8,
+            max_size_per_msg=256,
             snapshot_threshold=sc.snapshot_threshold,
             snapshot_trailing_entries=3,
             check_quorum=sc.check_quorum,
             pre_vote=sc.pre_vote,
         )
 
-    faults = Faults(drop=sc.drop, duplicate=sc.duplicate, reorder=sc.reorder)
+    faults = Faults(drop=sc.drop, duplicate=sc.duplicate, reorder=sc.reorder, overtake=sc.overtake)
     c = MemCluster(ids, seed=seed, config=config, faults=faults)
     rng = c.rng
     rep = SimReport(seed)
@@ -688,7 +698,7 @@ def _settle(c: MemCluster, sc: SimConfig) -> None:
     """Heal everything and check that every acknowledged proposal is applied everywhere."""
     c.heal()
     c.drop_if = None
-    c.faults = Faults(reorder=sc.reorder)
+    c.faults = Faults(reorder=sc.reorder, overtake=sc.overtake)
     for n in c.nodes.values():
         if not n.alive:
             n.start()
