@@ -187,3 +187,26 @@ def test_casbin_policy_and_example_files(tmp_path: Path) -> None:
     assert not authz.authorize("nobody", "*", "produce")
     with pytest.raises(AuthConfigError, match="acl_policy_file: no such file"):
         CasbinAuthorizer(REPO / "certs" / "model.conf", tmp_path / "missing.csv")
+
+
+async def test_insecure_mode_is_explicit_and_loud(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from raftlog.auth import AllowAll
+    from raftlog.log import Log, LogConfig, SyncPolicy
+    from raftlog.server import INSECURE_WARNING, LocalLog, LogServer
+
+    local = LocalLog(Log.open(tmp_path, LogConfig(sync=SyncPolicy.NEVER)))
+    with pytest.raises(ValueError, match="insecure=True"):
+        LogServer(local, local, AllowAll(), tls=None)
+    server = LogServer(local, local, AllowAll(), tls=None, insecure=True)
+    port = server.bind("127.0.0.1", 0)
+    caplog.set_level(logging.WARNING)
+    await server.start()
+    try:
+        assert INSECURE_WARNING in caplog.text
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            assert (await _produce(ch)).offset == 0
+    finally:
+        await server.stop(1)
+        await local.close()
