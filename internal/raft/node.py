@@ -1,0 +1,1362 @@
+"""The asyncio runtime of Raft: :class:`RaftNode` drives a :class:`RaftCore`.
+
+One driver task runs the Ready cycle of ``docs/raft.md``; a ticker task calls ``tick()``;
+the transport's handler steps peer messages into the core as they arrive; proposals,
+membership changes and read barriers enter the core at once and wake the driver. So
+everything proposed while a round is being written is coalesced into the next Ready: one
+log write, one fsync and one AppendEntries per follower for the whole group (group commit).
+
+One round, for a Ready ``rd`` (see ``docs/raft-runtime.md`` for the diagram)::
+
+    early  = leader AppendEntries/heartbeats of an already durable term  -> send now
+    persist: rd.snapshot -> reset the log store; rd.entries -> log store (page cache);
+             one fsync of the log + the hard state (only if term/vote changed), in
+             threads, only if rd.must_sync
+    late   = every other message (votes, acknowledgements)                -> send now
+    apply:   rd.snapshot -> restore the state machine (thread);
+             committed NORMAL entries -> StateMachine.apply -> resolve proposals;
+             read states -> resolve read barriers once applied
+    core.advance(rd); maybe take a snapshot (thread) and compact the log
+
+Sending a leader's AppendEntries before its own fsync is the optimisation of the Raft thesis
+(§10.2.1, also etcd's): the leader counts itself towards commit only once ``advance`` says
+its entries are durable, so a crash before the fsync loses nothing that was acknowledged.
+Everything else waits for the fsync (persist before send): a vote or an acknowledgement
+must never outlive a crash that forgot it.
+
+Payloads on the transport start with one byte naming their kind: ``M`` a Raft message,
+``C`` a snapshot chunk, ``K`` a chunk acknowledgement (see docs/raft-runtime.md).
+"""
+
+# Every waiting call takes an explicit, documented timeout (the callers are RPC handlers with
+# deadlines of their own), so ruff's preference for asyncio.timeout at call sites is waived.
+# ruff: noqa: ASYNC109
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from raftlog.log import LogConfig
+from raftlog.raft.codec import (
+    decode_message,
+    decode_snapshot_chunk,
+    decode_snapshot_meta,
+    encode_message,
+    encode_snapshot_chunk,
+    encode_snapshot_meta,
+)
+from raftlog.raft.config import RaftConfig
+from raftlog.raft.core import RaftCore, Ready, Status, bootstrap_state, check_can_bootstrap
+from raftlog.raft.errors import (
+    BootstrapError,
+    CodecError,
+    ConfigError,
+    NotLeaderError,
+    RaftError,
+    TransferError,
+)
+from raftlog.raft.fsm import StateMachine
+from raftlog.raft.logstore import RaftLogStore
+from raftlog.raft.snapshot_store import SnapshotSink, SnapshotStore, StoredSnapshot
+from raftlog.raft.stable import StableState, StableStore
+from raftlog.raft.transport import Transport
+from raftlog.raft.types import (
+    NO_NODE,
+    ConfChange,
+    ConfChangeType,
+    Entry,
+    EntryType,
+    HardState,
+    Membership,
+    Message,
+    MessageType,
+    NodeId,
+    PersistentState,
+    ProposalTicket,
+    ReadState,
+    Role,
+    Server,
+    SnapshotChunk,
+    SnapshotMeta,
+    SoftState,
+)
+
+log = logging.getLogger("raftlog.raft.node")
+
+#: Payload kinds (first byte of every transport payload the node sends).
+KIND_MESSAGE = b"M"[0]
+KIND_CHUNK = b"C"[0]
+KIND_CHUNK_ACK = b"K"[0]
+
+#: Messages a leader may send before its own fsync (see the module docstring).
+_EARLY_TYPES = frozenset({MessageType.APPEND, MessageType.HEARTBEAT, MessageType.TIMEOUT_NOW})
+
+
+# =========================================================================================
+# Errors
+# =========================================================================================
+
+
+class NodeClosedError(RaftError):
+    """The node was closed (or is closing) before the request finished. Try another node."""
+
+    retriable = True
+    refresh_leader = True
+
+
+class NodeFailedError(RaftError):
+    """The node stopped after a fatal error (storage or state machine); see the cause.
+
+    A replica that cannot persist or apply must not go on acknowledging: every pending and
+    later request fails with this error until the node is closed and restarted.
+    """
+
+    retriable = True
+    refresh_leader = True
+
+
+class OutcomeUnknownError(RaftError):
+    """The request may or may not have taken effect (timeout, or its entry was folded into
+    an installed snapshot before this node saw it). Retrying may apply it twice; readers
+    can check the log. Not retriable as is."""
+
+
+class ProposalTimeoutError(OutcomeUnknownError, TimeoutError):
+    """The proposal did not commit and apply within its timeout; it may still commit."""
+
+
+class ReadBarrierTimeoutError(RaftError, TimeoutError):
+    """The read barrier could not confirm leadership within its timeout (safe to retry)."""
+
+    retriable = True
+    refresh_leader = True
+
+
+class WaitTimeoutError(RaftError, TimeoutError):
+    """A condition awaited on the node (leader known, index applied) did not hold in time."""
+
+    retriable = True
+
+
+# =========================================================================================
+# Configuration and results
+# =========================================================================================
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Settings of one :class:`RaftNode`. Times in seconds, sizes in bytes.
+
+    Attributes:
+        raft: the core's settings (``raft.id`` is this node's id; election and heartbeat
+            timeouts are counted in ticks of ``tick_interval``).
+        data_dir: directory of the node's state: ``raft-log/`` (log store),
+            ``stable/`` (term and vote), ``snapshots/``. Created if missing.
+        tick_interval: length of one Raft tick. Default 0.05 s, so with the core's defaults
+            (election_tick 10, heartbeat_tick 1) heartbeats go out every 50 ms and a
+            follower starts an election after 0.5-1 s without a leader.
+        fsync: make log writes, the hard state and snapshots durable before acting on them.
+            Default True; False only for tests and benchmarks that measure without it.
+        request_timeout: default bound of ``propose``, membership changes, transfers and
+            read barriers when the caller gives none. Default 10 s.
+        snapshot_retain: complete snapshots kept on disk. Default 2.
+        snapshot_ack_timeout: how long a snapshot sender waits for the acknowledgement of
+            one chunk before resending it. Default 5 s.
+        snapshot_send_attempts: sends of one chunk before the stream is given up (the core
+            then retries the whole snapshot later). Default 3.
+        snapshot_idle_timeout: a partly received snapshot with no chunk for this long is
+            dropped. Default 30 s.
+        snapshot_retry_delay: wait after a failed local snapshot before trying again.
+            Default 1 s.
+        close_timeout: bound of each stage of :meth:`RaftNode.close` (finishing the
+            current round, stopping tasks, closing the transport, closing the log).
+            Default 5 s, so close returns within about 20 s in the worst case.
+        log_config: engine settings of the log store (segment sizes); None for the
+            defaults of :func:`raftlog.raft.logstore.default_log_config`.
+        seed: seed of the election-timeout randomness; None draws one from the OS.
+    """
+
+    raft: RaftConfig
+    data_dir: Path
+    tick_interval: float = 0.05
+    fsync: bool = True
+    request_timeout: float = 10.0
+    snapshot_retain: int = 2
+    snapshot_ack_timeout: float = 5.0
+    snapshot_send_attempts: int = 3
+    snapshot_idle_timeout: float = 30.0
+    snapshot_retry_delay: float = 1.0
+    close_timeout: float = 5.0
+    log_config: LogConfig | None = None
+    seed: int | None = None
+
+    def validate(self) -> NodeConfig:
+        """Check every field alone and against the others; return self or raise
+        ConfigError saying what is wrong."""
+        self.raft.validate()
+        if not str(self.data_dir):
+            raise ConfigError("data_dir must name a directory")
+        for name in (
+            "tick_interval",
+            "request_timeout",
+            "snapshot_ack_timeout",
+            "snapshot_idle_timeout",
+            "snapshot_retry_delay",
+            "close_timeout",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.tick_interval > 10:
+            raise ConfigError(
+                f"tick_interval of {self.tick_interval} s is too long: elections would take "
+                f"{self.tick_interval * self.raft.election_tick} s or more"
+            )
+        if self.snapshot_idle_timeout < self.snapshot_ack_timeout:
+            raise ConfigError(
+                f"snapshot_idle_timeout ({self.snapshot_idle_timeout} s) must be at least "
+                f"snapshot_ack_timeout ({self.snapshot_ack_timeout} s), or a receiver would "
+                "drop a stream whose sender is still waiting to resend"
+            )
+        if not isinstance(self.snapshot_retain, int) or self.snapshot_retain < 1:
+            raise ConfigError(f"snapshot_retain must be at least 1, got {self.snapshot_retain!r}")
+        if self.snapshot_send_attempts < 1:
+            raise ConfigError(
+                f"snapshot_send_attempts must be at least 1, got {self.snapshot_send_attempts}"
+            )
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """A committed and applied proposal: where it landed and what the state machine said."""
+
+    index: int
+    term: int
+    result: Any
+
+
+@dataclass
+class NodeStats:
+    """Counters of one node, for metrics, tests and the benchmark."""
+
+    #: Ready rounds handled.
+    rounds: int = 0
+    #: Rounds that fsynced the log (and/or the hard state).
+    syncs: int = 0
+    #: Entries written to the log store, and committed entries applied.
+    entries_persisted: int = 0
+    entries_applied: int = 0
+    #: Messages sent before the local fsync (leader optimisation) and after it.
+    sent_early: int = 0
+    sent_late: int = 0
+    #: Inbound payloads that did not decode, or were addressed to another node.
+    bad_payloads: int = 0
+    #: Snapshots taken locally, streamed to followers, received from a leader.
+    snapshots_taken: int = 0
+    snapshots_sent: int = 0
+    snapshots_received: int = 0
+    #: Snapshot streams that failed (sender side).
+    snapshot_send_failures: int = 0
+
+
+class _Proposal:
+    """A proposal waiting for its entries ``first..last`` (of ``term``) to be applied."""
+
+    __slots__ = ("first", "future", "last", "results", "term")
+
+    def __init__(self, ticket: ProposalTicket, future: asyncio.Future[list[ApplyResult]]) -> None:
+        self.term = ticket.term
+        self.first = ticket.first_index
+        self.last = ticket.last_index
+        self.future = future
+        self.results: list[ApplyResult] = []
+
+
+@dataclass
+class _Receiving:
+    """A snapshot being received from one leader."""
+
+    queue: asyncio.Queue[SnapshotChunk]
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _Loaded:
+    stable: StableState | None
+    logstore: RaftLogStore
+    snapshot: StoredSnapshot | None
+    snapshot_meta: SnapshotMeta | None
+    entries: list[Entry] = field(default_factory=list)
+
+
+def _encode_ack(src: NodeId, dst: NodeId, meta: SnapshotMeta, next_offset: int, ok: bool) -> bytes:
+    data = msgpack.packb([1, src, dst, meta.index, meta.term, next_offset, ok], use_bin_type=True)
+    assert isinstance(data, bytes)
+    return bytes([KIND_CHUNK_ACK]) + data
+
+
+def _decode_ack(data: bytes) -> tuple[NodeId, NodeId, int, int, int, bool]:
+    try:
+        obj = msgpack.unpackb(data, raw=False)
+    except Exception as exc:
+        raise CodecError(f"chunk ack: not valid msgpack ({exc})") from exc
+    if not isinstance(obj, list) or len(obj) != 7 or obj[0] != 1:
+        raise CodecError("chunk ack: expected [1, src, dst, index, term, next_offset, ok]")
+    _, src, dst, index, term, nxt, ok = obj
+    if not (isinstance(src, str) and isinstance(dst, str) and isinstance(ok, bool)):
+        raise CodecError("chunk ack: bad field types")
+    for v in (index, term, nxt):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise CodecError("chunk ack: bad field types")
+    return src, dst, index, term, nxt, ok
+
+
+# =========================================================================================
+# The node
+# =========================================================================================
+
+
+class RaftNode:
+    """One Raft server: a core, its stores, a transport and the user's state machine.
+
+    Lifecycle: ``node = RaftNode(config, fsm, transport, peers=...)``, ``await
+    node.start()`` (loads the stores, restores the state machine, starts the transport and
+    the tasks), then for a brand-new cluster ``await node.bootstrap(servers)`` on the
+    initial members (refused, with the reason, when the node has state), and finally
+    ``await node.close()`` (idempotent, bounded). The node owns the transport: it sets its
+    handler, keeps its peer table in line with the membership, starts and closes it.
+
+    ``peers`` (node id -> address) are address hints used on top of the membership: a new
+    node that is about to be added has no membership yet, but must be able to answer the
+    leader. :meth:`set_peer_addresses` replaces them later (discovery).
+    """
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        fsm: StateMachine,
+        transport: Transport,
+        *,
+        peers: Mapping[NodeId, str] | None = None,
+    ) -> None:
+        self.config = config.validate()
+        self.id: NodeId = config.raft.id
+        if transport.node_id != self.id:
+            raise ConfigError(
+                f"transport is for node {transport.node_id!r}, but the node id is {self.id!r}"
+            )
+        self._fsm = fsm
+        self._transport = transport
+        self._hints: dict[NodeId, str] = dict(peers or {})
+        self._rng = random.Random(config.seed)
+        self._dir = Path(config.data_dir)
+        self._stable = StableStore(self._dir / "stable", fsync=config.fsync)
+        self._snapshots: SnapshotStore | None = None
+        self._logstore: RaftLogStore | None = None
+        self._core: RaftCore | None = None
+        self.stats = NodeStats()
+        # Durable hard state: what the stable store holds.
+        self._saved_term = 0
+        self._saved_vote: NodeId = NO_NODE
+        self._snapshot_meta: SnapshotMeta | None = None
+        # Requests in flight.
+        self._pending: dict[int, _Proposal] = {}
+        self._pending_max = 0
+        self._reads: dict[bytes, asyncio.Future[int]] = {}
+        self._read_waiting: list[tuple[int, asyncio.Future[int]]] = []
+        self._read_ids = itertools.count(1)
+        self._watchers: list[asyncio.Future[None]] = []
+        # Tasks.
+        self._wake = asyncio.Event()
+        self._io_lock = asyncio.Lock()
+        self._driver: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._snap_task: asyncio.Task[None] | None = None
+        self._snap_done: SnapshotMeta | None = None
+        self._snap_retry_at = 0.0
+        self._senders: dict[NodeId, asyncio.Task[None]] = {}
+        self._ack_waiters: dict[NodeId, tuple[int, asyncio.Future[tuple[int, bool]]]] = {}
+        self._receiving: dict[NodeId, _Receiving] = {}
+        self._peer_table: dict[NodeId, str] = {}
+        self._peer_membership: Membership | None = None
+        self._soft: SoftState | None = None
+        self._started = False
+        self._stopping = False
+        self._closed = False
+        self._close_task: asyncio.Task[None] | None = None
+        self._failure: NodeFailedError | None = None
+
+    # =====================================================================================
+    # Lifecycle
+    # =====================================================================================
+
+    async def start(self) -> None:
+        """Load the stores, restore the state machine, start the transport and the tasks.
+
+        A node with state resumes from it (hard state, newest snapshot, log); a node
+        without state waits to be bootstrapped or contacted by a leader.
+        """
+        if self._started:
+            raise RaftError(f"node {self.id!r} was already started")
+        self._started = True
+        cfg = self.config
+        loaded = await asyncio.to_thread(self._open_stores)
+        self._logstore = loaded.logstore
+        meta = loaded.snapshot_meta
+        applied = self._fsm.applied_index()
+        if meta is not None and applied < meta.index:
+            assert loaded.snapshot is not None
+            await self._restore_fsm(loaded.snapshot.id, meta)
+            applied = meta.index
+        st = loaded.stable
+        hs = HardState()
+        if st is not None:
+            commit = st.extra.get("commit", 0)
+            hs = HardState(
+                st.term, st.voted_for or NO_NODE, commit if isinstance(commit, int) else 0
+            )
+        self._saved_term, self._saved_vote = hs.term, hs.vote
+        self._snapshot_meta = meta
+        state = PersistentState(hs, meta, tuple(loaded.entries), applied)
+        self._core = RaftCore(cfg.raft, state, self._rng)
+        self._soft = self._core.soft_state()
+        log.info(
+            "raft node %s starting: term %d, log %d..%d, snapshot %s, applied %d",
+            self.id,
+            hs.term,
+            loaded.logstore.first_index,
+            loaded.logstore.last_index,
+            meta.index if meta else "none",
+            applied,
+        )
+        self._transport.set_handler(self._on_payload)
+        self._sync_peers(force=True)
+        await self._transport.start()
+        self._driver = asyncio.create_task(self._drive(), name=f"raft-node {self.id}")
+        self._ticker = asyncio.create_task(self._tick_loop(), name=f"raft-tick {self.id}")
+
+    def _open_stores(self) -> _Loaded:
+        """Blocking: open the three stores and read what a restart needs."""
+        self._dir.mkdir(parents=True, exist_ok=True)
+        stable = self._stable.load_sync()
+        self._snapshots = SnapshotStore(
+            self._dir / "snapshots", retain=self.config.snapshot_retain, fsync=self.config.fsync
+        )
+        latest = self._snapshots.latest()
+        meta = None
+        if latest is not None:
+            meta = decode_snapshot_meta(latest.metadata)
+            if (meta.index, meta.term) != (latest.index, latest.term):
+                raise RaftError(
+                    f"snapshot {latest.id}: metadata names index {meta.index} term {meta.term}"
+                )
+        store = RaftLogStore.open(
+            self._dir / "raft-log", fsync=self.config.fsync, config=self.config.log_config
+        )
+        entries = store.load(meta.index if meta else 0)
+        return _Loaded(stable, store, latest, meta, entries)
+
+    def has_state(self) -> bool:
+        """Whether this node has any Raft state (a term, a vote, log entries, a snapshot):
+        such a node restarts from it and refuses to bootstrap."""
+        try:
+            self._check_can_bootstrap()
+        except BootstrapError:
+            return True
+        return False
+
+    def _check_can_bootstrap(self) -> None:
+        core, store = self._require_core(), self._logstore
+        assert store is not None
+        hs = core.hard_state()
+        saved = HardState(max(self._saved_term, hs.term), self._saved_vote or hs.vote, hs.commit)
+        reasons: list[str] = []
+        try:
+            check_can_bootstrap(PersistentState(saved, self._snapshot_meta))
+        except BootstrapError as exc:
+            reasons.append(str(exc))
+        if not store.is_empty():
+            where = f"log entries {store.first_index}..{store.last_index} in {store.log.directory}"
+            reasons.append(
+                f"refusing to bootstrap: this node already has {where}" if not reasons else where
+            )
+        if reasons:
+            raise BootstrapError("; ".join(reasons))
+
+    async def bootstrap(self, servers: Iterable[Server]) -> None:
+        """Make this node a member of a brand-new cluster with membership ``servers``.
+
+        Raises BootstrapError, saying what state exists, if the node has any state (it
+        must restart from it: bootstrapping again would fork the cluster). Give every
+        initial member the same servers, or bootstrap one node and add the others.
+        """
+        self._check_usable()
+        membership = Membership.of(servers)
+        if self.id not in membership:
+            raise ValueError(f"bootstrap membership {membership.ids} does not include {self.id!r}")
+        async with self._io_lock:
+            self._check_can_bootstrap()
+            st = bootstrap_state(membership)
+            store = self._logstore
+            assert store is not None
+            store.store(st.entries)
+            await asyncio.gather(
+                store.sync(),
+                self._stable.save(StableState(st.hard_state.term, None, {"commit": 0})),
+            )
+            self._saved_term, self._saved_vote = st.hard_state.term, NO_NODE
+            core = RaftCore(self.config.raft, st, self._rng)
+            self._core = core
+            self._soft = core.soft_state()
+            self._sync_peers(force=True)
+            if membership.voters == (self.id,):
+                core.campaign()  # a cluster of one need not wait for a timeout
+            log.info("raft node %s bootstrapped with %s", self.id, list(membership.ids))
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Stop the node: finish the current round, stop every task, fail pending
+        requests with NodeClosedError, close the transport and the log. Idempotent; each
+        stage is bounded by ``close_timeout``."""
+        if self._close_task is None:
+            self._close_task = asyncio.create_task(self._close(), name=f"raft-close {self.id}")
+        await asyncio.shield(self._close_task)
+
+    async def _close(self) -> None:
+        timeout = self.config.close_timeout
+        self._stopping = True
+        self._wake.set()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if self._driver is not None:
+            done, _ = await asyncio.wait({self._driver}, timeout=timeout)
+            if not done:
+                log.warning("raft node %s: round did not finish within %.1f s", self.id, timeout)
+                self._driver.cancel()
+        tasks: set[asyncio.Task[Any]] = {t for t in (self._ticker, self._driver) if t}
+        if self._snap_task is not None:
+            tasks.add(self._snap_task)
+        tasks |= set(self._senders.values())
+        tasks |= {r.task for r in self._receiving.values() if r.task is not None}
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        self._fail_all(NodeClosedError(f"node {self.id!r} is closed"))
+        try:
+            await asyncio.wait_for(self._transport.close(), timeout)
+        except TimeoutError:
+            log.warning("raft node %s: transport did not close within %.1f s", self.id, timeout)
+        if self._logstore is not None:
+            try:
+                await asyncio.wait_for(self._logstore.close(), timeout)
+            except Exception as exc:  # a failed fsync at close: logged, nothing to retry
+                log.warning("raft node %s: closing the log store failed: %s", self.id, exc)
+        self._closed = True
+        self._notify()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # =====================================================================================
+    # Queries
+    # =====================================================================================
+
+    def _require_core(self) -> RaftCore:
+        if self._core is None:
+            raise RaftError(f"node {self.id!r} is not started")
+        return self._core
+
+    def _check_usable(self) -> RaftCore:
+        if self._failure is not None:
+            raise self._failure
+        if self._stopping:
+            raise NodeClosedError(f"node {self.id!r} is closed")
+        return self._require_core()
+
+    @property
+    def leader_id(self) -> NodeId:
+        """The leader this node knows of (``NO_NODE``, the empty string, if none)."""
+        return self._core.leader_id if self._core else NO_NODE
+
+    @property
+    def leader_address(self) -> str:
+        """Address of the known leader ("" if none or unknown)."""
+        lead = self.leader_id
+        if not lead or self._core is None:
+            return ""
+        return self._core.membership.address_of(lead) or self._hints.get(lead, "")
+
+    @property
+    def is_leader(self) -> bool:
+        return self._core is not None and self._core.is_leader and not self._stopping
+
+    @property
+    def term(self) -> int:
+        return self._core.term if self._core else 0
+
+    @property
+    def commit_index(self) -> int:
+        return self._core.commit_index if self._core else 0
+
+    @property
+    def applied_index(self) -> int:
+        return self._core.applied_index if self._core else 0
+
+    @property
+    def last_index(self) -> int:
+        return self._core.last_index if self._core else 0
+
+    @property
+    def membership(self) -> Membership:
+        return self._core.membership if self._core else Membership()
+
+    @property
+    def snapshot_index(self) -> int:
+        """Index of the newest snapshot this node has (0 if none)."""
+        return self._snapshot_meta.index if self._snapshot_meta else 0
+
+    @property
+    def log_store(self) -> RaftLogStore:
+        """The log store (read-only use: tests and tools)."""
+        assert self._logstore is not None
+        return self._logstore
+
+    def status(self) -> Status:
+        """The core's status (role, term, indexes, membership, followers' progress)."""
+        return self._require_core().status()
+
+    def set_peer_addresses(self, peers: Mapping[NodeId, str]) -> None:
+        """Replace the address hints (used on top of the membership's addresses)."""
+        self._hints = dict(peers)
+        self._sync_peers(force=True)
+
+    async def wait_for(
+        self, predicate: Callable[[], bool], timeout: float, what: str = "condition"
+    ) -> None:
+        """Wait until ``predicate()`` holds; it is checked after every round and change of
+        leader. Raises WaitTimeoutError after ``timeout`` s, NodeClosedError on close."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate():
+            if self._closed or self._stopping:
+                raise NodeClosedError(f"node {self.id!r} closed while waiting for {what}")
+            if self._failure is not None:
+                raise self._failure
+            left = deadline - loop.time()
+            if left <= 0:
+                raise WaitTimeoutError(f"node {self.id}: {what} did not hold within {timeout} s")
+            fut: asyncio.Future[None] = loop.create_future()
+            self._watchers.append(fut)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fut, min(left, self.config.tick_interval * 4))
+
+    async def wait_for_leader(self, timeout: float) -> NodeId:
+        """Wait until a leader is known; return its id."""
+        await self.wait_for(lambda: bool(self.leader_id), timeout, "a known leader")
+        return self.leader_id
+
+    async def wait_applied(self, index: int, timeout: float) -> None:
+        """Wait until this node has applied ``index``."""
+        await self.wait_for(lambda: self.applied_index >= index, timeout, f"applied >= {index}")
+
+    # =====================================================================================
+    # Requests
+    # =====================================================================================
+
+    async def propose(self, data: bytes, *, timeout: float | None = None) -> ApplyResult:
+        """Replicate ``data`` as one entry; return once it is committed and applied here.
+
+        Raises NotLeaderError (with the leader's id and address) on a follower or if the
+        entry was lost in a leader change, LeadershipTransferInProgressError during a
+        transfer, ProposalTimeoutError after ``timeout`` s (default ``request_timeout``;
+        the entry may still commit), NodeClosedError / NodeFailedError.
+        """
+        results = await self.propose_batch((data,), timeout=timeout)
+        return results[0]
+
+    async def propose_batch(
+        self, items: Sequence[bytes], *, timeout: float | None = None
+    ) -> list[ApplyResult]:
+        """Replicate ``items`` as consecutive entries (one Raft round for all of them).
+
+        Not atomic across a leader change: if a later entry of the batch is lost while an
+        earlier one committed, NotLeaderError is raised although a prefix was applied
+        (propose one entry holding the whole batch when all-or-nothing matters).
+        """
+        core = self._check_usable()
+        ticket = core.propose(items)
+        fut: asyncio.Future[list[ApplyResult]] = asyncio.get_running_loop().create_future()
+        p = _Proposal(ticket, fut)
+        for i in range(ticket.first_index, ticket.last_index + 1):
+            self._pending[i] = p
+        self._pending_max = max(self._pending_max, ticket.last_index)
+        self._wake.set()
+        return await self._await_proposal(fut, timeout)
+
+    async def _await_proposal(
+        self, fut: asyncio.Future[list[ApplyResult]], timeout: float | None
+    ) -> list[ApplyResult]:
+        t = self.config.request_timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(t):
+                return await fut
+        except TimeoutError:
+            if fut.done() and not fut.cancelled():
+                return fut.result()
+            raise ProposalTimeoutError(
+                f"proposal not committed and applied within {t} s (it may still commit)"
+            ) from None
+
+    async def _conf_change(self, change: ConfChange, timeout: float | None) -> int:
+        core = self._check_usable()
+        ticket = core.propose_conf_change(change)
+        fut: asyncio.Future[list[ApplyResult]] = asyncio.get_running_loop().create_future()
+        self._pending[ticket.first_index] = _Proposal(ticket, fut)
+        self._pending_max = max(self._pending_max, ticket.last_index)
+        self._wake.set()
+        results = await self._await_proposal(fut, timeout)
+        return results[-1].index
+
+    async def add_voter(
+        self, node_id: NodeId, address: str, *, timeout: float | None = None
+    ) -> int:
+        """Add a voting server (prefer add_learner, then promote_learner once caught up).
+        Returns the index of the committed change. Errors as :meth:`propose`, plus
+        ConfChangeError (invalid) and ConfChangeInProgressError (one at a time)."""
+        self._hints.setdefault(node_id, address)
+        return await self._conf_change(
+            ConfChange(ConfChangeType.ADD_VOTER, node_id, address), timeout
+        )
+
+    async def add_learner(
+        self, node_id: NodeId, address: str, *, timeout: float | None = None
+    ) -> int:
+        """Add a non-voting server that receives the log; see :meth:`add_voter`."""
+        self._hints.setdefault(node_id, address)
+        return await self._conf_change(
+            ConfChange(ConfChangeType.ADD_LEARNER, node_id, address), timeout
+        )
+
+    async def promote_learner(self, node_id: NodeId, *, timeout: float | None = None) -> int:
+        """Turn learner ``node_id`` into a voter; see :meth:`add_voter`."""
+        return await self._conf_change(ConfChange(ConfChangeType.PROMOTE_LEARNER, node_id), timeout)
+
+    async def remove_server(self, node_id: NodeId, *, timeout: float | None = None) -> int:
+        """Remove a server (voter or learner). A removed leader steps down once the change
+        commits (this call still returns the index). See :meth:`add_voter`."""
+        return await self._conf_change(ConfChange(ConfChangeType.REMOVE, node_id), timeout)
+
+    async def transfer_leadership(
+        self, to: NodeId | None = None, *, timeout: float | None = None
+    ) -> NodeId:
+        """Hand leadership to voter ``to`` (default: the most caught-up one); return the
+        new leader's id once this node sees it. TransferError if it cannot start or does
+        not complete within ``timeout`` s (default ``request_timeout``)."""
+        core = self._check_usable()
+        target = core.transfer_leadership(to)
+        self._wake.set()
+        if target == self.id:
+            return target
+        t = self.config.request_timeout if timeout is None else timeout
+        try:
+            await self.wait_for(lambda: self.leader_id not in (self.id, NO_NODE), t, "a new leader")
+        except WaitTimeoutError:
+            raise TransferError(
+                f"leadership transfer to {target!r} did not complete within {t} s"
+            ) from None
+        return self.leader_id
+
+    async def read_barrier(self, timeout: float | None = None) -> int:
+        """Linearizable read barrier (ReadIndex) on the leader: returns an index such that
+        this node has applied it and a read of the state machine now sees every write
+        acknowledged before the call. NotLeaderError on a follower or if leadership is lost
+        meanwhile; ReadBarrierTimeoutError after ``timeout`` s (default request_timeout)."""
+        core = self._check_usable()
+        ctx = b"r%d" % next(self._read_ids)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        core.read_index(ctx)
+        self._reads[ctx] = fut
+        self._wake.set()
+        t = self.config.request_timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(t):
+                return await fut
+        except TimeoutError:
+            raise ReadBarrierTimeoutError(
+                f"read barrier not confirmed within {t} s (leadership unconfirmed)"
+            ) from None
+        finally:
+            self._reads.pop(ctx, None)
+
+    def campaign(self) -> None:
+        """Start an election now (tests and operators)."""
+        self._check_usable().campaign()
+        self._wake.set()
+
+    # =====================================================================================
+    # Inbound
+    # =====================================================================================
+
+    def _on_payload(self, payload: bytes) -> None:
+        """Transport handler: step a message at once, or route a snapshot chunk/ack."""
+        if self._stopping or self._core is None or not payload:
+            return
+        kind = payload[0]
+        try:
+            if kind == KIND_MESSAGE:
+                m = decode_message(payload[1:])
+                if m.dst != self.id:
+                    self.stats.bad_payloads += 1
+                    return
+                self._core.step(m)
+                self._wake.set()
+            elif kind == KIND_CHUNK:
+                self._on_chunk(decode_snapshot_chunk(payload[1:]))
+            elif kind == KIND_CHUNK_ACK:
+                self._on_chunk_ack(_decode_ack(payload[1:]))
+            else:
+                self.stats.bad_payloads += 1
+        except CodecError as exc:
+            self.stats.bad_payloads += 1
+            log.warning("raft node %s: dropped a malformed payload: %s", self.id, exc)
+
+    # =====================================================================================
+    # The driver
+    # =====================================================================================
+
+    async def _tick_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.config.tick_interval
+        due = loop.time() + interval
+        while not self._stopping:
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            now = loop.time()
+            due = max(due + interval, now + interval / 2)
+            core = self._core
+            if core is not None and self._failure is None:
+                core.tick()
+                self._wake.set()
+
+    async def _drive(self) -> None:
+        idle = max(self.config.tick_interval * 4, 0.05)
+        try:
+            while not self._stopping:
+                if self._snap_done is not None:
+                    self._finish_snapshot()
+                core = self._require_core()
+                if core.has_ready():
+                    async with self._io_lock:
+                        core = self._require_core()
+                        if core.has_ready():
+                            await self._round(core, core.ready())
+                    continue
+                self._wake.clear()
+                if core.has_ready() or self._snap_done is not None:
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(idle):
+                        await self._wake.wait()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._fatal(exc)
+
+    def _fatal(self, exc: BaseException) -> None:
+        log.error("raft node %s stopped after a fatal error: %r", self.id, exc, exc_info=exc)
+        failure = NodeFailedError(f"node {self.id!r} failed: {exc!r}")
+        failure.__cause__ = exc
+        self._failure = failure
+        self._stopping = True
+        self._fail_all(failure)
+        self._notify()
+
+    async def _round(self, core: RaftCore, rd: Ready) -> None:
+        """Persist, send, apply one Ready (the order is the point: see the module doc)."""
+        self.stats.rounds += 1
+        self._on_soft_state(rd.soft_state)
+        self._sync_peers()
+        if rd.entries and self._pending and rd.soft_state.role is not Role.LEADER:
+            self._drop_overwritten(core, rd.entries[0].index)
+        durable_term = self._saved_term
+        late: list[Message] = []
+        for m in rd.messages:
+            if m.type in _EARLY_TYPES and m.term == durable_term and rd.snapshot is None:
+                self._send(m)
+                self.stats.sent_early += 1
+            else:
+                late.append(m)
+        await self._persist(rd)
+        for m in late:
+            self._send(m)
+        self.stats.sent_late += len(late)
+        if rd.snapshot is not None:
+            await self._install_snapshot(rd.snapshot)
+        if rd.committed_entries:
+            self._apply(rd.committed_entries)
+        if rd.read_states:
+            self._serve_reads(rd.read_states)
+        if self._read_waiting:
+            self._release_reads(core.applied_index if rd.snapshot else 0)
+        core.advance(rd)
+        if self._read_waiting:
+            self._release_reads(core.applied_index)
+        self._notify()
+        if (
+            self._snap_task is None
+            and core.should_snapshot()
+            and time.monotonic() >= self._snap_retry_at
+        ):
+            self._start_snapshot(core)
+
+    async def _persist(self, rd: Ready) -> None:
+        store = self._logstore
+        assert store is not None
+        if rd.snapshot is not None:
+            # The snapshot's data is durable in the snapshot store: the log now starts after it.
+            store.reset(rd.snapshot.index + 1)
+            self._snapshot_meta = rd.snapshot
+        if rd.entries:
+            store.store(rd.entries)
+            self.stats.entries_persisted += len(rd.entries)
+        hs = rd.hard_state
+        save = hs is not None and (hs.term, hs.vote) != (self._saved_term, self._saved_vote)
+        if not rd.must_sync and not save:
+            return
+        waits = []
+        if rd.entries or rd.snapshot is not None:
+            waits.append(store.sync())
+        if save:
+            assert hs is not None
+            state = StableState(hs.term, hs.vote or None, {"commit": hs.commit})
+            waits.append(self._stable.save(state))
+        if waits:
+            await asyncio.gather(*waits)
+            self.stats.syncs += 1
+        if save:
+            assert hs is not None
+            self._saved_term, self._saved_vote = hs.term, hs.vote
+
+    def _send(self, m: Message) -> None:
+        if m.type is MessageType.SNAPSHOT:
+            self._start_snapshot_send(m)
+            return
+        self._transport.send(m.dst, bytes([KIND_MESSAGE]) + encode_message(m))
+
+    # -- apply ----------------------------------------------------------------------------
+
+    def _apply(self, committed: tuple[Entry, ...]) -> None:
+        normal = [e for e in committed if e.type is EntryType.NORMAL]
+        results: Sequence[Any] = ()
+        if normal:
+            results = self._fsm.apply(normal)
+            if len(results) != len(normal):
+                raise RaftError(
+                    f"state machine returned {len(results)} results for {len(normal)} entries"
+                )
+        self.stats.entries_applied += len(committed)
+        if not self._pending:
+            return
+        by_index = {e.index: r for e, r in zip(normal, results, strict=True)}
+        pending = self._pending
+        for e in committed:
+            p = pending.pop(e.index, None)
+            if p is None or p.future.done():
+                continue
+            if e.term != p.term:
+                self._fail_proposal(p, self._lost_error())
+                continue
+            p.results.append(ApplyResult(e.index, e.term, by_index.get(e.index)))
+            if e.index == p.last:
+                p.future.set_result(p.results)
+        if not pending:
+            self._pending_max = 0
+
+    def _lost_error(self) -> NotLeaderError:
+        return NotLeaderError(self.leader_id, self.leader_address)
+
+    def _fail_proposal(self, p: _Proposal, exc: BaseException) -> None:
+        if not p.future.done():
+            p.future.set_exception(exc)
+        for i in range(p.first, p.last + 1):
+            if self._pending.get(i) is p:
+                del self._pending[i]
+
+    def _drop_overwritten(self, core: RaftCore, first: int) -> None:
+        """Entries from ``first`` were replaced: fail proposals whose entry is gone."""
+        if first > self._pending_max:
+            return
+        for index, p in list(self._pending.items()):
+            if index >= first and core.entry_term(index) != p.term:
+                self._fail_proposal(p, self._lost_error())
+
+    def _serve_reads(self, states: tuple[ReadState, ...]) -> None:
+        for rs in states:
+            fut = self._reads.pop(rs.context, None)
+            if fut is not None and not fut.done():
+                self._read_waiting.append((rs.index, fut))
+
+    def _release_reads(self, applied: int) -> None:
+        keep = []
+        for index, fut in self._read_waiting:
+            if fut.done():
+                continue
+            if index <= applied:
+                fut.set_result(applied)
+            else:
+                keep.append((index, fut))
+        self._read_waiting = keep
+
+    def _on_soft_state(self, ss: SoftState) -> None:
+        prev = self._soft
+        if prev == ss:
+            return
+        self._soft = ss
+        if (
+            prev is not None
+            and prev.role is Role.LEADER
+            and (ss.role is not Role.LEADER or ss.term != prev.term)
+        ):
+            err = NotLeaderError(ss.leader, self.leader_address)
+            for fut in self._reads.values():
+                if not fut.done():
+                    fut.set_exception(err)
+            self._reads.clear()
+            for _, fut in self._read_waiting:
+                if not fut.done():
+                    fut.set_exception(err)
+            self._read_waiting = []
+        if prev is None or prev.leader != ss.leader:
+            log.info(
+                "raft node %s: term %d, role %s, leader %r",
+                self.id,
+                ss.term,
+                ss.role.name,
+                ss.leader,
+            )
+
+    def _notify(self) -> None:
+        watchers, self._watchers = self._watchers, []
+        for fut in watchers:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for p in set(self._pending.values()):
+            if not p.future.done():
+                p.future.set_exception(exc)
+        self._pending.clear()
+        self._pending_max = 0
+        for fut in list(self._reads.values()) + [f for _, f in self._read_waiting]:
+            if not fut.done():
+                fut.set_exception(exc)
+        self._reads.clear()
+        self._read_waiting = []
+        self._notify()
+
+    # -- peers ----------------------------------------------------------------------------
+
+    def _sync_peers(self, force: bool = False) -> None:
+        """Keep the transport's peer table = hints + every address seen in a membership.
+
+        Servers removed from the membership stay reachable: a removed server must still
+        hear of its removal, and the transport dials a peer only when there is something
+        to send, so a stale entry costs nothing.
+        """
+        core = self._core
+        mem = core.membership if core is not None else Membership()
+        if not force and mem is self._peer_membership:
+            return
+        self._peer_membership = mem
+        table = dict(self._peer_table)
+        table.update(self._hints)
+        table.update({s.id: s.address for s in mem if s.address})
+        table.pop(self.id, None)
+        if table != self._peer_table or force:
+            self._peer_table = table
+            self._transport.update_peers(table)
+
+    # =====================================================================================
+    # Snapshots: taking, compacting, installing
+    # =====================================================================================
+
+    def _start_snapshot(self, core: RaftCore) -> None:
+        meta = core.snapshot_meta()
+        if self._snapshot_meta is not None and meta.index <= self._snapshot_meta.index:
+            return
+        source = self._fsm.snapshot()
+        self._snap_task = asyncio.create_task(
+            self._write_snapshot(meta, source), name=f"raft-snapshot {self.id}@{meta.index}"
+        )
+
+    async def _write_snapshot(self, meta: SnapshotMeta, source: Iterable[bytes]) -> None:
+        store = self._snapshots
+        assert store is not None
+
+        def work() -> StoredSnapshot:
+            sink = store.create(meta.index, meta.term, encode_snapshot_meta(meta))
+            with sink:
+                for chunk in source:
+                    sink.write(chunk)
+                return sink.commit_sync()
+
+        try:
+            stored = await asyncio.to_thread(work)
+        except Exception as exc:
+            log.error("raft node %s: snapshot at %d failed: %s", self.id, meta.index, exc)
+            self._snap_retry_at = time.monotonic() + self.config.snapshot_retry_delay
+            self._snap_task = None
+            return
+        log.info("raft node %s: snapshot %s at index %d", self.id, stored.id, meta.index)
+        self.stats.snapshots_taken += 1
+        self._snap_done = meta
+        self._wake.set()
+
+    def _finish_snapshot(self) -> None:
+        """On the driver, between rounds: make the new snapshot current, compact the log."""
+        meta, self._snap_done = self._snap_done, None
+        self._snap_task = None
+        core = self._require_core()
+        if meta is None:
+            return
+        try:
+            through = core.compact(meta)
+        except RaftError as exc:
+            log.warning("raft node %s: snapshot at %d not used: %s", self.id, meta.index, exc)
+            return
+        if self._snapshot_meta is None or meta.index > self._snapshot_meta.index:
+            self._snapshot_meta = meta
+        store = self._logstore
+        assert store is not None
+        if through >= store.first_index:
+            store.compact(through)
+
+    async def _install_snapshot(self, meta: SnapshotMeta) -> None:
+        """A snapshot from the leader was accepted by the core: restore the state machine."""
+        stored = await asyncio.to_thread(self._find_snapshot, meta)
+        if stored is None:
+            raise RaftError(f"accepted snapshot at index {meta.index} is not in the store")
+        await self._restore_fsm(stored.id, meta)
+        for index, p in list(self._pending.items()):
+            if index <= meta.index:
+                self._fail_proposal(
+                    p,
+                    OutcomeUnknownError(
+                        f"entry {index} was replaced by a snapshot at index {meta.index}"
+                    ),
+                )
+
+    def _find_snapshot(self, meta: SnapshotMeta) -> StoredSnapshot | None:
+        assert self._snapshots is not None
+        for s in self._snapshots.list():
+            if (s.index, s.term) == (meta.index, meta.term):
+                return s
+        return None
+
+    async def _restore_fsm(self, snapshot_id: str, meta: SnapshotMeta) -> None:
+        store = self._snapshots
+        assert store is not None
+        fsm = self._fsm
+
+        def work() -> None:
+            _, reader = store.open(snapshot_id)
+            with reader:
+                fsm.restore(reader, meta)
+                while reader.read(1 << 20):
+                    pass  # reach the end so that the checksum is verified
+
+        await asyncio.to_thread(work)
+        log.info("raft node %s: state machine restored from snapshot %s", self.id, snapshot_id)
+
+    # =====================================================================================
+    # Snapshots: streaming (leader -> follower)
+    # =====================================================================================
+
+    def _start_snapshot_send(self, m: Message) -> None:
+        running = self._senders.get(m.dst)
+        if running is not None and not running.done():
+            return
+        assert m.snapshot is not None
+        task = asyncio.create_task(
+            self._stream_snapshot(m.dst, m.snapshot, m.term),
+            name=f"raft-snapshot-send {self.id}->{m.dst}",
+        )
+        self._senders[m.dst] = task
+
+    async def _stream_snapshot(self, to: NodeId, meta: SnapshotMeta, term: int) -> None:
+        ok = False
+        try:
+            ok = await self._stream_snapshot_chunks(to, meta, term)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("raft node %s: snapshot stream to %s failed: %s", self.id, to, exc)
+        finally:
+            self._ack_waiters.pop(to, None)
+            if self._senders.get(to) is asyncio.current_task():
+                del self._senders[to]
+            if ok:
+                self.stats.snapshots_sent += 1
+            else:
+                self.stats.snapshot_send_failures += 1
+            if not self._stopping and self._core is not None:
+                self._core.report_snapshot(to, ok)
+                self._wake.set()
+
+    async def _stream_snapshot_chunks(self, to: NodeId, meta: SnapshotMeta, term: int) -> bool:
+        store = self._snapshots
+        assert store is not None
+        stored = await asyncio.to_thread(self._find_snapshot, meta)
+        if stored is None:
+            log.warning("raft node %s: no stored snapshot at %d for %s", self.id, meta.index, to)
+            return False
+        _, reader = await asyncio.to_thread(store.open, stored.id)
+        loop = asyncio.get_running_loop()
+        size = self.config.raft.snapshot_chunk_bytes
+        try:
+            offset = 0
+            while True:
+                data = await asyncio.to_thread(reader.read, size)
+                done = offset + len(data) >= stored.size
+                chunk = SnapshotChunk(self.id, to, term, meta, offset, data, done)
+                payload = bytes([KIND_CHUNK]) + encode_snapshot_chunk(chunk)
+                want = offset + len(data)
+                acked = False
+                for _attempt in range(self.config.snapshot_send_attempts):
+                    fut: asyncio.Future[tuple[int, bool]] = loop.create_future()
+                    self._ack_waiters[to] = (meta.index, fut)
+                    self._transport.send(to, payload)
+                    try:
+                        async with asyncio.timeout(self.config.snapshot_ack_timeout):
+                            nxt, good = await fut
+                    except TimeoutError:
+                        continue
+                    if not good or nxt != want:
+                        log.info(
+                            "raft node %s: %s refused snapshot chunk at %d (expects %d)",
+                            self.id,
+                            to,
+                            offset,
+                            nxt,
+                        )
+                        return False
+                    acked = True
+                    break
+                if not acked:
+                    return False
+                offset = want
+                if done:
+                    return True
+        finally:
+            await asyncio.to_thread(reader.close)
+
+    def _on_chunk_ack(self, ack: tuple[NodeId, NodeId, int, int, int, bool]) -> None:
+        src, dst, index, _term, nxt, ok = ack
+        if dst != self.id:
+            return
+        waiter = self._ack_waiters.get(src)
+        if waiter is not None and waiter[0] == index and not waiter[1].done():
+            waiter[1].set_result((nxt, ok))
+
+    # =====================================================================================
+    # Snapshots: receiving (follower)
+    # =====================================================================================
+
+    def _on_chunk(self, c: SnapshotChunk) -> None:
+        if c.dst != self.id:
+            self.stats.bad_payloads += 1
+            return
+        rx = self._receiving.get(c.src)
+        if rx is None or rx.task is None or rx.task.done():
+            rx = _Receiving(asyncio.Queue(maxsize=16))
+            rx.task = asyncio.create_task(
+                self._receive_snapshot(c.src, rx), name=f"raft-snapshot-recv {c.src}->{self.id}"
+            )
+            self._receiving[c.src] = rx
+        with contextlib.suppress(asyncio.QueueFull):
+            rx.queue.put_nowait(c)
+
+    async def _receive_snapshot(self, src: NodeId, rx: _Receiving) -> None:
+        store = self._snapshots
+        assert store is not None
+        sink: SnapshotSink | None = None
+        key: tuple[int, int, int] | None = None
+        expected = 0
+        try:
+            while not self._stopping:
+                try:
+                    async with asyncio.timeout(self.config.snapshot_idle_timeout):
+                        c = await rx.queue.get()
+                except TimeoutError:
+                    return
+                ckey = (c.meta.index, c.meta.term, c.term)
+                if c.offset == 0 and (ckey != key or expected != 0):
+                    if sink is not None:
+                        sink.abort()
+                    sink = await asyncio.to_thread(
+                        store.create, c.meta.index, c.meta.term, encode_snapshot_meta(c.meta)
+                    )
+                    key, expected = ckey, 0
+                if ckey != key or sink is None or c.offset > expected:
+                    self._transport.send(src, _encode_ack(self.id, src, c.meta, expected, False))
+                    continue
+                if c.offset < expected:  # a resend of a chunk we have: acknowledge again
+                    self._transport.send(src, _encode_ack(self.id, src, c.meta, expected, True))
+                    continue
+                await asyncio.to_thread(sink.write, c.data)
+                expected += len(c.data)
+                if c.done:
+                    done_sink, sink, key = sink, None, None
+                    await done_sink.commit()
+                    self.stats.snapshots_received += 1
+                    core = self._core
+                    if core is not None and not self._stopping:
+                        core.step(
+                            Message(
+                                type=MessageType.SNAPSHOT,
+                                src=src,
+                                dst=self.id,
+                                term=c.term,
+                                snapshot=c.meta,
+                            )
+                        )
+                        self._wake.set()
+                self._transport.send(src, _encode_ack(self.id, src, c.meta, expected, True))
+                if c.done:
+                    expected = 0
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("raft node %s: receiving a snapshot from %s failed: %s", self.id, src, exc)
+        finally:
+            if sink is not None:
+                sink.abort()
+            if self._receiving.get(src) is rx:
+                del self._receiving[src]
+
+
+__all__ = [
+    "ApplyResult",
+    "NodeClosedError",
+    "NodeConfig",
+    "NodeFailedError",
+    "NodeStats",
+    "OutcomeUnknownError",
+    "ProposalTimeoutError",
+    "RaftNode",
+    "ReadBarrierTimeoutError",
+    "WaitTimeoutError",
+]
