@@ -34,15 +34,20 @@ class ServerConfig:
             Default 0.5 s.
         produce_stream_max_requests: most ProduceStream requests gathered into one append
             (one group commit). Default 1024.
-        produce_stream_window: most requests of one ProduceStream read ahead but not yet
-            answered (back-pressure on a fast producer). Default 4096.
+        produce_stream_max_batch_bytes: a ProduceStream stops gathering requests into one
+            append once their payload reaches this many bytes. Default 8 MiB.
+        produce_stream_window_bytes: most bytes of one ProduceStream read ahead of their
+            append (payload + 256 bytes per request; back-pressure on a fast producer, and a
+            bound on the memory one stream can hold). A single request always fits.
+            Default 16 MiB.
     """
 
     max_message_bytes: int = 4 * MIB
     consume_max_bytes: int = 1 * MIB
     follow_recheck_s: float = 0.5
     produce_stream_max_requests: int = 1024
-    produce_stream_window: int = 4096
+    produce_stream_max_batch_bytes: int = 8 * MIB
+    produce_stream_window_bytes: int = 16 * MIB
 
     @property
     def transport_limit_bytes(self) -> int:
@@ -55,7 +60,8 @@ class ServerConfig:
             "max_message_bytes",
             "consume_max_bytes",
             "produce_stream_max_requests",
-            "produce_stream_window",
+            "produce_stream_max_batch_bytes",
+            "produce_stream_window_bytes",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

@@ -55,8 +55,9 @@ _BOOK_READ_RECORDS = 256
 #: Most records in one batched ConsumeStream message, whatever the client asks.
 _MAX_RECORDS_PER_MESSAGE = 65536
 
-#: What the ProduceStream reader hands the appender: a request, the end (None) or an error.
-_Item = log_pb2.ProduceRequest | Exception | None
+#: What the ProduceStream reader hands the appender: (records, bytes counted against the
+#: window) of one checked request, the end of the stream (None), or an error.
+_Item = tuple[list[bytes], int] | Exception | None
 
 
 def to_api_error(exc: BaseException) -> ApiError:
@@ -236,9 +237,12 @@ class LogService(log_pb2_grpc.LogServicer):
         context: grpc.aio.ServicerContext[log_pb2.ProduceRequest, log_pb2.ProduceResponse],
     ) -> AsyncIterator[log_pb2.ProduceResponse]:
         """One response per request, in order; consecutive requests share one append."""
-        queue: asyncio.Queue[_Item] = asyncio.Queue(self.config.produce_stream_window)
-        reader = asyncio.create_task(_read_into(request_iterator, queue))
-        max_requests = self.config.produce_stream_max_requests
+        config = self.config
+        queue: asyncio.Queue[_Item] = asyncio.Queue()
+        window = _ByteWindow(config.produce_stream_window_bytes)
+        reader = asyncio.create_task(self._read_into(request_iterator, queue, window))
+        max_requests = config.produce_stream_max_requests
+        max_bytes = config.produce_stream_max_batch_bytes
         ProduceResponse = log_pb2.ProduceResponse
         try:
             ended = False
@@ -248,33 +252,24 @@ class LogService(log_pb2_grpc.LogServicer):
                     break
                 if isinstance(item, Exception):
                     raise item
-                requests = [item]
+                # Gather what is queued already: one append, one fsync for all of it.
+                records, size = item
+                counts = [len(records)]
+                taken = size
                 pending: Exception | None = None
-                while len(requests) < max_requests and not queue.empty():
+                while len(counts) < max_requests and taken < max_bytes and not queue.empty():
                     nxt = queue.get_nowait()
                     if nxt is None or isinstance(nxt, Exception):
                         ended, pending = True, nxt
                         break
-                    requests.append(nxt)
-                # Validate in order; append the good prefix, answer it, then fail.
-                records: list[bytes] = []
-                counts: list[int] = []
-                error: ApiError | None = None
-                for req in requests:
-                    try:
-                        values = self._records_of(req)
-                    except ApiError as exc:
-                        error = exc
-                        break
-                    records.extend(values)
-                    counts.append(len(values))
-                if records:
-                    first, _ = await self._log.append(records)
-                    for n in counts:
-                        yield ProduceResponse(offset=first, last_offset=first + n - 1)
-                        first += n
-                if error is not None:
-                    raise error
+                    records.extend(nxt[0])  # a fresh list per request: ours to extend
+                    counts.append(len(nxt[0]))
+                    taken += nxt[1]
+                first, _ = await self._log.append(records)
+                window.release(taken)
+                for n in counts:
+                    yield ProduceResponse(offset=first, last_offset=first + n - 1)
+                    first += n
                 if pending is not None:
                     raise pending
         except Exception as exc:
@@ -284,15 +279,50 @@ class LogService(log_pb2_grpc.LogServicer):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
 
+    async def _read_into(
+        self,
+        requests: AsyncIterator[log_pb2.ProduceRequest],
+        queue: asyncio.Queue[_Item],
+        window: _ByteWindow,
+    ) -> None:
+        """Read and check the client's requests into ``queue``, within the byte window.
 
-async def _read_into(
-    requests: AsyncIterator[log_pb2.ProduceRequest], queue: asyncio.Queue[_Item]
-) -> None:
-    """Read the client's requests into ``queue``; then None (end) or the read error."""
-    try:
-        async for request in requests:
-            await queue.put(request)
-    except Exception as exc:
-        await queue.put(exc)
-        return
-    await queue.put(None)
+        Ends with None (the client half-closed) or an error (a bad request, a broken
+        stream); requests after a bad one are not read.
+        """
+        try:
+            async for request in requests:
+                records = self._records_of(request)
+                size = _REQUEST_OVERHEAD_BYTES + sum(map(len, records))
+                await window.acquire(size)
+                queue.put_nowait((records, size))
+        except Exception as exc:
+            queue.put_nowait(exc)
+            return
+        queue.put_nowait(None)
+
+
+#: What one queued request counts against a ProduceStream's byte window besides its
+#: payload (bytes): bounds the number of tiny requests read ahead as well.
+_REQUEST_OVERHEAD_BYTES = 256
+
+
+class _ByteWindow:
+    """How many bytes a ProduceStream may hold read-ahead; one acquirer (its reader)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._freed = asyncio.Event()
+
+    async def acquire(self, n: int) -> None:
+        """Wait until ``n`` more bytes fit (a lone request always fits), then take them."""
+        while self.used and self.used + n > self.limit:
+            self._freed.clear()
+            await self._freed.wait()
+        self.used += n
+
+    def release(self, n: int) -> None:
+        """Give back ``n`` bytes (their requests were appended)."""
+        self.used -= n
+        self._freed.set()

@@ -292,3 +292,15 @@ async def test_shutdown_ends_a_following_stream(
         assert loop.time() - started < 3.0
         assert err.value.code() is grpc.StatusCode.UNAVAILABLE
         await ch.close()
+
+
+async def test_produce_stream_with_a_tiny_window_still_answers_everything_in_order(
+    tmp_path: Path, dev_certs: dict[str, CertFiles]
+) -> None:
+    config = ServerConfig(produce_stream_window_bytes=2048, produce_stream_max_requests=3)
+    reqs = [log_pb2.ProduceRequest(record=Record(value=bytes([i % 256]) * 500)) for i in range(200)]
+    async with running_node(tmp_path, dev_certs, config=config) as n, n.channel() as ch:
+        call = n.stub(ch).ProduceStream(iter(reqs))
+        offsets = [r.offset async for r in call]
+        assert offsets == list(range(200))
+        assert n.local_log.read(199) == bytes([199]) * 500
