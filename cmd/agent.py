@@ -6,13 +6,12 @@ import argparse
 import asyncio
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from raftlog.agent import Agent
-from raftlog.auth import AuthConfigError
 from raftlog.config import FIELDS, AgentConfig, ConfigError, env_name, load_config
-from raftlog.security import TLSConfigError
-from raftlog.server import BindError
+
+if TYPE_CHECKING:
+    from raftlog.agent import Agent
 
 CLUSTER_NOTE = " [cluster: accepted and validated now, takes effect with Raft/Serf]"
 
@@ -103,6 +102,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"raftlog agent: config error: {exc}", file=sys.stderr)
         return 2
     _setup_logging(config.log_level)
+    # The node's modules (grpc, numpy, casbin) load here, not when the CLI starts, so the
+    # client commands and --help stay quick.
+    from raftlog.agent import Agent
+    from raftlog.auth import AuthConfigError
+    from raftlog.security import TLSConfigError
+    from raftlog.server import BindError
+
     try:
         asyncio.run(Agent(config).run_until_signalled(_announce))
     except (BindError, AuthConfigError, TLSConfigError, ConfigError) as exc:

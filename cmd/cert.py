@@ -6,8 +6,6 @@ import argparse
 import sys
 from typing import Any
 
-from raftlog.auth import write_example_acl
-from raftlog.security import write_dev_certs
 from raftlog.security.certs import DEFAULT_CLIENTS, DEFAULT_HOSTS
 
 
@@ -47,6 +45,9 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the files and list them."""
+    from raftlog.auth.example import write_example_acl
+    from raftlog.security import write_dev_certs
+
     try:
         files = write_dev_certs(
             args.out_dir,
