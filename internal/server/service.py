@@ -39,6 +39,7 @@ from raftlog.log import RecordTooLargeError as LogRecordTooLargeError
 from raftlog.server.config import ServerConfig
 from raftlog.server.errors import (
     ApiError,
+    DeadlineError,
     InvalidArgumentError,
     OffsetOutOfRangeError,
     RecordTooLargeError,
@@ -72,6 +73,8 @@ def to_api_error(exc: BaseException) -> ApiError:
         return InvalidArgumentError(str(exc))
     if isinstance(exc, DurabilityError | CorruptRecordError | LogError):
         return StorageError(f"storage error: {exc}")
+    if isinstance(exc, TimeoutError):
+        return DeadlineError(f"a bounded wait ran out: {exc or 'timeout'}")
     return ApiError("internal error")
 
 

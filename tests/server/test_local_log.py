@@ -50,3 +50,28 @@ async def test_readers_see_only_committed_records(tmp_path: Path) -> None:
     assert await asyncio.wait_for(appending, 10) == (0, 0)
     assert local.read(0) == b"pending" and local.highest_offset == 0
     await local.close()
+
+
+def test_errors_map_to_status_codes_with_retry_advice() -> None:
+    import grpc
+
+    from raftlog.log import DurabilityError, LogClosedError
+    from raftlog.log import OffsetOutOfRangeError as LogOutOfRange
+    from raftlog.server.errors import NotLeaderError, status_for
+    from raftlog.server.service import to_api_error
+
+    cases = [
+        (LogOutOfRange(9, 0, 3), grpc.StatusCode.OUT_OF_RANGE, False),
+        (LogClosedError("closed"), grpc.StatusCode.UNAVAILABLE, True),
+        (DurabilityError("fsync failed"), grpc.StatusCode.INTERNAL, False),
+        (TimeoutError(), grpc.StatusCode.DEADLINE_EXCEEDED, True),
+        (NotLeaderError("leader is n2", {"leader": "n2"}), grpc.StatusCode.UNAVAILABLE, True),
+        (RuntimeError("boom"), grpc.StatusCode.INTERNAL, False),
+    ]
+    for exc, code, retriable in cases:
+        err = to_api_error(exc)
+        assert (err.code, err.retriable) == (code, retriable), exc
+        got_code, message, trailing = status_for(err)
+        assert got_code is code and message and trailing[0][0] == "grpc-status-details-bin"
+    assert to_api_error(NotLeaderError("x")).refresh_leader
+    assert "boom" not in to_api_error(RuntimeError("boom")).message  # no internals leak
