@@ -27,7 +27,7 @@ from raftlog.log import Log, LogConfig, SyncPolicy
 
 MIB = 1 << 20
 #: Alternating rounds per measurement (best of each side is reported).
-ROUNDS = 3
+ROUNDS = 5
 
 
 @dataclass
