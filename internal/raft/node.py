@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import logging
 import random
@@ -272,16 +273,34 @@ class NodeStats:
 
 
 class _Proposal:
-    """A proposal waiting for its entries ``first..last`` (of ``term``) to be applied."""
+    """A proposal waiting for its entries ``first..last`` (of ``term``) to be applied.
 
-    __slots__ = ("first", "future", "last", "results", "term")
+    Until the driver hands it to the core, ``items`` holds its data and ``first`` is 0.
+    """
 
-    def __init__(self, ticket: ProposalTicket, future: asyncio.Future[list[ApplyResult]]) -> None:
-        self.term = ticket.term
-        self.first = ticket.first_index
-        self.last = ticket.last_index
+    __slots__ = ("deadline", "first", "future", "items", "last", "results", "term")
+
+    def __init__(
+        self,
+        items: Sequence[bytes],
+        future: asyncio.Future[list[ApplyResult]],
+        deadline: float,
+    ) -> None:
+        self.items = items
         self.future = future
+        self.deadline = deadline
+        self.term = 0
+        self.first = 0
+        self.last = 0
         self.results: list[ApplyResult] = []
+
+    def place(self, ticket: ProposalTicket, first: int) -> None:
+        self.term = ticket.term
+        self.first = first
+        self.last = first + len(self.items) - 1
+
+    def __lt__(self, other: _Proposal) -> bool:  # for the deadline heap
+        return self.deadline < other.deadline
 
 
 @dataclass
@@ -374,6 +393,9 @@ class RaftNode:
         # Requests in flight.
         self._pending: dict[int, _Proposal] = {}
         self._pending_max = 0
+        self._queued: list[_Proposal] = []
+        self._deadlines: list[tuple[float, int, _Proposal]] = []
+        self._deadline_seq = itertools.count()
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._read_waiting: list[tuple[int, asyncio.Future[int]]] = []
         self._read_ids = itertools.count(1)
@@ -683,7 +705,8 @@ class RaftNode:
         Raises NotLeaderError (with the leader's id and address) on a follower or if the
         entry was lost in a leader change, LeadershipTransferInProgressError during a
         transfer, ProposalTimeoutError after ``timeout`` s (default ``request_timeout``;
-        the entry may still commit), NodeClosedError / NodeFailedError.
+        checked on every tick, so up to one ``tick_interval`` late; the entry may still
+        commit), NodeClosedError / NodeFailedError.
         """
         results = await self.propose_batch((data,), timeout=timeout)
         return results[0]
@@ -698,37 +721,73 @@ class RaftNode:
         (propose one entry holding the whole batch when all-or-nothing matters).
         """
         core = self._check_usable()
-        ticket = core.propose(items)
-        fut: asyncio.Future[list[ApplyResult]] = asyncio.get_running_loop().create_future()
-        p = _Proposal(ticket, fut)
-        for i in range(ticket.first_index, ticket.last_index + 1):
-            self._pending[i] = p
-        self._pending_max = max(self._pending_max, ticket.last_index)
-        self._wake.set()
-        return await self._await_proposal(fut, timeout)
-
-    async def _await_proposal(
-        self, fut: asyncio.Future[list[ApplyResult]], timeout: float | None
-    ) -> list[ApplyResult]:
+        if not core.is_leader:
+            raise NotLeaderError(core.leader_id, self.leader_address)
+        if not items:
+            raise ValueError("propose_batch needs at least one item")
+        loop = asyncio.get_running_loop()
         t = self.config.request_timeout if timeout is None else timeout
+        fut: asyncio.Future[list[ApplyResult]] = loop.create_future()
+        p = _Proposal(items, fut, loop.time() + t)
+        # Queued, not stepped: the driver hands every queued proposal to the core in one
+        # call (one ticket) before its next round, so the core's per-call cost is paid
+        # once per round, not once per proposal.
+        self._queued.append(p)
+        heapq.heappush(self._deadlines, (p.deadline, next(self._deadline_seq), p))
+        self._wake.set()
+        return await fut
+
+    def _flush_proposals(self, core: RaftCore) -> None:
+        """Hand every queued proposal to the core as one batch of entries."""
+        queued, self._queued = self._queued, []
+        live = [p for p in queued if not p.future.done()]
+        if not live:
+            return
+        data: list[bytes] = []
+        for p in live:
+            data.extend(p.items)
         try:
-            async with asyncio.timeout(t):
-                return await fut
-        except TimeoutError:
-            if fut.done() and not fut.cancelled():
-                return fut.result()
-            raise ProposalTimeoutError(
-                f"proposal not committed and applied within {t} s (it may still commit)"
-            ) from None
+            ticket = core.propose(data)
+        except RaftError as exc:
+            for p in live:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            return
+        at = ticket.first_index
+        pending = self._pending
+        for p in live:
+            p.place(ticket, at)
+            for i in range(at, p.last + 1):
+                pending[i] = p
+            at = p.last + 1
+        self._pending_max = max(self._pending_max, ticket.last_index)
+
+    def _expire(self, now: float) -> None:
+        """Fail proposals whose deadline passed (checked on every tick)."""
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, _, p = heapq.heappop(heap)
+            if not p.future.done():
+                p.future.set_exception(
+                    ProposalTimeoutError(
+                        "proposal not committed and applied in time (it may still commit)"
+                    )
+                )
 
     async def _conf_change(self, change: ConfChange, timeout: float | None) -> int:
         core = self._check_usable()
+        self._flush_proposals(core)
         ticket = core.propose_conf_change(change)
-        fut: asyncio.Future[list[ApplyResult]] = asyncio.get_running_loop().create_future()
-        self._pending[ticket.first_index] = _Proposal(ticket, fut)
+        loop = asyncio.get_running_loop()
+        t = self.config.request_timeout if timeout is None else timeout
+        fut: asyncio.Future[list[ApplyResult]] = loop.create_future()
+        p = _Proposal((b"",), fut, loop.time() + t)
+        p.place(ticket, ticket.first_index)
+        self._pending[ticket.first_index] = p
         self._pending_max = max(self._pending_max, ticket.last_index)
+        heapq.heappush(self._deadlines, (p.deadline, next(self._deadline_seq), p))
         self._wake.set()
-        results = await self._await_proposal(fut, timeout)
+        results = await fut
         return results[-1].index
 
     async def add_voter(
@@ -850,6 +909,8 @@ class RaftNode:
             if core is not None and self._failure is None:
                 core.tick()
                 self._wake.set()
+            if self._deadlines:
+                self._expire(now)
 
     async def _drive(self) -> None:
         idle = max(self.config.tick_interval * 4, 0.05)
@@ -858,6 +919,8 @@ class RaftNode:
                 if self._snap_done is not None:
                     self._finish_snapshot()
                 core = self._require_core()
+                if self._queued:
+                    self._flush_proposals(core)
                 if core.has_ready():
                     async with self._io_lock:
                         core = self._require_core()
@@ -865,7 +928,7 @@ class RaftNode:
                             await self._round(core, core.ready())
                     continue
                 self._wake.clear()
-                if core.has_ready() or self._snap_done is not None:
+                if core.has_ready() or self._snap_done is not None or self._queued:
                     continue
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(idle):
@@ -1055,10 +1118,12 @@ class RaftNode:
                 fut.set_result(None)
 
     def _fail_all(self, exc: BaseException) -> None:
-        for p in set(self._pending.values()):
+        for p in [*self._pending.values(), *self._queued]:
             if not p.future.done():
                 p.future.set_exception(exc)
         self._pending.clear()
+        self._queued = []
+        self._deadlines = []
         self._pending_max = 0
         for fut in list(self._reads.values()) + [f for _, f in self._read_waiting]:
             if not fut.done():
