@@ -152,10 +152,28 @@ class MemDisk:
         if not ents:
             return
         first = ents[0].index
-        self.entries = [e for e in self.entries if e.index < first] + ents
+        if self.entries:
+            base = self.entries[0].index
+            if first - base > len(self.entries):
+                raise SafetyViolation(f"disk log gap: appending {first} after {self.last_index}")
+            del self.entries[max(first - base, 0) :]
+        self.entries.extend(ents)
+
+    @property
+    def last_index(self) -> int:
+        if self.entries:
+            return self.entries[-1].index
+        return self.snapshot.index if self.snapshot else 0
+
+    def holds(self, index: int) -> bool:
+        """True if entry ``index`` is on disk (in the log or covered by the snapshot)."""
+        if self.snapshot is not None and index <= self.snapshot.index:
+            return True
+        return bool(self.entries) and self.entries[0].index <= index <= self.entries[-1].index
 
     def truncate_prefix(self, through: int) -> None:
-        self.entries = [e for e in self.entries if e.index > through]
+        if self.entries:
+            del self.entries[: max(0, through - self.entries[0].index + 1)]
 
 
 class MemNode:
@@ -270,13 +288,15 @@ class MemNode:
         elif m.type is MessageType.VOTE:
             if hs.term < m.term or (hs.term == m.term and hs.vote != self.id):
                 raise SafetyViolation(f"persist-before-send: candidacy not durable ({hs})")
-        elif m.type is MessageType.APPEND_RESP and not m.reject:
-            snap = d.snapshot.index if d.snapshot else 0
-            held = {e.index for e in d.entries}
-            if m.index > snap and m.index not in held:
-                raise SafetyViolation(
-                    f"persist-before-send: {self.id} acknowledged index {m.index} not on disk"
-                )
+        elif (
+            m.type is MessageType.APPEND_RESP
+            and not m.reject
+            and m.index > 0
+            and not d.holds(m.index)
+        ):
+            raise SafetyViolation(
+                f"persist-before-send: {self.id} acknowledged index {m.index} not on disk"
+            )
         pre = (MessageType.PRE_VOTE, MessageType.PRE_VOTE_RESP)  # speak of a future term
         if m.term > hs.term and m.type not in pre:
             raise SafetyViolation(f"persist-before-send: term {m.term} sent, {hs.term} durable")

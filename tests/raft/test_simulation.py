@@ -16,7 +16,7 @@ from raftlog.raft import RaftCore, ReadState, quorum
 from raftlog.raft.log_view import RaftLog
 from raftlog.raft.testing import SafetyViolation, SimConfig, SimReport, simulate
 
-SEEDS = int(os.environ.get("RAFTLOG_SIM_SEEDS", "25"))
+SEEDS = int(os.environ.get("RAFTLOG_SIM_SEEDS", "40"))
 STEPS = int(os.environ.get("RAFTLOG_SIM_STEPS", "3000"))
 ONLY = os.environ.get("RAFTLOG_SIM_SEED")
 SEED_LIST = [int(ONLY)] if ONLY else list(range(SEEDS))
