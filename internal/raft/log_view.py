@@ -42,7 +42,11 @@ class RaftLog:
         snap_index = snapshot.index if snapshot else 0
         if ents and snapshot is not None:
             # Keep only entries that continue the snapshot consistently.
-            if ents[-1].index <= snap_index or ents[0].index > snap_index + 1:
+            if ents[0].index > snap_index + 1:
+                raise LogInvariantError(
+                    f"log starts at {ents[0].index}, after a gap above snapshot {snap_index}"
+                )
+            if ents[-1].index <= snap_index:
                 ents = []
             elif ents[0].index <= snap_index:
                 at = ents[snap_index - ents[0].index]

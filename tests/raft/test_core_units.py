@@ -204,6 +204,8 @@ def test_log_restart_trims_to_snapshot() -> None:
     # entries that disagree with the snapshot are dropped
     log2 = RaftLog(snap, [E(3, 1), E(4, 1)])
     assert log2.last_index == 3
+    with pytest.raises(LogInvariantError, match="gap"):
+        RaftLog(snap, [E(5, 2)])
     # entries without a known predecessor keep their first one as the offset
     log3 = RaftLog(None, [E(5, 2), E(6, 2)])
     assert (log3.offset, log3.offset_term, log3.last_index) == (5, 2, 6)
