@@ -24,7 +24,6 @@ import logging
 import mmap
 import os
 import struct
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from raftlog.log.framing import (
     CHECK_MASK,
     bad_checksums,
     bad_payload_checksums,
+    crc,
     parse_headers,
     slices,
 )
@@ -178,7 +178,7 @@ class Segment:
                 offset, f"header says {length} bytes, index says {end - start - 8}"
             )
         payload = frame[FRAME_HEADER_BYTES:]
-        if zlib.crc32(payload) ^ CHECK_MASK != check:
+        if crc(payload) ^ CHECK_MASK != check:
             raise CorruptRecordError(offset, f"checksum mismatch in frame at byte {start}")
         return payload
 
@@ -370,7 +370,6 @@ def _scan_frames(data: mmap.mmap | bytes, pos: int, size: int) -> tuple[list[int
     (empty when it reached the end of the file).
     """
     found: list[int] = []
-    crc32 = zlib.crc32
     unpack = _HEADER.unpack_from
     while pos < size:
         if pos + FRAME_HEADER_BYTES > size:
@@ -379,7 +378,7 @@ def _scan_frames(data: mmap.mmap | bytes, pos: int, size: int) -> tuple[list[int
         end = pos + FRAME_HEADER_BYTES + length
         if end > size:
             return found, pos, f"torn frame: header says {length} bytes, {size - pos - 8} present"
-        if crc32(data[pos + FRAME_HEADER_BYTES : end]) ^ CHECK_MASK != check:
+        if crc(data[pos + FRAME_HEADER_BYTES : end]) ^ CHECK_MASK != check:
             return found, pos, f"checksum mismatch in a {length}-byte frame"
         found.append(pos)
         pos = end
@@ -412,7 +411,7 @@ def _plausible_index(
     length, check = _HEADER.unpack_from(data, last)
     if last + FRAME_HEADER_BYTES + length != size:
         return None
-    if zlib.crc32(data[last + FRAME_HEADER_BYTES : size]) ^ CHECK_MASK != check:
+    if crc(data[last + FRAME_HEADER_BYTES : size]) ^ CHECK_MASK != check:
         return None
     return pos
 

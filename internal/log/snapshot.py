@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from raftlog.log.config import FRAME_HEADER_BYTES, LogConfig, SyncPolicy
 from raftlog.log.errors import LogError, SnapshotFormatError
-from raftlog.log.framing import CHECK_MASK
+from raftlog.log.framing import CHECK_MASK, crc
 
 if TYPE_CHECKING:
     from raftlog.log.log import Log
@@ -157,7 +156,7 @@ def restore_log(
                 if end > len(buf):
                     break
                 payload = bytes(view[pos + FRAME_HEADER_BYTES : end])
-                if zlib.crc32(payload) ^ CHECK_MASK != check:
+                if crc(payload) ^ CHECK_MASK != check:
                     raise SnapshotFormatError(
                         "checksum mismatch in the snapshot's record "
                         f"{log.next_offset + len(pending)}"

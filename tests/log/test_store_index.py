@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
 from pathlib import Path
 
+import crc32c
 import numpy as np
 import pytest
 
@@ -23,7 +23,7 @@ def test_encode_batch_frames_every_record() -> None:
     for r in recs:
         length, check = struct.unpack_from("<II", data, pos)
         assert length == len(r)
-        assert check == zlib.crc32(r) ^ CHECK_MASK
+        assert check == crc32c.crc32c(r) ^ CHECK_MASK
         assert data[pos + 8 : pos + 8 + length] == r
         pos += 8 + length
 
@@ -39,7 +39,7 @@ def test_parse_headers_gathers_every_frame() -> None:
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.uint64)
     lengths, checks = parse_headers(np.frombuffer(data, dtype=np.uint8), starts)
     assert lengths.tolist() == [0, 5, 17, 3]
-    assert checks.tolist() == [zlib.crc32(r) ^ CHECK_MASK for r in recs]
+    assert checks.tolist() == [crc32c.crc32c(r) ^ CHECK_MASK for r in recs]
 
 
 def test_store_appends_with_one_write_and_reads_by_position(tmp_path: Path) -> None:
@@ -94,3 +94,10 @@ def test_store_read_of_large_and_empty_ranges(tmp_path: Path, size: int) -> None
     store.append(payload)
     assert store.read(0, size) == payload
     store.close()
+
+
+def test_checksum_is_crc32c() -> None:
+    """The on-disk check is CRC-32C (check value of the standard test vector, inverted)."""
+    from raftlog.log.framing import checksum
+
+    assert checksum(b"123456789") == 0xE3069283 ^ CHECK_MASK
