@@ -121,3 +121,33 @@ __all__ = [
     "encode_snapshot_chunk",
     "encode_snapshot_meta",
 ]
+
+# The asyncio runtime (docs/raft-runtime.md): node driver, log store, state-machine protocol.
+from raftlog.raft.fsm import SnapshotSource, StateMachine
+from raftlog.raft.logstore import RaftLogStore
+from raftlog.raft.node import (
+    ApplyResult,
+    NodeClosedError,
+    NodeConfig,
+    NodeFailedError,
+    OutcomeUnknownError,
+    ProposalTimeoutError,
+    RaftNode,
+    ReadBarrierTimeoutError,
+    WaitTimeoutError,
+)
+
+__all__ += [
+    "ApplyResult",
+    "NodeClosedError",
+    "NodeConfig",
+    "NodeFailedError",
+    "OutcomeUnknownError",
+    "ProposalTimeoutError",
+    "RaftLogStore",
+    "RaftNode",
+    "ReadBarrierTimeoutError",
+    "SnapshotSource",
+    "StateMachine",
+    "WaitTimeoutError",
+]

@@ -972,8 +972,6 @@ class RaftNode:
             self._apply(rd.committed_entries)
         if rd.read_states:
             self._serve_reads(rd.read_states)
-        if self._read_waiting:
-            self._release_reads(core.applied_index if rd.snapshot else 0)
         core.advance(rd)
         if self._read_waiting:
             self._release_reads(core.applied_index)
