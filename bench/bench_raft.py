@@ -38,7 +38,8 @@ from raftlog.raft.node import NodeConfig, RaftNode
 from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
 from raftlog.security import TLSConfig, write_dev_certs
 
-ETCD_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "bench" / "peers" / "bench_etcd.py"
+PEERS = Path(__file__).resolve().parents[2] / "shared" / "bench" / "peers"
+ETCD_SCRIPT = PEERS / "bench_etcd.py"
 RECORD = 1024
 
 
@@ -75,6 +76,11 @@ class LoadResult:
     latencies: list[float]
     syncs: int
     rounds: int
+    #: CPU of this process (all three nodes and the load) and of every other process on
+    #: the machine, in % of one core, during the load (the second is noise: the box is
+    #: shared).
+    cpu_self: float = float("nan")
+    cpu_others: float = float("nan")
 
     @property
     def rate(self) -> float:
@@ -116,7 +122,24 @@ async def start_cluster(root: Path, tls: TLSConfig, fsync: bool) -> list[RaftNod
     return nodes
 
 
-async def load(leader: RaftNode, inflight: int, seconds: float, max_records: int) -> LoadResult:
+def _peerlib() -> Any:
+    """The shared peer-bench helpers (CPU meter, wait for a quiet machine), if present."""
+    if str(PEERS) not in sys.path:
+        sys.path.insert(0, str(PEERS))
+    try:
+        import _peerlib  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return _peerlib
+
+
+async def load(
+    leader: RaftNode, inflight: int, seconds: float, max_records: int, quiet_wait: float = 0.0
+) -> LoadResult:
+    lib = _peerlib()
+    if lib is not None and quiet_wait > 0:
+        await lib.wait_quiet([], 25.0, quiet_wait)
+    meter = lib.CpuMeter([]) if lib is not None else None
     payload = os.urandom(RECORD)
     latencies: list[float] = []
     stop_at = time.perf_counter() + seconds
@@ -134,13 +157,16 @@ async def load(leader: RaftNode, inflight: int, seconds: float, max_records: int
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(inflight)))
     elapsed = time.perf_counter() - t0
-    return LoadResult(
+    res = LoadResult(
         len(latencies),
         elapsed,
         latencies,
         leader.stats.syncs - syncs0,
         leader.stats.rounds - rounds0,
     )
+    if meter is not None:
+        res.cpu_self, _, res.cpu_others = meter.stop()
+    return res
 
 
 async def run_ours(args: argparse.Namespace, root: Path) -> dict[str, LoadResult]:
@@ -153,19 +179,21 @@ async def run_ours(args: argparse.Namespace, root: Path) -> dict[str, LoadResult
         try:
             leader = nodes[0]
             await load(leader, 100, 0.5, 2000)  # warm up connections and caches
-            res = await load(leader, args.inflight, args.seconds, args.max_records)
+            res = await load(leader, args.inflight, args.seconds, args.max_records, args.quiet_wait)
             out[f"{label}, {args.inflight} in flight"] = res
             print(
                 f"  {label}, {args.inflight} in flight: {res.committed} in {res.seconds:.2f} s "
-                f"({res.rate:,.0f}/s), {res.rounds} rounds, {res.syncs} fsync rounds",
+                f"({res.rate:,.0f}/s), {res.rounds} rounds, {res.syncs} fsync rounds, "
+                f"cpu {res.cpu_self:.0f}% (others {res.cpu_others:.0f}%)",
                 flush=True,
             )
             if fsync:
-                one = await load(leader, 1, min(args.seconds, 5.0), 2000)
+                one = await load(leader, 1, min(args.seconds, 5.0), 2000, args.quiet_wait)
                 out[f"{label}, 1 in flight"] = one
                 print(
                     f"  {label}, 1 in flight: {one.committed} in {one.seconds:.2f} s, "
-                    f"p50 {one.pct(0.5):.3f} ms, p99 {one.pct(0.99):.3f} ms",
+                    f"p50 {one.pct(0.5):.3f} ms, p99 {one.pct(0.99):.3f} ms, "
+                    f"cpu {one.cpu_self:.0f}% (others {one.cpu_others:.0f}%)",
                     flush=True,
                 )
         finally:
@@ -197,7 +225,7 @@ def run_etcd(args: argparse.Namespace, root: Path) -> dict[str, float] | None:
         "--duration",
         str(args.seconds),
         "--quiet-wait",
-        "15",
+        str(args.quiet_wait),
         "--json",
         str(out),
     ]
@@ -226,13 +254,20 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--max-records", type=int, default=300_000, help="cap per load")
     ap.add_argument("--inflight", type=int, default=1000, help="concurrent proposals")
     ap.add_argument("--etcd-repeats", type=int, default=2, help="repeats of the etcd runs")
+    ap.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=15.0,
+        help="before each measurement wait up to this many seconds for other tenants to "
+        "use < 25%% of a core (as bench_etcd.py does); 0: off",
+    )
     ap.add_argument("--no-etcd", action="store_true", help="skip the etcd comparison")
     ap.add_argument("--no-uvloop", action="store_true", help="run on asyncio's default loop")
     ap.add_argument("--dir", default=None, help="parent of the temp data dir")
     ap.add_argument("--quick", action="store_true", help="1 s loads, no etcd (smoke run)")
     args, _unknown = ap.parse_known_args(argv)
     if args.quick:
-        args.seconds, args.no_etcd = 1.0, True
+        args.seconds, args.no_etcd, args.quiet_wait = 1.0, True, 0.0
     root = Path(tempfile.mkdtemp(prefix="bench-raft-", dir=args.dir))
     try:
         print(
