@@ -34,6 +34,9 @@ from raftlog.raft.types import (
     SnapshotMeta,
 )
 
+EARLY_TYPES = frozenset({MessageType.APPEND, MessageType.HEARTBEAT, MessageType.TIMEOUT_NOW})
+"""Leader messages that may leave before the leader's own write of the same Ready is durable."""
+
 
 class SafetyViolation(AssertionError):
     """A Raft safety property was broken."""
@@ -188,6 +191,15 @@ class MemNode:
     ) -> None:
         self.config = config
         self.id = config.id
+        self.early_send = False
+        """Send the leader's APPEND/HEARTBEAT/TIMEOUT_NOW of its durable term before
+        persisting (as the asyncio runtime does)."""
+        self.crash_mid_ready = 0.0
+        """Probability of crashing after a Ready was taken (and early messages sent) but
+        before anything was persisted."""
+        self.finish_prob = 1.0
+        """Probability that an outstanding Ready's write completes at a given process()."""
+        self._pending: tuple[Ready, list[Message]] | None = None
         self.checker = checker
         self.rng = rng
         self.disk = disk if disk is not None else MemDisk()
@@ -218,6 +230,7 @@ class MemNode:
     def crash(self) -> None:
         """Lose everything volatile; the disk stays."""
         self.core = None
+        self._pending = None
         self.disk.incoming.clear()
 
     @property
@@ -241,29 +254,66 @@ class MemNode:
         return t
 
     def process(self, send: Callable[[Message], None]) -> bool:
-        """Run the Ready/advance cycle until quiet; returns True if anything happened."""
+        """Run the Ready/advance cycle until quiet; returns True if anything happened.
+
+        With ``finish_prob`` < 1 writes are asynchronous: a Ready stays outstanding (its
+        early messages already sent, nothing persisted) until a later call finishes it, and
+        the core keeps taking messages meanwhile, as with the asyncio runtime's fsync.
+        """
         core = self.c
         did = False
-        while core.has_ready():
+        while True:
+            if self._pending is not None:
+                if self.finish_prob < 1.0 and self.rng.random() >= self.finish_prob:
+                    return True
+                self._finish(send)
+                did = True
+                if self.core is None:
+                    return did
+            if not core.has_ready():
+                break
             did = True
-            rd = core.ready()
-            self._persist(rd)
-            for m in rd.messages:
-                self._check_persisted(m)
-                send(m)
-            self._apply(rd)
-            core.advance(rd)
-            ss = rd.soft_state
-            if ss.role is Role.LEADER and ss.term != self._led_term:
-                self._led_term = ss.term
-                self.checker.on_leader(self.id, ss.term, core.entry_term)
-            if core.should_snapshot():
-                self.take_snapshot()
+            self._begin(send)
+            if self.core is None:
+                return did
         if core.role is Role.LEADER:
             self.checker.check_leader_append_only(
                 self.id, core.term, core.last_index, core.entry_term
             )
         return did
+
+    def _begin(self, send: Callable[[Message], None]) -> None:
+        rd = self.c.ready()
+        late = list(rd.messages)
+        if self.early_send and rd.snapshot is None:
+            # The leader may send in its durable term before its own write completes
+            # (Raft thesis §10.2.1): it counts itself for commit only after advance.
+            term = self.disk.hard_state.term
+            early = [m for m in late if m.type in EARLY_TYPES and m.term == term]
+            late = [m for m in late if not (m.type in EARLY_TYPES and m.term == term)]
+            for m in early:
+                send(m)
+        self._pending = (rd, late)
+        if self.crash_mid_ready and self.rng.random() < self.crash_mid_ready:
+            self.crash()  # the Ready is lost: nothing persisted, applied or advanced
+
+    def _finish(self, send: Callable[[Message], None]) -> None:
+        assert self._pending is not None
+        rd, late = self._pending
+        self._pending = None
+        core = self.c
+        self._persist(rd)
+        for m in late:
+            self._check_persisted(m)
+            send(m)
+        self._apply(rd)
+        core.advance(rd)
+        ss = rd.soft_state
+        if ss.role is Role.LEADER and ss.term != self._led_term:
+            self._led_term = ss.term
+            self.checker.on_leader(self.id, ss.term, core.entry_term)
+        if core.should_snapshot():
+            self.take_snapshot()
 
     def _persist(self, rd: Ready) -> None:
         d = self.disk
@@ -543,6 +593,11 @@ class SimConfig:
     membership: float = 0.0
     """Probability of attempting a membership change (remove a voter, add it back as a
     learner, promote a learner) on the leader."""
+    early_send: bool = True
+    crash_mid_ready: float = 0.002
+    finish_prob: float = 0.5
+    """Per step, probability that a node's outstanding write completes (async writes)."""
+    """Probability, per Ready, of a crash after taking it and before persisting it."""
     snapshot_threshold: int = 12
     election_tick: int = 10
     check_quorum: bool = True
@@ -594,6 +649,10 @@ def simulate(seed: int, sc: SimConfig) -> SimReport:
     c = MemCluster(ids, seed=seed, config=config, faults=faults)
     rng = c.rng
     rep = SimReport(seed)
+    for node in c.nodes.values():
+        node.early_send = sc.early_send
+        node.crash_mid_ready = sc.crash_mid_ready
+        node.finish_prob = sc.finish_prob
     counter = 0
     removed: list[NodeId] = []
     read_need: dict[bytes, int] = {}
@@ -720,6 +779,8 @@ def _settle(c: MemCluster, sc: SimConfig) -> None:
     c.drop_if = None
     c.faults = Faults(reorder=sc.reorder, overtake=sc.overtake)
     for n in c.nodes.values():
+        n.crash_mid_ready = 0.0
+        n.finish_prob = 1.0
         if not n.alive:
             n.start()
     c.stabilize()
