@@ -196,3 +196,34 @@ def test_read_index_waits_for_commit_in_new_term() -> None:
     assert a.c.commit_index == a.c.last_index
     assert [r.context for r in a.reads] == [b"early"]
     assert a.reads[0].index == noop
+
+
+def test_leader_counts_itself_only_after_its_write_is_acknowledged() -> None:
+    c = MemCluster(["a", "b", "c"], config=cfg())
+    lead = c.elect("a")
+    core = lead.c
+    t = core.propose([b"x"])
+    rd = core.ready()  # the leader's write of x is now "in flight"
+    apps = [m for m in rd.messages if m.type is MessageType.APPEND]
+    assert apps and all(m.entries[-1].index == t.last_index for m in apps)
+    # One follower acknowledges before the leader's own write finished: not a majority.
+    core.step(Message(MessageType.APPEND_RESP, "b", "a", core.term, index=t.last_index))
+    assert core.commit_index < t.last_index
+    lead.disk.append(rd.entries)
+    core.advance(rd)
+    assert core.commit_index == t.last_index
+
+
+def test_committed_entries_are_handed_out_in_bounded_batches() -> None:
+    c = MemCluster(["a"], config=cfg(max_committed_per_ready=3))
+    lead = c.elect("a")
+    lead.propose([b"%d" % i for i in range(10)])
+    sizes = []
+    core = lead.c
+    while core.has_ready():
+        rd = core.ready()
+        lead.disk.append(rd.entries)
+        if rd.committed_entries:
+            sizes.append(len(rd.committed_entries))
+        core.advance(rd)
+    assert max(sizes) == 3 and sum(sizes) >= 10
