@@ -458,12 +458,14 @@ class MemCluster:
 
     def deliver(self, m: Message) -> None:
         dst = self.nodes.get(m.dst)
-        if (
-            dst is None
-            or not dst.alive
-            or not self.connected(m.src, m.dst)
-            or (self.drop_if is not None and self.drop_if(m))
-        ):
+        if dst is None or not dst.alive or not self.connected(m.src, m.dst):
+            # What a transport notices (a refused or broken connection) is reported.
+            src = self.nodes.get(m.src)
+            if m.type is MessageType.APPEND and src is not None and src.alive:
+                src.c.report_unreachable(m.dst)
+            self._dropped(m)
+            return
+        if self.drop_if is not None and self.drop_if(m):
             self._dropped(m)
             return
         if m.type is MessageType.SNAPSHOT:
