@@ -1,0 +1,45 @@
+"""raftlog.distributed: the commit log replicated by Raft (issue 5), see ``docs/cluster.md``.
+
+- :class:`DistributedLog`: the server's CommitLog and ServerLister over a RaftNode, and the
+  membership handler (join as learner, promote when caught up, leave).
+- :class:`CommitLogFSM`: the Raft state machine that appends committed batches to the
+  commit log; snapshots stream the log.
+- :class:`Forwarder` / :class:`ForwardMarkInterceptor`: followers forward Produce to the
+  leader over gRPC with the peer certificate.
+"""
+
+from raftlog.distributed.distributed_log import (
+    DistributedConfig,
+    DistributedConfigError,
+    DistributedLog,
+)
+from raftlog.distributed.forward import (
+    FORWARDED_KEY,
+    Forwarder,
+    ForwardError,
+    ForwardMarkInterceptor,
+    forwarded_call,
+)
+from raftlog.distributed.fsm import (
+    CommitLogFSM,
+    FSMError,
+    RestoringError,
+    decode_batch,
+    encode_batch,
+)
+
+__all__ = [
+    "FORWARDED_KEY",
+    "CommitLogFSM",
+    "DistributedConfig",
+    "DistributedConfigError",
+    "DistributedLog",
+    "FSMError",
+    "ForwardError",
+    "ForwardMarkInterceptor",
+    "Forwarder",
+    "RestoringError",
+    "decode_batch",
+    "encode_batch",
+    "forwarded_call",
+]

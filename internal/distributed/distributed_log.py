@@ -1,0 +1,400 @@
+"""DistributedLog: the commit log replicated by Raft, as the gRPC server sees it.
+
+It implements the server's :class:`~raftlog.server.protocols.CommitLog` and
+:class:`~raftlog.server.protocols.ServerLister`, and the membership
+:class:`~raftlog.discovery.Handler` (join/leave on the leader)::
+
+    append(records) ── leader? ──yes──> RaftNode.propose(encode_batch(records))
+         │                                  │ queued; every proposal queued while the
+         │                                  │ previous round writes goes into ONE round
+         │                                  v (one log write + fsync, one AppendEntries)
+         │                           committed on a quorum -> CommitLogFSM.apply on every
+         │                           replica -> offsets (first, last) -> wake readers
+         └── no ──> forward Produce to the leader (peer mTLS, bounded) or
+                    NOT_LEADER / UNAVAILABLE with the leader hint
+
+Reads (``read``/``read_batch``) serve what this replica has applied: applied entries are
+committed, so a reader never sees an uncommitted record. ``read_consistent`` adds a
+ReadIndex barrier on the leader (linearizable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from raftlog.distributed.forward import Forwarder, ForwardError, forwarded_call
+from raftlog.distributed.fsm import CommitLogFSM, RestoringError, encode_batch
+from raftlog.log import OffsetOutOfRangeError
+from raftlog.raft import NO_NODE, Suffrage
+from raftlog.raft import NotLeaderError as RaftNotLeaderError
+from raftlog.raft.errors import ConfChangeInProgressError, RaftError
+from raftlog.raft.node import (
+    NodeClosedError,
+    NodeFailedError,
+    OutcomeUnknownError,
+    RaftNode,
+    WaitTimeoutError,
+)
+from raftlog.server.errors import (
+    ApiError,
+    DeadlineError,
+    NotLeaderError,
+    StorageError,
+    UnavailableError,
+)
+from raftlog.server.protocols import ServerInfo
+
+log = logging.getLogger("raftlog.distributed")
+
+
+class DistributedConfigError(ValueError):
+    """A DistributedConfig field is unusable; the message names it."""
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    """Settings of :class:`DistributedLog`. Times in seconds.
+
+    Attributes:
+        append_timeout: longest time an append waits for a leader, its commit and apply,
+            including forwarding to the leader. Default 10 s.
+        leader_wait: when no leader is known, how long an append waits for one before
+            answering UNAVAILABLE with the hint. Default 3 s (bounded by append_timeout).
+        promote_interval: how often the leader checks whether a learner has caught up
+            and promotes it to voter. Default 0.2 s.
+        promote_max_lag: a learner is caught up when its log is within this many entries
+            of the leader's last entry. Default 16 entries.
+        change_timeout: bound of one membership change (add, promote, remove). Default 10 s.
+    """
+
+    append_timeout: float = 10.0
+    leader_wait: float = 3.0
+    promote_interval: float = 0.2
+    promote_max_lag: int = 16
+    change_timeout: float = 10.0
+
+    def validate(self) -> DistributedConfig:
+        """Raise DistributedConfigError naming the first unusable field; return self."""
+        for name in ("append_timeout", "leader_wait", "promote_interval", "change_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise DistributedConfigError(
+                    f"{name} must be a positive number of seconds, got {value!r}"
+                )
+        if self.promote_max_lag < 0:
+            raise DistributedConfigError(
+                f"promote_max_lag must be >= 0 entries, got {self.promote_max_lag}"
+            )
+        return self
+
+
+class DistributedLog:
+    """A replicated commit log over one :class:`RaftNode` and its :class:`CommitLogFSM`.
+
+    Build the FSM, the node with that FSM, then this; ``start()`` after the node started.
+    ``forwarder`` (None: followers answer NOT_LEADER with the hint instead of forwarding).
+    """
+
+    def __init__(
+        self,
+        node: RaftNode,
+        fsm: CommitLogFSM,
+        *,
+        forwarder: Forwarder | None = None,
+        config: DistributedConfig | None = None,
+    ) -> None:
+        self.node = node
+        self.fsm = fsm
+        self.forwarder = forwarder
+        self.config = (config or DistributedConfig()).validate()
+        self._changed: asyncio.Future[None] | None = None
+        self._closing = False
+        self._change_lock = asyncio.Lock()
+        self._promoter: asyncio.Task[None] | None = None
+        fsm.on_apply = self._notify
+        #: Appends forwarded to the leader / served locally (for tests and stats).
+        self.forwarded = 0
+        self.local_appends = 0
+
+    def start(self) -> None:
+        """Start the learner promoter (owned here, cancelled by :meth:`close`)."""
+        self.fsm.bind_loop()
+        if self._promoter is None:
+            self._promoter = asyncio.create_task(self._promote_loop(), name="raft-promoter")
+
+    # -- writes --------------------------------------------------------------------------
+
+    async def append(self, records: Sequence[bytes]) -> tuple[int, int]:
+        """Replicate ``records`` as one batch; (first, last) once committed and applied.
+
+        On a follower the batch is forwarded to the leader (once per leader, only retried
+        when the leader surely did not append it, so no duplicates come from here).
+        Errors: NotLeaderError / UnavailableError (retriable, with the leader hint),
+        DeadlineError (the outcome is unknown), StorageError.
+        """
+        if self._closing:
+            raise UnavailableError("the node is shutting down")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.append_timeout
+        data = encode_batch(records)
+        forwarded = forwarded_call.get()
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise DeadlineError(
+                    f"no leader accepted the write within {self.config.append_timeout} s"
+                )
+            node = self.node
+            if node.is_leader:
+                try:
+                    res = await node.propose(data, timeout=left)
+                except RaftNotLeaderError:
+                    if forwarded:
+                        raise self._not_leader() from None
+                    await self._pause(loop, deadline)
+                    continue  # lost leadership before it committed: never appended
+                except OutcomeUnknownError as exc:
+                    raise DeadlineError(f"write outcome unknown: {exc}") from None
+                except NodeClosedError:
+                    raise UnavailableError("the node is shutting down") from None
+                except NodeFailedError as exc:
+                    raise StorageError(f"the Raft node failed: {exc}") from None
+                except RaftError as exc:  # transfer in progress and the like: retriable
+                    log.debug("append refused by raft: %s", exc)
+                    await self._pause(loop, deadline)
+                    continue
+                first = res.result
+                if not isinstance(first, int):
+                    raise ApiError(f"entry {res.index} was applied without an offset")
+                self.local_appends += 1
+                return first, first + len(records) - 1
+            if forwarded:
+                raise self._not_leader()
+            leader, address = node.leader_id, node.leader_address
+            if not leader or not address or self.forwarder is None:
+                if self.forwarder is None and leader:
+                    raise self._not_leader()
+                wait = min(left, self.config.leader_wait)
+                try:
+                    await node.wait_for(self._leader_known, wait)
+                except WaitTimeoutError:
+                    raise self._not_leader(
+                        f"no leader elected within {wait:.1f} s; try again"
+                    ) from None
+                except NodeClosedError:
+                    raise UnavailableError("the node is shutting down") from None
+                continue
+            try:
+                result = await self.forwarder.produce(address, records, timeout_s=left)
+            except ForwardError as exc:
+                if not exc.not_applied:
+                    if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        raise DeadlineError(f"forwarded write outcome unknown: {exc}") from None
+                    raise UnavailableError(f"forwarded write failed: {exc}") from None
+                log.debug("forward to %s refused (%s); retrying", leader, exc)
+                await self._pause(loop, deadline)
+                continue
+            self.forwarded += 1
+            return result
+
+    async def _pause(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """Wait a tick or two for the cluster to settle (leader change), bounded."""
+        pause = min(self.node.config.tick_interval * 2, deadline - loop.time())
+        await asyncio.sleep(max(0.0, pause))
+
+    def _leader_known(self) -> bool:
+        return self.node.is_leader or bool(self.node.leader_id)
+
+    def _not_leader(self, message: str | None = None) -> NotLeaderError:
+        leader, address = self.node.leader_id, self.node.leader_address
+        hint = f"the leader is {leader} at {address}" if leader else "no leader is known"
+        return NotLeaderError(
+            message or f"node {self.node.id} is not the leader: {hint}",
+            {"leader_id": leader, "leader_addr": address},
+        )
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def read(self, offset: int) -> bytes:
+        """The committed record at ``offset`` on this replica."""
+        try:
+            commit_log = self.fsm.log
+        except RestoringError as exc:
+            raise UnavailableError(str(exc)) from None
+        highest = self.fsm.highest_offset
+        if offset > highest:
+            raise OffsetOutOfRangeError(offset, commit_log.lowest_offset, highest)
+        return commit_log.read(offset)
+
+    def read_batch(self, offset: int, max_bytes: int, max_records: int) -> list[bytes]:
+        """Consecutive committed records from ``offset`` on this replica."""
+        try:
+            commit_log = self.fsm.log
+        except RestoringError as exc:
+            raise UnavailableError(str(exc)) from None
+        highest = self.fsm.highest_offset
+        if offset > highest:
+            raise OffsetOutOfRangeError(offset, commit_log.lowest_offset, highest)
+        limit = min(max_records, highest - offset + 1)
+        return commit_log.read_batch(offset, max_bytes, limit)
+
+    async def read_barrier(self, timeout_s: float | None = None) -> int:
+        """Linearizable barrier on the leader: after it, reads here see every write
+        acknowledged before the call. NotLeaderError on a follower."""
+        try:
+            return await self.node.read_barrier(timeout_s)
+        except RaftNotLeaderError:
+            raise self._not_leader() from None
+        except TimeoutError as exc:
+            raise DeadlineError(str(exc)) from None
+
+    async def read_consistent(self, offset: int, timeout_s: float | None = None) -> bytes:
+        """``read`` after a read barrier (linearizable; leader only)."""
+        await self.read_barrier(timeout_s)
+        return self.read(offset)
+
+    @property
+    def lowest_offset(self) -> int:
+        """The lowest offset this replica holds."""
+        try:
+            return self.fsm.log.lowest_offset
+        except RestoringError:
+            return self.fsm.highest_offset + 1
+
+    @property
+    def highest_offset(self) -> int:
+        """The highest committed offset applied here (``lowest - 1`` when empty)."""
+        return self.fsm.highest_offset
+
+    def _notify(self) -> None:
+        fut, self._changed = self._changed, None
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    async def wait_for(self, offset: int, timeout_s: float) -> bool:
+        """True once ``offset`` is applied here; False after ``timeout_s`` or on close.
+        Woken by every apply (no polling)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while offset > self.fsm.highest_offset:
+            remaining = deadline - loop.time()
+            if self._closing or remaining <= 0:
+                return False
+            if self._changed is None:
+                self._changed = loop.create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._changed), remaining)
+        return True
+
+    # -- servers / membership --------------------------------------------------------------
+
+    async def get_servers(self) -> list[ServerInfo]:
+        """Every member (voters and learners) with its rpc address; the leader by id."""
+        leader = self.node.leader_id
+        return [
+            ServerInfo(id=s.id, rpc_addr=s.address, is_leader=bool(leader) and s.id == leader)
+            for s in self.node.membership
+        ]
+
+    def is_leader(self) -> bool:
+        """Whether this node leads now (membership acts only then)."""
+        return self.node.is_leader
+
+    async def members(self) -> Mapping[str, str]:
+        """id -> rpc address of every member, this node included."""
+        return {s.id: s.address for s in self.node.membership}
+
+    async def join(self, node_id: str, rpc_addr: str) -> None:
+        """Add ``node_id`` as a learner (promoted to voter by the leader once caught up).
+
+        Idempotent; a known id at a new address is removed and added again there.
+        """
+        async with self._change_lock:
+            node = self.node
+            current = node.membership.get(node_id)
+            if current is not None and current.address == rpc_addr:
+                return
+            timeout = self.config.change_timeout
+            if current is not None:
+                log.info("member %s moved to %s: removing, then adding again", node_id, rpc_addr)
+                await self._change(node.remove_server(node_id, timeout=timeout))
+            log.info("adding %s at %s as a learner", node_id, rpc_addr)
+            await self._change(node.add_learner(node_id, rpc_addr, timeout=timeout))
+
+    async def leave(self, node_id: str) -> None:
+        """Remove ``node_id`` from the cluster's membership. Idempotent."""
+        async with self._change_lock:
+            if node_id not in self.node.membership:
+                return
+            log.info("removing %s from the cluster", node_id)
+            await self._change(self.node.remove_server(node_id, timeout=self.config.change_timeout))
+            if self.forwarder is not None:
+                address = self.node.membership.address_of(node_id)
+                if address:
+                    self.forwarder.forget(address)
+
+    async def _change(self, change: Awaitable[int]) -> None:
+        """Await one membership change, mapping Raft's errors to the API's."""
+        try:
+            await change
+        except RaftNotLeaderError:
+            raise self._not_leader() from None
+        except ConfChangeInProgressError as exc:
+            raise UnavailableError(f"another membership change is in progress: {exc}") from None
+
+    async def _promote_loop(self) -> None:
+        """On the leader: promote learners whose log has caught up with the leader's."""
+        interval = self.config.promote_interval
+        while True:
+            await asyncio.sleep(interval)
+            node = self.node
+            if not node.is_leader or self._change_lock.locked():
+                continue
+            try:
+                status = node.status()
+            except RaftError:
+                continue
+            last = status.last_index
+            for server in status.membership:
+                if server.suffrage is not Suffrage.LEARNER:
+                    continue
+                progress = status.progress.get(server.id)
+                if progress is None or progress.match < last - self.config.promote_max_lag:
+                    continue
+                try:
+                    async with self._change_lock:
+                        log.info("learner %s caught up (match %d): promoting", server.id, last)
+                        await node.promote_learner(server.id, timeout=self.config.change_timeout)
+                except (RaftError, TimeoutError) as exc:
+                    log.info("promotion of %s not done yet: %s", server.id, exc)
+                break
+
+    @property
+    def leader_id(self) -> str:
+        """The leader this node knows of ("" if none)."""
+        return self.node.leader_id if self.node.leader_id != NO_NODE else ""
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def begin_close(self) -> None:
+        """Refuse new appends and wake every reader with False."""
+        self._closing = True
+        self._notify()
+
+    async def close(self) -> None:
+        """Stop the promoter and the forwarder (the agent closes the node and the FSM)."""
+        self.begin_close()
+        task, self._promoter = self._promoter, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.forwarder is not None:
+            await self.forwarder.close()

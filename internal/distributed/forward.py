@@ -1,0 +1,152 @@
+"""Forwarding a follower's Produce to the leader, over gRPC with the peer certificate.
+
+A follower that receives a write calls the leader's ``log.v1.Log/Produce`` with the whole
+batch (``records``), presenting its **peer** certificate (the leader authorizes the
+subject like any client: the example policy lets CN ``server`` produce). The call carries
+the metadata ``x-raftlog-forwarded: 1``; a node that receives a forwarded call never
+forwards it again (it answers NOT_LEADER), so a stale view of the leader cannot make a
+request bounce around the cluster.
+
+The mark reaches :class:`DistributedLog` through a context variable set by
+:class:`ForwardMarkInterceptor` inside the call (the servicer only passes the records).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+
+from raftlog.api.v1 import log_pb2, log_pb2_grpc
+from raftlog.security import TLSConfig, grpc_channel_credentials
+from raftlog.server.errors import error_info_from_metadata
+
+log = logging.getLogger("raftlog.distributed")
+
+FORWARDED_KEY = "x-raftlog-forwarded"
+#: True inside a call that another node forwarded to this one.
+forwarded_call: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "raftlog_forwarded_call", default=False
+)
+
+
+class ForwardMarkInterceptor(grpc.aio.ServerInterceptor):
+    """Sets :data:`forwarded_call` for unary calls that carry the forwarded mark."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.response_streaming:
+            return handler
+        metadata = handler_call_details.invocation_metadata or ()
+        if not any(k == FORWARDED_KEY for k, _ in metadata):
+            return handler
+        inner = handler.unary_unary
+
+        async def unary_unary(request: Any, context: Any) -> Any:
+            forwarded_call.set(True)
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, handler.request_deserializer, handler.response_serializer
+        )
+
+
+class ForwardError(Exception):
+    """A forwarded Produce failed; ``not_applied`` says the leader surely did not append
+    it (safe to retry), ``leader_id`` names the leader the other side knows of."""
+
+    def __init__(
+        self, message: str, *, not_applied: bool, code: grpc.StatusCode, leader_id: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.not_applied = not_applied
+        self.code = code
+        self.leader_id = leader_id
+
+
+class Forwarder:
+    """One gRPC channel per leader address, with the peer TLS certificate.
+
+    ``server_hostname`` overrides the name checked in the leader's certificate (default:
+    the dialled host; the dev certificates are valid for 127.0.0.1 and localhost).
+    ``tls=None`` dials without TLS (insecure development mode only).
+    """
+
+    def __init__(self, tls: TLSConfig | None, *, server_hostname: str | None = None) -> None:
+        self._tls = tls
+        self._credentials = grpc_channel_credentials(tls) if tls is not None else None
+        self._server_hostname = server_hostname
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._closed = False
+
+    def _stub(self, address: str) -> log_pb2_grpc.LogStub:
+        channel = self._channels.get(address)
+        if channel is None:
+            options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", 64 << 20)]
+            options.append(("grpc.max_send_message_length", 64 << 20))
+            if self._server_hostname:
+                options.append(("grpc.ssl_target_name_override", self._server_hostname))
+            if self._credentials is not None:
+                channel = grpc.aio.secure_channel(address, self._credentials, options=options)
+            else:
+                channel = grpc.aio.insecure_channel(address, options=options)
+            self._channels[address] = channel
+        return log_pb2_grpc.LogStub(channel)  # type: ignore[no-untyped-call]
+
+    async def produce(
+        self, address: str, records: Sequence[bytes], *, timeout_s: float
+    ) -> tuple[int, int]:
+        """Produce ``records`` on the node at ``address``; (first, last) offsets."""
+        if self._closed:
+            raise ForwardError(
+                "forwarder is closed", not_applied=True, code=grpc.StatusCode.UNAVAILABLE
+            )
+        stub = self._stub(address)
+        request = log_pb2.ProduceRequest(records=[log_pb2.Record(value=r) for r in records])
+        call = stub.Produce(request, timeout=timeout_s, metadata=((FORWARDED_KEY, "1"),))
+        try:
+            response = await call
+        except grpc.aio.AioRpcError as exc:
+            info = error_info_from_metadata(exc.trailing_metadata())  # type: ignore[arg-type]
+            reason = info.reason if info is not None else ""
+            leader = info.metadata.get("leader_id", "") if info is not None else ""
+            # NOT_LEADER is raised before anything is proposed, or when the entry was
+            # lost in a leader change: never appended. A refused connection never
+            # carried the request. Anything else may have been appended.
+            not_applied = reason in ("NOT_LEADER", "NO_LEADER") or (
+                exc.code() == grpc.StatusCode.UNAVAILABLE
+                and "failed to connect" in (exc.details() or "").lower()
+            )
+            raise ForwardError(
+                f"forward to {address}: {exc.code().name}: {exc.details()}",
+                not_applied=not_applied,
+                code=exc.code(),
+                leader_id=leader,
+            ) from None
+        first = int(response.offset)
+        return first, first + len(records) - 1
+
+    def forget(self, address: str) -> None:
+        """Drop the channel to ``address`` (a node that left)."""
+        channel = self._channels.pop(address, None)
+        if channel is not None:
+            task = asyncio.ensure_future(channel.close())
+            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def close(self) -> None:
+        """Close every channel. Idempotent."""
+        self._closed = True
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            try:
+                await asyncio.wait_for(channel.close(), 2.0)
+            except Exception as exc:
+                log.debug("closing a forward channel: %s", exc)

@@ -1,0 +1,327 @@
+"""The Raft state machine of the cluster: committed batches -> the commit log.
+
+Every Raft entry proposed by :class:`~raftlog.distributed.distributed_log.DistributedLog`
+holds one whole produce batch (``encode_batch``); applying it appends the batch to the
+commit log at the next offsets. Raft applies the same entries in the same order on every
+replica, so offsets are dense and identical everywhere, and a batch is all-or-nothing.
+
+Durability comes from the Raft log (fsynced before anything is acknowledged), so the commit
+log here is written to the page cache only (``SyncPolicy.NEVER``). To avoid replaying the
+whole Raft log after every restart, the machine keeps a small checkpoint file
+(``fsm-state``: Raft index, next offset) that is written only after the commit log was
+fsynced up to that offset. On start:
+
+- a checkpoint whose offset the commit log still reaches: the log is cut back to it (records
+  after it may be torn or unaccounted) and Raft resumes after its index;
+- no usable checkpoint: the commit log is emptied and Raft restores the newest snapshot
+  and/or replays its log from the start (the applied index is then 0).
+
+Snapshots stream the commit log itself (:meth:`raftlog.log.Log.reader`, bounded to the
+current end, so later appends do not leak in); restoring builds a new log from the stream
+in a side directory and swaps it in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from raftlog.log import Log, LogConfig, SyncPolicy
+from raftlog.raft import Entry, SnapshotMeta
+from raftlog.raft.fsm import SnapshotSource
+
+log = logging.getLogger("raftlog.distributed")
+
+#: First byte of an entry that holds a produce batch (room for other entry kinds later).
+BATCH_TAG = b"B"
+CHECKPOINT_FILE = "fsm-state"
+LOG_DIR = "log"
+_RESTORE_DIR = "log.restoring"
+
+
+class FSMError(RuntimeError):
+    """A Raft entry could not be applied (unknown kind, malformed batch)."""
+
+
+class RestoringError(RuntimeError):
+    """The commit log is being replaced by a snapshot; retry the read shortly."""
+
+
+def encode_batch(records: Sequence[bytes]) -> bytes:
+    """One Raft entry holding a whole produce batch."""
+    packed: bytes = msgpack.packb(list(records), use_bin_type=True)
+    return BATCH_TAG + packed
+
+
+def decode_batch(data: bytes) -> list[bytes]:
+    """The records of an entry made by :func:`encode_batch`; FSMError if it is not one."""
+    if not data.startswith(BATCH_TAG):
+        raise FSMError(f"unknown entry kind {data[:1]!r}")
+    try:
+        records = msgpack.unpackb(memoryview(data)[1:], use_list=True, raw=False)
+    except (ValueError, msgpack.ExtraData) as exc:
+        raise FSMError(f"malformed batch entry: {exc}") from exc
+    if not isinstance(records, list) or not all(isinstance(r, bytes) for r in records):
+        raise FSMError("malformed batch entry: not a list of byte strings")
+    return records
+
+
+def _write_checkpoint(directory: Path, index: int, next_offset: int) -> None:
+    """Atomically replace the checkpoint file (temp file, fsync, rename, fsync dir)."""
+    path = directory / CHECKPOINT_FILE
+    tmp = path.with_suffix(".tmp")
+    body = json.dumps({"index": index, "next_offset": next_offset}).encode()
+    with open(tmp, "wb") as f:
+        f.write(body)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_checkpoint(directory: Path) -> tuple[int, int] | None:
+    try:
+        data = json.loads((directory / CHECKPOINT_FILE).read_bytes())
+        index, nxt = int(data["index"]), int(data["next_offset"])
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring unreadable checkpoint in %s: %s", directory, exc)
+        return None
+    return index, nxt
+
+
+class CommitLogFSM:
+    """Applies committed batches to a :class:`raftlog.log.Log`; implements StateMachine.
+
+    Create with :meth:`open` (blocking: opens and recovers the log). ``on_apply`` is
+    called on the event loop after every apply and restore (DistributedLog wakes readers
+    there). ``log_config`` sets segment sizes; its sync policy is forced to ``NEVER``.
+    """
+
+    def __init__(self, directory: Path, commit_log: Log, applied: int, config: LogConfig) -> None:
+        self.directory = directory
+        self._log: Log | None = commit_log
+        self._applied = applied
+        self._config = config
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._generation = 0
+        self._checkpoint_task: asyncio.Task[None] | None = None
+        self.on_apply: Callable[[], None] | None = None
+        #: Highest offset readers may see (every record in the log is committed).
+        self.highest_offset = commit_log.highest_offset
+
+    @classmethod
+    def open(cls, directory: str | Path, log_config: LogConfig | None = None) -> CommitLogFSM:
+        """Open (or create) the machine's commit log in ``directory/log``; see module docs."""
+        base = Path(directory)
+        base.mkdir(parents=True, exist_ok=True)
+        config = log_config or LogConfig()
+        config = LogConfig(
+            max_store_bytes=config.max_store_bytes,
+            max_index_bytes=config.max_index_bytes,
+            initial_offset=config.initial_offset,
+            sync=SyncPolicy.NEVER,
+            sync_interval_s=config.sync_interval_s,
+            sync_timeout_s=config.sync_timeout_s,
+        )
+        shutil.rmtree(base / _RESTORE_DIR, ignore_errors=True)
+        commit_log = Log.open(base / LOG_DIR, config)
+        checkpoint = _read_checkpoint(base)
+        applied = 0
+        if checkpoint is not None and commit_log.next_offset >= checkpoint[1]:
+            index, nxt = checkpoint
+            if nxt - 1 < commit_log.highest_offset:
+                commit_log.truncate_after(nxt - 1)
+            applied = index
+        elif commit_log.next_offset != commit_log.lowest_offset or checkpoint is not None:
+            log.info("commit log in %s has no usable checkpoint: emptied, Raft replays it", base)
+            commit_log.reset(config.initial_offset)
+            with contextlib.suppress(FileNotFoundError):
+                (base / CHECKPOINT_FILE).unlink()
+        return cls(base, commit_log, applied, config)
+
+    # -- reads (event loop) ----------------------------------------------------------------
+
+    @property
+    def log(self) -> Log:
+        """The commit log now; RestoringError while a snapshot replaces it."""
+        current = self._log
+        if current is None:
+            raise RestoringError("the commit log is being restored from a snapshot")
+        return current
+
+    @property
+    def applied(self) -> int:
+        """Raft index of the last batch applied."""
+        return self._applied
+
+    # -- StateMachine ----------------------------------------------------------------------
+
+    def applied_index(self) -> int:
+        """The checkpointed Raft index (0 without one): Raft resumes after it."""
+        return self._applied
+
+    def apply(self, entries: Sequence[Entry]) -> Sequence[Any]:
+        """Append every batch (one write for all of them); result: each batch's first offset."""
+        commit_log = self.log
+        records: list[bytes] = []
+        counts: list[int] = []
+        for e in entries:
+            if e.index <= self._applied:
+                counts.append(-1)  # already applied before a restart: no duplicate
+                continue
+            batch = decode_batch(e.data)
+            records.extend(batch)
+            counts.append(len(batch))
+        first = commit_log.append_batch_nosync(records)
+        out: list[Any] = []
+        at = first
+        for n in counts:
+            if n < 0:
+                out.append(None)
+            else:
+                out.append(at)
+                at += n
+        self._applied = max(self._applied, entries[-1].index)
+        self.highest_offset = commit_log.highest_offset
+        if self.on_apply is not None:
+            self.on_apply()
+        return out
+
+    def snapshot(self) -> Iterable[bytes]:
+        """The commit log as it is now, streamed; a checkpoint is written meanwhile."""
+        reader = self.log.reader()
+        self._schedule_checkpoint()
+
+        def chunks() -> Iterator[bytes]:
+            with reader:
+                yield from reader.chunks()
+
+        return chunks()
+
+    def restore(self, source: SnapshotSource, meta: SnapshotMeta) -> None:
+        """Replace the commit log with the snapshot's (worker thread)."""
+        restoring = self.directory / _RESTORE_DIR
+        shutil.rmtree(restoring, ignore_errors=True)
+        config = LogConfig(
+            max_store_bytes=self._config.max_store_bytes,
+            max_index_bytes=self._config.max_index_bytes,
+            sync=SyncPolicy.ALWAYS,
+        )
+
+        def chunks() -> Iterator[bytes]:
+            while chunk := source.read(1 << 20):
+                yield chunk
+
+        Log.restore(restoring, chunks(), config).close_sync()
+        with self._lock:
+            self._generation += 1
+            old = self._detach()
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / CHECKPOINT_FILE).unlink()
+            if old is not None:
+                old.close_sync()
+            shutil.rmtree(self.directory / LOG_DIR, ignore_errors=True)
+            os.replace(restoring, self.directory / LOG_DIR)
+            new = Log.open(self.directory / LOG_DIR, self._config)
+            _write_checkpoint(self.directory, meta.index, new.next_offset)
+            self._applied = meta.index
+            self.highest_offset = new.highest_offset
+            self._attach(new)
+        log.info(
+            "commit log restored from the snapshot at index %d: offsets %d..%d",
+            meta.index,
+            new.lowest_offset,
+            new.highest_offset,
+        )
+
+    def _detach(self) -> Log | None:
+        """Take the log away from readers, on the loop (so that no read is in progress)."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            old, self._log = self._log, None
+            return old
+        box: list[Log | None] = []
+        done = threading.Event()
+
+        def swap() -> None:
+            box.append(self._log)
+            self._log = None
+            done.set()
+
+        loop.call_soon_threadsafe(swap)
+        if not done.wait(30.0):
+            raise FSMError("the event loop did not release the commit log within 30 s")
+        return box[0]
+
+    def _attach(self, new: Log) -> None:
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            self._log = new
+            return
+
+        def swap() -> None:
+            self._log = new
+            if self.on_apply is not None:
+                self.on_apply()
+
+        loop.call_soon_threadsafe(swap)
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def bind_loop(self) -> None:
+        """Remember the running loop (restore runs in a thread and must reach it)."""
+        self._loop = asyncio.get_running_loop()
+
+    def _schedule_checkpoint(self) -> None:
+        if self._loop is None or (
+            self._checkpoint_task is not None and not self._checkpoint_task.done()
+        ):
+            return
+        self._checkpoint_task = self._loop.create_task(self.checkpoint(), name="fsm-checkpoint")
+
+    async def checkpoint(self) -> None:
+        """fsync the commit log, then record (applied index, next offset) durably."""
+        current = self._log
+        if current is None:
+            return
+        index, nxt, generation = self._applied, current.next_offset, self._generation
+        try:
+            await current.sync()
+
+            def write() -> None:
+                with self._lock:
+                    if generation == self._generation:
+                        _write_checkpoint(self.directory, index, nxt)
+
+            await asyncio.to_thread(write)
+        except Exception as exc:  # a later checkpoint or the close one will do
+            log.warning("fsm checkpoint at index %d failed: %s", index, exc)
+
+    async def close(self) -> None:
+        """Write a last checkpoint and close the log. Idempotent."""
+        task = self._checkpoint_task
+        if task is not None and not task.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(task), 10.0)
+        current = self._log
+        if current is None or current.closed:
+            return
+        await self.checkpoint()
+        await current.close()

@@ -1,0 +1,240 @@
+"""DistributedLog in one process: three (or four) Raft nodes over the in-memory transport.
+
+Quick coverage of the replicated log itself (no gRPC, no Serf): dense identical offsets,
+coalesced concurrent appends, committed-only reads, wake-ups, the leader hint on a
+follower, learner join and promotion, snapshot install on a newcomer after compaction,
+restart without duplicates, and the linearizable read barrier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from raftlog.distributed import CommitLogFSM, DistributedConfig, DistributedLog, decode_batch
+from raftlog.distributed.fsm import encode_batch
+from raftlog.log import OffsetOutOfRangeError
+from raftlog.raft import RaftConfig, Server
+from raftlog.raft.node import NodeConfig, RaftNode
+from raftlog.raft.transport_inmem import InmemNetwork
+from raftlog.server.errors import NotLeaderError
+
+TICK = 0.01
+
+
+@dataclass
+class Member:
+    id: str
+    fsm: CommitLogFSM
+    node: RaftNode
+    dlog: DistributedLog
+
+    async def close(self) -> None:
+        await self.dlog.close()
+        await self.node.close()
+        await self.fsm.close()
+
+
+class Cluster:
+    def __init__(self, root: Path, snapshot_threshold: int = 0) -> None:
+        self.root = root
+        self.net = InmemNetwork(seed=7)
+        self.members: dict[str, Member] = {}
+        self.snapshot_threshold = snapshot_threshold
+
+    async def start(self, node_id: str) -> Member:
+        fsm = await asyncio.to_thread(CommitLogFSM.open, self.root / node_id / "fsm")
+        raft = RaftConfig(
+            id=node_id,
+            snapshot_threshold=self.snapshot_threshold,
+            snapshot_trailing_entries=2 if self.snapshot_threshold else 1024,
+        )
+        config = NodeConfig(
+            raft=raft, data_dir=self.root / node_id / "raft", tick_interval=TICK, fsync=False
+        )
+        transport = self.net.transport(node_id)
+        peers = {m: m for m in ("n1", "n2", "n3", "n4")}
+        node = RaftNode(config, fsm, transport, peers=peers)
+        await node.start()
+        dlog = DistributedLog(node, fsm, config=DistributedConfig(append_timeout=5.0))
+        dlog.start()
+        member = Member(node_id, fsm, node, dlog)
+        self.members[node_id] = member
+        return member
+
+    async def leader(self, timeout: float = 5.0) -> Member:
+        async with asyncio.timeout(timeout):
+            while True:
+                for m in self.members.values():
+                    if m.node.is_leader:
+                        return m
+                await asyncio.sleep(TICK)
+
+    async def close(self) -> None:
+        for m in list(self.members.values()):
+            await m.close()
+        self.members.clear()
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    c = Cluster(tmp_path)
+    servers = [Server(i, i) for i in ("n1", "n2", "n3")]
+    for i in ("n1", "n2", "n3"):
+        m = await c.start(i)
+        await m.node.bootstrap(servers)
+    yield c
+    await c.close()
+
+
+async def wait_until(predicate: object, timeout: float = 5.0) -> None:
+    assert callable(predicate)
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(TICK)
+
+
+def records_of(m: Member) -> list[bytes]:
+    d = m.dlog
+    if d.highest_offset < d.lowest_offset:
+        return []
+    return [d.read(o) for o in range(d.lowest_offset, d.highest_offset + 1)]
+
+
+def test_batch_encoding_round_trip() -> None:
+    batch = [b"", b"a", b"\x00" * 300]
+    assert decode_batch(encode_batch(batch)) == batch
+
+
+async def test_appends_are_dense_and_identical_everywhere(cluster: Cluster) -> None:
+    leader = await cluster.leader()
+    results = await asyncio.gather(
+        *(leader.dlog.append([f"r{i}-{j}".encode() for j in range(i % 3 + 1)]) for i in range(60))
+    )
+    spans = sorted(results)
+    # dense: every batch's span starts right after the previous one, from offset 0
+    assert spans[0][0] == 0
+    for (_, last), (first, _) in itertools.pairwise(spans):
+        assert first == last + 1
+    total = spans[-1][1] + 1
+    assert total == sum(i % 3 + 1 for i in range(60))
+    # each batch is contiguous and in order
+    for i, (first, last) in enumerate(results):
+        assert last - first == i % 3
+        assert leader.dlog.read(first) == f"r{i}-0".encode()
+    # coalesced: fewer Raft rounds than appends
+    assert leader.node.stats.rounds < 60
+    members = list(cluster.members.values())
+    await wait_until(lambda: all(m.dlog.highest_offset == total - 1 for m in members))
+    expected = records_of(leader)
+    for m in cluster.members.values():
+        assert records_of(m) == expected
+
+
+async def test_follower_refuses_with_leader_hint_and_serves_committed(cluster: Cluster) -> None:
+    leader = await cluster.leader()
+    follower = next(m for m in cluster.members.values() if m is not leader)
+    await wait_until(lambda: follower.node.leader_id == leader.id)
+    with pytest.raises(NotLeaderError) as info:
+        await follower.dlog.append([b"x"])
+    assert info.value.metadata["leader_id"] == leader.id
+    assert info.value.metadata["leader_addr"] == leader.id
+    first, _ = await leader.dlog.append([b"hello"])
+    assert await follower.dlog.wait_for(first, 5.0)
+    assert follower.dlog.read(first) == b"hello"
+    with pytest.raises(OffsetOutOfRangeError):
+        follower.dlog.read(first + 1)
+    assert not await follower.dlog.wait_for(first + 1, 0.05)
+
+
+async def test_wait_for_wakes_on_apply(cluster: Cluster) -> None:
+    leader = await cluster.leader()
+    follower = next(m for m in cluster.members.values() if m is not leader)
+    waiter = asyncio.create_task(follower.dlog.wait_for(0, 5.0))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    await leader.dlog.append([b"wake"])
+    assert await asyncio.wait_for(waiter, 5.0)
+
+
+async def test_get_servers_flags_the_leader_by_id(cluster: Cluster) -> None:
+    leader = await cluster.leader()
+    for m in cluster.members.values():
+        await wait_until(lambda m=m: m.node.leader_id == leader.id)  # type: ignore[misc]
+        servers = await m.dlog.get_servers()
+        assert sorted(s.id for s in servers) == ["n1", "n2", "n3"]
+        assert [s.id for s in servers if s.is_leader] == [leader.id]
+        assert all(s.rpc_addr == s.id for s in servers)
+
+
+async def test_read_barrier_on_leader_only(cluster: Cluster) -> None:
+    leader = await cluster.leader()
+    first, _ = await leader.dlog.append([b"lin"])
+    assert await leader.dlog.read_consistent(first, 2.0) == b"lin"
+    follower = next(m for m in cluster.members.values() if m is not leader)
+    with pytest.raises(NotLeaderError):
+        await follower.dlog.read_barrier(1.0)
+
+
+async def test_join_as_learner_then_promoted_and_leave(cluster: Cluster) -> None:
+    leader = await cluster.leader()
+    for i in range(20):
+        await leader.dlog.append([f"before-{i}".encode()])
+    n4 = await cluster.start("n4")
+    await leader.dlog.join("n4", "n4")
+    await leader.dlog.join("n4", "n4")  # idempotent
+    await wait_until(lambda: leader.node.membership.is_voter("n4"))
+    await leader.dlog.append([b"after"])
+    await wait_until(lambda: n4.dlog.highest_offset == leader.dlog.highest_offset)
+    assert records_of(n4) == records_of(leader)
+    await leader.dlog.leave("n4")
+    await leader.dlog.leave("n4")  # idempotent
+    assert "n4" not in leader.node.membership
+    assert set((await leader.dlog.members()).keys()) == {"n1", "n2", "n3"}
+
+
+async def test_newcomer_catches_up_from_a_snapshot(tmp_path: Path) -> None:
+    c = Cluster(tmp_path, snapshot_threshold=8)
+    try:
+        servers = [Server(i, i) for i in ("n1", "n2", "n3")]
+        for i in ("n1", "n2", "n3"):
+            m = await c.start(i)
+            await m.node.bootstrap(servers)
+        leader = await c.leader()
+        for i in range(40):
+            await leader.dlog.append([f"s{i}".encode(), f"t{i}".encode()])
+        await wait_until(lambda: leader.node.status().first_index > 5)
+        n4 = await c.start("n4")
+        await leader.dlog.join("n4", "n4")
+        await wait_until(lambda: n4.dlog.highest_offset == leader.dlog.highest_offset, 10.0)
+        assert n4.node.stats.snapshots_received >= 1
+        assert records_of(n4) == records_of(leader)
+        assert n4.dlog.read(0) == b"s0"
+        await leader.dlog.append([b"post-snapshot"])
+        await wait_until(lambda: n4.dlog.highest_offset == leader.dlog.highest_offset)
+        assert n4.dlog.read(n4.dlog.highest_offset) == b"post-snapshot"
+    finally:
+        await c.close()
+
+
+async def test_restart_resumes_without_duplicates(cluster: Cluster) -> None:
+    leader = await cluster.leader()
+    for i in range(10):
+        await leader.dlog.append([f"a{i}".encode()])
+    victim = next(m for m in cluster.members.values() if m is not leader)
+    await wait_until(lambda: victim.dlog.highest_offset == 9)
+    await victim.close()
+    del cluster.members[victim.id]
+    leader = await cluster.leader()
+    for i in range(5):
+        await leader.dlog.append([f"b{i}".encode()])
+    back = await cluster.start(victim.id)
+    await wait_until(lambda: back.dlog.highest_offset == 14)
+    await asyncio.sleep(0.1)
+    assert back.dlog.highest_offset == 14
+    assert records_of(back) == records_of(leader)
