@@ -15,6 +15,7 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from raftlog.raft.codec import decode_message, encode_message
 from raftlog.raft.config import RaftConfig
 from raftlog.raft.core import RaftCore, Ready, bootstrap_state
 from raftlog.raft.errors import RaftError
@@ -408,6 +409,8 @@ class MemCluster:
         self.queue: list[Message] = []
         self.groups: dict[NodeId, int] | None = None
         self.drop_if: Callable[[Message], bool] | None = None
+        self.wire = False
+        """Pass every message through encode_message/decode_message (the wire codec)."""
         self._config = config if config is not None else (lambda i: RaftConfig(id=i))
         ids = list(ids)
         self.membership = Membership.of(Server(i, f"mem://{i}") for i in ids)
@@ -427,6 +430,9 @@ class MemCluster:
     # -- network ----------------------------------------------------------------------
 
     def send(self, m: Message) -> None:
+        if self.wire:
+            data = encode_message(m)
+            m = decode_message(data)
         if self.rng.random() < self.faults.drop:
             self._dropped(m)
             return
@@ -649,6 +655,7 @@ def simulate(seed: int, sc: SimConfig) -> SimReport:
 
     faults = Faults(drop=sc.drop, duplicate=sc.duplicate, reorder=sc.reorder, overtake=sc.overtake)
     c = MemCluster(ids, seed=seed, config=config, faults=faults)
+    c.wire = True
     rng = c.rng
     rep = SimReport(seed)
     for node in c.nodes.values():

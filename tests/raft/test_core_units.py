@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from raftlog.raft import (
     BootstrapError,
@@ -241,3 +243,62 @@ def test_bootstrap_state_and_refusal_when_state_exists() -> None:
         bootstrap_state(Membership())
     core = RaftCore(RaftConfig(id="a"), st)
     assert core.membership == MEM
+
+
+_ids = st.text(alphabet="abcdefgh0123456789-", min_size=1, max_size=8)
+_u = st.integers(min_value=0, max_value=2**63 - 1)
+_entries = st.builds(Entry, _u, _u, st.sampled_from(list(EntryType)), st.binary(max_size=64))
+_membership = st.lists(
+    st.builds(Server, _ids, st.text(max_size=20), st.sampled_from(list(Suffrage))),
+    max_size=5,
+    unique_by=lambda s: s.id,
+).map(Membership.of)
+
+
+@given(
+    kind=st.sampled_from(list(MessageType)),
+    src=_ids,
+    dst=_ids,
+    nums=st.tuples(_u, _u, _u, _u, _u, _u),
+    entries=st.lists(_entries, max_size=4),
+    reject=st.booleans(),
+    context=st.binary(max_size=16),
+    snap=st.none() | st.builds(SnapshotMeta, _u, _u, _membership),
+)
+@settings(max_examples=200, deadline=None)
+def test_message_codec_roundtrips_any_message(
+    kind: MessageType,
+    src: str,
+    dst: str,
+    nums: tuple[int, int, int, int, int, int],
+    entries: list[Entry],
+    reject: bool,
+    context: bytes,
+    snap: SnapshotMeta | None,
+) -> None:
+    term, log_term, index, commit, hint_i, hint_t = nums
+    m = Message(
+        kind,
+        src,
+        dst,
+        term,
+        log_term=log_term,
+        index=index,
+        entries=tuple(entries),
+        commit=commit,
+        reject=reject,
+        hint_index=hint_i,
+        hint_term=hint_t,
+        context=context,
+        snapshot=snap,
+    )
+    assert decode_message(encode_message(m)) == m
+
+
+@given(st.binary(max_size=64))
+@settings(max_examples=300, deadline=None)
+def test_decode_message_never_crashes_on_garbage(data: bytes) -> None:
+    try:
+        decode_message(data)
+    except CodecError:
+        pass
