@@ -13,7 +13,7 @@ from raftlog.config import FIELDS, AgentConfig, ConfigError, env_name, load_conf
 if TYPE_CHECKING:
     from raftlog.agent import Agent
 
-CLUSTER_NOTE = " [cluster: accepted and validated now, takes effect with Raft/Serf]"
+CLUSTER_NOTE = " [cluster mode: takes effect with Raft/Serf]"
 
 
 def register(sub: Any) -> None:
@@ -45,7 +45,7 @@ def register(sub: Any) -> None:
             parser.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
-        elif meta["kind"] == "addrs":
+        elif meta["kind"] in ("addrs", "peers"):
             parser.add_argument(flag, dest=name, action="append", default=None, help=help_text)
         elif meta["kind"] == "choice":
             parser.add_argument(
@@ -80,9 +80,16 @@ def _announce(agent: Agent) -> None:
     if config.insecure:
         client += " --insecure"
     mode = "INSECURE: no TLS, no ACL" if config.insecure else "mutual TLS + Casbin ACL"
+    role = ""
+    if agent.cluster is not None:
+        role = (
+            f"cluster member (gRPC and Raft on one port, Serf gossip on {config.bind_addr}); "
+            if not config.peers
+            else "cluster member (gRPC and Raft on one port, static peers); "
+        )
     print(
         f"raftlog node {config.node_name} is serving log.v1.Log on {addr} ({mode}); "
-        f"data in {config.data_dir}\n"
+        f"{role}data in {config.data_dir}\n"
         "try, in another terminal:\n"
         f"  {prog} produce{client} hello world\n"
         f"  {prog} consume{client} --from 0\n"
@@ -106,12 +113,22 @@ def run(args: argparse.Namespace) -> int:
     # client commands and --help stay quick.
     from raftlog.agent import Agent
     from raftlog.auth import AuthConfigError
+    from raftlog.discovery import SerfAgentError, SerfConfigError
+    from raftlog.raft import RaftError
     from raftlog.security import TLSConfigError
     from raftlog.server import BindError
 
     try:
         asyncio.run(Agent(config).run_until_signalled(_announce))
-    except (BindError, AuthConfigError, TLSConfigError, ConfigError) as exc:
+    except (
+        BindError,
+        AuthConfigError,
+        TLSConfigError,
+        ConfigError,
+        SerfAgentError,
+        SerfConfigError,
+        RaftError,
+    ) as exc:
         print(f"raftlog agent: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -7,7 +7,14 @@ teardowns in reverse, once, each bounded in time. The single node has two steps:
     log     open the commit log in data_dir               -> sync and close it
     server  gRPC API on bind host : rpc_port (mTLS, ACL)  -> drain calls, stop
 
-The cluster adds its steps (mux, raft, serf membership) to the same list.
+A cluster member (``AgentConfig.cluster_mode``: ``--bootstrap``, ``--start-join-addrs``,
+``--peers``, or Raft state in the data dir) runs four steps instead (see
+:mod:`raftlog.agent.cluster`)::
+
+    mux         one port for gRPC and Raft                    -> close, remove socket dir
+    raft        commit log (FSM) + Raft node + DistributedLog  -> close them
+    server      gRPC API behind the mux (unix socket)          -> drain calls, stop
+    membership  Serf agent subprocess (or static peers)        -> hand over, leave, reap
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from raftlog.agent.cluster import ClusterNode
 from raftlog.auth import AllowAll, CasbinAuthorizer
 from raftlog.config import AgentConfig
 from raftlog.log import Log, LogConfig, SyncPolicy
@@ -48,14 +56,27 @@ class Agent:
         self.server: LogServer | None = None
         self._teardowns: list[tuple[str, Teardown]] = []
         self._shutdown_task: asyncio.Task[None] | None = None
-        self.steps: list[Step] = [
-            Step("log", self._setup_log),
-            Step("server", self._setup_server),
-        ]
+        self.cluster: ClusterNode | None = None
+        if config.cluster_mode:
+            cluster = ClusterNode(config, self._authorizer())
+            self.cluster = cluster
+            self.steps: list[Step] = [
+                Step("mux", cluster.setup_mux),
+                Step("raft", cluster.setup_raft),
+                Step("server", cluster.setup_server),
+                Step("membership", cluster.setup_membership),
+            ]
+        else:
+            self.steps = [
+                Step("log", self._setup_log),
+                Step("server", self._setup_server),
+            ]
 
     @property
     def rpc_addr(self) -> str:
-        """HOST:PORT clients dial (the bound port, once the server step ran)."""
+        """HOST:PORT clients dial (the bound port, once the server (or mux) step ran)."""
+        if self.cluster is not None:
+            return self.cluster.rpc_addr
         if self.server is None or self.server.port is None:
             return self.config.rpc_addr
         host = self.config.bind_host

@@ -29,6 +29,7 @@ ENV_PREFIX = "RAFTLOG_"
 MIB = 1 << 20
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SYNC_POLICIES = ("always", "interval", "never")
+SERF_PROFILES = ("lan", "wan", "local")
 
 
 class ConfigError(ValueError):
@@ -78,6 +79,55 @@ class AgentConfig:
         default=False,
         metadata=_doc(
             "bootstrap a new cluster with this node (first node only)", "bool", cluster=True
+        ),
+    )
+    peers: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "static membership instead of Serf (cluster mode): ID=HOST:PORT rpc addresses of "
+            "the members, comma separated; the leader adds every listed peer",
+            "peers",
+        ),
+    )
+    serf_rpc_addr: str = field(
+        default="",
+        metadata=_doc(
+            "HOST:PORT (loopback) of this node's Serf agent RPC (cluster mode); empty = the "
+            "bind host with the gossip port + 1",
+            "addr",
+        ),
+    )
+    serf_profile: str = field(
+        default="lan",
+        metadata=_doc(
+            "Serf timing profile (cluster mode): lan, wan, or local (one machine: failures "
+            "are detected fastest)",
+            "choice",
+            choices=SERF_PROFILES,
+        ),
+    )
+    serf_encrypt_key: str = field(
+        default="",
+        metadata=_doc(
+            "base64 gossip encryption key of 16/24/32 bytes shared by every member "
+            "(`serf keygen`; cluster mode); empty = gossip in clear text",
+            "str",
+        ),
+    )
+    failed_grace_s: float = field(
+        default=30.0,
+        metadata=_doc(
+            "a member Serf reports failed is removed from Raft after this many seconds "
+            "(cluster mode), so a node that restarts quickly keeps its place",
+            "seconds",
+        ),
+    )
+    snapshot_threshold: int = field(
+        default=8192,
+        metadata=_doc(
+            "Raft entries applied between two snapshots (cluster mode); the Raft log is "
+            "compacted behind each snapshot; 0 = never",
+            "count",
         ),
     )
     acl_model_file: Path = field(
@@ -156,11 +206,56 @@ class AgentConfig:
         host = self.bind_host
         return f"[{host}]:{self.rpc_port}" if ":" in host else f"{host}:{self.rpc_port}"
 
+    @property
+    def gossip_port(self) -> int:
+        """The port part of ``bind_addr`` (Serf gossip)."""
+        return _split_addr(self.bind_addr, "bind_addr")[1]
+
+    @property
+    def serf_rpc(self) -> str:
+        """HOST:PORT of the Serf agent's RPC: ``serf_rpc_addr`` or loopback, gossip port + 1."""
+        if self.serf_rpc_addr:
+            return self.serf_rpc_addr
+        return f"127.0.0.1:{self.gossip_port + 1}"
+
+    @property
+    def cluster_mode(self) -> bool:
+        """Run Raft, the mux and membership: asked for by ``bootstrap``, ``start_join_addrs``
+        or ``peers``, or implied by Raft state in ``data_dir`` (a restarted member)."""
+        return (
+            self.bootstrap
+            or bool(self.start_join_addrs)
+            or bool(self.peers)
+            or (self.data_dir / "raft").is_dir()
+        )
+
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first key whose value is unusable."""
         if not self.node_name or any(c.isspace() for c in self.node_name):
             raise ConfigError(
                 f"node_name: must be non-empty without spaces, got {self.node_name!r}"
+            )
+        for peer in self.peers:
+            _split_peer(peer, "peers")
+        if self.serf_rpc_addr:
+            host, _ = _split_addr(self.serf_rpc_addr, "serf_rpc_addr")
+            if host not in ("127.0.0.1", "localhost", "::1"):
+                raise ConfigError(
+                    f"serf_rpc_addr: must be a loopback address (Serf RPC is not encrypted), "
+                    f"got {self.serf_rpc_addr!r}"
+                )
+        if self.serf_profile not in SERF_PROFILES:
+            raise ConfigError(
+                f"serf_profile: must be one of {', '.join(SERF_PROFILES)}, "
+                f"got {self.serf_profile!r}"
+            )
+        if not (math.isfinite(self.failed_grace_s) and self.failed_grace_s >= 0):
+            raise ConfigError(
+                f"failed_grace_s: must be a number of seconds >= 0, got {self.failed_grace_s}"
+            )
+        if self.snapshot_threshold < 0:
+            raise ConfigError(
+                f"snapshot_threshold: must be >= 0 entries, got {self.snapshot_threshold}"
             )
         _split_addr(self.bind_addr, "bind_addr")
         for addr in self.start_join_addrs:
@@ -214,6 +309,14 @@ def _split_addr(value: str, key: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _split_peer(value: str, key: str) -> tuple[str, str]:
+    node_id, sep, addr = value.partition("=")
+    if not sep or not node_id.strip():
+        raise ConfigError(f"{key}: expected ID=HOST:PORT, got {value!r}")
+    _split_addr(addr, key)
+    return node_id.strip(), addr.strip()
+
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -234,11 +337,15 @@ def _parse(key: str, value: Any, source: str, base: Path | None) -> Any:
         if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
             return value.strip().lower() in _TRUE
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if kind in ("port", "size"):
+    if kind in ("port", "size", "count"):
         if isinstance(value, str) and value.strip().isdigit():
             value = int(value.strip())
         if not isinstance(value, int) or isinstance(value, bool):
-            what = "a port number 0-65535" if kind == "port" else "a whole number of bytes"
+            what = {
+                "port": "a port number 0-65535",
+                "size": "a whole number of bytes",
+                "count": "a whole number",
+            }[kind]
             raise ConfigError(f"{where}: expected {what}, got {value!r}")
         return value
     if kind == "seconds":
@@ -246,7 +353,7 @@ def _parse(key: str, value: Any, source: str, base: Path | None) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a number of seconds, got {value!r}") from None
-    if kind == "addrs":
+    if kind in ("addrs", "peers"):
         if isinstance(value, str):
             items = [v.strip() for v in value.split(",") if v.strip()]
         elif isinstance(value, list | tuple):
@@ -256,7 +363,10 @@ def _parse(key: str, value: Any, source: str, base: Path | None) -> Any:
         else:
             raise ConfigError(f"{where}: expected a list of HOST:PORT, got {value!r}")
         for item in items:
-            _split_addr(item, where)
+            if kind == "peers":
+                _split_peer(item, where)
+            else:
+                _split_addr(item, where)
         return tuple(items)
     if kind == "choice":
         text = str(value).strip().lower()

@@ -1,0 +1,332 @@
+"""The cluster steps of the agent: mux -> raft (log + DistributedLog) -> server -> membership.
+
+::
+
+    mux         bind --rpc-port; Raft marker -> TcpTransport (peer mTLS, Casbin replicate);
+                anything else -> grpc.aio on a unix socket in a 0700 dir  -> close, rm dir
+    raft        CommitLogFSM (data_dir/fsm) + RaftNode (data_dir/raft) over TcpTransport;
+                --bootstrap once (never when Raft state exists); DistributedLog
+                                                                -> close log, node, fsm
+    server      log.v1.Log on the unix socket (client mTLS + ACL, end to end through the
+                mux); followers forward Produce to the leader     -> drain, stop
+    membership  Serf agent subprocess + Membership (or StaticMembership); peer address
+                hints from Serf tags; reconcile on becoming leader
+                                  -> leader hands over, Serf leaves gracefully, reaped
+
+Each ``setup_*`` returns its teardown; :class:`raftlog.agent.Agent` runs them in order and
+tears down in reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from raftlog.config import AgentConfig
+from raftlog.discovery import (
+    RPC_ADDR_TAG,
+    Membership,
+    MembershipConfig,
+    SerfAgent,
+    SerfAgentConfig,
+    SerfMemberSource,
+    StaticMembership,
+    parse_static_peers,
+)
+from raftlog.distributed import (
+    CommitLogFSM,
+    DistributedLog,
+    Forwarder,
+    ForwardMarkInterceptor,
+)
+from raftlog.mux import RAFT_MARKER, Mux, MuxConfig, PrivateSocketDir
+from raftlog.raft import RaftConfig, RaftError, Server
+from raftlog.raft.node import NodeConfig, RaftNode
+from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
+from raftlog.security import TLSConfig, grpc_server_credentials
+from raftlog.server import LogServer, ServerConfig
+from raftlog.server.protocols import Authorizer
+
+logger = logging.getLogger("raftlog.agent")
+
+Teardown = Callable[[], Awaitable[None]]
+
+#: How often the membership step refreshes peer address hints and watches leadership (s).
+WATCH_INTERVAL = 0.25
+#: Bound of the leadership hand-over a leaving leader attempts (s).
+TRANSFER_TIMEOUT = 3.0
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class ClusterNode:
+    """The parts of one cluster member, built step by step from an :class:`AgentConfig`."""
+
+    def __init__(self, config: AgentConfig, authorizer: Authorizer) -> None:
+        if config.insecure:
+            raise ValueError(
+                "cluster mode needs TLS: peers authenticate each other with certificates "
+                "(insecure mode runs a single node only)"
+            )
+        self.config = config
+        self.authorizer = authorizer
+        self.peer_tls = TLSConfig(
+            config.peer_tls_cert_file, config.peer_tls_key_file, config.peer_tls_ca_file
+        )
+        self.server_tls = TLSConfig(
+            config.server_tls_cert_file, config.server_tls_key_file, config.server_tls_ca_file
+        )
+        self.sockdir: PrivateSocketDir | None = None
+        self.mux: Mux | None = None
+        self.fsm: CommitLogFSM | None = None
+        self.node: RaftNode | None = None
+        self.dlog: DistributedLog | None = None
+        self.server: LogServer | None = None
+        self.serf: SerfAgent | None = None
+        self.membership: Membership | StaticMembership | None = None
+        self._watch: asyncio.Task[None] | None = None
+
+    @property
+    def rpc_addr(self) -> str:
+        """HOST:PORT of the mux (gRPC and Raft), once the mux step ran."""
+        if self.mux is None:
+            return self.config.rpc_addr
+        return _host_port(self.config.bind_host, self.mux.port)
+
+    # -- mux ---------------------------------------------------------------------------
+
+    async def setup_mux(self) -> Teardown:
+        """Bind the one port; gRPC goes to a private unix socket (served by a later step)."""
+        self.sockdir = PrivateSocketDir()
+        sockdir = self.sockdir
+        mux = Mux(
+            MuxConfig(host=self.config.bind_host, port=self.config.rpc_port),
+            grpc_socket=sockdir.path,
+        )
+        try:
+            await mux.start()
+        except BaseException:
+            sockdir.cleanup()
+            raise
+        self.mux = mux
+        logger.info("mux listening on %s (gRPC and Raft)", self.rpc_addr)
+
+        async def stop() -> None:
+            try:
+                await mux.close()
+            finally:
+                sockdir.cleanup()
+
+        return stop
+
+    # -- raft --------------------------------------------------------------------------
+
+    def _authorize_peer(self, subject: str) -> bool:
+        allowed = self.authorizer.authorize(subject, "*", "replicate")
+        if not allowed:
+            logger.warning(
+                "refused Raft traffic from %r: the ACL does not allow replicate", subject
+            )
+        return allowed
+
+    async def setup_raft(self) -> Teardown:
+        """Open the commit log (FSM) and the Raft node; bootstrap once; DistributedLog."""
+        assert self.mux is not None, "the mux step runs first"
+        config = self.config
+        fsm = await asyncio.to_thread(CommitLogFSM.open, config.data_dir / "fsm")
+        self.fsm = fsm
+        transport = TcpTransport(
+            TcpTransportConfig(node_id=config.node_name, tls=self.peer_tls),
+            authorize=self._authorize_peer,
+        )
+        node = RaftNode(
+            NodeConfig(
+                raft=RaftConfig(id=config.node_name, snapshot_threshold=config.snapshot_threshold),
+                data_dir=config.data_dir / "raft",
+                fsync=config.sync != "never",
+                request_timeout=10.0,
+            ),
+            fsm,
+            transport,
+            peers=parse_static_peers(config.peers) if config.peers else None,
+        )
+        self.mux.register(
+            RAFT_MARKER, transport.handle_connection, ssl_context=transport.server_context
+        )
+        try:
+            await node.start()
+        except BaseException:
+            await fsm.close()
+            raise
+        self.node = node
+        dlog = DistributedLog(node, fsm, forwarder=Forwarder(self.peer_tls))
+        self.dlog = dlog
+        dlog.start()
+
+        async def stop() -> None:
+            try:
+                await dlog.close()
+                await node.close()
+            finally:
+                await fsm.close()
+
+        try:
+            await self._bootstrap_once(node)
+        except BaseException:
+            await stop()
+            raise
+        logger.info(
+            "raft node %s up: term %d, commit %d, log offsets %d..%d",
+            node.id,
+            node.term,
+            node.commit_index,
+            dlog.lowest_offset,
+            dlog.highest_offset,
+        )
+        return stop
+
+    async def _bootstrap_once(self, node: RaftNode) -> None:
+        config = self.config
+        if not config.bootstrap:
+            return
+        if node.has_state():
+            logger.info(
+                "--bootstrap ignored: node %s already has Raft state in %s (a restart never "
+                "bootstraps again)",
+                node.id,
+                config.data_dir / "raft",
+            )
+            return
+        await node.bootstrap([Server(node.id, self.rpc_addr)])
+        logger.info("bootstrapped a new cluster with %s at %s", node.id, self.rpc_addr)
+
+    # -- server ------------------------------------------------------------------------
+
+    async def setup_server(self) -> Teardown:
+        """grpc.aio ``log.v1.Log`` on the mux's unix socket, TLS end to end."""
+        assert self.dlog is not None and self.sockdir is not None
+        server = LogServer(
+            self.dlog,
+            self.dlog,
+            self.authorizer,
+            tls=self.server_tls,
+            config=ServerConfig(max_message_bytes=self.config.max_message_bytes),
+            extra_interceptors=[ForwardMarkInterceptor()],
+        )
+        bound = server.server.add_secure_port(
+            self.sockdir.address, grpc_server_credentials(self.server_tls)
+        )
+        if bound == 0:
+            raise OSError(f"cannot listen on {self.sockdir.address}")
+        self.server = server
+        await server.start()
+        grace = max(self.config.shutdown_timeout_s / 2, 0.1)
+        logger.info(
+            "node %s serving log.v1.Log on %s (mutual TLS, Casbin ACL, behind the mux)",
+            self.config.node_name,
+            self.rpc_addr,
+        )
+
+        async def stop() -> None:
+            if self.dlog is not None:
+                self.dlog.begin_close()
+            await server.stop(grace)
+
+        return stop
+
+    # -- membership ----------------------------------------------------------------------
+
+    async def setup_membership(self) -> Teardown:
+        """Serf (or the static peer list) drives join/leave on the leader."""
+        assert self.dlog is not None and self.node is not None
+        config = self.config
+        mconfig = MembershipConfig(node_name=config.node_name, failed_grace=config.failed_grace_s)
+        if config.peers:
+            static = StaticMembership(mconfig, self.dlog, parse_static_peers(config.peers))
+            self.membership = static
+            await static.start()
+            self._watch = asyncio.create_task(self._watch_leadership(), name="membership-watch")
+            return self._stop_membership
+        serf = SerfAgent(
+            SerfAgentConfig(
+                node_name=config.node_name,
+                bind_addr=config.bind_addr,
+                rpc_addr=config.serf_rpc,
+                advertise_rpc_addr=self.rpc_addr,
+                encrypt_key=config.serf_encrypt_key or None,
+                start_join_addrs=config.start_join_addrs,
+                profile=config.serf_profile,
+                log_level="warn" if config.log_level in ("warning", "error") else "info",
+            )
+        )
+        await serf.start()
+        self.serf = serf
+        membership = Membership(mconfig, self.dlog, SerfMemberSource(serf.connect))
+        self.membership = membership
+        try:
+            await membership.start()
+        except BaseException:
+            await serf.stop()
+            raise
+        self._watch = asyncio.create_task(self._watch_leadership(), name="membership-watch")
+        logger.info(
+            "serf agent %s: gossip %s, rpc %s%s",
+            config.node_name,
+            config.bind_addr,
+            config.serf_rpc,
+            f", joining {', '.join(config.start_join_addrs)}" if config.start_join_addrs else "",
+        )
+        return self._stop_membership
+
+    async def _watch_leadership(self) -> None:
+        """Keep Raft's address hints in line with Serf's tags; reconcile on election."""
+        assert self.node is not None and self.membership is not None
+        node, membership = self.node, self.membership
+        was_leader = False
+        hints: dict[str, str] = {}
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            if isinstance(membership, Membership):
+                fresh = {
+                    name: m.tags[RPC_ADDR_TAG]
+                    for name, m in membership.view.items()
+                    if RPC_ADDR_TAG in m.tags and m.status == "alive"
+                }
+                if fresh != hints:
+                    hints = fresh
+                    node.set_peer_addresses(hints)
+            leader = node.is_leader
+            if leader and not was_leader:
+                try:
+                    await membership.reconcile()
+                except Exception as exc:
+                    logger.warning("membership reconcile after election failed: %s", exc)
+            was_leader = leader
+
+    async def _stop_membership(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+        await self._hand_over()
+        if self.membership is not None:
+            await self.membership.close()
+        if self.serf is not None:
+            await self.serf.stop()  # graceful leave: the leader removes us from Raft
+
+    async def _hand_over(self) -> None:
+        """A leaving leader hands leadership over first, so that the next leader sees the
+        leave and removes it (and writes stall for a moment, not an election timeout)."""
+        node = self.node
+        if node is None or not node.is_leader or len(node.membership.voters) < 2:
+            return
+        try:
+            new = await node.transfer_leadership(timeout=TRANSFER_TIMEOUT)
+            logger.info("leadership handed over to %s before leaving", new)
+        except (RaftError, TimeoutError) as exc:
+            logger.warning("leadership hand-over before leaving failed: %s", exc)
