@@ -1,0 +1,56 @@
+"""raftlog.client: the Python client of a raftlog cluster.
+
+- :class:`LogClient` (asyncio): ``produce``, ``produce_batch``, ``consume``, ``stream``,
+  ``servers``, ``offsets``; automatic batching, retries with backoff and a deadline,
+  produce to the leader and consume spread over the followers.
+- :class:`SyncLogClient`: the same calls for scripts without an event loop.
+- :class:`ClientConfig`: every setting, with its unit and default.
+- :mod:`~raftlog.client.errors`: what can go wrong, and whether the client retries it.
+
+Internals: :mod:`~raftlog.client.resolver` (who is in the cluster, one channel per server),
+:mod:`~raftlog.client.picker` (which server gets a call), :mod:`~raftlog.client.batcher`
+(coalescing ``produce()`` calls). The manual is ``docs/client.md``.
+"""
+
+from raftlog.client.client import ClientStats, LogClient, Offsets, Record, parse_addrs
+from raftlog.client.config import ClientConfig, ClientConfigError
+from raftlog.client.errors import (
+    AttemptTimeoutError,
+    ClientClosedError,
+    ClientError,
+    DeadlineExceededError,
+    InvalidArgumentError,
+    NoServersError,
+    NotLeaderError,
+    OffsetOutOfRangeError,
+    PermissionDeniedError,
+    ServerError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+from raftlog.client.resolver import ServerInfo
+from raftlog.client.sync import SyncLogClient
+
+__all__ = [
+    "AttemptTimeoutError",
+    "ClientClosedError",
+    "ClientConfig",
+    "ClientConfigError",
+    "ClientError",
+    "ClientStats",
+    "DeadlineExceededError",
+    "InvalidArgumentError",
+    "LogClient",
+    "NoServersError",
+    "NotLeaderError",
+    "OffsetOutOfRangeError",
+    "Offsets",
+    "PermissionDeniedError",
+    "Record",
+    "ServerError",
+    "ServerInfo",
+    "SyncLogClient",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "parse_addrs",
+]

@@ -1,0 +1,469 @@
+"""``LogClient``: the asyncio client that makes the cluster feel like one server.
+
+Produce path::
+
+    produce(v) ──> Batcher ──batch──┐
+    produce_batch(vs) ──────────────┴─> retry loop ──picker: leader──> Produce
+                                          │   ^        UNAVAILABLE / timeout: mark the server
+                                          │   │        down, refresh the view, back off
+                                          │   └─────── NOT_LEADER + hint: go to the hint now
+                                          └─ overall deadline (request_timeout_s) -> error
+
+Consume path: ``consume(offset)`` asks a follower (round-robin); a follower that has not
+applied the offset yet (OUT_OF_RANGE past its end) hands the read to the leader.
+``stream(from_offset)`` follows ConsumeStream on a follower and, when the stream breaks
+(server restart, leader change, server left), resumes on another server from the next
+offset it has not yielded, so the caller sees every record once, in order.
+
+Without the idempotent producer (next step), a produce whose response was lost and which is
+retried can append its records twice; the client never loses a record it acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+
+from raftlog.api.v1 import log_pb2, log_pb2_grpc
+from raftlog.client.batcher import Batcher
+from raftlog.client.config import ClientConfig
+from raftlog.client.errors import (
+    AttemptTimeoutError,
+    ClientClosedError,
+    ClientError,
+    DeadlineExceededError,
+    NotLeaderError,
+    OffsetOutOfRangeError,
+    ServerError,
+    UnavailableError,
+    describe,
+    from_rpc_error,
+)
+from raftlog.client.picker import Picker
+from raftlog.client.resolver import Resolver, ServerInfo
+from raftlog.security import TLSConfig, grpc_channel_credentials
+
+T = TypeVar("T")
+#: One attempt of an operation: (stub, server address, attempt timeout in seconds) -> result.
+Attempt = Callable[[log_pb2_grpc.LogStub, str, float], Awaitable[T]]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One record of the log."""
+
+    offset: int
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Offsets:
+    """The offsets the leader's log holds (GetOffsets)."""
+
+    lowest: int
+    highest: int
+    next: int
+    empty: bool
+
+
+@dataclass
+class ClientStats:
+    """Counters of one client, for tests and monitoring (not reset)."""
+
+    #: Produce RPC attempts (each batch is one; retries count again).
+    produce_requests: int = 0
+    #: Attempts that failed with a retriable error and were tried again.
+    retries: int = 0
+    #: Times ``stream()`` resumed on a server after its stream broke.
+    stream_resumes: int = 0
+
+
+class _Role(enum.Enum):
+    PRODUCE = "produce"
+    CONSUME = "consume"
+
+
+def parse_addrs(addrs: str | Sequence[str]) -> list[str]:
+    """``"h1:p1,h2:p2"`` or ``["h1:p1", "h2:p2,h3:p3"]`` -> distinct HOST:PORT strings.
+
+    Raises ValueError naming the first malformed address.
+    """
+    items = [addrs] if isinstance(addrs, str) else list(addrs)
+    out: list[str] = []
+    for item in items:
+        for part in item.split(","):
+            addr = part.strip()
+            if not addr:
+                continue
+            host, sep, port = addr.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"address {addr!r} is not HOST:PORT (port 1..65535)")
+            if addr not in out:
+                out.append(addr)
+    if not out:
+        raise ValueError("no server address given (HOST:PORT, comma-separated for several)")
+    return out
+
+
+class LogClient:
+    """An asyncio client of a raftlog cluster (or a single node).
+
+    ::
+
+        async with LogClient(["10.0.0.1:8400", "10.0.0.2:8400"], tls=tls) as client:
+            offset = await client.produce(b"hello")
+            record = await client.consume(offset)
+            async for record in client.stream(from_offset=0):
+                ...
+
+    ``addrs`` are bootstrap addresses (one is enough; the rest of the cluster is learned
+    through GetServers). ``tls`` is the client's certificate, key and the cluster CA (mutual
+    TLS); plaintext needs ``tls=None`` and ``insecure=True``, for a node started insecure.
+    Use from one event loop; ``start()`` (or ``async with``) before calls, ``close()`` after.
+    Settings: :class:`ClientConfig`.
+    """
+
+    def __init__(
+        self,
+        addrs: str | Sequence[str],
+        *,
+        tls: TLSConfig | None,
+        config: ClientConfig | None = None,
+        insecure: bool = False,
+    ) -> None:
+        if tls is None and not insecure:
+            raise ValueError("a client without TLS needs insecure=True, explicitly")
+        self.config = config or ClientConfig()
+        self.config.validate()
+        cfg = self.config
+        self._credentials = grpc_channel_credentials(tls) if tls is not None else None
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.initial_reconnect_backoff_ms", int(cfg.reconnect_backoff_min_s * 1000)),
+            ("grpc.min_reconnect_backoff_ms", int(cfg.reconnect_backoff_min_s * 1000)),
+            ("grpc.max_reconnect_backoff_ms", int(cfg.reconnect_backoff_max_s * 1000)),
+        ]
+        if cfg.tls_server_name:
+            options.append(("grpc.ssl_target_name_override", cfg.tls_server_name))
+        self._options = options
+        self._resolver = Resolver(parse_addrs(addrs), self._channel, cfg)
+        self._picker = Picker()
+        self._batcher = Batcher(self._send_batch, cfg)
+        self.stats = ClientStats()
+        self._started = False
+        self._closed = False
+
+    def _channel(self, addr: str) -> grpc.aio.Channel:
+        if self._credentials is None:
+            return grpc.aio.insecure_channel(addr, options=self._options)
+        return grpc.aio.secure_channel(addr, self._credentials, options=self._options)
+
+    @property
+    def resolver(self) -> Resolver:
+        """The client's view of the cluster (members, leader, channels)."""
+        return self._resolver
+
+    @property
+    def batcher(self) -> Batcher:
+        """The automatic batcher behind :meth:`produce` (its counters)."""
+        return self._batcher
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> LogClient:
+        """Learn the cluster from the bootstrap addresses (``NoServersError`` if none answers)."""
+        if self._closed:
+            raise ClientClosedError("the client is closed")
+        if not self._started:
+            await self._resolver.start()
+            self._started = True
+        return self
+
+    async def close(self) -> None:
+        """Send what ``produce()`` has queued, wait for it (``close_timeout_s``), close channels.
+
+        Idempotent. Calls still waiting afterwards fail with ``ClientClosedError``.
+        """
+        if self._closed:
+            return
+        await self._batcher.close(self.config.close_timeout_s)
+        self._closed = True
+        await self._resolver.close()
+
+    async def __aenter__(self) -> LogClient:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosedError("the client is closed")
+        if not self._started:
+            raise ClientError("call start() (or use `async with`) before making calls")
+
+    # -- produce ---------------------------------------------------------------------------
+
+    async def produce(self, value: bytes) -> int:
+        """Append one record; returns its offset. Concurrent calls share batch requests."""
+        self._check_open()
+        return await self._batcher.add(bytes(value))
+
+    async def produce_batch(self, values: Sequence[bytes]) -> list[int]:
+        """Append ``values`` as one atomic batch (consecutive offsets); returns the offsets."""
+        self._check_open()
+        if not values:
+            return []
+        first = await self._send_batch(values)
+        return list(range(first, first + len(values)))
+
+    async def _send_batch(self, values: Sequence[bytes]) -> int:
+        Record = log_pb2.Record
+        if len(values) == 1:
+            request = log_pb2.ProduceRequest(record=Record(value=values[0]))
+        else:
+            request = log_pb2.ProduceRequest(records=[Record(value=v) for v in values])
+        count = len(values)
+
+        async def attempt(stub: log_pb2_grpc.LogStub, addr: str, timeout_s: float) -> int:
+            self.stats.produce_requests += 1
+            response = await stub.Produce(request, timeout=timeout_s)
+            first: int = response.offset
+            last: int = response.last_offset if response.last_offset else first
+            if last - first + 1 != count:
+                raise ServerError(
+                    f"server answered offsets {first}..{last} for {count} records", addr=addr
+                )
+            return first
+
+        return await self._retry("produce", _Role.PRODUCE, attempt)
+
+    # -- consume ---------------------------------------------------------------------------
+
+    async def consume(self, offset: int) -> Record:
+        """The record at ``offset`` (``OffsetOutOfRangeError`` if the log does not hold it)."""
+        self._check_open()
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset}")
+        request = log_pb2.ConsumeRequest(offset=offset)
+
+        async def attempt(stub: log_pb2_grpc.LogStub, addr: str, timeout_s: float) -> Record:
+            response = await stub.Consume(request, timeout=timeout_s)
+            return Record(offset, response.record.value)
+
+        return await self._retry("consume", _Role.CONSUME, attempt)
+
+    async def stream(self, from_offset: int = 0) -> AsyncIterator[Record]:
+        """Every record from ``from_offset`` on, in order, each once; then new ones as they come.
+
+        Survives leader changes and server restarts: a broken stream resumes, on another
+        server if need be, at the next offset not yet yielded. Gives up with
+        ``DeadlineExceededError`` when no server lets it progress for ``request_timeout_s``.
+        Stop it with ``break`` (or ``aclose()``).
+        """
+        async for batch in self.stream_batches(from_offset):
+            for record in batch:
+                yield record
+
+    async def stream_batches(self, from_offset: int = 0) -> AsyncIterator[list[Record]]:
+        """Like :meth:`stream`, a batch (up to ``stream_batch_records``) at a time."""
+        self._check_open()
+        if from_offset < 0:
+            raise ValueError(f"offset must be >= 0, got {from_offset}")
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        next_offset = from_offset
+        outage_since: float | None = None
+        backoff = cfg.backoff_initial_s
+        attempts = 0
+        target = ""
+        while True:
+            self._check_open()
+            addr = target or self._picker.for_consume(self._resolver)
+            target = ""
+            attempts += 1
+            call = self._resolver.stub(addr).ConsumeStream(
+                log_pb2.ConsumeRequest(
+                    offset=next_offset,
+                    max_records=cfg.stream_batch_records,
+                    max_bytes=cfg.stream_batch_bytes,
+                )
+            )
+            error: ClientError | None = None
+            try:
+                async for response in call:
+                    batch: list[Record] = []
+                    for r in response.records:
+                        if r.offset < next_offset:
+                            continue  # already yielded (never sent by a correct server)
+                        if r.offset > next_offset:
+                            error = ServerError(
+                                f"stream from {addr} skipped from offset {next_offset} to "
+                                f"{r.offset}",
+                                addr=addr,
+                            )
+                            break
+                        batch.append(Record(r.offset, r.value))
+                        next_offset += 1
+                    if batch:
+                        outage_since, backoff, attempts = None, cfg.backoff_initial_s, 0
+                        yield batch
+                    if error is not None:
+                        break
+                if error is None:
+                    error = UnavailableError(f"{addr} ended the stream", addr=addr)
+                else:
+                    error = UnavailableError(error.message, addr=addr)  # resume elsewhere
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc, addr)
+            finally:
+                call.cancel()
+            if self._closed:
+                raise ClientClosedError("the client is closed") from error
+            leader = self._resolver.leader
+            if isinstance(error, OffsetOutOfRangeError) and error.beyond_end:
+                if addr != leader and leader:
+                    target = leader  # a lagging follower: the leader has the records
+                elif next_offset == from_offset:
+                    raise error  # asked past the leader's end before reading anything
+                # else: a new leader whose commit has not caught up yet; wait and retry
+            elif isinstance(error, NotLeaderError) and error.leader_addr:
+                self._resolver.note_leader(error.leader_addr)
+            elif not error.retriable:
+                raise error
+            elif isinstance(error, UnavailableError | AttemptTimeoutError):
+                self._resolver.mark_down(addr)
+            if error.refresh_metadata:
+                self._resolver.invalidate()
+            now = loop.time()
+            if outage_since is None:
+                outage_since = now
+            self.stats.stream_resumes += 1
+            if now - outage_since >= cfg.request_timeout_s:
+                raise DeadlineExceededError(
+                    f"stream: no progress at offset {next_offset} for "
+                    f"{now - outage_since:.1f} s ({attempts} attempts); "
+                    f"last error: {describe(error)}",
+                    error,
+                    attempts,
+                ) from error
+            if target:
+                continue
+            await asyncio.sleep(backoff * (1 - cfg.backoff_jitter * random.random()))
+            backoff = min(backoff * cfg.backoff_multiplier, cfg.backoff_max_s)
+
+    # -- cluster ---------------------------------------------------------------------------
+
+    async def servers(self) -> list[ServerInfo]:
+        """The cluster's members, asked now (this also refreshes the client's view)."""
+        self._check_open()
+
+        async def attempt(stub: log_pb2_grpc.LogStub, addr: str, timeout_s: float) -> None:
+            await self._resolver.refresh()
+
+        await self._retry("servers", _Role.CONSUME, attempt)
+        return list(self._resolver.servers)
+
+    async def offsets(self) -> Offsets:
+        """The offsets the leader's log holds now (lowest, highest, next, empty)."""
+        self._check_open()
+        request = log_pb2.GetOffsetsRequest()
+
+        async def attempt(stub: log_pb2_grpc.LogStub, addr: str, timeout_s: float) -> Offsets:
+            r = await stub.GetOffsets(request, timeout=timeout_s)
+            return Offsets(r.lowest_offset, r.highest_offset, r.next_offset, r.empty)
+
+        return await self._retry("offsets", _Role.PRODUCE, attempt)
+
+    # -- the retry loop --------------------------------------------------------------------
+
+    def _redirect(self, error: ClientError, addr: str, role: _Role) -> str:
+        """Where to send the next attempt at once, if the error says so ('' if nowhere)."""
+        if isinstance(error, NotLeaderError):
+            hint = error.leader_addr
+            if hint and hint != addr:
+                self._resolver.note_leader(hint)
+                return hint
+            return ""
+        if role is _Role.CONSUME and isinstance(error, OffsetOutOfRangeError):
+            leader = self._resolver.leader
+            if error.beyond_end and leader and leader != addr:
+                return leader  # a follower that has not applied the offset yet
+        return ""
+
+    async def _retry(self, op: str, role: _Role, attempt: Attempt[T]) -> T:
+        """Run ``attempt`` against the picked server until it succeeds, fails for good, or
+        ``request_timeout_s`` runs out (then :class:`DeadlineExceededError`)."""
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + cfg.request_timeout_s
+        backoff = cfg.backoff_initial_s
+        attempts = hops = 0
+        last: ClientError | None = None
+        target = ""
+        while True:
+            self._check_open()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            if target:
+                addr, target = target, ""
+            elif role is _Role.PRODUCE:
+                addr = self._picker.for_produce(self._resolver)
+            else:
+                addr = self._picker.for_consume(self._resolver)
+            attempts += 1
+            try:
+                return await attempt(
+                    self._resolver.stub(addr), addr, min(cfg.attempt_timeout_s, remaining)
+                )
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc, addr)
+                error.__cause__ = exc
+            except ClientError as exc:
+                error = exc
+            if self._closed:
+                raise ClientClosedError(f"{op}: the client was closed") from error
+            last = error
+            redirect = self._redirect(error, addr, role)
+            if redirect and hops < cfg.leader_hint_hops:
+                hops += 1
+                target = redirect
+                continue
+            if not error.retriable:
+                raise error
+            self.stats.retries += 1
+            if isinstance(error, UnavailableError | AttemptTimeoutError) and not isinstance(
+                error, NotLeaderError
+            ):
+                self._resolver.mark_down(addr)
+            if error.refresh_metadata:
+                self._resolver.invalidate()
+            target = redirect
+            delay = backoff * (1 - cfg.backoff_jitter * random.random())
+            if loop.time() + delay >= deadline:
+                break
+            await asyncio.sleep(delay)
+            backoff = min(backoff * cfg.backoff_multiplier, cfg.backoff_max_s)
+        elapsed = loop.time() - started
+        reason = describe(last) if last is not None else "no attempt fitted in the deadline"
+        raise DeadlineExceededError(
+            f"{op}: gave up after {elapsed:.1f} s and {attempts} attempts "
+            f"(request_timeout_s={cfg.request_timeout_s:g}); last error: {reason}",
+            last,
+            attempts,
+        ) from last

@@ -1,0 +1,221 @@
+"""The client's error taxonomy: what a failed call means and what the client does about it.
+
+Like aiokafka's ``errors.py``, each error says whether the same call may succeed if tried
+again (``retriable``) and whether the client should re-learn the cluster first
+(``refresh_metadata``: the leader moved, or a server went away). :func:`from_rpc_error` turns
+a gRPC failure into one of these, from its status code and, when the server sent one, the
+``google.rpc.ErrorInfo`` (domain ``raftlog``) in the trailing metadata
+``grpc-status-details-bin`` (see ``raftlog.server.errors``).
+
+The retry loop in :mod:`raftlog.client.client` retries ``retriable`` errors with backoff until
+the operation's deadline, then raises :class:`DeadlineExceededError` carrying the last error.
+
+Decoding the rich status is done here rather than by importing ``raftlog.server``: the
+client must not load the node's modules (the CLI's client commands start quickly, and a
+client-only install needs no server code).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
+
+#: ``ErrorInfo.domain`` of raftlog's errors.
+ERROR_DOMAIN = "raftlog"
+#: Trailing-metadata key of the rich status (the gRPC convention).
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+#: ErrorInfo metadata keys a NOT_LEADER error may use to name the leader's rpc address.
+LEADER_ADDR_KEYS = ("leader_addr", "leader_rpc_addr", "leader")
+
+
+class ClientError(Exception):
+    """Base of every error the client raises.
+
+    Attributes:
+        code: the gRPC status code (None for errors the client makes itself).
+        reason: ErrorInfo reason from the server (for example ``OFFSET_OUT_OF_RANGE``), or
+            the status code's name.
+        metadata: ErrorInfo metadata (string -> string), empty if the server sent none.
+        retriable: the same call may succeed if tried again (on this or another server).
+        refresh_metadata: re-learn the servers and the leader before retrying.
+        addr: the server that answered (or failed to), if known.
+    """
+
+    retriable: bool = False
+    refresh_metadata: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode | None = None,
+        reason: str = "",
+        metadata: Mapping[str, str] | None = None,
+        addr: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.reason = reason or (code.name if code is not None else type(self).__name__)
+        self.metadata: dict[str, str] = dict(metadata or {})
+        self.addr = addr
+
+
+class UnavailableError(ClientError):
+    """The server could not be reached or cannot serve now (restarting, shutting down)."""
+
+    retriable = True
+    refresh_metadata = True
+
+
+class NotLeaderError(UnavailableError):
+    """The server is not the leader; ``leader_addr`` names the leader when it knows it."""
+
+    @property
+    def leader_addr(self) -> str:
+        """The leader's rpc address from the error's details ('' if not given)."""
+        for key in LEADER_ADDR_KEYS:
+            value = self.metadata.get(key, "")
+            if value:
+                return value
+        return ""
+
+
+class AttemptTimeoutError(ClientError):
+    """One attempt got no answer in time (or the server's own bounded wait ran out).
+
+    Retriable: the next attempt may go to another server. Without the idempotent producer
+    a retried produce whose first attempt was in fact committed appends the records twice.
+    """
+
+    retriable = True
+    refresh_metadata = True
+
+
+class DeadlineExceededError(ClientError):
+    """The operation's overall deadline ran out while retrying; ``last_error`` says why."""
+
+    def __init__(self, message: str, last_error: ClientError | None, attempts: int) -> None:
+        super().__init__(
+            message,
+            code=grpc.StatusCode.DEADLINE_EXCEEDED,
+            reason="CLIENT_DEADLINE_EXCEEDED",
+            addr=last_error.addr if last_error is not None else "",
+        )
+        self.last_error = last_error
+        self.attempts = attempts
+
+
+class OffsetOutOfRangeError(ClientError):
+    """The offset is not in the log: below ``lowest`` (retention) or above ``highest``."""
+
+    @property
+    def offset(self) -> int:
+        """The offset asked for (-1 if the server did not say)."""
+        return _int(self.metadata.get("offset"))
+
+    @property
+    def lowest(self) -> int:
+        """The lowest offset the server holds (-1 if it did not say)."""
+        return _int(self.metadata.get("lowest"))
+
+    @property
+    def highest(self) -> int:
+        """The highest committed offset of the server (-1 if it did not say)."""
+        return _int(self.metadata.get("highest"))
+
+    @property
+    def beyond_end(self) -> bool:
+        """The offset is past the server's end: a lagging follower may just not have it yet."""
+        return "highest" in self.metadata and self.offset > self.highest
+
+
+class InvalidArgumentError(ClientError):
+    """The request is malformed or too large (``reason`` RECORD_TOO_LARGE); not retriable."""
+
+
+class PermissionDeniedError(ClientError):
+    """The ACL does not allow this client's certificate subject the action."""
+
+
+class UnauthenticatedError(ClientError):
+    """The server saw no client certificate subject."""
+
+
+class ServerError(ClientError):
+    """Any other failure the server reported (INTERNAL, storage errors); not retriable."""
+
+
+class NoServersError(UnavailableError):
+    """None of the bootstrap addresses answered: the client cannot learn the cluster."""
+
+
+class ClientClosedError(ClientError):
+    """The client was closed; calls made after (or pending during) close fail with this."""
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value) if value is not None else -1
+    except ValueError:
+        return -1
+
+
+def error_info(trailing: Any) -> Any:
+    """The raftlog ``google.rpc.ErrorInfo`` in a call's trailing metadata, or None."""
+    for item in trailing or ():
+        key, value = item[0], item[1]
+        if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except Exception:  # a malformed status is no reason to lose the original error
+            return None
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
+                return info
+    return None
+
+
+#: Status code -> error class (the class says whether to retry and refresh).
+_BY_CODE: dict[grpc.StatusCode, type[ClientError]] = {
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    # The client never cancels a unary call itself: CANCELLED means its channel was closed
+    # under it (the server left the cluster) or the server cancelled; ABORTED is transient.
+    grpc.StatusCode.CANCELLED: UnavailableError,
+    grpc.StatusCode.ABORTED: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: AttemptTimeoutError,
+    grpc.StatusCode.OUT_OF_RANGE: OffsetOutOfRangeError,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: InvalidArgumentError,  # message over gRPC's limit
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+}
+
+
+def from_rpc_error(exc: grpc.RpcError, addr: str = "") -> ClientError:
+    """Classify a failed call; the result's ``__cause__`` is left to the caller."""
+    call: Any = exc
+    code: grpc.StatusCode | None = call.code() if hasattr(call, "code") else None
+    details: str = (call.details() if hasattr(call, "details") else None) or str(exc)
+    trailing = call.trailing_metadata() if hasattr(call, "trailing_metadata") else None
+    info = error_info(trailing)
+    reason = info.reason if info is not None else ""
+    metadata = dict(info.metadata) if info is not None else {}
+    if reason == "NOT_LEADER":
+        cls: type[ClientError] = NotLeaderError
+    elif code is None:
+        cls = ServerError
+    else:
+        cls = _BY_CODE.get(code, ServerError)
+    return cls(details, code=code, reason=reason, metadata=metadata, addr=addr)
+
+
+def describe(error: ClientError) -> str:
+    """One line for ``error``: its reason and message (and the server, when known)."""
+    where = f" (server {error.addr})" if error.addr else ""
+    return f"{error.reason}: {error.message}{where}"
