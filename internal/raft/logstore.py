@@ -27,6 +27,7 @@ Not thread-safe: one user (the node's driver) at a time, on the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import struct
@@ -164,6 +165,18 @@ class RaftLogStore:
         ``fsync``)."""
         if self.fsync:
             await self.log.sync()
+
+    async def sync_exclusive(self) -> None:
+        """:meth:`sync` for a caller that does not touch the store until it returns.
+
+        Runs the engine's blocking fsync in the default executor: one thread hand-off and
+        no task, against a future chain and a task for :meth:`sync` (about 100 us of event
+        loop CPU less per call here). Only safe while nothing else reads or writes the
+        store meanwhile, which holds for the node's driver (its single user, which awaits
+        every round's fsync before the next); use :meth:`sync` anywhere else.
+        """
+        if self.fsync:
+            await asyncio.get_running_loop().run_in_executor(None, self.log.sync_blocking)
 
     def sync_blocking(self) -> None:
         """:meth:`sync` in the calling thread (tools, tests, startup)."""

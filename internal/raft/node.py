@@ -41,7 +41,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,7 @@ log = logging.getLogger("raftlog.raft.node")
 KIND_MESSAGE = b"M"[0]
 KIND_CHUNK = b"C"[0]
 KIND_CHUNK_ACK = b"K"[0]
+_MESSAGE_PREFIX = b"M"
 
 #: Messages a leader may send before its own fsync (see the module docstring).
 _EARLY_TYPES = frozenset({MessageType.APPEND, MessageType.HEARTBEAT, MessageType.TIMEOUT_NOW})
@@ -765,6 +766,12 @@ class RaftNode:
     def _expire(self, now: float) -> None:
         """Fail proposals whose deadline passed (checked on every tick)."""
         heap = self._deadlines
+        if len(heap) > 4096 and len(heap) > 4 * (len(self._pending) + len(self._queued)):
+            # Most entries belong to proposals already answered: rebuild from the live ones
+            # so that the heap stays proportional to what is in flight.
+            heap = [d for d in heap if not d[2].future.done()]
+            heapq.heapify(heap)
+            self._deadlines = heap
         while heap and heap[0][0] <= now:
             _, _, p = heapq.heappop(heap)
             if not p.future.done():
@@ -913,7 +920,6 @@ class RaftNode:
                 self._expire(now)
 
     async def _drive(self) -> None:
-        idle = max(self.config.tick_interval * 4, 0.05)
         try:
             while not self._stopping:
                 if self._snap_done is not None:
@@ -930,9 +936,8 @@ class RaftNode:
                 self._wake.clear()
                 if core.has_ready() or self._snap_done is not None or self._queued:
                     continue
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(idle):
-                        await self._wake.wait()
+                # Bounded without a timer of its own: the ticker sets the event every tick.
+                await self._wake.wait()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -997,15 +1002,18 @@ class RaftNode:
         save = hs is not None and (hs.term, hs.vote) != (self._saved_term, self._saved_vote)
         if not rd.must_sync and not save:
             return
-        waits = []
+        waits: list[Coroutine[Any, Any, None]] = []
         if rd.entries or rd.snapshot is not None:
-            waits.append(store.sync())
+            waits.append(store.sync_exclusive())  # the driver is the store's only user
         if save:
             assert hs is not None
             state = StableState(hs.term, hs.vote or None, {"commit": hs.commit})
             waits.append(self._stable.save(state))
-        if waits:
+        if len(waits) == 1:
+            await waits[0]  # no task around a single wait (one fewer loop hop per round)
+        elif waits:
             await asyncio.gather(*waits)
+        if waits:
             self.stats.syncs += 1
         if save:
             assert hs is not None
@@ -1015,12 +1023,19 @@ class RaftNode:
         if m.type is MessageType.SNAPSHOT:
             self._start_snapshot_send(m)
             return
-        self._transport.send(m.dst, bytes([KIND_MESSAGE]) + encode_message(m))
+        try:
+            self._transport.send(m.dst, _MESSAGE_PREFIX + encode_message(m))
+        except Exception:
+            # The contract says send never raises; a transport bug must not stop the node
+            # (Raft resends what matters), but it must be seen.
+            log.exception("raft node %s: transport failed to send to %s", self.id, m.dst)
 
     # -- apply ----------------------------------------------------------------------------
 
     def _apply(self, committed: tuple[Entry, ...]) -> None:
-        normal = [e for e in committed if e.type is EntryType.NORMAL]
+        normal: Sequence[Entry] = committed
+        if any(e.type is not EntryType.NORMAL for e in committed):
+            normal = [e for e in committed if e.type is EntryType.NORMAL]
         results: Sequence[Any] = ()
         if normal:
             results = self._fsm.apply(normal)
@@ -1029,18 +1044,22 @@ class RaftNode:
                     f"state machine returned {len(results)} results for {len(normal)} entries"
                 )
         self.stats.entries_applied += len(committed)
-        if not self._pending:
-            return
-        by_index = {e.index: r for e, r in zip(normal, results, strict=True)}
         pending = self._pending
+        if not pending:
+            return
+        j = 0  # position in results of the next NORMAL entry
         for e in committed:
+            result = None
+            if e.type is EntryType.NORMAL:
+                result = results[j]
+                j += 1
             p = pending.pop(e.index, None)
             if p is None or p.future.done():
                 continue
             if e.term != p.term:
                 self._fail_proposal(p, self._lost_error())
                 continue
-            p.results.append(ApplyResult(e.index, e.term, by_index.get(e.index)))
+            p.results.append(ApplyResult(e.index, e.term, result))
             if e.index == p.last:
                 p.future.set_result(p.results)
         if not pending:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,14 @@ import pytest
 from raftlog.raft import (
     BootstrapError,
     Entry,
+    MessageType,
     NotLeaderError,
     RaftConfig,
     Server,
     SnapshotMeta,
     Suffrage,
 )
+from raftlog.raft.codec import decode_message
 from raftlog.raft.fsm import SnapshotSource, StateMachine
 from raftlog.raft.node import (
     NodeClosedError,
@@ -31,7 +33,8 @@ from raftlog.raft.node import (
     ProposalTimeoutError,
     RaftNode,
 )
-from raftlog.raft.transport import Transport
+from raftlog.raft.stable import StableStore
+from raftlog.raft.transport import Handler, Transport, TransportStats
 from raftlog.raft.transport_inmem import InmemNetwork
 from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
 from raftlog.security import CertFiles, TLSConfig
@@ -92,6 +95,59 @@ async def _eventually(pred: Callable[[], bool], timeout: float, what: str) -> No
         await asyncio.sleep(0.01)
 
 
+class PersistBeforeSend:
+    """Wraps a transport and checks, for every message a node sends, that what it
+    promises is already durable on its disk: an acknowledged AppendEntries index is below
+    the log store's fsynced offset, a granted vote is in the stable store's file."""
+
+    def __init__(self, inner: Transport, data_dir: Path) -> None:
+        self.inner = inner
+        self.data_dir = data_dir
+        self.node: RaftNode | None = None
+        self.acks_checked = 0
+        self.votes_checked = 0
+        #: Broken promises (not raised here: the node logs and survives transport errors).
+        self.violations: list[str] = []
+
+    @property
+    def node_id(self) -> str:
+        return self.inner.node_id
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def set_handler(self, handler: Handler) -> None:
+        self.inner.set_handler(handler)
+
+    def update_peers(self, addresses: Mapping[str, str]) -> None:
+        self.inner.update_peers(addresses)
+
+    def stats(self) -> TransportStats:
+        return self.inner.stats()
+
+    def send(self, to: str, payload: bytes) -> None:
+        if payload[:1] == b"M" and self.node is not None:
+            m = decode_message(payload[1:])
+            if m.type is MessageType.APPEND_RESP and not m.reject:
+                durable = self.node.log_store.durable_index
+                if not (durable > m.index or m.index < self.node.log_store.first_index):
+                    self.violations.append(
+                        f"{m.src} acknowledged index {m.index} with only <{durable} fsynced"
+                    )
+                self.acks_checked += 1
+            elif m.type is MessageType.VOTE_RESP and not m.reject:
+                saved = StableStore(self.data_dir / "stable").load_sync()
+                if saved is None or (saved.term, saved.voted_for) != (m.term, m.dst):
+                    self.violations.append(
+                        f"{m.src} granted a vote in term {m.term} before saving it ({saved})"
+                    )
+                self.votes_checked += 1
+        self.inner.send(to, payload)
+
+
 class Cluster:
     """N nodes in one process, over the in-memory network or TCP+TLS on 127.0.0.1."""
 
@@ -112,6 +168,7 @@ class Cluster:
         self.fsms: dict[str, ListFSM] = {}
         self.addresses: dict[str, str] = {}
         self.ports: dict[str, int] = {}
+        self.checkers: list[PersistBeforeSend] = []
 
     def servers(self, ids: Iterable[str] | None = None) -> list[Server]:
         return [Server(i, self.addresses[i]) for i in (ids or self.ids)]
@@ -119,7 +176,10 @@ class Cluster:
     async def _transport(self, node_id: str) -> Transport:
         if self.tls is None:
             self.addresses.setdefault(node_id, f"mem-{node_id}")
-            return self.net.transport(node_id, self.addresses[node_id])
+            inner = self.net.transport(node_id, self.addresses[node_id])
+            checker = PersistBeforeSend(inner, self.root / node_id)
+            self.checkers.append(checker)
+            return checker
         t = TcpTransport(
             TcpTransportConfig(node_id=node_id, tls=self.tls, close_timeout=1.0),
             authorize=lambda cn: cn == "server",
@@ -149,6 +209,8 @@ class Cluster:
             seed=hash(node_id) & 0xFFFF,
         )
         node = RaftNode(cfg, self.fsms[node_id], t, peers=dict(self.addresses))
+        if isinstance(t, PersistBeforeSend):
+            t.node = node
         await node.start()
         self.nodes[node_id] = node
         return node
@@ -200,11 +262,16 @@ class Cluster:
         for node_id, items in lists.items():
             assert items == first, f"{node_id} diverged"
 
+    def violations(self) -> list[str]:
+        return [v for c in self.checkers for v in c.violations]
+
     async def close(self) -> None:
         for node in list(self.nodes.values()):
             await node.close()
         self.nodes.clear()
         await self.net.close()
+        # Every in-memory test also checks persist-before-send on every message sent.
+        assert not self.violations(), self.violations()[:5]
 
 
 @pytest.fixture
@@ -243,6 +310,23 @@ async def test_elect_propose_apply_everywhere(cluster: Cluster) -> None:
         await follower.propose(b"nope")
     assert info.value.leader_id == lead.id
     assert info.value.leader_address == cluster.addresses[lead.id]
+
+
+async def test_persist_before_send_and_leader_sends_early(cluster: Cluster) -> None:
+    await cluster.start_all()
+    lead = await cluster.leader()
+    await asyncio.gather(*(lead.propose(d) for d in _payloads("d", 40)))
+    await cluster.converge(40)
+    # Every acknowledgement and granted vote sent so far was checked against the disk.
+    acks = sum(c.acks_checked for c in cluster.checkers)
+    votes = sum(c.votes_checked for c in cluster.checkers)
+    assert acks >= 4 and votes >= 1
+    assert cluster.violations() == []
+    # The leader sent AppendEntries before its own fsync; followers never send early.
+    assert lead.stats.sent_early > 0
+    for n in cluster.running():
+        if n is not lead:
+            assert n.stats.sent_early == 0
 
 
 async def test_batch_proposal_lands_in_consecutive_entries(cluster: Cluster) -> None:
