@@ -17,6 +17,7 @@ import pytest
 
 from raftlog.raft import (
     BootstrapError,
+    ConfigError,
     Entry,
     MessageType,
     NotLeaderError,
@@ -24,6 +25,7 @@ from raftlog.raft import (
     Server,
     SnapshotMeta,
     Suffrage,
+    TransferError,
 )
 from raftlog.raft.codec import decode_message
 from raftlog.raft.fsm import SnapshotSource, StateMachine
@@ -32,6 +34,8 @@ from raftlog.raft.node import (
     NodeConfig,
     ProposalTimeoutError,
     RaftNode,
+    ReadBarrierTimeoutError,
+    WaitTimeoutError,
 )
 from raftlog.raft.stable import StableStore
 from raftlog.raft.transport import Handler, Transport, TransportStats
@@ -542,6 +546,36 @@ async def test_snapshot_compacts_log_and_install_snapshot_catches_up(tmp_path: P
         await c.converge(120)
     finally:
         await c.close()
+
+
+async def test_bounded_waits_and_refusals(cluster: Cluster) -> None:
+    await cluster.start_all()
+    lead = await cluster.leader()
+    with pytest.raises(WaitTimeoutError):
+        await lead.wait_for(lambda: False, 0.1, "never")
+    with pytest.raises(TransferError):
+        await lead.transfer_leadership("nobody", timeout=1)
+    # A leader cut off from its followers cannot confirm a read barrier.
+    others = [i for i in cluster.ids if i != lead.id]
+    cluster.net.partition([lead.id], others)
+    with pytest.raises((ReadBarrierTimeoutError, NotLeaderError)):
+        await lead.read_barrier(timeout=0.3)
+    cluster.net.heal()
+
+
+def test_node_config_validation_says_what_is_wrong(tmp_path: Path) -> None:
+    raft = RaftConfig(id="n1")
+    with pytest.raises(ConfigError, match="tick_interval"):
+        NodeConfig(raft=raft, data_dir=tmp_path, tick_interval=0).validate()
+    with pytest.raises(ConfigError, match="snapshot_idle_timeout"):
+        NodeConfig(
+            raft=raft, data_dir=tmp_path, snapshot_ack_timeout=10, snapshot_idle_timeout=5
+        ).validate()
+    with pytest.raises(ConfigError, match="snapshot_retain"):
+        NodeConfig(raft=raft, data_dir=tmp_path, snapshot_retain=0).validate()
+    net = InmemNetwork()
+    with pytest.raises(ConfigError, match="transport is for node"):
+        RaftNode(NodeConfig(raft=raft, data_dir=tmp_path), ListFSM(), net.transport("n2"))
 
 
 # =========================================================================================
