@@ -1,7 +1,10 @@
-"""What the client commands share: connection flags, the channel, and error messages.
+"""What the client commands share: connection flags, the client, and error messages.
 
-Every expected failure (connection refused, TLS handshake, permission denied, bad offset)
-becomes one line on stderr and a nonzero exit code, never a traceback.
+The commands use :class:`raftlog.client.SyncLogClient`: they learn the cluster from one or
+more ``--addr`` (repeatable, or comma-separated), send writes to the leader, spread reads
+over the followers, and retry through leader changes and restarts for up to ``--timeout``
+seconds. Every expected failure (connection refused, TLS handshake, permission denied, bad
+offset, deadline) becomes one line on stderr and a nonzero exit code, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,10 +18,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-import grpc
-
-from raftlog.api.v1 import log_pb2_grpc
-from raftlog.security import TLSConfig, grpc_channel_credentials
+from raftlog.client import (
+    ClientConfig,
+    ClientError,
+    DeadlineExceededError,
+    NoServersError,
+    PermissionDeniedError,
+    SyncLogClient,
+    UnauthenticatedError,
+    UnavailableError,
+    parse_addrs,
+)
+from raftlog.client.errors import describe as describe_error
+from raftlog.security import TLSConfig
 
 DEFAULT_ADDR = "127.0.0.1:8400"
 #: Message size limit of the client (bytes): the server's default limit plus its slack.
@@ -36,10 +48,17 @@ class CommandError(Exception):
 
 
 def add_client_flags(parser: argparse.ArgumentParser) -> None:
-    """--addr, --ca-file, --cert-file, --key-file, --insecure, --timeout."""
+    """--addr (repeatable), --ca-file, --cert-file, --key-file, --insecure, --timeout."""
     group = parser.add_argument_group("connection")
     group.add_argument(
-        "--addr", default=DEFAULT_ADDR, help=f"server HOST:PORT (default {DEFAULT_ADDR})"
+        "--addr",
+        action="append",
+        default=None,
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help=(
+            f"a server of the cluster (default {DEFAULT_ADDR}); repeat it or separate "
+            "addresses with commas: the first that answers tells the client the rest"
+        ),
     )
     group.add_argument(
         "--ca-file", default="certs/ca.pem", help="CA of the server (default certs/ca.pem)"
@@ -63,85 +82,102 @@ def add_client_flags(parser: argparse.ArgumentParser) -> None:
         "--timeout",
         type=float,
         default=10.0,
-        help="seconds to wait for the server to connect and answer (default 10)",
+        help=(
+            "seconds one call may take, retries through leader changes and restarts "
+            "included; for consume, the longest time without progress (default 10)"
+        ),
     )
 
 
-def open_channel(args: argparse.Namespace) -> grpc.Channel:
-    """A channel to ``--addr`` with mutual TLS (or plaintext with ``--insecure``)."""
-    options = [
-        ("grpc.max_receive_message_length", CLIENT_MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", CLIENT_MAX_MESSAGE_BYTES),
-    ]
-    if args.insecure:
-        return grpc.insecure_channel(args.addr, options=options)
-    for flag, value in (
-        ("--ca-file", args.ca_file),
-        ("--cert-file", args.cert_file),
-        ("--key-file", args.key_file),
-    ):
-        if not Path(value).is_file():
-            raise CommandError(
-                f"{flag} {value}: no such file (run `make certs`, or pass the right {flag})",
-                EXIT_USAGE,
-            )
-    tls = TLSConfig(Path(args.cert_file), Path(args.key_file), Path(args.ca_file))
-    return grpc.secure_channel(args.addr, grpc_channel_credentials(tls), options=options)
+def addrs_of(args: argparse.Namespace) -> list[str]:
+    """The ``--addr`` values as a list of HOST:PORT (usage error if malformed)."""
+    try:
+        return parse_addrs(args.addr or [DEFAULT_ADDR])
+    except ValueError as exc:
+        raise CommandError(f"--addr: {exc}", EXIT_USAGE) from None
+
+
+def client_config(args: argparse.Namespace) -> ClientConfig:
+    """The client settings of a command: ``--timeout`` bounds each call."""
+    timeout = args.timeout
+    if not timeout > 0:
+        raise CommandError(f"--timeout must be more than 0 seconds, got {timeout}", EXIT_USAGE)
+    return ClientConfig(
+        request_timeout_s=timeout,
+        attempt_timeout_s=min(5.0, timeout),
+        refresh_timeout_s=min(2.0, timeout),
+        max_message_bytes=CLIENT_MAX_MESSAGE_BYTES,
+    )
 
 
 @contextmanager
-def log_stub(args: argparse.Namespace) -> Iterator[log_pb2_grpc.LogStub]:
-    """A ``log.v1.Log`` stub; failed calls inside the block become :class:`CommandError`.
+def log_client(args: argparse.Namespace) -> Iterator[SyncLogClient]:
+    """A started client; failures inside the block become :class:`CommandError`.
 
-    Calls do not wait for the channel to become ready: an unreachable server or a failed
-    TLS handshake fails the first call at once, with the reason in its details.
+    Starting asks each ``--addr`` once (no retries): an unreachable server or a failed TLS
+    handshake fails at once, with a plain reason.
     """
-    channel = open_channel(args)
+    addrs = addrs_of(args)
+    config = client_config(args)
+    tls: TLSConfig | None = None
+    if not args.insecure:
+        for flag, value in (
+            ("--ca-file", args.ca_file),
+            ("--cert-file", args.cert_file),
+            ("--key-file", args.key_file),
+        ):
+            if not Path(value).is_file():
+                raise CommandError(
+                    f"{flag} {value}: no such file (run `make certs`, or pass the right {flag})",
+                    EXIT_USAGE,
+                )
+        tls = TLSConfig(Path(args.cert_file), Path(args.key_file), Path(args.ca_file))
     try:
-        yield log_pb2_grpc.LogStub(channel)  # type: ignore[no-untyped-call]
-    except grpc.RpcError as exc:
+        client = SyncLogClient(addrs, tls=tls, config=config, insecure=args.insecure)
+    except ClientError as exc:
+        raise CommandError(describe(exc, args)) from None
+    try:
+        yield client
+    except ClientError as exc:
         raise CommandError(describe(exc, args)) from None
     finally:
-        channel.close()
+        client.close()
 
 
-def _unreachable(args: argparse.Namespace) -> str:
-    """Why a channel did not get ready: refused, or (likely) TLS, said plainly."""
-    host, _, port = args.addr.rpartition(":")
+def _unreachable(addr: str, args: argparse.Namespace) -> str:
+    """Why ``addr`` did not answer: refused, or (likely) TLS, said plainly."""
+    host, _, port = addr.rpartition(":")
     try:
         with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=2):
             pass
     except (OSError, ValueError) as exc:
         reason = "connection refused" if isinstance(exc, ConnectionRefusedError) else str(exc)
-        return f"cannot connect to {args.addr}: {reason} (is `raftlog agent` running there?)"
+        return f"cannot connect to {addr}: {reason} (is `raftlog agent` running there?)"
     if args.insecure:
-        return f"cannot talk gRPC to {args.addr} in plaintext (is the node using TLS?)"
+        return f"cannot talk gRPC to {addr} in plaintext (is the node using TLS?)"
     return (
-        f"TLS handshake with {args.addr} failed: the server and this client must trust the "
+        f"TLS handshake with {addr} failed: the server and this client must trust the "
         f"same CA (--ca-file {args.ca_file}, --cert-file {args.cert_file}), and the server's "
         "certificate must name the host you dial"
     )
 
 
-def describe(exc: grpc.RpcError, args: argparse.Namespace) -> str:
+def describe(exc: ClientError, args: argparse.Namespace) -> str:
     """One line for a failed call."""
-    call: Any = exc
-    code: grpc.StatusCode | None = call.code() if hasattr(call, "code") else None
-    details = (call.details() if hasattr(call, "details") else None) or str(exc)
-    if code is grpc.StatusCode.UNAVAILABLE:
-        low = details.lower()
-        if any(w in low for w in ("ssl", "tls", "handshake", "certificate", "connect", "refused")):
-            # gRPC's details are long and cryptic; probe the address for a plain reason.
-            return _unreachable(args)
-        return f"server {args.addr} unavailable: {details}"
-    if code is grpc.StatusCode.PERMISSION_DENIED:
-        return f"permission denied: {details}"
-    if code is grpc.StatusCode.UNAUTHENTICATED:
-        return f"not authenticated: {details}"
-    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-        return f"no answer from {args.addr} within {args.timeout:g} s"
-    name = code.name if code is not None else "error"
-    return f"{name}: {details}"
+    if isinstance(exc, NoServersError):
+        # gRPC's details are long and cryptic; probe the addresses for a plain reason.
+        return "; ".join(_unreachable(addr, args) for addr in addrs_of(args))
+    if isinstance(exc, PermissionDeniedError):
+        return f"permission denied: {exc.message}"
+    if isinstance(exc, UnauthenticatedError):
+        return f"not authenticated: {exc.message}"
+    if isinstance(exc, DeadlineExceededError):
+        last = describe_error(exc.last_error) if exc.last_error is not None else "none"
+        return f"gave up after --timeout {args.timeout:g} s; last error: {last}"
+    if isinstance(exc, UnavailableError):
+        return f"server {exc.addr or ', '.join(addrs_of(args))} unavailable: {exc.message}"
+    name = exc.code.name if exc.code is not None else exc.reason
+    return f"{name}: {exc.message}"
 
 
 def run_command(func: Any, args: argparse.Namespace, prog: str) -> int:
@@ -152,7 +188,7 @@ def run_command(func: Any, args: argparse.Namespace, prog: str) -> int:
     except CommandError as exc:
         print(f"raftlog {prog}: {exc}", file=sys.stderr)
         return exc.code
-    except grpc.RpcError as exc:
+    except ClientError as exc:
         print(f"raftlog {prog}: {describe(exc, args)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -1,4 +1,10 @@
-"""``raftlog consume``: print records from an offset, up to the end or following new ones."""
+"""``raftlog consume``: print records from an offset, up to the end or following new ones.
+
+Reads go through :mod:`raftlog.client`: spread over the cluster's followers, and a
+``--follow`` stream resumes on another server (or the same one, restarted) at the next
+record it has not printed, so a leader change neither skips nor repeats a record. It gives
+up when no server lets it progress for ``--timeout`` seconds.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +14,15 @@ import json
 import sys
 from typing import Any
 
-from raftlog.api.v1 import log_pb2
+from raftlog.client import Record
 from raftlog.cmd.clientargs import (
     EXIT_USAGE,
     CommandError,
     Progress,
     add_client_flags,
-    log_stub,
+    log_client,
     run_command,
 )
-
-#: Records per ConsumeStream message the command asks for.
-BATCH_RECORDS = 1000
 
 
 def register(sub: Any) -> None:
@@ -44,7 +47,7 @@ def register(sub: Any) -> None:
     parser.set_defaults(handler=lambda args: run_command(run, args, "consume"))
 
 
-def format_json(record: log_pb2.Record) -> str:
+def format_json(record: Record) -> str:
     """One JSON line for ``record``."""
     try:
         value, encoding = record.value.decode("utf-8"), "utf-8"
@@ -64,24 +67,21 @@ def run(args: argparse.Namespace) -> int:
         return 0
     out = sys.stdout.buffer
     progress = Progress("consumed")
-    with log_stub(args) as stub:
+    with log_client(args) as client:
         end: int | None = None
         if not args.follow:
-            offsets = stub.GetOffsets(log_pb2.GetOffsetsRequest(), timeout=args.timeout)
-            if offsets.empty or args.offset > offsets.highest_offset:
-                if args.offset < offsets.lowest_offset or args.offset > offsets.next_offset:
-                    # let the server say what is wrong (OUT_OF_RANGE with the offsets)
-                    stub.Consume(log_pb2.ConsumeRequest(offset=args.offset), timeout=args.timeout)
+            offsets = client.offsets()
+            if offsets.empty or args.offset > offsets.highest:
+                if args.offset < offsets.lowest or args.offset > offsets.next:
+                    client.consume(args.offset)  # the server says what is wrong (OUT_OF_RANGE)
                 return 0
-            end = offsets.highest_offset
-        call = stub.ConsumeStream(
-            log_pb2.ConsumeRequest(offset=args.offset, max_records=BATCH_RECORDS)
-        )
+            end = offsets.highest
+        batches = client.stream_batches(args.offset)
         try:
-            for response in call:
+            for batch in batches:
                 lines = []
                 done = False
-                for record in response.records:
+                for record in batch:
                     if args.format == "json":
                         lines.append(format_json(record).encode() + b"\n")
                     else:
@@ -99,6 +99,6 @@ def run(args: argparse.Namespace) -> int:
                 if done:
                     break
         finally:
-            call.cancel()
+            batches.close()
     progress.done()
     return 0

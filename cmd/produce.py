@@ -1,4 +1,9 @@
-"""``raftlog produce``: append values given as arguments, or stdin lines, in batches."""
+"""``raftlog produce``: append values given as arguments, or stdin lines, in batches.
+
+Writes go to the cluster's leader through :mod:`raftlog.client` (retried through leader
+changes for up to ``--timeout`` seconds). Stdin batches are sent one after another, so the
+log keeps the order of the lines.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from raftlog.api.v1 import log_pb2
-from raftlog.cmd.clientargs import Progress, add_client_flags, log_stub, run_command
+from raftlog.cmd.clientargs import Progress, add_client_flags, log_client, run_command
 
 #: Most records / payload bytes in one ProduceRequest read from stdin.
 BATCH_RECORDS = 1000
@@ -23,7 +27,8 @@ def register(sub: Any) -> None:
         description=(
             "Append each VALUE as a record (all in one atomic batch), or, without VALUE, each "
             "line of stdin (without its newline), sent in batches of up to "
-            f"{BATCH_RECORDS} records over one ProduceStream. Prints one offset per record."
+            f"{BATCH_RECORDS} records (1 MiB) per request. Prints one offset per record. "
+            "Several --addr may be given: writes find the leader."
         ),
     )
     parser.add_argument("values", nargs="*", metavar="VALUE", help="record values (UTF-8)")
@@ -45,35 +50,25 @@ def _batches(stream: BinaryIO, interactive: bool) -> Iterator[list[bytes]]:
         yield batch
 
 
-def _requests(batches: Iterator[list[bytes]]) -> Iterator[log_pb2.ProduceRequest]:
-    for batch in batches:
-        yield log_pb2.ProduceRequest(records=[log_pb2.Record(value=v) for v in batch])
-
-
-def _print_offsets(first: int, last: int, out: Any) -> None:
-    out.write("".join(f"{o}\n" for o in range(first, last + 1)))
+def _print_offsets(offsets: list[int], out: Any) -> None:
+    out.write("".join(f"{o}\n" for o in offsets))
 
 
 def run(args: argparse.Namespace) -> int:
     """Produce and print offsets."""
     out = sys.stdout
-    with log_stub(args) as stub:
+    with log_client(args) as client:
         if args.values:
-            values = [v.encode() for v in args.values]
-            if len(values) == 1:
-                request = log_pb2.ProduceRequest(record=log_pb2.Record(value=values[0]))
-            else:
-                request = log_pb2.ProduceRequest(records=[log_pb2.Record(value=v) for v in values])
-            response = stub.Produce(request, timeout=args.timeout)
-            _print_offsets(response.offset, max(response.last_offset, response.offset), out)
+            _print_offsets(client.produce_batch([v.encode() for v in args.values]), out)
             return 0
         progress = Progress("produced")
-        stdin = sys.stdin.buffer
-        responses = stub.ProduceStream(_requests(_batches(stdin, sys.stdin.isatty())))
-        for response in responses:
-            last = max(response.last_offset, response.offset)
-            _print_offsets(response.offset, last, out)
-            progress.add(last - response.offset + 1)
+        interactive = sys.stdin.isatty()
+        for batch in _batches(sys.stdin.buffer, interactive):
+            offsets = client.produce_batch(batch)
+            _print_offsets(offsets, out)
+            if interactive:
+                out.flush()
+            progress.add(len(offsets))
         out.flush()
         progress.done()
     return 0

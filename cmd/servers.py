@@ -6,8 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from raftlog.api.v1 import log_pb2
-from raftlog.cmd.clientargs import add_client_flags, log_stub, run_command
+from raftlog.cmd.clientargs import add_client_flags, log_client, run_command
 
 
 def register(sub: Any) -> None:
@@ -21,9 +20,9 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print one server per line: id, rpc_addr, and 'leader' for the leader."""
-    with log_stub(args) as stub:
-        response = stub.GetServers(log_pb2.GetServersRequest(), timeout=args.timeout)
-    for server in response.servers:
+    with log_client(args) as client:
+        servers = client.servers()
+    for server in servers:
         role = "leader" if server.is_leader else "follower"
         sys.stdout.write(f"{server.id}\t{server.rpc_addr}\t{role}\n")
     return 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Generator, Sequence
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, TypeVar
@@ -99,7 +99,7 @@ class SyncLogClient:
         """The record at ``offset``."""
         return self._call(self._client.consume(offset))
 
-    def stream(self, from_offset: int = 0) -> Iterator[Record]:
+    def stream(self, from_offset: int = 0) -> Generator[Record, None, None]:
         """Records from ``from_offset`` on, following new ones (see :meth:`LogClient.stream`).
 
         Fetches a batch at a time from the loop thread; closing the iterator (``break``
@@ -108,7 +108,7 @@ class SyncLogClient:
         for batch in self.stream_batches(from_offset):
             yield from batch
 
-    def stream_batches(self, from_offset: int = 0) -> Iterator[list[Record]]:
+    def stream_batches(self, from_offset: int = 0) -> Generator[list[Record], None, None]:
         """Like :meth:`stream`, a batch at a time."""
         agen = self._client.stream_batches(from_offset)
         try:
