@@ -145,7 +145,13 @@ class ClusterNode:
         )
         node = RaftNode(
             NodeConfig(
-                raft=RaftConfig(id=config.node_name, snapshot_threshold=config.snapshot_threshold),
+                raft=RaftConfig(
+                    id=config.node_name,
+                    snapshot_threshold=config.snapshot_threshold,
+                    # keep up to half a snapshot interval (at most 1024) of entries behind
+                    # a snapshot, so a slightly late follower catches up from the log
+                    snapshot_trailing_entries=min(1024, config.snapshot_threshold // 2),
+                ),
                 data_dir=config.data_dir / "raft",
                 fsync=config.sync != "never",
                 request_timeout=10.0,

@@ -1,0 +1,294 @@
+"""A local cluster of ``raftlog agent`` processes on one machine (make run, tests, bench).
+
+Each node is a real agent subprocess with its own data dir, one mux port (gRPC + Raft),
+a Serf gossip port and a Serf RPC port on the loopback interface. The first node
+bootstraps; the others join through Serf (``--start-join-addrs``). Every wait is bounded;
+:meth:`DevCluster.stop_all` terminates (SIGTERM, then SIGKILL after a bound) and reaps
+every process it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import grpc
+
+from raftlog.api.v1 import log_pb2, log_pb2_grpc
+from raftlog.security import TLSConfig, grpc_channel_credentials
+
+
+class DevClusterError(RuntimeError):
+    """A node did not start, or the cluster did not reach the wanted state in time."""
+
+
+@dataclass(frozen=True)
+class ClusterFiles:
+    """Certificates and ACL every node uses (peer certificate = server certificate)."""
+
+    server_cert: Path
+    server_key: Path
+    ca: Path
+    acl_model: Path
+    acl_policy: Path
+
+    @classmethod
+    def from_dir(cls, certs: Path) -> ClusterFiles:
+        """The layout ``make certs`` / ``raftlog cert`` writes."""
+        return cls(
+            certs / "server.pem",
+            certs / "server-key.pem",
+            certs / "ca.pem",
+            certs / "model.conf",
+            certs / "policy.csv",
+        )
+
+
+def default_raftlog() -> tuple[str, ...]:
+    """The ``raftlog`` script beside this interpreter, else ``python -m raftlog.cmd``."""
+    script = Path(sys.executable).parent / "raftlog"
+    if script.is_file() and os.access(script, os.X_OK):
+        return (str(script),)
+    return (sys.executable, "-m", "raftlog.cmd")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for TCP and UDP now (Serf gossip uses both)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port: int = s.getsockname()[1]
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise DevClusterError("no free port found")
+
+
+@dataclass
+class NodeProcess:
+    """One agent process and its addresses."""
+
+    name: str
+    data_dir: Path
+    rpc_port: int
+    gossip_port: int
+    serf_rpc_port: int
+    host: str = "127.0.0.1"
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    extra: tuple[str, ...] = field(default_factory=tuple)
+    #: Set once the process was waited for on purpose (killed or stopped by the owner).
+    stopped: bool = False
+
+    @property
+    def rpc_addr(self) -> str:
+        return f"{self.host}:{self.rpc_port}"
+
+    @property
+    def gossip_addr(self) -> str:
+        return f"{self.host}:{self.gossip_port}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class DevCluster:
+    """Start, kill, restart and stop local agent processes.
+
+    ``root``: parent of the data dirs (``root/<name>``) and logs (``root/<name>.log``).
+    ``files``: certificates and ACL. ``agent_args``: extra flags for every agent (e.g.
+    ``--snapshot-threshold 64``). ``ports``: fixed (rpc, gossip, serf rpc) per node index,
+    else free ports. ``raftlog``: the command that runs the CLI.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        files: ClusterFiles,
+        *,
+        agent_args: tuple[str, ...] = ("--serf-profile", "local"),
+        raftlog: tuple[str, ...] | None = None,
+        host: str = "127.0.0.1",
+        log_to_files: bool = True,
+    ) -> None:
+        self.root = root
+        self.files = files
+        self.agent_args = agent_args
+        self.raftlog = raftlog or default_raftlog()
+        self.host = host
+        self.log_to_files = log_to_files
+        self.nodes: dict[str, NodeProcess] = {}
+        self._logs: dict[str, IO[bytes]] = {}
+        self.client_tls: TLSConfig | None = None
+
+    # -- processes -------------------------------------------------------------------------
+
+    def add_node(self, name: str, ports: tuple[int, int, int] | None = None) -> NodeProcess:
+        """Register a node (not started) with fixed or free ports."""
+        rpc, gossip, serf = ports or (free_port(), free_port(), free_port())
+        node = NodeProcess(name, self.root / name, rpc, gossip, serf, host=self.host)
+        self.nodes[name] = node
+        return node
+
+    def command(self, node: NodeProcess, *, bootstrap: bool, join: list[str]) -> list[str]:
+        """The ``raftlog agent`` command line of ``node``."""
+        f = self.files
+        argv = [
+            *self.raftlog,
+            "agent",
+            "--node-name",
+            node.name,
+            "--data-dir",
+            str(node.data_dir),
+            "--rpc-port",
+            str(node.rpc_port),
+            "--bind-addr",
+            node.gossip_addr,
+            "--serf-rpc-addr",
+            f"127.0.0.1:{node.serf_rpc_port}",
+            "--server-tls-cert-file",
+            str(f.server_cert),
+            "--server-tls-key-file",
+            str(f.server_key),
+            "--server-tls-ca-file",
+            str(f.ca),
+            "--peer-tls-cert-file",
+            str(f.server_cert),
+            "--peer-tls-key-file",
+            str(f.server_key),
+            "--peer-tls-ca-file",
+            str(f.ca),
+            "--acl-model-file",
+            str(f.acl_model),
+            "--acl-policy-file",
+            str(f.acl_policy),
+            *self.agent_args,
+            *node.extra,
+        ]
+        if bootstrap:
+            argv.append("--bootstrap")
+        if join:
+            argv += ["--start-join-addrs", ",".join(join)]
+        return argv
+
+    def start(self, name: str, *, bootstrap: bool = False, join: list[str] | None = None) -> None:
+        """Start node ``name`` (joining ``join`` gossip addresses, default: the others)."""
+        node = self.nodes[name]
+        if node.running:
+            raise DevClusterError(f"node {name} is already running")
+        if join is None:
+            join = [n.gossip_addr for n in self.nodes.values() if n.name != name and n.running]
+        self.root.mkdir(parents=True, exist_ok=True)
+        out: IO[bytes] | int = subprocess.DEVNULL
+        if self.log_to_files:
+            node.log_path = self.root / f"{name}.log"
+            fh = open(node.log_path, "ab")  # noqa: SIM115 - closed in _reap
+            self._logs[name] = fh
+            out = fh
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        node.stopped = False
+        node.proc = subprocess.Popen(
+            self.command(node, bootstrap=bootstrap, join=join),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT if self.log_to_files else subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,  # a terminal's Ctrl-C reaches the runner only
+        )
+
+    def signal(self, name: str, sig: signal.Signals) -> None:
+        """Send ``sig`` to node ``name``."""
+        node = self.nodes[name]
+        if node.proc is not None and node.proc.poll() is None:
+            node.proc.send_signal(sig)
+
+    def wait_exit(self, name: str, timeout: float) -> int:
+        """Wait for node ``name`` to exit; its exit code (SIGKILL after ``timeout``)."""
+        node = self.nodes[name]
+        if node.proc is None:
+            return 0
+        try:
+            code = node.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            node.proc.kill()
+            code = node.proc.wait(10)
+        node.stopped = True
+        self._reap(name)
+        return code
+
+    def _reap(self, name: str) -> None:
+        fh = self._logs.pop(name, None)
+        if fh is not None:
+            fh.close()
+
+    def stop_all(self, timeout: float = 20.0) -> None:
+        """SIGTERM every running node at once, wait (SIGKILL after ``timeout``), reap."""
+        for name in self.nodes:
+            self.signal(name, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for name in self.nodes:
+            self.wait_exit(name, max(0.1, deadline - time.monotonic()))
+
+    def log_text(self, name: str) -> str:
+        """The node's log so far (for failure messages)."""
+        path = self.nodes[name].log_path
+        if path is None or not path.exists():
+            return ""
+        return path.read_text(errors="replace")
+
+    # -- client side -------------------------------------------------------------------------
+
+    def channel(self, name: str, tls: TLSConfig) -> grpc.aio.Channel:
+        """A mutual-TLS channel to node ``name`` as the holder of ``tls``."""
+        return grpc.aio.secure_channel(
+            self.nodes[name].rpc_addr,
+            grpc_channel_credentials(tls),
+            options=[("grpc.max_receive_message_length", 64 << 20)],
+        )
+
+    async def servers(self, name: str, tls: TLSConfig, timeout_s: float = 2.0) -> list[Any]:
+        """GetServers on node ``name``."""
+        async with self.channel(name, tls) as ch:
+            stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
+            resp = await stub.GetServers(log_pb2.GetServersRequest(), timeout=timeout_s)
+            return list(resp.servers)
+
+    async def wait_for(
+        self, tls: TLSConfig, *, members: int, timeout_s: float, via: list[str] | None = None
+    ) -> str:
+        """Wait until a node reports a leader and ``members`` members or more; the leader."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        last = "no answer yet"
+        while loop.time() < deadline:
+            live = [n for n, p in self.nodes.items() if p.proc is not None and not p.stopped]
+            for name in live:
+                proc = self.nodes[name].proc
+                if proc is not None and proc.poll() is not None:
+                    raise DevClusterError(
+                        f"node {name} exited (code {proc.returncode}):\n"
+                        + self.log_text(name)[-2000:]
+                    )
+            for name in via or live:
+                with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
+                    servers = await self.servers(name, tls, timeout_s=1.0)
+                    leaders = [s.id for s in servers if s.is_leader]
+                    last = f"{name} sees {[(s.id, s.is_leader) for s in servers]}"
+                    if leaders and len(servers) >= members:
+                        return str(leaders[0])
+            await asyncio.sleep(0.2)
+        raise DevClusterError(f"no leader with {members} members within {timeout_s} s ({last})")
