@@ -117,11 +117,12 @@ async def test_produce_retries_across_a_restart_on_the_same_port(
     async with client_of(node.addr) as client:
 
         async def producer(k: int) -> None:
-            i = 0
-            while not restarted.is_set() or i < 40:
+            i = after = 0
+            while after < 40:  # keep producing until 40 records went in after the restart
                 value = b"p%d-%d" % (k, i)
                 acked[await client.produce(value)] = value
                 i += 1
+                after += restarted.is_set()
 
         tasks = [asyncio.create_task(producer(k)) for k in range(8)]
         await until(lambda: len(acked) >= 100)

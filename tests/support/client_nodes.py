@@ -3,7 +3,11 @@ with a server-side membership list the test controls (to drive the client's reso
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import re
+import signal
+import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +15,7 @@ from pathlib import Path
 from raftlog.auth import CasbinAuthorizer, write_example_acl
 from raftlog.client import ClientConfig, LogClient
 from raftlog.log import Log, LogConfig, SyncPolicy
-from raftlog.security import CertFiles, TLSConfig
+from raftlog.security import CertFiles, TLSConfig, write_dev_certs
 from raftlog.server import LocalLog, LogServer, NotLeaderError, ServerInfo
 
 #: Client settings for tests: short backoffs, so retries happen within test time.
@@ -117,3 +121,89 @@ async def open_client(
 ) -> AsyncIterator[LogClient]:
     async with LogClient(addrs, tls=tls_of(certs[role]), config=config) as client:
         yield client
+
+
+RAFTLOG = str(Path(sys.executable).parent / "raftlog")
+BANNER = re.compile(rb"serving log\.v1\.Log on (127\.0\.0\.1:\d+)")
+
+
+def write_agent_certs(root: Path) -> dict[str, CertFiles]:
+    """Certificates and the example ACL in ``root/certs``, where the agent's defaults look."""
+    certs = write_dev_certs(root / "certs")
+    write_example_acl(root / "certs")
+    return certs
+
+
+class AgentProcess:
+    """A ``raftlog agent`` subprocess (cwd ``root``, data in ``root/<name>``) that can be
+    killed (SIGKILL) and started again on the same port with the same data."""
+
+    def __init__(self, root: Path, name: str, extra: Sequence[str] = ()) -> None:
+        self.root = root
+        self.name = name
+        self.extra = list(extra)
+        self.port = 0
+        self.proc: asyncio.subprocess.Process | None = None
+        self.starts = 0
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self, timeout_s: float = 30.0) -> None:
+        """Start the agent; returns once it prints the address it serves on."""
+        self.starts += 1
+        log = open(self.root / f"{self.name}.{self.starts}.log", "wb")  # noqa: SIM115
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                RAFTLOG,
+                "agent",
+                "--node-name",
+                self.name,
+                "--data-dir",
+                self.name,
+                "--rpc-port",
+                str(self.port),
+                "--log-level",
+                "info",
+                *self.extra,
+                cwd=self.root,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+            )
+        finally:
+            log.close()
+        assert self.proc.stdout is not None
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    line = await self.proc.stdout.readline()
+                    if not line:
+                        raise RuntimeError(f"agent {self.name} exited: {self.log_tail()}")
+                    match = BANNER.search(line)
+                    if match:
+                        break
+        except BaseException:
+            await self.kill()
+            raise
+        self.port = int(match.group(1).decode().rpartition(":")[2])
+
+    def log_tail(self, chars: int = 3000) -> str:
+        path = self.root / f"{self.name}.{self.starts}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    async def kill(self) -> None:
+        """SIGKILL (no clean shutdown), and reap."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await asyncio.wait_for(self.proc.wait(), 10)
+
+    async def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL if it does not end within ``timeout_s``."""
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout_s)
+        except TimeoutError:
+            await self.kill()
