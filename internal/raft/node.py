@@ -41,6 +41,7 @@ import itertools
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -395,6 +396,9 @@ class RaftNode:
         self._pending: dict[int, _Proposal] = {}
         self._pending_max = 0
         self._queued: list[_Proposal] = []
+        # Deadlines: proposals with the default timeout expire in the order they were
+        # made (a FIFO, pruned from the front as they are answered); others in a heap.
+        self._fifo: deque[_Proposal] = deque()
         self._deadlines: list[tuple[float, int, _Proposal]] = []
         self._deadline_seq = itertools.count()
         self._reads: dict[bytes, asyncio.Future[int]] = {}
@@ -734,7 +738,10 @@ class RaftNode:
         # call (one ticket) before its next round, so the core's per-call cost is paid
         # once per round, not once per proposal.
         self._queued.append(p)
-        heapq.heappush(self._deadlines, (p.deadline, next(self._deadline_seq), p))
+        if timeout is None:
+            self._fifo.append(p)
+        else:
+            heapq.heappush(self._deadlines, (p.deadline, next(self._deadline_seq), p))
         self._wake.set()
         return await fut
 
@@ -765,6 +772,15 @@ class RaftNode:
 
     def _expire(self, now: float) -> None:
         """Fail proposals whose deadline passed (checked on every tick)."""
+        fifo = self._fifo
+        while fifo and (fifo[0].future.done() or fifo[0].deadline <= now):
+            p = fifo.popleft()
+            if not p.future.done():
+                p.future.set_exception(
+                    ProposalTimeoutError(
+                        "proposal not committed and applied in time (it may still commit)"
+                    )
+                )
         heap = self._deadlines
         if len(heap) > 4096 and len(heap) > 4 * (len(self._pending) + len(self._queued)):
             # Most entries belong to proposals already answered: rebuild from the live ones
@@ -916,7 +932,7 @@ class RaftNode:
             if core is not None and self._failure is None:
                 core.tick()
                 self._wake.set()
-            if self._deadlines:
+            if self._deadlines or self._fifo:
                 self._expire(now)
 
     async def _drive(self) -> None:
@@ -1141,6 +1157,7 @@ class RaftNode:
         self._pending.clear()
         self._queued = []
         self._deadlines = []
+        self._fifo.clear()
         self._pending_max = 0
         for fut in list(self._reads.values()) + [f for _, f in self._read_waiting]:
             if not fut.done():

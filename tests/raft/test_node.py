@@ -162,8 +162,10 @@ class Cluster:
         *,
         tls: TLSConfig | None = None,
         raft: dict[str, Any] | None = None,
+        node: dict[str, Any] | None = None,
     ) -> None:
         self.root = root
+        self.node_kw = dict(node or {})
         self.ids = list(ids)
         self.tls = tls
         self.raft_kw = dict(raft or {})
@@ -211,6 +213,7 @@ class Cluster:
             snapshot_ack_timeout=1.0,
             snapshot_idle_timeout=5.0,
             seed=hash(node_id) & 0xFFFF,
+            **self.node_kw,
         )
         node = RaftNode(cfg, self.fsms[node_id], t, peers=dict(self.addresses))
         if isinstance(t, PersistBeforeSend):
@@ -425,6 +428,21 @@ async def test_proposal_timeout_and_close_fail_pending(cluster: Cluster) -> None
         await lead.close()
     with pytest.raises(NodeClosedError):
         await lead.propose(b"after close")
+
+
+async def test_default_timeout_applies_to_proposals_without_one(tmp_path: Path) -> None:
+    c = Cluster(tmp_path, ["n1", "n2", "n3"], node={"request_timeout": 0.3})
+    try:
+        await c.start_all()
+        lead = await c.leader()
+        assert (await lead.propose(b"ok")).index > 0
+        c.net.partition([lead.id], [i for i in c.ids if i != lead.id])
+        t0 = time.monotonic()
+        with pytest.raises((ProposalTimeoutError, NotLeaderError)):
+            await lead.propose(b"stuck")
+        assert time.monotonic() - t0 < 3
+    finally:
+        await c.close()
 
 
 async def test_deposed_leader_fails_uncommitted_proposal_with_not_leader(
