@@ -1,0 +1,191 @@
+"""LogClient against a real 3-node cluster (``raftlog agent`` processes, Serf, mux, mTLS).
+
+Calls are counted on the servers: the agents log every call at debug level with its method
+and the client certificate's subject (``root`` for this client; forwarded writes between
+nodes carry the node certificate's subject), so the counts below are the servers' own.
+
+Without the idempotent producer (next step), a produce retried after the leader died may
+append its records twice: the failover test asserts no loss and records the duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+
+import grpc
+import pytest
+
+from raftlog.agent.devcluster import ClusterFiles, DevCluster
+from raftlog.api.v1 import log_pb2, log_pb2_grpc
+from raftlog.auth import write_example_acl
+from raftlog.client import LogClient, Record
+from raftlog.security import CertFiles
+from support.client_nodes import FAST, tls_of
+
+pytestmark = pytest.mark.timeout(150)
+
+#: Client settings for failover: enough time for an election, quick retries.
+FAILOVER = replace(FAST, request_timeout_s=30.0, attempt_timeout_s=3.0, backoff_max_s=0.3)
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, dev_certs: dict[str, CertFiles]
+) -> Iterator[DevCluster]:
+    root = tmp_path_factory.mktemp("client-cluster")
+    write_example_acl(root / "acl")
+    server = dev_certs["server"]
+    files = ClusterFiles(
+        server.cert_file,
+        server.key_file,
+        server.ca_file,
+        root / "acl" / "model.conf",
+        root / "acl" / "policy.csv",
+    )
+    c = DevCluster(
+        root,
+        files,
+        agent_args=("--serf-profile", "local", "--sync", "never", "--log-level", "debug"),
+    )
+    c.client_tls = tls_of(dev_certs["root"])
+    for name in ("n1", "n2", "n3"):
+        c.add_node(name)
+    c.start("n1", bootstrap=True)
+    try:
+        asyncio.run(c.wait_for(c.client_tls, members=1, timeout_s=30))
+        c.start("n2")
+        c.start("n3")
+        asyncio.run(c.wait_for(c.client_tls, members=3, timeout_s=40))
+    except BaseException:
+        c.stop_all()
+        raise
+    yield c
+    c.stop_all()
+
+
+def calls(c: DevCluster, name: str, method: str) -> int:
+    """Successful ``method`` calls node ``name`` served to the ``root`` client, per its log."""
+    pattern = rf"method=/log\.v1\.Log/{method} subject=root peer=\S+ code=OK"
+    return len(re.findall(pattern, c.log_text(name)))
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.02)
+
+
+async def highest_on(c: DevCluster, name: str) -> int:
+    """The highest committed offset node ``name`` serves now."""
+    assert c.client_tls is not None
+    async with c.channel(name, c.client_tls) as channel:
+        stub = log_pb2_grpc.LogStub(channel)  # type: ignore[no-untyped-call]
+        response = await stub.GetOffsets(log_pb2.GetOffsetsRequest(), timeout=2)
+    return -1 if response.empty else int(response.highest_offset)
+
+
+def addrs(c: DevCluster) -> list[str]:
+    return [n.rpc_addr for n in c.nodes.values() if n.running]
+
+
+async def test_produce_lands_on_the_leader_and_consume_is_spread_over_followers(
+    cluster: DevCluster,
+) -> None:
+    assert cluster.client_tls is not None
+    leader = await cluster.wait_for(cluster.client_tls, members=3, timeout_s=30)
+    followers = [n for n in cluster.nodes if n != leader]
+    before = {
+        n: (calls(cluster, n, "Produce"), calls(cluster, n, "Consume")) for n in cluster.nodes
+    }
+    async with LogClient(addrs(cluster), tls=cluster.client_tls, config=FAILOVER) as client:
+        assert client.resolver.leader == cluster.nodes[leader].rpc_addr
+        offsets = await client.produce_batch([b"spread-%d" % i for i in range(10)])
+        batched = await asyncio.gather(*(client.produce(b"auto-%d" % i) for i in range(200)))
+        assert len(set(batched)) == 200
+        produce_rpcs = client.stats.produce_requests
+        # wait until both followers have applied the records, so none hands a read on
+        for name in followers:
+            async with asyncio.timeout(20):
+                while await highest_on(cluster, name) < offsets[-1]:
+                    await asyncio.sleep(0.05)
+        for i in range(10):
+            assert await client.consume(offsets[i]) == Record(offsets[i], b"spread-%d" % i)
+
+        def delta(name: str, k: int) -> int:
+            now = (calls(cluster, name, "Produce"), calls(cluster, name, "Consume"))
+            return now[k] - before[name][k]
+
+        await until(lambda: sum(delta(n, 1) for n in cluster.nodes) == 10)
+        await until(lambda: sum(delta(n, 0) for n in cluster.nodes) == produce_rpcs)
+        assert delta(leader, 0) == produce_rpcs  # every Produce went to the leader
+        assert produce_rpcs <= 1 + 20  # 200 concurrent produce() calls: a few batches
+        assert delta(leader, 1) == 0
+        assert [delta(n, 1) for n in followers] == [5, 5]  # round-robin over the followers
+
+
+async def test_leader_killed_mid_stream_the_producer_and_the_stream_continue(
+    cluster: DevCluster,
+) -> None:
+    assert cluster.client_tls is not None
+    old = await cluster.wait_for(cluster.client_tls, members=3, timeout_s=30)
+    old_addr = cluster.nodes[old].rpc_addr
+    acked: dict[int, bytes] = {}
+    streamed: list[Record] = []
+    after_kill = asyncio.Event()
+    async with LogClient(addrs(cluster), tls=cluster.client_tls, config=FAILOVER) as client:
+        start = (await client.offsets()).next
+
+        async def producer(k: int) -> None:
+            i = later = 0
+            while later < 30:  # 30 acknowledged records per producer after the kill
+                value = b"f%d-%d" % (k, i)
+                acked[await client.produce(value)] = value
+                i += 1
+                later += after_kill.is_set()
+
+        async def reader() -> None:
+            async with contextlib.aclosing(client.stream(start)) as stream:
+                async for record in stream:
+                    streamed.append(record)
+
+        reading = asyncio.create_task(reader())
+        producers = [asyncio.create_task(producer(k)) for k in range(8)]
+        try:
+            await until(lambda: len(acked) >= 300 and len(streamed) >= 100)
+            cluster.signal(old, signal.SIGKILL)
+            await asyncio.to_thread(cluster.wait_exit, old, 10)
+            after_kill.set()
+            await asyncio.wait_for(asyncio.gather(*producers), 60)
+            new_leader = client.resolver.leader
+            assert new_leader and new_leader != old_addr
+            end = max(acked)
+            await until(lambda: bool(streamed) and streamed[-1].offset >= end, 30)
+        finally:
+            reading.cancel()
+            for task in producers:
+                task.cancel()
+            await asyncio.gather(reading, *producers, return_exceptions=True)
+        assert client.stats.retries > 0
+    offsets = [r.offset for r in streamed]
+    assert offsets == list(range(start, start + len(streamed)))  # no gap, no repeat
+    log = {r.offset: r.value for r in streamed}
+    lost = [o for o, v in acked.items() if log.get(o) != v]
+    assert lost == []
+    duplicates = sum(n - 1 for n in Counter(log.values()).values() if n > 1)
+    print(f"failover: acked {len(acked)}, log {len(log)}, duplicates {duplicates}")
+    assert len(log) == len(acked) + duplicates
+    # the old leader comes back on its data and catches up with what it missed
+    cluster.start(old)
+    await cluster.wait_for(cluster.client_tls, members=3, timeout_s=40)
+    async with asyncio.timeout(30):
+        while True:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                if await highest_on(cluster, old) >= max(log):
+                    break
+            await asyncio.sleep(0.1)
