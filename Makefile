@@ -66,7 +66,7 @@ $(CERTS) &: | $(STAMP) $(GEN)
 	$(VENV)/bin/raftlog cert --out-dir certs
 
 run: install certs ## start a local node (or cluster) on the embedded default config
-	$(VENV)/bin/raftlog agent
+	$(VENV)/bin/raftlog dev-cluster --nodes 3 --data-dir .data/cluster --certs-dir certs
 
 # mypy cannot follow setuptools' editable import hook, so it reads the package through a
 # tree of symlinks that has the installed layout (raftlog/, raftlog/api, raftlog/cmd).

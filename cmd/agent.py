@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +56,120 @@ def register(sub: Any) -> None:
         else:
             parser.add_argument(flag, dest=name, default=None, help=help_text)
     parser.set_defaults(handler=run)
+    _register_dev_cluster(sub)
+
+
+def _register_dev_cluster(sub: Any) -> None:
+    """``raftlog dev-cluster``: a local cluster of agent processes (what `make run` runs)."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "dev-cluster",
+        help="run a local cluster of raftlog agents (make run)",
+        description=(
+            "Start NODES `raftlog agent` processes on 127.0.0.1 (the first bootstraps, the "
+            "others join it through Serf), wait until the cluster has a leader and every "
+            "member, print the addresses and commands to try, and stop every node on "
+            "SIGINT/SIGTERM (Ctrl-C). Node i listens on BASE_PORT + 10 i (gRPC and Raft), "
+            "+1 (Serf gossip) and +2 (Serf RPC); its data lives in DATA_DIR/node-i and is "
+            "kept between runs (a restart never bootstraps again)."
+        ),
+    )
+    parser.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
+    parser.add_argument(
+        "--data-dir", default=".data/cluster", help="parent of the nodes' data dirs"
+    )
+    parser.add_argument(
+        "--certs-dir",
+        default="certs",
+        help="certificates and ACL as `make certs` writes them (default certs)",
+    )
+    parser.add_argument("--base-port", type=int, default=8400, help="first port (default 8400)")
+    parser.add_argument(
+        "--start-timeout", type=float, default=60.0, help="seconds to wait for the cluster"
+    )
+    parser.add_argument(
+        "--agent-arg",
+        action="append",
+        default=[],
+        help="extra flag passed to every agent (repeatable), e.g. --agent-arg=--sync=never",
+    )
+    parser.set_defaults(handler=run_dev_cluster)
+
+
+def run_dev_cluster(args: argparse.Namespace) -> int:
+    """Run the local cluster until a signal; 0 on a clean stop."""
+    from pathlib import Path
+
+    from raftlog.agent.devcluster import ClusterFiles, DevCluster, DevClusterError
+
+    if not 1 <= args.nodes <= 9:
+        print("raftlog dev-cluster: --nodes must be 1..9", file=sys.stderr)
+        return 2
+    files = ClusterFiles.from_dir(Path(args.certs_dir).resolve())
+    for path in (files.server_cert, files.server_key, files.ca, files.acl_model, files.acl_policy):
+        if not path.is_file():
+            print(f"raftlog dev-cluster: no such file: {path} (run `make certs`)", file=sys.stderr)
+            return 2
+    root = Path(args.data_dir).resolve()
+    cluster = DevCluster(root, files, agent_args=("--serf-profile", "local", *args.agent_arg))
+    from raftlog.security import TLSConfig
+
+    client = TLSConfig(
+        files.ca.parent / "root-client.pem", files.ca.parent / "root-client-key.pem", files.ca
+    )
+    names = [f"node-{i}" for i in range(args.nodes)]
+    for i, name in enumerate(names):
+        base = args.base_port + 10 * i
+        cluster.add_node(name, (base, base + 1, base + 2))
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            # all at once: on a restart the first node cannot elect itself alone
+            seed = cluster.nodes[names[0]].gossip_addr
+            cluster.start(names[0], bootstrap=True, join=[])
+            for name in names[1:]:
+                cluster.start(name, join=[seed])
+            leader = await cluster.wait_for(
+                client, members=len(names), timeout_s=args.start_timeout
+            )
+        except DevClusterError as exc:
+            print(f"raftlog dev-cluster: {exc}", file=sys.stderr)
+            return 1
+        prog = sys.argv[0] if sys.argv[0].endswith("raftlog") else "raftlog"
+        addrs = ",".join(cluster.nodes[n].rpc_addr for n in names)
+        lines = [f"raftlog dev-cluster: {len(names)} nodes up, leader {leader}"]
+        for name in names:
+            node = cluster.nodes[name]
+            lines.append(
+                f"  {name}: rpc {node.rpc_addr}  gossip {node.gossip_addr}  "
+                f"data {node.data_dir}  log {node.log_path}"
+            )
+        lines += [
+            "try, in another terminal:",
+            f"  {prog} servers --addr {addrs}",
+            f"  {prog} produce --addr {addrs} hello world",
+            f"  {prog} consume --addr {addrs} --from 0",
+            "stop every node with Ctrl-C (SIGINT) or SIGTERM",
+        ]
+        print("\n".join(lines), flush=True)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+            dead = [n for n in names if not cluster.nodes[n].running]
+            if dead and not stop.is_set():
+                print(f"raftlog dev-cluster: {', '.join(dead)} exited; stopping", file=sys.stderr)
+                return 1
+        return 0
+
+    try:
+        code = asyncio.run(main())
+    finally:
+        print("raftlog dev-cluster: stopping every node", file=sys.stderr, flush=True)
+        cluster.stop_all()
+    return code
 
 
 def _setup_logging(level: str) -> None:
