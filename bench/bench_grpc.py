@@ -29,14 +29,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import _peers
 import grpc
 
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.auth import write_example_acl
 from raftlog.security import TLSConfig, grpc_channel_credentials, write_dev_certs
 
-REPO = Path(__file__).resolve().parents[1]
-PEERS = REPO.parent / "shared" / "bench" / "peers"
 RAFTLOG = str(Path(sys.executable).parent / "raftlog")
 SIZES = (100, 1024)
 
@@ -233,41 +232,7 @@ async def page_cache_latency(args: argparse.Namespace) -> dict[str, float]:
 
 def jetstream(args: argparse.Namespace) -> dict[str, float]:
     """JetStream R1 figures (medians) from the shared peer benchmark, or {} if it fails."""
-    script = PEERS / "bench_jetstream.py"
-    if not script.is_file():
-        print(f"  JetStream: {script} not found; skipped", file=sys.stderr)
-        return {}
-    with tempfile.TemporaryDirectory(prefix="bench-js-") as tmp:
-        out_json = Path(tmp) / "js.json"
-        cmd = [
-            "python3",
-            str(script),
-            "--nodes",
-            "1",
-            "--repeats",
-            "1",
-            "--sizes",
-            ",".join(map(str, SIZES)),
-            "--json",
-            str(out_json),
-            "--quiet-wait",
-            str(args.quiet_wait),
-        ]
-        print("  running " + " ".join(cmd), file=sys.stderr, flush=True)
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
-        if result.returncode != 0 or not out_json.is_file():
-            print(
-                f"  JetStream failed (exit {result.returncode}):\n{result.stderr[-2000:]}",
-                file=sys.stderr,
-            )
-            return {}
-        data = json.loads(out_json.read_text())
-    figures: dict[str, float] = {}
-    for metric, cols in data["metrics"].items():
-        col = cols.get("1-node R1")
-        if col:
-            figures[metric] = float(col["median"])
-    return figures
+    return _peers.jetstream(nodes=(1,), sizes=SIZES, quiet_wait=args.quiet_wait).get(_peers.R1, {})
 
 
 def render(ours: dict[str, float], js: dict[str, float], args: argparse.Namespace) -> str:
