@@ -55,6 +55,8 @@ Teardown = Callable[[], Awaitable[None]]
 
 #: How often the membership step refreshes peer address hints and watches leadership (s).
 WATCH_INTERVAL = 0.25
+#: With sync=interval, seconds between two fsyncs of the Raft log.
+INTERVAL_SYNC = 0.2
 #: Bound of the leadership hand-over a leaving leader attempts (s).
 TRANSFER_TIMEOUT = 3.0
 
@@ -153,7 +155,8 @@ class ClusterNode:
                     snapshot_trailing_entries=min(1024, config.snapshot_threshold // 2),
                 ),
                 data_dir=config.data_dir / "raft",
-                fsync=config.sync != "never",
+                # interval: rounds do not wait for fsync; _interval_sync flushes the Raft log
+                fsync=config.sync == "always",
                 request_timeout=10.0,
             ),
             fsm,
@@ -172,8 +175,15 @@ class ClusterNode:
         dlog = DistributedLog(node, fsm, forwarder=Forwarder(self.peer_tls))
         self.dlog = dlog
         dlog.start()
+        syncer = None
+        if config.sync == "interval":
+            syncer = asyncio.create_task(self._interval_sync(node), name="raft-interval-sync")
 
         async def stop() -> None:
+            if syncer is not None:
+                syncer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await syncer
             try:
                 await dlog.close()
                 await node.close()
@@ -194,6 +204,17 @@ class ClusterNode:
             dlog.highest_offset,
         )
         return stop
+
+    async def _interval_sync(self, node: RaftNode) -> None:
+        """sync=interval: fsync the Raft log every INTERVAL_SYNC seconds (acknowledged
+        entries survive a process crash at once and an OS crash after at most that long;
+        term and vote are written without fsync in this mode)."""
+        while True:
+            await asyncio.sleep(INTERVAL_SYNC)
+            try:
+                await node.log_store.log.sync()
+            except Exception as exc:  # closed during shutdown, or a failing disk: say so
+                logger.warning("interval fsync of the Raft log failed: %s", exc)
 
     async def _bootstrap_once(self, node: RaftNode) -> None:
         config = self.config

@@ -1,0 +1,257 @@
+"""Replicated figures: three `raftlog agent` processes (real Serf, the mux, mutual TLS).
+
+Every client call goes to a node's one port (the mux) and from there to gRPC; Raft between
+the nodes goes through the same ports. Measured per sync mode (--syncs, default
+"always,interval"), against the leader, from a grpc.aio client in this process:
+
+- produce records/s for 100 B and 1 KiB records with --window (default 1000) records in
+  flight over one ProduceStream: one record per message (x1; bound by grpc's per-message
+  cost in Python, the single node gets the same) and --batch (100) records per message;
+- consume records/s (ConsumeStream, batches of 1000) of what the 1 KiB run wrote;
+- p50/p99 of one acknowledged unary Produce (100 B) at a time;
+- failover (last sync mode only): SIGKILL the leader, then the time until a write is
+  acknowledged by the new leader (tried on every survivor in turn, 20 ms apart).
+
+Peers measured in the same run: NATS JetStream R3 (`bench_jetstream.py --nodes 3`, acks
+from the page cache: compare with our sync=interval) and etcd 3 members
+(`bench_etcd.py --nodes 3`, fsync per Raft round: compare with our sync=always); printed as
+ratios. Skip them with --skip-peers. Unknown arguments are ignored (bench/run.py passes
+its own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _peers
+import bench_grpc
+import grpc
+
+from raftlog.agent.devcluster import ClusterFiles, DevCluster
+from raftlog.api.v1 import log_pb2, log_pb2_grpc
+from raftlog.auth import write_example_acl
+from raftlog.security import TLSConfig, write_dev_certs
+
+SIZES = (100, 1024)
+ETCD_SCRIPT = _peers.PEERS / "bench_etcd.py"
+
+
+def start_cluster(root: Path, sync: str) -> tuple[DevCluster, TLSConfig]:
+    certs = write_dev_certs(root / "certs")
+    write_example_acl(root / "certs")
+    client = certs["root"]
+    tls = TLSConfig(client.cert_file, client.key_file, client.ca_file)
+    cluster = DevCluster(
+        root / "data",
+        ClusterFiles.from_dir(root / "certs"),
+        agent_args=("--serf-profile", "local", "--sync", sync, "--log-level", "warning"),
+    )
+    names = ["n1", "n2", "n3"]
+    for name in names:
+        cluster.add_node(name)
+    cluster.start("n1", bootstrap=True, join=[])
+    for name in names[1:]:
+        cluster.start(name, join=[cluster.nodes["n1"].gossip_addr])
+    try:
+        asyncio.run(cluster.wait_for(tls, members=3, timeout_s=60))
+    except BaseException:
+        cluster.stop_all()
+        raise
+    return cluster, tls
+
+
+async def leader_of(cluster: DevCluster, tls: TLSConfig) -> str:
+    return await cluster.wait_for(tls, members=3, timeout_s=30)
+
+
+async def measure(
+    cluster: DevCluster, tls: TLSConfig, args: argparse.Namespace
+) -> dict[str, float]:
+    out: dict[str, float] = {}
+    leader = await leader_of(cluster, tls)
+    print(f"  leader {leader}", file=sys.stderr)
+    async with cluster.channel(leader, tls) as ch:
+        stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
+        await stub.GetOffsets(log_pb2.GetOffsetsRequest(), wait_for_ready=True, timeout=10)
+        for size in SIZES:
+            lab = bench_grpc.label(size)
+            n, el, _ = await bench_grpc.produce_stream(
+                stub, size, 1, args.duration, args.max_records, args.window
+            )
+            out[f"produce {lab}, x1: records/s"] = n / el
+            print(f"  produce {lab} x1: {n:,} in {el:.2f}s = {n / el:,.0f}/s", file=sys.stderr)
+            # the same records in flight, carried by batch messages
+            per = args.batch
+            n, el, first = await bench_grpc.produce_stream(
+                stub, size, per, args.duration, args.max_records, max(1, args.window // per)
+            )
+            out[f"produce {lab}, x{per}: records/s"] = n / el
+            print(f"  produce {lab} x{per}: {n:,} in {el:.2f}s = {n / el:,.0f}/s", file=sys.stderr)
+            if size == SIZES[-1]:
+                got, _nbytes, el = await bench_grpc.consume_batches(stub, first, n, 1000)
+                out[f"consume {lab}: records/s"] = got / el
+                print(f"  consume {lab}: {got:,} in {el:.2f}s", file=sys.stderr)
+        lat = await bench_grpc.unary_latency(stub, args.latency_ops, args.duration)
+        out["unary Produce 100 B: p50 ms"] = bench_grpc.pct(lat, 0.5) * 1e3
+        out["unary Produce 100 B: p99 ms"] = bench_grpc.pct(lat, 0.99) * 1e3
+    return out
+
+
+async def failover(cluster: DevCluster, tls: TLSConfig) -> float:
+    """Seconds from SIGKILL of the leader to the first write acknowledged afterwards."""
+    leader = await leader_of(cluster, tls)
+    survivors = [n for n in cluster.nodes if n != leader]
+    channels = {n: cluster.channel(n, tls) for n in survivors}
+    stubs = {n: log_pb2_grpc.LogStub(ch) for n, ch in channels.items()}  # type: ignore[no-untyped-call]
+    request = log_pb2.ProduceRequest(record=log_pb2.Record(value=b"failover"))
+    for stub in stubs.values():  # connections up before the clock starts
+        await stub.GetOffsets(log_pb2.GetOffsetsRequest(), wait_for_ready=True, timeout=10)
+    try:
+        cluster.signal(leader, signal.SIGKILL)
+        start = time.perf_counter()
+        while time.perf_counter() - start < 30:
+            for name in survivors:
+                try:
+                    await stubs[name].Produce(request, timeout=1.0)
+                    return time.perf_counter() - start
+                except grpc.aio.AioRpcError:
+                    await asyncio.sleep(0.02)
+        raise RuntimeError("no write acknowledged within 30 s of killing the leader")
+    finally:
+        for ch in channels.values():
+            await ch.close()
+        cluster.wait_exit(leader, 5)
+
+
+def etcd(args: argparse.Namespace) -> dict[str, float]:
+    """etcd 3-member medians (metric -> value), {} if it cannot run."""
+    if not ETCD_SCRIPT.is_file():
+        print(f"  etcd: {ETCD_SCRIPT} not found; skipped", file=sys.stderr)
+        return {}
+    with tempfile.TemporaryDirectory(prefix="bench-etcd-") as tmp:
+        out = Path(tmp) / "etcd.json"
+        cmd = [
+            sys.executable,
+            str(ETCD_SCRIPT),
+            "--nodes",
+            "3",
+            "--sizes",
+            ",".join(map(str, SIZES)),
+            "--latency-size",
+            "100",
+            "--inflight",
+            str(args.window),
+            "--duration",
+            str(args.duration),
+            "--repeats",
+            "1",
+            "--quiet-wait",
+            str(args.quiet_wait),
+            "--json",
+            str(out),
+        ]
+        print("  running " + " ".join(cmd), file=sys.stderr, flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+        if proc.returncode != 0 or not out.is_file():
+            print(
+                f"  etcd failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}", file=sys.stderr
+            )
+            return {}
+        metrics = json.loads(out.read_text())["metrics"]
+    return {
+        m: float(cols["3-member"]["median"]) for m, cols in metrics.items() if "3-member" in cols
+    }
+
+
+def render(
+    ours: dict[str, dict[str, float]], js: dict[str, float], et: dict[str, float], fail: float
+) -> str:
+    peer_name = {
+        "produce 100 B, x1: records/s": "append 100 B: records/s",
+        "produce 1 KiB, x1: records/s": "append 1 KiB: records/s",
+        "produce 100 B, x100: records/s": "append 100 B: records/s",
+        "produce 1 KiB, x100: records/s": "append 1 KiB: records/s",
+        "consume 1 KiB: records/s": "read 1 KiB: records/s",
+        "unary Produce 100 B: p50 ms": "sync append 100 B: p50 ms",
+        "unary Produce 100 B: p99 ms": "sync append 100 B: p99 ms",
+    }
+    lines = [
+        "raftlog 3 agents (Serf, mux, mTLS) vs JetStream R3 and etcd 3-member, same run",
+        f"{'metric':32} {'sync':9} {'raftlog':>11} {'JetStream':>11} {'ratio':>7} "
+        f"{'etcd':>11} {'ratio':>7}",
+    ]
+    for sync, figures in ours.items():
+        for metric, value in figures.items():
+            peer = peer_name.get(metric, "")
+            j, e = js.get(peer, float("nan")), et.get(peer, float("nan"))
+            latency = metric.endswith("ms")
+            # ratios: higher is better for us (throughput ours/peer, latency peer/ours)
+            rj = (j / value if latency else value / j) if j == j and j else float("nan")
+            re_ = (e / value if latency else value / e) if e == e and e else float("nan")
+            lines.append(
+                f"{metric:32} {sync:9} {value:>11,.2f} {j:>11,.2f} {rj:>6.2f}x "
+                f"{e:>11,.2f} {re_:>6.2f}x"
+            )
+    lines.append(
+        f"{'failover (kill -9 leader -> ack)':30} {'':9} {fail * 1e3:>9,.0f}ms (target < 2 s)"
+    )
+    lines.append(
+        "ratio: higher is better for raftlog (throughput raftlog/peer, latency peer/raftlog). "
+        "Targets: produce >= 1.0x JetStream R3 with sync=interval, >= 3x etcd with sync=always."
+    )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=3.0, help="seconds per produce run")
+    ap.add_argument("--max-records", type=int, default=300_000, help="cap per produce run")
+    ap.add_argument("--window", type=int, default=1000, help="records in flight")
+    ap.add_argument("--batch", type=int, default=100, help="records per batch message")
+    ap.add_argument("--latency-ops", type=int, default=1000)
+    ap.add_argument("--syncs", default="always,interval", help="sync modes, comma list")
+    ap.add_argument("--skip-peers", action="store_true", help="do not run JetStream and etcd")
+    ap.add_argument("--quiet-wait", type=float, default=20.0, help="peers' --quiet-wait")
+    ap.add_argument("--json", default=None, help="also write the figures to this file")
+    args, _unknown = ap.parse_known_args()
+    ours: dict[str, dict[str, float]] = {}
+    fail = float("nan")
+    syncs = [s for s in args.syncs.split(",") if s]
+    for i, sync in enumerate(syncs):
+        with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
+            print(f"3-node cluster, sync={sync}", file=sys.stderr)
+            cluster, tls = start_cluster(Path(tmp), sync)
+            try:
+                ours[sync] = asyncio.run(measure(cluster, tls, args))
+                if i == len(syncs) - 1:
+                    fail = asyncio.run(failover(cluster, tls))
+                    print(f"  failover: {fail * 1e3:.0f} ms", file=sys.stderr)
+            finally:
+                cluster.stop_all()
+    js: dict[str, float] = {}
+    et: dict[str, float] = {}
+    if not args.skip_peers:
+        js = _peers.jetstream(nodes=(3,), sizes=SIZES, quiet_wait=args.quiet_wait).get(
+            _peers.R3, {}
+        )
+        et = etcd(args)
+    print(render(ours, js, et, fail))
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {"raftlog": ours, "failover_s": fail, "jetstream_r3": js, "etcd_3": et}, indent=1
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
