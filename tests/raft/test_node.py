@@ -39,7 +39,7 @@ from raftlog.raft.node import (
 )
 from raftlog.raft.stable import StableStore
 from raftlog.raft.transport import Handler, Transport, TransportStats
-from raftlog.raft.transport_inmem import InmemNetwork
+from raftlog.raft.transport_inmem import Faults, InmemNetwork
 from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
 from raftlog.security import CertFiles, TLSConfig
 
@@ -205,15 +205,16 @@ class Cluster:
         t = transport or await self._transport(node_id)
         if fresh_fsm or node_id not in self.fsms:
             self.fsms[node_id] = ListFSM()
+        settings: dict[str, Any] = {
+            "tick_interval": TICK,
+            "close_timeout": 2.0,
+            "snapshot_ack_timeout": 1.0,
+            "snapshot_idle_timeout": 5.0,
+            "seed": hash(node_id) & 0xFFFF,
+        }
+        settings.update(self.node_kw)
         cfg = NodeConfig(
-            raft=RaftConfig(id=node_id, **self.raft_kw),
-            data_dir=self.root / node_id,
-            tick_interval=TICK,
-            close_timeout=2.0,
-            snapshot_ack_timeout=1.0,
-            snapshot_idle_timeout=5.0,
-            seed=hash(node_id) & 0xFFFF,
-            **self.node_kw,
+            raft=RaftConfig(id=node_id, **self.raft_kw), data_dir=self.root / node_id, **settings
         )
         node = RaftNode(cfg, self.fsms[node_id], t, peers=dict(self.addresses))
         if isinstance(t, PersistBeforeSend):
@@ -562,6 +563,52 @@ async def test_snapshot_compacts_log_and_install_snapshot_catches_up(tmp_path: P
         node = await c.start(lagging)
         assert node.snapshot_index > 0
         await c.converge(120)
+    finally:
+        await c.close()
+
+
+async def test_lossy_duplicating_reordering_network_still_converges(tmp_path: Path) -> None:
+    c = Cluster(
+        tmp_path,
+        ["n1", "n2", "n3"],
+        raft={
+            "snapshot_threshold": 60,
+            "snapshot_trailing_entries": 0,
+            "snapshot_chunk_bytes": 300,
+        },
+        node={"snapshot_ack_timeout": 0.2, "snapshot_send_attempts": 5},
+    )
+    try:
+        await c.start_all()
+        lead = await c.leader()
+        lagging = next(i for i in c.ids if i != lead.id)
+        await c.stop(lagging)
+        await asyncio.gather(*(lead.propose(d) for d in _payloads("f", 100)))
+        c.net.set_faults(
+            Faults(
+                drop_rate=0.05,
+                duplicate_rate=0.05,
+                min_delay=0.0,
+                max_delay=0.002,
+                reorder_rate=0.05,
+                reorder_delay=0.005,
+            )
+        )
+        # The lagging node needs an InstallSnapshot, streamed in chunks over a bad network.
+        await c.start(lagging)
+        proposer = lead
+        done = 0
+        while done < 40:
+            try:
+                await proposer.propose(b"g-%03d" % done, timeout=2)
+                done += 1
+            except (NotLeaderError, ProposalTimeoutError):
+                proposer = await c.leader()  # outcome unknown: a duplicate is possible
+        c.net.set_faults(None)
+        await c.converge(140)
+        assert c.nodes[lagging].stats.snapshots_received >= 1
+        items = c.fsms[lagging].items
+        assert set(_payloads("f", 100)) <= set(items)
     finally:
         await c.close()
 
