@@ -238,11 +238,23 @@ async def test_sync_client(make_node: MakeNode, dev_certs: dict[str, CertFiles])
                     break
             servers = [s.rpc_addr for s in client.servers()]
             offsets = client.offsets()
+            # several threads share the client: their produce() calls share batches
+            got: list[int] = []
+            threads = [
+                threading.Thread(target=lambda: got.extend(client.produce(b"t") for _ in range(50)))
+                for _ in range(4)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(20)
+            assert sorted(got) == list(range(3, 203))
             thread = client._thread
         return first, batch, record, streamed, servers, offsets.next, thread.is_alive()
 
     result = await asyncio.to_thread(script)
     assert result == (0, [1, 2], Record(1, b"s1"), [b"s0", b"s1", b"s2"], [node.addr], 3, False)
+    assert node.counts("Produce") < 3 + 200  # some of the threads' calls were batched
     assert not any(t.name == "raftlog-client" for t in threading.enumerate())
 
 
