@@ -335,11 +335,12 @@ class LogClient:
                 raise ClientClosedError("the client is closed") from error
             leader = self._resolver.leader
             if isinstance(error, OffsetOutOfRangeError) and error.beyond_end:
-                if addr != leader and leader:
+                if leader and addr != leader:
                     target = leader  # a lagging follower: the leader has the records
-                elif next_offset == from_offset:
+                elif addr == leader and next_offset == from_offset:
                     raise error  # asked past the leader's end before reading anything
-                # else: a new leader whose commit has not caught up yet; wait and retry
+                # else: no leader known, or a new leader whose commit has not caught up
+                # with what this stream already read: wait and retry
             elif isinstance(error, NotLeaderError) and error.leader_addr:
                 self._resolver.note_leader(error.leader_addr)
             elif not error.retriable:
@@ -404,6 +405,15 @@ class LogClient:
                 return leader  # a follower that has not applied the offset yet
         return ""
 
+    def _lagging(self, error: ClientError, addr: str, role: _Role) -> bool:
+        """A read past the end of a server that is not the leader: it may just lag behind."""
+        return (
+            role is _Role.CONSUME
+            and isinstance(error, OffsetOutOfRangeError)
+            and error.beyond_end
+            and addr != self._resolver.leader
+        )
+
     async def _retry(self, op: str, role: _Role, attempt: Attempt[T]) -> T:
         """Run ``attempt`` against the picked server until it succeeds, fails for good, or
         ``request_timeout_s`` runs out (then :class:`DeadlineExceededError`)."""
@@ -444,14 +454,15 @@ class LogClient:
                 hops += 1
                 target = redirect
                 continue
-            if not error.retriable:
+            lagging = self._lagging(error, addr, role)
+            if not error.retriable and not lagging:
                 raise error
             self.stats.retries += 1
             if isinstance(error, UnavailableError | AttemptTimeoutError) and not isinstance(
                 error, NotLeaderError
             ):
                 self._resolver.mark_down(addr)
-            if error.refresh_metadata:
+            if error.refresh_metadata or lagging:
                 self._resolver.invalidate()
             target = redirect
             delay = backoff * (1 - cfg.backoff_jitter * random.random())
