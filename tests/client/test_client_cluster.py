@@ -129,6 +129,51 @@ async def test_produce_lands_on_the_leader_and_consume_is_spread_over_followers(
         assert [delta(n, 1) for n in followers] == [5, 5]  # round-robin over the followers
 
 
+async def cli(c: DevCluster, *args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
+    """Run ``raftlog <args>`` as the root client; (exit code, stdout, stderr)."""
+    tls = c.client_tls
+    assert tls is not None
+    proc = await asyncio.create_subprocess_exec(
+        *c.raftlog,
+        *args,
+        "--ca-file",
+        str(tls.ca_file),
+        "--cert-file",
+        str(tls.cert_file),
+        "--key-file",
+        str(tls.key_file),
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_cli_commands_with_several_addresses(cluster: DevCluster) -> None:
+    assert cluster.client_tls is not None
+    leader = await cluster.wait_for(cluster.client_tls, members=3, timeout_s=30)
+    follower = next(n for n in cluster.nodes if n != leader)
+    every = ",".join(n.rpc_addr for n in cluster.nodes.values())
+    rc, out, err = await cli(cluster, "servers", "--addr", every)
+    assert rc == 0, err
+    rows = sorted(line.split("\t") for line in out.splitlines())
+    assert rows == sorted(
+        [n.name, n.rpc_addr, "leader" if n.name == leader else "follower"]
+        for n in cluster.nodes.values()
+    )
+    # given only a follower, produce still lands (the client finds the leader)
+    only = ["--addr", cluster.nodes[follower].rpc_addr]
+    rc, out, err = await cli(cluster, "produce", *only, stdin=b"cli-a\ncli-b\n")
+    assert rc == 0, err
+    first, second = (int(x) for x in out.split())
+    assert second == first + 1
+    rc, out, err = await cli(cluster, "consume", "--addr", every, "--from", str(first))
+    assert rc == 0, err
+    assert out.splitlines()[:2] == ["cli-a", "cli-b"]
+
+
 async def test_leader_killed_mid_stream_the_producer_and_the_stream_continue(
     cluster: DevCluster,
 ) -> None:
