@@ -53,6 +53,18 @@ class ClusterFiles:
         )
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM it when the runner dies, even by SIGKILL,
+    so no agent outlives the test or `make run` that started it."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def default_raftlog() -> tuple[str, ...]:
     """The ``raftlog`` script beside this interpreter, else ``python -m raftlog.cmd``."""
     script = Path(sys.executable).parent / "raftlog"
@@ -208,6 +220,7 @@ class DevCluster:
             stderr=subprocess.STDOUT if self.log_to_files else subprocess.DEVNULL,
             env=env,
             start_new_session=True,  # a terminal's Ctrl-C reaches the runner only
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, before exec
         )
 
     def signal(self, name: str, sig: signal.Signals) -> None:

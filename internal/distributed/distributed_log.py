@@ -334,11 +334,10 @@ class DistributedLog:
             if node_id not in self.node.membership:
                 return
             log.info("removing %s from the cluster", node_id)
+            address = self.node.membership.address_of(node_id)
             await self._change(self.node.remove_server(node_id, timeout=self.config.change_timeout))
-            if self.forwarder is not None:
-                address = self.node.membership.address_of(node_id)
-                if address:
-                    self.forwarder.forget(address)
+            if self.forwarder is not None and address:
+                self.forwarder.forget(address)
 
     async def _change(self, change: Awaitable[int]) -> None:
         """Await one membership change, mapping Raft's errors to the API's."""
