@@ -161,7 +161,29 @@ def _entry_obj(e: Entry) -> list[Any]:
     return [e.term, e.index, int(e.type), e.data]
 
 
+_ENTRY_TYPES: dict[int, EntryType] = {int(t): t for t in EntryType}
+
+
 def _entry_from(v: Any) -> Entry:
+    # Hot path: followers decode every replicated entry here. Exact type checks and a dict
+    # lookup validate a well-formed entry without the generic helpers' calls; anything
+    # else takes the checked path below, which names what is wrong.
+    if type(v) is list and len(v) == 4:
+        term, index, kind, data = v
+        kind_enum = _ENTRY_TYPES.get(kind) if type(kind) is int else None
+        if (
+            type(term) is int
+            and type(index) is int
+            and term >= 0
+            and index >= 0
+            and kind_enum is not None
+            and type(data) is bytes
+        ):
+            return Entry(term, index, kind_enum, data)
+    return _entry_from_checked(v)
+
+
+def _entry_from_checked(v: Any) -> Entry:
     term, index, kind, data = _list(v, 4, "entry")
     return Entry(
         _int(term, "entry term"),
