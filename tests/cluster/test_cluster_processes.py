@@ -24,8 +24,10 @@ import pytest
 from raftlog.agent.devcluster import ClusterFiles, DevCluster
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.auth import write_example_acl
+from raftlog.distributed import FORWARDED_KEY
 from raftlog.raft.transport import HELLO_MAGIC, RAFT_MARKER, encode_frame, encode_hello
 from raftlog.security import CertFiles, TLSConfig, client_ssl_context
+from raftlog.server.errors import error_info_from_metadata
 
 SNAPSHOT_THRESHOLD = 64
 pytestmark = pytest.mark.timeout(120)
@@ -182,6 +184,26 @@ async def test_produce_anywhere_read_everywhere_at_the_same_offsets(cluster: Dev
     copies = [await read_all(cluster, name, top) for name in ("n1", "n2", "n3")]
     assert copies[0] == copies[1] == copies[2]
     assert copies[0][: len(expected)] == expected
+
+
+async def test_a_forwarded_write_is_never_forwarded_again(cluster: DevCluster) -> None:
+    """A follower forwards a client's write, but answers a forwarded one with NOT_LEADER
+    and the leader hint (so a stale view cannot bounce a write around the cluster)."""
+    leader = await leader_of(cluster, "n1")
+    follower = next(n for n in ("n1", "n2", "n3") if n != leader)
+    ch, stub = stub_for(cluster, follower)
+    async with ch:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Produce(
+                log_pb2.ProduceRequest(record=log_pb2.Record(value=b"bounced")),
+                metadata=((FORWARDED_KEY, "1"),),
+                timeout=10,
+            )
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    details = error_info_from_metadata(info.value.trailing_metadata())  # type: ignore[arg-type]
+    assert details is not None and details.reason == "NOT_LEADER"
+    assert details.metadata["leader_id"] == leader
+    assert details.metadata["leader_addr"] == cluster.nodes[leader].rpc_addr
 
 
 async def test_raft_with_a_client_certificate_is_refused(

@@ -14,9 +14,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 
-from raftlog.distributed import CommitLogFSM, DistributedConfig, DistributedLog, decode_batch
+from raftlog.distributed import (
+    CommitLogFSM,
+    DistributedConfig,
+    DistributedLog,
+    Forwarder,
+    decode_batch,
+)
 from raftlog.distributed.fsm import encode_batch
 from raftlog.log import OffsetOutOfRangeError
 from raftlog.raft import RaftConfig, Server
@@ -238,3 +245,30 @@ async def test_restart_resumes_without_duplicates(cluster: Cluster) -> None:
     await asyncio.sleep(0.1)
     assert back.dlog.highest_offset == 14
     assert records_of(back) == records_of(leader)
+
+
+async def test_no_leader_answers_unavailable_with_an_empty_hint(tmp_path: Path) -> None:
+    c = Cluster(tmp_path)
+    try:
+        servers = [Server(i, i) for i in ("n1", "n2", "n3")]
+        for i in ("n1", "n2", "n3"):
+            m = await c.start(i)
+            await m.node.bootstrap(servers)
+        await c.leader()
+        for i in ("n2", "n3"):
+            await c.members.pop(i).close()
+        lone = c.members["n1"]
+        lone.dlog.forwarder = Forwarder(None)  # would forward, if there were a leader
+        lone.dlog.config = DistributedConfig(append_timeout=3.0, leader_wait=0.3)
+        # check-quorum: a leader that hears from nobody steps down within an election timeout
+        await wait_until(lambda: not lone.node.leader_id, 5.0)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(NotLeaderError) as info:
+            await lone.dlog.append([b"nobody-home"])
+        assert asyncio.get_running_loop().time() - started < 2.0
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert info.value.metadata == {"leader_id": "", "leader_addr": ""}
+        assert "no leader" in info.value.message
+        await lone.dlog.forwarder.close()
+    finally:
+        await c.close()
