@@ -271,17 +271,14 @@ class CommitLogFSM:
         return box[0]
 
     def _attach(self, new: Log) -> None:
+        """Hand the new log to readers (one atomic assignment), then wake them on the loop.
+
+        Set here, not in a loop callback, so that entries applied right after the restore
+        returns always find it."""
+        self._log = new
         loop = self._loop
-        if loop is None or not loop.is_running():
-            self._log = new
-            return
-
-        def swap() -> None:
-            self._log = new
-            if self.on_apply is not None:
-                self.on_apply()
-
-        loop.call_soon_threadsafe(swap)
+        if loop is not None and loop.is_running() and self.on_apply is not None:
+            loop.call_soon_threadsafe(self.on_apply)
 
     # -- checkpoints ------------------------------------------------------------------------
 
