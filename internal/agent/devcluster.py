@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -53,16 +54,24 @@ class ClusterFiles:
         )
 
 
-def _die_with_parent() -> None:
-    """In the child before exec (Linux): SIGTERM it when the runner dies, even by SIGKILL,
-    so no agent outlives the test or `make run` that started it."""
+def _parent_death_hook() -> Callable[[], None] | None:
+    """A pre-exec hook (Linux) that makes the child get SIGTERM when the runner dies, even
+    by SIGKILL, so no agent outlives the test or `make run` that started it. libc is
+    resolved here, in the parent: the child only calls it (no import after fork)."""
     if not sys.platform.startswith("linux"):
-        return
+        return None
     import ctypes
 
+    try:
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
     pr_set_pdeathsig = 1
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    def hook() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+
+    return hook
 
 
 def default_raftlog() -> tuple[str, ...]:
@@ -220,7 +229,7 @@ class DevCluster:
             stderr=subprocess.STDOUT if self.log_to_files else subprocess.DEVNULL,
             env=env,
             start_new_session=True,  # a terminal's Ctrl-C reaches the runner only
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, before exec
+            preexec_fn=_parent_death_hook(),  # noqa: PLW1509 - one prctl call, no import
         )
 
     def signal(self, name: str, sig: signal.Signals) -> None:
