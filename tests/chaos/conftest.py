@@ -1,0 +1,30 @@
+"""The chaos suite: the ``chaos`` marker (``make chaos`` selects it) and a clean slate of
+network namespaces before the first scenario (those a killed earlier run left behind)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from support import chaos_net
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "chaos: fault-injection scenarios, fuzzing and abuse of a real cluster"
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stale_namespaces() -> None:
+    if os.geteuid() == 0:
+        removed = chaos_net.clean_stale()
+        if removed:
+            print(f"removed stale chaos namespaces/bridges: {removed}")
+
+
+@pytest.fixture(scope="session")
+def netns_unavailable() -> str | None:
+    """None when network namespaces work here, else why not (the skip message)."""
+    return chaos_net.probe()

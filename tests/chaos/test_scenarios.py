@@ -1,0 +1,114 @@
+"""Jepsen-style scenarios: a real cluster of ``raftlog agent`` processes under faults.
+
+Each scenario boots a cluster, runs producers (load-balancing client and raw single-node
+calls) and consumers while a nemesis injects faults for ``CHAOS_DURATION`` seconds (20 in
+the CI profile), heals everything, waits for the replicas to converge and checks the
+history (support/chaos_checker.py). On failure the history and the nemesis timeline are
+written to ``.build/chaos/<scenario>-seed<seed>-history.json`` and the seed is printed.
+``CHAOS_PROFILE=full`` (``make chaos``) adds a 5-node scenario with every nemesis.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from support.chaos_run import Scenario, profile, run_scenario, seed_for
+
+pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(420)]
+
+PROCESS = Scenario(
+    "process-3",
+    3,
+    ("kill", "kill-leader", "pause", "pause-leader"),
+    description="SIGKILL (random node or leader) + restart, SIGSTOP/SIGCONT; 127.0.0.1",
+)
+POWER = Scenario(
+    "power-loss-3",
+    3,
+    ("power-loss", "power-loss", "kill-leader"),
+    description="SIGKILL, files cut back to their last fsync (journaled), restart; 127.0.0.1",
+)
+NETWORK = Scenario(
+    "network-3",
+    3,
+    ("partition", "isolate-leader", "bridge", "slow", "flap"),
+    network=True,
+    description="majority/minority partitions, isolated leader, bridge, slow link, link "
+    "flap; one network namespace per node",
+)
+MIXED = Scenario(
+    "mixed-5",
+    5,
+    (
+        "kill",
+        "kill-leader",
+        "pause-leader",
+        "power-loss",
+        "partition",
+        "isolate-leader",
+        "bridge",
+        "slow",
+        "flap",
+    ),
+    network=True,
+    description="5 nodes, every nemesis (make chaos only)",
+)
+
+
+def explain(outcome_result: dict[str, object], problems: list[str]) -> str:
+    lines = [
+        f"scenario {outcome_result['scenario']} failed with seed {outcome_result['seed']} "
+        f"(CHAOS_SEED={outcome_result['seed']} replays the schedule)",
+        f"history and nemesis timeline: {outcome_result.get('history_file')}",
+        f"node logs: {outcome_result.get('node_logs')}",
+        *problems,
+    ]
+    return "\n".join(lines)
+
+
+async def run_and_check(scenario: Scenario, tmp_path: Path) -> None:
+    outcome = await run_scenario(scenario, tmp_path, seed_for(scenario.name))
+    v = outcome.verdict
+    assert outcome.result["fault_events"], "no fault injected"
+    assert v.acknowledged > 50, f"too few acknowledged writes to judge: {outcome.result}"
+    assert v.ok, explain(outcome.result, v.problems)
+    # duplicates from the retrying client (no idempotent producer yet) are reported in the
+    # result and in docs/reliability.md, never asserted away: see test_client_duplicates.
+    assert v.lost == v.wrong_offset == v.divergent_replicas == v.duplicated_raw == 0
+    assert v.dirty_reads == v.out_of_order_reads == v.crashes == v.invented == 0
+    assert v.records_read > 0
+
+
+async def test_process_faults(tmp_path: Path) -> None:
+    await run_and_check(PROCESS, tmp_path)
+
+
+async def test_power_loss(tmp_path: Path) -> None:
+    await run_and_check(POWER, tmp_path)
+
+
+async def test_network_faults(tmp_path: Path, netns_unavailable: str | None) -> None:
+    if netns_unavailable is not None:
+        pytest.skip(netns_unavailable)
+    await run_and_check(NETWORK, tmp_path)
+
+
+async def test_five_nodes_every_nemesis(tmp_path: Path, netns_unavailable: str | None) -> None:
+    if profile() != "full":
+        pytest.skip("5-node scenario runs in `make chaos` (CHAOS_PROFILE=full)")
+    if netns_unavailable is not None:
+        scenario = Scenario(
+            "mixed-5",
+            5,
+            tuple(
+                k
+                for k in MIXED.kinds
+                if k not in ("partition", "isolate-leader", "bridge", "slow", "flap")
+            ),
+            description=MIXED.description + f" ({netns_unavailable})",
+        )
+    else:
+        scenario = MIXED
+    await run_and_check(scenario, tmp_path)

@@ -1,0 +1,581 @@
+"""A Jepsen-style harness for a real raftlog cluster: agents, nemeses, workload, history.
+
+:class:`ChaosCluster` runs ``raftlog agent`` processes through :class:`DevCluster` (the same
+launcher as the cluster and client tests), each started through :mod:`support.chaos_fsync`
+(so a power loss can be simulated) and, when a :class:`~support.chaos_net.NetnsNetwork` is
+given, inside its own network namespace. :class:`Nemesis` injects one fault at a time and
+heals it; :class:`Workload` produces unique values through the load-balancing client and
+through raw single-node calls (never retried) and consumes continuously; everything lands
+in a :class:`History` that :mod:`support.chaos_checker` judges after healing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from raftlog.agent.devcluster import ClusterFiles, DevCluster, DevClusterError, NodeProcess
+from raftlog.api.v1 import log_pb2, log_pb2_grpc
+from raftlog.client import ClientConfig, LogClient
+from raftlog.security import TLSConfig, grpc_channel_credentials
+from support import chaos_fsync
+from support.chaos_net import NetnsNetwork
+
+#: Client settings for chaos: bounded retries that fit the scenario's time scale.
+CHAOS_CLIENT = ClientConfig(
+    request_timeout_s=6.0,
+    attempt_timeout_s=1.5,
+    backoff_initial_s=0.02,
+    backoff_max_s=0.3,
+    refresh_timeout_s=1.0,
+    min_refresh_interval_s=0.05,
+    down_cooldown_s=0.3,
+    reconnect_backoff_min_s=0.1,
+    reconnect_backoff_max_s=0.5,
+)
+
+#: Channel options of the raw calls: reconnect fast to a restarted node.
+RAW_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+
+# -- history ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Op:
+    """One produce attempt: ``result`` ok (acknowledged at ``offset``), fail (certainly not
+    appended) or info (outcome unknown)."""
+
+    t: float
+    worker: str
+    value: str
+    result: str = "info"
+    offset: int | None = None
+    error: str = ""
+
+
+@dataclass
+class NemesisEvent:
+    t: float
+    op: str
+    target: str
+    detail: str = ""
+
+
+@dataclass
+class History:
+    """Everything the checker needs, and what a failure report writes out."""
+
+    seed: int
+    scenario: str
+    started: float = field(default_factory=time.monotonic)
+    ops: list[Op] = field(default_factory=list)
+    nemesis: list[NemesisEvent] = field(default_factory=list)
+    #: reader -> segments; a segment is the (offset, value) list of one uninterrupted stream
+    reads: dict[str, list[list[tuple[int, str]]]] = field(default_factory=dict)
+    crashes: list[str] = field(default_factory=list)
+
+    def now(self) -> float:
+        return round(time.monotonic() - self.started, 3)
+
+    def event(self, op: str, target: str, detail: str = "") -> None:
+        self.nemesis.append(NemesisEvent(self.now(), op, target, detail))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "scenario": self.scenario,
+            "ops": [asdict(op) for op in self.ops],
+            "nemesis": [asdict(e) for e in self.nemesis],
+            "reads": self.reads,
+            "crashes": self.crashes,
+        }
+
+
+# -- cluster ---------------------------------------------------------------------------------
+
+
+class ChaosCluster(DevCluster):
+    """A :class:`DevCluster` whose agents record their fsyncs (power loss) and may live in
+    network namespaces (network faults)."""
+
+    def __init__(
+        self,
+        root: Path,
+        files: ClusterFiles,
+        names: list[str],
+        net: NetnsNetwork | None,
+        agent_args: tuple[str, ...],
+    ) -> None:
+        launcher = (sys.executable, str(Path(chaos_fsync.__file__).resolve()))
+        super().__init__(root, files, agent_args=agent_args, raftlog=launcher)
+        self.net = net
+        self.names = list(names)
+        for name in names:
+            node = self.add_node(name)
+            if net is not None:
+                node.host = net.ip[name]
+
+    def start(self, name: str, *, bootstrap: bool = False, join: list[str] | None = None) -> None:
+        """Start node ``name``, like :meth:`DevCluster.start` but without a ``preexec_fn``.
+
+        A ``preexec_fn`` makes Python fork and run code in the child; with gRPC threads
+        busy in this process (the workload's clients) gRPC's fork handlers abort such a
+        child now and then (``ev_epoll1_linux.cc: Check failed: next_worker->state ==
+        KICKED``) before it execs. Without one, the child is spawned with vfork and
+        never runs Python; the launcher (:mod:`support.chaos_fsync`) sets the
+        parent-death signal itself."""
+        node = self.nodes[name]
+        if node.running:
+            raise DevClusterError(f"node {name} is already running")
+        if join is None:
+            join = [n.gossip_addr for n in self.nodes.values() if n.name != name and n.running]
+        self.root.mkdir(parents=True, exist_ok=True)
+        node.log_path = self.root / f"{name}.log"
+        fh = open(node.log_path, "ab")  # noqa: SIM115 - closed by DevCluster._reap
+        old = self._logs.pop(name, None)
+        if old is not None:
+            old.close()
+        self._logs[name] = fh
+        env = dict(os.environ, PYTHONUNBUFFERED="1", CHAOS_PARENT_PID=str(os.getpid()))
+        node.stopped = False
+        node.proc = subprocess.Popen(
+            self.command(node, bootstrap=bootstrap, join=join),
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+    def command(self, node: NodeProcess, *, bootstrap: bool, join: list[str]) -> list[str]:
+        argv = super().command(node, bootstrap=bootstrap, join=join)
+        if self.net is None:
+            return argv
+        return [*self.net.exec_prefix(node.name), *argv]
+
+    async def boot(self, tls: TLSConfig, timeout_s: float = 60.0) -> None:
+        """Bootstrap the first node, join the others, wait for every member (bounded)."""
+        first = self.names[0]
+        self.start(first, bootstrap=True)
+        await self.wait_for(tls, members=1, timeout_s=timeout_s / 2)
+        for name in self.names[1:]:
+            self.start(name, join=[self.nodes[first].gossip_addr])
+        await self.wait_for(tls, members=len(self.names), timeout_s=timeout_s)
+
+    async def leader(self, tls: TLSConfig) -> str | None:
+        """The leader some running node names now (None when none answers in time)."""
+        for name in self.names:
+            if not self.nodes[name].running:
+                continue
+            with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
+                servers = await self.servers(name, tls, timeout_s=0.5)
+                for s in servers:
+                    if s.is_leader:
+                        return str(s.id)
+        return None
+
+    async def kill(self, name: str) -> None:
+        self.signal(name, signal.SIGKILL)
+        await asyncio.to_thread(self.wait_exit, name, 10.0)
+
+    def restart(self, name: str) -> None:
+        others = [n.gossip_addr for n in self.nodes.values() if n.name != name and n.running]
+        self.start(name, join=others)
+
+    def raw_channel(self, name: str, tls: TLSConfig) -> grpc.aio.Channel:
+        return grpc.aio.secure_channel(
+            self.nodes[name].rpc_addr, grpc_channel_credentials(tls), options=RAW_OPTIONS
+        )
+
+
+# -- nemesis ---------------------------------------------------------------------------------
+
+
+class Nemesis:
+    """Injects one fault at a time, holds it, heals it, and records each step.
+
+    ``kinds``: the faults to pick from: ``kill``, ``kill-leader``, ``pause``,
+    ``pause-leader``, ``power-loss``, ``partition`` (random majority/minority),
+    ``isolate-leader``, ``bridge``, ``slow`` (token-bucket link), ``flap`` (link down/up).
+    Holds last ``hold_s`` (uniform range, seconds); quiet gaps ``gap_s`` between faults.
+    """
+
+    NETWORK = frozenset({"partition", "isolate-leader", "bridge", "slow", "flap"})
+
+    def __init__(
+        self,
+        cluster: ChaosCluster,
+        tls: TLSConfig,
+        history: History,
+        rng: random.Random,
+        kinds: tuple[str, ...],
+        hold_s: tuple[float, float] = (1.5, 4.0),
+        gap_s: tuple[float, float] = (0.5, 2.0),
+    ) -> None:
+        self.cluster = cluster
+        self.tls = tls
+        self.history = history
+        self.rng = rng
+        self.kinds = kinds
+        self.hold_s = hold_s
+        self.gap_s = gap_s
+        self.faults = 0
+        self._paused: set[str] = set()
+        self._down: set[str] = set()
+
+    async def run(self, duration_s: float) -> None:
+        deadline = time.monotonic() + duration_s
+        while time.monotonic() < deadline:
+            self.check_crashes()
+            kind = self.rng.choice(self.kinds)
+            await self.inject(kind)
+            self.check_crashes()
+            await asyncio.sleep(self.rng.uniform(*self.gap_s))
+
+    def check_crashes(self) -> None:
+        """A node that exited without the nemesis killing it is a crash: record it and
+        restart it (so the run goes on and the checker still sees every replica)."""
+        for name, node in self.cluster.nodes.items():
+            if name in self._down or node.proc is None or node.stopped:
+                continue
+            code = node.proc.poll()
+            if code is not None:
+                self.history.crashes.append(f"{name} exited with {code}")
+                self.history.event("crash", name, f"exit code {code}")
+                self.cluster.wait_exit(name, 1.0)
+                self.cluster.restart(name)
+
+    async def _target(self, leader: bool) -> str:
+        if leader:
+            found = await self.cluster.leader(self.tls)
+            if found is not None:
+                return found
+        return self.rng.choice(self.cluster.names)
+
+    async def _hold(self) -> None:
+        await asyncio.sleep(self.rng.uniform(*self.hold_s))
+
+    async def inject(self, kind: str) -> None:
+        self.faults += 1
+        c, h, net = self.cluster, self.history, self.cluster.net
+        if kind in ("kill", "kill-leader", "power-loss"):
+            name = await self._target(kind == "kill-leader")
+            self._down.add(name)
+            try:
+                h.event(kind, name, "SIGKILL")
+                await c.kill(name)
+                if kind == "power-loss":
+                    data = c.nodes[name].data_dir
+                    journal_file = chaos_fsync.journal_path(data)
+                    journal = chaos_fsync.Journal.read(journal_file)
+                    report = await asyncio.to_thread(
+                        chaos_fsync.apply_power_loss, data, journal, self.rng
+                    )
+                    await asyncio.to_thread(_rebaseline, data, journal_file)
+                    h.event(
+                        "power-loss-image",
+                        name,
+                        f"cut {len(report.cut)} files, dropped {len(report.dropped)}: "
+                        f"{sorted(report.cut.items())[:6]} {report.dropped[:6]}",
+                    )
+                await self._hold()
+                c.restart(name)
+                h.event("restart", name)
+            finally:
+                self._down.discard(name)
+        elif kind in ("pause", "pause-leader"):
+            name = await self._target(kind == "pause-leader")
+            h.event(kind, name, "SIGSTOP")
+            c.signal(name, signal.SIGSTOP)
+            self._paused.add(name)
+            try:
+                await self._hold()
+            finally:
+                c.signal(name, signal.SIGCONT)
+                self._paused.discard(name)
+                h.event("resume", name, "SIGCONT")
+        elif kind in self.NETWORK:
+            assert net is not None, "network nemesis without a namespace network"
+            names = list(c.names)
+            if kind == "partition":
+                self.rng.shuffle(names)
+                minority = names[: (len(names) - 1) // 2]
+                majority = names[len(minority) :]
+                pairs = [(a, b) for a in minority for b in majority]
+                detail = f"{sorted(minority)} | {sorted(majority)}"
+                target = ",".join(sorted(minority))
+            elif kind == "isolate-leader":
+                target = await self._target(True)
+                pairs = [(target, b) for b in names if b != target]
+                detail = f"{target} | rest"
+            elif kind == "bridge":
+                self.rng.shuffle(names)
+                target, rest = names[0], names[1:]
+                left, right = rest[: len(rest) // 2], rest[len(rest) // 2 :]
+                pairs = [(a, b) for a in left for b in right]
+                detail = f"{sorted(left)} <-> {target} <-> {sorted(right)}"
+            else:
+                target = self.rng.choice(names)
+                pairs = []
+                detail = ""
+            if kind == "slow":
+                rate = self.rng.choice((128, 256, 512))
+                latency = self.rng.choice((50, 200, 400))
+                await asyncio.to_thread(net.slow, target, rate, latency)
+                detail = f"tbf {rate} kbit/s, queue <= {latency} ms"
+            elif kind == "flap":
+                await asyncio.to_thread(net.link_down, target)
+                detail = "eth0 down"
+            else:
+                await asyncio.to_thread(net.cut, pairs)
+            h.event(kind, target, detail)
+            try:
+                await self._hold()
+            finally:
+                await asyncio.to_thread(net.heal)
+                h.event("heal", target)
+        else:
+            raise ValueError(f"unknown nemesis {kind!r}")
+
+    async def heal_all(self) -> None:
+        """Heal the network, resume paused nodes, restart dead ones."""
+        if self.cluster.net is not None:
+            await asyncio.to_thread(self.cluster.net.heal)
+        for name in self.cluster.names:
+            self.cluster.signal(name, signal.SIGCONT)
+        self.check_crashes()
+        for name, node in self.cluster.nodes.items():
+            if not node.running:
+                self.cluster.restart(name)
+                self.history.event("restart", name, "final heal")
+
+
+def _rebaseline(data_dir: Path, journal_file: Path) -> None:
+    """After a power loss the surviving files are what is on disk: journal them as synced,
+    so a second power loss never cuts below them."""
+    import json
+    import os
+
+    lines = []
+    for dirpath, _dirs, files in os.walk(data_dir):
+        names = {}
+        for name in files + _dirs:
+            st = (Path(dirpath) / name).stat()
+            names[name] = st.st_ino
+            if name in files:
+                lines.append(json.dumps({"f": st.st_ino, "size": st.st_size}))
+        lines.append(json.dumps({"d": Path(dirpath).stat().st_ino, "names": names}))
+    journal_file.write_text("".join(line + "\n" for line in lines))
+
+
+# -- workload --------------------------------------------------------------------------------
+
+
+class Workload:
+    """Producers (client and raw) and consumers running until :meth:`stop`."""
+
+    def __init__(
+        self,
+        cluster: ChaosCluster,
+        tls: TLSConfig,
+        history: History,
+        rng: random.Random,
+        client_producers: int = 3,
+        raw_producers: int = 2,
+        pace_s: float = 0.01,
+    ) -> None:
+        self.cluster = cluster
+        self.tls = tls
+        self.history = history
+        self.rng = rng
+        self.client_producers = client_producers
+        self.raw_producers = raw_producers
+        self.pace_s = pace_s
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._client: LogClient | None = None
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def start(self) -> None:
+        addrs = [self.cluster.nodes[n].rpc_addr for n in self.cluster.names]
+        self._client = LogClient(addrs, tls=self.tls, config=CHAOS_CLIENT)
+        await self._client.start()
+        for name in self.cluster.names:
+            self._channels[name] = self.cluster.raw_channel(name, self.tls)
+        spawn: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        for w in range(self.client_producers):
+            spawn.append(lambda w=w: self._client_producer(f"client-{w}"))  # type: ignore[misc]
+        for w in range(self.raw_producers):
+            spawn.append(lambda w=w: self._raw_producer(f"raw-{w}"))  # type: ignore[misc]
+        spawn.append(lambda: self._client_reader("reader-client"))
+        for name in self.cluster.names:
+            spawn.append(lambda name=name: self._raw_reader(name))  # type: ignore[misc]
+        self._tasks = [asyncio.create_task(make()) for make in spawn]
+
+    async def stop(self) -> None:
+        """Stop producing and reading (in-flight calls get a bounded moment to answer)."""
+        self._stop.set()
+        _done, pending = await asyncio.wait(self._tasks, timeout=8.0)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for task in self._tasks:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._client.close(), 12.0)
+        for ch in self._channels.values():
+            await ch.close()
+
+    async def _client_producer(self, worker: str) -> None:
+        assert self._client is not None
+        for i in itertools.count():
+            if self._stop.is_set():
+                return
+            op = Op(self.history.now(), worker, f"{worker}-{i}")
+            self.history.ops.append(op)
+            try:
+                op.offset = await self._client.produce(op.value.encode())
+                op.result = "ok"
+            except Exception as exc:
+                op.error = f"{type(exc).__name__}: {exc}"[:200]
+            await asyncio.sleep(self.rng.uniform(0, self.pace_s))
+
+    async def _raw_producer(self, worker: str) -> None:
+        """One Produce to one node per value, never retried: its values may appear at most
+        once in the log (a duplicate would come from the servers' own retries)."""
+        for i in itertools.count():
+            if self._stop.is_set():
+                return
+            name = self.rng.choice(self.cluster.names)
+            stub = log_pb2_grpc.LogStub(self._channels[name])  # type: ignore[no-untyped-call]
+            op = Op(self.history.now(), f"{worker}@{name}", f"{worker}-{i}")
+            self.history.ops.append(op)
+            try:
+                resp = await stub.Produce(
+                    log_pb2.ProduceRequest(record=log_pb2.Record(value=op.value.encode())),
+                    timeout=2.0,
+                )
+                op.offset, op.result = resp.offset, "ok"
+            except grpc.aio.AioRpcError as exc:
+                op.error = f"{exc.code().name}: {exc.details()}"[:200]
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(self.rng.uniform(0, self.pace_s))
+
+    async def _client_reader(self, reader: str) -> None:
+        assert self._client is not None
+        segments = self.history.reads.setdefault(reader, [])
+        nxt = 0
+        while not self._stop.is_set():
+            segment: list[tuple[int, str]] = []
+            segments.append(segment)
+            try:
+                async for rec in self._client.stream(from_offset=nxt):
+                    segment.append((rec.offset, rec.value.decode()))
+                    nxt = rec.offset + 1
+                    if self._stop.is_set():
+                        return
+            except Exception:
+                await asyncio.sleep(0.2)
+
+    async def _raw_reader(self, name: str) -> None:
+        """ConsumeStream on one node only: every record a replica serves is checked."""
+        segments = self.history.reads.setdefault(f"raw-reader@{name}", [])
+        stub = log_pb2_grpc.LogStub(self._channels[name])  # type: ignore[no-untyped-call]
+        nxt = 0
+        while not self._stop.is_set():
+            segment: list[tuple[int, str]] = []
+            segments.append(segment)
+            try:
+                call = stub.ConsumeStream(log_pb2.ConsumeRequest(offset=nxt, max_records=500))
+                async for resp in call:
+                    for r in resp.records:
+                        segment.append((r.offset, r.value.decode()))
+                        nxt = r.offset + 1
+                    if self._stop.is_set():
+                        call.cancel()
+                        return
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.2)
+
+
+# -- convergence -----------------------------------------------------------------------------
+
+
+async def final_logs(
+    cluster: ChaosCluster, tls: TLSConfig, timeout_s: float = 60.0
+) -> dict[str, list[str]]:
+    """After healing: wait for a leader, write a sentinel through it, wait until every
+    replica reports the same end twice in a row, then read every replica whole."""
+    deadline = time.monotonic() + timeout_s
+    await cluster.wait_for(tls, members=len(cluster.names), timeout_s=timeout_s / 2)
+    async with LogClient(
+        [cluster.nodes[n].rpc_addr for n in cluster.names], tls=tls, config=CHAOS_CLIENT
+    ) as client:
+        sentinel = await client.produce(b"sentinel")
+    channels = {n: cluster.raw_channel(n, tls) for n in cluster.names}
+    try:
+        stable = 0
+        ends: dict[str, int] = {}
+        while stable < 2:
+            if time.monotonic() > deadline:
+                raise DevClusterError(f"replicas did not converge: ends {ends}")
+            now: dict[str, int] = {}
+            for name, ch in channels.items():
+                stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    resp = await stub.GetOffsets(log_pb2.GetOffsetsRequest(), timeout=1.0)
+                    now[name] = resp.next_offset
+            same = len(now) == len(channels) and len(set(now.values())) == 1
+            stable = stable + 1 if same and now == ends and sentinel < min(now.values()) else 0
+            ends = now
+            await asyncio.sleep(0.5)
+        logs: dict[str, list[str]] = {}
+        for name, ch in channels.items():
+            logs[name] = await _read_whole(ch, ends[name], deadline)
+        return logs
+    finally:
+        for ch in channels.values():
+            await ch.close()
+
+
+async def _read_whole(ch: grpc.aio.Channel, end: int, deadline: float) -> list[str]:
+    """Every record below ``end`` on one replica; a gap or a reordered offset is kept as a
+    placeholder so the checker reports it."""
+    stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
+    out: list[str] = []
+    if end == 0:
+        return out
+    call = stub.ConsumeStream(
+        log_pb2.ConsumeRequest(offset=0, max_records=1000),
+        timeout=max(1.0, deadline - time.monotonic()),
+    )
+    async for resp in call:
+        for r in resp.records:
+            if r.offset != len(out):
+                out.append(f"<offset {r.offset} where {len(out)} was expected>")
+            out.append(r.value.decode(errors="replace"))
+        if len(out) >= end:
+            call.cancel()
+            break
+    return out

@@ -1,0 +1,160 @@
+"""Run one chaos scenario end to end and write its result (and, on failure, its history).
+
+Settings (environment variables, read when a scenario runs):
+
+- ``CHAOS_DURATION``: seconds of faults per scenario (default 20: the CI profile).
+- ``CHAOS_PROFILE``: ``ci`` (default: 3-node scenarios) or ``full`` (adds the 5-node one).
+- ``CHAOS_SEED``: the seed of every scenario (default: a fresh one, printed).
+- ``CHAOS_RESULTS``: directory of the results (default ``<repo>/.build/chaos``); one
+  ``<scenario>.json`` per scenario, read by ``tests/chaos/report.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raftlog.agent.devcluster import ClusterFiles
+from raftlog.auth import write_example_acl
+from raftlog.security import TLSConfig, write_dev_certs
+from support import chaos_net
+from support.chaos_checker import Verdict, check
+from support.chaos_harness import ChaosCluster, History, Nemesis, Workload, final_logs
+
+REPO = Path(__file__).resolve().parents[2]
+
+AGENT_ARGS = (
+    "--serf-profile",
+    "local",
+    # snapshots (and InstallSnapshot to a node that was down) happen within a scenario
+    "--snapshot-threshold",
+    "400",
+    # a paused or partitioned node keeps its place (membership changes are not under test)
+    "--failed-grace-s",
+    "600",
+    "--log-level",
+    "info",
+)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """``kinds``: the nemeses (see :class:`Nemesis`); ``network``: needs namespaces."""
+
+    name: str
+    nodes: int
+    kinds: tuple[str, ...]
+    network: bool = False
+    description: str = ""
+
+
+def duration_s() -> float:
+    return float(os.environ.get("CHAOS_DURATION", "20"))
+
+
+def profile() -> str:
+    return os.environ.get("CHAOS_PROFILE", "ci")
+
+
+def results_dir() -> Path:
+    out = Path(os.environ.get("CHAOS_RESULTS", str(REPO / ".build" / "chaos")))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def seed_for(name: str) -> int:
+    if "CHAOS_SEED" in os.environ:
+        return int(os.environ["CHAOS_SEED"])
+    return random.SystemRandom().randrange(1 << 32)
+
+
+@dataclass
+class Outcome:
+    result: dict[str, Any]
+    verdict: Verdict
+    history_file: Path | None
+
+
+async def run_scenario(scenario: Scenario, root: Path, seed: int) -> Outcome:
+    """Boot the cluster, run workload + nemesis for :func:`duration_s`, heal, check."""
+    started = time.monotonic()
+    print(f"chaos scenario {scenario.name}: seed {seed} (CHAOS_SEED={seed} to replay)")
+    rng = random.Random(seed)
+    names = [f"n{i + 1}" for i in range(scenario.nodes)]
+    net: chaos_net.NetnsNetwork | None = None
+    if scenario.network:
+        net = chaos_net.NetnsNetwork(names)
+        await asyncio.to_thread(net.setup)
+    hosts = ["localhost", "127.0.0.1", *(net.ip.values() if net else ())]
+    certs = write_dev_certs(root / "certs", hosts=hosts)
+    write_example_acl(root / "certs")
+    server = certs["server"]
+    files = ClusterFiles.from_dir(root / "certs")
+    assert files.server_cert == server.cert_file
+    tls = TLSConfig(certs["root"].cert_file, certs["root"].key_file, certs["root"].ca_file)
+    history = History(seed=seed, scenario=scenario.name)
+    cluster = ChaosCluster(root / "nodes", files, names, net, AGENT_ARGS)
+    workload: Workload | None = None
+    nemesis = Nemesis(cluster, tls, history, rng, scenario.kinds)
+    exit_codes: dict[str, int] = {}
+    try:
+        await cluster.boot(tls)
+        history.event("booted", ",".join(names))
+        workload = Workload(cluster, tls, history, rng)
+        await workload.start()
+        await nemesis.run(duration_s())
+        await nemesis.heal_all()
+        history.event("healed", "all")
+        await asyncio.sleep(1.0)  # let the workload see the healed cluster
+        await workload.stop()
+        workload = None
+        logs = await final_logs(cluster, tls)
+        nemesis.check_crashes()
+    finally:
+        if workload is not None:
+            await workload.stop()
+        await asyncio.to_thread(cluster.stop_all)
+        for name, node in cluster.nodes.items():
+            if node.proc is not None:
+                exit_codes[name] = node.proc.returncode if node.proc.returncode is not None else 0
+        if net is not None:
+            await asyncio.to_thread(net.close)
+    for name, code in exit_codes.items():
+        if code != 0:
+            history.crashes.append(f"{name} exited with {code} at the final SIGTERM")
+    verdict = check(history, logs)
+    result: dict[str, Any] = {
+        "scenario": scenario.name,
+        "description": scenario.description,
+        "nodes": scenario.nodes,
+        "network": "netns" if net is not None else "127.0.0.1",
+        "seed": seed,
+        "duration_s": duration_s(),
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "nemeses": list(scenario.kinds),
+        "fault_events": nemesis.faults,
+        "passed": verdict.ok,
+        **verdict.to_json(),
+    }
+    out = results_dir()
+    history_file = None
+    if not verdict.ok:
+        history_file = out / f"{scenario.name}-seed{seed}-history.json"
+        history_file.write_text(json.dumps({"verdict": result, **history.to_json()}, indent=1))
+        result["history_file"] = str(history_file)
+        for name in names:
+            result.setdefault("node_logs", {})[name] = str(cluster.nodes[name].log_path)
+    (out / f"{scenario.name}.json").write_text(json.dumps(result, indent=1))
+    print(
+        f"chaos scenario {scenario.name}: {nemesis.faults} faults, {verdict.acknowledged} "
+        f"acknowledged, {verdict.lost} lost, {verdict.duplicated_client} client duplicates, "
+        f"{verdict.duplicated_raw} raw duplicates, {verdict.divergent_replicas} divergent, "
+        f"{verdict.crashes} crashes, {result['elapsed_s']} s (seed {seed})"
+    )
+    return Outcome(result, verdict, history_file)
