@@ -63,8 +63,8 @@ def install(journal: Path) -> None:
 
         return synced
 
-    os.fsync = wrap(os.fsync)
-    os.fdatasync = wrap(os.fdatasync)
+    for name in ("fsync", "fdatasync"):
+        setattr(os, name, wrap(getattr(os, name)))
 
 
 @dataclass

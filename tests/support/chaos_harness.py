@@ -181,17 +181,26 @@ class ChaosCluster(DevCluster):
             self.start(name, join=[self.nodes[first].gossip_addr])
         await self.wait_for(tls, members=len(self.names), timeout_s=timeout_s)
 
-    async def leader(self, tls: TLSConfig) -> str | None:
-        """The leader some running node names now (None when none answers in time)."""
-        for name in self.names:
-            if not self.nodes[name].running:
-                continue
+    async def leader_views(self, tls: TLSConfig) -> dict[str, str | None]:
+        """Node -> the leader it names now (None: none, or no answer within 0.5 s)."""
+
+        async def view(name: str) -> str | None:
             with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
                 servers = await self.servers(name, tls, timeout_s=0.5)
                 for s in servers:
                     if s.is_leader:
                         return str(s.id)
-        return None
+            return None
+
+        running = [n for n in self.names if self.nodes[n].running]
+        return dict(zip(running, await asyncio.gather(*map(view, running)), strict=True))
+
+    async def leader(self, tls: TLSConfig) -> str | None:
+        """The leader most running nodes name now (None when none does)."""
+        views = [v for v in (await self.leader_views(tls)).values() if v is not None]
+        if not views:
+            return None
+        return max(set(views), key=views.count)
 
     async def kill(self, name: str) -> None:
         self.signal(name, signal.SIGKILL)
@@ -266,9 +275,12 @@ class Nemesis:
 
     async def _target(self, leader: bool) -> str:
         if leader:
-            found = await self.cluster.leader(self.tls)
-            if found is not None:
-                return found
+            views = await self.cluster.leader_views(self.tls)
+            self.history.event("leader-views", "", str(views))
+            named = [v for v in views.values() if v is not None]
+            if named:
+                return max(set(named), key=named.count)
+            self.history.event("no-leader-known", "", "target picked at random")
         return self.rng.choice(self.cluster.names)
 
     async def _hold(self) -> None:

@@ -12,6 +12,7 @@ Settings (environment variables, read when a scenario runs):
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import random
@@ -140,6 +141,10 @@ async def run_scenario(scenario: Scenario, root: Path, seed: int) -> Outcome:
         "nemeses": list(scenario.kinds),
         "fault_events": nemesis.faults,
         "passed": verdict.ok,
+        "errors": dict(
+            collections.Counter(op.error.split(":")[0] for op in history.ops if op.error)
+        ),
+        "timeline": [f"{e.t:7.2f} {e.op} {e.target} {e.detail}".rstrip() for e in history.nemesis],
         **verdict.to_json(),
     }
     out = results_dir()
