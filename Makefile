@@ -91,6 +91,15 @@ test: install lint ## the whole test suite (includes lint)
 bench: install certs ## benchmarks, printed as ratios against baselines measured in the same run
 	$(PY) bench/run.py
 
+# Fault injection against a real cluster (docs/reliability.md): every scenario, including
+# the 5-node one, for DURATION seconds of faults each; the table in docs/reliability.md
+# is regenerated from the results even when a scenario fails (the run still fails).
+DURATION ?= 60
+chaos: install certs ## chaos scenarios + fuzz/abuse suite (DURATION=seconds per scenario), docs table
+	status=0; CHAOS_DURATION=$(DURATION) CHAOS_PROFILE=full $(VENV)/bin/pytest -m chaos \
+	    tests/chaos $(PYTEST_ARGS) || status=$$?; \
+	$(PY) tests/chaos/report.py; exit $$status
+
 clean: ## remove everything generated (venv, tools, generated code, certificates, data)
 	rm -rf $(VENV) $(TOOLS) .build build dist *.egg-info .mypy_cache .ruff_cache \
 	    .pytest_cache .hypothesis .data api/v1/*_pb2*.py api/v1/*_pb2*.pyi \

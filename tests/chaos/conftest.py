@@ -8,6 +8,7 @@ import os
 import pytest
 
 from support import chaos_net
+from support.chaos_run import results_dir
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -17,7 +18,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _stale_namespaces() -> None:
+def _fresh_start() -> None:
+    """Results of an earlier run are removed (the report shows one run), and so are the
+    namespaces and bridges of runs that died before their finalizers."""
+    for old in results_dir().glob("*.json"):
+        old.unlink()
     if os.geteuid() == 0:
         removed = chaos_net.clean_stale()
         if removed:

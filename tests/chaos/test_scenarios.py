@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from support.chaos_run import Scenario, profile, run_scenario, seed_for
+from support.chaos_run import Scenario, duration_s, profile, run_scenario, seed_for
 
-pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(420)]
+# boot + faults + heal + convergence + teardown, bounded whatever CHAOS_DURATION says
+pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(240 + 2 * duration_s())]
 
 PROCESS = Scenario(
     "process-3",
