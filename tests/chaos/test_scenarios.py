@@ -34,7 +34,7 @@ POWER = Scenario(
 NETWORK = Scenario(
     "network-3",
     3,
-    ("partition", "isolate-leader", "bridge", "slow", "flap"),
+    ("partition", "isolate-leader", "isolate-leader", "bridge", "slow", "flap"),
     network=True,
     description="majority/minority partitions, isolated leader, bridge, slow link, link "
     "flap; one network namespace per node",

@@ -362,6 +362,8 @@ class Nemesis:
             h.event(kind, target, detail)
             try:
                 await self._hold()
+                views = await self.cluster.leader_views(self.tls)
+                h.event("leader-views", "", f"{views} (before healing)")
             finally:
                 await asyncio.to_thread(net.heal)
                 h.event("heal", target)
