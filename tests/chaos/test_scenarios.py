@@ -43,10 +43,10 @@ MIXED = Scenario(
     "mixed-5",
     5,
     (
-        "kill",
+        "kill-minority",
         "kill-leader",
         "pause-leader",
-        "power-loss",
+        "power-loss-minority",
         "partition",
         "isolate-leader",
         "bridge",

@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -46,6 +47,9 @@ CHAOS_CLIENT = ClientConfig(
     reconnect_backoff_min_s=0.1,
     reconnect_backoff_max_s=0.5,
 )
+
+#: What an agent prints when its Serf child died before exec (test_known_bugs.py).
+START_ABORT = re.compile(r"serf agent \S+ exited with status -(6|11) while starting")
 
 #: Channel options of the raw calls: reconnect fast to a restarted node.
 RAW_OPTIONS = [
@@ -92,6 +96,8 @@ class History:
     #: reader -> segments; a segment is the (offset, value) list of one uninterrupted stream
     reads: dict[str, list[list[tuple[int, str]]]] = field(default_factory=dict)
     crashes: list[str] = field(default_factory=list)
+    #: agents that died while starting Serf from the known fork bug (test_known_bugs.py)
+    start_aborts: list[str] = field(default_factory=list)
 
     def now(self) -> float:
         return round(time.monotonic() - self.started, 3)
@@ -107,6 +113,7 @@ class History:
             "nemesis": [asdict(e) for e in self.nemesis],
             "reads": self.reads,
             "crashes": self.crashes,
+            "start_aborts": self.start_aborts,
         }
 
 
@@ -129,6 +136,7 @@ class ChaosCluster(DevCluster):
         super().__init__(root, files, agent_args=agent_args, raftlog=launcher)
         self.net = net
         self.names = list(names)
+        self._log_start: dict[str, int] = {}
         for name in names:
             node = self.add_node(name)
             if net is not None:
@@ -151,6 +159,7 @@ class ChaosCluster(DevCluster):
         self.root.mkdir(parents=True, exist_ok=True)
         node.log_path = self.root / f"{name}.log"
         fh = open(node.log_path, "ab")  # noqa: SIM115 - closed by DevCluster._reap
+        self._log_start[name] = fh.tell()
         old = self._logs.pop(name, None)
         if old is not None:
             old.close()
@@ -172,14 +181,58 @@ class ChaosCluster(DevCluster):
             return argv
         return [*self.net.exec_prefix(node.name), *argv]
 
-    async def boot(self, tls: TLSConfig, timeout_s: float = 60.0) -> None:
+    def log_since_start(self, name: str) -> str:
+        """The node's log written since its last start."""
+        path = self.nodes[name].log_path
+        if path is None or not path.exists():
+            return ""
+        with open(path, "rb") as f:
+            f.seek(self._log_start.get(name, 0))
+            return f.read().decode(errors="replace")
+
+    def start_aborted(self, name: str) -> bool:
+        """The node exited because its Serf child died before exec (the known fork bug,
+        tests/chaos/test_known_bugs.py), not because of anything the nemesis did."""
+        node = self.nodes[name]
+        if node.proc is None or node.proc.poll() is None:
+            return False
+        return START_ABORT.search(self.log_since_start(name)) is not None
+
+    def revive_start_aborts(self, history: History | None, bootstrap: bool = False) -> bool:
+        """Restart every node that died of the known start bug; whether there was one."""
+        revived = False
+        for name in self.names:
+            if self.start_aborted(name):
+                if history is not None:
+                    history.start_aborts.append(name)
+                    history.event("start-abort", name, "serf child died before exec (known bug)")
+                self.wait_exit(name, 1.0)
+                self.start(name, bootstrap=bootstrap and name == self.names[0])
+                revived = True
+        return revived
+
+    async def wait_members(
+        self, tls: TLSConfig, members: int, timeout_s: float, history: History | None = None
+    ) -> str:
+        """:meth:`wait_for`, restarting nodes that hit the known start bug (3 times at most)."""
+        for attempt in range(4):
+            try:
+                return await self.wait_for(tls, members=members, timeout_s=timeout_s)
+            except DevClusterError:
+                if attempt == 3 or not self.revive_start_aborts(history, bootstrap=True):
+                    raise
+        raise AssertionError("unreachable")
+
+    async def boot(
+        self, tls: TLSConfig, timeout_s: float = 60.0, history: History | None = None
+    ) -> None:
         """Bootstrap the first node, join the others, wait for every member (bounded)."""
         first = self.names[0]
         self.start(first, bootstrap=True)
-        await self.wait_for(tls, members=1, timeout_s=timeout_s / 2)
+        await self.wait_members(tls, 1, timeout_s / 2, history)
         for name in self.names[1:]:
             self.start(name, join=[self.nodes[first].gossip_addr])
-        await self.wait_for(tls, members=len(self.names), timeout_s=timeout_s)
+        await self.wait_members(tls, len(self.names), timeout_s, history)
 
     async def leader_views(self, tls: TLSConfig) -> dict[str, str | None]:
         """Node -> the leader it names now (None: none, or no answer within 0.5 s)."""
@@ -222,8 +275,9 @@ class ChaosCluster(DevCluster):
 class Nemesis:
     """Injects one fault at a time, holds it, heals it, and records each step.
 
-    ``kinds``: the faults to pick from: ``kill``, ``kill-leader``, ``pause``,
-    ``pause-leader``, ``power-loss``, ``partition`` (random majority/minority),
+    ``kinds``: the faults to pick from: ``kill``, ``kill-leader``, ``kill-minority`` (as
+    many nodes at once as a quorum can lose), ``power-loss``, ``power-loss-minority``,
+    ``pause``, ``pause-leader``, ``partition`` (random majority/minority),
     ``isolate-leader``, ``bridge``, ``slow`` (token-bucket link), ``flap`` (link down/up).
     Holds last ``hold_s`` (uniform range, seconds); quiet gaps ``gap_s`` between faults.
     """
@@ -267,7 +321,9 @@ class Nemesis:
             if name in self._down or node.proc is None or node.stopped:
                 continue
             code = node.proc.poll()
-            if code is not None:
+            if code is not None and self.cluster.start_aborted(name):
+                self.cluster.revive_start_aborts(self.history)
+            elif code is not None:
                 self.history.crashes.append(f"{name} exited with {code}")
                 self.history.event("crash", name, f"exit code {code}")
                 self.cluster.wait_exit(name, 1.0)
@@ -289,31 +345,24 @@ class Nemesis:
     async def inject(self, kind: str) -> None:
         self.faults += 1
         c, h, net = self.cluster, self.history, self.cluster.net
-        if kind in ("kill", "kill-leader", "power-loss"):
-            name = await self._target(kind == "kill-leader")
-            self._down.add(name)
+        if kind in ("kill", "kill-leader", "power-loss", "kill-minority", "power-loss-minority"):
+            if kind.endswith("-minority"):
+                targets = self.rng.sample(c.names, (len(c.names) - 1) // 2)
+            else:
+                targets = [await self._target(kind == "kill-leader")]
+            self._down.update(targets)
             try:
-                h.event(kind, name, "SIGKILL")
-                await c.kill(name)
-                if kind == "power-loss":
-                    data = c.nodes[name].data_dir
-                    journal_file = chaos_fsync.journal_path(data)
-                    journal = chaos_fsync.Journal.read(journal_file)
-                    report = await asyncio.to_thread(
-                        chaos_fsync.apply_power_loss, data, journal, self.rng
-                    )
-                    await asyncio.to_thread(_rebaseline, data, journal_file)
-                    h.event(
-                        "power-loss-image",
-                        name,
-                        f"cut {len(report.cut)} files, dropped {len(report.dropped)}: "
-                        f"{sorted(report.cut.items())[:6]} {report.dropped[:6]}",
-                    )
+                for name in targets:
+                    h.event(kind, name, "SIGKILL")
+                    await c.kill(name)
+                    if kind.startswith("power-loss"):
+                        await self._power_loss(name)
                 await self._hold()
-                c.restart(name)
-                h.event("restart", name)
+                for name in targets:
+                    c.restart(name)
+                    h.event("restart", name)
             finally:
-                self._down.discard(name)
+                self._down.difference_update(targets)
         elif kind in ("pause", "pause-leader"):
             name = await self._target(kind == "pause-leader")
             h.event(kind, name, "SIGSTOP")
@@ -369,6 +418,21 @@ class Nemesis:
                 h.event("heal", target)
         else:
             raise ValueError(f"unknown nemesis {kind!r}")
+
+    async def _power_loss(self, name: str) -> None:
+        """Turn the killed node's files into a power-loss image (see chaos_fsync)."""
+        data = self.cluster.nodes[name].data_dir
+        journal_file = chaos_fsync.journal_path(data)
+        journal = chaos_fsync.Journal.read(journal_file)
+        report = await asyncio.to_thread(chaos_fsync.apply_power_loss, data, journal, self.rng)
+        await asyncio.to_thread(_rebaseline, data, journal_file)
+        cut = sorted((Path(p).relative_to(data).as_posix(), n) for p, n in report.cut.items())
+        dropped = [Path(p).relative_to(data).as_posix() for p in report.dropped]
+        self.history.event(
+            "power-loss-image",
+            name,
+            f"cut {len(cut)} files, dropped {len(dropped)}: {cut[:6]} {dropped[:6]}",
+        )
 
     async def heal_all(self) -> None:
         """Heal the network, resume paused nodes, restart dead ones."""
@@ -537,12 +601,12 @@ class Workload:
 
 
 async def final_logs(
-    cluster: ChaosCluster, tls: TLSConfig, timeout_s: float = 60.0
+    cluster: ChaosCluster, tls: TLSConfig, history: History, timeout_s: float = 60.0
 ) -> dict[str, list[str]]:
     """After healing: wait for a leader, write a sentinel through it, wait until every
     replica reports the same end twice in a row, then read every replica whole."""
     deadline = time.monotonic() + timeout_s
-    await cluster.wait_for(tls, members=len(cluster.names), timeout_s=timeout_s / 2)
+    await cluster.wait_members(tls, len(cluster.names), timeout_s / 2, history)
     async with LogClient(
         [cluster.nodes[n].rpc_addr for n in cluster.names], tls=tls, config=CHAOS_CLIENT
     ) as client:

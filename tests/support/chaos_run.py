@@ -75,6 +75,30 @@ def seed_for(name: str) -> int:
     return random.SystemRandom().randrange(1 << 32)
 
 
+async def _drive(
+    cluster: ChaosCluster,
+    tls: TLSConfig,
+    history: History,
+    workload_rng: random.Random,
+    nemesis: Nemesis,
+) -> dict[str, list[str]]:
+    """Boot, run workload + nemesis, heal, stop the workload, converge: the final logs."""
+    await cluster.boot(tls, history=history)
+    history.event("booted", ",".join(cluster.names))
+    workload = Workload(cluster, tls, history, workload_rng)
+    await workload.start()
+    try:
+        await nemesis.run(duration_s())
+        await nemesis.heal_all()
+        history.event("healed", "all")
+        await asyncio.sleep(1.0)  # let the workload see the healed cluster
+    finally:
+        await workload.stop()
+    logs = await final_logs(cluster, tls, history)
+    nemesis.check_crashes()
+    return logs
+
+
 @dataclass
 class Outcome:
     result: dict[str, Any]
@@ -91,7 +115,6 @@ async def run_scenario(scenario: Scenario, root: Path, seed: int) -> Outcome:
     net: chaos_net.NetnsNetwork | None = None
     if scenario.network:
         net = chaos_net.NetnsNetwork(names)
-        await asyncio.to_thread(net.setup)
     hosts = ["localhost", "127.0.0.1", *(net.ip.values() if net else ())]
     certs = write_dev_certs(root / "certs", hosts=hosts)
     write_example_acl(root / "certs")
@@ -101,25 +124,23 @@ async def run_scenario(scenario: Scenario, root: Path, seed: int) -> Outcome:
     tls = TLSConfig(certs["root"].cert_file, certs["root"].key_file, certs["root"].ca_file)
     history = History(seed=seed, scenario=scenario.name)
     cluster = ChaosCluster(root / "nodes", files, names, net, AGENT_ARGS)
-    workload: Workload | None = None
     nemesis = Nemesis(cluster, tls, history, rng, scenario.kinds)
     exit_codes: dict[str, int] = {}
     try:
-        await cluster.boot(tls)
-        history.event("booted", ",".join(names))
-        workload = Workload(cluster, tls, history, rng)
-        await workload.start()
-        await nemesis.run(duration_s())
-        await nemesis.heal_all()
-        history.event("healed", "all")
-        await asyncio.sleep(1.0)  # let the workload see the healed cluster
-        await workload.stop()
-        workload = None
-        logs = await final_logs(cluster, tls)
-        nemesis.check_crashes()
+        if net is not None:
+            await asyncio.to_thread(net.setup)
+        logs = await _drive(cluster, tls, history, workload_rng=rng, nemesis=nemesis)
+    except BaseException as exc:
+        # no verdict without converged replicas: keep the history and the node logs anyway
+        aborted = results_dir() / f"{scenario.name}-seed{seed}-history.json"
+        error = f"{type(exc).__name__}: {exc}"
+        aborted.write_text(json.dumps({"error": error, **history.to_json()}, indent=1))
+        print(
+            f"chaos scenario {scenario.name} aborted ({error}); seed {seed}; history in "
+            f"{aborted}; node logs in {cluster.root}"
+        )
+        raise
     finally:
-        if workload is not None:
-            await workload.stop()
         await asyncio.to_thread(cluster.stop_all)
         for name, node in cluster.nodes.items():
             if node.proc is not None:
@@ -140,6 +161,7 @@ async def run_scenario(scenario: Scenario, root: Path, seed: int) -> Outcome:
         "elapsed_s": round(time.monotonic() - started, 1),
         "nemeses": list(scenario.kinds),
         "fault_events": nemesis.faults,
+        "start_aborts_known_bug": len(history.start_aborts),
         "passed": verdict.ok,
         "errors": dict(
             collections.Counter(op.error.split(":")[0] for op in history.ops if op.error)
@@ -148,7 +170,7 @@ async def run_scenario(scenario: Scenario, root: Path, seed: int) -> Outcome:
         **verdict.to_json(),
     }
     out = results_dir()
-    history_file = None
+    history_file: Path | None = None
     if not verdict.ok:
         history_file = out / f"{scenario.name}-seed{seed}-history.json"
         history_file.write_text(json.dumps({"verdict": result, **history.to_json()}, indent=1))
