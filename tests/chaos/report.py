@@ -61,7 +61,8 @@ def table(scenarios: list[dict[str, Any]], abuse: dict[str, Any] | None) -> str:
             f"{r['attempted']:,} produce attempts ({r['acknowledged_raw']:,} acknowledged raw "
             f"single calls), {r['records_read']:,} records read by consumers, final log "
             f"{r['final_length']:,} records; failed or unknown attempts by error: "
-            f"{r['errors'] or 'none'}; took {r['elapsed_s']} s."
+            f"{r['errors'] or 'none'}; agents restarted after the known Serf-spawn abort: "
+            f"{r.get('start_aborts_known_bug', 0)}; took {r['elapsed_s']} s."
         )
     if abuse is not None:
         kinds = ", ".join(f"{k} {v}" for k, v in abuse["by_kind"].items())
