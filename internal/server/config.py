@@ -40,6 +40,10 @@ class ServerConfig:
             append (payload + 256 bytes per request; back-pressure on a fast producer, and a
             bound on the memory one stream can hold). A single request always fits.
             Default 16 MiB.
+        handshake_timeout_s: a client that has not finished its TLS handshake after this
+            many seconds is disconnected. Behind the mux a relayed connection is opaque, so
+            this is what bounds a client stalling mid-handshake (gRPC's own default is
+            120 s). Default 10 s.
     """
 
     max_message_bytes: int = 4 * MIB
@@ -48,6 +52,7 @@ class ServerConfig:
     produce_stream_max_requests: int = 1024
     produce_stream_max_batch_bytes: int = 8 * MIB
     produce_stream_window_bytes: int = 16 * MIB
+    handshake_timeout_s: float = 10.0
 
     @property
     def transport_limit_bytes(self) -> int:
@@ -69,6 +74,11 @@ class ServerConfig:
         if self.max_message_bytes > 1 << 30:
             raise ServerConfigError(
                 f"max_message_bytes must be at most 1 GiB, got {self.max_message_bytes}"
+            )
+        handshake = self.handshake_timeout_s
+        if not isinstance(handshake, int | float) or not math.isfinite(handshake) or handshake <= 0:
+            raise ServerConfigError(
+                f"handshake_timeout_s must be a positive number of seconds, got {handshake!r}"
             )
         value = self.follow_recheck_s
         if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:

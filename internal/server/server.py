@@ -82,6 +82,7 @@ class LogServer:
                 ("grpc.max_send_message_length", limit),
                 # Two nodes must never share a port silently (gRPC's default is reuseport).
                 ("grpc.so_reuseport", 0),
+                ("grpc.server_handshake_timeout_ms", int(self.config.handshake_timeout_s * 1000)),
             ],
         )
         log_pb2_grpc.add_LogServicer_to_server(self.service, self.server)  # type: ignore[no-untyped-call]
