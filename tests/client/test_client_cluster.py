@@ -21,12 +21,12 @@ from dataclasses import replace
 import grpc
 import pytest
 
-from raftlog.agent.devcluster import ClusterFiles, DevCluster
+from raftlog.agent.devcluster import DevCluster
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
-from raftlog.auth import write_example_acl
 from raftlog.client import LogClient, Record
 from raftlog.security import CertFiles
 from support.client_nodes import FAST, tls_of
+from support.cluster_files import dev_cluster_files
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -39,15 +39,7 @@ def cluster(
     tmp_path_factory: pytest.TempPathFactory, dev_certs: dict[str, CertFiles]
 ) -> Iterator[DevCluster]:
     root = tmp_path_factory.mktemp("client-cluster")
-    write_example_acl(root / "acl")
-    server = dev_certs["server"]
-    files = ClusterFiles(
-        server.cert_file,
-        server.key_file,
-        server.ca_file,
-        root / "acl" / "model.conf",
-        root / "acl" / "policy.csv",
-    )
+    files = dev_cluster_files(root, dev_certs)
     c = DevCluster(
         root,
         files,

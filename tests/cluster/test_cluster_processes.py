@@ -21,13 +21,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from raftlog.agent.devcluster import ClusterFiles, DevCluster
+from raftlog.agent.devcluster import DevCluster
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
-from raftlog.auth import write_example_acl
 from raftlog.distributed import FORWARDED_KEY
 from raftlog.raft.transport import HELLO_MAGIC, RAFT_MARKER, encode_frame, encode_hello
 from raftlog.security import CertFiles, TLSConfig, client_ssl_context
 from raftlog.server.errors import error_info_from_metadata
+from support.cluster_files import dev_cluster_files
 
 SNAPSHOT_THRESHOLD = 64
 pytestmark = pytest.mark.timeout(120)
@@ -57,15 +57,7 @@ def cluster(
     tmp_path_factory: pytest.TempPathFactory, dev_certs: dict[str, CertFiles]
 ) -> Iterator[DevCluster]:
     root = tmp_path_factory.mktemp("cluster")
-    write_example_acl(root / "acl")
-    server = dev_certs["server"]
-    files = ClusterFiles(
-        server.cert_file,
-        server.key_file,
-        server.ca_file,
-        root / "acl" / "model.conf",
-        root / "acl" / "policy.csv",
-    )
+    files = dev_cluster_files(root, dev_certs)
     c = DevCluster(
         root,
         files,

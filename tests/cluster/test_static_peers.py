@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from raftlog.agent.devcluster import ClusterFiles, DevCluster
+from raftlog.agent.devcluster import DevCluster
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
-from raftlog.auth import write_example_acl
 from raftlog.security import CertFiles, TLSConfig
+from support.cluster_files import dev_cluster_files
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -19,15 +19,8 @@ pytestmark = pytest.mark.timeout(90)
 async def test_static_peers_form_a_cluster_without_serf(
     tmp_path: Path, dev_certs: dict[str, CertFiles]
 ) -> None:
-    write_example_acl(tmp_path / "acl")
-    server, root = dev_certs["server"], dev_certs["root"]
-    files = ClusterFiles(
-        server.cert_file,
-        server.key_file,
-        server.ca_file,
-        tmp_path / "acl" / "model.conf",
-        tmp_path / "acl" / "policy.csv",
-    )
+    root = dev_certs["root"]
+    files = dev_cluster_files(tmp_path, dev_certs)
     tls = TLSConfig(root.cert_file, root.key_file, root.ca_file)
     cluster = DevCluster(tmp_path, files, agent_args=("--sync", "never"))
     names = ("s1", "s2", "s3")
