@@ -66,16 +66,21 @@ async def _refuse(context: Context, error: ApiError) -> None:
     await context.abort(code, message, trailing_metadata=trailing)
 
 
+async def _admit(check: Check, method: str, context: Context) -> None:
+    """Run ``check`` for one call; abort the call with the error's status if it refuses."""
+    try:
+        check(method, context)
+    except ApiError as exc:
+        await _refuse(context, exc)
+
+
 def _checked(handler: Handler, method: str, check: Check) -> Handler:
     """``handler`` with ``check`` run at the start of each call."""
     if handler.request_streaming and handler.response_streaming:
         inner_ss = handler.stream_stream
 
         async def stream_stream(requests: Any, context: Context) -> AsyncIterator[Any]:
-            try:
-                check(method, context)
-            except ApiError as exc:
-                await _refuse(context, exc)
+            await _admit(check, method, context)
             async for response in inner_ss(requests, context):
                 yield response
 
@@ -86,10 +91,7 @@ def _checked(handler: Handler, method: str, check: Check) -> Handler:
         inner_us = handler.unary_stream
 
         async def unary_stream(request: Any, context: Context) -> AsyncIterator[Any]:
-            try:
-                check(method, context)
-            except ApiError as exc:
-                await _refuse(context, exc)
+            await _admit(check, method, context)
             async for response in inner_us(request, context):
                 yield response
 
@@ -100,10 +102,7 @@ def _checked(handler: Handler, method: str, check: Check) -> Handler:
         inner_su = handler.stream_unary
 
         async def stream_unary(requests: Any, context: Context) -> Any:
-            try:
-                check(method, context)
-            except ApiError as exc:
-                await _refuse(context, exc)
+            await _admit(check, method, context)
             return await inner_su(requests, context)
 
         return grpc.stream_unary_rpc_method_handler(
@@ -112,10 +111,7 @@ def _checked(handler: Handler, method: str, check: Check) -> Handler:
     inner_uu = handler.unary_unary
 
     async def unary_unary(request: Any, context: Context) -> Any:
-        try:
-            check(method, context)
-        except ApiError as exc:
-            await _refuse(context, exc)
+        await _admit(check, method, context)
         return await inner_uu(request, context)
 
     return grpc.unary_unary_rpc_method_handler(
