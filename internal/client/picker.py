@@ -72,15 +72,23 @@ class Picker:
         return self._round_robin(self._all(view))
 
     def for_consume(self, view: ClusterView) -> str:
-        """A live follower, round-robin; else the leader; else any server."""
+        """A live voting follower, round-robin; else a live learner; else the leader; else any.
+
+        Learners come after voters because a learner may still be catching up (it is not
+        part of the quorum), so its log can be far behind the leader's.
+        """
         leader = view.leader
         followers = [
-            s.rpc_addr
+            s
             for s in view.servers
             if s.rpc_addr != leader and not s.is_leader and not view.is_down(s.rpc_addr)
         ]
-        if followers:
-            return self._round_robin(followers)
+        voters = [s.rpc_addr for s in followers if not s.is_learner]
+        if voters:
+            return self._round_robin(voters)
+        learners = [s.rpc_addr for s in followers if s.is_learner]
+        if learners:
+            return self._round_robin(learners)
         if leader and not view.is_down(leader):
             return leader
         live = [a for a in self._all(view) if not view.is_down(a)]

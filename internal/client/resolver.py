@@ -45,6 +45,8 @@ class ServerInfo:
     id: str
     rpc_addr: str
     is_leader: bool
+    #: A non-voting member still catching up; consume avoids it while voters are live.
+    is_learner: bool = False
 
 
 class Resolver:
@@ -232,7 +234,9 @@ class Resolver:
                 continue
             self.mark_up(addr)
             servers = tuple(
-                ServerInfo(id=s.id, rpc_addr=s.rpc_addr, is_leader=s.is_leader)
+                ServerInfo(
+                    id=s.id, rpc_addr=s.rpc_addr, is_leader=s.is_leader, is_learner=s.is_learner
+                )
                 for s in response.servers
             )
             self._apply(servers)

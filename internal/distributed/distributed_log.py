@@ -299,7 +299,12 @@ class DistributedLog:
         """Every member (voters and learners) with its rpc address; the leader by id."""
         leader = self.node.leader_id
         return [
-            ServerInfo(id=s.id, rpc_addr=s.address, is_leader=bool(leader) and s.id == leader)
+            ServerInfo(
+                id=s.id,
+                rpc_addr=s.address,
+                is_leader=bool(leader) and s.id == leader,
+                is_learner=not s.is_voter,
+            )
             for s in self.node.membership
         ]
 

@@ -63,6 +63,8 @@ class ServerInfo:
     id: str
     rpc_addr: str
     is_leader: bool
+    #: A non-voting member (learner): serves reads of what it has, never counts for quorum.
+    is_learner: bool = False
 
 
 @runtime_checkable

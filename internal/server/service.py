@@ -165,7 +165,7 @@ class LogService(log_pb2_grpc.LogServicer):
         request: log_pb2.GetServersRequest,
         context: grpc.aio.ServicerContext[log_pb2.GetServersRequest, log_pb2.GetServersResponse],
     ) -> log_pb2.GetServersResponse:
-        """The cluster's members, leader flagged."""
+        """The cluster's members, the leader and the learners flagged."""
         try:
             servers = await self._servers.get_servers()
         except Exception as exc:
@@ -173,7 +173,10 @@ class LogService(log_pb2_grpc.LogServicer):
             raise
         return log_pb2.GetServersResponse(
             servers=[
-                log_pb2.Server(id=s.id, rpc_addr=s.rpc_addr, is_leader=s.is_leader) for s in servers
+                log_pb2.Server(
+                    id=s.id, rpc_addr=s.rpc_addr, is_leader=s.is_leader, is_learner=s.is_learner
+                )
+                for s in servers
             ]
         )
 

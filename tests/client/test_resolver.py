@@ -172,6 +172,17 @@ def test_picker() -> None:
     assert picker.for_produce(View([])) == "boot:1"
 
 
+def test_picker_prefers_voting_followers_over_learners_for_consume() -> None:
+    picker = Picker()
+    learner = ServerInfo("n:1", "n:1", False, is_learner=True)
+    view = View([_s("l:1", True), _s("f:1"), learner])
+    assert {picker.for_consume(view) for _ in range(4)} == {"f:1"}
+    view.down = {"f:1"}
+    assert picker.for_consume(view) == "n:1"  # a learner reads before the leader does
+    view.down = {"f:1", "n:1"}
+    assert picker.for_consume(view) == "l:1"
+
+
 def test_parse_addrs() -> None:
     assert parse_addrs("a:1, b:2,a:1") == ["a:1", "b:2"]
     assert parse_addrs(["a:1", "b:2,c:3"]) == ["a:1", "b:2", "c:3"]

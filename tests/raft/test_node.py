@@ -584,6 +584,15 @@ async def test_lossy_duplicating_reordering_network_still_converges(tmp_path: Pa
         lagging = next(i for i in c.ids if i != lead.id)
         await c.stop(lagging)
         await asyncio.gather(*(lead.propose(d) for d in _payloads("f", 100)))
+        # Snapshots are taken in the background after apply: wait until every running node
+        # has compacted its log, so whichever leads later can only catch the lagging node
+        # up with an InstallSnapshot.
+        for n in c.running():
+            await n.wait_for(
+                lambda n=n: n.status().first_index > 1,  # type: ignore[misc]
+                WAIT,
+                f"log compaction on {n.id}",
+            )
         c.net.set_faults(
             Faults(
                 drop_rate=0.05,
