@@ -3,7 +3,8 @@
 - :class:`DistributedLog`: the server's CommitLog and ServerLister over a RaftNode, and the
   membership handler (join as learner, promote when caught up, leave).
 - :class:`CommitLogFSM`: the Raft state machine that appends committed batches to the
-  commit log; snapshots stream the log.
+  commit log (deduplicating idempotent producers' retries); snapshots stream the log and
+  the producer table.
 - :class:`Forwarder` / :class:`ForwardMarkInterceptor`: followers forward Produce to the
   leader over gRPC with the peer certificate.
 """
@@ -21,15 +22,19 @@ from raftlog.distributed.forward import (
     forwarded_call,
 )
 from raftlog.distributed.fsm import (
+    Batch,
     CommitLogFSM,
     FSMError,
     RestoringError,
     decode_batch,
+    decode_entry,
     encode_batch,
+    encode_idempotent_batch,
 )
 
 __all__ = [
     "FORWARDED_KEY",
+    "Batch",
     "CommitLogFSM",
     "DistributedConfig",
     "DistributedConfigError",
@@ -40,6 +45,8 @@ __all__ = [
     "Forwarder",
     "RestoringError",
     "decode_batch",
+    "decode_entry",
     "encode_batch",
+    "encode_idempotent_batch",
     "forwarded_call",
 ]

@@ -13,6 +13,13 @@ It implements the server's :class:`~raftlog.server.protocols.CommitLog` and
          └── no ──> forward Produce to the leader (peer mTLS, bounded) or
                     NOT_LEADER / UNAVAILABLE with the leader hint
 
+``append_idempotent(records, producer_id, sequence)`` is the same with the idempotent
+producer: the leader stamps its wall clock into the entry and the state machine decides,
+on every replica alike, whether the pair is new (appended), a duplicate (the first
+offsets, nothing appended) or too old (SequenceTooOldError); see
+:mod:`raftlog.distributed.fsm`. Before proposing, a node whose own table already holds the
+pair answers from it (what a replica applied is committed), saving a Raft round.
+
 Reads (``read``/``read_batch``) serve what this replica has applied: applied entries are
 committed, so a reader never sees an uncommitted record. ``read_consistent`` adds a
 ReadIndex barrier on the leader (linearizable).
@@ -24,13 +31,19 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
 
 from raftlog.distributed.forward import Forwarder, ForwardError, forwarded_call
-from raftlog.distributed.fsm import CommitLogFSM, RestoringError, encode_batch
+from raftlog.distributed.fsm import (
+    CommitLogFSM,
+    RestoringError,
+    encode_batch,
+    encode_idempotent_batch,
+)
 from raftlog.log import OffsetOutOfRangeError
 from raftlog.raft import NO_NODE, Suffrage
 from raftlog.raft import NotLeaderError as RaftNotLeaderError
@@ -46,10 +59,11 @@ from raftlog.server.errors import (
     ApiError,
     DeadlineError,
     NotLeaderError,
+    SequenceTooOldError,
     StorageError,
     UnavailableError,
 )
-from raftlog.server.protocols import ServerInfo
+from raftlog.server.protocols import Appended, ServerInfo
 
 log = logging.getLogger("raftlog.distributed")
 
@@ -122,6 +136,8 @@ class DistributedLog:
         #: Appends forwarded to the leader / served locally (for tests and stats).
         self.forwarded = 0
         self.local_appends = 0
+        #: Idempotent retries answered from this node's table without a Raft round.
+        self.duplicates_short_circuited = 0
 
     def start(self) -> None:
         """Start the learner promoter (owned here, cancelled by :meth:`close`)."""
@@ -139,11 +155,29 @@ class DistributedLog:
         Errors: NotLeaderError / UnavailableError (retriable, with the leader hint),
         DeadlineError (the outcome is unknown), StorageError.
         """
+        done = await self._replicate(records, "", 0)
+        return done.first, done.last
+
+    async def append_idempotent(
+        self, records: Sequence[bytes], producer_id: str, sequence: int
+    ) -> Appended:
+        """Like :meth:`append` for an idempotent producer's request (see the module docs):
+        a pair already applied answers with its first offsets and ``duplicate=True``.
+        Also raises SequenceTooOldError. The pair was validated by the caller."""
+        seen = self.fsm.producers.lookup(producer_id, sequence)
+        if seen is not None:
+            self.duplicates_short_circuited += 1
+            return Appended(seen[0], seen[1], duplicate=True)
+        return await self._replicate(records, producer_id, sequence)
+
+    async def _replicate(
+        self, records: Sequence[bytes], producer_id: str, sequence: int
+    ) -> Appended:
         if self._closing:
             raise UnavailableError("the node is shutting down")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.append_timeout
-        data = encode_batch(records)
+        data = b"" if producer_id else encode_batch(records)
         forwarded = forwarded_call.get()
         while True:
             left = deadline - loop.time()
@@ -153,6 +187,9 @@ class DistributedLog:
                 )
             node = self.node
             if node.is_leader:
+                if producer_id:  # stamped now, by the leader: drives the table's expiry
+                    stamp = int(time.time() * 1000)
+                    data = encode_idempotent_batch(records, producer_id, sequence, stamp)
                 try:
                     res = await node.propose(data, timeout=left)
                 except RaftNotLeaderError:
@@ -170,11 +207,8 @@ class DistributedLog:
                     log.debug("append refused by raft: %s", exc)
                     await self._pause(loop, deadline)
                     continue
-                first = res.result
-                if not isinstance(first, int):
-                    raise ApiError(f"entry {res.index} was applied without an offset")
                 self.local_appends += 1
-                return first, first + len(records) - 1
+                return self._outcome(res.result, res.index, len(records))
             if forwarded:
                 raise self._not_leader()
             leader, address = node.leader_id, node.leader_address
@@ -192,8 +226,18 @@ class DistributedLog:
                     raise UnavailableError("the node is shutting down") from None
                 continue
             try:
-                result = await self.forwarder.produce(address, records, timeout_s=left)
+                result = await self.forwarder.produce(
+                    address,
+                    records,
+                    timeout_s=left,
+                    producer_id=producer_id,
+                    sequence=sequence,
+                )
             except ForwardError as exc:
+                if exc.reason == SequenceTooOldError.reason:
+                    raise SequenceTooOldError(
+                        producer_id, sequence, int(exc.metadata.get("oldest", "0") or 0)
+                    ) from None
                 if not exc.not_applied:
                     if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:
                         raise DeadlineError(f"forwarded write outcome unknown: {exc}") from None
@@ -203,6 +247,17 @@ class DistributedLog:
                 continue
             self.forwarded += 1
             return result
+
+    @staticmethod
+    def _outcome(result: object, index: int, count: int) -> Appended:
+        """What the state machine's result for our entry means to the caller."""
+        if isinstance(result, Appended):
+            return result
+        if isinstance(result, SequenceTooOldError):  # a fresh one: the result is shared
+            raise SequenceTooOldError(result.producer_id, result.sequence, result.oldest)
+        if isinstance(result, int) and not isinstance(result, bool):
+            return Appended(result, result + count - 1)
+        raise ApiError(f"entry {index} was applied without an offset")
 
     async def _pause(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
         """Wait a tick or two for the cluster to settle (leader change), bounded."""

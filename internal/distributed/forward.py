@@ -1,11 +1,12 @@
 """Forwarding a follower's Produce to the leader, over gRPC with the peer certificate.
 
 A follower that receives a write calls the leader's ``log.v1.Log/Produce`` with the whole
-batch (``records``), presenting its **peer** certificate (the leader authorizes the
-subject like any client: the example policy lets CN ``server`` produce). The call carries
-the metadata ``x-raftlog-forwarded: 1``; a node that receives a forwarded call never
-forwards it again (it answers NOT_LEADER), so a stale view of the leader cannot make a
-request bounce around the cluster.
+batch (``records``) and, for an idempotent producer, its ``producer_id`` and ``sequence``
+(so the leader deduplicates a retry that came through any node), presenting its **peer**
+certificate (the leader authorizes the subject like any client: the example policy lets
+CN ``server`` produce). The call carries the metadata ``x-raftlog-forwarded: 1``; a node
+that receives a forwarded call never forwards it again (it answers NOT_LEADER), so a stale
+view of the leader cannot make a request bounce around the cluster.
 
 The mark reaches :class:`DistributedLog` through a context variable set by
 :class:`ForwardMarkInterceptor` inside the call (the servicer only passes the records).
@@ -24,6 +25,7 @@ import grpc
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.security import TLSConfig, grpc_channel_credentials
 from raftlog.server.errors import error_info_from_metadata
+from raftlog.server.protocols import Appended
 
 log = logging.getLogger("raftlog.distributed")
 
@@ -61,15 +63,25 @@ class ForwardMarkInterceptor(grpc.aio.ServerInterceptor):
 
 class ForwardError(Exception):
     """A forwarded Produce failed; ``not_applied`` says the leader surely did not append
-    it (safe to retry), ``leader_id`` names the leader the other side knows of."""
+    it (safe to retry), ``leader_id`` names the leader the other side knows of, ``reason``
+    and ``metadata`` are the leader's ErrorInfo (empty without one)."""
 
     def __init__(
-        self, message: str, *, not_applied: bool, code: grpc.StatusCode, leader_id: str = ""
+        self,
+        message: str,
+        *,
+        not_applied: bool,
+        code: grpc.StatusCode,
+        leader_id: str = "",
+        reason: str = "",
+        metadata: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.not_applied = not_applied
         self.code = code
         self.leader_id = leader_id
+        self.reason = reason
+        self.metadata: dict[str, str] = dict(metadata or {})
 
 
 class Forwarder:
@@ -102,15 +114,26 @@ class Forwarder:
         return log_pb2_grpc.LogStub(channel)  # type: ignore[no-untyped-call]
 
     async def produce(
-        self, address: str, records: Sequence[bytes], *, timeout_s: float
-    ) -> tuple[int, int]:
-        """Produce ``records`` on the node at ``address``; (first, last) offsets."""
+        self,
+        address: str,
+        records: Sequence[bytes],
+        *,
+        timeout_s: float,
+        producer_id: str = "",
+        sequence: int = 0,
+    ) -> Appended:
+        """Produce ``records`` on the node at ``address`` (with the idempotent producer's
+        pair when ``producer_id`` is set); the offsets and whether it was a duplicate."""
         if self._closed:
             raise ForwardError(
                 "forwarder is closed", not_applied=True, code=grpc.StatusCode.UNAVAILABLE
             )
         stub = self._stub(address)
-        request = log_pb2.ProduceRequest(records=[log_pb2.Record(value=r) for r in records])
+        request = log_pb2.ProduceRequest(
+            records=[log_pb2.Record(value=r) for r in records],
+            producer_id=producer_id,
+            sequence=sequence,
+        )
         call = stub.Produce(request, timeout=timeout_s, metadata=((FORWARDED_KEY, "1"),))
         try:
             response = await call
@@ -130,9 +153,11 @@ class Forwarder:
                 not_applied=not_applied,
                 code=exc.code(),
                 leader_id=leader,
+                reason=reason,
+                metadata=dict(info.metadata) if info is not None else None,
             ) from None
         first = int(response.offset)
-        return first, first + len(records) - 1
+        return Appended(first, first + len(records) - 1, bool(response.duplicate))
 
     def forget(self, address: str) -> None:
         """Drop the channel to ``address`` (a node that left)."""

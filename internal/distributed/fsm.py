@@ -19,6 +19,31 @@ fsynced up to that offset. On start:
 Snapshots stream the commit log itself (:meth:`raftlog.log.Log.reader`, bounded to the
 current end, so later appends do not leak in); restoring builds a new log from the stream
 in a side directory and swaps it in.
+
+The idempotent producer. Two kinds of entries exist (the first byte says which):
+
+- ``B`` + msgpack ``[record, ...]``: a plain batch (:func:`encode_batch`; every entry
+  written before the idempotent producer existed is one; they stay decodable);
+- ``I`` + msgpack ``[1, stamp_ms, producer_id, sequence, [record, ...]]``: a batch of an
+  idempotent producer (:func:`encode_idempotent_batch`); ``1`` is the format version,
+  ``stamp_ms`` the leader's wall clock when it proposed the entry (Unix ms).
+
+Applying an ``I`` entry consults the :class:`~raftlog.server.producers.ProducerTable`: a
+(producer, sequence) already in it appends nothing and results in the first append's
+offsets with ``duplicate=True``; a sequence below the producer's window results in a
+:class:`~raftlog.server.errors.SequenceTooOldError` (nothing appended); otherwise the
+batch is appended and remembered. Every replica applies the same entries in the same
+order with the same stamps, so the table is the same everywhere (expiry uses the stamps,
+never the replica's clock) and survives failover; two retries of one request that both
+reach Raft are deduplicated here too. The table is saved with the checkpoint (same
+moment as its index and offset) and travels at the head of every snapshot::
+
+    b"RLFSMSN1" | u64 length | msgpack {"v": 1, "producers": ProducerTable.dump()}
+    | the commit log's own snapshot stream (b"RLOGSNP1" ...)
+
+A snapshot that starts with the commit log's magic directly (written before the table
+existed) restores with an empty table. Entries replayed after a checkpoint rebuild the
+same table, since the table is part of the checkpoint of the same index.
 """
 
 from __future__ import annotations
@@ -29,8 +54,10 @@ import json
 import logging
 import os
 import shutil
+import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +66,20 @@ import msgpack
 from raftlog.log import Log, LogConfig, SyncPolicy
 from raftlog.raft import Entry, SnapshotMeta
 from raftlog.raft.fsm import SnapshotSource
+from raftlog.server.errors import SequenceTooOldError
+from raftlog.server.producers import ProducerConfig, ProducerTable
+from raftlog.server.protocols import Appended
 
 log = logging.getLogger("raftlog.distributed")
 
 #: First byte of an entry that holds a produce batch (room for other entry kinds later).
 BATCH_TAG = b"B"
+#: First byte of an entry that holds an idempotent producer's batch.
+IDEMPOTENT_TAG = b"I"
+_IDEMPOTENT_VERSION = 1
+#: Head of a snapshot stream that carries the producer table before the commit log.
+SNAPSHOT_MAGIC = b"RLFSMSN1"
+_SNAPSHOT_HEAD = struct.Struct("<8sQ")
 CHECKPOINT_FILE = "fsm-state"
 LOG_DIR = "log"
 _RESTORE_DIR = "log.restoring"
@@ -63,24 +99,68 @@ def encode_batch(records: Sequence[bytes]) -> bytes:
     return BATCH_TAG + packed
 
 
-def decode_batch(data: bytes) -> list[bytes]:
-    """The records of an entry made by :func:`encode_batch`; FSMError if it is not one."""
-    if not data.startswith(BATCH_TAG):
-        raise FSMError(f"unknown entry kind {data[:1]!r}")
+def encode_idempotent_batch(
+    records: Sequence[bytes], producer_id: str, sequence: int, stamp_ms: int
+) -> bytes:
+    """One Raft entry holding an idempotent producer's batch, stamped with the proposer's
+    wall clock ``stamp_ms`` (Unix milliseconds; drives the table's expiry)."""
+    body = [_IDEMPOTENT_VERSION, stamp_ms, producer_id, sequence, list(records)]
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return IDEMPOTENT_TAG + packed
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A decoded batch entry; ``producer_id`` is "" for a plain (not idempotent) batch."""
+
+    records: list[bytes]
+    producer_id: str = ""
+    sequence: int = 0
+    stamp_ms: int = 0
+
+
+def _unpack(data: bytes) -> Any:
     try:
-        records = msgpack.unpackb(memoryview(data)[1:], use_list=True, raw=False)
+        return msgpack.unpackb(memoryview(data)[1:], use_list=True, raw=False)
     except (ValueError, msgpack.ExtraData) as exc:
         raise FSMError(f"malformed batch entry: {exc}") from exc
+
+
+def _check_records(records: Any) -> list[bytes]:
     if not isinstance(records, list) or not all(isinstance(r, bytes) for r in records):
         raise FSMError("malformed batch entry: not a list of byte strings")
     return records
 
 
-def _write_checkpoint(directory: Path, index: int, next_offset: int) -> None:
+def decode_entry(data: bytes) -> Batch:
+    """Either kind of batch entry; FSMError if it is neither or malformed."""
+    tag = data[:1]
+    if tag == BATCH_TAG:
+        return Batch(_check_records(_unpack(data)))
+    if tag == IDEMPOTENT_TAG:
+        body = _unpack(data)
+        if not isinstance(body, list) or len(body) != 5 or body[0] != _IDEMPOTENT_VERSION:
+            raise FSMError("malformed idempotent batch entry (or an unknown version)")
+        _, stamp, pid, seq, records = body
+        if not isinstance(stamp, int) or not isinstance(pid, str) or not isinstance(seq, int):
+            raise FSMError("malformed idempotent batch entry: bad stamp, producer or sequence")
+        return Batch(_check_records(records), pid, seq, stamp)
+    raise FSMError(f"unknown entry kind {tag!r}")
+
+
+def decode_batch(data: bytes) -> list[bytes]:
+    """The records of a batch entry of either kind; FSMError if it is not one."""
+    return decode_entry(data).records
+
+
+def _write_checkpoint(
+    directory: Path, index: int, next_offset: int, producers: dict[str, Any]
+) -> None:
     """Atomically replace the checkpoint file (temp file, fsync, rename, fsync dir)."""
     path = directory / CHECKPOINT_FILE
     tmp = path.with_suffix(".tmp")
-    body = json.dumps({"index": index, "next_offset": next_offset}).encode()
+    state = {"index": index, "next_offset": next_offset, "producers": producers}
+    body = json.dumps(state, separators=(",", ":")).encode()
     with open(tmp, "wb") as f:
         f.write(body)
         f.flush()
@@ -93,16 +173,33 @@ def _write_checkpoint(directory: Path, index: int, next_offset: int) -> None:
         os.close(fd)
 
 
-def _read_checkpoint(directory: Path) -> tuple[int, int] | None:
+def _read_checkpoint(
+    directory: Path, config: ProducerConfig
+) -> tuple[int, int, ProducerTable] | None:
+    """(index, next offset, producer table) of the checkpoint; a checkpoint written before
+    the table existed has none: no idempotent entry was applied then, the table is empty."""
     try:
         data = json.loads((directory / CHECKPOINT_FILE).read_bytes())
         index, nxt = int(data["index"]), int(data["next_offset"])
+        table = ProducerTable(config)
+        if "producers" in data:
+            table.load(data["producers"])
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError) as exc:
         log.warning("ignoring unreadable checkpoint in %s: %s", directory, exc)
         return None
-    return index, nxt
+    return index, nxt, table
+
+
+def _read_exact(source: SnapshotSource, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = source.read(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return out
 
 
 class CommitLogFSM:
@@ -111,10 +208,21 @@ class CommitLogFSM:
     Create with :meth:`open` (blocking: opens and recovers the log). ``on_apply`` is
     called on the event loop after every apply and restore (DistributedLog wakes readers
     there). ``log_config`` sets segment sizes; its sync policy is forced to ``NEVER``.
+    ``producers`` bounds the idempotent producer table (:class:`ProducerConfig`; every
+    replica must use the same values, the defaults unless a test says otherwise).
     """
 
-    def __init__(self, directory: Path, commit_log: Log, applied: int, config: LogConfig) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        commit_log: Log,
+        applied: int,
+        config: LogConfig,
+        producers: ProducerTable | None = None,
+    ) -> None:
         self.directory = directory
+        #: The idempotent producers' recent sequences, as of :attr:`applied`.
+        self.producers = producers if producers is not None else ProducerTable()
         self._log: Log | None = commit_log
         self._applied = applied
         self._config = config
@@ -127,8 +235,14 @@ class CommitLogFSM:
         self.highest_offset = commit_log.highest_offset
 
     @classmethod
-    def open(cls, directory: str | Path, log_config: LogConfig | None = None) -> CommitLogFSM:
+    def open(
+        cls,
+        directory: str | Path,
+        log_config: LogConfig | None = None,
+        producers: ProducerConfig | None = None,
+    ) -> CommitLogFSM:
         """Open (or create) the machine's commit log in ``directory/log``; see module docs."""
+        producer_config = (producers or ProducerConfig()).validate()
         base = Path(directory)
         base.mkdir(parents=True, exist_ok=True)
         config = log_config or LogConfig()
@@ -142,10 +256,11 @@ class CommitLogFSM:
         )
         shutil.rmtree(base / _RESTORE_DIR, ignore_errors=True)
         commit_log = Log.open(base / LOG_DIR, config)
-        checkpoint = _read_checkpoint(base)
+        checkpoint = _read_checkpoint(base, producer_config)
         applied = 0
+        table = ProducerTable(producer_config)
         if checkpoint is not None and commit_log.next_offset >= checkpoint[1]:
-            index, nxt = checkpoint
+            index, nxt, table = checkpoint
             if nxt - 1 < commit_log.highest_offset:
                 commit_log.truncate_after(nxt - 1)
             applied = index
@@ -154,7 +269,7 @@ class CommitLogFSM:
             commit_log.reset(config.initial_offset)
             with contextlib.suppress(FileNotFoundError):
                 (base / CHECKPOINT_FILE).unlink()
-        return cls(base, commit_log, applied, config)
+        return cls(base, commit_log, applied, config, table)
 
     # -- reads (event loop) ----------------------------------------------------------------
 
@@ -178,26 +293,42 @@ class CommitLogFSM:
         return self._applied
 
     def apply(self, entries: Sequence[Entry]) -> Sequence[Any]:
-        """Append every batch (one write for all of them); result: each batch's first offset."""
+        """Append every batch (one write for all of them). Result per entry: a plain
+        batch's first offset (int); for an idempotent batch an :class:`Appended` (first,
+        last, duplicate) or a :class:`SequenceTooOldError` (nothing appended); None for an
+        entry applied before a restart (replayed: nothing appended)."""
         commit_log = self.log
+        table = self.producers
         records: list[bytes] = []
-        counts: list[int] = []
+        out: list[Any] = []
+        start = at = commit_log.next_offset
         for e in entries:
             if e.index <= self._applied:
-                counts.append(-1)  # already applied before a restart: no duplicate
+                out.append(None)  # already applied before a restart: no duplicate
                 continue
-            batch = decode_batch(e.data)
-            records.extend(batch)
-            counts.append(len(batch))
-        first = commit_log.append_batch_nosync(records)
-        out: list[Any] = []
-        at = first
-        for n in counts:
-            if n < 0:
-                out.append(None)
-            else:
+            batch = decode_entry(e.data)
+            n = len(batch.records)
+            pid = batch.producer_id
+            if not pid:
                 out.append(at)
-                at += n
+            else:
+                table.advance(batch.stamp_ms)
+                try:
+                    seen = table.check(pid, batch.sequence)
+                except SequenceTooOldError as exc:
+                    out.append(exc)
+                    continue
+                if seen is not None:
+                    out.append(Appended(seen[0], seen[1], duplicate=True))
+                    continue
+                table.record(pid, batch.sequence, at, at + n - 1)
+                out.append(Appended(at, at + n - 1))
+            records.extend(batch.records)
+            at += n
+        if records:
+            first = commit_log.append_batch_nosync(records)
+            if first != start:
+                raise FSMError(f"the commit log appended at {first}, expected {start}")
         self._applied = max(self._applied, entries[-1].index)
         self.highest_offset = commit_log.highest_offset
         if self.on_apply is not None:
@@ -205,12 +336,17 @@ class CommitLogFSM:
         return out
 
     def snapshot(self) -> Iterable[bytes]:
-        """The commit log as it is now, streamed; a checkpoint is written meanwhile."""
+        """The producer table, then the commit log as it is now, streamed (see the module
+        docs for the format); a checkpoint is written meanwhile."""
         reader = self.log.reader()
+        state = {"v": 1, "producers": self.producers.dump()}
+        packed: bytes = msgpack.packb(state, use_bin_type=True)
+        head = _SNAPSHOT_HEAD.pack(SNAPSHOT_MAGIC, len(packed)) + packed
         self._schedule_checkpoint()
 
         def chunks() -> Iterator[bytes]:
             with reader:
+                yield head
                 yield from reader.chunks()
 
         return chunks()
@@ -225,7 +361,22 @@ class CommitLogFSM:
             sync=SyncPolicy.ALWAYS,
         )
 
+        table = ProducerTable(self.producers.config)
+        first = _read_exact(source, _SNAPSHOT_HEAD.size)
+        if first[: len(SNAPSHOT_MAGIC)] == SNAPSHOT_MAGIC and len(first) == _SNAPSHOT_HEAD.size:
+            _, size = _SNAPSHOT_HEAD.unpack(first)
+            packed = _read_exact(source, size)
+            try:
+                state = msgpack.unpackb(packed, use_list=True, raw=False)
+                table.load(state["producers"])
+            except (ValueError, KeyError, TypeError, msgpack.ExtraData) as exc:
+                raise FSMError(f"malformed producer table in the snapshot: {exc}") from exc
+            first = b""
+        # else: a snapshot from before the table existed: the commit log's stream only
+
         def chunks() -> Iterator[bytes]:
+            if first:
+                yield first
             while chunk := source.read(1 << 20):
                 yield chunk
 
@@ -240,8 +391,9 @@ class CommitLogFSM:
             shutil.rmtree(self.directory / LOG_DIR, ignore_errors=True)
             os.replace(restoring, self.directory / LOG_DIR)
             new = Log.open(self.directory / LOG_DIR, self._config)
-            _write_checkpoint(self.directory, meta.index, new.next_offset)
+            _write_checkpoint(self.directory, meta.index, new.next_offset, table.dump())
             self._applied = meta.index
+            self.producers = table
             self.highest_offset = new.highest_offset
             self._attach(new)
         log.info(
@@ -299,13 +451,14 @@ class CommitLogFSM:
         if current is None:
             return
         index, nxt, generation = self._applied, current.next_offset, self._generation
+        producers = self.producers.dump()  # the table as of ``index``, taken at once
         try:
             await current.sync()
 
             def write() -> None:
                 with self._lock:
                     if generation == self._generation:
-                        _write_checkpoint(self.directory, index, nxt)
+                        _write_checkpoint(self.directory, index, nxt, producers)
 
             await asyncio.to_thread(write)
         except Exception as exc:  # a later checkpoint or the close one will do

@@ -126,6 +126,33 @@ class DeadlineError(ApiError):
     retriable = True
 
 
+class SequenceTooOldError(ApiError):
+    """An idempotent request's sequence is older than every sequence the server remembers
+    for its producer, and not one of them: the server cannot tell whether it was appended
+    (it may have been, and then forgotten), so it refuses rather than risk a duplicate.
+    Not retriable with the same sequence; the details carry ``producer_id``, ``sequence``
+    and ``oldest`` (the oldest sequence remembered)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "SEQUENCE_TOO_OLD"
+
+    def __init__(self, producer_id: str, sequence: int, oldest: int) -> None:
+        super().__init__(
+            f"sequence {sequence} of producer {producer_id!r} is older than the oldest one "
+            f"remembered ({oldest}) and unknown: it may have been appended already",
+            {"producer_id": producer_id, "sequence": str(sequence), "oldest": str(oldest)},
+        )
+        self.producer_id, self.sequence, self.oldest = producer_id, sequence, oldest
+
+
+class UnsupportedError(ApiError):
+    """The server's log cannot do what the request asks (an idempotent producer on a log
+    that keeps no producer table)."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    reason = "UNSUPPORTED"
+
+
 class StorageError(ApiError):
     """The commit log failed (fsync error, corrupt record); not retriable on this node."""
 

@@ -7,22 +7,45 @@ sleep until a record arrives instead of polling.
 Readers see committed records only: on one node a record is committed once its append has
 returned (with ``sync=always``: once it is fsynced). A record written to the file but still
 waiting for its fsync is not served, so no reader ever sees a record a crash could take back.
+
+Idempotent producer (:meth:`LocalLog.append_idempotent`): the producer table
+(:class:`raftlog.server.producers.ProducerTable`) lives in memory only on a single node.
+While the node runs, a retried request gets its first offsets back; after a restart the
+table is empty, so a retry of a request appended just before a crash or restart is
+appended again (the same as a producer the table forgot). The cluster keeps the table in
+its Raft state machine instead, so there it survives restarts and failover. Expiry uses
+this node's wall clock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 from raftlog.log import Log, OffsetOutOfRangeError
-from raftlog.server.protocols import ServerInfo
+from raftlog.server.errors import UnavailableError
+from raftlog.server.producers import ProducerConfig, ProducerTable
+from raftlog.server.protocols import Appended, ServerInfo
 
 
 class LocalLog:
     """A one-node log: every append is committed once the log says it is durable."""
 
-    def __init__(self, log: Log, *, node_id: str = "node-0", rpc_addr: str = "") -> None:
+    def __init__(
+        self,
+        log: Log,
+        *,
+        node_id: str = "node-0",
+        rpc_addr: str = "",
+        producers: ProducerConfig | None = None,
+    ) -> None:
         self._log = log
+        #: The idempotent producers' recent sequences (memory only, see the module docs).
+        self.producers = ProducerTable(producers)
+        # (producer, sequence) -> the offsets of its append in progress: a retry that
+        # arrives while the first attempt still waits for its fsync waits for that one.
+        self._in_flight: dict[tuple[str, int], asyncio.Future[tuple[int, int]]] = {}
         self.node_id = node_id
         #: The address clients dial; the agent sets it once the server is bound.
         self.rpc_addr = rpc_addr
@@ -51,6 +74,41 @@ class LocalLog:
         self._committed = max(self._committed, last)
         self._notify()
         return first, last
+
+    async def append_idempotent(
+        self, records: Sequence[bytes], producer_id: str, sequence: int
+    ) -> Appended:
+        """Append unless (producer_id, sequence) was appended already (then its offsets).
+
+        Raises :class:`raftlog.server.errors.SequenceTooOldError` for a sequence below the
+        producer's window. A failed append is forgotten: its retry appends.
+        """
+        table = self.producers
+        table.advance(int(time.time() * 1000))
+        seen = table.check(producer_id, sequence)
+        if seen is not None:
+            return Appended(seen[0], seen[1], duplicate=True)
+        key = (producer_id, sequence)
+        pending = self._in_flight.get(key)
+        if pending is not None:
+            first, last = await asyncio.shield(pending)
+            return Appended(first, last, duplicate=True)
+        future: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            first, last = await self.append(records)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                future.set_exception(exc)
+            else:  # cancelled: the waiting retry must not look cancelled itself
+                future.set_exception(UnavailableError("the first attempt was cancelled"))
+            future.exception()  # nobody may be waiting: no "never retrieved" warning
+            raise
+        finally:
+            del self._in_flight[key]
+        table.record(producer_id, sequence, first, last)
+        future.set_result((first, last))
+        return Appended(first, last)
 
     def read(self, offset: int) -> bytes:
         """The record at ``offset``; :class:`raftlog.log.OffsetOutOfRangeError` if absent."""

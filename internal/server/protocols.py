@@ -56,6 +56,32 @@ class CommitLog(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """Where an idempotent request's records are: first..last, and whether this answer
+    repeats an earlier append of the same (producer id, sequence) (nothing appended now)."""
+
+    first: int
+    last: int
+    duplicate: bool = False
+
+
+@runtime_checkable
+class IdempotentLog(Protocol):
+    """A :class:`CommitLog` that also remembers producers' sequences (the idempotent
+    producer, see :mod:`raftlog.server.producers`). Both LocalLog and DistributedLog are
+    one; the servicer refuses idempotent requests (UNIMPLEMENTED) on a log that is not."""
+
+    async def append_idempotent(
+        self, records: Sequence[bytes], producer_id: str, sequence: int
+    ) -> Appended:
+        """Append ``records`` unless this (producer_id, sequence) was appended already; then
+        return the first append's offsets with ``duplicate=True``. Raises
+        :class:`raftlog.server.errors.SequenceTooOldError` for a sequence below the
+        producer's remembered window. The pair was validated by the caller."""
+        ...
+
+
 @dataclass(frozen=True)
 class ServerInfo:
     """One member of the cluster, as GetServers reports it."""

@@ -12,6 +12,12 @@ everything that arrived meanwhile: one fsync for many requests. Responses keep t
 the requests. A bad request ends the stream with its status after every earlier request
 was appended and answered.
 
+Idempotent producer: a request with ``producer_id`` (1..64 bytes) and ``sequence`` (>= 1)
+goes to ``append_idempotent`` of the log (:class:`IdempotentLog`); a retry of an appended
+pair is answered with the first offsets and ``duplicate = true``. On a ProduceStream such
+a request is appended on its own (no group commit with its neighbours): its pair decides
+alone whether it is appended.
+
 Consume path (ConsumeStream): read from the offset in batches until caught up, then sleep
 in ``CommitLog.wait_for`` (woken by appends, no polling) and go on. The stream ends when
 the client cancels, or with UNAVAILABLE when the server shuts down.
@@ -45,9 +51,11 @@ from raftlog.server.errors import (
     RecordTooLargeError,
     StorageError,
     UnavailableError,
+    UnsupportedError,
     status_for,
 )
-from raftlog.server.protocols import CommitLog, ServerLister
+from raftlog.server.producers import producer_id_problem
+from raftlog.server.protocols import Appended, CommitLog, IdempotentLog, ServerLister
 
 logger = logging.getLogger("raftlog.server")
 
@@ -57,8 +65,10 @@ _BOOK_READ_RECORDS = 256
 _MAX_RECORDS_PER_MESSAGE = 65536
 
 #: What the ProduceStream reader hands the appender: (records, bytes counted against the
-#: window) of one checked request, the end of the stream (None), or an error.
-_Item = tuple[list[bytes], int] | Exception | None
+#: window, producer id, sequence) of one checked request, the end of the stream (None), or
+#: an error.
+_Request = tuple[list[bytes], int, str, int]
+_Item = _Request | Exception | None
 
 
 def to_api_error(exc: BaseException) -> ApiError:
@@ -94,6 +104,7 @@ class LogService(log_pb2_grpc.LogServicer):
         self, commit_log: CommitLog, servers: ServerLister, config: ServerConfig | None = None
     ) -> None:
         self._log = commit_log
+        self._idempotent = commit_log if isinstance(commit_log, IdempotentLog) else None
         self._servers = servers
         self.config = config or ServerConfig()
         self.config.validate()
@@ -128,6 +139,22 @@ class LogService(log_pb2_grpc.LogServicer):
             raise RecordTooLargeError(total, limit, what=f"batch of {len(values)} records")
         return values
 
+    @staticmethod
+    def _producer_of(request: log_pb2.ProduceRequest) -> tuple[str, int]:
+        """(producer id, sequence) of a request; ("", 0) when it is not idempotent."""
+        producer_id, sequence = request.producer_id, request.sequence
+        problem = producer_id_problem(producer_id, sequence)
+        if problem:
+            raise InvalidArgumentError(f"ProduceRequest: {problem}")
+        return producer_id, sequence
+
+    async def _append_idempotent(
+        self, records: list[bytes], producer_id: str, sequence: int
+    ) -> Appended:
+        if self._idempotent is None:
+            raise UnsupportedError("this server's log does not support idempotent producers")
+        return await self._idempotent.append_idempotent(records, producer_id, sequence)
+
     def _budget(self, request: log_pb2.ConsumeRequest) -> int:
         asked = request.max_bytes or self.config.consume_max_bytes
         return min(asked, self.config.max_message_bytes)
@@ -141,7 +168,14 @@ class LogService(log_pb2_grpc.LogServicer):
     ) -> log_pb2.ProduceResponse:
         """Append one record (book) or a batch (``records``)."""
         try:
-            first, last = await self._log.append(self._records_of(request))
+            records = self._records_of(request)
+            producer_id, sequence = self._producer_of(request)
+            if producer_id:
+                done = await self._append_idempotent(records, producer_id, sequence)
+                return log_pb2.ProduceResponse(
+                    offset=done.first, last_offset=done.last, duplicate=done.duplicate
+                )
+            first, last = await self._log.append(records)
         except Exception as exc:
             await abort(context, exc)
             raise  # unreachable: abort raises
@@ -250,16 +284,28 @@ class LogService(log_pb2_grpc.LogServicer):
         max_requests = config.produce_stream_max_requests
         max_bytes = config.produce_stream_max_batch_bytes
         ProduceResponse = log_pb2.ProduceResponse
+        held: _Request | None = None  # an idempotent request met while gathering
         try:
             ended = False
             while not ended:
-                item = await queue.get()
+                item: _Item
+                if held is not None:
+                    item, held = held, None
+                else:
+                    item = await queue.get()
                 if item is None:
                     break
                 if isinstance(item, Exception):
                     raise item
+                records, size, producer_id, sequence = item
+                if producer_id:
+                    done = await self._append_idempotent(records, producer_id, sequence)
+                    window.release(size)
+                    yield ProduceResponse(
+                        offset=done.first, last_offset=done.last, duplicate=done.duplicate
+                    )
+                    continue
                 # Gather what is queued already: one append, one fsync for all of it.
-                records, size = item
                 counts = [len(records)]
                 taken = size
                 pending: Exception | None = None
@@ -267,6 +313,9 @@ class LogService(log_pb2_grpc.LogServicer):
                     nxt = queue.get_nowait()
                     if nxt is None or isinstance(nxt, Exception):
                         ended, pending = True, nxt
+                        break
+                    if nxt[2]:
+                        held = nxt  # appended on its own, next
                         break
                     records.extend(nxt[0])  # a fresh list per request: ours to extend
                     counts.append(len(nxt[0]))
@@ -299,9 +348,10 @@ class LogService(log_pb2_grpc.LogServicer):
         try:
             async for request in requests:
                 records = self._records_of(request)
+                producer_id, sequence = self._producer_of(request)
                 size = _REQUEST_OVERHEAD_BYTES + sum(map(len, records))
                 await window.acquire(size)
-                queue.put_nowait((records, size))
+                queue.put_nowait((records, size, producer_id, sequence))
         except Exception as exc:
             queue.put_nowait(exc)
             return
