@@ -21,6 +21,7 @@ from raftlog.server.config import ServerConfig
 from raftlog.server.interceptors import (
     AuthenticationInterceptor,
     AuthorizationInterceptor,
+    DecodeGuardInterceptor,
     ObservabilityInterceptor,
 )
 from raftlog.server.protocols import Authorizer, CommitLog, ServerLister
@@ -44,7 +45,9 @@ class LogServer:
 
     ``tls=None`` means insecure mode and requires ``insecure=True`` (no accidental
     plaintext). ``actions`` extends the method -> ACL action map (the cluster adds its
-    peer methods with ``replicate``).
+    peer methods with ``replicate``). ``extra_interceptors`` run after the ACL and before
+    the request-decoding check (:class:`DecodeGuardInterceptor`, always innermost: request
+    bytes that are not a valid message get INVALID_ARGUMENT, never UNKNOWN).
     """
 
     def __init__(
@@ -73,7 +76,9 @@ class LogServer:
                 AuthenticationInterceptor(),
                 AuthorizationInterceptor(authorizer, actions),
             ]
-        interceptors += list(extra_interceptors)
+        # innermost: bad request bytes are judged only once the call is admitted (see
+        # raftlog.server.interceptors for the order and why)
+        interceptors += [*extra_interceptors, DecodeGuardInterceptor()]
         limit = self.config.transport_limit_bytes
         self.server = grpc.aio.server(
             interceptors=interceptors,
