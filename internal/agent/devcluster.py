@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -25,6 +24,7 @@ from typing import IO, Any
 import grpc
 
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
+from raftlog.discovery.spawn import spawn
 from raftlog.security import TLSConfig, grpc_channel_credentials
 
 
@@ -52,26 +52,6 @@ class ClusterFiles:
             certs / "model.conf",
             certs / "policy.csv",
         )
-
-
-def _parent_death_hook() -> Callable[[], None] | None:
-    """A pre-exec hook (Linux) that makes the child get SIGTERM when the runner dies, even
-    by SIGKILL, so no agent outlives the test or `make run` that started it. libc is
-    resolved here, in the parent: the child only calls it (no import after fork)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def hook() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
-
-    return hook
 
 
 def default_raftlog() -> tuple[str, ...]:
@@ -222,14 +202,16 @@ class DevCluster:
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
         node.stopped = False
-        node.proc = subprocess.Popen(
+        # SIGTERM when the runner (the thread calling start) dies, even by SIGKILL, so no
+        # agent outlives the test or `make run` that started it; no preexec_fn (gRPC's fork
+        # handlers can crash a forked child before exec: raftlog.discovery.spawn).
+        node.proc = spawn(
             self.command(node, bootstrap=bootstrap, join=join),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT if self.log_to_files else subprocess.DEVNULL,
             env=env,
             start_new_session=True,  # a terminal's Ctrl-C reaches the runner only
-            preexec_fn=_parent_death_hook(),  # noqa: PLW1509 - one prctl call, no import
         )
 
     def signal(self, name: str, sig: signal.Signals) -> None:

@@ -6,6 +6,9 @@
 - :mod:`raftlog.discovery.membership`: :class:`Membership` (Serf events -> a
   :class:`Handler`'s ``join``/``leave`` on the leader) and :class:`StaticMembership`
   (a fixed peer list). See ``docs/membership.md``.
+- :mod:`raftlog.discovery.spawn`: :func:`spawn` / :func:`spawn_async`, children that die
+  with their parent (parent-death signal set by ``setpriv`` or a trampoline, never a
+  ``preexec_fn``); used for Serf and by the dev cluster.
 """
 
 from raftlog.discovery.membership import (

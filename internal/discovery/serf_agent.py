@@ -8,7 +8,8 @@ the agent exit). It waits, bounded, until the agent answers RPC; it restarts an 
 dies (with a bounded, growing backoff) and stops it gracefully: an RPC ``leave``, then
 SIGINT, then SIGKILL, each bounded. No process is left behind: not on ``stop()``, not when
 the task running ``start()``/``stop()`` is cancelled, and (Linux) not when this process
-dies, since the child is started with a parent-death signal.
+dies, since the child is started with a parent-death signal (SIGTERM, set by a launcher
+in the child: :mod:`raftlog.discovery.spawn`; never a ``preexec_fn``).
 
 Binary lookup order (:func:`find_serf_binary`): the configured path, then the environment
 variable ``RAFTLOG_SERF_BIN``, then ``serf`` on ``PATH``, then ``.tools/bin/serf`` under the
@@ -26,19 +27,18 @@ import base64
 import binascii
 import collections
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
 import signal
-import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final
 
 from raftlog.discovery.serf_rpc import SerfRPCClient, SerfRPCError
+from raftlog.discovery.spawn import spawn_async
 
 __all__ = [
     "RPC_ADDR_TAG",
@@ -236,23 +236,6 @@ def find_serf_binary(explicit: str | Path | None = None) -> Path:
     )
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A preexec hook asking Linux to SIGTERM the child when this process dies."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-    sigterm = int(signal.SIGTERM)
-
-    def hook() -> None:
-        prctl(pr_set_pdeathsig, sigterm)
-
-    return hook
-
-
 class SerfAgent:
     """One supervised Serf agent process.
 
@@ -360,15 +343,15 @@ class SerfAgent:
             await asyncio.to_thread(self.config.log_file.parent.mkdir, parents=True, exist_ok=True)
             self._log_fh = await asyncio.to_thread(self.config.log_file.open, "ab")
         out: IO[bytes] | int = self._log_fh if self._log_fh is not None else asyncio.subprocess.PIPE
-        hook = _parent_death_signal()
         self._log.info("starting serf agent %s: %s", self.config.node_name, " ".join(argv))
-        self._proc = await asyncio.create_subprocess_exec(
-            *argv,
+        # SIGTERM when this process (its event loop's thread) dies; no preexec_fn, which
+        # gRPC's fork handlers can crash before exec (see raftlog.discovery.spawn).
+        self._proc = await spawn_async(
+            argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=out,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # a terminal's Ctrl-C reaches us, and we stop serf
-            preexec_fn=hook,  # only calls prctl(PR_SET_PDEATHSIG)
         )
         self._started_at = time.monotonic()
         if self._proc.stdout is not None:
