@@ -2,7 +2,9 @@
 
 - :class:`LogClient` (asyncio): ``produce``, ``produce_batch``, ``consume``, ``stream``,
   ``servers``, ``offsets``; automatic batching, retries with backoff and a deadline,
-  produce to the leader and consume spread over the followers.
+  produce to the leader and consume spread over the followers; the idempotent producer
+  (a producer id per client, a sequence per request, reused by its retries) so that a
+  retried produce is never appended twice.
 - :class:`SyncLogClient`: the same calls for scripts without an event loop.
 - :class:`ClientConfig`: every setting, with its unit and default.
 - :mod:`~raftlog.client.errors`: what can go wrong, and whether the client retries it.
@@ -24,6 +26,7 @@ from raftlog.client.errors import (
     NotLeaderError,
     OffsetOutOfRangeError,
     PermissionDeniedError,
+    SequenceTooOldError,
     ServerError,
     UnauthenticatedError,
     UnavailableError,
@@ -47,6 +50,7 @@ __all__ = [
     "Offsets",
     "PermissionDeniedError",
     "Record",
+    "SequenceTooOldError",
     "ServerError",
     "ServerInfo",
     "SyncLogClient",

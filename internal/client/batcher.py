@@ -15,6 +15,10 @@ callers beyond it wait for room. Order: records of one batch keep the order of t
 ``produce()`` calls; batches in flight together may commit in any order (a caller that needs
 order awaits each ``produce()`` before the next, or uses ``produce_batch``).
 
+Each batch is one produce request with its own sequence number (the idempotent producer):
+the client's retries of a batch reuse it, so a batch is appended once however often it is
+retried.
+
 A caller that is cancelled while waiting does not withdraw its record: it may still be
 appended (the batch cannot be edited once sent).
 """

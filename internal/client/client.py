@@ -15,8 +15,14 @@ applied the offset yet (OUT_OF_RANGE past its end) hands the read to the leader.
 (server restart, leader change, server left), resumes on another server from the next
 offset it has not yielded, so the caller sees every record once, in order.
 
-Without the idempotent producer (next step), a produce whose response was lost and which is
-retried can append its records twice; the client never loses a record it acknowledged.
+The idempotent producer: each client has a producer id (a random UUID unless
+``ClientConfig.producer_id`` says otherwise) and numbers its produce requests (one sequence
+per request, a batch of ``produce()`` calls included); every retry of a request reuses its
+sequence, so a request whose answer was lost (timeout, leader killed) and which is retried
+is appended once and answered with its first offsets. Requests in flight at once stay
+within ``max_sequence_span`` sequences of each other (the server remembers a window of
+them per producer). A request that fails for good (deadline) is not retried with the same
+sequence later: producing the same values again is a new request.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import random
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -83,6 +90,9 @@ class ClientStats:
     retries: int = 0
     #: Times ``stream()`` resumed on a server after its stream broke.
     stream_resumes: int = 0
+    #: Produce answers the server marked ``duplicate`` (a retry of a request it had
+    #: appended already: the records were appended once, the offsets are the first ones).
+    duplicates: int = 0
 
 
 class _Role(enum.Enum):
@@ -137,6 +147,7 @@ class LogClient:
         tls: TLSConfig | None,
         config: ClientConfig | None = None,
         insecure: bool = False,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
     ) -> None:
         if tls is None and not insecure:
             raise ValueError("a client without TLS needs insecure=True, explicitly")
@@ -154,6 +165,12 @@ class LogClient:
         if cfg.tls_server_name:
             options.append(("grpc.ssl_target_name_override", cfg.tls_server_name))
         self._options = options
+        self._interceptors = list(interceptors or ())
+        #: The idempotent producer id of this client ("" when ``idempotent`` is off).
+        self.producer_id = (cfg.producer_id or uuid.uuid4().hex) if cfg.idempotent else ""
+        self._next_sequence = cfg.first_sequence
+        self._sequences_in_flight: set[int] = set()
+        self._sequence_waiters: list[asyncio.Future[None]] = []
         self._resolver = Resolver(parse_addrs(addrs), self._channel, cfg)
         self._picker = Picker()
         self._batcher = Batcher(self._send_batch, cfg)
@@ -162,9 +179,12 @@ class LogClient:
         self._closed = False
 
     def _channel(self, addr: str) -> grpc.aio.Channel:
+        interceptors = self._interceptors or None
         if self._credentials is None:
-            return grpc.aio.insecure_channel(addr, options=self._options)
-        return grpc.aio.secure_channel(addr, self._credentials, options=self._options)
+            return grpc.aio.insecure_channel(addr, options=self._options, interceptors=interceptors)
+        return grpc.aio.secure_channel(
+            addr, self._credentials, options=self._options, interceptors=interceptors
+        )
 
     @property
     def resolver(self) -> Resolver:
@@ -196,6 +216,7 @@ class LogClient:
             return
         await self._batcher.close(self.config.close_timeout_s)
         self._closed = True
+        self._release_sequence(0)  # wake produce_batch calls waiting for a sequence
         await self._resolver.close()
 
     async def __aenter__(self) -> LogClient:
@@ -230,6 +251,30 @@ class LogClient:
         first = await self._send_batch(values)
         return list(range(first, first + len(values)))
 
+    async def _take_sequence(self) -> int:
+        """The next sequence, once the oldest request in flight is within the span."""
+        span = self.config.max_sequence_span
+        while (
+            self._sequences_in_flight
+            and self._next_sequence - min(self._sequences_in_flight) >= span
+        ):
+            # bounded: every request in flight ends within request_timeout_s
+            waiter = asyncio.get_running_loop().create_future()
+            self._sequence_waiters.append(waiter)
+            await waiter
+            self._check_open()
+        sequence = self._next_sequence
+        self._next_sequence += 1
+        self._sequences_in_flight.add(sequence)
+        return sequence
+
+    def _release_sequence(self, sequence: int) -> None:
+        self._sequences_in_flight.discard(sequence)
+        waiters, self._sequence_waiters = self._sequence_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
     async def _send_batch(self, values: Sequence[bytes]) -> int:
         Record = log_pb2.Record
         if len(values) == 1:
@@ -237,6 +282,11 @@ class LogClient:
         else:
             request = log_pb2.ProduceRequest(records=[Record(value=v) for v in values])
         count = len(values)
+        sequence = 0
+        if self.producer_id:
+            sequence = await self._take_sequence()
+            request.producer_id = self.producer_id
+            request.sequence = sequence  # every attempt below sends this same request
 
         async def attempt(stub: log_pb2_grpc.LogStub, addr: str, timeout_s: float) -> int:
             self.stats.produce_requests += 1
@@ -247,9 +297,15 @@ class LogClient:
                 raise ServerError(
                     f"server answered offsets {first}..{last} for {count} records", addr=addr
                 )
+            if response.duplicate:
+                self.stats.duplicates += 1
             return first
 
-        return await self._retry("produce", _Role.PRODUCE, attempt)
+        try:
+            return await self._retry("produce", _Role.PRODUCE, attempt)
+        finally:
+            if sequence:
+                self._release_sequence(sequence)
 
     # -- consume ---------------------------------------------------------------------------
 

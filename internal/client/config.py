@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, fields
 
 MIB = 1 << 20
+#: Longest producer id the servers accept, in bytes of UTF-8 (see api/v1/log.proto).
+MAX_PRODUCER_ID_BYTES = 64
 
 
 class ClientConfigError(ValueError):
@@ -64,6 +66,26 @@ class ClientConfig:
             answered (queued and in flight); further calls wait for room (back-pressure).
             Default 32 MiB.
 
+    Idempotent producer (every produce request carries the client's producer id and its own
+    sequence number; its retries reuse them, so the server appends it once however many
+    attempts reach it; see docs/client.md):
+        idempotent: send the producer id and sequences. False = plain requests (a produce
+            whose answer was lost and which is retried may then be appended twice).
+            Default True.
+        producer_id: this client's producer id (1..64 bytes of UTF-8). None = a random
+            UUID (32 hex digits) per LogClient, which is what almost everyone wants.
+            Set it only to continue a producer across processes, and then: never use one
+            id in two clients at once, and start each new process above every sequence the
+            previous one used (``first_sequence``). A reused (id, sequence) is answered as
+            a duplicate: the new records would be silently dropped. Default None.
+        first_sequence: the sequence of this client's first request (>= 1); the next
+            requests count up from it. Default 1.
+        max_sequence_span: the client never has requests in flight whose sequences are this
+            far apart or more: a new request waits while the oldest one (still retrying)
+            is that far behind. Keep it at most the server's producer window (32 by
+            default, ``raftlog.server.producers.ProducerConfig.window``), so a slow retry
+            is never refused as SEQUENCE_TOO_OLD. Default 32.
+
     Consuming:
         stream_batch_records: records per ConsumeStream message ``stream()`` asks for.
             Default 1000.
@@ -110,6 +132,10 @@ class ClientConfig:
     reconnect_backoff_max_s: float = 2.0
     tls_server_name: str | None = None
     close_timeout_s: float = 10.0
+    idempotent: bool = True
+    producer_id: str | None = None
+    first_sequence: int = 1
+    max_sequence_span: int = 32
 
     def validate(self) -> None:
         """Raise :class:`ClientConfigError` naming the first unusable field."""
@@ -144,6 +170,8 @@ class ClientConfig:
             "stream_batch_records",
             "max_message_bytes",
             "leader_hint_hops",
+            "first_sequence",
+            "max_sequence_span",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -198,5 +226,17 @@ class ClientConfig:
                 f"batch_max_bytes ({self.batch_max_bytes}) must be below max_message_bytes "
                 f"({self.max_message_bytes}): a full batch must fit in one message"
             )
+        if not isinstance(self.idempotent, bool):
+            raise ClientConfigError(f"idempotent must be True or False, got {self.idempotent!r}")
+        if self.producer_id is not None:
+            if not isinstance(self.producer_id, str) or not self.producer_id:
+                raise ClientConfigError(
+                    f"producer_id must be None or a non-empty string, got {self.producer_id!r}"
+                )
+            size = len(self.producer_id.encode("utf-8", "surrogatepass"))
+            if size > MAX_PRODUCER_ID_BYTES:
+                raise ClientConfigError(
+                    f"producer_id is {size} bytes of UTF-8, more than {MAX_PRODUCER_ID_BYTES}"
+                )
         if self.tls_server_name is not None and not self.tls_server_name:
             raise ClientConfigError("tls_server_name must be None or a non-empty host name")

@@ -137,6 +137,13 @@ class InvalidArgumentError(ClientError):
     """The request is malformed or too large (``reason`` RECORD_TOO_LARGE); not retriable."""
 
 
+class SequenceTooOldError(ClientError):
+    """The idempotent producer's request is older than every sequence the server remembers
+    for this producer: it may or may not have been appended, and the server will not guess.
+    Not retriable (only a client with requests more than the server's window apart in
+    flight sees it; the client keeps them within ``ClientConfig.max_sequence_span``)."""
+
+
 class PermissionDeniedError(ClientError):
     """The ACL does not allow this client's certificate subject the action."""
 
@@ -208,6 +215,8 @@ def from_rpc_error(exc: grpc.RpcError, addr: str = "") -> ClientError:
     metadata = dict(info.metadata) if info is not None else {}
     if reason == "NOT_LEADER":
         cls: type[ClientError] = NotLeaderError
+    elif reason == "SEQUENCE_TOO_OLD":
+        cls = SequenceTooOldError
     elif code is None:
         cls = ServerError
     else:

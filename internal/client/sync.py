@@ -20,6 +20,8 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, TypeVar
 
+import grpc
+
 from raftlog.client.client import LogClient, Offsets, Record
 from raftlog.client.config import ClientConfig
 from raftlog.client.resolver import ServerInfo
@@ -56,6 +58,7 @@ class SyncLogClient:
         tls: TLSConfig | None,
         config: ClientConfig | None = None,
         insecure: bool = False,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -64,11 +67,18 @@ class SyncLogClient:
         self._thread.start()
         self._closed = False
         try:
-            self._client = LogClient(addrs, tls=tls, config=config, insecure=insecure)
+            self._client = LogClient(
+                addrs, tls=tls, config=config, insecure=insecure, interceptors=interceptors
+            )
             self._call(self._client.start())
         except BaseException:
             self._stop_loop()
             raise
+
+    @property
+    def producer_id(self) -> str:
+        """The idempotent producer id of this client ("" when idempotence is off)."""
+        return self._client.producer_id
 
     @property
     def client(self) -> LogClient:
