@@ -1,15 +1,29 @@
-"""CommitLogFSM alone: offsets from batches, checkpoints, crash recovery, snapshot/restore."""
+"""CommitLogFSM alone: offsets from batches, checkpoints, crash recovery, snapshot/restore,
+and the idempotent producer's table (dedup, window, expiry, persistence, entry formats)."""
 
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
+import msgpack
 import pytest
 
-from raftlog.distributed import CommitLogFSM, FSMError, encode_batch
-from raftlog.distributed.fsm import CHECKPOINT_FILE
+from raftlog.distributed import (
+    Batch,
+    CommitLogFSM,
+    FSMError,
+    decode_batch,
+    decode_entry,
+    encode_batch,
+    encode_idempotent_batch,
+)
+from raftlog.distributed.fsm import CHECKPOINT_FILE, SNAPSHOT_MAGIC
 from raftlog.raft import Entry, Membership, Server, SnapshotMeta
+from raftlog.server.errors import SequenceTooOldError
+from raftlog.server.producers import ProducerConfig
+from raftlog.server.protocols import Appended
 
 
 def entries(first_index: int, batches: list[list[bytes]]) -> list[Entry]:
@@ -81,3 +95,133 @@ def test_snapshot_restores_an_identical_log_elsewhere(tmp_path: Path) -> None:
     reopened = CommitLogFSM.open(tmp_path / "dst")
     assert reopened.applied_index() == 3 and reopened.highest_offset == 51
     reopened.log.close_sync()
+
+
+# -- the idempotent producer ----------------------------------------------------------------
+
+HOUR_MS = 3_600_000
+
+
+def idem(index: int, pid: str, seq: int, records: list[bytes], stamp_ms: int = 1000) -> Entry:
+    return Entry(1, index, data=encode_idempotent_batch(records, pid, seq, stamp_ms))
+
+
+def test_a_duplicate_apply_returns_the_first_offsets_and_appends_nothing(tmp_path: Path) -> None:
+    fsm = CommitLogFSM.open(tmp_path)
+    out = fsm.apply(
+        [
+            idem(1, "p", 1, [b"a", b"b"]),
+            Entry(1, 2, data=encode_batch([b"plain"])),
+            idem(2 + 1, "p", 1, [b"a", b"b"]),  # a retry in the same round
+            idem(4, "q", 1, [b"c"]),
+        ]
+    )
+    assert out == [Appended(0, 1), 2, Appended(0, 1, duplicate=True), Appended(3, 3)]
+    assert fsm.apply([idem(5, "p", 1, [b"a", b"b"])]) == [Appended(0, 1, duplicate=True)]
+    assert all_records(fsm) == [b"a", b"b", b"plain", b"c"]
+    fsm.log.close_sync()
+
+
+def test_window_keeps_the_highest_sequences_and_refuses_older_unknown_ones(
+    tmp_path: Path,
+) -> None:
+    fsm = CommitLogFSM.open(tmp_path, producers=ProducerConfig(window=4))
+    # out of order, as several batches in flight may commit
+    out = fsm.apply([idem(i, "p", s, [b"%d" % s]) for i, s in enumerate([2, 1, 4, 3, 6], 1)])
+    assert [r.first for r in out] == [0, 1, 2, 3, 4]
+    # window: 2, 3, 4, 6 (1 dropped). 5 is new (above the oldest); 3 a duplicate; 1 too old
+    res = fsm.apply([idem(6, "p", 5, [b"5"]), idem(7, "p", 3, [b"3"]), idem(8, "p", 1, [b"1"])])
+    assert res[0] == Appended(5, 5)
+    assert res[1] == Appended(3, 3, duplicate=True)
+    assert isinstance(res[2], SequenceTooOldError) and res[2].oldest == 3
+    assert all_records(fsm) == [b"2", b"1", b"4", b"3", b"6", b"5"]
+    fsm.log.close_sync()
+
+
+def test_expiry_follows_the_stamps_in_the_entries_never_the_local_clock(tmp_path: Path) -> None:
+    config = ProducerConfig(expiry_s=3600, max_producers=2)
+    replicas = [CommitLogFSM.open(tmp_path / n, producers=config) for n in ("a", "b")]
+    stream = [
+        idem(1, "old", 1, [b"x"], stamp_ms=0),
+        idem(2, "p", 1, [b"y"], stamp_ms=HOUR_MS // 2),
+        idem(3, "p", 2, [b"z"], stamp_ms=HOUR_MS + 1),  # "old" idle for more than 1 h
+        idem(4, "old", 1, [b"x"], stamp_ms=5),  # a stamp from a lagging clock: clock stays
+        idem(5, "q", 1, [b"q"], stamp_ms=HOUR_MS + 2),  # table full (2): LRU "p" goes
+        idem(6, "p", 1, [b"y"], stamp_ms=HOUR_MS + 3),
+    ]
+    results = [r.apply(stream) for r in replicas]
+    assert results[0] == results[1]
+    # "old" expired: its retry is a new append; "p" evicted by "q": the same
+    assert [x.duplicate for x in results[0]] == [False] * 6
+    assert replicas[0].producers.dump() == replicas[1].producers.dump()
+    assert replicas[0].producers.expired == 1 and replicas[0].producers.evicted >= 1
+    for r in replicas:
+        r.log.close_sync()
+
+
+async def test_the_table_survives_a_checkpoint_and_a_restart(tmp_path: Path) -> None:
+    fsm = CommitLogFSM.open(tmp_path)
+    fsm.bind_loop()
+    fsm.apply([idem(1, "p", 1, [b"a"]), idem(2, "p", 2, [b"b", b"c"])])
+    await fsm.checkpoint()
+    after = [idem(3, "p", 3, [b"d"]), idem(4, "r", 7, [b"e"])]
+    fsm.apply(after)  # applied, never checkpointed
+    table = fsm.producers.dump()
+    fsm.log.close_sync()  # crash
+    again = CommitLogFSM.open(tmp_path)
+    assert again.applied_index() == 2
+    assert again.producers.lookup("p", 2) == (1, 2) and again.producers.lookup("p", 3) is None
+    # Raft replays 3 and 4: the same table as before the crash
+    assert again.apply(after) == [Appended(3, 3), Appended(4, 4)]
+    assert again.producers.dump() == table
+    assert again.apply([idem(5, "r", 7, [b"e"])]) == [Appended(4, 4, duplicate=True)]
+    await again.close()
+    third = CommitLogFSM.open(tmp_path)
+    assert third.producers.lookup("r", 7) == (4, 4) and third.applied_index() == 5
+    third.log.close_sync()
+
+
+def test_the_table_travels_in_snapshots_and_old_snapshots_still_restore(tmp_path: Path) -> None:
+    src = CommitLogFSM.open(tmp_path / "src")
+    src.apply([idem(1, "p", 1, [b"a", b"b"]), Entry(1, 2, data=encode_batch([b"c"]))])
+    data = b"".join(src.snapshot())
+    assert data.startswith(SNAPSHOT_MAGIC)
+    meta = SnapshotMeta(2, 1, Membership.of([Server("n1", "a")]))
+    dst = CommitLogFSM.open(tmp_path / "dst")
+    dst.apply([idem(1, "p", 1, [b"stale"])])
+    dst.restore(io.BytesIO(data), meta)
+    assert all_records(dst) == [b"a", b"b", b"c"]
+    assert dst.apply([idem(3, "p", 1, [b"a", b"b"])]) == [Appended(0, 1, duplicate=True)]
+    dst.log.close_sync()
+    reopened = CommitLogFSM.open(tmp_path / "dst")  # the restore's checkpoint has the table
+    assert reopened.producers.lookup("p", 1) == (0, 1)
+    reopened.log.close_sync()
+    # a snapshot written before the table existed: the commit log's stream alone
+    old = b"".join(src.log.reader().chunks())
+    legacy = CommitLogFSM.open(tmp_path / "legacy")
+    legacy.restore(io.BytesIO(old), meta)
+    assert all_records(legacy) == [b"a", b"b", b"c"] and len(legacy.producers) == 0
+    legacy.log.close_sync()
+    src.log.close_sync()
+
+
+def test_entry_encodings_old_batches_still_decode(tmp_path: Path) -> None:
+    # bytes of a plain batch as written before the idempotent producer existed
+    legacy = b"B" + msgpack.packb([b"x", b"yz"], use_bin_type=True)
+    assert legacy == encode_batch([b"x", b"yz"])
+    assert decode_entry(legacy) == Batch([b"x", b"yz"])
+    assert decode_batch(legacy) == [b"x", b"yz"]
+    new = encode_idempotent_batch([b"r"], "prod-\u00e9", 2**64 - 1, 123)
+    assert decode_entry(new) == Batch([b"r"], "prod-\u00e9", 2**64 - 1, 123)
+    assert decode_batch(new) == [b"r"]
+    for junk in (b"I" + msgpack.packb([9, 0, "p", 1, []]), b"I\xc1", b"Z"):
+        with pytest.raises(FSMError):
+            decode_entry(junk)
+    # an old checkpoint (no table) still opens, with an empty table
+    fsm = CommitLogFSM.open(tmp_path)
+    fsm.apply(entries(1, [[b"a"]]))
+    fsm.log.close_sync()
+    (tmp_path / CHECKPOINT_FILE).write_text(json.dumps({"index": 1, "next_offset": 1}))
+    again = CommitLogFSM.open(tmp_path)
+    assert again.applied_index() == 1 and len(again.producers) == 0
+    again.log.close_sync()

@@ -1,4 +1,5 @@
-"""LocalLog: appends return (first, last) and wake waiters; no polling needed."""
+"""LocalLog: appends return (first, last) and wake waiters; no polling needed; the
+idempotent producer on a single node."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import pytest
 
 from raftlog.log import Log, LogConfig, OffsetOutOfRangeError, SyncPolicy
 from raftlog.server import CommitLog, LocalLog, ServerLister
+from raftlog.server.errors import SequenceTooOldError
+from raftlog.server.producers import ProducerConfig
+from raftlog.server.protocols import Appended, IdempotentLog
 
 
 async def test_wait_for_wakes_on_append_and_times_out(tmp_path: Path) -> None:
@@ -75,3 +79,37 @@ def test_errors_map_to_status_codes_with_retry_advice() -> None:
         assert got_code is code and message and trailing[0][0] == "grpc-status-details-bin"
     assert to_api_error(NotLeaderError("x")).refresh_leader
     assert "boom" not in to_api_error(RuntimeError("boom")).message  # no internals leak
+
+
+async def test_idempotent_appends_once_even_when_the_retry_races_the_first(
+    tmp_path: Path,
+) -> None:
+    local = LocalLog(Log.open(tmp_path, LogConfig(sync=SyncPolicy.ALWAYS)))
+    assert isinstance(local, IdempotentLog)
+    # the retry arrives while the first attempt still waits for its fsync
+    first, retry = await asyncio.gather(
+        local.append_idempotent([b"a", b"b"], "p", 1),
+        local.append_idempotent([b"a", b"b"], "p", 1),
+    )
+    assert first == Appended(0, 1) and retry == Appended(0, 1, duplicate=True)
+    assert await local.append_idempotent([b"a", b"b"], "p", 1) == Appended(0, 1, True)
+    assert await local.append_idempotent([b"c"], "p", 2) == Appended(2, 2)
+    assert await local.append_idempotent([b"c"], "other", 2) == Appended(3, 3)
+    assert local.read_batch(0, 1 << 20, 10) == [b"a", b"b", b"c", b"c"]
+    await local.close()
+
+
+async def test_idempotent_window_and_memory_only_table(tmp_path: Path) -> None:
+    config = LogConfig(sync=SyncPolicy.NEVER)
+    local = LocalLog(Log.open(tmp_path, config), producers=ProducerConfig(window=2))
+    for seq in (1, 2, 3):
+        await local.append_idempotent([b"%d" % seq], "p", seq)
+    with pytest.raises(SequenceTooOldError) as info:
+        await local.append_idempotent([b"1"], "p", 1)
+    assert info.value.metadata == {"producer_id": "p", "sequence": "1", "oldest": "2"}
+    assert local.highest_offset == 2
+    await local.close()
+    # documented: the single node's table is memory only; a restart forgets it
+    again = LocalLog(Log.open(tmp_path, config))
+    assert await again.append_idempotent([b"3"], "p", 3) == Appended(3, 3)
+    await again.close()
