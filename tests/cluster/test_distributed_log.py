@@ -3,7 +3,8 @@
 Quick coverage of the replicated log itself (no gRPC, no Serf): dense identical offsets,
 coalesced concurrent appends, committed-only reads, wake-ups, the leader hint on a
 follower, learner join and promotion, snapshot install on a newcomer after compaction,
-restart without duplicates, and the linearizable read barrier.
+restart without duplicates, the linearizable read barrier, and the idempotent producer's
+replicated table (concurrent retries, failover, snapshot).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from raftlog.log import OffsetOutOfRangeError
 from raftlog.raft import RaftConfig, Server
 from raftlog.raft.node import NodeConfig, RaftNode
 from raftlog.raft.transport_inmem import InmemNetwork
-from raftlog.server.errors import NotLeaderError
+from raftlog.server.errors import NotLeaderError, SequenceTooOldError
+from raftlog.server.protocols import Appended
 
 TICK = 0.01
 
@@ -276,5 +278,63 @@ async def test_no_leader_answers_unavailable_with_an_empty_hint(tmp_path: Path) 
         assert info.value.metadata == {"leader_id": "", "leader_addr": ""}
         assert "no leader" in info.value.message
         await lone.dlog.forwarder.close()
+    finally:
+        await c.close()
+
+
+async def test_idempotent_retries_are_deduplicated_by_the_replicated_table(
+    cluster: Cluster,
+) -> None:
+    leader = await cluster.leader()
+    # two attempts of one request reach Raft together: the state machine keeps one
+    first, second = await asyncio.gather(
+        leader.dlog.append_idempotent([b"a", b"b"], "prod", 1),
+        leader.dlog.append_idempotent([b"a", b"b"], "prod", 1),
+    )
+    assert {first, second} == {Appended(0, 1), Appended(0, 1, duplicate=True)}
+    assert leader.dlog.duplicates_short_circuited == 0  # both went through Raft
+    # a later retry is answered from the leader's table without a Raft round
+    rounds = leader.node.stats.rounds
+    assert await leader.dlog.append_idempotent([b"a", b"b"], "prod", 1) == Appended(0, 1, True)
+    assert leader.dlog.duplicates_short_circuited == 1 and leader.node.stats.rounds == rounds
+    await leader.dlog.append_idempotent([b"c"], "prod", 2)
+    with pytest.raises(SequenceTooOldError):
+        for seq in range(3, 40):
+            await leader.dlog.append_idempotent([b"%d" % seq], "prod", seq)
+        await leader.dlog.append_idempotent([b"old"], "prod", 1)
+    members = list(cluster.members.values())
+    # the refused entry appended nothing: wait for every replica to apply it all the same
+    await wait_until(lambda: all(m.fsm.applied == leader.fsm.applied for m in members))
+    tables = [m.fsm.producers.dump() for m in members]
+    assert tables[0] == tables[1] == tables[2]
+    # the leader dies: its successor knows the pairs (the table is replicated)
+    await leader.close()
+    del cluster.members[leader.id]
+    successor = await cluster.leader(10.0)
+    assert successor is not leader
+    assert await successor.dlog.append_idempotent([b"39"], "prod", 39) == Appended(39, 39, True)
+    done = await successor.dlog.append_idempotent([b"new"], "prod", 40)
+    assert done == Appended(40, 40)
+    got = records_of(successor)
+    assert got[:3] == [b"a", b"b", b"c"] and got.count(b"39") == 1 and len(got) == 41
+
+
+async def test_a_newcomer_gets_the_producer_table_from_the_snapshot(tmp_path: Path) -> None:
+    c = Cluster(tmp_path, snapshot_threshold=8)
+    try:
+        servers = [Server(i, i) for i in ("n1", "n2", "n3")]
+        for i in ("n1", "n2", "n3"):
+            m = await c.start(i)
+            await m.node.bootstrap(servers)
+        leader = await c.leader()
+        for seq in range(1, 30):
+            await leader.dlog.append_idempotent([b"s%d" % seq], "p", seq)
+        await wait_until(lambda: leader.node.status().first_index > 5)
+        n4 = await c.start("n4")
+        await leader.dlog.join("n4", "n4")
+        await wait_until(lambda: n4.dlog.highest_offset == leader.dlog.highest_offset, 10.0)
+        assert n4.node.stats.snapshots_received >= 1
+        assert n4.fsm.producers.lookup("p", 3) == (2, 2)  # applied before the snapshot
+        assert n4.fsm.producers.dump() == leader.fsm.producers.dump()
     finally:
         await c.close()
