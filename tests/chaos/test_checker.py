@@ -53,12 +53,14 @@ def test_value_at_another_offset() -> None:
     assert v.wrong_offset == 2 and v.dirty_reads == 2
 
 
-def test_client_duplicates_are_counted_not_failed() -> None:
+def test_client_duplicates_fail_the_run() -> None:
+    """The client's retries carry its producer id and sequence: a duplicate is a bug."""
     h, logs = clean()
     for log in logs.values():
         log.append("client-0-0")
     v = check(h, logs)
-    assert v.duplicated_client == 1 and v.ok
+    assert v.duplicated_client == 1 and v.duplicated_raw == 0 and not v.ok
+    assert "client-0-0" in v.problems[0]
 
 
 def test_divergent_replica_gap_and_invented_value() -> None:

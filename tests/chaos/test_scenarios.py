@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from support.chaos_harness import Nemesis
 from support.chaos_run import Scenario, duration_s, profile, run_scenario, seed_for
 
 # boot + faults + heal + convergence + teardown, bounded whatever CHAOS_DURATION says
@@ -34,10 +35,10 @@ POWER = Scenario(
 NETWORK = Scenario(
     "network-3",
     3,
-    ("partition", "isolate-leader", "isolate-leader", "bridge", "slow", "flap"),
+    ("partition", "isolate-leader", "isolate-leader", "bridge", "slow", "flap", "loss", "delay"),
     network=True,
     description="majority/minority partitions, isolated leader, bridge, slow link, link "
-    "flap; one network namespace per node",
+    "flap, random packet loss, delay; one network namespace per node",
 )
 MIXED = Scenario(
     "mixed-5",
@@ -52,6 +53,8 @@ MIXED = Scenario(
         "bridge",
         "slow",
         "flap",
+        "loss",
+        "delay",
     ),
     network=True,
     description="5 nodes, every nemesis (make chaos only)",
@@ -75,9 +78,9 @@ async def run_and_check(scenario: Scenario, tmp_path: Path) -> None:
     assert outcome.result["fault_events"], "no fault injected"
     assert v.acknowledged > 50, f"too few acknowledged writes to judge: {outcome.result}"
     assert v.ok, explain(outcome.result, v.problems)
-    # duplicates from the retrying client (no idempotent producer yet) are reported in the
-    # result and in docs/reliability.md, never asserted away: see test_client_duplicates.
-    assert v.lost == v.wrong_offset == v.divergent_replicas == v.duplicated_raw == 0
+    # the client's retries reuse its producer id + sequence: no duplicate from either kind
+    assert v.lost == v.wrong_offset == v.divergent_replicas == 0
+    assert v.duplicated_client == v.duplicated_raw == 0
     assert v.dirty_reads == v.out_of_order_reads == v.crashes == v.invented == 0
     assert v.records_read > 0
 
@@ -103,11 +106,7 @@ async def test_five_nodes_every_nemesis(tmp_path: Path, netns_unavailable: str |
         scenario = Scenario(
             "mixed-5",
             5,
-            tuple(
-                k
-                for k in MIXED.kinds
-                if k not in ("partition", "isolate-leader", "bridge", "slow", "flap")
-            ),
+            tuple(k for k in MIXED.kinds if k not in Nemesis.NETWORK),
             description=MIXED.description + f" ({netns_unavailable})",
         )
     else:

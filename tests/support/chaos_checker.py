@@ -4,9 +4,10 @@ against the replicas' final logs.
 Rules (what raftlog promises, docs/reliability.md):
 
 - every acknowledged value is in the final log, at the offset it was acknowledged with;
-- no value is in the log more than once when its producer never retried (raw calls);
-  duplicates of values the retrying client sent are counted and reported (the idempotent
-  producer that removes them does not exist yet);
+- no value is in the log more than once: neither from the raw calls (never retried) nor
+  from the load-balancing client, whose retries reuse its producer id and sequence (the
+  idempotent producer: the leader answers a retry of an appended request with its first
+  offsets instead of appending it again). Both are counted apart, and both fail the run;
 - every replica holds the identical sequence; offsets are dense (a replica's read returns
   offset i at position i);
 - every value in the log was sent by some producer (nothing invented);
@@ -96,6 +97,10 @@ def check(history: History, logs: dict[str, list[str]]) -> Verdict:
                 v.note(f"{op.value} (sent once, never retried) is at offsets {found}")
             else:
                 v.duplicated_client += len(found) - 1
+                v.note(
+                    f"{op.value} (client, idempotent producer) is at offsets {found}: a retry "
+                    "was appended again"
+                )
         if op.result != "ok":
             continue
         v.acknowledged += 1

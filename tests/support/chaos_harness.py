@@ -278,11 +278,13 @@ class Nemesis:
     ``kinds``: the faults to pick from: ``kill``, ``kill-leader``, ``kill-minority`` (as
     many nodes at once as a quorum can lose), ``power-loss``, ``power-loss-minority``,
     ``pause``, ``pause-leader``, ``partition`` (random majority/minority),
-    ``isolate-leader``, ``bridge``, ``slow`` (token-bucket link), ``flap`` (link down/up).
+    ``isolate-leader``, ``bridge``, ``slow`` (token-bucket link), ``flap`` (link down/up),
+    ``loss`` (every node's egress drops 5-30 % of its packets at random), ``delay`` (every
+    node's egress delayed 20-100 ms; needs sch_netem).
     Holds last ``hold_s`` (uniform range, seconds); quiet gaps ``gap_s`` between faults.
     """
 
-    NETWORK = frozenset({"partition", "isolate-leader", "bridge", "slow", "flap"})
+    NETWORK = frozenset({"partition", "isolate-leader", "bridge", "slow", "flap", "loss", "delay"})
 
     def __init__(
         self,
@@ -398,7 +400,17 @@ class Nemesis:
                 target = self.rng.choice(names)
                 pairs = []
                 detail = ""
-            if kind == "slow":
+            if kind == "loss":
+                pct = self.rng.choice((5, 10, 20, 30))
+                target = "all"
+                for name in names:
+                    detail = await asyncio.to_thread(net.lossy, name, pct)
+            elif kind == "delay":
+                delay_ms = self.rng.choice((20, 50, 100))
+                target = "all"
+                for name in names:
+                    detail = await asyncio.to_thread(net.delayed, name, delay_ms, delay_ms // 4)
+            elif kind == "slow":
                 rate = self.rng.choice((128, 256, 512))
                 latency = self.rng.choice((50, 200, 400))
                 await asyncio.to_thread(net.slow, target, rate, latency)

@@ -4,8 +4,10 @@ Each node gets its own namespace with one veth interface (``eth0``) plugged into
 in the test's namespace, which holds the gateway address (``.1``): the test process (the
 clients) reaches every node directly, and nodes reach each other through the bridge.
 
-Faults, with what this kernel offers (``sch_netem``, tc actions and iptables are not
-available here; ``htb``/``tbf`` qdiscs and blackhole routes are):
+Faults, with what this kernel offers (``sch_netem``, the tc actions ``gact``/``police``/
+``pedit``, the ``matchall``/``basic``/``flower`` classifiers and iptables/nftables are not
+available here; ``htb``/``tbf``/``pfifo`` qdiscs, the ``u32`` and ``bpf`` classifiers,
+``mirred`` and blackhole routes are):
 
 - **partition**: for every cut pair (a, b), a blackhole route to b in a's namespace and to
   a in b's namespace; packets are dropped at the sender, in both directions.
@@ -13,6 +15,14 @@ available here; ``htb``/``tbf`` qdiscs and blackhole routes are):
   queue (delay up to the bucket's ``latency``) and drops what does not fit (loss under
   load).
 - **link flap**: the node's interface down, then up (every packet lost meanwhile).
+- **packet loss**: with ``sch_netem`` (a stock Debian kernel has it as a module),
+  ``netem loss P%``; without it, an ``htb`` root whose ``bpf`` filter (classic BPF given as
+  bytecode, no compiler needed) reads the kernel's per-packet random number
+  (``ld rand``) and sends P % of the packets to a class whose leaf is ``pfifo limit 0``,
+  which drops every packet it is given. Uniform random loss on the node's egress.
+- **delay**: only with ``sch_netem`` (``netem delay D ms J ms``). Without it no kernel
+  mechanism here holds a packet for a fixed time (``tbf``/``htb`` delay only what exceeds
+  a rate: that is the slow link); :attr:`NetnsNetwork.delay_unavailable` says why.
 
 Every namespace, bridge and route belongs to one :class:`NetnsNetwork`, named after the
 test's process id, and :meth:`NetnsNetwork.close` removes them; :func:`clean_stale` removes
@@ -103,6 +113,11 @@ class NetnsNetwork:
         self._blocked: set[tuple[str, str]] = set()
         self._slow: set[str] = set()
         self._down: set[str] = set()
+        #: how packet loss is made here: "netem", "htb+bpf" or None (see :meth:`setup`)
+        self.loss_method: str | None = None
+        #: why the loss / delay nemeses cannot run here (None: they can)
+        self.loss_unavailable: str | None = "not probed yet (setup() probes)"
+        self.delay_unavailable: str | None = "not probed yet (setup() probes)"
 
     def setup(self) -> None:
         """Create the bridge, the namespaces and their links (undone by :meth:`close`)."""
@@ -118,9 +133,69 @@ class NetnsNetwork:
                 _run("ip", "-n", ns, "addr", "add", f"{self.ip[name]}/24", "dev", "eth0")
                 _run("ip", "-n", ns, "link", "set", "eth0", "up")
                 _run("ip", "-n", ns, "link", "set", "lo", "up")
+            self._probe_loss()
         except BaseException:
             self.close()
             raise
+
+    def _tc(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return _run("ip", "netns", "exec", self.ns[name], "tc", *args, check=check)
+
+    def _probe_loss(self) -> None:
+        """Find out, on the first node's interface, whether netem or the htb+bpf fallback
+        works (each tried and removed again)."""
+        first = self.names[0]
+        done = self._tc(first, "qdisc", "add", "dev", "eth0", "root", "netem", "delay", "1ms",
+                        check=False)  # fmt: skip
+        self._tc(first, "qdisc", "del", "dev", "eth0", "root", check=False)
+        if done.returncode == 0:
+            self.loss_method = "netem"
+            self.loss_unavailable = self.delay_unavailable = None
+            return
+        netem_error = done.stderr.strip() or f"exit {done.returncode}"
+        self.delay_unavailable = (
+            f"no sch_netem in this kernel (tc: {netem_error}); nothing else here holds a "
+            "packet for a fixed time (tbf/htb delay only traffic above a rate: the slow "
+            "nemesis)"
+        )
+        try:
+            self._lossy_htb(first, 1)
+        except NetworkError as exc:
+            self.loss_unavailable = (
+                f"no sch_netem (tc: {netem_error}) and the htb + cls_bpf + pfifo-limit-0 "
+                f"fallback failed too ({exc})"
+            )
+        else:
+            self.loss_method = "htb+bpf"
+            self.loss_unavailable = None
+        finally:
+            self._tc(first, "qdisc", "del", "dev", "eth0", "root", check=False)
+
+    def _lossy_htb(self, name: str, loss_pct: float) -> None:
+        """``loss_pct`` % random loss on ``name``'s egress without netem: an htb root,
+        class 1:10 (default, unshaped) and class 1:20 whose leaf (``pfifo limit 0``) drops
+        what it is given; a classic-BPF filter sends a packet to 1:20 when the kernel's
+        per-packet random u32 (``ld rand``) is at or above the pass threshold."""
+        threshold = min(2**32 - 1, int((1 - loss_pct / 100) * 2**32))
+        drop_class = 0x10020  # 1:20
+        program = [
+            (0x20, 0, 0, 0xFFFFF038),  # ld rand  (SKF_AD_OFF + SKF_AD_RANDOM)
+            (0x35, 0, 1, threshold),  # jge #threshold -> next, else skip one
+            (0x06, 0, 0, drop_class),  # ret 1:20
+            (0x06, 0, 0, 0),  # ret 0: no match, htb's default class
+        ]
+        bytecode = ",".join([str(len(program)), *(f"{c} {t} {f} {k}" for c, t, f, k in program)])
+        tc = self._tc
+        tc(name, "qdisc", "replace", "dev", "eth0", "root", "handle", "1:", "htb", "default",
+           "10", "r2q", "100000")  # fmt: skip
+        tc(name, "class", "add", "dev", "eth0", "parent", "1:", "classid", "1:10", "htb",
+           "rate", "10gbit")  # fmt: skip
+        tc(name, "class", "add", "dev", "eth0", "parent", "1:", "classid", "1:20", "htb",
+           "rate", "10gbit")  # fmt: skip
+        tc(name, "qdisc", "add", "dev", "eth0", "parent", "1:20", "handle", "20:", "pfifo",
+           "limit", "0")  # fmt: skip
+        tc(name, "filter", "add", "dev", "eth0", "parent", "1:", "prio", "1", "bpf",
+           "bytecode", bytecode)  # fmt: skip
 
     def exec_prefix(self, name: str) -> tuple[str, ...]:
         """The command prefix that runs a program in ``name``'s namespace."""
@@ -151,6 +226,29 @@ class NetnsNetwork:
             "latency", f"{latency_ms}ms",
         )  # fmt: skip
         self._slow.add(name)
+
+    def lossy(self, name: str, loss_pct: float) -> str:
+        """Lose ``loss_pct`` % of ``name``'s outgoing packets at random; how (for the
+        timeline). Raises :class:`NetworkError` when :attr:`loss_unavailable`."""
+        if self.loss_unavailable is not None:
+            raise NetworkError(self.loss_unavailable)
+        self._slow.add(name)  # healed like the slow link: the root qdisc goes
+        if self.loss_method == "netem":
+            self._tc(name, "qdisc", "replace", "dev", "eth0", "root", "netem", "loss",
+                     f"{loss_pct}%")  # fmt: skip
+            return f"netem loss {loss_pct}%"
+        self._tc(name, "qdisc", "del", "dev", "eth0", "root", check=False)
+        self._lossy_htb(name, loss_pct)
+        return f"htb+bpf random drop {loss_pct}%"
+
+    def delayed(self, name: str, delay_ms: int, jitter_ms: int) -> str:
+        """Delay ``name``'s outgoing packets by ``delay_ms`` ± ``jitter_ms`` (netem only)."""
+        if self.delay_unavailable is not None:
+            raise NetworkError(self.delay_unavailable)
+        self._slow.add(name)
+        self._tc(name, "qdisc", "replace", "dev", "eth0", "root", "netem", "delay",
+                 f"{delay_ms}ms", f"{jitter_ms}ms")  # fmt: skip
+        return f"netem delay {delay_ms}ms ±{jitter_ms}ms"
 
     def link_down(self, name: str) -> None:
         """Take ``name``'s interface down (all its packets lost until :meth:`heal`)."""

@@ -126,9 +126,16 @@ async def run_scenario(scenario: Scenario, root: Path, seed: int) -> Outcome:
     cluster = ChaosCluster(root / "nodes", files, names, net, AGENT_ARGS)
     nemesis = Nemesis(cluster, tls, history, rng, scenario.kinds)
     exit_codes: dict[str, int] = {}
+    skipped: dict[str, str] = {}
     try:
         if net is not None:
             await asyncio.to_thread(net.setup)
+            unavailable = {"loss": net.loss_unavailable, "delay": net.delay_unavailable}
+            skipped = {k: why for k, why in unavailable.items() if why and k in scenario.kinds}
+            for kind, why in skipped.items():
+                print(f"chaos scenario {scenario.name}: nemesis {kind!r} skipped: {why}")
+                history.event("nemesis-skipped", kind, why)
+            nemesis.kinds = tuple(k for k in scenario.kinds if k not in skipped)
         logs = await _drive(cluster, tls, history, workload_rng=rng, nemesis=nemesis)
     except BaseException as exc:
         # no verdict without converged replicas: keep the history and the node logs anyway
@@ -159,7 +166,9 @@ async def run_scenario(scenario: Scenario, root: Path, seed: int) -> Outcome:
         "seed": seed,
         "duration_s": duration_s(),
         "elapsed_s": round(time.monotonic() - started, 1),
-        "nemeses": list(scenario.kinds),
+        "nemeses": list(nemesis.kinds),
+        "skipped_nemeses": skipped,
+        "loss_method": net.loss_method if net is not None else None,
         "fault_events": nemesis.faults,
         "start_aborts_known_bug": len(history.start_aborts),
         "passed": verdict.ok,
