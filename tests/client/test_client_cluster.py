@@ -4,8 +4,10 @@ Calls are counted on the servers: the agents log every call at debug level with 
 and the client certificate's subject (``root`` for this client; forwarded writes between
 nodes carry the node certificate's subject), so the counts below are the servers' own.
 
-Without the idempotent producer (next step), a produce retried after the leader died may
-append its records twice: the failover test asserts no loss and records the duplicates.
+The idempotent producer: a produce whose answer was lost is retried and appended once
+(also through a follower, whose forwarded call carries the producer id and sequence), and
+the failover test asserts that the log read back holds every acknowledged record exactly
+once: no loss, no duplicate.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import contextlib
 import re
 import signal
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -25,8 +28,10 @@ from raftlog.agent.devcluster import DevCluster
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.client import LogClient, Record
 from raftlog.security import CertFiles
+from raftlog.server import error_info_from_metadata
 from support.client_nodes import FAST, tls_of
 from support.cluster_files import dev_cluster_files
+from support.drop_response import DropResponses
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -92,6 +97,10 @@ async def test_produce_lands_on_the_leader_and_consume_is_spread_over_followers(
     assert cluster.client_tls is not None
     leader = await cluster.wait_for(cluster.client_tls, members=3, timeout_s=30)
     followers = [n for n in cluster.nodes if n != leader]
+    # reads go to voting followers first: wait until the last joiner is promoted
+    async with asyncio.timeout(30):
+        while any(s.is_learner for s in await cluster.servers(leader, cluster.client_tls)):
+            await asyncio.sleep(0.1)
     before = {
         n: (calls(cluster, n, "Produce"), calls(cluster, n, "Consume")) for n in cluster.nodes
     }
@@ -166,6 +175,59 @@ async def test_cli_commands_with_several_addresses(cluster: DevCluster) -> None:
     assert out.splitlines()[:2] == ["cli-a", "cli-b"]
 
 
+def idempotent(values: list[bytes], pid: str, seq: int) -> log_pb2.ProduceRequest:
+    return log_pb2.ProduceRequest(
+        records=[log_pb2.Record(value=v) for v in values], producer_id=pid, sequence=seq
+    )
+
+
+async def read_range(client: LogClient, first: int, last: int) -> list[bytes]:
+    """Every record first..last, read back through the client's stream."""
+    out: list[bytes] = []
+    async with contextlib.aclosing(client.stream_batches(first)) as stream:
+        async for batch in stream:
+            out.extend(r.value for r in batch)
+            if len(out) >= last - first + 1:
+                break
+    return out[: last - first + 1]
+
+
+async def test_a_retry_after_a_lost_answer_is_appended_once(cluster: DevCluster) -> None:
+    tls = cluster.client_tls
+    assert tls is not None
+    leader = await cluster.wait_for(tls, members=3, timeout_s=30)
+    follower = next(n for n in cluster.nodes if n != leader)
+    drop = DropResponses(count=1)
+    async with LogClient(
+        [cluster.nodes[follower].rpc_addr], tls=tls, config=FAILOVER, interceptors=[drop]
+    ) as client:
+        offsets = await client.produce_batch([b"lost-1", b"lost-2"])
+        assert [r.offset for r in drop.dropped] == [offsets[0]]  # appended, answer lost
+        assert client.stats.duplicates == 1 and client.stats.retries >= 1
+        # through a follower: the forwarded call carries the pair, the leader remembers it
+        pid = uuid.uuid4().hex
+        async with cluster.channel(follower, tls) as channel:
+            via = log_pb2_grpc.LogStub(channel)  # type: ignore[no-untyped-call]
+            first = await via.Produce(idempotent([b"fwd"], pid, 1), timeout=10)
+            assert not first.duplicate
+            async with cluster.channel(leader, tls) as lch:
+                direct = log_pb2_grpc.LogStub(lch)  # type: ignore[no-untyped-call]
+                again = await direct.Produce(idempotent([b"fwd"], pid, 1), timeout=10)
+                assert (again.offset, again.duplicate) == (first.offset, True)
+                for seq in range(2, 34):  # 32 newer sequences push 1 out of the window
+                    await direct.Produce(idempotent([b"w%d" % seq], pid, seq), timeout=10)
+            # ... and the follower relays the leader's refusal of sequence 1 as it is
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await via.Produce(idempotent([b"fwd"], pid, 1), timeout=10)
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            detail = error_info_from_metadata(info.value.trailing_metadata())
+            assert detail is not None and detail.reason == "SEQUENCE_TOO_OLD"
+        end = (await client.offsets()).highest
+        log = await read_range(client, offsets[0], end)
+    assert log[:3] == [b"lost-1", b"lost-2", b"fwd"]
+    assert len(log) == 3 + 32 and len(set(log)) == len(log)
+
+
 async def test_leader_killed_mid_stream_the_producer_and_the_stream_continue(
     cluster: DevCluster,
 ) -> None:
@@ -214,9 +276,14 @@ async def test_leader_killed_mid_stream_the_producer_and_the_stream_continue(
     log = {r.offset: r.value for r in streamed}
     lost = [o for o, v in acked.items() if log.get(o) != v]
     assert lost == []
+    # the idempotent producer: every record once, though batches were retried
     duplicates = sum(n - 1 for n in Counter(log.values()).values() if n > 1)
-    print(f"failover: acked {len(acked)}, log {len(log)}, duplicates {duplicates}")
-    assert len(log) == len(acked) + duplicates
+    print(
+        f"failover: acked {len(acked)}, log {len(log)}, duplicates {duplicates}, "
+        f"retries {client.stats.retries}, answered as duplicates {client.stats.duplicates}"
+    )
+    assert duplicates == 0
+    assert len(log) == len(acked)
     # the old leader comes back on its data and catches up with what it missed
     cluster.start(old)
     await cluster.wait_for(cluster.client_tls, members=3, timeout_s=40)
