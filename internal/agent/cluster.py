@@ -2,8 +2,9 @@
 
 ::
 
-    mux         bind --rpc-port; Raft marker -> TcpTransport (peer mTLS, Casbin replicate);
-                anything else -> grpc.aio on a unix socket in a 0700 dir  -> close, rm dir
+    mux         remove dead agents' socket dirs; bind --rpc-port; Raft marker ->
+                TcpTransport (peer mTLS, Casbin replicate); anything else -> grpc.aio on
+                a unix socket in a 0700 dir named after this pid      -> close, rm dir
     raft        CommitLogFSM (data_dir/fsm) + RaftNode (data_dir/raft) over TcpTransport;
                 --bootstrap once (never when Raft state exists); DistributedLog
                                                                 -> close log, node, fsm
@@ -41,7 +42,7 @@ from raftlog.distributed import (
     Forwarder,
     ForwardMarkInterceptor,
 )
-from raftlog.mux import RAFT_MARKER, Mux, MuxConfig, PrivateSocketDir
+from raftlog.mux import RAFT_MARKER, Mux, MuxConfig, PrivateSocketDir, remove_stale_socket_dirs
 from raftlog.raft import RaftConfig, RaftError, Server
 from raftlog.raft.node import NodeConfig, RaftNode
 from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
@@ -102,7 +103,17 @@ class ClusterNode:
     # -- mux ---------------------------------------------------------------------------
 
     async def setup_mux(self) -> Teardown:
-        """Bind the one port; gRPC goes to a private unix socket (served by a later step)."""
+        """Bind the one port; gRPC goes to a private unix socket (served by a later step).
+
+        First removes the socket directories that SIGKILLed agents left behind (only
+        those whose owner process is gone: :func:`remove_stale_socket_dirs`)."""
+        stale = await asyncio.to_thread(remove_stale_socket_dirs)
+        if stale:
+            logger.info(
+                "removed %d socket directories of agents that are gone: %s",
+                len(stale),
+                ", ".join(str(p) for p in stale),
+            )
         self.sockdir = PrivateSocketDir()
         sockdir = self.sockdir
         mux = Mux(

@@ -4,7 +4,8 @@
   a deadline, hand registered markers (:data:`RAFT_MARKER`) to their handler, relay the
   rest to the grpc.aio server's unix socket.
 - :class:`PrivateSocketDir` (:mod:`raftlog.mux.sockdir`): the 0700 directory for that
-  socket.
+  socket, named after its owner; :func:`remove_stale_socket_dirs` removes those of
+  agents that died without cleaning up (SIGKILL).
 - :mod:`raftlog.mux.relay`: the flow-controlled byte pipe. See ``docs/mux.md``.
 """
 
@@ -16,7 +17,7 @@ from raftlog.mux.mux import (
     MuxConfigError,
     MuxMetrics,
 )
-from raftlog.mux.sockdir import PrivateSocketDir
+from raftlog.mux.sockdir import PrivateSocketDir, remove_stale_socket_dirs
 
 __all__ = [
     "RAFT_MARKER",
@@ -26,4 +27,5 @@ __all__ = [
     "MuxConfigError",
     "MuxMetrics",
     "PrivateSocketDir",
+    "remove_stale_socket_dirs",
 ]
