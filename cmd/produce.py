@@ -2,7 +2,9 @@
 
 Writes go to the cluster's leader through :mod:`raftlog.client` (retried through leader
 changes for up to ``--timeout`` seconds). Stdin batches are sent one after another, so the
-log keeps the order of the lines.
+log keeps the order of the lines. The client is an idempotent producer (a random producer
+id per run, a sequence per batch): a batch retried because its answer was lost is appended
+once.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ def register(sub: Any) -> None:
             "Append each VALUE as a record (all in one atomic batch), or, without VALUE, each "
             "line of stdin (without its newline), sent in batches of up to "
             f"{BATCH_RECORDS} records (1 MiB) per request. Prints one offset per record. "
-            "Several --addr may be given: writes find the leader."
+            "Several --addr may be given: writes find the leader. A batch retried after "
+            "a lost answer is appended once (idempotent producer)."
         ),
     )
     parser.add_argument("values", nargs="*", metavar="VALUE", help="record values (UTF-8)")
