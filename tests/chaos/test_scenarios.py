@@ -32,6 +32,16 @@ POWER = Scenario(
     ("power-loss", "power-loss", "kill-leader"),
     description="SIGKILL, files cut back to their last fsync (journaled), restart; 127.0.0.1",
 )
+MEMBERSHIP = Scenario(
+    "membership-3",
+    3,
+    ("leave-rejoin", "leave-rejoin", "join-new", "kill-leader", "pause"),
+    spares=1,
+    opening=("leave-rejoin", "join-new"),
+    description="graceful leave (SIGTERM: hand-over, Serf leave, removed from Raft) and "
+    "rejoin with the same or a wiped data dir, a 4th node joining mid-run, kills and pauses "
+    "between; 127.0.0.1",
+)
 NETWORK = Scenario(
     "network-3",
     3,
@@ -91,6 +101,10 @@ async def test_process_faults(tmp_path: Path) -> None:
 
 async def test_power_loss(tmp_path: Path) -> None:
     await run_and_check(POWER, tmp_path)
+
+
+async def test_membership_changes(tmp_path: Path) -> None:
+    await run_and_check(MEMBERSHIP, tmp_path)
 
 
 async def test_network_faults(tmp_path: Path, netns_unavailable: str | None) -> None:

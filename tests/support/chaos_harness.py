@@ -17,6 +17,7 @@ import itertools
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,13 +132,17 @@ class ChaosCluster(DevCluster):
         names: list[str],
         net: NetnsNetwork | None,
         agent_args: tuple[str, ...],
+        spares: list[str] | None = None,
     ) -> None:
         launcher = (sys.executable, str(Path(chaos_fsync.__file__).resolve()))
         super().__init__(root, files, agent_args=agent_args, raftlog=launcher)
         self.net = net
+        #: the cluster's nodes (members, or members that are down or left for a while)
         self.names = list(names)
+        #: nodes registered but never started: the ``join-new`` nemesis adds them
+        self.spares = list(spares or ())
         self._log_start: dict[str, int] = {}
-        for name in names:
+        for name in [*names, *self.spares]:
             node = self.add_node(name)
             if net is not None:
                 node.host = net.ip[name]
@@ -263,6 +268,34 @@ class ChaosCluster(DevCluster):
         others = [n.gossip_addr for n in self.nodes.values() if n.name != name and n.running]
         self.start(name, join=others)
 
+    async def wait_listed(
+        self, name: str, listed: bool, tls: TLSConfig, timeout_s: float
+    ) -> list[str] | None:
+        """Wait until the Raft configuration that most running members report (GetServers)
+        lists ``name`` (``listed``) or no longer does; that configuration, or None on
+        timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            others = [n for n in self.names if n != name and self.nodes[n].running]
+            configs: list[tuple[str, ...]] = []
+            for other in others:
+                with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
+                    servers = await self.servers(other, tls, timeout_s=0.5)
+                    configs.append(tuple(sorted(str(s.id) for s in servers)))
+            if configs:
+                common = max(set(configs), key=configs.count)
+                if (name in common) == listed:
+                    return list(common)
+            await asyncio.sleep(0.2)
+        return None
+
+    def wipe(self, name: str) -> None:
+        """Delete a stopped node's data directory and fsync journal (it rejoins as new)."""
+        node = self.nodes[name]
+        assert not node.running, f"{name} is running"
+        shutil.rmtree(node.data_dir, ignore_errors=True)
+        chaos_fsync.journal_path(node.data_dir).unlink(missing_ok=True)
+
     def raw_channel(self, name: str, tls: TLSConfig) -> grpc.aio.Channel:
         return grpc.aio.secure_channel(
             self.nodes[name].rpc_addr, grpc_channel_credentials(tls), options=RAW_OPTIONS
@@ -280,9 +313,20 @@ class Nemesis:
     ``pause``, ``pause-leader``, ``partition`` (random majority/minority),
     ``isolate-leader``, ``bridge``, ``slow`` (token-bucket link), ``flap`` (link down/up),
     ``loss`` (every node's egress drops 5-30 % of its packets at random), ``delay`` (every
-    node's egress delayed 20-100 ms; needs sch_netem).
+    node's egress delayed 20-100 ms; needs sch_netem); membership: ``leave-rejoin`` (SIGTERM:
+    the agent hands leadership over if it has it and leaves Serf gracefully, the leader
+    removes it from Raft; after the hold it starts again, half the time with its data
+    directory kept, half the time wiped so that it joins as a new node and catches up by
+    snapshot), ``join-new`` (a spare node joins through Serf and becomes a voter; when no
+    spare is left it is a ``leave-rejoin``).
     Holds last ``hold_s`` (uniform range, seconds); quiet gaps ``gap_s`` between faults.
+    ``opening``: kinds injected first, in this order, before random picks.
     """
+
+    MEMBERSHIP = frozenset({"leave-rejoin", "join-new"})
+    #: how long a leaving node may take to exit, and a membership change to show (seconds)
+    LEAVE_TIMEOUT_S = 20.0
+    MEMBERSHIP_TIMEOUT_S = 20.0
 
     NETWORK = frozenset({"partition", "isolate-leader", "bridge", "slow", "flap", "loss", "delay"})
 
@@ -295,6 +339,7 @@ class Nemesis:
         kinds: tuple[str, ...],
         hold_s: tuple[float, float] = (1.5, 4.0),
         gap_s: tuple[float, float] = (0.5, 2.0),
+        opening: tuple[str, ...] = (),
     ) -> None:
         self.cluster = cluster
         self.tls = tls
@@ -303,15 +348,19 @@ class Nemesis:
         self.kinds = kinds
         self.hold_s = hold_s
         self.gap_s = gap_s
+        self.opening = opening
         self.faults = 0
+        #: membership changes seen through GetServers: left, rejoined, joined
+        self.membership_changes = 0
         self._paused: set[str] = set()
         self._down: set[str] = set()
 
     async def run(self, duration_s: float) -> None:
         deadline = time.monotonic() + duration_s
+        opening = list(self.opening)
         while time.monotonic() < deadline:
             self.check_crashes()
-            kind = self.rng.choice(self.kinds)
+            kind = opening.pop(0) if opening else self.rng.choice(self.kinds)
             await self.inject(kind)
             self.check_crashes()
             await asyncio.sleep(self.rng.uniform(*self.gap_s))
@@ -347,7 +396,11 @@ class Nemesis:
     async def inject(self, kind: str) -> None:
         self.faults += 1
         c, h, net = self.cluster, self.history, self.cluster.net
-        if kind in ("kill", "kill-leader", "power-loss", "kill-minority", "power-loss-minority"):
+        if kind == "join-new" and not c.spares:
+            kind = "leave-rejoin"
+        if kind in self.MEMBERSHIP:
+            await self._membership(kind)
+        elif kind in ("kill", "kill-leader", "power-loss", "kill-minority", "power-loss-minority"):
             if kind.endswith("-minority"):
                 targets = self.rng.sample(c.names, (len(c.names) - 1) // 2)
             else:
@@ -431,6 +484,53 @@ class Nemesis:
         else:
             raise ValueError(f"unknown nemesis {kind!r}")
 
+    async def _membership(self, kind: str) -> None:
+        c, h = self.cluster, self.history
+        if kind == "join-new":
+            name = c.spares.pop(0)
+            others = [c.nodes[n].gossip_addr for n in c.names if c.nodes[n].running]
+            c.names.append(name)
+            self._down.add(name)
+            try:
+                c.start(name, join=others)
+                h.event("join-new", name, f"serf join via {len(others)} members")
+                await self._expect_listed(name, True, "joined")
+            finally:
+                self._down.discard(name)
+            return
+        name = self.rng.choice([n for n in c.names if c.nodes[n].running] or c.names)
+        wipe = self.rng.random() < 0.5
+        self._down.add(name)
+        try:
+            h.event("leave", name, "SIGTERM (hand over, graceful Serf leave)")
+            c.signal(name, signal.SIGTERM)
+            code = await asyncio.to_thread(c.wait_exit, name, self.LEAVE_TIMEOUT_S)
+            if code != 0:
+                h.crashes.append(f"{name} exited with {code} after SIGTERM (graceful leave)")
+                h.event("crash", name, f"graceful leave ended with exit code {code}")
+            await self._expect_listed(name, False, "left")
+            await self._hold()
+            if wipe:
+                await asyncio.to_thread(c.wipe, name)
+            c.restart(name)
+            h.event("rejoin", name, "data dir wiped: a new node" if wipe else "same data dir")
+            await self._expect_listed(name, True, "rejoined")
+        finally:
+            self._down.discard(name)
+
+    async def _expect_listed(self, name: str, listed: bool, what: str) -> None:
+        """Record when the members' Raft configuration shows the change (or that it did
+        not within MEMBERSHIP_TIMEOUT_S: the convergence wait then fails the run if a node
+        never comes back)."""
+        config = await self.cluster.wait_listed(name, listed, self.tls, self.MEMBERSHIP_TIMEOUT_S)
+        if config is None:
+            self.history.event(
+                "membership-timeout", name, f"not {what} within {self.MEMBERSHIP_TIMEOUT_S} s"
+            )
+        else:
+            self.membership_changes += 1
+            self.history.event(f"membership-{what}", name, f"servers {config}")
+
     async def _power_loss(self, name: str) -> None:
         """Turn the killed node's files into a power-loss image (see chaos_fsync)."""
         data = self.cluster.nodes[name].data_dir
@@ -453,8 +553,8 @@ class Nemesis:
         for name in self.cluster.names:
             self.cluster.signal(name, signal.SIGCONT)
         self.check_crashes()
-        for name, node in self.cluster.nodes.items():
-            if not node.running:
+        for name in self.cluster.names:
+            if not self.cluster.nodes[name].running:
                 self.cluster.restart(name)
                 self.history.event("restart", name, "final heal")
 
@@ -558,6 +658,8 @@ class Workload:
             if self._stop.is_set():
                 return
             name = self.rng.choice(self.cluster.names)
+            if name not in self._channels:  # a node that joined mid-run
+                self._channels[name] = self.cluster.raw_channel(name, self.tls)
             stub = log_pb2_grpc.LogStub(self._channels[name])  # type: ignore[no-untyped-call]
             op = Op(self.history.now(), f"{worker}@{name}", f"{worker}-{i}")
             self.history.ops.append(op)

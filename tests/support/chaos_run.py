@@ -36,7 +36,8 @@ AGENT_ARGS = (
     # snapshots (and InstallSnapshot to a node that was down) happen within a scenario
     "--snapshot-threshold",
     "400",
-    # a paused or partitioned node keeps its place (membership changes are not under test)
+    # a paused or partitioned node keeps its place; a graceful leave (the membership
+    # nemeses) removes a node at once
     "--failed-grace-s",
     "600",
     "--log-level",
@@ -46,13 +47,17 @@ AGENT_ARGS = (
 
 @dataclass(frozen=True)
 class Scenario:
-    """``kinds``: the nemeses (see :class:`Nemesis`); ``network``: needs namespaces."""
+    """``kinds``: the nemeses (see :class:`Nemesis`); ``network``: needs namespaces;
+    ``spares``: nodes registered but not booted, for the ``join-new`` nemesis;
+    ``opening``: nemeses injected first, in order (then random picks from ``kinds``)."""
 
     name: str
     nodes: int
     kinds: tuple[str, ...]
     network: bool = False
     description: str = ""
+    spares: int = 0
+    opening: tuple[str, ...] = ()
 
 
 def duration_s() -> float:
@@ -112,9 +117,10 @@ async def run_scenario(scenario: Scenario, root: Path, seed: int) -> Outcome:
     print(f"chaos scenario {scenario.name}: seed {seed} (CHAOS_SEED={seed} to replay)")
     rng = random.Random(seed)
     names = [f"n{i + 1}" for i in range(scenario.nodes)]
+    spares = [f"n{scenario.nodes + i + 1}" for i in range(scenario.spares)]
     net: chaos_net.NetnsNetwork | None = None
     if scenario.network:
-        net = chaos_net.NetnsNetwork(names)
+        net = chaos_net.NetnsNetwork([*names, *spares])
     hosts = ["localhost", "127.0.0.1", *(net.ip.values() if net else ())]
     certs = write_dev_certs(root / "certs", hosts=hosts)
     write_example_acl(root / "certs")
@@ -123,8 +129,8 @@ async def run_scenario(scenario: Scenario, root: Path, seed: int) -> Outcome:
     assert files.server_cert == server.cert_file
     tls = TLSConfig(certs["root"].cert_file, certs["root"].key_file, certs["root"].ca_file)
     history = History(seed=seed, scenario=scenario.name)
-    cluster = ChaosCluster(root / "nodes", files, names, net, AGENT_ARGS)
-    nemesis = Nemesis(cluster, tls, history, rng, scenario.kinds)
+    cluster = ChaosCluster(root / "nodes", files, names, net, AGENT_ARGS, spares=spares)
+    nemesis = Nemesis(cluster, tls, history, rng, scenario.kinds, opening=scenario.opening)
     exit_codes: dict[str, int] = {}
     skipped: dict[str, str] = {}
     try:
@@ -161,7 +167,9 @@ async def run_scenario(scenario: Scenario, root: Path, seed: int) -> Outcome:
     result: dict[str, Any] = {
         "scenario": scenario.name,
         "description": scenario.description,
-        "nodes": scenario.nodes,
+        "nodes": len(cluster.names),
+        "nodes_at_start": scenario.nodes,
+        "membership_changes": nemesis.membership_changes,
         "network": "netns" if net is not None else "127.0.0.1",
         "seed": seed,
         "duration_s": duration_s(),
@@ -184,7 +192,7 @@ async def run_scenario(scenario: Scenario, root: Path, seed: int) -> Outcome:
         history_file = out / f"{scenario.name}-seed{seed}-history.json"
         history_file.write_text(json.dumps({"verdict": result, **history.to_json()}, indent=1))
         result["history_file"] = str(history_file)
-        for name in names:
+        for name in cluster.names:
             result.setdefault("node_logs", {})[name] = str(cluster.nodes[name].log_path)
     (out / f"{scenario.name}.json").write_text(json.dumps(result, indent=1))
     print(
