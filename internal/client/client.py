@@ -262,7 +262,8 @@ class LogClient:
             waiter = asyncio.get_running_loop().create_future()
             self._sequence_waiters.append(waiter)
             await waiter
-            self._check_open()
+            if self._closed:
+                raise ClientClosedError("the client was closed")
         sequence = self._next_sequence
         self._next_sequence += 1
         self._sequences_in_flight.add(sequence)

@@ -7,10 +7,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
-from raftlog.client import ClientConfig, InvalidArgumentError, UnavailableError
+from raftlog.client import (
+    ClientConfig,
+    ClientConfigError,
+    InvalidArgumentError,
+    LogClient,
+    SequenceTooOldError,
+    UnavailableError,
+)
 from raftlog.client.batcher import Batcher
 from raftlog.client.errors import (
     AttemptTimeoutError,
@@ -131,3 +139,43 @@ async def test_buffer_limit_makes_callers_wait() -> None:
     assert await asyncio.wait_for(asyncio.gather(first, second), 5) == [10, 20]
     assert batcher.buffered_bytes == 0
     await batcher.close(1.0)
+
+
+def test_idempotence_settings_are_validated() -> None:
+    ClientConfig(producer_id="x" * 64, first_sequence=7).validate()
+    for bad, words in (
+        (ClientConfig(producer_id=""), "producer_id must be None or a non-empty"),
+        (ClientConfig(producer_id="\u00e9" * 33), "66 bytes"),
+        (ClientConfig(first_sequence=0), "first_sequence must be a positive"),
+        (ClientConfig(max_sequence_span=0), "max_sequence_span must be a positive"),
+    ):
+        with pytest.raises(ClientConfigError, match=words):
+            bad.validate()
+
+
+async def test_requests_in_flight_stay_within_the_sequence_span() -> None:
+    config = ClientConfig(max_sequence_span=3, producer_id="me", first_sequence=10)
+    client = LogClient("127.0.0.1:1", tls=None, insecure=True, config=config)
+    assert client.producer_id == "me"
+    taken = [await client._take_sequence() for _ in range(3)]
+    assert taken == [10, 11, 12]
+    blocked = asyncio.create_task(client._take_sequence())
+    await asyncio.sleep(0.02)
+    assert not blocked.done()  # 13 - 10 >= 3: waits for the oldest (10) to finish
+    client._release_sequence(11)
+    await asyncio.sleep(0.02)
+    assert not blocked.done()  # 10 still in flight
+    client._release_sequence(10)
+    assert await asyncio.wait_for(blocked, 1) == 13
+    assert LogClient("127.0.0.1:1", tls=None, insecure=True).producer_id != ""
+    off = LogClient("127.0.0.1:1", tls=None, insecure=True, config=ClientConfig(idempotent=False))
+    assert off.producer_id == ""
+
+
+def test_sequence_too_old_is_classified_and_not_retried() -> None:
+    info = error_details_pb2.ErrorInfo(
+        reason="SEQUENCE_TOO_OLD", domain="raftlog", metadata={"oldest": "5"}
+    )
+    error = from_rpc_error(FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "old", info))
+    assert isinstance(error, SequenceTooOldError) and not error.retriable
+    assert error.metadata["oldest"] == "5"
