@@ -59,9 +59,8 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Recorded]:
     """Every ``subprocess.Popen`` (asyncio's too) records its argv and keyword arguments,
     then really starts the process."""
     record = _Recorded()
-    real = subprocess.Popen
 
-    class RecordingPopen(real):  # type: ignore[type-arg, misc]
+    class RecordingPopen(subprocess.Popen[Any]):
         def __init__(self, args: Any, *rest: Any, **kwargs: Any) -> None:
             record.calls.append((list(args), dict(kwargs)))
             super().__init__(args, *rest, **kwargs)

@@ -1,19 +1,33 @@
-"""The Agent: ordered start, reverse and idempotent shutdown, rollback of a failed start."""
+"""The Agent: ordered start, reverse and idempotent shutdown, rollback of a failed start;
+as a real process (cluster mode, Serf): what SIGKILL and SIGTERM leave behind."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import fcntl
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
 
 from raftlog.agent import Agent
+from raftlog.agent.devcluster import DevCluster
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.auth import AuthConfigError, write_example_acl
 from raftlog.config import AgentConfig
+from raftlog.discovery import find_serf_binary
 from raftlog.log import Log
+from raftlog.mux.sockdir import socket_dirs_of
 from raftlog.security import CertFiles, TLSConfig, grpc_channel_credentials
+from support.cluster_files import dev_cluster_files
 
 
 def _config(tmp_path: Path, certs: dict[str, CertFiles]) -> AgentConfig:
@@ -68,3 +82,98 @@ async def test_a_failed_step_undoes_the_started_ones(
     with pytest.raises(AuthConfigError, match="cannot load the ACL"):
         await agent.start()
     assert agent.local_log is not None and agent.local_log.log.closed, "the log step was undone"
+
+
+# -- a real agent process: what SIGKILL and SIGTERM leave behind ------------------------------
+
+
+def _children(pid: int) -> dict[int, bytes]:
+    """pid -> command line of the live (not zombie) children of ``pid``."""
+    found: dict[int, bytes] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+async def _until(what: str, check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.05)
+
+
+def _locks_free(data_dir: Path) -> list[Path]:
+    """Every LOCK under ``data_dir``, after checking nobody holds its flock any more."""
+    locks = sorted(data_dir.rglob("LOCK"))
+    for lock in locks:
+        with open(lock, "rb") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if still held
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    return locks
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and pdeathsig")
+async def test_agent_process_leaves_nothing_behind(
+    tmp_path: Path, dev_certs: dict[str, CertFiles], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL: Serf dies with the agent (parent-death signal), the socket dir stays and the
+    next start removes it. SIGTERM: exit 0, no Serf, no socket dir, no lock held."""
+    try:
+        find_serf_binary()
+    except FileNotFoundError as exc:
+        pytest.skip(f"no serf binary: {exc}")
+    # the agents' socket dirs go to a private, short TMPDIR (unix paths < 104 bytes)
+    sockbase = Path(tempfile.mkdtemp(prefix="rl-agent-", dir="/tmp"))
+    monkeypatch.setenv("TMPDIR", str(sockbase))
+    cluster = DevCluster(tmp_path, dev_cluster_files(tmp_path, dev_certs))
+    tls = TLSConfig(
+        dev_certs["root"].cert_file, dev_certs["root"].key_file, dev_certs["root"].ca_file
+    )
+    node = cluster.add_node("n1")
+    try:
+        cluster.start("n1", bootstrap=True)
+        await cluster.wait_for(tls, members=1, timeout_s=30)
+        assert node.proc is not None
+        first = node.proc.pid
+        [first_dir] = socket_dirs_of(first, sockbase)
+        assert (first_dir / "grpc.sock").exists()
+        [serf] = [pid for pid, cmd in _children(first).items() if b"serf" in cmd.split(b"\0")[0]]
+
+        cluster.signal("n1", signal.SIGKILL)
+        assert cluster.wait_exit("n1", 10) == -signal.SIGKILL
+        await _until(f"serf {serf} dies with its SIGKILLed agent", lambda: _gone(serf))
+        assert first_dir.is_dir(), "a SIGKILLed agent cannot remove its socket dir"
+
+        cluster.start("n1", bootstrap=True)  # a restart on the same data dir
+        await cluster.wait_for(tls, members=1, timeout_s=30)
+        assert node.proc is not None
+        second = node.proc.pid
+        assert not first_dir.exists(), "the next agent did not remove the stale socket dir"
+        assert "removed 1 socket directories of agents that are gone" in cluster.log_text("n1")
+        [second_dir] = socket_dirs_of(second, sockbase)
+        [serf] = [pid for pid, cmd in _children(second).items() if b"serf" in cmd.split(b"\0")[0]]
+
+        cluster.signal("n1", signal.SIGTERM)
+        assert cluster.wait_exit("n1", 30) == 0, cluster.log_text("n1")[-3000:]
+        assert _gone(serf), "serf outlived the agent's shutdown"
+        assert not second_dir.exists(), "the socket dir outlived the agent's shutdown"
+        assert list(sockbase.iterdir()) == []
+        assert _locks_free(node.data_dir), "no LOCK file found: the data dir layout changed?"
+    finally:
+        cluster.stop_all(timeout=10)
+        shutil.rmtree(sockbase, ignore_errors=True)
