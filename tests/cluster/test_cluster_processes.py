@@ -5,12 +5,14 @@ other): three nodes elect a leader; records produced to any node are readable on
 node at the same offsets; Raft traffic with a client certificate is refused; a fourth node
 joins through Serf and catches up from a snapshot; the leader is SIGKILLed, a new leader
 accepts writes and the old one restarts and catches up; a node that leaves gracefully is
-removed from Raft; everything stops with nothing left behind.
+removed from Raft; everything stops with nothing left behind (no Serf, no socket dir, no
+held lock; a SIGKILLed agent's Serf dies with it and its socket dir is swept).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import signal
 import ssl
@@ -24,6 +26,7 @@ import pytest
 from raftlog.agent.devcluster import DevCluster
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.distributed import FORWARDED_KEY
+from raftlog.mux.sockdir import socket_dirs_of
 from raftlog.raft.transport import HELLO_MAGIC, RAFT_MARKER, encode_frame, encode_hello
 from raftlog.security import CertFiles, TLSConfig, client_ssl_context
 from raftlog.server.errors import error_info_from_metadata
@@ -86,12 +89,34 @@ def cluster(
         raise
     yield c
     gossip = [n.gossip_addr for n in c.nodes.values()]
+    pids = {name: n.proc.pid for name, n in c.nodes.items() if n.proc is not None}
     c.stop_all()
     codes = {name: n.proc.returncode for name, n in c.nodes.items() if n.proc is not None}
     for name, code in codes.items():
         assert code == 0, f"{name} exited with {code}:\n{c.log_text(name)[-3000:]}"
     for addr in gossip:
         assert serf_pids(f"-bind={addr}") == [], f"serf for {addr} left behind"
+    for name, pid in pids.items():
+        assert socket_dirs_of(pid) == [], f"{name} left its gRPC socket dir behind"
+        assert locks_free(c.nodes[name].data_dir), f"{name} has no LOCK: layout changed?"
+
+
+def locks_free(data_dir: Path) -> list[Path]:
+    """Every LOCK under ``data_dir``, after checking nobody holds its flock any more."""
+    locks = sorted(data_dir.rglob("LOCK"))
+    for lock in locks:
+        with open(lock, "rb") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if still held
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    return locks
+
+
+def dead(pid: int) -> bool:
+    """``pid`` no longer runs (gone, or a zombie awaiting its reaper)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 def stub_for(c: DevCluster, name: str) -> tuple[grpc.aio.Channel, log_pb2_grpc.LogStub]:
@@ -251,6 +276,10 @@ async def test_leader_killed_new_leader_accepts_writes_old_one_catches_up(
 ) -> None:
     old = await leader_of(cluster, "n3")
     others = [n for n in cluster.nodes if n != old and cluster.nodes[n].running]
+    old_proc = cluster.nodes[old].proc
+    assert old_proc is not None
+    [old_serf] = serf_pids(f"-bind={cluster.nodes[old].gossip_addr}")
+    [old_sockdir] = socket_dirs_of(old_proc.pid)
     cluster.signal(old, signal.SIGKILL)
     cluster.wait_exit(old, 10)
     started = time.monotonic()
@@ -267,19 +296,31 @@ async def test_leader_killed_new_leader_accepts_writes_old_one_catches_up(
     new = await leader_of(cluster, others[0])
     assert new != old
     assert took < 10, took
+    # its Serf got the parent-death signal (else the restart below could not bind its port)
+    deadline = time.monotonic() + 10
+    while not dead(old_serf):
+        assert time.monotonic() < deadline, f"serf {old_serf} outlived its SIGKILLed agent"
+        await asyncio.sleep(0.05)
     # the old leader restarts on its data dir (with --bootstrap again: ignored) and catches up
     cluster.start(old, bootstrap=True, join=[cluster.nodes[others[0]].gossip_addr])
     copy = await read_all(cluster, old, first)
     assert copy == await read_all(cluster, new, first)
     assert "a restart never bootstraps again" in cluster.log_text(old)
+    # the killed agent's socket dir was swept (by the restart, or any other agent's start)
+    assert not old_sockdir.exists(), f"stale socket dir {old_sockdir} left behind"
 
 
 async def test_graceful_leave_removes_the_node_from_raft(cluster: DevCluster) -> None:
     leaver = "n4"
     gossip = cluster.nodes[leaver].gossip_addr
+    proc = cluster.nodes[leaver].proc
+    assert proc is not None
+    [sockdir] = socket_dirs_of(proc.pid)
     cluster.signal(leaver, signal.SIGTERM)
     assert cluster.wait_exit(leaver, 30) == 0, cluster.log_text(leaver)[-3000:]
     assert serf_pids(f"-bind={gossip}") == []
+    assert not sockdir.exists(), "the socket dir outlived the agent's shutdown"
+    assert locks_free(cluster.nodes[leaver].data_dir)
     assert cluster.client_tls is not None
     deadline = time.monotonic() + 30
     while True:
