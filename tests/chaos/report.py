@@ -17,7 +17,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-ORDER = ["process-3", "power-loss-3", "network-3", "mixed-5"]
+ORDER = ["process-3", "power-loss-3", "membership-3", "network-3", "mixed-5"]
 
 
 def load(results: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
@@ -40,8 +40,14 @@ def table(scenarios: list[dict[str, Any]], abuse: dict[str, Any] | None) -> str:
     )
     rows = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in scenarios:
+        nodes = str(r["nodes"])
+        if r.get("nodes_at_start", r["nodes"]) != r["nodes"]:
+            nodes = f"{r['nodes_at_start']} → {r['nodes']}"
+        faults_for = f"{r['duration_s']:g} s"
+        if r.get("opening"):
+            faults_for = f"opening + {faults_for}"
         rows.append(
-            f"| {r['scenario']} | {r['nodes']} | {r['network']} | {r['duration_s']:g} s "
+            f"| {r['scenario']} | {nodes} | {r['network']} | {faults_for} "
             f"| {r['fault_events']} | {r['acknowledged']:,} | {r['lost']} "
             f"| {r['duplicated_client']} | {r['duplicated_raw']} | {r['divergent_replicas']} "
             f"| {r['dirty_reads']} / {r['out_of_order_reads']} | n/a | {r['crashes']} "
@@ -56,8 +62,18 @@ def table(scenarios: list[dict[str, Any]], abuse: dict[str, Any] | None) -> str:
         )
     lines = [*rows, ""]
     for r in scenarios:
+        extra = ""
+        if r.get("opening"):
+            extra += f"opening: {', '.join(r['opening'])}; "
+        if r.get("membership_changes"):
+            extra += f"membership changes seen in GetServers: {r['membership_changes']}; "
+        if r.get("loss_method"):
+            extra += f"packet loss made with {r['loss_method']}; "
+        for kind, why in (r.get("skipped_nemeses") or {}).items():
+            extra += f"nemesis {kind} skipped: {why}; "
         lines.append(
             f"- **{r['scenario']}**: {r['description']}. Nemeses: {', '.join(r['nemeses'])}; "
+            f"{extra}"
             f"{r['attempted']:,} produce attempts ({r['acknowledged_raw']:,} acknowledged raw "
             f"single calls), {r['records_read']:,} records read by consumers, final log "
             f"{r['final_length']:,} records; failed or unknown attempts by error: "

@@ -38,6 +38,9 @@ MEMBERSHIP = Scenario(
     ("leave-rejoin", "leave-rejoin", "join-new", "kill-leader", "pause"),
     spares=1,
     opening=("leave-rejoin", "join-new"),
+    # make test: only the opening (~20-30 s of leaving, rejoining, joining under load);
+    # make chaos: the opening, then random picks for DURATION
+    ci_duration_s=0,
     description="graceful leave (SIGTERM: hand-over, Serf leave, removed from Raft) and "
     "rejoin with the same or a wiped data dir, a 4th node joining mid-run, kills and pauses "
     "between; 127.0.0.1",

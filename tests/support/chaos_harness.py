@@ -219,10 +219,14 @@ class ChaosCluster(DevCluster):
     async def wait_members(
         self, tls: TLSConfig, members: int, timeout_s: float, history: History | None = None
     ) -> str:
-        """:meth:`wait_for`, restarting nodes that hit the known start bug (3 times at most)."""
+        """:meth:`wait_for` (``members`` servers, every one a voter), restarting nodes that
+        hit the known start bug (3 times at most)."""
         for attempt in range(4):
             try:
-                return await self.wait_for(tls, members=members, timeout_s=timeout_s)
+                deadline = time.monotonic() + timeout_s
+                leader = await self.wait_for(tls, members=members, timeout_s=timeout_s)
+                await self.wait_voters(tls, members, deadline)
+                return leader
             except DevClusterError:
                 if attempt == 3 or not self.revive_start_aborts(history, bootstrap=True):
                     raise
@@ -271,23 +275,39 @@ class ChaosCluster(DevCluster):
     async def wait_listed(
         self, name: str, listed: bool, tls: TLSConfig, timeout_s: float
     ) -> list[str] | None:
-        """Wait until the Raft configuration that most running members report (GetServers)
-        lists ``name`` (``listed``) or no longer does; that configuration, or None on
-        timeout."""
+        """Wait until the Raft configuration most running members report (GetServers)
+        has ``name`` as a voter (``listed``; a learner does not count) or no longer has it
+        at all; that configuration's voters, or None on timeout."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             others = [n for n in self.names if n != name and self.nodes[n].running]
-            configs: list[tuple[str, ...]] = []
+            configs: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
             for other in others:
                 with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
                     servers = await self.servers(other, tls, timeout_s=0.5)
-                    configs.append(tuple(sorted(str(s.id) for s in servers)))
+                    voters = tuple(sorted(str(s.id) for s in servers if not s.is_learner))
+                    configs.append((voters, tuple(sorted(str(s.id) for s in servers))))
             if configs:
-                common = max(set(configs), key=configs.count)
-                if (name in common) == listed:
-                    return list(common)
+                voters, everyone = max(set(configs), key=configs.count)
+                if (listed and name in voters) or (not listed and name not in everyone):
+                    return list(voters)
             await asyncio.sleep(0.2)
         return None
+
+    async def wait_voters(self, tls: TLSConfig, members: int, deadline: float) -> None:
+        """Wait until a running node reports ``members`` voters (learners promoted): a
+        cluster whose last node is still a learner loses its quorum with one more fault."""
+        last = "no answer"
+        while time.monotonic() < deadline:
+            for name in [n for n in self.names if self.nodes[n].running]:
+                with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
+                    servers = await self.servers(name, tls, timeout_s=0.5)
+                    voters = [str(s.id) for s in servers if not s.is_learner]
+                    last = f"{name} sees voters {voters} of {[str(s.id) for s in servers]}"
+                    if len(voters) >= members and any(s.is_leader for s in servers):
+                        return
+            await asyncio.sleep(0.2)
+        raise DevClusterError(f"not {members} voters in time ({last})")
 
     def wipe(self, name: str) -> None:
         """Delete a stopped node's data directory and fsync journal (it rejoins as new)."""
@@ -320,7 +340,8 @@ class Nemesis:
     snapshot), ``join-new`` (a spare node joins through Serf and becomes a voter; when no
     spare is left it is a ``leave-rejoin``).
     Holds last ``hold_s`` (uniform range, seconds); quiet gaps ``gap_s`` between faults.
-    ``opening``: kinds injected first, in this order, before random picks.
+    ``opening``: kinds injected first, in this order, before random picks; it always runs
+    whole, even past the run's duration.
     """
 
     MEMBERSHIP = frozenset({"leave-rejoin", "join-new"})
@@ -356,9 +377,10 @@ class Nemesis:
         self._down: set[str] = set()
 
     async def run(self, duration_s: float) -> None:
-        deadline = time.monotonic() + duration_s
+        # the opening always runs whole (and counts towards the duration)
         opening = list(self.opening)
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + duration_s
+        while opening or time.monotonic() < deadline:
             self.check_crashes()
             kind = opening.pop(0) if opening else self.rng.choice(self.kinds)
             await self.inject(kind)

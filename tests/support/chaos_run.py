@@ -58,6 +58,15 @@ class Scenario:
     description: str = ""
     spares: int = 0
     opening: tuple[str, ...] = ()
+    #: seconds of random faults after the opening in the CI profile when CHAOS_DURATION is
+    #: not set (None: the default of 20 s); keeps ``make test`` short
+    ci_duration_s: float | None = None
+
+    def duration_s(self) -> float:
+        """Seconds of faults for this scenario in this run (the opening always runs whole)."""
+        if "CHAOS_DURATION" in os.environ or profile() != "ci" or self.ci_duration_s is None:
+            return duration_s()
+        return self.ci_duration_s
 
 
 def duration_s() -> float:
@@ -86,6 +95,7 @@ async def _drive(
     history: History,
     workload_rng: random.Random,
     nemesis: Nemesis,
+    fault_s: float,
 ) -> dict[str, list[str]]:
     """Boot, run workload + nemesis, heal, stop the workload, converge: the final logs."""
     await cluster.boot(tls, history=history)
@@ -93,7 +103,7 @@ async def _drive(
     workload = Workload(cluster, tls, history, workload_rng)
     await workload.start()
     try:
-        await nemesis.run(duration_s())
+        await nemesis.run(fault_s)
         await nemesis.heal_all()
         history.event("healed", "all")
         await asyncio.sleep(1.0)  # let the workload see the healed cluster
@@ -142,7 +152,9 @@ async def run_scenario(scenario: Scenario, root: Path, seed: int) -> Outcome:
                 print(f"chaos scenario {scenario.name}: nemesis {kind!r} skipped: {why}")
                 history.event("nemesis-skipped", kind, why)
             nemesis.kinds = tuple(k for k in scenario.kinds if k not in skipped)
-        logs = await _drive(cluster, tls, history, workload_rng=rng, nemesis=nemesis)
+        logs = await _drive(
+            cluster, tls, history, workload_rng=rng, nemesis=nemesis, fault_s=scenario.duration_s()
+        )
     except BaseException as exc:
         # no verdict without converged replicas: keep the history and the node logs anyway
         aborted = results_dir() / f"{scenario.name}-seed{seed}-history.json"
@@ -172,9 +184,10 @@ async def run_scenario(scenario: Scenario, root: Path, seed: int) -> Outcome:
         "membership_changes": nemesis.membership_changes,
         "network": "netns" if net is not None else "127.0.0.1",
         "seed": seed,
-        "duration_s": duration_s(),
+        "duration_s": scenario.duration_s(),
         "elapsed_s": round(time.monotonic() - started, 1),
         "nemeses": list(nemesis.kinds),
+        "opening": list(scenario.opening),
         "skipped_nemeses": skipped,
         "loss_method": net.loss_method if net is not None else None,
         "fault_events": nemesis.faults,
