@@ -186,7 +186,11 @@ class DevCluster:
         return argv
 
     def start(self, name: str, *, bootstrap: bool = False, join: list[str] | None = None) -> None:
-        """Start node ``name`` (joining ``join`` gossip addresses, default: the others)."""
+        """Start node ``name`` (joining ``join`` gossip addresses, default: the others).
+
+        The node gets SIGTERM when the calling thread exits (parent-death signal): call
+        this from a long-lived thread (the main thread or the event loop's), never from
+        ``asyncio.to_thread``."""
         node = self.nodes[name]
         if node.running:
             raise DevClusterError(f"node {name} is already running")

@@ -82,8 +82,8 @@ def _assert_launched_without_preexec(record: _Recorded, program: str) -> None:
 
 
 async def test_the_helpers_pass_no_preexec_fn(recorded: _Recorded) -> None:
-    for launcher in LAUNCHERS:
-        _need(launcher)
+    usable = [la for la in LAUNCHERS if la is not Launcher.SETPRIV or find_setpriv()]
+    for launcher in usable:
         recorded.calls.clear()
         proc = await spawn_async(["/bin/true"], launcher=launcher)
         assert await asyncio.wait_for(proc.wait(), 10) == 0
