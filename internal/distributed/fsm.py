@@ -302,11 +302,12 @@ class CommitLogFSM:
         records: list[bytes] = []
         out: list[Any] = []
         start = at = commit_log.next_offset
-        for e in entries:
-            if e.index <= self._applied:
+        # decode everything first: a malformed entry fails the round before any change
+        batches = [None if e.index <= self._applied else decode_entry(e.data) for e in entries]
+        for batch in batches:
+            if batch is None:
                 out.append(None)  # already applied before a restart: no duplicate
                 continue
-            batch = decode_entry(e.data)
             n = len(batch.records)
             pid = batch.producer_id
             if not pid:
