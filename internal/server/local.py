@@ -9,24 +9,68 @@ returned (with ``sync=always``: once it is fsynced). A record written to the fil
 waiting for its fsync is not served, so no reader ever sees a record a crash could take back.
 
 Idempotent producer (:meth:`LocalLog.append_idempotent`): the producer table
-(:class:`raftlog.server.producers.ProducerTable`) lives in memory only on a single node.
-While the node runs, a retried request gets its first offsets back; after a restart the
-table is empty, so a retry of a request appended just before a crash or restart is
-appended again (the same as a producer the table forgot). The cluster keeps the table in
-its Raft state machine instead, so there it survives restarts and failover. Expiry uses
-this node's wall clock.
+(:class:`raftlog.server.producers.ProducerTable`) lives in memory on a single node. While
+the node runs, a retried request gets its first offsets back. A clean :meth:`close` saves
+the table beside the segments (``producers.json`` in the log's directory, with the log's
+next offset); the next start loads it only if the log still ends at that offset (nothing
+appended or lost since), so a clean restart keeps it. After a crash the table is empty: a
+retry of a request appended just before the crash is appended again (the same as a
+producer the table forgot). The cluster keeps the table in its Raft state machine
+instead, so there it survives crashes and failover too. Expiry uses this node's wall clock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
+import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from raftlog.log import Log, OffsetOutOfRangeError
 from raftlog.server.errors import UnavailableError
 from raftlog.server.producers import ProducerConfig, ProducerTable
 from raftlog.server.protocols import Appended, ServerInfo
+
+logger = logging.getLogger("raftlog.server")
+
+#: File in the log's directory that holds the producer table across a clean restart.
+PRODUCERS_FILE = "producers.json"
+
+
+def _load_producers(table: ProducerTable, directory: Path, next_offset: int) -> None:
+    """Load the table saved by a clean close if the log still ends where it did."""
+    path = directory / PRODUCERS_FILE
+    try:
+        state = json.loads(path.read_bytes())
+        if int(state["next_offset"]) != next_offset:
+            logger.info("producer table in %s is stale (the log moved on): not loaded", path)
+            return
+        table.load(state["producers"])
+    except FileNotFoundError:
+        return
+    except (ValueError, KeyError, TypeError) as exc:
+        logger.warning("ignoring unreadable producer table %s: %s", path, exc)
+
+
+def _save_producers(directory: Path, next_offset: int, producers: object) -> None:
+    """Atomically write the table (temp file, fsync, rename, fsync the directory)."""
+    path = directory / PRODUCERS_FILE
+    tmp = path.with_suffix(".tmp")
+    body = json.dumps({"next_offset": next_offset, "producers": producers}).encode()
+    with open(tmp, "wb") as f:
+        f.write(body)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class LocalLog:
@@ -41,8 +85,9 @@ class LocalLog:
         producers: ProducerConfig | None = None,
     ) -> None:
         self._log = log
-        #: The idempotent producers' recent sequences (memory only, see the module docs).
+        #: The idempotent producers' recent sequences (see the module docs).
         self.producers = ProducerTable(producers)
+        _load_producers(self.producers, log.directory, log.next_offset)
         # (producer, sequence) -> the offsets of its append in progress: a retry that
         # arrives while the first attempt still waits for its fsync waits for that one.
         self._in_flight: dict[tuple[str, int], asyncio.Future[tuple[int, int]]] = {}
@@ -160,6 +205,18 @@ class LocalLog:
         self._notify()
 
     async def close(self) -> None:
-        """Wake waiters, then sync and close the commit log."""
+        """Wake waiters, sync and close the commit log, then save the producer table."""
         self.begin_close()
-        await self._log.close()
+        log = self._log
+        if log.closed:
+            return
+        await log.close()
+        if len(self.producers):
+            state = self.producers.dump()
+            try:
+                await asyncio.to_thread(_save_producers, log.directory, log.next_offset, state)
+            except OSError as exc:  # the table is a convenience: the log is what matters
+                logger.warning("could not save the producer table: %s", exc)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                (log.directory / PRODUCERS_FILE).unlink()

@@ -101,8 +101,9 @@ async def test_kill_and_restart_mid_produce_and_mid_stream(
         log = {r.offset: r.value for r in streamed}
         assert [r.offset for r in streamed] == list(range(len(streamed)))  # no gap, no repeat
         assert all(log[o] == v for o, v in acked.items())
-        # A single node keeps its producer table in memory only (docs/api.md): a batch
-        # appended just before the kill and retried after the restart is appended again.
+        # A single node's producer table survives a clean restart, not a kill (docs/api.md):
+        # a batch appended just before the kill and retried after the restart is appended
+        # again.
         # Retries while the node runs are deduplicated (tests/server/test_idempotent_api.py).
         duplicates = sum(n - 1 for n in Counter(log.values()).values() if n > 1)
         print(f"acked {len(acked)}, log {len(log)}, duplicates {duplicates}")

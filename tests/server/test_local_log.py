@@ -11,6 +11,7 @@ import pytest
 from raftlog.log import Log, LogConfig, OffsetOutOfRangeError, SyncPolicy
 from raftlog.server import CommitLog, LocalLog, ServerLister
 from raftlog.server.errors import SequenceTooOldError
+from raftlog.server.local import PRODUCERS_FILE
 from raftlog.server.producers import ProducerConfig
 from raftlog.server.protocols import Appended, IdempotentLog
 
@@ -99,7 +100,7 @@ async def test_idempotent_appends_once_even_when_the_retry_races_the_first(
     await local.close()
 
 
-async def test_idempotent_window_and_memory_only_table(tmp_path: Path) -> None:
+async def test_idempotent_window_and_the_table_across_restarts(tmp_path: Path) -> None:
     config = LogConfig(sync=SyncPolicy.NEVER)
     local = LocalLog(Log.open(tmp_path, config), producers=ProducerConfig(window=2))
     for seq in (1, 2, 3):
@@ -109,7 +110,19 @@ async def test_idempotent_window_and_memory_only_table(tmp_path: Path) -> None:
     assert info.value.metadata == {"producer_id": "p", "sequence": "1", "oldest": "2"}
     assert local.highest_offset == 2
     await local.close()
-    # documented: the single node's table is memory only; a restart forgets it
+    await local.close()  # idempotent
+    # a clean restart keeps the table (saved at close, the log still ends where it did)
     again = LocalLog(Log.open(tmp_path, config))
-    assert await again.append_idempotent([b"3"], "p", 3) == Appended(3, 3)
-    await again.close()
+    assert await again.append_idempotent([b"3"], "p", 3) == Appended(2, 2, duplicate=True)
+    assert await again.append_idempotent([b"4"], "p", 4) == Appended(3, 3)
+    again.log.close_sync()  # a crash: no clean close, the saved table is now stale
+    third = LocalLog(Log.open(tmp_path, config))
+    assert len(third.producers) == 0  # memory only after a crash (documented)
+    assert await third.append_idempotent([b"4"], "p", 4) == Appended(4, 4)
+    await third.close()
+    assert (tmp_path / PRODUCERS_FILE).exists()
+    # an unreadable file is ignored, not fatal
+    (tmp_path / PRODUCERS_FILE).write_text("{not json")
+    fourth = LocalLog(Log.open(tmp_path, config))
+    assert len(fourth.producers) == 0
+    await fourth.close()
