@@ -27,7 +27,7 @@ import pytest
 from raftlog.agent.devcluster import DevCluster
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.client import LogClient, Record
-from raftlog.security import CertFiles
+from raftlog.security import CertFiles, grpc_channel_credentials
 from raftlog.server import error_info_from_metadata
 from support.client_nodes import FAST, tls_of
 from support.cluster_files import dev_cluster_files
@@ -216,6 +216,23 @@ async def test_a_retry_after_a_lost_answer_is_appended_once(cluster: DevCluster)
                 assert (again.offset, again.duplicate) == (first.offset, True)
                 for seq in range(2, 34):  # 32 newer sequences push 1 out of the window
                     await direct.Produce(idempotent([b"w%d" % seq], pid, seq), timeout=10)
+        # a follower's answer lost on the way back: the retry, via the follower again, is
+        # answered with the first offsets (the follower forwards it, or knows it already)
+        lossy_drop = DropResponses(count=1)
+        lossy = grpc.aio.secure_channel(
+            cluster.nodes[follower].rpc_addr,
+            grpc_channel_credentials(tls),
+            interceptors=[lossy_drop],
+        )
+        async with lossy:
+            stub = log_pb2_grpc.LogStub(lossy)  # type: ignore[no-untyped-call]
+            lost_pid = uuid.uuid4().hex
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Produce(idempotent([b"via-f"], lost_pid, 1), timeout=10)
+            retry = await stub.Produce(idempotent([b"via-f"], lost_pid, 1), timeout=10)
+            assert retry.duplicate and retry.offset == lossy_drop.dropped[0].offset
+        async with cluster.channel(follower, tls) as channel:
+            via = log_pb2_grpc.LogStub(channel)  # type: ignore[no-untyped-call]
             # ... and the follower relays the leader's refusal of sequence 1 as it is
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await via.Produce(idempotent([b"fwd"], pid, 1), timeout=10)
@@ -225,7 +242,7 @@ async def test_a_retry_after_a_lost_answer_is_appended_once(cluster: DevCluster)
         end = (await client.offsets()).highest
         log = await read_range(client, offsets[0], end)
     assert log[:3] == [b"lost-1", b"lost-2", b"fwd"]
-    assert len(log) == 3 + 32 and len(set(log)) == len(log)
+    assert len(log) == 3 + 32 + 1 and len(set(log)) == len(log) and b"via-f" in log
 
 
 async def test_leader_killed_mid_stream_the_producer_and_the_stream_continue(
