@@ -50,6 +50,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Final
@@ -226,8 +227,21 @@ def spawn(
     """``subprocess.Popen`` of ``argv`` that dies (``sig``) with the calling thread.
 
     No ``preexec_fn`` by design (the point of this module); the other arguments are
-    Popen's. Call it from a long-lived thread (see the module docstring).
+    Popen's. Call it from a long-lived thread (see the module docstring): from a thread
+    that is neither the main thread nor running an event loop (a worker thread, whose
+    exit would stop the child) it logs a warning.
     """
+    if threading.current_thread() is not threading.main_thread():
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            log.warning(
+                "spawning %s from worker thread %r: the child gets %s when that thread "
+                "exits, not when this process does",
+                argv[0] if argv else "?",
+                threading.current_thread().name,
+                sig.name,
+            )
     return subprocess.Popen(
         parent_death_argv(argv, sig=sig, launcher=launcher, env=env, cwd=cwd),
         stdin=stdin,

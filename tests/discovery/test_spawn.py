@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -237,6 +238,34 @@ def _children_cmdlines(pid: int) -> list[bytes]:
         except (OSError, ValueError, IndexError):
             continue
     return out
+
+
+def test_spawning_from_a_worker_thread_warns(caplog: pytest.LogCaptureFixture) -> None:
+    """The signal is tied to the spawning thread: a worker thread is a trap (its exit stops
+    the child at once), so spawn says so."""
+    procs: list[subprocess.Popen[bytes]] = []
+    with caplog.at_level("WARNING", logger="raftlog.spawn"):
+        procs.append(spawn(["/bin/true"]))  # main thread: fine
+        assert "worker thread" not in caplog.text
+
+        def in_a_worker() -> None:
+            child = spawn(["sleep", "30"])
+            procs.append(child)
+            deadline = time.monotonic() + 10  # past the launcher: the signal is set
+            while b"sleep" not in Path(f"/proc/{child.pid}/cmdline").read_bytes().split(b"\0")[0]:
+                assert time.monotonic() < deadline, "the launcher never exec'd sleep"
+                time.sleep(0.01)
+
+        worker = threading.Thread(target=in_a_worker)
+        worker.start()
+        worker.join(15)
+    try:
+        assert procs[0].wait(10) == 0
+        assert procs[1].wait(10) == -signal.SIGTERM  # the worker thread is gone
+    finally:
+        procs[1].kill()
+        procs[1].wait()
+    assert "from worker thread" in caplog.text and "when that thread exits" in caplog.text
 
 
 # -- the launchers -------------------------------------------------------------------------
