@@ -23,6 +23,7 @@ from raftlog.discovery import (
     SerfRPCClient,
     find_serf_binary,
 )
+from raftlog.discovery.spawn import LAUNCHER_ENV, find_setpriv
 
 AgentFactory = Callable[..., Awaitable[SerfAgent]]
 
@@ -182,12 +183,16 @@ def _dead_or_zombie(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
+@pytest.mark.parametrize("launcher", ["setpriv", "python"])
 async def test_agent_dies_with_a_killed_node(
-    serf_bin: Path, free_port: Callable[[], int], tmp_path: Path
+    serf_bin: Path, free_port: Callable[[], int], tmp_path: Path, launcher: str
 ) -> None:
-    """kill -9 of the node process: the kernel's parent-death signal stops serf too.
+    """kill -9 of the node process: the kernel's parent-death signal stops serf too, set
+    by either launcher of raftlog.discovery.spawn.
 
     The agent logs to a file here, so no broken stdout pipe can be what stops it."""
+    if launcher == "setpriv" and find_setpriv() is None:
+        pytest.skip("no setpriv with --pdeathsig here")
     script = (
         "import asyncio, sys\n"
         "from pathlib import Path\n"
@@ -210,6 +215,7 @@ async def test_agent_dies_with_a_killed_node(
         str(serf_bin),
         str(tmp_path / "orphan.log"),
         stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, LAUNCHER_ENV: launcher},
     )
     serf_pid = 0
     try:
