@@ -134,7 +134,17 @@ async def assert_healthy(env: Env) -> None:
             resp = await stub.Produce(
                 log_pb2.ProduceRequest(record=log_pb2.Record(value=value)), timeout=10
             )
-            got = await stub.Consume(log_pb2.ConsumeRequest(offset=resp.offset), timeout=10)
+            # a follower acknowledges a forwarded write once the leader committed it, and
+            # serves it once it applied it too: OUT_OF_RANGE until then (bounded wait)
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    got = await stub.Consume(log_pb2.ConsumeRequest(offset=resp.offset), timeout=10)
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.OUT_OF_RANGE or time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)
             assert got.record.value == value
 
 
