@@ -50,6 +50,7 @@ NETWORK = Scenario(
     3,
     ("partition", "isolate-leader", "isolate-leader", "bridge", "slow", "flap", "loss", "delay"),
     network=True,
+    opening=("loss",),  # random loss at least once in every run (it counts in the duration)
     description="majority/minority partitions, isolated leader, bridge, slow link, link "
     "flap, random packet loss, delay; one network namespace per node",
 )
@@ -68,6 +69,7 @@ MIXED = Scenario(
         "flap",
         "loss",
         "delay",
+        "leave-rejoin",
     ),
     network=True,
     description="5 nodes, every nemesis (make chaos only)",
