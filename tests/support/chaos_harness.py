@@ -148,14 +148,13 @@ class ChaosCluster(DevCluster):
                 node.host = net.ip[name]
 
     def start(self, name: str, *, bootstrap: bool = False, join: list[str] | None = None) -> None:
-        """Start node ``name``, like :meth:`DevCluster.start` but without a ``preexec_fn``.
+        """Start node ``name`` like :meth:`DevCluster.start`, through the fsync-journaling
+        launcher (:mod:`support.chaos_fsync`, which sets the parent-death signal itself),
+        marking where this start's output begins in the node's log (:meth:`start_aborted`).
 
-        A ``preexec_fn`` makes Python fork and run code in the child; with gRPC threads
-        busy in this process (the workload's clients) gRPC's fork handlers abort such a
-        child now and then (``ev_epoll1_linux.cc: Check failed: next_worker->state ==
-        KICKED``) before it execs. Without one, the child is spawned with vfork and
-        never runs Python; the launcher (:mod:`support.chaos_fsync`) sets the
-        parent-death signal itself."""
+        No ``preexec_fn`` (DevCluster no longer uses one either): with gRPC threads busy in
+        this process, gRPC's fork handlers aborted such children before exec
+        (tests/chaos/test_known_bugs.py)."""
         node = self.nodes[name]
         if node.running:
             raise DevClusterError(f"node {name} is already running")
