@@ -253,7 +253,7 @@ class ClusterNode:
             self.authorizer,
             tls=self.server_tls,
             config=ServerConfig(max_message_bytes=self.config.max_message_bytes),
-            extra_interceptors=[ForwardMarkInterceptor()],
+            extra_interceptors=[ForwardMarkInterceptor(self.authorizer)],
         )
         bound = server.server.add_secure_port(
             self.sockdir.address, grpc_server_credentials(self.server_tls)

@@ -3,10 +3,15 @@
 A follower that receives a write calls the leader's ``log.v1.Log/Produce`` with the whole
 batch (``records``) and, for an idempotent producer, its ``producer_id`` and ``sequence``
 (so the leader deduplicates a retry that came through any node), presenting its **peer**
-certificate (the leader authorizes the subject like any client: the example policy lets
-CN ``server`` produce). The call carries the metadata ``x-raftlog-forwarded: 1``; a node
-that receives a forwarded call never forwards it again (it answers NOT_LEADER), so a stale
-view of the leader cannot make a request bounce around the cluster.
+certificate. The call carries the metadata ``x-raftlog-forwarded: 1``; a node that
+receives a forwarded call never forwards it again (it answers NOT_LEADER), so a stale view
+of the leader cannot make a request bounce around the cluster.
+
+The mark is peer traffic: besides the method's own action (``produce``, checked by the
+authorization interceptor), the leader requires the subject to hold ``replicate`` for a
+marked call, so a client certificate that may produce cannot pass itself off as a
+forwarding follower (the example policy grants ``replicate`` to CN ``server`` only). A
+marked call from a subject without it is refused with PERMISSION_DENIED.
 
 The mark reaches :class:`DistributedLog` through a context variable set by
 :class:`ForwardMarkInterceptor` inside the call (the servicer only passes the records).
@@ -24,8 +29,9 @@ import grpc
 
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.security import TLSConfig, grpc_channel_credentials
-from raftlog.server.errors import error_info_from_metadata
-from raftlog.server.protocols import Appended
+from raftlog.server.errors import PermissionDeniedError, error_info_from_metadata, status_for
+from raftlog.server.interceptors import OBJECT_WILDCARD, REPLICATE, subject_of
+from raftlog.server.protocols import Appended, Authorizer
 
 log = logging.getLogger("raftlog.distributed")
 
@@ -37,7 +43,12 @@ forwarded_call: contextvars.ContextVar[bool] = contextvars.ContextVar(
 
 
 class ForwardMarkInterceptor(grpc.aio.ServerInterceptor):
-    """Sets :data:`forwarded_call` for unary calls that carry the forwarded mark."""
+    """Sets :data:`forwarded_call` for unary calls that carry the forwarded mark, after
+    checking that the caller may ``replicate`` (peer traffic); refuses the call otherwise.
+    """
+
+    def __init__(self, authorizer: Authorizer) -> None:
+        self._authorizer = authorizer
 
     async def intercept_service(
         self,
@@ -52,7 +63,15 @@ class ForwardMarkInterceptor(grpc.aio.ServerInterceptor):
             return handler
         inner = handler.unary_unary
 
+        authorizer = self._authorizer
+
         async def unary_unary(request: Any, context: Any) -> Any:
+            subject = subject_of(context) or ""
+            if not authorizer.authorize(subject, OBJECT_WILDCARD, REPLICATE):
+                code, message, trailing = status_for(
+                    PermissionDeniedError(subject, REPLICATE, OBJECT_WILDCARD)
+                )
+                await context.abort(code, message, trailing_metadata=trailing)
             forwarded_call.set(True)
             return await inner(request, context)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import json
 import os
 import random
@@ -516,10 +517,10 @@ async def test_raft_traffic_refused_from_client_certificates(env: Env) -> None:
 
 
 async def test_forwarded_writes_from_a_non_peer_are_not_trusted(env: Env) -> None:
-    """The forwarded mark gives no rights: a subject without ``produce`` is denied with it,
-    and a follower never forwards a marked write again."""
-    for name in env.cluster.names:
-        async with env.channel(name, "nobody") as ch:
+    """The forwarded mark is peer traffic: a client certificate is denied with it, whether
+    it may produce (``root``) or not (``nobody``), on the leader and on followers alike."""
+    for name, role in itertools.product(env.cluster.names, ("root", "nobody")):
+        async with env.channel(name, role) as ch:
             stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
             TRIED["security: forged forwarded write"] += 1
             with pytest.raises(grpc.aio.AioRpcError) as info:

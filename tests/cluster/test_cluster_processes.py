@@ -203,12 +203,16 @@ async def test_produce_anywhere_read_everywhere_at_the_same_offsets(cluster: Dev
     assert copies[0][: len(expected)] == expected
 
 
-async def test_a_forwarded_write_is_never_forwarded_again(cluster: DevCluster) -> None:
-    """A follower forwards a client's write, but answers a forwarded one with NOT_LEADER
-    and the leader hint (so a stale view cannot bounce a write around the cluster)."""
+async def test_a_forwarded_write_is_never_forwarded_again(
+    cluster: DevCluster, dev_certs: dict[str, CertFiles]
+) -> None:
+    """A follower forwards a client's write, but answers a forwarded one (sent with the peer
+    certificate, as a follower does) with NOT_LEADER and the leader hint, so a stale view
+    cannot bounce a write around the cluster."""
     leader = await leader_of(cluster, "n1")
     follower = next(n for n in ("n1", "n2", "n3") if n != leader)
-    ch, stub = stub_for(cluster, follower)
+    ch = cluster.channel(follower, tls_of(dev_certs["server"]))
+    stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
     async with ch:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.Produce(
