@@ -367,9 +367,13 @@ class Membership(_Base):
             if status is None:  # leaving: transient, wait for the leave event
                 continue
             self._set_status(member)
+        # A member missing from a fresh list is not proof that it left: a restarted Serf
+        # agent knows only itself until its (asynchronous) rejoin. An alive member that
+        # is missing counts as failed, so it is removed only if it is still missing after
+        # the failed grace period; one that had left or failed keeps that status.
         for name, member in list(self._view.items()):
-            if name not in seen and member.status != "reaped":
-                self._set_status(replace(member, status="reaped"))
+            if name not in seen and member.status == "alive":
+                self._set_status(replace(member, status="failed"))
 
     # --- decisions --------------------------------------------------------------------
     def _desired(self, name: str) -> tuple[str, str] | None:

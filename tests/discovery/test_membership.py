@@ -219,6 +219,36 @@ async def test_failed_member_removed_after_grace_only() -> None:
         await m.close()
 
 
+async def test_members_missing_after_agent_restart_get_the_failed_grace() -> None:
+    """A restarted Serf agent lists only itself until its rejoin: the leader must not take
+    that fresh list as every peer having left (it would remove the whole cluster)."""
+    handler, source = RecordingHandler(), FakeSource()
+    m = await started(handler, source, failed_grace=0.6, resubscribe_backoff=0.05)
+    try:
+        b, c = member("b"), member("c")
+        source.emit("member-join", b, c)
+        await handler.wait_for(lambda: {"b", "c"} <= set(handler.cluster), 2.0)
+        # The agent restarts: its stream ends and its new member list knows nobody.
+        source.listed = {"self": member("self")}
+        subscriptions = source.subscriptions
+        source.queue.put_nowait(None)
+        deadline = time.monotonic() + 2.0
+        while source.subscriptions == subscriptions:
+            assert time.monotonic() < deadline, "membership never resubscribed"
+            await asyncio.sleep(0.01)
+        await drain(source)
+        assert not any(call[0] == "leave" for call in handler.calls)
+        # It rejoins within the grace period: b comes back, c stays missing.
+        source.emit("member-join", b)
+        await handler.wait_for(lambda: "c" not in handler.cluster, 3.0)
+        await asyncio.sleep(0.7)  # past b's grace too: it must still be there
+        assert "b" in handler.cluster
+        assert handler.calls.count(("leave", "c")) == 1
+        assert ("leave", "b") not in handler.calls
+    finally:
+        await m.close()
+
+
 async def test_non_leader_keeps_view_and_reconciles_when_elected() -> None:
     handler, source = RecordingHandler(leader=False), FakeSource()
     m = await started(handler, source, failed_grace=0.0)
