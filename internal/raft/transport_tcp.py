@@ -195,9 +195,10 @@ class TcpTransport:
     """Raft transport over TCP + mutual TLS; implements the Transport protocol.
 
     ``authorize(subject)`` is asked about the certificate common name of every peer, on both
-    sides of every connection, after the TLS handshake (later: Casbin's ``replicate``). Use
-    :meth:`serve` to listen on a port of its own, or hand connections accepted elsewhere
-    (the connection multiplexer) to :meth:`handle_connection` after reading the marker;
+    sides of every connection, after the TLS handshake (the agent asks Casbin whether the
+    subject may ``replicate``). Use :meth:`serve` to listen on a port of its own, or hand
+    connections accepted elsewhere (the connection multiplexer) to
+    :meth:`handle_connection` after reading the marker;
     :attr:`server_context` is the TLS context such a multiplexer should handshake with.
     """
 
