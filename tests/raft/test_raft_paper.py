@@ -43,7 +43,6 @@ def test_election_safety_at_most_one_leader_per_term() -> None:
             if n.c.role is Role.LEADER:
                 leaders_by_term.setdefault(n.c.term, set()).add(n.id)
         assert all(len(v) == 1 for v in leaders_by_term.values()), (seed, leaders_by_term)
-        assert all(len({v}) == 1 for v in c.checker.leaders.values())
         assert c.checker.leaders, "some election must have succeeded"
 
 

@@ -59,7 +59,7 @@ def test_three_nodes_other_election_settings(check_quorum: bool, pre_vote: bool)
 def test_simulation_exercises_the_interesting_paths() -> None:
     """Over a handful of seeds the faults actually happen and work gets done, so a passing
     run means something."""
-    reps = [simulate(s, SimConfig(nodes=5, steps=STEPS, membership=0.01)) for s in range(4)]
+    reps = [run(s, SimConfig(nodes=5, steps=STEPS, membership=0.01)) for s in range(4)]
     assert sum(r.acked for r in reps) > 100
     assert sum(r.snapshots_sent for r in reps) > 0
     assert sum(r.conf_changes for r in reps) > 0
