@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from raftlog.raft import (
@@ -224,6 +226,33 @@ def test_should_snapshot_at_threshold_and_compact() -> None:
     assert core.status().first_index == through + 1
     with pytest.raises(SnapshotError):
         core.snapshot_meta(meta.index + 100)
+
+
+def test_should_snapshot_fires_at_the_threshold_only() -> None:
+    """One entry applied per round: a snapshot is taken exactly every ``snapshot_threshold``
+    applied entries, never earlier; a threshold of 0 never asks for one."""
+    c = MemCluster(["a"], config=cfg(snapshot_threshold=5, snapshot_trailing_entries=0))
+    lead = c.elect("a")
+    taken: list[int] = []
+    for i in range(23):
+        lead.propose([b"%d" % i])
+        c.stabilize()
+        snap = lead.disk.snapshot
+        base = snap.index if snap else 0
+        assert lead.c.applied_index - base < 5
+        assert not lead.c.should_snapshot()
+        if snap is not None and (not taken or taken[-1] != snap.index):
+            taken.append(snap.index)
+    assert len(taken) >= 4
+    assert [b - a for a, b in itertools.pairwise(taken)] == [5] * (len(taken) - 1)
+
+    off = MemCluster(["a"], config=cfg(snapshot_threshold=0))
+    lead = off.elect("a")
+    for i in range(23):
+        lead.propose([b"%d" % i])
+        off.stabilize()
+        assert not lead.c.should_snapshot()
+    assert lead.disk.snapshot is None
 
 
 def test_lagging_follower_catches_up_by_install_snapshot() -> None:
