@@ -705,7 +705,11 @@ async def test_tcp_restarted_node_catches_up_by_install_snapshot(
         await c.stop(lagging)
         for k in range(4):
             await asyncio.gather(*(lead.propose(d) for d in _payloads(f"k{k}", 40)))
-        await lead.wait_for(lambda: lead.snapshot_index >= 50, WAIT, "a leader snapshot")
+        # Every live node compacts on its own: wait for both, so that whichever of them
+        # leads when the lagging node returns (leadership may move on a loaded machine)
+        # no longer has the entries the lagging node misses and must send a snapshot.
+        for live in c.running():
+            await live.wait_for(lambda n=live: n.snapshot_index >= 50, WAIT, "a snapshot")
         node = await c.start(lagging)
         await c.converge(160)
         assert node.stats.snapshots_received >= 1
