@@ -133,7 +133,7 @@ def run_dev_cluster(args: argparse.Namespace) -> int:
             for name in names[1:]:
                 cluster.start(name, join=[seed])
             leader = await cluster.wait_for(
-                client, members=len(names), timeout_s=args.start_timeout
+                client, members=len(names), timeout_s=args.start_timeout, every=True
             )
         except DevClusterError as exc:
             print(f"raftlog dev-cluster: {exc}", file=sys.stderr)

@@ -276,9 +276,21 @@ class DevCluster:
             return list(resp.servers)
 
     async def wait_for(
-        self, tls: TLSConfig, *, members: int, timeout_s: float, via: list[str] | None = None
+        self,
+        tls: TLSConfig,
+        *,
+        members: int,
+        timeout_s: float,
+        via: list[str] | None = None,
+        every: bool = False,
     ) -> str:
-        """Wait until a node reports a leader and ``members`` members or more; the leader."""
+        """Wait until a node reports a leader and ``members`` members or more; the leader.
+
+        With ``every``, wait until each node asked (``via``, default: every live node)
+        reports ``members`` or more and they all name the same leader: a node that has
+        just joined knows no configuration until the leader has replicated one to it, so
+        "one node sees three members" does not yet mean "every node does".
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         last = "no answer yet"
@@ -291,12 +303,21 @@ class DevCluster:
                         f"node {name} exited (code {proc.returncode}):\n"
                         + self.log_text(name)[-2000:]
                     )
+            seen: dict[str, str | None] = {}
             for name in via or live:
+                seen[name] = None
                 with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
                     servers = await self.servers(name, tls, timeout_s=1.0)
                     leaders = [s.id for s in servers if s.is_leader]
                     last = f"{name} sees {[(s.id, s.is_leader) for s in servers]}"
                     if leaders and len(servers) >= members:
-                        return str(leaders[0])
+                        if not every:
+                            return str(leaders[0])
+                        seen[name] = str(leaders[0])
+            named = {leader for leader in seen.values() if leader is not None}
+            if every and len(named) == 1 and None not in seen.values():
+                return named.pop()
+            if every:
+                last = f"leaders seen per node: {seen}; last answer: {last}"
             await asyncio.sleep(0.2)
         raise DevClusterError(f"no leader with {members} members within {timeout_s} s ({last})")

@@ -83,7 +83,7 @@ def cluster(
         asyncio.run(c.wait_for(c.client_tls, members=1, timeout_s=30))
         c.start("n2")
         c.start("n3")
-        asyncio.run(c.wait_for(c.client_tls, members=3, timeout_s=40))
+        asyncio.run(c.wait_for(c.client_tls, members=3, timeout_s=40, every=True))
     except BaseException:
         c.stop_all()
         raise

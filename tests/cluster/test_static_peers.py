@@ -33,7 +33,7 @@ async def test_static_peers_form_a_cluster_without_serf(
         cluster.start("s1", bootstrap=True, join=[])
         cluster.start("s2", join=[])
         cluster.start("s3", join=[])
-        leader = await cluster.wait_for(tls, members=3, timeout_s=40)
+        leader = await cluster.wait_for(tls, members=3, timeout_s=40, every=True)
         follower = next(n for n in names if n != leader)
         async with cluster.channel(follower, tls) as ch:
             stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
