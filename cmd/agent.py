@@ -15,7 +15,7 @@ from raftlog.config import FIELDS, AgentConfig, ConfigError, env_name, load_conf
 if TYPE_CHECKING:
     from raftlog.agent import Agent
 
-CLUSTER_NOTE = " [cluster mode: takes effect with Raft/Serf]"
+CLUSTER_NOTE = " [used in cluster mode only]"
 
 
 def register(sub: Any) -> None:

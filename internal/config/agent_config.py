@@ -44,8 +44,9 @@ def _doc(help_text: str, kind: str, *, cluster: bool = False, choices: tuple[str
 class AgentConfig:
     """Every setting of a node. Units and defaults are in each field's help text.
 
-    Cluster-only settings (``start_join_addrs``, ``bootstrap``, ``peer_tls_*``) are parsed
-    and validated now and take effect once the node runs Raft and Serf.
+    Cluster-only settings (``start_join_addrs``, ``bootstrap``, ``peer_tls_*``) are always
+    parsed and validated, and used only in cluster mode (see :attr:`cluster_mode`); a node
+    outside it serves one local log with no Raft, mux or membership.
     """
 
     data_dir: Path = field(
@@ -92,8 +93,8 @@ class AgentConfig:
     serf_rpc_addr: str = field(
         default="",
         metadata=_doc(
-            "HOST:PORT (loopback) of this node's Serf agent RPC (cluster mode); empty = the "
-            "bind host with the gossip port + 1",
+            "HOST:PORT (loopback) of this node's Serf agent RPC (cluster mode); empty = "
+            "127.0.0.1 with the gossip port + 1",
             "addr",
         ),
     )

@@ -55,8 +55,9 @@ OBJECT_WILDCARD = "*"
 #: Actions of the example policy.
 PRODUCE, CONSUME, REPLICATE = "produce", "consume", "replicate"
 
-#: Method -> the action it needs. Methods not listed (GetServers, health, reflection) need
-#: an authenticated client only. The cluster adds its peer methods with ``replicate``.
+#: Method -> the action it needs. Methods outside ``log.v1.Log`` (health, reflection) and
+#: the ones in :data:`OPEN_METHODS` need an authenticated client only. The cluster adds its
+#: peer methods with ``replicate``.
 DEFAULT_ACTIONS: Mapping[str, str] = {
     "/log.v1.Log/Produce": PRODUCE,
     "/log.v1.Log/ProduceStream": PRODUCE,
@@ -64,6 +65,15 @@ DEFAULT_ACTIONS: Mapping[str, str] = {
     "/log.v1.Log/ConsumeStream": CONSUME,
     "/log.v1.Log/GetOffsets": CONSUME,
 }
+
+#: The service whose every method needs an ACL decision: a method of it that is neither in
+#: the actions nor in :data:`OPEN_METHODS` (an rpc added without one) is refused with
+#: PERMISSION_DENIED, never served open (fail closed).
+GUARDED_SERVICE = "/log.v1.Log/"
+#: Methods of the guarded service that any authenticated client may call.
+OPEN_METHODS: frozenset[str] = frozenset({"/log.v1.Log/GetServers"})
+#: The action named in the denial of a guarded method that has none declared.
+UNDECLARED_ACTION = "call a method with no declared action"
 
 #: Longest a refused request-streaming call waits for the client to finish sending before
 #: its status goes out (seconds). A client that half-closes at once (the usual case) is
@@ -207,9 +217,10 @@ class AuthenticationInterceptor(grpc.aio.ServerInterceptor):
 class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
     """Asks the :class:`Authorizer` whether the subject may do the method's action.
 
-    ``actions`` maps full method names to actions; unlisted methods pass (authentication
-    still applies). Decisions are cached per (subject, action): the policy is static for
-    the life of the server.
+    ``actions`` maps full method names to actions; unlisted methods of other services and
+    :data:`OPEN_METHODS` pass (authentication still applies); unlisted methods of
+    :data:`GUARDED_SERVICE` are refused. Decisions are cached per (subject, action): the
+    policy is static for the life of the server.
     """
 
     def __init__(self, authorizer: Authorizer, actions: Mapping[str, str] | None = None) -> None:
@@ -221,9 +232,21 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method not in self._actions:
+        method = handler_call_details.method
+        if handler is None or method in OPEN_METHODS:
             return handler
-        return _checked(handler, handler_call_details.method, self._check)
+        if method in self._actions:
+            return _checked(handler, method, self._check)
+        if method.startswith(GUARDED_SERVICE):
+            return _checked(handler, method, self._refuse_undeclared)
+        return handler
+
+    @staticmethod
+    def _refuse_undeclared(method: str, context: Context) -> None:
+        subject = subject_of(context)
+        if subject is None:
+            raise UnauthenticatedError(f"{method}: no client certificate subject")
+        raise PermissionDeniedError(subject, UNDECLARED_ACTION, method)
 
     def _check(self, method: str, context: Context) -> None:
         action = self._actions[method]

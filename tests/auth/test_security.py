@@ -20,7 +20,12 @@ from raftlog.auth import (
 )
 from raftlog.security import CertFiles, write_dev_certs
 from raftlog.server import error_info_from_metadata
-from raftlog.server.interceptors import AuthenticationInterceptor, AuthorizationInterceptor
+from raftlog.server.interceptors import (
+    DEFAULT_ACTIONS,
+    OPEN_METHODS,
+    AuthenticationInterceptor,
+    AuthorizationInterceptor,
+)
 from support.api_node import Node, running_node
 
 REPO = Path(__file__).resolve().parents[2]
@@ -173,6 +178,66 @@ async def test_interceptors_answer_unauthenticated_without_a_subject(
                 assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
         finally:
             await server.stop(None)
+
+
+def test_every_log_rpc_has_an_acl_decision() -> None:
+    """A new rpc must be given an action (or be declared open) on purpose."""
+    service = log_pb2.DESCRIPTOR.services_by_name["Log"]
+    methods = {f"/log.v1.Log/{m.name}" for m in service.methods}
+    assert methods == set(DEFAULT_ACTIONS) | OPEN_METHODS
+    assert not set(DEFAULT_ACTIONS) & OPEN_METHODS
+
+
+async def test_a_log_rpc_without_a_declared_action_is_refused(
+    tmp_path: Path, dev_certs: dict[str, CertFiles]
+) -> None:
+    """Fail closed: with Produce missing from the action map, root may not produce, while
+    the open GetServers and other services (health) still answer."""
+    write_example_acl(tmp_path)
+    authz = CasbinAuthorizer(tmp_path / "model.conf", tmp_path / "policy.csv")
+    actions = {m: a for m, a in DEFAULT_ACTIONS.items() if m != "/log.v1.Log/Produce"}
+    server = grpc.aio.server(interceptors=[AuthorizationInterceptor(authz, actions)])
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    produced: list[bytes] = []
+
+    class Log(log_pb2_grpc.LogServicer):
+        async def Produce(self, request: object, context: object) -> log_pb2.ProduceResponse:
+            produced.append(b"called")
+            return log_pb2.ProduceResponse(offset=42)
+
+        async def GetServers(self, request: object, context: object) -> log_pb2.GetServersResponse:
+            return log_pb2.GetServersResponse(servers=[log_pb2.Server(id="x")])
+
+    log_pb2_grpc.add_LogServicer_to_server(Log(), server)
+    f, root = dev_certs["server"], dev_certs["root"]
+    creds = grpc.ssl_server_credentials(
+        [(f.key_file.read_bytes(), f.cert_file.read_bytes())],
+        root_certificates=f.ca_file.read_bytes(),
+        require_client_auth=True,
+    )
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    await server.start()
+    try:
+        client = grpc.ssl_channel_credentials(
+            root_certificates=root.ca_file.read_bytes(),
+            private_key=root.key_file.read_bytes(),
+            certificate_chain=root.cert_file.read_bytes(),
+        )
+        async with grpc.aio.secure_channel(f"127.0.0.1:{port}", client) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await _produce(ch)
+            assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+            assert "no declared action" in (err.value.details() or "")
+            stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
+            listed = await stub.GetServers(log_pb2.GetServersRequest(), timeout=5)
+            assert [s.id for s in listed.servers] == ["x"]
+            checked = await health_pb2_grpc.HealthStub(ch).Check(  # type: ignore[no-untyped-call]
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+            assert checked.status == health_pb2.HealthCheckResponse.SERVING
+        assert produced == []
+    finally:
+        await server.stop(None)
 
 
 def test_casbin_policy_and_example_files(tmp_path: Path) -> None:
