@@ -30,8 +30,8 @@ class ServerConfig:
             leaves ``max_bytes`` at 0. Default 1 MiB. Client budgets are capped at
             ``max_message_bytes``.
         follow_recheck_s: a ConsumeStream that has caught up sleeps until a record is
-            appended, waking at least this often (seconds) to notice a server shutdown.
-            Default 0.5 s.
+            appended or the server begins shutdown (both wake it at once); this bounds one
+            sleep as a safety net (seconds). Default 5 s.
         produce_stream_max_requests: most ProduceStream requests gathered into one append
             (one group commit). Default 1024.
         produce_stream_max_batch_bytes: a ProduceStream stops gathering requests into one
@@ -48,7 +48,7 @@ class ServerConfig:
 
     max_message_bytes: int = 4 * MIB
     consume_max_bytes: int = 1 * MIB
-    follow_recheck_s: float = 0.5
+    follow_recheck_s: float = 5.0
     produce_stream_max_requests: int = 1024
     produce_stream_max_batch_bytes: int = 8 * MIB
     produce_stream_window_bytes: int = 16 * MIB

@@ -20,7 +20,8 @@ alone whether it is appended.
 
 Consume path (ConsumeStream): read from the offset in batches until caught up, then sleep
 in ``CommitLog.wait_for`` (woken by appends, no polling) and go on. The stream ends when
-the client cancels, or with UNAVAILABLE when the server shuts down.
+the client cancels, or with UNAVAILABLE as soon as the server begins to shut down (the
+shutdown wakes sleeping streams too).
 """
 
 from __future__ import annotations
@@ -109,10 +110,24 @@ class LogService(log_pb2_grpc.LogServicer):
         self.config = config or ServerConfig()
         self.config.validate()
         self._stopping = False
+        #: Set by begin_shutdown: wakes every caught-up ConsumeStream at once.
+        self._stop_event = asyncio.Event()
 
     def begin_shutdown(self) -> None:
-        """Make following ConsumeStreams end (UNAVAILABLE) at their next wake-up."""
+        """End every following ConsumeStream now (UNAVAILABLE), waiting ones included."""
         self._stopping = True
+        self._stop_event.set()
+
+    async def _follow(self, log: CommitLog, offset: int) -> None:
+        """Sleep until ``offset`` is appended or the server begins shutdown, whichever
+        comes first; at most ``follow_recheck_s`` (a safety net, not a polling period)."""
+        appended = asyncio.ensure_future(log.wait_for(offset, self.config.follow_recheck_s))
+        stopping = asyncio.ensure_future(self._stop_event.wait())
+        try:
+            await asyncio.wait((appended, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            appended.cancel()
+            stopping.cancel()
 
     # -- validation ------------------------------------------------------------------------
 
@@ -267,7 +282,7 @@ class LogService(log_pb2_grpc.LogServicer):
                     continue
                 if self._stopping:
                     raise UnavailableError("the server is shutting down")
-                await log.wait_for(offset, self.config.follow_recheck_s)
+                await self._follow(log, offset)
         except (ApiError, LogError) as exc:
             await abort(context, exc)
 

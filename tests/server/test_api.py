@@ -121,6 +121,11 @@ async def test_consume_stream_batches_bounded_by_max_bytes(node: Node) -> None:
         assert max(sizes) == 5 and len(sizes) == 10
 
 
+def n_recheck(node: Node) -> float:
+    """The node's safety recheck of a caught-up ConsumeStream, in seconds."""
+    return node.server.service.config.follow_recheck_s
+
+
 async def test_consume_stream_receives_records_appended_after_it_started(node: Node) -> None:
     await node.local_log.append([b"old"])
     async with node.channel() as ch, node.channel() as producer:
@@ -144,7 +149,9 @@ async def test_consume_stream_receives_records_appended_after_it_started(node: N
         await stub.Produce(
             log_pb2.ProduceRequest(records=[Record(value=b"new-2"), Record(value=b"new-3")])
         )
-        await asyncio.wait_for(reader, 5)
+        # Woken by the appends themselves: well before the 5 s safety recheck would.
+        assert n_recheck(node) >= 5.0
+        await asyncio.wait_for(reader, 3)
         call.cancel()
     assert got == [(0, b"old"), (1, b"new-1"), (2, b"new-2"), (3, b"new-3")]
 
@@ -289,7 +296,9 @@ async def test_shutdown_ends_a_following_stream(
                 async for _ in call:
                     pass
         await stopping
-        assert loop.time() - started < 3.0
+        # Woken by the shutdown itself, not by the 5 s safety recheck.
+        assert n_recheck(n) >= 5.0
+        assert loop.time() - started < 2.0
         assert err.value.code() is grpc.StatusCode.UNAVAILABLE
         await ch.close()
 
