@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from raftlog.config import AgentConfig
 from raftlog.discovery import (
@@ -62,6 +64,16 @@ INTERVAL_SYNC = 0.2
 TRANSFER_TIMEOUT = 3.0
 
 
+def _same_pem(a: Path, b: Path) -> bool:
+    """Whether two CA files hold the same certificates (same path or same bytes)."""
+    try:
+        return (
+            Path(a).resolve() == Path(b).resolve() or Path(a).read_bytes() == Path(b).read_bytes()
+        )
+    except OSError:
+        return False  # validation names the unreadable file
+
+
 def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -77,11 +89,23 @@ class ClusterNode:
             )
         self.config = config
         self.authorizer = authorizer
+        peer_ca, server_ca = config.peer_tls_ca_file, config.server_tls_ca_file
+        distinct = not _same_pem(peer_ca, server_ca)
+        #: Raft connections: peer certificates only, verified against the peer CA.
         self.peer_tls = TLSConfig(
             config.peer_tls_cert_file, config.peer_tls_key_file, config.peer_tls_ca_file
         )
+        #: The gRPC server meets clients (server CA) and forwarding peers (peer CA).
         self.server_tls = TLSConfig(
-            config.server_tls_cert_file, config.server_tls_key_file, config.server_tls_ca_file
+            config.server_tls_cert_file,
+            config.server_tls_key_file,
+            server_ca,
+            extra_ca_files=(peer_ca,) if distinct else (),
+        )
+        #: Forwarded writes: a peer certificate towards the leader's gRPC server, whose
+        #: certificate the server CA signed.
+        self.forward_tls = dataclasses.replace(
+            self.peer_tls, extra_ca_files=(server_ca,) if distinct else ()
         )
         self.sockdir: PrivateSocketDir | None = None
         self.mux: Mux | None = None
@@ -183,7 +207,7 @@ class ClusterNode:
             await fsm.close()
             raise
         self.node = node
-        dlog = DistributedLog(node, fsm, forwarder=Forwarder(self.peer_tls))
+        dlog = DistributedLog(node, fsm, forwarder=Forwarder(self.forward_tls))
         self.dlog = dlog
         dlog.start()
         syncer = None

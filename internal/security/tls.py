@@ -21,16 +21,28 @@ class TLSConfigError(ValueError):
 
 @dataclass(frozen=True)
 class TLSConfig:
-    """Certificate, key and CA files of one side of a connection (PEM)."""
+    """Certificate, key and CA files of one side of a connection (PEM).
+
+    ``extra_ca_files`` are trusted besides ``ca_file``: a cluster node whose peer
+    certificates come from another CA than its server certificate trusts both on the
+    connections where both kinds of certificate meet (forwarded writes reach the gRPC
+    server with a peer certificate). Default: none.
+    """
 
     cert_file: Path
     key_file: Path
     ca_file: Path
+    extra_ca_files: tuple[Path, ...] = ()
+
+    def ca_files(self) -> list[Path]:
+        """``ca_file`` then every extra CA file."""
+        return [Path(self.ca_file), *map(Path, self.extra_ca_files)]
 
     def validate(self, what: str = "tls") -> None:
         """Check that the three files exist and are readable; name the one that is not."""
-        for field in ("cert_file", "key_file", "ca_file"):
-            path = Path(getattr(self, field))
+        named = [(f, Path(getattr(self, f))) for f in ("cert_file", "key_file", "ca_file")]
+        named += [(f"extra_ca_files[{i}]", Path(p)) for i, p in enumerate(self.extra_ca_files)]
+        for field, path in named:
             if not path.is_file():
                 raise TLSConfigError(f"{what}.{field}: no such file: {path}")
             try:
@@ -40,11 +52,12 @@ class TLSConfig:
                 raise TLSConfigError(f"{what}.{field}: cannot read {path}: {exc}") from exc
 
     def read(self) -> tuple[bytes, bytes, bytes]:
-        """(cert, key, ca) bytes."""
+        """(cert, key, CA bundle) bytes; the bundle holds ``ca_file`` and the extra CAs."""
+        bundle = [path.read_bytes() for path in self.ca_files()]
         return (
             Path(self.cert_file).read_bytes(),
             Path(self.key_file).read_bytes(),
-            Path(self.ca_file).read_bytes(),
+            b"\n".join(pem.rstrip(b"\n") for pem in bundle) + b"\n",
         )
 
 
@@ -53,7 +66,8 @@ def server_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    ctx.load_verify_locations(cafile=str(tls.ca_file))
+    for ca in tls.ca_files():
+        ctx.load_verify_locations(cafile=str(ca))
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
@@ -66,7 +80,8 @@ def client_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    ctx.load_verify_locations(cafile=str(tls.ca_file))
+    for ca in tls.ca_files():
+        ctx.load_verify_locations(cafile=str(ca))
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.check_hostname = True
     return ctx

@@ -10,19 +10,32 @@ import pytest
 
 from raftlog.agent.devcluster import DevCluster
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
-from raftlog.security import CertFiles, TLSConfig
+from raftlog.security import CertFiles, TLSConfig, write_dev_certs
 from support.cluster_files import dev_cluster_files
 
 pytestmark = pytest.mark.timeout(90)
 
 
+@pytest.mark.parametrize("peer_ca", ["shared", "separate"])
 async def test_static_peers_form_a_cluster_without_serf(
-    tmp_path: Path, dev_certs: dict[str, CertFiles]
+    tmp_path: Path, dev_certs: dict[str, CertFiles], peer_ca: str
 ) -> None:
+    """With ``separate``, the nodes' peer certificates come from a second CA (their server
+    certificates from the clients' CA): Raft runs on the peer CA, and a write sent to a
+    follower still reaches the leader's gRPC server with the peer certificate."""
     root = dev_certs["root"]
     files = dev_cluster_files(tmp_path, dev_certs)
     tls = TLSConfig(root.cert_file, root.key_file, root.ca_file)
-    cluster = DevCluster(tmp_path, files, agent_args=("--sync", "never"))
+    args: tuple[str, ...] = ("--sync", "never")
+    if peer_ca == "separate":
+        peer = write_dev_certs(tmp_path / "peer-ca", clients=())["server"]
+        assert peer.ca_file.read_bytes() != files.ca.read_bytes()
+        args += (
+            *("--peer-tls-cert-file", str(peer.cert_file)),
+            *("--peer-tls-key-file", str(peer.key_file)),
+            *("--peer-tls-ca-file", str(peer.ca_file)),
+        )
+    cluster = DevCluster(tmp_path, files, agent_args=args)
     names = ("s1", "s2", "s3")
     for name in names:
         cluster.add_node(name)
