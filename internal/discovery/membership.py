@@ -323,10 +323,25 @@ class Membership(_Base):
         status = _STATUS_AFTER.get(event.event)
         if status is None:
             return
-        for member in event.members:
-            if member.name == self.config.node_name:
-                continue
-            self._set_status(replace(member, status=status))
+        others = [m for m in event.members if m.name != self.config.node_name]
+        if not others:
+            return
+        # An event may come late, twice or out of order (a join delivered after the leave
+        # that followed it). The agent's member list is its state now, so decide from it;
+        # the event's own status stands in only when the list cannot be read or does not
+        # settle the member (gone from the list, or a transient "leaving").
+        try:
+            listed = await self._bounded("serf members", self.source.members())
+            now = {m.name: m for m in listed}
+        except (SerfRPCError, OSError, TimeoutError) as exc:
+            log.debug("member list unavailable (%s); trusting the %s event", exc, event.event)
+            now = {}
+        for member in others:
+            current = now.get(member.name)
+            if current is not None and current.status in ("alive", "left", "failed"):
+                self._set_status(current)
+            else:
+                self._set_status(replace(member, status=status))
             await self._apply(member.name)
 
     def _set_status(self, member: Member) -> None:

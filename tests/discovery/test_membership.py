@@ -184,6 +184,33 @@ async def test_join_leave_duplicates_and_self_ignored() -> None:
         await m.close()
 
 
+async def test_out_of_order_events_follow_the_agents_current_list() -> None:
+    """A stale event (a join delivered after the leave that followed it, or the reverse)
+    changes nothing: the decision comes from the agent's member list as it is now."""
+    handler, source = RecordingHandler(), FakeSource()
+    m = await started(handler, source)
+    try:
+        b = member("b", "127.0.0.1:9002")
+        source.emit("member-join", b)
+        await handler.wait_for(lambda: "b" in handler.cluster, 2.0)
+        source.emit("member-leave", b)
+        await handler.wait_for(lambda: "b" not in handler.cluster, 2.0)
+        source.queue.put_nowait(MemberEvent("member-join", (b,)))  # late, list says left
+        await drain(source)
+        assert "b" not in handler.cluster
+        assert handler.calls == [("join", "b", "127.0.0.1:9002"), ("leave", "b")]
+        source.emit("member-join", b)  # b really comes back
+        await handler.wait_for(lambda: "b" in handler.cluster, 2.0)
+        source.queue.put_nowait(MemberEvent("member-leave", (b,)))  # late, list says alive
+        source.queue.put_nowait(MemberEvent("member-failed", (b,)))  # likewise
+        await drain(source)
+        await asyncio.sleep(0.4)  # past the failed grace (0.3 s): still no removal
+        assert "b" in handler.cluster
+        assert handler.calls.count(("leave", "b")) == 1
+    finally:
+        await m.close()
+
+
 async def test_member_without_rpc_tag_is_ignored(caplog: pytest.LogCaptureFixture) -> None:
     handler, source = RecordingHandler(), FakeSource()
     m = await started(handler, source)
