@@ -151,7 +151,7 @@ async def test_agent_process_with_client_commands(tmp_path: Path) -> None:
     assert "SIGTERM received" in logs and "node node-0 stopped" in logs
     assert "code=PERMISSION_DENIED" in logs  # debug logging was on
     assert "PRIVATE KEY" not in logs and "Traceback" not in logs
-    # the data survives a restart: the commit log was closed cleanly
+    # a bad setting is refused before the node starts: exit 2, naming the key
     rc, out, err = await _run(
         "agent", "--rpc-port", "0", "--data-dir", "data", "--node-name", "x y", cwd=tmp_path
     )

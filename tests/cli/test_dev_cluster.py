@@ -1,0 +1,182 @@
+"""What `make run` runs: `raftlog dev-cluster` as a real process, used through the commands
+it prints, stopped with Ctrl-C (SIGINT), and started again on the same data.
+
+The test works where a user would: a directory with `certs/` made by `raftlog cert` (what
+`make certs` runs) and the default data dir `.data/cluster` under it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shlex
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+RAFTLOG = str(Path(sys.executable).parent / "raftlog")
+NODES = 3
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+def free_base_port() -> int:
+    """A base port whose node ports (base + 10 i + 0..2) are all free right now."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1] // 10 * 10
+        if base + 10 * NODES > 65535:
+            continue
+        ports = [base + 10 * i + k for i in range(NODES) for k in range(3)]
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in ports:
+                    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):  # Serf uses both
+                        sock = stack.enter_context(socket.socket(socket.AF_INET, kind))
+                        sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise AssertionError("no free block of ports found")
+
+
+async def run(cmd: list[str], cwd: Path, timeout: float = 30) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode == 0, f"{cmd} exited {proc.returncode}: {err.decode()[-2000:]}"
+    return out.decode()
+
+
+class DevClusterProcess:
+    """``raftlog dev-cluster`` in ``cwd``: its stdout banner, then SIGINT."""
+
+    def __init__(self, cwd: Path, base: int) -> None:
+        self.cwd = cwd
+        self.base = base
+        self.proc: asyncio.subprocess.Process | None = None
+        self.banner: list[str] = []
+
+    async def start(self, timeout: float = 90) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            RAFTLOG,
+            "dev-cluster",
+            "--nodes",
+            str(NODES),
+            "--base-port",
+            str(self.base),
+            "--agent-arg=--sync=never",
+            cwd=self.cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # a stray SIGINT from the terminal never reaches it
+        )
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(timeout):
+            while True:
+                line = (await self.proc.stdout.readline()).decode()
+                if not line:
+                    err = await self.stderr()
+                    raise AssertionError(f"dev-cluster ended before its banner:\n{err}")
+                self.banner.append(line.rstrip("\n"))
+                if line.startswith("stop every node"):
+                    return
+
+    async def stderr(self) -> str:
+        assert self.proc is not None and self.proc.stderr is not None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                return (await self.proc.stderr.read()).decode()[-3000:]
+        return "(no stderr)"
+
+    def command(self, verb: str) -> list[str]:
+        """The printed `raftlog VERB ...` line, as argv."""
+        line = next(x for x in self.banner if x.strip().split(" ")[1:2] == [verb])
+        argv = shlex.split(line)
+        assert argv[0].endswith("raftlog"), line
+        return [RAFTLOG, *argv[1:]]
+
+    async def interrupt(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(timeout):
+            await self.proc.communicate()
+        assert self.proc.returncode is not None
+        return self.proc.returncode
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
+
+
+def serf_pids(base: int) -> list[int]:
+    """Serf agents gossiping on one of this cluster's ports."""
+    markers = [f"-bind=127.0.0.1:{base + 10 * i + 1}".encode() for i in range(NODES)]
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"serf" in a for a in argv[:1]) and any(m in argv for m in markers):
+            found.append(int(entry))
+    return found
+
+
+async def test_make_run_cluster_serves_the_printed_commands_and_restarts(
+    tmp_path: Path,
+) -> None:
+    await run([RAFTLOG, "cert", "--out-dir", "certs"], tmp_path)
+    base = free_base_port()
+    first = DevClusterProcess(tmp_path, base)
+    try:
+        await first.start()
+        head = first.banner[0]
+        assert re.fullmatch(rf"raftlog dev-cluster: {NODES} nodes up, leader node-\d", head)
+        for i in range(NODES):
+            assert any(f"node-{i}: rpc 127.0.0.1:{base + 10 * i} " in x for x in first.banner)
+
+        # The commands exactly as printed, run from the same directory.
+        servers = await run(first.command("servers"), tmp_path)
+        assert all(f"node-{i}" in servers for i in range(NODES)), servers
+        produced = await run(first.command("produce"), tmp_path)  # "hello world"
+        assert produced.split() == ["0", "1"], produced
+        consumed = await run([*first.command("consume"), "--count", "2"], tmp_path)
+        assert consumed.split() == ["hello", "world"], consumed
+
+        assert await first.interrupt() == 0, await first.stderr()
+        assert serf_pids(base) == []
+        data = tmp_path / ".data" / "cluster"
+        assert sorted(p.name for p in data.iterdir() if p.is_dir()) == [
+            f"node-{i}" for i in range(NODES)
+        ]
+
+        # Started again on the same data: no second bootstrap, the records are still there.
+        second = DevClusterProcess(tmp_path, base)
+        try:
+            await second.start()
+            again = await run([*second.command("consume"), "--count", "2"], tmp_path)
+            assert again.split() == ["hello", "world"], again
+            assert await second.interrupt() == 0, await second.stderr()
+        finally:
+            await second.kill()
+        logs = "".join(p.read_text() for p in (tmp_path / ".data" / "cluster").glob("*.log"))
+        assert logs.count("bootstrapped a new cluster") == 1, "bootstrapped twice (or never)"
+        assert serf_pids(base) == []
+    finally:
+        await first.kill()
