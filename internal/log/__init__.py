@@ -10,6 +10,9 @@ factory.
 Offsets
     Records are opaque ``bytes`` (empty allowed). Each gets an offset, assigned once:
     ``append_batch`` returns the offset of its first record, the others follow densely.
+    A batch is all or nothing: if the append raises (a write error, even in the second
+    segment of a batch that spans a roll-over), none of its records is readable and the
+    next append gets the same first offset.
     The log holds exactly ``lowest_offset..highest_offset``; ``highest_offset ==
     lowest_offset - 1`` when it is empty, and ``next_offset == highest_offset + 1`` always.
     A new log starts at ``LogConfig.initial_offset``. No operation ever reuses an offset

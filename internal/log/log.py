@@ -276,7 +276,14 @@ class Log:
             seg.append_encoded(data, sizes)
             self._dirty[id(seg)] = seg
         else:
-            self._append_split(memoryview(data), sizes)
+            try:
+                self._append_split(memoryview(data), sizes)
+            except BaseException:
+                # All or nothing: a failure in a later segment (a full disk, a failed
+                # roll) must not leave the batch's first frames readable in earlier ones.
+                with contextlib.suppress(Exception):
+                    self.truncate_after(first - 1)
+                raise
         if self.config.sync is SyncPolicy.INTERVAL:
             self._schedule_interval_sync()
         return first

@@ -30,6 +30,41 @@ def recs(n: int, start: int = 0) -> list[bytes]:
     return [b"record-%05d" % i for i in range(start, start + n)]
 
 
+async def test_a_batch_that_fails_in_its_second_segment_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch is all or nothing even when it spans segments: a write error in the new
+    segment (a full disk) takes back the frames already written to the old one."""
+    log = Log.open(tmp_path, SMALL)
+    assert await log.append_batch(recs(3)) == 0
+    segments_before = len(log.segments)
+    real = log_module.Segment.append_encoded
+    calls = 0
+
+    def second_write_fails(self: object, data: object, sizes: object) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, data, sizes)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(log_module.Segment, "append_encoded", second_write_fails)
+    with pytest.raises(OSError, match="No space"):
+        await log.append_batch(recs(12, 3))  # ~250 bytes: more than one 200-byte segment
+    assert calls == 2
+    assert log.highest_offset == 2 and log.next_offset == 3
+    assert len(log.segments) == segments_before
+    with pytest.raises(OffsetOutOfRangeError):
+        log.read(3)
+    monkeypatch.undo()
+    assert await log.append_batch(recs(12, 3)) == 3  # appends go on at the same offsets
+    assert [log.read(i) for i in range(15)] == recs(15)
+    await log.close()
+    reopened = Log.open(tmp_path, SMALL)
+    assert [reopened.read(i) for i in range(15)] == recs(15)
+    await reopened.close()
+
+
 async def test_rollover_across_many_segments_and_reopen(tmp_path: Path) -> None:
     log = Log.open(tmp_path, SMALL)
     want: list[bytes] = []
