@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from raftlog.config import FIELDS, AgentConfig, ConfigError, env_name, load_config
@@ -216,6 +217,27 @@ def _announce(agent: Agent) -> None:
     )
 
 
+async def _run_agent(agent: Agent) -> None:
+    loop = asyncio.get_running_loop()
+    logging.getLogger("raftlog.agent").info(
+        "event loop: %s.%s", type(loop).__module__, type(loop).__qualname__
+    )
+    await agent.run_until_signalled(_announce)
+
+
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop factory for ``--event-loop`` (None: asyncio's default loop)."""
+    if name == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            logging.getLogger(__name__).warning("uvloop is not installed; running on asyncio")
+            return None
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+        return factory
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the config, run the node until a signal, exit 0 on a clean stop."""
     flags = {name: getattr(args, name, None) for name in FIELDS}
@@ -235,7 +257,8 @@ def run(args: argparse.Namespace) -> int:
     from raftlog.server import BindError
 
     try:
-        asyncio.run(Agent(config).run_until_signalled(_announce))
+        with asyncio.Runner(loop_factory=_loop_factory(config.event_loop)) as runner:
+            runner.run(_run_agent(Agent(config)))
     except (
         BindError,
         AuthConfigError,

@@ -29,6 +29,7 @@ ENV_PREFIX = "RAFTLOG_"
 MIB = 1 << 20
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SYNC_POLICIES = ("always", "interval", "never")
+EVENT_LOOPS = ("uvloop", "asyncio")
 SERF_PROFILES = ("lan", "wan", "local")
 
 
@@ -193,6 +194,16 @@ class AgentConfig:
         default=10.0,
         metadata=_doc("longest graceful shutdown before calls are cut off, seconds", "seconds"),
     )
+    event_loop: str = field(
+        default="asyncio",
+        metadata=_doc(
+            "event loop the node runs on: asyncio (the standard loop) or uvloop (falls back "
+            "to asyncio where uvloop is not installed; end to end it measured within noise "
+            "of asyncio here, see docs/cluster.md)",
+            "choice",
+            choices=EVENT_LOOPS,
+        ),
+    )
 
     # -- derived -----------------------------------------------------------------------
 
@@ -266,6 +277,10 @@ class AgentConfig:
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(
                 f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
+            )
+        if self.event_loop not in EVENT_LOOPS:
+            raise ConfigError(
+                f"event_loop: must be one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}"
             )
         if self.sync not in SYNC_POLICIES:
             raise ConfigError(f"sync: must be one of {', '.join(SYNC_POLICIES)}, got {self.sync!r}")

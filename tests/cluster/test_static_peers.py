@@ -16,17 +16,18 @@ from support.cluster_files import dev_cluster_files
 pytestmark = pytest.mark.timeout(90)
 
 
-@pytest.mark.parametrize("peer_ca", ["shared", "separate"])
+@pytest.mark.parametrize(("peer_ca", "loop"), [("shared", "asyncio"), ("separate", "uvloop")])
 async def test_static_peers_form_a_cluster_without_serf(
-    tmp_path: Path, dev_certs: dict[str, CertFiles], peer_ca: str
+    tmp_path: Path, dev_certs: dict[str, CertFiles], peer_ca: str, loop: str
 ) -> None:
     """With ``separate``, the nodes' peer certificates come from a second CA (their server
     certificates from the clients' CA): Raft runs on the peer CA, and a write sent to a
-    follower still reaches the leader's gRPC server with the peer certificate."""
+    follower still reaches the leader's gRPC server with the peer certificate. The second
+    cluster also runs its nodes on uvloop (``--event-loop uvloop``)."""
     root = dev_certs["root"]
     files = dev_cluster_files(tmp_path, dev_certs)
     tls = TLSConfig(root.cert_file, root.key_file, root.ca_file)
-    args: tuple[str, ...] = ("--sync", "never")
+    args: tuple[str, ...] = ("--sync", "never", "--event-loop", loop)
     if peer_ca == "separate":
         peer = write_dev_certs(tmp_path / "peer-ca", clients=())["server"]
         assert peer.ca_file.read_bytes() != files.ca.read_bytes()
@@ -64,6 +65,7 @@ async def test_static_peers_form_a_cluster_without_serf(
                 got = await stub.Consume(log_pb2.ConsumeRequest(offset=resp.offset), timeout=5)
                 assert got.record.value == b"static"
         assert "serf agent" not in cluster.log_text("s2")
+        assert f"event loop: {loop}." in cluster.log_text("s2")
     finally:
         cluster.stop_all()
     for name in names:
