@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pty
 import re
 import shlex
 import signal
@@ -56,6 +57,34 @@ async def run(cmd: list[str], cwd: Path, timeout: float = 30) -> str:
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode == 0, f"{cmd} exited {proc.returncode}: {err.decode()[-2000:]}"
     return out.decode()
+
+
+async def run_on_tty(
+    cmd: list[str], cwd: Path, stdin: bytes = b"", timeout: float = 60
+) -> tuple[str, str]:
+    """Run ``cmd`` with stderr on a pseudo-terminal; (stdout, what the terminal showed)."""
+    master, slave = pty.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            cwd=cwd,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=slave,
+        )
+        os.close(slave)
+        slave = -1
+        out, _ = await asyncio.wait_for(proc.communicate(stdin), timeout)
+        assert proc.returncode == 0, f"{cmd} exited {proc.returncode}"
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal's last writer is gone
+            while chunk := os.read(master, 65536):
+                shown += chunk
+        return out.decode(), shown.decode(errors="replace")
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
 
 
 class DevClusterProcess:
@@ -158,6 +187,18 @@ async def test_make_run_cluster_serves_the_printed_commands_and_restarts(
         assert produced.split() == ["0", "1"], produced
         consumed = await run([*first.command("consume"), "--count", "2"], tmp_path)
         assert consumed.split() == ["hello", "world"], consumed
+
+        # Long work shows progress on stderr when it is a terminal.
+        lines = b"".join(b"line-%d\n" % i for i in range(3000))
+        produce_stdin = first.command("produce")[:-2]  # without "hello world": reads stdin
+        out, shown = await run_on_tty(produce_stdin, tmp_path, stdin=lines)
+        assert out.split()[-1] == "3001", out[-200:]
+        assert "produced 3,000 records" in shown, shown
+        out, shown = await run_on_tty(
+            [*first.command("consume"), "--from", "2", "--count", "3000"], tmp_path
+        )
+        assert out.split()[-1] == "line-2999", out[-200:]
+        assert "consumed 3,000 records" in shown, shown
 
         assert await first.interrupt() == 0, await first.stderr()
         assert serf_pids(base) == []
