@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -154,30 +155,46 @@ async def test_interceptors_answer_unauthenticated_without_a_subject(
     write_example_acl(tmp_path)
     authz = CasbinAuthorizer(tmp_path / "model.conf", tmp_path / "policy.csv")
     for interceptor in (AuthenticationInterceptor(), AuthorizationInterceptor(authz)):
-        server = grpc.aio.server(interceptors=[interceptor])
-        health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
 
         class Log(log_pb2_grpc.LogServicer):
             async def Produce(self, request: object, context: object) -> log_pb2.ProduceResponse:
                 return log_pb2.ProduceResponse(offset=42)
 
-        log_pb2_grpc.add_LogServicer_to_server(Log(), server)
         f = dev_certs["server"]
-        creds = grpc.ssl_server_credentials(
-            [(f.key_file.read_bytes(), f.cert_file.read_bytes())],
-            root_certificates=f.ca_file.read_bytes(),
-            require_client_auth=False,
-        )
-        port = server.add_secure_port("127.0.0.1:0", creds)
-        await server.start()
-        try:
-            client = grpc.ssl_channel_credentials(root_certificates=f.ca_file.read_bytes())
-            async with grpc.aio.secure_channel(f"127.0.0.1:{port}", client) as ch:
-                with pytest.raises(grpc.aio.AioRpcError) as err:
-                    await _produce(ch)
-                assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
-        finally:
-            await server.stop(None)
+        client = grpc.ssl_channel_credentials(root_certificates=f.ca_file.read_bytes())
+        async with _serving(interceptor, Log(), f, require_client_auth=False, client=client) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await _produce(ch)
+            assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+@contextlib.asynccontextmanager
+async def _serving(
+    interceptor: grpc.aio.ServerInterceptor,
+    servicer: log_pb2_grpc.LogServicer,
+    server_files: CertFiles,
+    *,
+    require_client_auth: bool,
+    client: grpc.ChannelCredentials,
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A bare grpc.aio server (``interceptor``, ``servicer``, health) on 127.0.0.1 with the
+    server certificate, and a channel to it with ``client`` credentials."""
+    server = grpc.aio.server(interceptors=[interceptor])
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    log_pb2_grpc.add_LogServicer_to_server(servicer, server)
+    f = server_files
+    creds = grpc.ssl_server_credentials(
+        [(f.key_file.read_bytes(), f.cert_file.read_bytes())],
+        root_certificates=f.ca_file.read_bytes(),
+        require_client_auth=require_client_auth,
+    )
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    await server.start()
+    try:
+        async with grpc.aio.secure_channel(f"127.0.0.1:{port}", client) as ch:
+            yield ch
+    finally:
+        await server.stop(None)
 
 
 def test_every_log_rpc_has_an_acl_decision() -> None:
@@ -196,8 +213,6 @@ async def test_a_log_rpc_without_a_declared_action_is_refused(
     write_example_acl(tmp_path)
     authz = CasbinAuthorizer(tmp_path / "model.conf", tmp_path / "policy.csv")
     actions = {m: a for m, a in DEFAULT_ACTIONS.items() if m != "/log.v1.Log/Produce"}
-    server = grpc.aio.server(interceptors=[AuthorizationInterceptor(authz, actions)])
-    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     produced: list[bytes] = []
 
     class Log(log_pb2_grpc.LogServicer):
@@ -208,36 +223,28 @@ async def test_a_log_rpc_without_a_declared_action_is_refused(
         async def GetServers(self, request: object, context: object) -> log_pb2.GetServersResponse:
             return log_pb2.GetServersResponse(servers=[log_pb2.Server(id="x")])
 
-    log_pb2_grpc.add_LogServicer_to_server(Log(), server)
-    f, root = dev_certs["server"], dev_certs["root"]
-    creds = grpc.ssl_server_credentials(
-        [(f.key_file.read_bytes(), f.cert_file.read_bytes())],
-        root_certificates=f.ca_file.read_bytes(),
-        require_client_auth=True,
+    root = dev_certs["root"]
+    client = grpc.ssl_channel_credentials(
+        root_certificates=root.ca_file.read_bytes(),
+        private_key=root.key_file.read_bytes(),
+        certificate_chain=root.cert_file.read_bytes(),
     )
-    port = server.add_secure_port("127.0.0.1:0", creds)
-    await server.start()
-    try:
-        client = grpc.ssl_channel_credentials(
-            root_certificates=root.ca_file.read_bytes(),
-            private_key=root.key_file.read_bytes(),
-            certificate_chain=root.cert_file.read_bytes(),
+    interceptor = AuthorizationInterceptor(authz, actions)
+    async with _serving(
+        interceptor, Log(), dev_certs["server"], require_client_auth=True, client=client
+    ) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await _produce(ch)
+        assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert "no declared action" in (err.value.details() or "")
+        stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
+        listed = await stub.GetServers(log_pb2.GetServersRequest(), timeout=5)
+        assert [s.id for s in listed.servers] == ["x"]
+        checked = await health_pb2_grpc.HealthStub(ch).Check(  # type: ignore[no-untyped-call]
+            health_pb2.HealthCheckRequest(), timeout=5
         )
-        async with grpc.aio.secure_channel(f"127.0.0.1:{port}", client) as ch:
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await _produce(ch)
-            assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
-            assert "no declared action" in (err.value.details() or "")
-            stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
-            listed = await stub.GetServers(log_pb2.GetServersRequest(), timeout=5)
-            assert [s.id for s in listed.servers] == ["x"]
-            checked = await health_pb2_grpc.HealthStub(ch).Check(  # type: ignore[no-untyped-call]
-                health_pb2.HealthCheckRequest(), timeout=5
-            )
-            assert checked.status == health_pb2.HealthCheckResponse.SERVING
-        assert produced == []
-    finally:
-        await server.stop(None)
+        assert checked.status == health_pb2.HealthCheckResponse.SERVING
+    assert produced == []
 
 
 def test_casbin_policy_and_example_files(tmp_path: Path) -> None:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from support.procs import serf_pids
+
 RAFTLOG = str(Path(sys.executable).parent / "raftlog")
 NODES = 3
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -151,20 +153,9 @@ class DevClusterProcess:
             await self.proc.wait()
 
 
-def serf_pids(base: int) -> list[int]:
+def serf_of(base: int) -> list[int]:
     """Serf agents gossiping on one of this cluster's ports."""
-    markers = [f"-bind=127.0.0.1:{base + 10 * i + 1}".encode() for i in range(NODES)]
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(b"serf" in a for a in argv[:1]) and any(m in argv for m in markers):
-            found.append(int(entry))
-    return found
+    return serf_pids(f"-bind=127.0.0.1:{base + 10 * i + 1}" for i in range(NODES))
 
 
 async def test_make_run_cluster_serves_the_printed_commands_and_restarts(
@@ -201,7 +192,7 @@ async def test_make_run_cluster_serves_the_printed_commands_and_restarts(
         assert "consumed 3,000 records" in shown, shown
 
         assert await first.interrupt() == 0, await first.stderr()
-        assert serf_pids(base) == []
+        assert serf_of(base) == []
         data = tmp_path / ".data" / "cluster"
         assert sorted(p.name for p in data.iterdir() if p.is_dir()) == [
             f"node-{i}" for i in range(NODES)
@@ -218,6 +209,6 @@ async def test_make_run_cluster_serves_the_printed_commands_and_restarts(
             await second.kill()
         logs = "".join(p.read_text() for p in (tmp_path / ".data" / "cluster").glob("*.log"))
         assert logs.count("bootstrapped a new cluster") == 1, "bootstrapped twice (or never)"
-        assert serf_pids(base) == []
+        assert serf_of(base) == []
     finally:
         await first.kill()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import os
 import signal
 import ssl
 import time
@@ -31,6 +30,7 @@ from raftlog.raft.transport import HELLO_MAGIC, RAFT_MARKER, encode_frame, encod
 from raftlog.security import CertFiles, TLSConfig, client_ssl_context
 from raftlog.server.errors import error_info_from_metadata
 from support.cluster_files import dev_cluster_files
+from support.procs import serf_pids
 
 SNAPSHOT_THRESHOLD = 64
 pytestmark = pytest.mark.timeout(120)
@@ -38,21 +38,6 @@ pytestmark = pytest.mark.timeout(120)
 
 def tls_of(files: CertFiles) -> TLSConfig:
     return TLSConfig(files.cert_file, files.key_file, files.ca_file)
-
-
-def serf_pids(marker: str) -> list[int]:
-    """Serf agents whose command line holds ``marker`` (e.g. ``-bind=127.0.0.1:1234``)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(b"serf" in part for part in cmdline[:1]) and marker.encode() in cmdline:
-            pids.append(int(entry))
-    return pids
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +80,7 @@ def cluster(
     for name, code in codes.items():
         assert code == 0, f"{name} exited with {code}:\n{c.log_text(name)[-3000:]}"
     for addr in gossip:
-        assert serf_pids(f"-bind={addr}") == [], f"serf for {addr} left behind"
+        assert serf_pids([f"-bind={addr}"]) == [], f"serf for {addr} left behind"
     for name, pid in pids.items():
         assert socket_dirs_of(pid) == [], f"{name} left its gRPC socket dir behind"
         assert locks_free(c.nodes[name].data_dir), f"{name} has no LOCK: layout changed?"
@@ -282,7 +267,7 @@ async def test_leader_killed_new_leader_accepts_writes_old_one_catches_up(
     others = [n for n in cluster.nodes if n != old and cluster.nodes[n].running]
     old_proc = cluster.nodes[old].proc
     assert old_proc is not None
-    [old_serf] = serf_pids(f"-bind={cluster.nodes[old].gossip_addr}")
+    [old_serf] = serf_pids([f"-bind={cluster.nodes[old].gossip_addr}"])
     [old_sockdir] = socket_dirs_of(old_proc.pid)
     cluster.signal(old, signal.SIGKILL)
     cluster.wait_exit(old, 10)
@@ -322,7 +307,7 @@ async def test_graceful_leave_removes_the_node_from_raft(cluster: DevCluster) ->
     [sockdir] = socket_dirs_of(proc.pid)
     cluster.signal(leaver, signal.SIGTERM)
     assert cluster.wait_exit(leaver, 30) == 0, cluster.log_text(leaver)[-3000:]
-    assert serf_pids(f"-bind={gossip}") == []
+    assert serf_pids([f"-bind={gossip}"]) == []
     assert not sockdir.exists(), "the socket dir outlived the agent's shutdown"
     assert locks_free(cluster.nodes[leaver].data_dir)
     assert cluster.client_tls is not None

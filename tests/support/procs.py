@@ -1,0 +1,24 @@
+"""Finding the processes a test left behind, by their command line in /proc."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def serf_pids(markers: Iterable[str]) -> list[int]:
+    """Serf agents whose command line holds one of ``markers`` as a whole argument
+    (e.g. ``-bind=127.0.0.1:1234``)."""
+    wanted = {m.encode() for m in markers}
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"serf" in part for part in argv[:1]) and wanted.intersection(argv):
+            pids.append(int(entry))
+    return pids
