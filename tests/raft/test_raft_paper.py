@@ -75,6 +75,21 @@ def test_leader_append_only_ignores_stale_appends() -> None:
         c.checker.check_leader_append_only("a", core.term, 2, lambda i: 1)
 
 
+def test_leader_append_only_checker_catches_a_leader_that_drops_its_own_entry() -> None:
+    """Control for the simulation's append-only check: a (mutant) leader that loses an
+    uncommitted entry of its own term is caught at its next round, not only when a fake
+    log is handed to the checker."""
+    c = MemCluster(["a", "b", "c"], config=cfg())
+    lead = c.elect("a")
+    c.isolate("a")  # nothing commits: the entries stay the leader's own, uncommitted
+    lead.propose([b"x", b"y"])
+    c.stabilize()
+    assert lead.c.last_index > lead.c.log.committed
+    del lead.c.log._entries[-1]  # the mutation: the leader's log shrinks
+    with pytest.raises(SafetyViolation, match="append-only"):
+        c.tick()  # the leader's next round
+
+
 def test_log_matching_rejects_mismatched_previous_entry() -> None:
     """AppendEntries is accepted only if the previous entry matches; afterwards logs agree."""
     core = RaftCore(RaftConfig(id="b"))
