@@ -43,6 +43,12 @@ def register(sub: Any) -> None:
     parser.add_argument("--count", type=int, default=None, help="stop after this many records")
     parser.add_argument("--follow", "-f", action="store_true", help="wait for new records")
     parser.add_argument("--format", choices=("raw", "json"), default="raw", help="output format")
+    parser.add_argument(
+        "--linearizable",
+        action="store_true",
+        help="read from the leader after a read barrier: every record acknowledged before "
+        "the command started is there (default: any server, what it has committed)",
+    )
     add_client_flags(parser)
     parser.set_defaults(handler=lambda args: run_command(run, args, "consume"))
 
@@ -76,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
                     client.consume(args.offset)  # the server says what is wrong (OUT_OF_RANGE)
                 return 0
             end = offsets.highest
-        batches = client.stream_batches(args.offset)
+        batches = client.stream_batches(args.offset, linearizable=args.linearizable)
         try:
             for batch in batches:
                 lines = []

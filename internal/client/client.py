@@ -310,32 +310,45 @@ class LogClient:
 
     # -- consume ---------------------------------------------------------------------------
 
-    async def consume(self, offset: int) -> Record:
-        """The record at ``offset`` (``OffsetOutOfRangeError`` if the log does not hold it)."""
+    async def consume(self, offset: int, *, linearizable: bool = False) -> Record:
+        """The record at ``offset`` (``OffsetOutOfRangeError`` if the log does not hold it).
+
+        By default any server may answer (followers first) with what it has committed, so
+        a record acknowledged a moment ago may still be out of range there. With
+        ``linearizable`` the leader answers after a read barrier: every produce
+        acknowledged before this call is readable (one quorum round more).
+        """
         self._check_open()
         if offset < 0:
             raise ValueError(f"offset must be >= 0, got {offset}")
-        request = log_pb2.ConsumeRequest(offset=offset)
+        request = log_pb2.ConsumeRequest(offset=offset, linearizable=linearizable)
 
         async def attempt(stub: log_pb2_grpc.LogStub, addr: str, timeout_s: float) -> Record:
             response = await stub.Consume(request, timeout=timeout_s)
             return Record(offset, response.record.value)
 
-        return await self._retry("consume", _Role.CONSUME, attempt)
+        # a linearizable read is the leader's to give: route it like a produce
+        role = _Role.PRODUCE if linearizable else _Role.CONSUME
+        return await self._retry("consume", role, attempt)
 
-    async def stream(self, from_offset: int = 0) -> AsyncIterator[Record]:
+    async def stream(
+        self, from_offset: int = 0, *, linearizable: bool = False
+    ) -> AsyncIterator[Record]:
         """Every record from ``from_offset`` on, in order, each once; then new ones as they come.
 
         Survives leader changes and server restarts: a broken stream resumes, on another
         server if need be, at the next offset not yet yielded. Gives up with
         ``DeadlineExceededError`` when no server lets it progress for ``request_timeout_s``.
-        Stop it with ``break`` (or ``aclose()``).
+        Stop it with ``break`` (or ``aclose()``). With ``linearizable`` the stream is read
+        from the leader, which starts it after a read barrier (see :meth:`consume`).
         """
-        async for batch in self.stream_batches(from_offset):
+        async for batch in self.stream_batches(from_offset, linearizable=linearizable):
             for record in batch:
                 yield record
 
-    async def stream_batches(self, from_offset: int = 0) -> AsyncIterator[list[Record]]:
+    async def stream_batches(
+        self, from_offset: int = 0, *, linearizable: bool = False
+    ) -> AsyncIterator[list[Record]]:
         """Like :meth:`stream`, a batch (up to ``stream_batch_records``) at a time."""
         self._check_open()
         if from_offset < 0:
@@ -349,7 +362,12 @@ class LogClient:
         target = ""
         while True:
             self._check_open()
-            addr = target or self._picker.for_consume(self._resolver)
+            if target:
+                addr = target
+            elif linearizable:
+                addr = self._picker.for_produce(self._resolver)  # the leader
+            else:
+                addr = self._picker.for_consume(self._resolver)
             target = ""
             attempts += 1
             call = self._resolver.stub(addr).ConsumeStream(
@@ -357,6 +375,7 @@ class LogClient:
                     offset=next_offset,
                     max_records=cfg.stream_batch_records,
                     max_bytes=cfg.stream_batch_bytes,
+                    linearizable=linearizable,
                 )
             )
             error: ClientError | None = None

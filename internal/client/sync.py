@@ -105,22 +105,26 @@ class SyncLogClient:
         """Append ``values`` atomically at consecutive offsets; returns the offsets."""
         return self._call(self._client.produce_batch(values))
 
-    def consume(self, offset: int) -> Record:
-        """The record at ``offset``."""
-        return self._call(self._client.consume(offset))
+    def consume(self, offset: int, *, linearizable: bool = False) -> Record:
+        """The record at ``offset`` (see :meth:`LogClient.consume`)."""
+        return self._call(self._client.consume(offset, linearizable=linearizable))
 
-    def stream(self, from_offset: int = 0) -> Generator[Record, None, None]:
+    def stream(
+        self, from_offset: int = 0, *, linearizable: bool = False
+    ) -> Generator[Record, None, None]:
         """Records from ``from_offset`` on, following new ones (see :meth:`LogClient.stream`).
 
         Fetches a batch at a time from the loop thread; closing the iterator (``break``
         in a ``for`` loop, then garbage collection, or ``.close()``) ends the stream.
         """
-        for batch in self.stream_batches(from_offset):
+        for batch in self.stream_batches(from_offset, linearizable=linearizable):
             yield from batch
 
-    def stream_batches(self, from_offset: int = 0) -> Generator[list[Record], None, None]:
+    def stream_batches(
+        self, from_offset: int = 0, *, linearizable: bool = False
+    ) -> Generator[list[Record], None, None]:
         """Like :meth:`stream`, a batch at a time."""
-        agen = self._client.stream_batches(from_offset)
+        agen = self._client.stream_batches(from_offset, linearizable=linearizable)
         try:
             while True:
                 batch = self._call(_next_batch(agen))

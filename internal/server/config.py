@@ -32,6 +32,9 @@ class ServerConfig:
         follow_recheck_s: a ConsumeStream that has caught up sleeps until a record is
             appended or the server begins shutdown (both wake it at once); this bounds one
             sleep as a safety net (seconds). Default 5 s.
+        read_barrier_timeout_s: longest wait of a linearizable read's barrier (leadership
+            confirmed by a quorum, then applied up to the read index), seconds; the call's
+            own deadline bounds it too. Default 5 s.
         produce_stream_max_requests: most ProduceStream requests gathered into one append
             (one group commit). Default 1024.
         produce_stream_max_batch_bytes: a ProduceStream stops gathering requests into one
@@ -49,6 +52,7 @@ class ServerConfig:
     max_message_bytes: int = 4 * MIB
     consume_max_bytes: int = 1 * MIB
     follow_recheck_s: float = 5.0
+    read_barrier_timeout_s: float = 5.0
     produce_stream_max_requests: int = 1024
     produce_stream_max_batch_bytes: int = 8 * MIB
     produce_stream_window_bytes: int = 16 * MIB
@@ -79,6 +83,11 @@ class ServerConfig:
         if not isinstance(handshake, int | float) or not math.isfinite(handshake) or handshake <= 0:
             raise ServerConfigError(
                 f"handshake_timeout_s must be a positive number of seconds, got {handshake!r}"
+            )
+        barrier = self.read_barrier_timeout_s
+        if not isinstance(barrier, int | float) or not math.isfinite(barrier) or barrier <= 0:
+            raise ServerConfigError(
+                f"read_barrier_timeout_s must be a positive number of seconds, got {barrier!r}"
             )
         value = self.follow_recheck_s
         if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:

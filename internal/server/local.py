@@ -195,6 +195,11 @@ class LocalLog:
                 return offset <= self._committed
         return True
 
+    async def read_barrier(self, timeout_s: float | None = None) -> int:
+        """Nothing to wait for: an append is acknowledged only once it is committed here,
+        the only node. Returns the highest committed offset."""
+        return self._committed
+
     async def get_servers(self) -> list[ServerInfo]:
         """This node, as the leader of a cluster of one."""
         return [ServerInfo(id=self.node_id, rpc_addr=self.rpc_addr, is_leader=True)]

@@ -55,6 +55,14 @@ class CommitLog(Protocol):
         """
         ...
 
+    async def read_barrier(self, timeout_s: float | None = None) -> object:
+        """Return once every write acknowledged before the call is readable here (a
+        linearizable read follows). Raises ``NotLeaderError`` (naming the leader) where
+        this node cannot promise it, and ``DeadlineError`` after ``timeout_s`` seconds.
+        The value returned is the implementation's own (a Raft index, an offset).
+        """
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Appended:

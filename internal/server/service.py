@@ -118,6 +118,15 @@ class LogService(log_pb2_grpc.LogServicer):
         self._stopping = True
         self._stop_event.set()
 
+    async def _barrier(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """The read barrier of a linearizable read, bounded by ``read_barrier_timeout_s``
+        and by the call's own deadline."""
+        timeout = self.config.read_barrier_timeout_s
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout = min(timeout, max(remaining, 0.0))
+        await self._log.read_barrier(timeout)
+
     async def _follow(self, log: CommitLog, offset: int) -> None:
         """Sleep until ``offset`` is appended or the server begins shutdown, whichever
         comes first; at most ``follow_recheck_s`` (a safety net, not a polling period)."""
@@ -201,8 +210,10 @@ class LogService(log_pb2_grpc.LogServicer):
         request: log_pb2.ConsumeRequest,
         context: grpc.aio.ServicerContext[log_pb2.ConsumeRequest, log_pb2.ConsumeResponse],
     ) -> log_pb2.ConsumeResponse:
-        """Read the record at ``request.offset``."""
+        """Read the record at ``request.offset`` (after a read barrier if linearizable)."""
         try:
+            if request.linearizable:
+                await self._barrier(context)
             value = self._log.read(request.offset)
         except Exception as exc:
             await abort(context, exc)
@@ -262,6 +273,8 @@ class LogService(log_pb2_grpc.LogServicer):
         budget = self._budget(request)
         Record, ConsumeResponse = log_pb2.Record, log_pb2.ConsumeResponse
         try:
+            if request.linearizable:
+                await self._barrier(context)
             if offset < log.lowest_offset or offset > log.highest_offset + 1:
                 raise OffsetOutOfRangeError(offset, log.lowest_offset, log.highest_offset)
             while True:

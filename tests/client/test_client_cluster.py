@@ -152,6 +152,44 @@ async def cli(c: DevCluster, *args: str, stdin: bytes | None = None) -> tuple[in
     return proc.returncode, out.decode(), err.decode()
 
 
+async def test_linearizable_reads_come_from_the_leader_after_a_barrier(
+    cluster: DevCluster,
+) -> None:
+    """Read-your-write: a linearizable consume right after a produce finds the record at
+    once, whatever the followers have applied, because the leader serves it after a read
+    barrier; a follower asked directly refuses with NOT_LEADER and names the leader."""
+    assert cluster.client_tls is not None
+    leader = await cluster.wait_for(cluster.client_tls, members=3, timeout_s=30)
+    follower = next(n for n in cluster.nodes if n != leader and cluster.nodes[n].running)
+    before = calls(cluster, leader, "Consume")
+    async with LogClient(addrs(cluster), tls=cluster.client_tls, config=FAILOVER) as client:
+        offsets = []
+        for i in range(5):
+            offsets.append(await client.produce(b"lin-%d" % i))
+            got = await client.consume(offsets[-1], linearizable=True)
+            assert got == Record(offsets[-1], b"lin-%d" % i)
+        streamed = []
+        async for record in client.stream(offsets[0], linearizable=True):
+            streamed.append(record)
+            if len(streamed) == 5:
+                break
+        assert [r.offset for r in streamed] == offsets
+    await until(lambda: calls(cluster, leader, "Consume") - before == 5)
+    async with cluster.channel(follower, cluster.client_tls) as channel:
+        stub = log_pb2_grpc.LogStub(channel)  # type: ignore[no-untyped-call]
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Consume(
+                log_pb2.ConsumeRequest(offset=offsets[0], linearizable=True), timeout=5
+            )
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        details = error_info_from_metadata(info.value.trailing_metadata())  # type: ignore[arg-type]
+        assert details is not None and details.reason == "NOT_LEADER"
+        assert details.metadata["leader_addr"] == cluster.nodes[leader].rpc_addr
+        # without the flag the follower serves what it has committed
+        plain = await stub.Consume(log_pb2.ConsumeRequest(offset=offsets[0]), timeout=5)
+        assert plain.record.value == b"lin-0"
+
+
 async def test_cli_commands_with_several_addresses(cluster: DevCluster) -> None:
     assert cluster.client_tls is not None
     leader = await cluster.wait_for(cluster.client_tls, members=3, timeout_s=30)

@@ -156,6 +156,25 @@ async def test_consume_stream_receives_records_appended_after_it_started(node: N
     assert got == [(0, b"old"), (1, b"new-1"), (2, b"new-2"), (3, b"new-3")]
 
 
+async def test_linearizable_reads_on_a_single_node(node: Node) -> None:
+    """One node leads itself: a linearizable Consume or ConsumeStream is served at once."""
+    await node.local_log.append([b"a", b"b"])
+    async with node.channel() as ch:
+        stub = node.stub(ch)
+        got = await stub.Consume(log_pb2.ConsumeRequest(offset=1, linearizable=True), timeout=5)
+        assert got.record.value == b"b"
+        call = stub.ConsumeStream(
+            log_pb2.ConsumeRequest(offset=0, max_records=10, linearizable=True), timeout=5
+        )
+        async for resp in call:
+            assert [r.value for r in resp.records] == [b"a", b"b"]
+            call.cancel()
+            break
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Consume(log_pb2.ConsumeRequest(offset=2, linearizable=True), timeout=5)
+        assert err.value.code() is grpc.StatusCode.OUT_OF_RANGE
+
+
 async def test_out_of_range_carries_lowest_and_highest(node: Node) -> None:
     await node.local_log.append([b"x", b"y"])
     async with node.channel() as ch:
