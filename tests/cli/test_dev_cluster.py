@@ -204,6 +204,8 @@ async def test_make_run_cluster_serves_the_printed_commands_and_restarts(
             await second.start()
             again = await run([*second.command("consume"), "--count", "2"], tmp_path)
             assert again.split() == ["hello", "world"], again
+            latest = await run([*second.command("consume"), "--linearizable"], tmp_path)
+            assert latest.split()[-1] == "line-2999", latest[-200:]
             assert await second.interrupt() == 0, await second.stderr()
         finally:
             await second.kill()
