@@ -121,6 +121,7 @@ class NetnsNetwork:
 
     def setup(self) -> None:
         """Create the bridge, the namespaces and their links (undone by :meth:`close`)."""
+        self.close()  # whatever an earlier network of this process left under our names
         try:
             _run("ip", "link", "add", self.bridge, "type", "bridge")
             _run("ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge)
@@ -293,8 +294,14 @@ class NetnsNetwork:
         return bool(self._blocked or self._slow or self._down)
 
     def close(self) -> None:
-        """Remove every namespace and the bridge (idempotent, never raises)."""
+        """Remove every link, namespace and the bridge (idempotent, never raises).
+
+        The root side of each veth pair is deleted first, which removes its peer at once:
+        deleting a namespace alone frees its veth pairs later, in the kernel's own time, and
+        the next network of this process (same names) could then find them still there.
+        """
         for name in self.names:
+            _run("ip", "link", "del", self._veth[name], check=False)
             _run("ip", "netns", "del", self.ns[name], check=False)
         _run("ip", "link", "del", self.bridge, check=False)
         self._blocked.clear()
