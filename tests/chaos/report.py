@@ -36,7 +36,8 @@ def table(scenarios: list[dict[str, Any]], abuse: dict[str, Any] | None) -> str:
     head = (
         "| scenario | nodes | network | faults for | fault events | records acknowledged "
         "| lost | duplicated (client retries) | duplicated (never retried) | divergent replicas "
-        "| dirty / out-of-order reads | bad inputs tried | node crashes caused | seed | result |"
+        "| dirty / out-of-order / stale linearizable reads | bad inputs tried "
+        "| node crashes caused | seed | result |"
     )
     rows = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in scenarios:
@@ -50,7 +51,8 @@ def table(scenarios: list[dict[str, Any]], abuse: dict[str, Any] | None) -> str:
             f"| {r['scenario']} | {nodes} | {r['network']} | {faults_for} "
             f"| {r['fault_events']} | {r['acknowledged']:,} | {r['lost']} "
             f"| {r['duplicated_client']} | {r['duplicated_raw']} | {r['divergent_replicas']} "
-            f"| {r['dirty_reads']} / {r['out_of_order_reads']} | n/a | {r['crashes']} "
+            f"| {r['dirty_reads']} / {r['out_of_order_reads']} / {r.get('stale_reads', 'n/a')} "
+            f"| n/a | {r['crashes']} "
             f"| {r['seed']} | {'pass' if r['passed'] else 'FAIL'} |"
         )
     if abuse is not None:
@@ -76,7 +78,10 @@ def table(scenarios: list[dict[str, Any]], abuse: dict[str, Any] | None) -> str:
             f"{extra}"
             f"{r['attempted']:,} produce attempts ({r['acknowledged_raw']:,} acknowledged raw "
             f"single calls), {r['records_read']:,} records read by consumers, final log "
-            f"{r['final_length']:,} records; failed or unknown attempts by error: "
+            f"{r['final_length']:,} records; "
+            f"{r.get('linearizable_reads', 0):,} linearizable reads of acknowledged offsets "
+            f"({r.get('linearizable_answered', 0):,} answered); "
+            f"failed or unknown attempts by error: "
             f"{r['errors'] or 'none'}; agents restarted after the known Serf-spawn abort: "
             f"{r.get('start_aborts_known_bug', 0)}; took {r['elapsed_s']} s."
         )

@@ -12,7 +12,7 @@ import pytest
 
 from support import chaos_fsync
 from support.chaos_checker import check
-from support.chaos_harness import History, Op
+from support.chaos_harness import History, LinRead, Op
 
 pytestmark = pytest.mark.chaos
 
@@ -131,3 +131,24 @@ def test_power_loss_cuts_to_the_last_fsync(tmp_path: Path) -> None:
             seen_never = True
     assert seen_never, "a file created without a directory fsync never vanished"
     assert journal.sizes[(data / "synced").stat().st_ino] == 100
+
+
+def test_stale_linearizable_reads() -> None:
+    """A linearizable read of an acknowledged offset that answers another value, or says
+    the offset is not there, is stale; one that fails (no leader) proves nothing."""
+    h, logs = clean()
+    h.lin_reads = [
+        LinRead(0.5, 0, "client-0-0", got="client-0-0"),
+        LinRead(0.6, 1, "raw-0-0", error="DeadlineExceededError: no leader"),
+    ]
+    v = check(h, logs)
+    assert v.ok, v.problems
+    assert (v.linearizable_reads, v.linearizable_answered, v.stale_reads) == (2, 1, 0)
+    h.lin_reads.append(LinRead(0.7, 1, "raw-0-0", got="client-0-0"))
+    h.lin_reads.append(
+        LinRead(0.8, 1, "raw-0-0", error="OffsetOutOfRangeError: offset 1 is past the end")
+    )
+    v = check(h, logs)
+    assert v.stale_reads == 2 and not v.ok
+    assert any("returned 'client-0-0'" in p for p in v.problems)
+    assert any("found nothing there" in p for p in v.problems)

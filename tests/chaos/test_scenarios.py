@@ -98,6 +98,8 @@ async def run_and_check(scenario: Scenario, tmp_path: Path) -> None:
     assert v.duplicated_client == v.duplicated_raw == 0
     assert v.dirty_reads == v.out_of_order_reads == v.crashes == v.invented == 0
     assert v.records_read > 0
+    assert v.stale_reads == 0
+    assert v.linearizable_answered > 0, "no linearizable read was answered"
 
 
 async def test_process_faults(tmp_path: Path) -> None:

@@ -14,6 +14,9 @@ Rules (what raftlog promises, docs/reliability.md):
 - every record a consumer saw is the record the final log holds at that offset (no dirty
   read: a replica never served a value that was not committed there), and each
   uninterrupted stream saw consecutive offsets;
+- a linearizable read of an offset acknowledged before the read began returns that
+  offset's acknowledged value: an answer that differs, or OUT_OF_RANGE, is a stale read
+  (a failed read, UNAVAILABLE or a timeout, proves nothing and is allowed);
 - no node exited on its own (crash).
 """
 
@@ -42,6 +45,9 @@ class Verdict:
     invented: int = 0
     dirty_reads: int = 0
     out_of_order_reads: int = 0
+    linearizable_reads: int = 0
+    linearizable_answered: int = 0
+    stale_reads: int = 0
     records_read: int = 0
     final_length: int = 0
     crashes: int = 0
@@ -129,6 +135,22 @@ def check(history: History, logs: dict[str, list[str]]) -> Verdict:
                     v.dirty_reads += 1
                     held = reference[offset] if offset < len(reference) else "nothing"
                     v.note(f"{reader} read {value!r} at {offset}; the final log holds {held!r}")
+    for read in history.lin_reads:
+        v.linearizable_reads += 1
+        if read.got is not None:
+            v.linearizable_answered += 1
+            if read.got != read.expected:
+                v.stale_reads += 1
+                v.note(
+                    f"linearizable read of {read.offset} at t={read.t} returned {read.got!r}, "
+                    f"acknowledged there before: {read.expected!r}"
+                )
+        elif "OffsetOutOfRange" in read.error or "OUT_OF_RANGE" in read.error:
+            v.stale_reads += 1
+            v.note(
+                f"linearizable read of {read.offset} at t={read.t} found nothing there "
+                f"({read.error}), yet {read.expected!r} was acknowledged at it before"
+            )
     v.crashes = len(history.crashes)
     for crash in history.crashes:
         v.note(f"node crash: {crash}")

@@ -78,6 +78,18 @@ class Op:
 
 
 @dataclass
+class LinRead:
+    """One linearizable consume of an offset whose value was acknowledged before the read
+    began: ``got`` is what the read returned (None if it failed), ``error`` why it failed."""
+
+    t: float
+    offset: int
+    expected: str
+    got: str | None = None
+    error: str = ""
+
+
+@dataclass
 class NemesisEvent:
     t: float
     op: str
@@ -97,6 +109,8 @@ class History:
     #: reader -> segments; a segment is the (offset, value) list of one uninterrupted stream
     reads: dict[str, list[list[tuple[int, str]]]] = field(default_factory=dict)
     crashes: list[str] = field(default_factory=list)
+    #: linearizable reads of acknowledged offsets (read-your-write through the leader)
+    lin_reads: list[LinRead] = field(default_factory=list)
     #: agents that died while starting Serf from the known fork bug (test_known_bugs.py)
     start_aborts: list[str] = field(default_factory=list)
 
@@ -114,6 +128,7 @@ class History:
             "nemesis": [asdict(e) for e in self.nemesis],
             "reads": self.reads,
             "crashes": self.crashes,
+            "lin_reads": [asdict(r) for r in self.lin_reads],
             "start_aborts": self.start_aborts,
         }
 
@@ -625,6 +640,8 @@ class Workload:
         self._tasks: list[asyncio.Task[None]] = []
         self._client: LogClient | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
+        #: the newest acknowledged produce (what the linearizable reader asks for)
+        self._latest_ack: Op | None = None
 
     async def start(self) -> None:
         addrs = [self.cluster.nodes[n].rpc_addr for n in self.cluster.names]
@@ -638,6 +655,7 @@ class Workload:
         for w in range(self.raw_producers):
             spawn.append(lambda w=w: self._raw_producer(f"raw-{w}"))  # type: ignore[misc]
         spawn.append(lambda: self._client_reader("reader-client"))
+        spawn.append(self._linearizable_reader)
         for name in self.cluster.names:
             spawn.append(lambda name=name: self._raw_reader(name))  # type: ignore[misc]
         self._tasks = [asyncio.create_task(make()) for make in spawn]
@@ -668,6 +686,7 @@ class Workload:
             try:
                 op.offset = await self._client.produce(op.value.encode())
                 op.result = "ok"
+                self._latest_ack = op
             except Exception as exc:
                 op.error = f"{type(exc).__name__}: {exc}"[:200]
             await asyncio.sleep(self.rng.uniform(0, self.pace_s))
@@ -690,6 +709,7 @@ class Workload:
                     timeout=2.0,
                 )
                 op.offset, op.result = resp.offset, "ok"
+                self._latest_ack = op
             except grpc.aio.AioRpcError as exc:
                 op.error = f"{exc.code().name}: {exc.details()}"[:200]
                 await asyncio.sleep(0.05)
@@ -710,6 +730,27 @@ class Workload:
                         return
             except Exception:
                 await asyncio.sleep(0.2)
+
+    async def _linearizable_reader(self) -> None:
+        """Read-your-write: a linearizable consume (through the leader, after a read
+        barrier) of the newest acknowledged offset must return its value; failing to
+        answer is allowed under faults, answering wrong or out of range is not."""
+        assert self._client is not None
+        asked: Op | None = None
+        while not self._stop.is_set():
+            op = self._latest_ack
+            if op is None or op is asked or op.offset is None:
+                await asyncio.sleep(0.05)
+                continue
+            asked = op
+            read = LinRead(self.history.now(), op.offset, op.value)
+            self.history.lin_reads.append(read)
+            try:
+                record = await self._client.consume(op.offset, linearizable=True)
+                read.got = record.value.decode(errors="replace")
+            except Exception as exc:
+                read.error = f"{type(exc).__name__}: {exc}"[:200]
+            await asyncio.sleep(self.rng.uniform(0, 5 * self.pace_s))
 
     async def _raw_reader(self, name: str) -> None:
         """ConsumeStream on one node only: every record a replica serves is checked."""

@@ -212,6 +212,8 @@ async def run_scenario(scenario: Scenario, root: Path, seed: int) -> Outcome:
         f"chaos scenario {scenario.name}: {nemesis.faults} faults, {verdict.acknowledged} "
         f"acknowledged, {verdict.lost} lost, {verdict.duplicated_client} client duplicates, "
         f"{verdict.duplicated_raw} raw duplicates, {verdict.divergent_replicas} divergent, "
+        f"{verdict.linearizable_answered} linearizable reads answered, "
+        f"{verdict.stale_reads} stale, "
         f"{verdict.crashes} crashes, {result['elapsed_s']} s (seed {seed})"
     )
     return Outcome(result, verdict, history_file)
