@@ -110,13 +110,15 @@ class LogService(log_pb2_grpc.LogServicer):
         self.config = config or ServerConfig()
         self.config.validate()
         self._stopping = False
-        #: Set by begin_shutdown: wakes every caught-up ConsumeStream at once.
-        self._stop_event = asyncio.Event()
+        #: Resolved by begin_shutdown: one future every caught-up ConsumeStream waits on
+        #: beside its append wake-up (made on the first such wait, in the serving loop).
+        self._stop_waiter: asyncio.Future[None] | None = None
 
     def begin_shutdown(self) -> None:
         """End every following ConsumeStream now (UNAVAILABLE), waiting ones included."""
         self._stopping = True
-        self._stop_event.set()
+        if self._stop_waiter is not None and not self._stop_waiter.done():
+            self._stop_waiter.set_result(None)
 
     async def _barrier(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """The read barrier of a linearizable read, bounded by ``read_barrier_timeout_s``
@@ -130,13 +132,14 @@ class LogService(log_pb2_grpc.LogServicer):
     async def _follow(self, log: CommitLog, offset: int) -> None:
         """Sleep until ``offset`` is appended or the server begins shutdown, whichever
         comes first; at most ``follow_recheck_s`` (a safety net, not a polling period)."""
+        if self._stop_waiter is None:
+            self._stop_waiter = asyncio.get_running_loop().create_future()
         appended = asyncio.ensure_future(log.wait_for(offset, self.config.follow_recheck_s))
-        stopping = asyncio.ensure_future(self._stop_event.wait())
         try:
-            await asyncio.wait((appended, stopping), return_when=asyncio.FIRST_COMPLETED)
+            # asyncio.wait never cancels the shared stop future, only our own task below
+            await asyncio.wait((appended, self._stop_waiter), return_when=asyncio.FIRST_COMPLETED)
         finally:
             appended.cancel()
-            stopping.cancel()
 
     # -- validation ------------------------------------------------------------------------
 
