@@ -92,9 +92,7 @@ class ClusterNode:
         peer_ca, server_ca = config.peer_tls_ca_file, config.server_tls_ca_file
         distinct = not _same_pem(peer_ca, server_ca)
         #: Raft connections: peer certificates only, verified against the peer CA.
-        self.peer_tls = TLSConfig(
-            config.peer_tls_cert_file, config.peer_tls_key_file, config.peer_tls_ca_file
-        )
+        self.peer_tls = TLSConfig(config.peer_tls_cert_file, config.peer_tls_key_file, peer_ca)
         #: The gRPC server meets clients (server CA) and forwarding peers (peer CA).
         self.server_tls = TLSConfig(
             config.server_tls_cert_file,

@@ -68,6 +68,8 @@ _STATUS_AFTER: Mapping[str, str] = {
     "member-failed": "failed",
     "member-reap": "reaped",
 }
+#: Statuses in Serf's member list that settle a member (``leaving`` is transient).
+_SETTLED = frozenset({"alive", "left", "failed"})
 
 
 class MembershipConfigError(ValueError):
@@ -338,7 +340,7 @@ class Membership(_Base):
             now = {}
         for member in others:
             current = now.get(member.name)
-            if current is not None and current.status in ("alive", "left", "failed"):
+            if current is not None and current.status in _SETTLED:
                 self._set_status(current)
             else:
                 self._set_status(replace(member, status=status))
@@ -378,7 +380,7 @@ class Membership(_Base):
             if member.name == self.config.node_name:
                 continue
             seen.add(member.name)
-            status = member.status if member.status in ("alive", "left", "failed") else None
+            status = member.status if member.status in _SETTLED else None
             if status is None:  # leaving: transient, wait for the leave event
                 continue
             self._set_status(member)
