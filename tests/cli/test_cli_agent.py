@@ -9,31 +9,14 @@ import os
 import re
 import signal
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 
 from raftlog.cmd.main import main
 from raftlog.security import CertFiles
-
-RAFTLOG = str(Path(sys.executable).parent / "raftlog")
-
-
-async def _run(
-    *args: str, cwd: Path, stdin: bytes | None = None, timeout: float = 30
-) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        RAFTLOG,
-        *args,
-        cwd=cwd,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+from support.cli import RAFTLOG
+from support.cli import run_raftlog as _run
 
 
 @pytest.mark.slow

@@ -15,14 +15,13 @@ import re
 import shlex
 import signal
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 
+from support.cli import RAFTLOG, run_raftlog
 from support.procs import serf_pids
 
-RAFTLOG = str(Path(sys.executable).parent / "raftlog")
 NODES = 3
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -48,27 +47,22 @@ def free_base_port() -> int:
     raise AssertionError("no free block of ports found")
 
 
-async def run(cmd: list[str], cwd: Path, timeout: float = 30) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        *cmd,
-        cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode == 0, f"{cmd} exited {proc.returncode}: {err.decode()[-2000:]}"
-    return out.decode()
+async def run(args: list[str], cwd: Path) -> str:
+    """``raftlog ARGS...``, which must succeed; its stdout."""
+    rc, out, err = await run_raftlog(*args, cwd=cwd)
+    assert rc == 0, f"raftlog {args} exited {rc}: {err[-2000:]}"
+    return out
 
 
 async def run_on_tty(
-    cmd: list[str], cwd: Path, stdin: bytes = b"", timeout: float = 60
+    args: list[str], cwd: Path, stdin: bytes = b"", timeout: float = 60
 ) -> tuple[str, str]:
-    """Run ``cmd`` with stderr on a pseudo-terminal; (stdout, what the terminal showed)."""
+    """``raftlog ARGS...`` with stderr on a pseudo-terminal; (stdout, what it showed)."""
     master, slave = pty.openpty()
     try:
         proc = await asyncio.create_subprocess_exec(
-            *cmd,
+            RAFTLOG,
+            *args,
             cwd=cwd,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -77,7 +71,7 @@ async def run_on_tty(
         os.close(slave)
         slave = -1
         out, _ = await asyncio.wait_for(proc.communicate(stdin), timeout)
-        assert proc.returncode == 0, f"{cmd} exited {proc.returncode}"
+        assert proc.returncode == 0, f"raftlog {args} exited {proc.returncode}"
         shown = b""
         with contextlib.suppress(OSError):  # EIO once the terminal's last writer is gone
             while chunk := os.read(master, 65536):
@@ -132,11 +126,11 @@ class DevClusterProcess:
         return "(no stderr)"
 
     def command(self, verb: str) -> list[str]:
-        """The printed `raftlog VERB ...` line, as argv."""
+        """The printed `raftlog VERB ...` line, as the arguments after `raftlog`."""
         line = next(x for x in self.banner if x.strip().split(" ")[1:2] == [verb])
         argv = shlex.split(line)
         assert argv[0].endswith("raftlog"), line
-        return [RAFTLOG, *argv[1:]]
+        return argv[1:]
 
     async def interrupt(self, timeout: float = 60) -> int:
         assert self.proc is not None
@@ -161,7 +155,7 @@ def serf_of(base: int) -> list[int]:
 async def test_make_run_cluster_serves_the_printed_commands_and_restarts(
     tmp_path: Path,
 ) -> None:
-    await run([RAFTLOG, "cert", "--out-dir", "certs"], tmp_path)
+    await run(["cert", "--out-dir", "certs"], tmp_path)
     base = free_base_port()
     first = DevClusterProcess(tmp_path, base)
     try:
