@@ -41,6 +41,7 @@ from raftlog.raft.node import (
     ReadBarrierTimeoutError,
     WaitTimeoutError,
 )
+from raftlog.raft.quorum import majority
 from raftlog.raft.stable import StableStore
 from raftlog.raft.transport import Handler, Transport, TransportStats
 from raftlog.raft.transport_inmem import Faults, InmemNetwork
@@ -740,14 +741,16 @@ RUNTIME_SEEDS = (
 )
 #: Fault events per run; each is followed by a window of 0.1-0.4 s of load.
 RUNTIME_EVENTS = int(os.environ.get("RAFTLOG_RUNTIME_EVENTS", "14"))
-RUNTIME_EVENT_KINDS = ("stop", "restart", "partition", "isolate", "heal", "faults", "clear")
-RUNTIME_EVENT_KINDS += ("transfer",)
+RUNTIME_EVENT_KINDS = (
+    *("stop", "restart", "partition", "isolate"),
+    *("heal", "faults", "clear", "transfer"),
+)
 
 
 async def _random_runtime(tmp_path: Path, seed: int, timeline: list[str]) -> None:
     rng = random.Random(seed)
     ids = [f"n{i}" for i in range(1, 4 if seed % 2 == 0 else 6)]
-    quorum = len(ids) // 2 + 1
+    quorum = majority(len(ids))
     c = Cluster(
         tmp_path,
         ids,
@@ -755,8 +758,8 @@ async def _random_runtime(tmp_path: Path, seed: int, timeline: list[str]) -> Non
         node={"snapshot_ack_timeout": 0.3, "snapshot_send_attempts": 5},
         net_seed=seed,
     )
-    #: value -> (raft index, position in the leader's state machine) of each acknowledged
-    #: proposal; every proposal carries a fresh value, so any repeat is a duplicate.
+    #: value -> raft index of each acknowledged proposal; every proposal carries a fresh
+    #: value, so any repeat in the applied sequence is a duplicate.
     acked: dict[bytes, int] = {}
     stop = asyncio.Event()
 
@@ -773,7 +776,7 @@ async def _random_runtime(tmp_path: Path, seed: int, timeline: list[str]) -> Non
             i += 1
             try:
                 result = await node.propose(value, timeout=1.0)
-            except (RaftError, ProposalTimeoutError, NodeClosedError):
+            except RaftError:  # not leader, timed out, closed: all RaftErrors
                 await asyncio.sleep(0.01)  # outcome unknown: never counted as acknowledged
                 continue
             acked[value] = result.index
