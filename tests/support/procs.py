@@ -22,3 +22,13 @@ def serf_pids(markers: Iterable[str]) -> list[int]:
         if any(b"serf" in part for part in argv[:1]) and wanted.intersection(argv):
             pids.append(int(entry))
     return pids
+
+
+def pid_gone(pid: int) -> bool:
+    """``pid`` no longer runs: it has exited, or it is a zombie awaiting its reaper (a
+    process reparented to init after its parent was killed)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
