@@ -27,6 +27,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from raftlog.api.contract import OBJECT_WILDCARD, Action
 from raftlog.config import AgentConfig
 from raftlog.discovery import (
     RPC_ADDR_TAG,
@@ -161,7 +162,7 @@ class ClusterNode:
     # -- raft --------------------------------------------------------------------------
 
     def _authorize_peer(self, subject: str) -> bool:
-        allowed = self.authorizer.authorize(subject, "*", "replicate")
+        allowed = self.authorizer.authorize(subject, OBJECT_WILDCARD, Action.REPLICATE)
         if not allowed:
             logger.warning(
                 "refused Raft traffic from %r: the ACL does not allow replicate", subject

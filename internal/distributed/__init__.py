@@ -15,7 +15,6 @@ from raftlog.distributed.distributed_log import (
     DistributedLog,
 )
 from raftlog.distributed.forward import (
-    FORWARDED_KEY,
     Forwarder,
     ForwardError,
     ForwardMarkInterceptor,
@@ -33,7 +32,6 @@ from raftlog.distributed.fsm import (
 )
 
 __all__ = [
-    "FORWARDED_KEY",
     "Batch",
     "CommitLogFSM",
     "DistributedConfig",

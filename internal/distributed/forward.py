@@ -27,15 +27,16 @@ from typing import Any
 
 import grpc
 
+from raftlog.api.contract import FORWARDED_KEY, OBJECT_WILDCARD, Action, Key, Reason
+from raftlog.api.status import error_info_from_metadata
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.security import TLSConfig, grpc_channel_credentials
-from raftlog.server.errors import PermissionDeniedError, error_info_from_metadata, status_for
-from raftlog.server.interceptors import OBJECT_WILDCARD, REPLICATE, subject_of
+from raftlog.server.errors import PermissionDeniedError, status_for
+from raftlog.server.interceptors import subject_of
 from raftlog.server.protocols import Appended, Authorizer
 
 log = logging.getLogger("raftlog.distributed")
 
-FORWARDED_KEY = "x-raftlog-forwarded"
 #: True inside a call that another node forwarded to this one.
 forwarded_call: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "raftlog_forwarded_call", default=False
@@ -67,9 +68,9 @@ class ForwardMarkInterceptor(grpc.aio.ServerInterceptor):
 
         async def unary_unary(request: Any, context: Any) -> Any:
             subject = subject_of(context) or ""
-            if not authorizer.authorize(subject, OBJECT_WILDCARD, REPLICATE):
+            if not authorizer.authorize(subject, OBJECT_WILDCARD, Action.REPLICATE):
                 code, message, trailing = status_for(
-                    PermissionDeniedError(subject, REPLICATE, OBJECT_WILDCARD)
+                    PermissionDeniedError(subject, Action.REPLICATE, OBJECT_WILDCARD)
                 )
                 await context.abort(code, message, trailing_metadata=trailing)
             forwarded_call.set(True)
@@ -157,13 +158,13 @@ class Forwarder:
         try:
             response = await call
         except grpc.aio.AioRpcError as exc:
-            info = error_info_from_metadata(exc.trailing_metadata())  # type: ignore[arg-type]
+            info = error_info_from_metadata(exc.trailing_metadata())
             reason = info.reason if info is not None else ""
-            leader = info.metadata.get("leader_id", "") if info is not None else ""
+            leader = info.metadata.get(Key.LEADER_ID, "") if info is not None else ""
             # NOT_LEADER is raised before anything is proposed, or when the entry was
             # lost in a leader change: never appended. A refused connection never
             # carried the request. Anything else may have been appended.
-            not_applied = reason in ("NOT_LEADER", "NO_LEADER") or (
+            not_applied = reason == Reason.NOT_LEADER or (
                 exc.code() == grpc.StatusCode.UNAVAILABLE
                 and "failed to connect" in (exc.details() or "").lower()
             )

@@ -5,7 +5,8 @@
   the cluster's DistributedLog later.
 - :mod:`~raftlog.server.service`: the servicer (produce/consume, batches, streams).
 - :mod:`~raftlog.server.interceptors`: authentication, Casbin authorization, observability.
-- :mod:`~raftlog.server.errors`: the error taxonomy and its rich gRPC statuses.
+- :mod:`~raftlog.server.errors`: the error taxonomy and its rich gRPC statuses (the
+  wire names and the decoder are :mod:`raftlog.api.contract` and :mod:`raftlog.api.status`).
 - :mod:`~raftlog.server.server`: :class:`LogServer`, the grpc.aio server with health and
   reflection.
 """
@@ -20,7 +21,6 @@ from raftlog.server.errors import (
     RecordTooLargeError,
     UnauthenticatedError,
     UnavailableError,
-    error_info_from_metadata,
 )
 from raftlog.server.interceptors import DEFAULT_ACTIONS, subject_of
 from raftlog.server.local import LocalLog
@@ -50,6 +50,5 @@ __all__ = [
     "ServerLister",
     "UnauthenticatedError",
     "UnavailableError",
-    "error_info_from_metadata",
     "subject_of",
 ]

@@ -39,6 +39,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from raftlog.api.contract import OBJECT_WILDCARD, Action, Key, Reason
 from raftlog.server.errors import (
     ApiError,
     InvalidArgumentError,
@@ -50,20 +51,15 @@ from raftlog.server.protocols import Authorizer
 
 logger = logging.getLogger("raftlog.server.calls")
 
-#: Object of every ACL check: the book authorizes on the whole log (``*``).
-OBJECT_WILDCARD = "*"
-#: Actions of the example policy.
-PRODUCE, CONSUME, REPLICATE = "produce", "consume", "replicate"
-
-#: Method -> the action it needs. Methods outside ``log.v1.Log`` (health, reflection) and
-#: the ones in :data:`OPEN_METHODS` need an authenticated client only. The cluster adds its
-#: peer methods with ``replicate``.
+#: Method -> the action it needs (:class:`raftlog.api.contract.Action`). Methods outside
+#: ``log.v1.Log`` (health, reflection) and the ones in :data:`OPEN_METHODS` need an
+#: authenticated client only. The cluster adds its peer methods with ``replicate``.
 DEFAULT_ACTIONS: Mapping[str, str] = {
-    "/log.v1.Log/Produce": PRODUCE,
-    "/log.v1.Log/ProduceStream": PRODUCE,
-    "/log.v1.Log/Consume": CONSUME,
-    "/log.v1.Log/ConsumeStream": CONSUME,
-    "/log.v1.Log/GetOffsets": CONSUME,
+    "/log.v1.Log/Produce": Action.PRODUCE,
+    "/log.v1.Log/ProduceStream": Action.PRODUCE,
+    "/log.v1.Log/Consume": Action.CONSUME,
+    "/log.v1.Log/ConsumeStream": Action.CONSUME,
+    "/log.v1.Log/GetOffsets": Action.CONSUME,
 }
 
 #: The service whose every method needs an ACL decision: a method of it that is neither in
@@ -385,17 +381,17 @@ class Undecodable:
 class UndecodableRequestError(InvalidArgumentError):
     """The request bytes do not parse as the method's request message."""
 
-    reason = "UNDECODABLE_REQUEST"
+    reason = Reason.UNDECODABLE_REQUEST
 
     def __init__(self, method: str, bad: Undecodable, index: int | None = None) -> None:
         which = "the request" if index is None else f"request message #{index} of the stream"
         super().__init__(
             f"{method}: {which} ({bad.size} bytes) is not a valid {bad.message_type} ({bad.error})",
             {
-                "method": method,
-                "message_type": bad.message_type,
-                "size": str(bad.size),
-                **({} if index is None else {"index": str(index)}),
+                Key.METHOD: method,
+                Key.MESSAGE_TYPE: bad.message_type,
+                Key.SIZE: str(bad.size),
+                **({} if index is None else {Key.INDEX: str(index)}),
             },
         )
 
