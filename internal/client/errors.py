@@ -26,9 +26,6 @@ import grpc
 from raftlog.api.contract import Key, Reason
 from raftlog.api.status import error_info_from_metadata
 
-#: ErrorInfo metadata keys a NOT_LEADER error may use to name the leader's rpc address.
-LEADER_ADDR_KEYS = ("leader_addr", "leader_rpc_addr", "leader")
-
 
 class ClientError(Exception):
     """Base of every error the client raises.
@@ -76,11 +73,7 @@ class NotLeaderError(UnavailableError):
     @property
     def leader_addr(self) -> str:
         """The leader's rpc address from the error's details ('' if not given)."""
-        for key in LEADER_ADDR_KEYS:
-            value = self.metadata.get(key, "")
-            if value:
-                return value
-        return ""
+        return self.metadata.get(Key.LEADER_ADDR, "")
 
 
 class AttemptTimeoutError(ClientError):

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from raftlog.api.contract import Key
 from raftlog.distributed.forward import Forwarder, ForwardError, forwarded_call
 from raftlog.distributed.fsm import (
     CommitLogFSM,
@@ -272,7 +273,7 @@ class DistributedLog:
         hint = f"the leader is {leader} at {address}" if leader else "no leader is known"
         return NotLeaderError(
             message or f"node {self.node.id} is not the leader: {hint}",
-            {"leader_id": leader, "leader_addr": address},
+            {Key.LEADER_ID: leader, Key.LEADER_ADDR: address},
         )
 
     # -- reads ---------------------------------------------------------------------------
