@@ -45,6 +45,14 @@ from raftlog.distributed.fsm import (
     encode_batch,
     encode_idempotent_batch,
 )
+from raftlog.domain.errors import (
+    DeadlineError,
+    DomainError,
+    NotLeaderError,
+    SequenceTooOldError,
+    StorageError,
+    UnavailableError,
+)
 from raftlog.log import OffsetOutOfRangeError
 from raftlog.raft import NO_NODE, Suffrage
 from raftlog.raft import NotLeaderError as RaftNotLeaderError
@@ -55,14 +63,6 @@ from raftlog.raft.node import (
     OutcomeUnknownError,
     RaftNode,
     WaitTimeoutError,
-)
-from raftlog.server.errors import (
-    ApiError,
-    DeadlineError,
-    NotLeaderError,
-    SequenceTooOldError,
-    StorageError,
-    UnavailableError,
 )
 from raftlog.server.protocols import Appended, ServerInfo
 
@@ -258,7 +258,7 @@ class DistributedLog:
             raise SequenceTooOldError(result.producer_id, result.sequence, result.oldest)
         if isinstance(result, int) and not isinstance(result, bool):
             return Appended(result, result + count - 1)
-        raise ApiError(f"entry {index} was applied without an offset")
+        raise DomainError(f"entry {index} was applied without an offset")
 
     async def _pause(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
         """Wait a tick or two for the cluster to settle (leader change), bounded."""

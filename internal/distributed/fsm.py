@@ -31,7 +31,7 @@ The idempotent producer. Two kinds of entries exist (the first byte says which):
 Applying an ``I`` entry consults the :class:`~raftlog.server.producers.ProducerTable`: a
 (producer, sequence) already in it appends nothing and results in the first append's
 offsets with ``duplicate=True``; a sequence below the producer's window results in a
-:class:`~raftlog.server.errors.SequenceTooOldError` (nothing appended); otherwise the
+:class:`~raftlog.domain.errors.SequenceTooOldError` (nothing appended); otherwise the
 batch is appended and remembered. Every replica applies the same entries in the same
 order with the same stamps, so the table is the same everywhere (expiry uses the stamps,
 never the replica's clock) and survives failover; two retries of one request that both
@@ -63,10 +63,10 @@ from typing import Any
 
 import msgpack
 
+from raftlog.domain.errors import SequenceTooOldError
 from raftlog.log import Log, LogConfig, SyncPolicy
 from raftlog.raft import Entry, SnapshotMeta
 from raftlog.raft.fsm import SnapshotSource
-from raftlog.server.errors import SequenceTooOldError
 from raftlog.server.producers import ProducerConfig, ProducerTable
 from raftlog.server.protocols import Appended
 

@@ -5,23 +5,15 @@
   the cluster's DistributedLog later.
 - :mod:`~raftlog.server.service`: the servicer (produce/consume, batches, streams).
 - :mod:`~raftlog.server.interceptors`: authentication, Casbin authorization, observability.
-- :mod:`~raftlog.server.errors`: the error taxonomy and its rich gRPC statuses (the
-  wire names and the decoder are :mod:`raftlog.api.contract` and :mod:`raftlog.api.status`).
+- :mod:`~raftlog.server.errors`: the gRPC status code of each domain error
+  (:mod:`raftlog.domain.errors`) and its rich status (the wire names and the decoder are
+  :mod:`raftlog.api.contract` and :mod:`raftlog.api.status`).
 - :mod:`~raftlog.server.server`: :class:`LogServer`, the grpc.aio server with health and
   reflection.
 """
 
 from raftlog.server.config import ServerConfig, ServerConfigError
-from raftlog.server.errors import (
-    ApiError,
-    InvalidArgumentError,
-    NotLeaderError,
-    OffsetOutOfRangeError,
-    PermissionDeniedError,
-    RecordTooLargeError,
-    UnauthenticatedError,
-    UnavailableError,
-)
+from raftlog.server.errors import STATUS_CODES, code_of, status_for
 from raftlog.server.interceptors import DEFAULT_ACTIONS, subject_of
 from raftlog.server.local import LocalLog
 from raftlog.server.protocols import Authorizer, CommitLog, ServerInfo, ServerLister
@@ -32,23 +24,18 @@ __all__ = [
     "DEFAULT_ACTIONS",
     "INSECURE_WARNING",
     "LOG_SERVICE_NAME",
-    "ApiError",
+    "STATUS_CODES",
     "Authorizer",
     "BindError",
     "CommitLog",
-    "InvalidArgumentError",
     "LocalLog",
     "LogServer",
     "LogService",
-    "NotLeaderError",
-    "OffsetOutOfRangeError",
-    "PermissionDeniedError",
-    "RecordTooLargeError",
     "ServerConfig",
     "ServerConfigError",
     "ServerInfo",
     "ServerLister",
-    "UnauthenticatedError",
-    "UnavailableError",
+    "code_of",
+    "status_for",
     "subject_of",
 ]

@@ -40,13 +40,13 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from raftlog.api.contract import OBJECT_WILDCARD, Action, Key, Reason
-from raftlog.server.errors import (
-    ApiError,
+from raftlog.domain.errors import (
+    DomainError,
     InvalidArgumentError,
     PermissionDeniedError,
     UnauthenticatedError,
-    status_for,
 )
+from raftlog.server.errors import status_for
 from raftlog.server.protocols import Authorizer
 
 logger = logging.getLogger("raftlog.server.calls")
@@ -82,7 +82,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 #: A method handler (grpc.RpcMethodHandler); typed loosely because grpc's stubs describe the
 #: synchronous API's behaviours, while grpc.aio's are coroutines and async generators.
 Handler = Any
-#: A check run inside the call before the method; raises ApiError to refuse it.
+#: A check run inside the call before the method; raises DomainError to refuse it.
 Check = Callable[[str, Context], None]
 
 
@@ -95,7 +95,7 @@ def subject_of(context: Context) -> str | None:
     return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
 
 
-async def _refuse(context: Context, error: ApiError) -> None:
+async def _refuse(context: Context, error: DomainError) -> None:
     code, message, trailing = status_for(error)
     await context.abort(code, message, trailing_metadata=trailing)
 
@@ -123,7 +123,7 @@ async def _admit(check: Check, method: str, context: Context) -> None:
     """Run ``check`` for one call; abort the call with the error's status if it refuses."""
     try:
         check(method, context)
-    except ApiError as exc:
+    except DomainError as exc:
         await _refuse(context, exc)
 
 
@@ -134,7 +134,7 @@ async def _admit_stream(
     sending (:func:`_drain`) so the client gets the refusal's code, not INTERNAL."""
     try:
         check(method, context)
-    except ApiError as exc:
+    except DomainError as exc:
         await _drain(requests)
         await _refuse(context, exc)
 

@@ -30,8 +30,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from raftlog.domain.errors import UnavailableError
 from raftlog.log import Log, OffsetOutOfRangeError
-from raftlog.server.errors import UnavailableError
 from raftlog.server.producers import ProducerConfig, ProducerTable
 from raftlog.server.protocols import Appended, ServerInfo
 
@@ -125,7 +125,7 @@ class LocalLog:
     ) -> Appended:
         """Append unless (producer_id, sequence) was appended already (then its offsets).
 
-        Raises :class:`raftlog.server.errors.SequenceTooOldError` for a sequence below the
+        Raises :class:`raftlog.domain.errors.SequenceTooOldError` for a sequence below the
         producer's window. A failed append is forgotten: its retry appends.
         """
         table = self.producers

@@ -17,7 +17,7 @@ class CommitLog(Protocol):
     """An append-only log of opaque records addressed by dense offsets.
 
     Errors: reads raise :class:`raftlog.log.OffsetOutOfRangeError` (or any
-    :class:`raftlog.server.errors.ApiError`, for example ``NotLeaderError``); the servicer maps
+    :class:`raftlog.domain.errors.DomainError`, for example ``NotLeaderError``); the servicer maps
     :mod:`raftlog.log` errors to status codes in one place.
     """
 
@@ -85,7 +85,7 @@ class IdempotentLog(Protocol):
     ) -> Appended:
         """Append ``records`` unless this (producer_id, sequence) was appended already; then
         return the first append's offsets with ``duplicate=True``. Raises
-        :class:`raftlog.server.errors.SequenceTooOldError` for a sequence below the
+        :class:`raftlog.domain.errors.SequenceTooOldError` for a sequence below the
         producer's remembered window. The pair was validated by the caller."""
         ...
 

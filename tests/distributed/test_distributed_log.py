@@ -26,11 +26,12 @@ from raftlog.distributed import (
     decode_batch,
 )
 from raftlog.distributed.fsm import encode_batch
+from raftlog.domain.errors import NotLeaderError, SequenceTooOldError
 from raftlog.log import OffsetOutOfRangeError
 from raftlog.raft import RaftConfig, Server
 from raftlog.raft.node import NodeConfig, RaftNode
 from raftlog.raft.transport_inmem import InmemNetwork
-from raftlog.server.errors import NotLeaderError, SequenceTooOldError
+from raftlog.server.errors import code_of
 from raftlog.server.protocols import Appended
 
 TICK = 0.01
@@ -274,7 +275,7 @@ async def test_no_leader_answers_unavailable_with_an_empty_hint(tmp_path: Path) 
         with pytest.raises(NotLeaderError) as info:
             await lone.dlog.append([b"nobody-home"])
         assert asyncio.get_running_loop().time() - started < 2.0
-        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert code_of(info.value) == grpc.StatusCode.UNAVAILABLE
         assert info.value.metadata == {"leader_id": "", "leader_addr": ""}
         assert "no leader" in info.value.message
         await lone.dlog.forwarder.close()

@@ -20,8 +20,8 @@ from raftlog.distributed import (
     encode_idempotent_batch,
 )
 from raftlog.distributed.fsm import CHECKPOINT_FILE, SNAPSHOT_MAGIC
+from raftlog.domain.errors import SequenceTooOldError
 from raftlog.raft import Entry, Membership, Server, SnapshotMeta
-from raftlog.server.errors import SequenceTooOldError
 from raftlog.server.producers import ProducerConfig
 from raftlog.server.protocols import Appended
 

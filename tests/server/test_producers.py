@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raftlog.server.errors import SequenceTooOldError
+from raftlog.domain.errors import SequenceTooOldError
 from raftlog.server.producers import (
     ProducerConfig,
     ProducerConfigError,

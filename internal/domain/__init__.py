@@ -1,0 +1,44 @@
+"""raftlog.domain: what the log is, below every layer that serves it.
+
+The layers run ``log`` -> ``raft`` -> ``distributed`` -> ``server``/``mux``/``discovery`` ->
+``agent`` -> ``cmd``; this package sits below ``distributed`` so that the replicated state
+machine and the server share one vocabulary without the state machine importing the server
+(or grpc):
+
+- :mod:`~raftlog.domain.errors`: the domain errors, each with its ErrorInfo reason and
+  metadata and its retry advice (``retriable``, ``refresh_leader``), without status codes
+  (:mod:`raftlog.server.errors` maps them to gRPC codes).
+
+Imports allowed here: the standard library and :mod:`raftlog.api.contract` (pure wire
+names). Nothing else of raftlog, and no third-party package, so any layer may import it.
+"""
+
+from raftlog.domain.errors import (
+    DeadlineError,
+    DomainError,
+    InvalidArgumentError,
+    NotLeaderError,
+    OffsetOutOfRangeError,
+    PermissionDeniedError,
+    RecordTooLargeError,
+    SequenceTooOldError,
+    StorageError,
+    UnauthenticatedError,
+    UnavailableError,
+    UnsupportedError,
+)
+
+__all__ = [
+    "DeadlineError",
+    "DomainError",
+    "InvalidArgumentError",
+    "NotLeaderError",
+    "OffsetOutOfRangeError",
+    "PermissionDeniedError",
+    "RecordTooLargeError",
+    "SequenceTooOldError",
+    "StorageError",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnsupportedError",
+]
