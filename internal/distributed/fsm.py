@@ -28,7 +28,7 @@ The idempotent producer. Two kinds of entries exist (the first byte says which):
   idempotent producer (:func:`encode_idempotent_batch`); ``1`` is the format version,
   ``stamp_ms`` the leader's wall clock when it proposed the entry (Unix ms).
 
-Applying an ``I`` entry consults the :class:`~raftlog.server.producers.ProducerTable`: a
+Applying an ``I`` entry consults the :class:`~raftlog.domain.producers.ProducerTable`: a
 (producer, sequence) already in it appends nothing and results in the first append's
 offsets with ``duplicate=True``; a sequence below the producer's window results in a
 :class:`~raftlog.domain.errors.SequenceTooOldError` (nothing appended); otherwise the
@@ -64,10 +64,10 @@ from typing import Any
 import msgpack
 
 from raftlog.domain.errors import SequenceTooOldError
+from raftlog.domain.producers import ProducerConfig, ProducerTable
 from raftlog.log import Log, LogConfig, SyncPolicy
 from raftlog.raft import Entry, SnapshotMeta
 from raftlog.raft.fsm import SnapshotSource
-from raftlog.server.producers import ProducerConfig, ProducerTable
 from raftlog.server.protocols import Appended
 
 log = logging.getLogger("raftlog.distributed")

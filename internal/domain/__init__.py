@@ -8,6 +8,9 @@ machine and the server share one vocabulary without the state machine importing 
 - :mod:`~raftlog.domain.errors`: the domain errors, each with its ErrorInfo reason and
   metadata and its retry advice (``retriable``, ``refresh_leader``), without status codes
   (:mod:`raftlog.server.errors` maps them to gRPC codes).
+- :mod:`~raftlog.domain.producers`: the idempotent producer's table (producer id ->
+  recent sequences and their offsets), the same object in the single node's log and in
+  every replica's state machine.
 
 Imports allowed here: the standard library and :mod:`raftlog.api.contract` (pure wire
 names). Nothing else of raftlog, and no third-party package, so any layer may import it.
@@ -27,6 +30,7 @@ from raftlog.domain.errors import (
     UnavailableError,
     UnsupportedError,
 )
+from raftlog.domain.producers import ProducerConfig, ProducerConfigError, ProducerTable
 
 __all__ = [
     "DeadlineError",
@@ -35,6 +39,9 @@ __all__ = [
     "NotLeaderError",
     "OffsetOutOfRangeError",
     "PermissionDeniedError",
+    "ProducerConfig",
+    "ProducerConfigError",
+    "ProducerTable",
     "RecordTooLargeError",
     "SequenceTooOldError",
     "StorageError",

@@ -9,7 +9,7 @@ returned (with ``sync=always``: once it is fsynced). A record written to the fil
 waiting for its fsync is not served, so no reader ever sees a record a crash could take back.
 
 Idempotent producer (:meth:`LocalLog.append_idempotent`): the producer table
-(:class:`raftlog.server.producers.ProducerTable`) lives in memory on a single node. While
+(:class:`raftlog.domain.producers.ProducerTable`) lives in memory on a single node. While
 the node runs, a retried request gets its first offsets back. A clean :meth:`close` saves
 the table beside the segments (``producers.json`` in the log's directory, with the log's
 next offset); the next start loads it only if the log still ends at that offset (nothing
@@ -31,8 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from raftlog.domain.errors import UnavailableError
+from raftlog.domain.producers import ProducerConfig, ProducerTable
 from raftlog.log import Log, OffsetOutOfRangeError
-from raftlog.server.producers import ProducerConfig, ProducerTable
 from raftlog.server.protocols import Appended, ServerInfo
 
 logger = logging.getLogger("raftlog.server")

@@ -77,7 +77,7 @@ class Appended:
 @runtime_checkable
 class IdempotentLog(Protocol):
     """A :class:`CommitLog` that also remembers producers' sequences (the idempotent
-    producer, see :mod:`raftlog.server.producers`). Both LocalLog and DistributedLog are
+    producer, see :mod:`raftlog.domain.producers`). Both LocalLog and DistributedLog are
     one; the servicer refuses idempotent requests (UNIMPLEMENTED) on a log that is not."""
 
     async def append_idempotent(

@@ -45,6 +45,7 @@ from raftlog.domain.errors import (
     UnavailableError,
     UnsupportedError,
 )
+from raftlog.domain.producers import producer_id_problem
 from raftlog.log import (
     CorruptRecordError,
     DurabilityError,
@@ -55,7 +56,6 @@ from raftlog.log import OffsetOutOfRangeError as LogOffsetOutOfRangeError
 from raftlog.log import RecordTooLargeError as LogRecordTooLargeError
 from raftlog.server.config import ServerConfig
 from raftlog.server.errors import status_for
-from raftlog.server.producers import producer_id_problem
 from raftlog.server.protocols import Appended, CommitLog, IdempotentLog, ServerLister
 
 logger = logging.getLogger("raftlog.server")

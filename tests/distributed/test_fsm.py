@@ -21,8 +21,8 @@ from raftlog.distributed import (
 )
 from raftlog.distributed.fsm import CHECKPOINT_FILE, SNAPSHOT_MAGIC
 from raftlog.domain.errors import SequenceTooOldError
+from raftlog.domain.producers import ProducerConfig
 from raftlog.raft import Entry, Membership, Server, SnapshotMeta
-from raftlog.server.producers import ProducerConfig
 from raftlog.server.protocols import Appended
 
 

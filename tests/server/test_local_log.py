@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from raftlog.domain.errors import SequenceTooOldError
+from raftlog.domain.producers import ProducerConfig
 from raftlog.log import Log, LogConfig, OffsetOutOfRangeError, SyncPolicy
 from raftlog.server import CommitLog, LocalLog, ServerLister
 from raftlog.server.local import PRODUCERS_FILE
-from raftlog.server.producers import ProducerConfig
 from raftlog.server.protocols import Appended, IdempotentLog
 
 

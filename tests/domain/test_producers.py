@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from raftlog.domain.errors import SequenceTooOldError
-from raftlog.server.producers import (
+from raftlog.domain.producers import (
     ProducerConfig,
     ProducerConfigError,
     ProducerTable,
