@@ -45,13 +45,13 @@ from raftlog.distributed import (
     Forwarder,
     ForwardMarkInterceptor,
 )
+from raftlog.domain.protocols import Authorizer
 from raftlog.mux import RAFT_MARKER, Mux, MuxConfig, PrivateSocketDir, remove_stale_socket_dirs
 from raftlog.raft import RaftConfig, RaftError, Server
 from raftlog.raft.node import NodeConfig, RaftNode
 from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
 from raftlog.security import TLSConfig, grpc_server_credentials
 from raftlog.server import LogServer, ServerConfig
-from raftlog.server.protocols import Authorizer
 
 logger = logging.getLogger("raftlog.agent")
 

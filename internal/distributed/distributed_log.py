@@ -1,7 +1,7 @@
 """DistributedLog: the commit log replicated by Raft, as the gRPC server sees it.
 
-It implements the server's :class:`~raftlog.server.protocols.CommitLog` and
-:class:`~raftlog.server.protocols.ServerLister`, and the membership
+It implements the server's :class:`~raftlog.domain.protocols.CommitLog` and
+:class:`~raftlog.domain.protocols.ServerLister`, and the membership
 :class:`~raftlog.discovery.Handler` (join/leave on the leader)::
 
     append(records) ── leader? ──yes──> RaftNode.propose(encode_batch(records))
@@ -53,6 +53,7 @@ from raftlog.domain.errors import (
     StorageError,
     UnavailableError,
 )
+from raftlog.domain.protocols import Appended, ServerInfo
 from raftlog.log import OffsetOutOfRangeError
 from raftlog.raft import NO_NODE, Suffrage
 from raftlog.raft import NotLeaderError as RaftNotLeaderError
@@ -64,7 +65,6 @@ from raftlog.raft.node import (
     RaftNode,
     WaitTimeoutError,
 )
-from raftlog.server.protocols import Appended, ServerInfo
 
 log = logging.getLogger("raftlog.distributed")
 

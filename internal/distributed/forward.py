@@ -31,10 +31,10 @@ from raftlog.api.contract import FORWARDED_KEY, OBJECT_WILDCARD, Action, Key, Re
 from raftlog.api.status import error_info_from_metadata
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.domain.errors import PermissionDeniedError
+from raftlog.domain.protocols import Appended, Authorizer
 from raftlog.security import TLSConfig, grpc_channel_credentials
 from raftlog.server.errors import status_for
 from raftlog.server.interceptors import subject_of
-from raftlog.server.protocols import Appended, Authorizer
 
 log = logging.getLogger("raftlog.distributed")
 

@@ -65,10 +65,10 @@ import msgpack
 
 from raftlog.domain.errors import SequenceTooOldError
 from raftlog.domain.producers import ProducerConfig, ProducerTable
+from raftlog.domain.protocols import Appended
 from raftlog.log import Log, LogConfig, SyncPolicy
 from raftlog.raft import Entry, SnapshotMeta
 from raftlog.raft.fsm import SnapshotSource
-from raftlog.server.protocols import Appended
 
 log = logging.getLogger("raftlog.distributed")
 

@@ -11,6 +11,9 @@ machine and the server share one vocabulary without the state machine importing 
 - :mod:`~raftlog.domain.producers`: the idempotent producer's table (producer id ->
   recent sequences and their offsets), the same object in the single node's log and in
   every replica's state machine.
+- :mod:`~raftlog.domain.protocols`: what the server needs from a log (``CommitLog``,
+  ``IdempotentLog``, ``ServerLister``, ``Authorizer``) and what a log answers with
+  (``Appended``, ``ServerInfo``).
 
 Imports allowed here: the standard library and :mod:`raftlog.api.contract` (pure wire
 names). Nothing else of raftlog, and no third-party package, so any layer may import it.
@@ -31,10 +34,22 @@ from raftlog.domain.errors import (
     UnsupportedError,
 )
 from raftlog.domain.producers import ProducerConfig, ProducerConfigError, ProducerTable
+from raftlog.domain.protocols import (
+    Appended,
+    Authorizer,
+    CommitLog,
+    IdempotentLog,
+    ServerInfo,
+    ServerLister,
+)
 
 __all__ = [
+    "Appended",
+    "Authorizer",
+    "CommitLog",
     "DeadlineError",
     "DomainError",
+    "IdempotentLog",
     "InvalidArgumentError",
     "NotLeaderError",
     "OffsetOutOfRangeError",
@@ -44,6 +59,8 @@ __all__ = [
     "ProducerTable",
     "RecordTooLargeError",
     "SequenceTooOldError",
+    "ServerInfo",
+    "ServerLister",
     "StorageError",
     "UnauthenticatedError",
     "UnavailableError",

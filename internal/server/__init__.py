@@ -1,8 +1,8 @@
 """raftlog.server: the gRPC API of a node (``log.v1.Log``), its security and its errors.
 
-- :mod:`~raftlog.server.protocols`: what the server needs (``CommitLog``, ``ServerLister``,
-  ``Authorizer``), implemented by :class:`~raftlog.server.local.LocalLog` on one node and by
-  the cluster's DistributedLog later.
+- :mod:`~raftlog.server.local`: :class:`LocalLog`, the single node's log; it implements
+  what the server needs (:mod:`raftlog.domain.protocols`: ``CommitLog``, ``ServerLister``),
+  as the cluster's DistributedLog does.
 - :mod:`~raftlog.server.service`: the servicer (produce/consume, batches, streams).
 - :mod:`~raftlog.server.interceptors`: authentication, Casbin authorization, observability.
 - :mod:`~raftlog.server.errors`: the gRPC status code of each domain error
@@ -16,7 +16,6 @@ from raftlog.server.config import ServerConfig, ServerConfigError
 from raftlog.server.errors import STATUS_CODES, code_of, status_for
 from raftlog.server.interceptors import DEFAULT_ACTIONS, subject_of
 from raftlog.server.local import LocalLog
-from raftlog.server.protocols import Authorizer, CommitLog, ServerInfo, ServerLister
 from raftlog.server.server import INSECURE_WARNING, LOG_SERVICE_NAME, BindError, LogServer
 from raftlog.server.service import LogService
 
@@ -25,16 +24,12 @@ __all__ = [
     "INSECURE_WARNING",
     "LOG_SERVICE_NAME",
     "STATUS_CODES",
-    "Authorizer",
     "BindError",
-    "CommitLog",
     "LocalLog",
     "LogServer",
     "LogService",
     "ServerConfig",
     "ServerConfigError",
-    "ServerInfo",
-    "ServerLister",
     "code_of",
     "status_for",
     "subject_of",

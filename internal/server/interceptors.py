@@ -46,8 +46,8 @@ from raftlog.domain.errors import (
     PermissionDeniedError,
     UnauthenticatedError,
 )
+from raftlog.domain.protocols import Authorizer
 from raftlog.server.errors import status_for
-from raftlog.server.protocols import Authorizer
 
 logger = logging.getLogger("raftlog.server.calls")
 

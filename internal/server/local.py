@@ -1,4 +1,4 @@
-"""The single-node :class:`~raftlog.server.protocols.CommitLog`: the commit log itself.
+"""The single-node :class:`~raftlog.domain.protocols.CommitLog`: the commit log itself.
 
 :class:`LocalLog` wraps :class:`raftlog.log.Log` and adds what the API needs on top of it:
 appends return (first, last) and wake every ``wait_for`` waiter, so ConsumeStream followers
@@ -32,8 +32,8 @@ from pathlib import Path
 
 from raftlog.domain.errors import UnavailableError
 from raftlog.domain.producers import ProducerConfig, ProducerTable
+from raftlog.domain.protocols import Appended, ServerInfo
 from raftlog.log import Log, OffsetOutOfRangeError
-from raftlog.server.protocols import Appended, ServerInfo
 
 logger = logging.getLogger("raftlog.server")
 

@@ -46,6 +46,7 @@ from raftlog.domain.errors import (
     UnsupportedError,
 )
 from raftlog.domain.producers import producer_id_problem
+from raftlog.domain.protocols import Appended, CommitLog, IdempotentLog, ServerLister
 from raftlog.log import (
     CorruptRecordError,
     DurabilityError,
@@ -56,7 +57,6 @@ from raftlog.log import OffsetOutOfRangeError as LogOffsetOutOfRangeError
 from raftlog.log import RecordTooLargeError as LogRecordTooLargeError
 from raftlog.server.config import ServerConfig
 from raftlog.server.errors import status_for
-from raftlog.server.protocols import Appended, CommitLog, IdempotentLog, ServerLister
 
 logger = logging.getLogger("raftlog.server")
 

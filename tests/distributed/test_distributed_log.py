@@ -27,12 +27,12 @@ from raftlog.distributed import (
 )
 from raftlog.distributed.fsm import encode_batch
 from raftlog.domain.errors import NotLeaderError, SequenceTooOldError
+from raftlog.domain.protocols import Appended
 from raftlog.log import OffsetOutOfRangeError
 from raftlog.raft import RaftConfig, Server
 from raftlog.raft.node import NodeConfig, RaftNode
 from raftlog.raft.transport_inmem import InmemNetwork
 from raftlog.server.errors import code_of
-from raftlog.server.protocols import Appended
 
 TICK = 0.01
 

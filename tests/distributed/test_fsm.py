@@ -22,8 +22,8 @@ from raftlog.distributed import (
 from raftlog.distributed.fsm import CHECKPOINT_FILE, SNAPSHOT_MAGIC
 from raftlog.domain.errors import SequenceTooOldError
 from raftlog.domain.producers import ProducerConfig
+from raftlog.domain.protocols import Appended
 from raftlog.raft import Entry, Membership, Server, SnapshotMeta
-from raftlog.server.protocols import Appended
 
 
 def entries(first_index: int, batches: list[list[bytes]]) -> list[Entry]:

@@ -10,10 +10,10 @@ import pytest
 
 from raftlog.domain.errors import SequenceTooOldError
 from raftlog.domain.producers import ProducerConfig
+from raftlog.domain.protocols import Appended, CommitLog, IdempotentLog, ServerLister
 from raftlog.log import Log, LogConfig, OffsetOutOfRangeError, SyncPolicy
-from raftlog.server import CommitLog, LocalLog, ServerLister
+from raftlog.server import LocalLog
 from raftlog.server.local import PRODUCERS_FILE
-from raftlog.server.protocols import Appended, IdempotentLog
 
 
 async def test_wait_for_wakes_on_append_and_times_out(tmp_path: Path) -> None:

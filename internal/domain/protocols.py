@@ -1,8 +1,13 @@
-"""What the gRPC server needs from the rest of the node, declared where it is used.
+"""What the gRPC server needs from a log, and what a log answers with.
 
 The single node plugs in :class:`~raftlog.server.local.LocalLog`; the cluster plugs in a
 ``DistributedLog`` implementing the same :class:`CommitLog` and :class:`ServerLister`, and its
 own :class:`Authorizer` if it likes. Nothing in :mod:`raftlog.server` imports either.
+
+These sit in :mod:`raftlog.domain`, below both the server and ``raftlog.distributed``: the
+replicated state machine returns :class:`Appended` and the cluster reports
+:class:`ServerInfo`, so declaring them in the server would make the lower layer import the
+higher one.
 """
 
 from __future__ import annotations
