@@ -39,12 +39,7 @@ from raftlog.discovery import (
     StaticMembership,
     parse_static_peers,
 )
-from raftlog.distributed import (
-    CommitLogFSM,
-    DistributedLog,
-    Forwarder,
-    ForwardMarkInterceptor,
-)
+from raftlog.distributed import CommitLogFSM, DistributedLog
 from raftlog.domain.protocols import Authorizer
 from raftlog.mux import RAFT_MARKER, Mux, MuxConfig, PrivateSocketDir, remove_stale_socket_dirs
 from raftlog.raft import RaftConfig, RaftError, Server
@@ -52,6 +47,7 @@ from raftlog.raft.node import NodeConfig, RaftNode
 from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
 from raftlog.security import TLSConfig, grpc_server_credentials
 from raftlog.server import LogServer, ServerConfig
+from raftlog.server.forward import ForwardMarkInterceptor, GrpcForwarder
 
 logger = logging.getLogger("raftlog.agent")
 
@@ -206,7 +202,7 @@ class ClusterNode:
             await fsm.close()
             raise
         self.node = node
-        dlog = DistributedLog(node, fsm, forwarder=Forwarder(self.forward_tls))
+        dlog = DistributedLog(node, fsm, forwarder=GrpcForwarder(self.forward_tls))
         self.dlog = dlog
         dlog.start()
         syncer = None

@@ -35,10 +35,8 @@ import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 
-import grpc
-
 from raftlog.api.contract import Key
-from raftlog.distributed.forward import Forwarder, ForwardError, forwarded_call
+from raftlog.distributed.forwarding import Forwarder, ForwardError, forwarded_call
 from raftlog.distributed.fsm import (
     CommitLogFSM,
     RestoringError,
@@ -114,7 +112,9 @@ class DistributedLog:
     """A replicated commit log over one :class:`RaftNode` and its :class:`CommitLogFSM`.
 
     Build the FSM, the node with that FSM, then this; ``start()`` after the node started.
-    ``forwarder`` (None: followers answer NOT_LEADER with the hint instead of forwarding).
+    ``forwarder``: how a follower forwards a write to the leader (the agent injects
+    :class:`raftlog.server.forward.GrpcForwarder`); None: followers answer NOT_LEADER with
+    the hint instead of forwarding.
     """
 
     def __init__(
@@ -240,7 +240,7 @@ class DistributedLog:
                         producer_id, sequence, int(exc.metadata.get("oldest", "0") or 0)
                     ) from None
                 if not exc.not_applied:
-                    if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    if exc.deadline_exceeded:
                         raise DeadlineError(f"forwarded write outcome unknown: {exc}") from None
                     raise UnavailableError(f"forwarded write failed: {exc}") from None
                 log.debug("forward to %s refused (%s); retrying", leader, exc)

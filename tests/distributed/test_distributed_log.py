@@ -22,7 +22,6 @@ from raftlog.distributed import (
     CommitLogFSM,
     DistributedConfig,
     DistributedLog,
-    Forwarder,
     decode_batch,
 )
 from raftlog.distributed.fsm import encode_batch
@@ -33,6 +32,7 @@ from raftlog.raft import RaftConfig, Server
 from raftlog.raft.node import NodeConfig, RaftNode
 from raftlog.raft.transport_inmem import InmemNetwork
 from raftlog.server.errors import code_of
+from raftlog.server.forward import GrpcForwarder
 
 TICK = 0.01
 
@@ -267,7 +267,7 @@ async def test_no_leader_answers_unavailable_with_an_empty_hint(tmp_path: Path) 
         for i in ("n2", "n3"):
             await c.members.pop(i).close()
         lone = c.members["n1"]
-        lone.dlog.forwarder = Forwarder(None)  # would forward, if there were a leader
+        lone.dlog.forwarder = GrpcForwarder(None)  # would forward, if there were a leader
         lone.dlog.config = DistributedConfig(append_timeout=3.0, leader_wait=0.3)
         # check-quorum: a leader that hears from nobody steps down within an election timeout
         await wait_until(lambda: not lone.node.leader_id, 5.0)
