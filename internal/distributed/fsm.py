@@ -67,6 +67,7 @@ from raftlog.domain.errors import SequenceTooOldError
 from raftlog.domain.producers import ProducerConfig, ProducerTable
 from raftlog.domain.protocols import Appended
 from raftlog.log import Log, LogConfig, SyncPolicy
+from raftlog.log.fileio import atomic_write
 from raftlog.raft import Entry, SnapshotMeta
 from raftlog.raft.fsm import SnapshotSource
 
@@ -156,21 +157,9 @@ def decode_batch(data: bytes) -> list[bytes]:
 def _write_checkpoint(
     directory: Path, index: int, next_offset: int, producers: dict[str, Any]
 ) -> None:
-    """Atomically replace the checkpoint file (temp file, fsync, rename, fsync dir)."""
-    path = directory / CHECKPOINT_FILE
-    tmp = path.with_suffix(".tmp")
+    """Atomically and durably replace the checkpoint file (see :func:`atomic_write`)."""
     state = {"index": index, "next_offset": next_offset, "producers": producers}
-    body = json.dumps(state, separators=(",", ":")).encode()
-    with open(tmp, "wb") as f:
-        f.write(body)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    atomic_write(directory / CHECKPOINT_FILE, json.dumps(state, separators=(",", ":")).encode())
 
 
 def _read_checkpoint(

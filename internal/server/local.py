@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ from raftlog.domain.errors import UnavailableError
 from raftlog.domain.producers import ProducerConfig, ProducerTable
 from raftlog.domain.protocols import Appended, ServerInfo
 from raftlog.log import Log, OffsetOutOfRangeError
+from raftlog.log.fileio import atomic_write
 
 logger = logging.getLogger("raftlog.server")
 
@@ -57,20 +57,9 @@ def _load_producers(table: ProducerTable, directory: Path, next_offset: int) -> 
 
 
 def _save_producers(directory: Path, next_offset: int, producers: object) -> None:
-    """Atomically write the table (temp file, fsync, rename, fsync the directory)."""
-    path = directory / PRODUCERS_FILE
-    tmp = path.with_suffix(".tmp")
+    """Atomically and durably replace the saved table (see :func:`atomic_write`)."""
     body = json.dumps({"next_offset": next_offset, "producers": producers}).encode()
-    with open(tmp, "wb") as f:
-        f.write(body)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    atomic_write(directory / PRODUCERS_FILE, body)
 
 
 class LocalLog:
