@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from raftlog.agent.cluster import ClusterNode
 from raftlog.auth import AllowAll, CasbinAuthorizer
 from raftlog.config import AgentConfig
+from raftlog.domain.protocols import Authorizer
 from raftlog.log import Log, LogConfig, SyncPolicy
 from raftlog.security import TLSConfig
 from raftlog.server import LocalLog, LogServer, ServerConfig
-from raftlog.server.protocols import Authorizer
 
 logger = logging.getLogger("raftlog.agent")
 

@@ -27,6 +27,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from raftlog.api.contract import OBJECT_WILDCARD, Action
 from raftlog.config import AgentConfig
 from raftlog.discovery import (
     RPC_ADDR_TAG,
@@ -38,19 +39,15 @@ from raftlog.discovery import (
     StaticMembership,
     parse_static_peers,
 )
-from raftlog.distributed import (
-    CommitLogFSM,
-    DistributedLog,
-    Forwarder,
-    ForwardMarkInterceptor,
-)
+from raftlog.distributed import CommitLogFSM, DistributedLog
+from raftlog.domain.protocols import Authorizer
 from raftlog.mux import RAFT_MARKER, Mux, MuxConfig, PrivateSocketDir, remove_stale_socket_dirs
 from raftlog.raft import RaftConfig, RaftError, Server
 from raftlog.raft.node import NodeConfig, RaftNode
 from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
 from raftlog.security import TLSConfig, grpc_server_credentials
 from raftlog.server import LogServer, ServerConfig
-from raftlog.server.protocols import Authorizer
+from raftlog.server.forward import ForwardMarkInterceptor, GrpcForwarder
 
 logger = logging.getLogger("raftlog.agent")
 
@@ -161,7 +158,7 @@ class ClusterNode:
     # -- raft --------------------------------------------------------------------------
 
     def _authorize_peer(self, subject: str) -> bool:
-        allowed = self.authorizer.authorize(subject, "*", "replicate")
+        allowed = self.authorizer.authorize(subject, OBJECT_WILDCARD, Action.REPLICATE)
         if not allowed:
             logger.warning(
                 "refused Raft traffic from %r: the ACL does not allow replicate", subject
@@ -205,7 +202,7 @@ class ClusterNode:
             await fsm.close()
             raise
         self.node = node
-        dlog = DistributedLog(node, fsm, forwarder=Forwarder(self.forward_tls))
+        dlog = DistributedLog(node, fsm, forwarder=GrpcForwarder(self.forward_tls))
         self.dlog = dlog
         dlog.start()
         syncer = None

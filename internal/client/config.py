@@ -83,7 +83,7 @@ class ClientConfig:
         max_sequence_span: the client never has requests in flight whose sequences are this
             far apart or more: a new request waits while the oldest one (still retrying)
             is that far behind. Keep it at most the server's producer window (32 by
-            default, ``raftlog.server.producers.ProducerConfig.window``), so a slow retry
+            default, ``raftlog.domain.producers.ProducerConfig.window``), so a slow retry
             is never refused as SEQUENCE_TOO_OLD. Default 32.
 
     Consuming:

@@ -5,13 +5,14 @@ again (``retriable``) and whether the client should re-learn the cluster first
 (``refresh_metadata``: the leader moved, or a server went away). :func:`from_rpc_error` turns
 a gRPC failure into one of these, from its status code and, when the server sent one, the
 ``google.rpc.ErrorInfo`` (domain ``raftlog``) in the trailing metadata
-``grpc-status-details-bin`` (see ``raftlog.server.errors``).
+``grpc-status-details-bin``, decoded by :mod:`raftlog.api.status` (the decoder the servers
+use too; the reasons and keys are :mod:`raftlog.api.contract`).
 
 The retry loop in :mod:`raftlog.client.client` retries ``retriable`` errors with backoff until
 the operation's deadline, then raises :class:`DeadlineExceededError` carrying the last error.
 
-Decoding the rich status is done here rather than by importing ``raftlog.server``: the
-client must not load the node's modules (the CLI's client commands start quickly, and a
+The client imports the wire contract from ``raftlog.api``, never ``raftlog.server``: it
+must not load the node's modules (the CLI's client commands start quickly, and a
 client-only install needs no server code).
 """
 
@@ -21,14 +22,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
-#: ``ErrorInfo.domain`` of raftlog's errors.
-ERROR_DOMAIN = "raftlog"
-#: Trailing-metadata key of the rich status (the gRPC convention).
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
-#: ErrorInfo metadata keys a NOT_LEADER error may use to name the leader's rpc address.
-LEADER_ADDR_KEYS = ("leader_addr", "leader_rpc_addr", "leader")
+from raftlog.api.contract import Key, Reason
+from raftlog.api.status import error_info_from_metadata
 
 
 class ClientError(Exception):
@@ -77,11 +73,7 @@ class NotLeaderError(UnavailableError):
     @property
     def leader_addr(self) -> str:
         """The leader's rpc address from the error's details ('' if not given)."""
-        for key in LEADER_ADDR_KEYS:
-            value = self.metadata.get(key, "")
-            if value:
-                return value
-        return ""
+        return self.metadata.get(Key.LEADER_ADDR, "")
 
 
 class AttemptTimeoutError(ClientError):
@@ -115,22 +107,22 @@ class OffsetOutOfRangeError(ClientError):
     @property
     def offset(self) -> int:
         """The offset asked for (-1 if the server did not say)."""
-        return _int(self.metadata.get("offset"))
+        return _int(self.metadata.get(Key.OFFSET))
 
     @property
     def lowest(self) -> int:
         """The lowest offset the server holds (-1 if it did not say)."""
-        return _int(self.metadata.get("lowest"))
+        return _int(self.metadata.get(Key.LOWEST))
 
     @property
     def highest(self) -> int:
         """The highest committed offset of the server (-1 if it did not say)."""
-        return _int(self.metadata.get("highest"))
+        return _int(self.metadata.get(Key.HIGHEST))
 
     @property
     def beyond_end(self) -> bool:
         """The offset is past the server's end: a lagging follower may just not have it yet."""
-        return "highest" in self.metadata and self.offset > self.highest
+        return Key.HIGHEST in self.metadata and self.offset > self.highest
 
 
 class InvalidArgumentError(ClientError):
@@ -171,23 +163,6 @@ def _int(value: str | None) -> int:
         return -1
 
 
-def error_info(trailing: Any) -> Any:
-    """The raftlog ``google.rpc.ErrorInfo`` in a call's trailing metadata, or None."""
-    for item in trailing or ():
-        key, value = item[0], item[1]
-        if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
-            continue
-        try:
-            status = status_pb2.Status.FromString(value)
-        except Exception:  # a malformed status is no reason to lose the original error
-            return None
-        for detail in status.details:
-            info = error_details_pb2.ErrorInfo()
-            if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
-                return info
-    return None
-
-
 #: Status code -> error class (the class says whether to retry and refresh).
 _BY_CODE: dict[grpc.StatusCode, type[ClientError]] = {
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
@@ -210,12 +185,12 @@ def from_rpc_error(exc: grpc.RpcError, addr: str = "") -> ClientError:
     code: grpc.StatusCode | None = call.code() if hasattr(call, "code") else None
     details: str = (call.details() if hasattr(call, "details") else None) or str(exc)
     trailing = call.trailing_metadata() if hasattr(call, "trailing_metadata") else None
-    info = error_info(trailing)
+    info = error_info_from_metadata(trailing)
     reason = info.reason if info is not None else ""
     metadata = dict(info.metadata) if info is not None else {}
-    if reason == "NOT_LEADER":
+    if reason == Reason.NOT_LEADER:
         cls: type[ClientError] = NotLeaderError
-    elif reason == "SEQUENCE_TOO_OLD":
+    elif reason == Reason.SEQUENCE_TOO_OLD:
         cls = SequenceTooOldError
     elif code is None:
         cls = ServerError

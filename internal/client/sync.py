@@ -25,7 +25,7 @@ import grpc
 from raftlog.client.client import LogClient, Offsets, Record
 from raftlog.client.config import ClientConfig
 from raftlog.client.resolver import ServerInfo
-from raftlog.security import TLSConfig
+from raftlog.security.tls import TLSConfig
 
 T = TypeVar("T")
 

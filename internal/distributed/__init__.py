@@ -5,8 +5,12 @@
 - :class:`CommitLogFSM`: the Raft state machine that appends committed batches to the
   commit log (deduplicating idempotent producers' retries); snapshots stream the log and
   the producer table.
-- :class:`Forwarder` / :class:`ForwardMarkInterceptor`: followers forward Produce to the
-  leader over gRPC with the peer certificate.
+- :class:`Forwarder` (a protocol), :class:`ForwardError`, :data:`forwarded_call`: what a
+  follower needs to forward Produce to the leader; the gRPC implementation and the
+  interceptor that marks forwarded calls are in :mod:`raftlog.server.forward`.
+
+Nothing here imports grpc or :mod:`raftlog.server` (the layers run ``log`` -> ``raft`` ->
+``distributed`` -> ``server``); errors and protocols come from :mod:`raftlog.domain`.
 """
 
 from raftlog.distributed.distributed_log import (
@@ -14,13 +18,7 @@ from raftlog.distributed.distributed_log import (
     DistributedConfigError,
     DistributedLog,
 )
-from raftlog.distributed.forward import (
-    FORWARDED_KEY,
-    Forwarder,
-    ForwardError,
-    ForwardMarkInterceptor,
-    forwarded_call,
-)
+from raftlog.distributed.forwarding import Forwarder, ForwardError, forwarded_call
 from raftlog.distributed.fsm import (
     Batch,
     CommitLogFSM,
@@ -33,7 +31,6 @@ from raftlog.distributed.fsm import (
 )
 
 __all__ = [
-    "FORWARDED_KEY",
     "Batch",
     "CommitLogFSM",
     "DistributedConfig",
@@ -41,7 +38,6 @@ __all__ = [
     "DistributedLog",
     "FSMError",
     "ForwardError",
-    "ForwardMarkInterceptor",
     "Forwarder",
     "RestoringError",
     "decode_batch",

@@ -1,7 +1,7 @@
 """DistributedLog: the commit log replicated by Raft, as the gRPC server sees it.
 
-It implements the server's :class:`~raftlog.server.protocols.CommitLog` and
-:class:`~raftlog.server.protocols.ServerLister`, and the membership
+It implements the server's :class:`~raftlog.domain.protocols.CommitLog` and
+:class:`~raftlog.domain.protocols.ServerLister`, and the membership
 :class:`~raftlog.discovery.Handler` (join/leave on the leader)::
 
     append(records) ── leader? ──yes──> RaftNode.propose(encode_batch(records))
@@ -35,15 +35,23 @@ import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 
-import grpc
-
-from raftlog.distributed.forward import Forwarder, ForwardError, forwarded_call
+from raftlog.api.contract import Key
+from raftlog.distributed.forwarding import Forwarder, ForwardError, forwarded_call
 from raftlog.distributed.fsm import (
     CommitLogFSM,
     RestoringError,
     encode_batch,
     encode_idempotent_batch,
 )
+from raftlog.domain.errors import (
+    DeadlineError,
+    DomainError,
+    NotLeaderError,
+    SequenceTooOldError,
+    StorageError,
+    UnavailableError,
+)
+from raftlog.domain.protocols import Appended, ServerInfo
 from raftlog.log import OffsetOutOfRangeError
 from raftlog.raft import NO_NODE, Suffrage
 from raftlog.raft import NotLeaderError as RaftNotLeaderError
@@ -55,15 +63,6 @@ from raftlog.raft.node import (
     RaftNode,
     WaitTimeoutError,
 )
-from raftlog.server.errors import (
-    ApiError,
-    DeadlineError,
-    NotLeaderError,
-    SequenceTooOldError,
-    StorageError,
-    UnavailableError,
-)
-from raftlog.server.protocols import Appended, ServerInfo
 
 log = logging.getLogger("raftlog.distributed")
 
@@ -113,7 +112,9 @@ class DistributedLog:
     """A replicated commit log over one :class:`RaftNode` and its :class:`CommitLogFSM`.
 
     Build the FSM, the node with that FSM, then this; ``start()`` after the node started.
-    ``forwarder`` (None: followers answer NOT_LEADER with the hint instead of forwarding).
+    ``forwarder``: how a follower forwards a write to the leader (the agent injects
+    :class:`raftlog.server.forward.GrpcForwarder`); None: followers answer NOT_LEADER with
+    the hint instead of forwarding.
     """
 
     def __init__(
@@ -239,7 +240,7 @@ class DistributedLog:
                         producer_id, sequence, int(exc.metadata.get("oldest", "0") or 0)
                     ) from None
                 if not exc.not_applied:
-                    if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    if exc.deadline_exceeded:
                         raise DeadlineError(f"forwarded write outcome unknown: {exc}") from None
                     raise UnavailableError(f"forwarded write failed: {exc}") from None
                 log.debug("forward to %s refused (%s); retrying", leader, exc)
@@ -257,7 +258,7 @@ class DistributedLog:
             raise SequenceTooOldError(result.producer_id, result.sequence, result.oldest)
         if isinstance(result, int) and not isinstance(result, bool):
             return Appended(result, result + count - 1)
-        raise ApiError(f"entry {index} was applied without an offset")
+        raise DomainError(f"entry {index} was applied without an offset")
 
     async def _pause(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
         """Wait a tick or two for the cluster to settle (leader change), bounded."""
@@ -272,7 +273,7 @@ class DistributedLog:
         hint = f"the leader is {leader} at {address}" if leader else "no leader is known"
         return NotLeaderError(
             message or f"node {self.node.id} is not the leader: {hint}",
-            {"leader_id": leader, "leader_addr": address},
+            {Key.LEADER_ID: leader, Key.LEADER_ADDR: address},
         )
 
     # -- reads ---------------------------------------------------------------------------

@@ -28,10 +28,10 @@ The idempotent producer. Two kinds of entries exist (the first byte says which):
   idempotent producer (:func:`encode_idempotent_batch`); ``1`` is the format version,
   ``stamp_ms`` the leader's wall clock when it proposed the entry (Unix ms).
 
-Applying an ``I`` entry consults the :class:`~raftlog.server.producers.ProducerTable`: a
+Applying an ``I`` entry consults the :class:`~raftlog.domain.producers.ProducerTable`: a
 (producer, sequence) already in it appends nothing and results in the first append's
 offsets with ``duplicate=True``; a sequence below the producer's window results in a
-:class:`~raftlog.server.errors.SequenceTooOldError` (nothing appended); otherwise the
+:class:`~raftlog.domain.errors.SequenceTooOldError` (nothing appended); otherwise the
 batch is appended and remembered. Every replica applies the same entries in the same
 order with the same stamps, so the table is the same everywhere (expiry uses the stamps,
 never the replica's clock) and survives failover; two retries of one request that both
@@ -63,12 +63,13 @@ from typing import Any
 
 import msgpack
 
+from raftlog.domain.errors import SequenceTooOldError
+from raftlog.domain.producers import ProducerConfig, ProducerTable
+from raftlog.domain.protocols import Appended
 from raftlog.log import Log, LogConfig, SyncPolicy
+from raftlog.log.fileio import atomic_write
 from raftlog.raft import Entry, SnapshotMeta
 from raftlog.raft.fsm import SnapshotSource
-from raftlog.server.errors import SequenceTooOldError
-from raftlog.server.producers import ProducerConfig, ProducerTable
-from raftlog.server.protocols import Appended
 
 log = logging.getLogger("raftlog.distributed")
 
@@ -156,21 +157,9 @@ def decode_batch(data: bytes) -> list[bytes]:
 def _write_checkpoint(
     directory: Path, index: int, next_offset: int, producers: dict[str, Any]
 ) -> None:
-    """Atomically replace the checkpoint file (temp file, fsync, rename, fsync dir)."""
-    path = directory / CHECKPOINT_FILE
-    tmp = path.with_suffix(".tmp")
+    """Atomically and durably replace the checkpoint file (see :func:`atomic_write`)."""
     state = {"index": index, "next_offset": next_offset, "producers": producers}
-    body = json.dumps(state, separators=(",", ":")).encode()
-    with open(tmp, "wb") as f:
-        f.write(body)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    atomic_write(directory / CHECKPOINT_FILE, json.dumps(state, separators=(",", ":")).encode())
 
 
 def _read_checkpoint(

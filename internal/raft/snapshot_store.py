@@ -41,7 +41,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from raftlog.raft.stable import fsync_dir
+from raftlog.log.fileio import fsync_dir
 
 log = logging.getLogger("raftlog.raft.snapshot")
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+
+from raftlog.log.fileio import atomic_write
 
 #: Default file name of the hard state inside the store's directory.
 DEFAULT_FILENAME = "raft-state"
@@ -138,15 +139,6 @@ def decode_state(data: bytes, where: str = "stable state") -> StableState:
     return state
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make a rename or create in ``directory`` durable (POSIX directory fsync)."""
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class StableStore:
     """The hard state of one node in ``directory``/``filename``.
 
@@ -164,7 +156,6 @@ class StableStore:
             raise ValueError(f"stable store filename must be a plain file name, got {filename!r}")
         self.directory = Path(directory)
         self.path = self.directory / filename
-        self._tmp = self.directory / f".{filename}.tmp"
         self.fsync = fsync
         self._lock = threading.Lock()
         self._async_lock = asyncio.Lock()  # FIFO: async saves land in call order
@@ -189,18 +180,7 @@ class StableStore:
         with self._lock:
             try:
                 self.directory.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view) :]
-                    if self.fsync:
-                        os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(self._tmp, self.path)
-                if self.fsync:
-                    fsync_dir(self.directory)
+                atomic_write(self.path, data, durable=self.fsync, mode=0o600)
             except OSError as exc:
                 raise StableStoreError(f"cannot save {self.path}: {exc}") from exc
 

@@ -3,10 +3,19 @@
 - :mod:`raftlog.security.certs` makes development certificates (a CA, a server/peer
   certificate, client certificates named by subject) with the ``cryptography`` package.
 - :mod:`raftlog.security.tls` turns certificate files into ``ssl`` contexts and gRPC
-  credentials that always verify the other side against the cluster CA (mutual TLS).
+  credentials that always verify the other side against the cluster CA (mutual TLS). It
+  needs only ``ssl`` and ``grpc``.
+
+The names of :mod:`~raftlog.security.certs` are loaded on first use (module
+``__getattr__``, PEP 562): a client that only needs :class:`TLSConfig` and its channel
+credentials must not import ``cryptography`` (a client-only install may not have it, and
+it slows the CLI's client commands down).
 """
 
-from raftlog.security.certs import CertFiles, CertPair, generate_ca, issue_cert, write_dev_certs
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from raftlog.security.tls import (
     TLSConfig,
     TLSConfigError,
@@ -16,6 +25,27 @@ from raftlog.security.tls import (
     peer_common_name,
     server_ssl_context,
 )
+
+if TYPE_CHECKING:
+    from raftlog.security.certs import (
+        CertFiles,
+        CertPair,
+        generate_ca,
+        issue_cert,
+        write_dev_certs,
+    )
+
+#: Names served from :mod:`raftlog.security.certs`, imported when first asked for.
+_CERTS_NAMES = frozenset({"CertFiles", "CertPair", "generate_ca", "issue_cert", "write_dev_certs"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CERTS_NAMES:
+        from raftlog.security import certs
+
+        return getattr(certs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CertFiles",

@@ -1,30 +1,21 @@
 """raftlog.server: the gRPC API of a node (``log.v1.Log``), its security and its errors.
 
-- :mod:`~raftlog.server.protocols`: what the server needs (``CommitLog``, ``ServerLister``,
-  ``Authorizer``), implemented by :class:`~raftlog.server.local.LocalLog` on one node and by
-  the cluster's DistributedLog later.
+- :mod:`~raftlog.server.local`: :class:`LocalLog`, the single node's log; it implements
+  what the server needs (:mod:`raftlog.domain.protocols`: ``CommitLog``, ``ServerLister``),
+  as the cluster's DistributedLog does.
 - :mod:`~raftlog.server.service`: the servicer (produce/consume, batches, streams).
 - :mod:`~raftlog.server.interceptors`: authentication, Casbin authorization, observability.
-- :mod:`~raftlog.server.errors`: the error taxonomy and its rich gRPC statuses.
+- :mod:`~raftlog.server.errors`: the gRPC status code of each domain error
+  (:mod:`raftlog.domain.errors`) and its rich status (the wire names and the decoder are
+  :mod:`raftlog.api.contract` and :mod:`raftlog.api.status`).
 - :mod:`~raftlog.server.server`: :class:`LogServer`, the grpc.aio server with health and
   reflection.
 """
 
 from raftlog.server.config import ServerConfig, ServerConfigError
-from raftlog.server.errors import (
-    ApiError,
-    InvalidArgumentError,
-    NotLeaderError,
-    OffsetOutOfRangeError,
-    PermissionDeniedError,
-    RecordTooLargeError,
-    UnauthenticatedError,
-    UnavailableError,
-    error_info_from_metadata,
-)
+from raftlog.server.errors import STATUS_CODES, code_of, status_for
 from raftlog.server.interceptors import DEFAULT_ACTIONS, subject_of
 from raftlog.server.local import LocalLog
-from raftlog.server.protocols import Authorizer, CommitLog, ServerInfo, ServerLister
 from raftlog.server.server import INSECURE_WARNING, LOG_SERVICE_NAME, BindError, LogServer
 from raftlog.server.service import LogService
 
@@ -32,24 +23,14 @@ __all__ = [
     "DEFAULT_ACTIONS",
     "INSECURE_WARNING",
     "LOG_SERVICE_NAME",
-    "ApiError",
-    "Authorizer",
+    "STATUS_CODES",
     "BindError",
-    "CommitLog",
-    "InvalidArgumentError",
     "LocalLog",
     "LogServer",
     "LogService",
-    "NotLeaderError",
-    "OffsetOutOfRangeError",
-    "PermissionDeniedError",
-    "RecordTooLargeError",
     "ServerConfig",
     "ServerConfigError",
-    "ServerInfo",
-    "ServerLister",
-    "UnauthenticatedError",
-    "UnavailableError",
-    "error_info_from_metadata",
+    "code_of",
+    "status_for",
     "subject_of",
 ]

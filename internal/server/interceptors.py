@@ -39,31 +39,27 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from raftlog.server.errors import (
-    ApiError,
+from raftlog.api.contract import OBJECT_WILDCARD, Action, Key, Reason
+from raftlog.domain.errors import (
+    DomainError,
     InvalidArgumentError,
     PermissionDeniedError,
     UnauthenticatedError,
-    status_for,
 )
-from raftlog.server.protocols import Authorizer
+from raftlog.domain.protocols import Authorizer
+from raftlog.server.errors import status_for
 
 logger = logging.getLogger("raftlog.server.calls")
 
-#: Object of every ACL check: the book authorizes on the whole log (``*``).
-OBJECT_WILDCARD = "*"
-#: Actions of the example policy.
-PRODUCE, CONSUME, REPLICATE = "produce", "consume", "replicate"
-
-#: Method -> the action it needs. Methods outside ``log.v1.Log`` (health, reflection) and
-#: the ones in :data:`OPEN_METHODS` need an authenticated client only. The cluster adds its
-#: peer methods with ``replicate``.
+#: Method -> the action it needs (:class:`raftlog.api.contract.Action`). Methods outside
+#: ``log.v1.Log`` (health, reflection) and the ones in :data:`OPEN_METHODS` need an
+#: authenticated client only. The cluster adds its peer methods with ``replicate``.
 DEFAULT_ACTIONS: Mapping[str, str] = {
-    "/log.v1.Log/Produce": PRODUCE,
-    "/log.v1.Log/ProduceStream": PRODUCE,
-    "/log.v1.Log/Consume": CONSUME,
-    "/log.v1.Log/ConsumeStream": CONSUME,
-    "/log.v1.Log/GetOffsets": CONSUME,
+    "/log.v1.Log/Produce": Action.PRODUCE,
+    "/log.v1.Log/ProduceStream": Action.PRODUCE,
+    "/log.v1.Log/Consume": Action.CONSUME,
+    "/log.v1.Log/ConsumeStream": Action.CONSUME,
+    "/log.v1.Log/GetOffsets": Action.CONSUME,
 }
 
 #: The service whose every method needs an ACL decision: a method of it that is neither in
@@ -86,7 +82,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 #: A method handler (grpc.RpcMethodHandler); typed loosely because grpc's stubs describe the
 #: synchronous API's behaviours, while grpc.aio's are coroutines and async generators.
 Handler = Any
-#: A check run inside the call before the method; raises ApiError to refuse it.
+#: A check run inside the call before the method; raises DomainError to refuse it.
 Check = Callable[[str, Context], None]
 
 
@@ -99,7 +95,7 @@ def subject_of(context: Context) -> str | None:
     return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
 
 
-async def _refuse(context: Context, error: ApiError) -> None:
+async def _refuse(context: Context, error: DomainError) -> None:
     code, message, trailing = status_for(error)
     await context.abort(code, message, trailing_metadata=trailing)
 
@@ -127,7 +123,7 @@ async def _admit(check: Check, method: str, context: Context) -> None:
     """Run ``check`` for one call; abort the call with the error's status if it refuses."""
     try:
         check(method, context)
-    except ApiError as exc:
+    except DomainError as exc:
         await _refuse(context, exc)
 
 
@@ -138,7 +134,7 @@ async def _admit_stream(
     sending (:func:`_drain`) so the client gets the refusal's code, not INTERNAL."""
     try:
         check(method, context)
-    except ApiError as exc:
+    except DomainError as exc:
         await _drain(requests)
         await _refuse(context, exc)
 
@@ -385,17 +381,17 @@ class Undecodable:
 class UndecodableRequestError(InvalidArgumentError):
     """The request bytes do not parse as the method's request message."""
 
-    reason = "UNDECODABLE_REQUEST"
+    reason = Reason.UNDECODABLE_REQUEST
 
     def __init__(self, method: str, bad: Undecodable, index: int | None = None) -> None:
         which = "the request" if index is None else f"request message #{index} of the stream"
         super().__init__(
             f"{method}: {which} ({bad.size} bytes) is not a valid {bad.message_type} ({bad.error})",
             {
-                "method": method,
-                "message_type": bad.message_type,
-                "size": str(bad.size),
-                **({} if index is None else {"index": str(index)}),
+                Key.METHOD: method,
+                Key.MESSAGE_TYPE: bad.message_type,
+                Key.SIZE: str(bad.size),
+                **({} if index is None else {Key.INDEX: str(index)}),
             },
         )
 

@@ -1,4 +1,4 @@
-"""The single-node :class:`~raftlog.server.protocols.CommitLog`: the commit log itself.
+"""The single-node :class:`~raftlog.domain.protocols.CommitLog`: the commit log itself.
 
 :class:`LocalLog` wraps :class:`raftlog.log.Log` and adds what the API needs on top of it:
 appends return (first, last) and wake every ``wait_for`` waiter, so ConsumeStream followers
@@ -9,7 +9,7 @@ returned (with ``sync=always``: once it is fsynced). A record written to the fil
 waiting for its fsync is not served, so no reader ever sees a record a crash could take back.
 
 Idempotent producer (:meth:`LocalLog.append_idempotent`): the producer table
-(:class:`raftlog.server.producers.ProducerTable`) lives in memory on a single node. While
+(:class:`raftlog.domain.producers.ProducerTable`) lives in memory on a single node. While
 the node runs, a retried request gets its first offsets back. A clean :meth:`close` saves
 the table beside the segments (``producers.json`` in the log's directory, with the log's
 next offset); the next start loads it only if the log still ends at that offset (nothing
@@ -25,15 +25,15 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from raftlog.domain.errors import UnavailableError
+from raftlog.domain.producers import ProducerConfig, ProducerTable
+from raftlog.domain.protocols import Appended, ServerInfo
 from raftlog.log import Log, OffsetOutOfRangeError
-from raftlog.server.errors import UnavailableError
-from raftlog.server.producers import ProducerConfig, ProducerTable
-from raftlog.server.protocols import Appended, ServerInfo
+from raftlog.log.fileio import atomic_write
 
 logger = logging.getLogger("raftlog.server")
 
@@ -57,20 +57,9 @@ def _load_producers(table: ProducerTable, directory: Path, next_offset: int) -> 
 
 
 def _save_producers(directory: Path, next_offset: int, producers: object) -> None:
-    """Atomically write the table (temp file, fsync, rename, fsync the directory)."""
-    path = directory / PRODUCERS_FILE
-    tmp = path.with_suffix(".tmp")
+    """Atomically and durably replace the saved table (see :func:`atomic_write`)."""
     body = json.dumps({"next_offset": next_offset, "producers": producers}).encode()
-    with open(tmp, "wb") as f:
-        f.write(body)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    atomic_write(directory / PRODUCERS_FILE, body)
 
 
 class LocalLog:
@@ -125,7 +114,7 @@ class LocalLog:
     ) -> Appended:
         """Append unless (producer_id, sequence) was appended already (then its offsets).
 
-        Raises :class:`raftlog.server.errors.SequenceTooOldError` for a sequence below the
+        Raises :class:`raftlog.domain.errors.SequenceTooOldError` for a sequence below the
         producer's window. A failed append is forgotten: its retry appends.
         """
         table = self.producers

@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
+from raftlog.domain.protocols import Authorizer, CommitLog, ServerLister
 from raftlog.security import TLSConfig, grpc_server_credentials
 from raftlog.server.config import ServerConfig
 from raftlog.server.interceptors import (
@@ -24,7 +25,6 @@ from raftlog.server.interceptors import (
     DecodeGuardInterceptor,
     ObservabilityInterceptor,
 )
-from raftlog.server.protocols import Authorizer, CommitLog, ServerLister
 from raftlog.server.service import LogService
 
 logger = logging.getLogger("raftlog.server")

@@ -35,6 +35,18 @@ from typing import Any
 import grpc
 
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
+from raftlog.domain.errors import (
+    DeadlineError,
+    DomainError,
+    InvalidArgumentError,
+    OffsetOutOfRangeError,
+    RecordTooLargeError,
+    StorageError,
+    UnavailableError,
+    UnsupportedError,
+)
+from raftlog.domain.producers import producer_id_problem
+from raftlog.domain.protocols import Appended, CommitLog, IdempotentLog, ServerLister
 from raftlog.log import (
     CorruptRecordError,
     DurabilityError,
@@ -44,19 +56,7 @@ from raftlog.log import (
 from raftlog.log import OffsetOutOfRangeError as LogOffsetOutOfRangeError
 from raftlog.log import RecordTooLargeError as LogRecordTooLargeError
 from raftlog.server.config import ServerConfig
-from raftlog.server.errors import (
-    ApiError,
-    DeadlineError,
-    InvalidArgumentError,
-    OffsetOutOfRangeError,
-    RecordTooLargeError,
-    StorageError,
-    UnavailableError,
-    UnsupportedError,
-    status_for,
-)
-from raftlog.server.producers import producer_id_problem
-from raftlog.server.protocols import Appended, CommitLog, IdempotentLog, ServerLister
+from raftlog.server.errors import status_for
 
 logger = logging.getLogger("raftlog.server")
 
@@ -72,9 +72,9 @@ _Request = tuple[list[bytes], int, str, int]
 _Item = _Request | Exception | None
 
 
-def to_api_error(exc: BaseException) -> ApiError:
+def to_api_error(exc: BaseException) -> DomainError:
     """Map a commit-log (or unexpected) error to the API's taxonomy, in one place."""
-    if isinstance(exc, ApiError):
+    if isinstance(exc, DomainError):
         return exc
     if isinstance(exc, LogOffsetOutOfRangeError):
         return OffsetOutOfRangeError(exc.offset, exc.lowest, exc.highest)
@@ -86,13 +86,13 @@ def to_api_error(exc: BaseException) -> ApiError:
         return StorageError(f"storage error: {exc}")
     if isinstance(exc, TimeoutError):
         return DeadlineError(f"a bounded wait ran out: {exc or 'timeout'}")
-    return ApiError("internal error")
+    return DomainError("internal error")
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
     """End the call with the status of ``exc`` (a rich status with ErrorInfo details)."""
     error = to_api_error(exc)
-    if type(error) is ApiError and not isinstance(exc, ApiError):
+    if type(error) is DomainError and not isinstance(exc, DomainError):
         logger.exception("unexpected error in a call", exc_info=exc)
     code, message, trailing = status_for(error)
     await context.abort(code, message, trailing_metadata=trailing)
@@ -299,7 +299,7 @@ class LogService(log_pb2_grpc.LogServicer):
                 if self._stopping:
                     raise UnavailableError("the server is shutting down")
                 await self._follow(log, offset)
-        except (ApiError, LogError) as exc:
+        except (DomainError, LogError) as exc:
             await abort(context, exc)
 
     async def ProduceStream(

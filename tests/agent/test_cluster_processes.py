@@ -23,12 +23,12 @@ import grpc
 import pytest
 
 from raftlog.agent.devcluster import DevCluster
+from raftlog.api.contract import FORWARDED_KEY
+from raftlog.api.status import error_info_from_metadata
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
-from raftlog.distributed import FORWARDED_KEY
 from raftlog.mux.sockdir import socket_dirs_of
 from raftlog.raft.transport import HELLO_MAGIC, RAFT_MARKER, encode_frame, encode_hello
 from raftlog.security import CertFiles, TLSConfig, client_ssl_context
-from raftlog.server.errors import error_info_from_metadata
 from support.cluster_files import dev_cluster_files
 from support.procs import serf_pids
 

@@ -11,6 +11,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from raftlog.api.status import error_info_from_metadata
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.auth import (
     EXAMPLE_MODEL,
@@ -20,7 +21,6 @@ from raftlog.auth import (
     write_example_acl,
 )
 from raftlog.security import CertFiles, write_dev_certs
-from raftlog.server import error_info_from_metadata
 from raftlog.server.interceptors import (
     DEFAULT_ACTIONS,
     OPEN_METHODS,

@@ -31,9 +31,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from raftlog.agent.devcluster import ClusterFiles
+from raftlog.api.contract import FORWARDED_KEY
+from raftlog.api.status import error_info_from_metadata
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.auth import write_example_acl
-from raftlog.distributed import FORWARDED_KEY
 from raftlog.raft.transport import HELLO_MAGIC, RAFT_MARKER, encode_frame, encode_hello
 from raftlog.security import (
     CertFiles,
@@ -44,7 +45,6 @@ from raftlog.security import (
     issue_cert,
     write_dev_certs,
 )
-from raftlog.server import error_info_from_metadata
 from support.chaos_harness import ChaosCluster
 from support.chaos_run import AGENT_ARGS, results_dir
 

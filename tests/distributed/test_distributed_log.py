@@ -22,16 +22,17 @@ from raftlog.distributed import (
     CommitLogFSM,
     DistributedConfig,
     DistributedLog,
-    Forwarder,
     decode_batch,
 )
 from raftlog.distributed.fsm import encode_batch
+from raftlog.domain.errors import NotLeaderError, SequenceTooOldError
+from raftlog.domain.protocols import Appended
 from raftlog.log import OffsetOutOfRangeError
 from raftlog.raft import RaftConfig, Server
 from raftlog.raft.node import NodeConfig, RaftNode
 from raftlog.raft.transport_inmem import InmemNetwork
-from raftlog.server.errors import NotLeaderError, SequenceTooOldError
-from raftlog.server.protocols import Appended
+from raftlog.server.errors import code_of
+from raftlog.server.forward import GrpcForwarder
 
 TICK = 0.01
 
@@ -266,7 +267,7 @@ async def test_no_leader_answers_unavailable_with_an_empty_hint(tmp_path: Path) 
         for i in ("n2", "n3"):
             await c.members.pop(i).close()
         lone = c.members["n1"]
-        lone.dlog.forwarder = Forwarder(None)  # would forward, if there were a leader
+        lone.dlog.forwarder = GrpcForwarder(None)  # would forward, if there were a leader
         lone.dlog.config = DistributedConfig(append_timeout=3.0, leader_wait=0.3)
         # check-quorum: a leader that hears from nobody steps down within an election timeout
         await wait_until(lambda: not lone.node.leader_id, 5.0)
@@ -274,7 +275,7 @@ async def test_no_leader_answers_unavailable_with_an_empty_hint(tmp_path: Path) 
         with pytest.raises(NotLeaderError) as info:
             await lone.dlog.append([b"nobody-home"])
         assert asyncio.get_running_loop().time() - started < 2.0
-        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert code_of(info.value) == grpc.StatusCode.UNAVAILABLE
         assert info.value.metadata == {"leader_id": "", "leader_addr": ""}
         assert "no leader" in info.value.message
         await lone.dlog.forwarder.close()

@@ -20,10 +20,10 @@ from raftlog.distributed import (
     encode_idempotent_batch,
 )
 from raftlog.distributed.fsm import CHECKPOINT_FILE, SNAPSHOT_MAGIC
+from raftlog.domain.errors import SequenceTooOldError
+from raftlog.domain.producers import ProducerConfig
+from raftlog.domain.protocols import Appended
 from raftlog.raft import Entry, Membership, Server, SnapshotMeta
-from raftlog.server.errors import SequenceTooOldError
-from raftlog.server.producers import ProducerConfig
-from raftlog.server.protocols import Appended
 
 
 def entries(first_index: int, batches: list[list[bytes]]) -> list[Entry]:

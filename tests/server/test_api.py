@@ -11,9 +11,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from raftlog.api.status import error_info_from_metadata
 from raftlog.api.v1 import log_pb2
 from raftlog.security import CertFiles
-from raftlog.server import ServerConfig, error_info_from_metadata
+from raftlog.server import ServerConfig
 from support.api_node import Node, running_node
 
 Record = log_pb2.Record

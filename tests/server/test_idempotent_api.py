@@ -11,10 +11,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from raftlog.api.status import error_info_from_metadata
 from raftlog.api.v1 import log_pb2
 from raftlog.client import ClientConfig, LogClient, SequenceTooOldError
 from raftlog.security import CertFiles
-from raftlog.server import error_info_from_metadata
 from support.api_node import Node, running_node
 from support.drop_response import DropResponses
 

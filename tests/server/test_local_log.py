@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from raftlog.domain.errors import SequenceTooOldError
+from raftlog.domain.producers import ProducerConfig
+from raftlog.domain.protocols import Appended, CommitLog, IdempotentLog, ServerLister
 from raftlog.log import Log, LogConfig, OffsetOutOfRangeError, SyncPolicy
-from raftlog.server import CommitLog, LocalLog, ServerLister
-from raftlog.server.errors import SequenceTooOldError
+from raftlog.server import LocalLog
 from raftlog.server.local import PRODUCERS_FILE
-from raftlog.server.producers import ProducerConfig
-from raftlog.server.protocols import Appended, IdempotentLog
 
 
 async def test_wait_for_wakes_on_append_and_times_out(tmp_path: Path) -> None:
@@ -60,9 +60,10 @@ async def test_readers_see_only_committed_records(tmp_path: Path) -> None:
 def test_errors_map_to_status_codes_with_retry_advice() -> None:
     import grpc
 
+    from raftlog.domain.errors import NotLeaderError
     from raftlog.log import DurabilityError, LogClosedError
     from raftlog.log import OffsetOutOfRangeError as LogOutOfRange
-    from raftlog.server.errors import NotLeaderError, status_for
+    from raftlog.server.errors import code_of, status_for
     from raftlog.server.service import to_api_error
 
     cases = [
@@ -75,7 +76,7 @@ def test_errors_map_to_status_codes_with_retry_advice() -> None:
     ]
     for exc, code, retriable in cases:
         err = to_api_error(exc)
-        assert (err.code, err.retriable) == (code, retriable), exc
+        assert (code_of(err), err.retriable) == (code, retriable), exc
         got_code, message, trailing = status_for(err)
         assert got_code is code and message and trailing[0][0] == "grpc-status-details-bin"
     assert to_api_error(NotLeaderError("x")).refresh_leader

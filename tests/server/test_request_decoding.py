@@ -19,9 +19,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
+from raftlog.api.status import error_info_from_metadata
 from raftlog.api.v1 import log_pb2
 from raftlog.security import CertFiles
-from raftlog.server import error_info_from_metadata, interceptors
+from raftlog.server import interceptors
 from support.api_node import Node, running_node
 
 pytestmark = pytest.mark.timeout(60)

@@ -14,9 +14,11 @@ from pathlib import Path
 
 from raftlog.auth import CasbinAuthorizer, write_example_acl
 from raftlog.client import ClientConfig, LogClient
+from raftlog.domain.errors import NotLeaderError
+from raftlog.domain.protocols import ServerInfo
 from raftlog.log import Log, LogConfig, SyncPolicy
 from raftlog.security import CertFiles, TLSConfig, write_dev_certs
-from raftlog.server import LocalLog, LogServer, NotLeaderError, ServerInfo
+from raftlog.server import LocalLog, LogServer
 
 #: Client settings for tests: short backoffs, so retries happen within test time.
 FAST = ClientConfig(

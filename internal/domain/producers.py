@@ -38,7 +38,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from raftlog.server.errors import SequenceTooOldError
+from raftlog.domain.errors import SequenceTooOldError
 
 #: Longest producer id, in bytes of UTF-8 (the proto's contract).
 MAX_PRODUCER_ID_BYTES = 64

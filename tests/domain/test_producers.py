@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from raftlog.server.errors import SequenceTooOldError
-from raftlog.server.producers import (
+from raftlog.domain.errors import SequenceTooOldError
+from raftlog.domain.producers import (
     ProducerConfig,
     ProducerConfigError,
     ProducerTable,

@@ -1,8 +1,13 @@
-"""What the gRPC server needs from the rest of the node, declared where it is used.
+"""What the gRPC server needs from a log, and what a log answers with.
 
 The single node plugs in :class:`~raftlog.server.local.LocalLog`; the cluster plugs in a
 ``DistributedLog`` implementing the same :class:`CommitLog` and :class:`ServerLister`, and its
 own :class:`Authorizer` if it likes. Nothing in :mod:`raftlog.server` imports either.
+
+These sit in :mod:`raftlog.domain`, below both the server and ``raftlog.distributed``: the
+replicated state machine returns :class:`Appended` and the cluster reports
+:class:`ServerInfo`, so declaring them in the server would make the lower layer import the
+higher one.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ class CommitLog(Protocol):
     """An append-only log of opaque records addressed by dense offsets.
 
     Errors: reads raise :class:`raftlog.log.OffsetOutOfRangeError` (or any
-    :class:`raftlog.server.errors.ApiError`, for example ``NotLeaderError``); the servicer maps
+    :class:`raftlog.domain.errors.DomainError`, for example ``NotLeaderError``); the servicer maps
     :mod:`raftlog.log` errors to status codes in one place.
     """
 
@@ -77,7 +82,7 @@ class Appended:
 @runtime_checkable
 class IdempotentLog(Protocol):
     """A :class:`CommitLog` that also remembers producers' sequences (the idempotent
-    producer, see :mod:`raftlog.server.producers`). Both LocalLog and DistributedLog are
+    producer, see :mod:`raftlog.domain.producers`). Both LocalLog and DistributedLog are
     one; the servicer refuses idempotent requests (UNIMPLEMENTED) on a log that is not."""
 
     async def append_idempotent(
@@ -85,7 +90,7 @@ class IdempotentLog(Protocol):
     ) -> Appended:
         """Append ``records`` unless this (producer_id, sequence) was appended already; then
         return the first append's offsets with ``duplicate=True``. Raises
-        :class:`raftlog.server.errors.SequenceTooOldError` for a sequence below the
+        :class:`raftlog.domain.errors.SequenceTooOldError` for a sequence below the
         producer's remembered window. The pair was validated by the caller."""
         ...
 

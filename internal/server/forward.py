@@ -13,33 +13,36 @@ marked call, so a client certificate that may produce cannot pass itself off as 
 forwarding follower (the example policy grants ``replicate`` to CN ``server`` only). A
 marked call from a subject without it is refused with PERMISSION_DENIED.
 
-The mark reaches :class:`DistributedLog` through a context variable set by
-:class:`ForwardMarkInterceptor` inside the call (the servicer only passes the records).
+The mark reaches :class:`~raftlog.distributed.DistributedLog` through the context variable
+:data:`raftlog.distributed.forwarding.forwarded_call`, set by :class:`ForwardMarkInterceptor`
+inside the call (the servicer only passes the records).
+
+This is the gRPC side of forwarding, so it lives in the server layer: ``raftlog.distributed``
+declares the :class:`~raftlog.distributed.forwarding.Forwarder` it needs, and the agent
+injects a :class:`GrpcForwarder`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 
+from raftlog.api.contract import FORWARDED_KEY, OBJECT_WILDCARD, Action, Key, Reason
+from raftlog.api.status import error_info_from_metadata
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
+from raftlog.distributed.forwarding import ForwardError, forwarded_call
+from raftlog.domain.errors import PermissionDeniedError
+from raftlog.domain.protocols import Appended, Authorizer
 from raftlog.security import TLSConfig, grpc_channel_credentials
-from raftlog.server.errors import PermissionDeniedError, error_info_from_metadata, status_for
-from raftlog.server.interceptors import OBJECT_WILDCARD, REPLICATE, subject_of
-from raftlog.server.protocols import Appended, Authorizer
+from raftlog.server.errors import status_for
+from raftlog.server.interceptors import subject_of
 
+#: The logger forwarding always used (it was part of raftlog.distributed).
 log = logging.getLogger("raftlog.distributed")
-
-FORWARDED_KEY = "x-raftlog-forwarded"
-#: True inside a call that another node forwarded to this one.
-forwarded_call: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "raftlog_forwarded_call", default=False
-)
 
 
 class ForwardMarkInterceptor(grpc.aio.ServerInterceptor):
@@ -67,9 +70,9 @@ class ForwardMarkInterceptor(grpc.aio.ServerInterceptor):
 
         async def unary_unary(request: Any, context: Any) -> Any:
             subject = subject_of(context) or ""
-            if not authorizer.authorize(subject, OBJECT_WILDCARD, REPLICATE):
+            if not authorizer.authorize(subject, OBJECT_WILDCARD, Action.REPLICATE):
                 code, message, trailing = status_for(
-                    PermissionDeniedError(subject, REPLICATE, OBJECT_WILDCARD)
+                    PermissionDeniedError(subject, Action.REPLICATE, OBJECT_WILDCARD)
                 )
                 await context.abort(code, message, trailing_metadata=trailing)
             forwarded_call.set(True)
@@ -80,31 +83,9 @@ class ForwardMarkInterceptor(grpc.aio.ServerInterceptor):
         )
 
 
-class ForwardError(Exception):
-    """A forwarded Produce failed; ``not_applied`` says the leader surely did not append
-    it (safe to retry), ``leader_id`` names the leader the other side knows of, ``reason``
-    and ``metadata`` are the leader's ErrorInfo (empty without one)."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        not_applied: bool,
-        code: grpc.StatusCode,
-        leader_id: str = "",
-        reason: str = "",
-        metadata: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.not_applied = not_applied
-        self.code = code
-        self.leader_id = leader_id
-        self.reason = reason
-        self.metadata: dict[str, str] = dict(metadata or {})
-
-
-class Forwarder:
-    """One gRPC channel per leader address, with the peer TLS certificate.
+class GrpcForwarder:
+    """The :class:`~raftlog.distributed.forwarding.Forwarder` of a cluster node: one gRPC
+    channel per leader address, with the peer TLS certificate.
 
     ``server_hostname`` overrides the name checked in the leader's certificate (default:
     the dialled host; the dev certificates are valid for 127.0.0.1 and localhost).
@@ -144,9 +125,7 @@ class Forwarder:
         """Produce ``records`` on the node at ``address`` (with the idempotent producer's
         pair when ``producer_id`` is set); the offsets and whether it was a duplicate."""
         if self._closed:
-            raise ForwardError(
-                "forwarder is closed", not_applied=True, code=grpc.StatusCode.UNAVAILABLE
-            )
+            raise ForwardError("forwarder is closed", not_applied=True)
         stub = self._stub(address)
         request = log_pb2.ProduceRequest(
             records=[log_pb2.Record(value=r) for r in records],
@@ -157,20 +136,20 @@ class Forwarder:
         try:
             response = await call
         except grpc.aio.AioRpcError as exc:
-            info = error_info_from_metadata(exc.trailing_metadata())  # type: ignore[arg-type]
+            info = error_info_from_metadata(exc.trailing_metadata())
             reason = info.reason if info is not None else ""
-            leader = info.metadata.get("leader_id", "") if info is not None else ""
+            leader = info.metadata.get(Key.LEADER_ID, "") if info is not None else ""
             # NOT_LEADER is raised before anything is proposed, or when the entry was
             # lost in a leader change: never appended. A refused connection never
             # carried the request. Anything else may have been appended.
-            not_applied = reason in ("NOT_LEADER", "NO_LEADER") or (
+            not_applied = reason == Reason.NOT_LEADER or (
                 exc.code() == grpc.StatusCode.UNAVAILABLE
                 and "failed to connect" in (exc.details() or "").lower()
             )
             raise ForwardError(
                 f"forward to {address}: {exc.code().name}: {exc.details()}",
                 not_applied=not_applied,
-                code=exc.code(),
+                deadline_exceeded=exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED,
                 leader_id=leader,
                 reason=reason,
                 metadata=dict(info.metadata) if info is not None else None,
