@@ -34,7 +34,8 @@ import grpc
 
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.auth import write_example_acl
-from raftlog.security import TLSConfig, grpc_channel_credentials, write_dev_certs
+from raftlog.security import TLSConfig, write_dev_certs
+from raftlog.security.grpc_tls import grpc_channel_credentials
 
 RAFTLOG = str(Path(sys.executable).parent / "raftlog")
 SIZES = (100, 1024)

@@ -45,7 +45,8 @@ from raftlog.mux import RAFT_MARKER, Mux, MuxConfig, PrivateSocketDir, remove_st
 from raftlog.raft import RaftConfig, RaftError, Server
 from raftlog.raft.node import NodeConfig, RaftNode
 from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
-from raftlog.security import TLSConfig, grpc_server_credentials
+from raftlog.security import TLSConfig
+from raftlog.security.grpc_tls import grpc_server_credentials
 from raftlog.server import LogServer, ServerConfig
 from raftlog.server.forward import ForwardMarkInterceptor, GrpcForwarder
 

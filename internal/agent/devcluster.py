@@ -25,7 +25,8 @@ import grpc
 
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.discovery.spawn import spawn
-from raftlog.security import TLSConfig, grpc_channel_credentials
+from raftlog.security import TLSConfig
+from raftlog.security.grpc_tls import grpc_channel_credentials
 
 
 class DevClusterError(RuntimeError):

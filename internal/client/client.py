@@ -55,7 +55,8 @@ from raftlog.client.errors import (
 )
 from raftlog.client.picker import Picker
 from raftlog.client.resolver import Resolver, ServerInfo
-from raftlog.security.tls import TLSConfig, grpc_channel_credentials
+from raftlog.security.grpc_tls import grpc_channel_credentials
+from raftlog.security.tls import TLSConfig
 
 T = TypeVar("T")
 #: One attempt of an operation: (stub, server address, attempt timeout in seconds) -> result.

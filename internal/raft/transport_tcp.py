@@ -58,7 +58,12 @@ from raftlog.raft.transport import (
     split_host_port,
     validate_max_frame_size,
 )
-from raftlog.security import TLSConfig, client_ssl_context, peer_common_name, server_ssl_context
+from raftlog.security.tls import (
+    TLSConfig,
+    client_ssl_context,
+    peer_common_name,
+    server_ssl_context,
+)
 
 log = logging.getLogger("raftlog.raft.transport")
 

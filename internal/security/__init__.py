@@ -2,9 +2,10 @@
 
 - :mod:`raftlog.security.certs` makes development certificates (a CA, a server/peer
   certificate, client certificates named by subject) with the ``cryptography`` package.
-- :mod:`raftlog.security.tls` turns certificate files into ``ssl`` contexts and gRPC
-  credentials that always verify the other side against the cluster CA (mutual TLS). It
-  needs only ``ssl`` and ``grpc``.
+- :mod:`raftlog.security.tls` turns certificate files into ``ssl`` contexts that always
+  verify the other side against the cluster CA (mutual TLS). It needs only ``ssl``.
+- :mod:`raftlog.security.grpc_tls` builds gRPC credentials from the same files; import it
+  by name (it needs ``grpc``, which the layers below the server never import).
 
 The names of :mod:`~raftlog.security.certs` are loaded on first use (module
 ``__getattr__``, PEP 562): a client that only needs :class:`TLSConfig` and its channel
@@ -20,8 +21,6 @@ from raftlog.security.tls import (
     TLSConfig,
     TLSConfigError,
     client_ssl_context,
-    grpc_channel_credentials,
-    grpc_server_credentials,
     peer_common_name,
     server_ssl_context,
 )
@@ -54,8 +53,6 @@ __all__ = [
     "TLSConfigError",
     "client_ssl_context",
     "generate_ca",
-    "grpc_channel_credentials",
-    "grpc_server_credentials",
     "issue_cert",
     "peer_common_name",
     "server_ssl_context",

@@ -1,9 +1,13 @@
-"""TLS contexts and gRPC credentials that always authenticate both sides.
+"""TLS contexts that always authenticate both sides (standard library ``ssl`` only).
 
 Every raftlog connection is mutual TLS against the cluster CA: the server side requires a
 client certificate (``CERT_REQUIRED``), the client side verifies the server's certificate
 and hostname. There is no option here to turn verification off; insecure mode is a separate,
 explicit switch of the agent.
+
+This module needs nothing but the standard library, so the Raft transport (which speaks
+TLS on raw sockets) and a client-only install can use it; gRPC credentials built from the
+same files are in :mod:`raftlog.security.grpc_tls`.
 """
 
 from __future__ import annotations
@@ -11,8 +15,6 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-
-import grpc
 
 
 class TLSConfigError(ValueError):
@@ -99,19 +101,3 @@ def peer_common_name(peer_cert: dict[str, object] | None) -> str | None:
             if key == "commonName":
                 return str(value)
     return None
-
-
-def grpc_server_credentials(tls: TLSConfig) -> grpc.ServerCredentials:
-    """gRPC server credentials that require a client certificate signed by the CA."""
-    cert, key, ca = tls.read()
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=ca, require_client_auth=True
-    )
-
-
-def grpc_channel_credentials(tls: TLSConfig) -> grpc.ChannelCredentials:
-    """gRPC channel credentials that present a client certificate and verify the server."""
-    cert, key, ca = tls.read()
-    return grpc.ssl_channel_credentials(
-        root_certificates=ca, private_key=key, certificate_chain=cert
-    )

@@ -37,7 +37,8 @@ from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.distributed.forwarding import ForwardError, forwarded_call
 from raftlog.domain.errors import PermissionDeniedError
 from raftlog.domain.protocols import Appended, Authorizer
-from raftlog.security import TLSConfig, grpc_channel_credentials
+from raftlog.security import TLSConfig
+from raftlog.security.grpc_tls import grpc_channel_credentials
 from raftlog.server.errors import status_for
 from raftlog.server.interceptors import subject_of
 

@@ -17,7 +17,8 @@ from grpc_reflection.v1alpha import reflection
 
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.domain.protocols import Authorizer, CommitLog, ServerLister
-from raftlog.security import TLSConfig, grpc_server_credentials
+from raftlog.security import TLSConfig
+from raftlog.security.grpc_tls import grpc_server_credentials
 from raftlog.server.config import ServerConfig
 from raftlog.server.interceptors import (
     AuthenticationInterceptor,

@@ -26,7 +26,8 @@ from raftlog.config import AgentConfig
 from raftlog.discovery import find_serf_binary
 from raftlog.log import Log
 from raftlog.mux.sockdir import socket_dirs_of
-from raftlog.security import CertFiles, TLSConfig, grpc_channel_credentials
+from raftlog.security import CertFiles, TLSConfig
+from raftlog.security.grpc_tls import grpc_channel_credentials
 from support.cluster_files import dev_cluster_files
 
 

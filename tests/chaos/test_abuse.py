@@ -41,10 +41,10 @@ from raftlog.security import (
     TLSConfig,
     client_ssl_context,
     generate_ca,
-    grpc_channel_credentials,
     issue_cert,
     write_dev_certs,
 )
+from raftlog.security.grpc_tls import grpc_channel_credentials
 from support.chaos_harness import ChaosCluster
 from support.chaos_run import AGENT_ARGS, results_dir
 

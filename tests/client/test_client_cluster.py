@@ -28,7 +28,8 @@ from raftlog.agent.devcluster import DevCluster
 from raftlog.api.status import error_info_from_metadata
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.client import LogClient, Record
-from raftlog.security import CertFiles, grpc_channel_credentials
+from raftlog.security import CertFiles
+from raftlog.security.grpc_tls import grpc_channel_credentials
 from support.client_nodes import FAST, tls_of
 from support.cluster_files import dev_cluster_files
 from support.drop_response import DropResponses

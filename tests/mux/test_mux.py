@@ -26,12 +26,11 @@ from raftlog.security import (
     CertFiles,
     TLSConfig,
     client_ssl_context,
-    grpc_channel_credentials,
-    grpc_server_credentials,
     peer_common_name,
     server_ssl_context,
     write_dev_certs,
 )
+from raftlog.security.grpc_tls import grpc_channel_credentials, grpc_server_credentials
 
 # The module-wide loop choice below uses the event_loop_policy fixture, which
 # pytest-asyncio 1.x deprecates in favour of a global hook; a hook would affect every

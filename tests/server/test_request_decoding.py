@@ -187,7 +187,8 @@ DENIED_STREAMS = """
 import asyncio, collections, sys
 import grpc
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
-from raftlog.security import TLSConfig, grpc_channel_credentials
+from raftlog.security import TLSConfig
+from raftlog.security.grpc_tls import grpc_channel_credentials
 
 async def main():
     addr, cert, key, ca, n = sys.argv[1:6]

@@ -12,7 +12,8 @@ import grpc
 from raftlog.api.v1 import log_pb2_grpc
 from raftlog.auth import CasbinAuthorizer, write_example_acl
 from raftlog.log import Log, LogConfig, SyncPolicy
-from raftlog.security import CertFiles, TLSConfig, grpc_channel_credentials
+from raftlog.security import CertFiles, TLSConfig
+from raftlog.security.grpc_tls import grpc_channel_credentials
 from raftlog.server import LocalLog, LogServer, ServerConfig
 
 #: Client-side message limit in tests: large enough to send oversized records on purpose.

@@ -32,7 +32,8 @@ import grpc
 from raftlog.agent.devcluster import ClusterFiles, DevCluster, DevClusterError, NodeProcess
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.client import ClientConfig, LogClient
-from raftlog.security import TLSConfig, grpc_channel_credentials
+from raftlog.security import TLSConfig
+from raftlog.security.grpc_tls import grpc_channel_credentials
 from support import chaos_fsync
 from support.chaos_net import NetnsNetwork
 
