@@ -76,10 +76,11 @@ typeroot:
 	@ln -s ../../../api .build/typeroot/raftlog/api
 	@ln -s ../../../cmd .build/typeroot/raftlog/cmd
 
-lint: install typeroot ## ruff (lint + format check) and mypy --strict on the package
+lint: install typeroot ## ruff (lint + format check), mypy --strict, and the import layers (lint-imports)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy -p raftlog
+	PYTHONPATH=.build/typeroot $(VENV)/bin/lint-imports --cache-dir .build/import-linter
 
 fmt: install ## format and auto-fix with ruff
 	$(VENV)/bin/ruff format .
