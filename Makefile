@@ -13,6 +13,8 @@ SERF   := $(TOOLS)/bin/serf
 STAMP  := $(VENV)/.installed
 PROTO  := api/v1/log.proto
 GEN    := api/v1/log_pb2.py api/v1/log_pb2_grpc.py api/v1/log_pb2.pyi
+ADMIN_PROTO := api/admin/v1/admin.proto
+ADMIN_GEN   := api/admin/v1/admin_pb2.py api/admin/v1/admin_pb2_grpc.py api/admin/v1/admin_pb2.pyi
 CERTS  := certs/ca.pem certs/server.pem certs/root-client.pem certs/nobody-client.pem
 PYTEST_ARGS ?=
 
@@ -21,7 +23,7 @@ PYTEST_ARGS ?=
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
 
-install: $(STAMP) $(GEN) $(SERF) ## venv, Python deps, generated code, the Serf binary
+install: $(STAMP) $(GEN) $(ADMIN_GEN) $(SERF) ## venv, Python deps, generated code, the Serf binary
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +34,9 @@ $(STAMP): pyproject.toml setup.py | $(PY)
 	touch $@
 
 # protoc sees the contract at raftlog/api/v1/log.proto, so the generated modules import
-# each other as raftlog.api.v1.* (the package they are installed in).
-proto: $(GEN) ## generate the gRPC code from api/v1/log.proto
+# each other as raftlog.api.v1.* (the package they are installed in); the admin contract
+# likewise at raftlog/api/admin/v1/admin.proto (proto package raftlog.admin.v1).
+proto: $(GEN) $(ADMIN_GEN) ## generate the gRPC code from api/v1/log.proto and api/admin/v1/admin.proto
 $(GEN) &: $(PROTO) $(STAMP)
 	rm -rf .build/proto && mkdir -p .build/proto/src/raftlog/api/v1 .build/proto/out
 	cp $(PROTO) .build/proto/src/raftlog/api/v1/log.proto
@@ -41,6 +44,15 @@ $(GEN) &: $(PROTO) $(STAMP)
 	    --pyi_out=.build/proto/out --grpc_python_out=.build/proto/out \
 	    raftlog/api/v1/log.proto
 	cp .build/proto/out/raftlog/api/v1/log_pb2*.py* api/v1/
+
+$(ADMIN_GEN) &: $(ADMIN_PROTO) $(STAMP)
+	rm -rf .build/proto-admin && mkdir -p .build/proto-admin/src/raftlog/api/admin/v1 \
+	    .build/proto-admin/out
+	cp $(ADMIN_PROTO) .build/proto-admin/src/raftlog/api/admin/v1/admin.proto
+	$(PY) -m grpc_tools.protoc -I .build/proto-admin/src --python_out=.build/proto-admin/out \
+	    --pyi_out=.build/proto-admin/out --grpc_python_out=.build/proto-admin/out \
+	    raftlog/api/admin/v1/admin.proto
+	cp .build/proto-admin/out/raftlog/api/admin/v1/admin_pb2*.py* api/admin/v1/
 
 # Serf: the real HashiCorp agent. Debian's package enables a systemd service on install,
 # so it is extracted (never installed) into .tools/.
@@ -104,4 +116,5 @@ chaos: install certs ## chaos scenarios + fuzz/abuse suite (DURATION=seconds per
 clean: ## remove everything generated (venv, tools, generated code, certificates, data)
 	rm -rf $(VENV) $(TOOLS) .build build dist *.egg-info .mypy_cache .ruff_cache \
 	    .pytest_cache .hypothesis .data api/v1/*_pb2*.py api/v1/*_pb2*.pyi \
+	    api/admin/v1/*_pb2*.py api/admin/v1/*_pb2*.pyi \
 	    certs/*.pem certs/*.key
