@@ -10,6 +10,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 TOOLS  := .tools
 SERF   := $(TOOLS)/bin/serf
+PROMETHEUS := $(TOOLS)/bin/prometheus
 STAMP  := $(VENV)/.installed
 PROTO  := api/v1/log.proto
 GEN    := api/v1/log_pb2.py api/v1/log_pb2_grpc.py api/v1/log_pb2.pyi
@@ -18,7 +19,7 @@ ADMIN_GEN   := api/admin/v1/admin_pb2.py api/admin/v1/admin_pb2_grpc.py api/admi
 CERTS  := certs/ca.pem certs/server.pem certs/root-client.pem certs/nobody-client.pem
 PYTEST_ARGS ?=
 
-.PHONY: help install run cluster test lint fmt proto certs bench chaos clean typeroot
+.PHONY: help install run cluster test lint fmt proto certs bench chaos clean typeroot prometheus
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -73,6 +74,29 @@ $(SERF):
 	fi
 	@$(SERF) version | head -1
 
+# Prometheus (server and promtool) for the metrics tests: Debian's package, extracted like
+# Serf (its postinst would start a system service), never installed.
+prometheus: $(PROMETHEUS) ## the Prometheus server and promtool in .tools/bin (metrics tests)
+$(PROMETHEUS):
+	@mkdir -p $(TOOLS)/bin
+	@if command -v apt-get >/dev/null 2>&1; then \
+	    rm -rf $(TOOLS)/deb-prometheus && mkdir -p $(TOOLS)/deb-prometheus; \
+	    ( cd $(TOOLS)/deb-prometheus && apt-get download prometheus >/dev/null 2>&1 ) || \
+	    { echo "apt-get update (package lists are missing or stale)"; \
+	      apt-get update -qq && ( cd $(TOOLS)/deb-prometheus && apt-get download prometheus ); }; \
+	    dpkg-deb -x $(TOOLS)/deb-prometheus/prometheus_*.deb $(TOOLS)/root-prometheus; \
+	    ln -sf ../root-prometheus/usr/bin/promtool $(TOOLS)/bin/promtool; \
+	    ln -sf ../root-prometheus/usr/bin/prometheus $(PROMETHEUS); \
+	elif command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then \
+	    ln -sf "$$(command -v promtool)" $(TOOLS)/bin/promtool; \
+	    ln -sf "$$(command -v prometheus)" $(PROMETHEUS); \
+	else \
+	    echo "error: prometheus not found and apt-get is not available;" \
+	         "install Prometheus 2.x (server and promtool) on PATH and run make again" >&2; \
+	    exit 1; \
+	fi
+	@$(PROMETHEUS) --version 2>&1 | head -1
+
 certs: $(CERTS) ## development CA, server/peer and client certificates in certs/
 $(CERTS) &: | $(STAMP) $(GEN)
 	$(VENV)/bin/raftlog cert --out-dir certs
@@ -98,7 +122,7 @@ fmt: install ## format and auto-fix with ruff
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: install lint ## the whole test suite (includes lint)
+test: install lint $(PROMETHEUS) ## the whole test suite (includes lint)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 bench: install certs ## benchmarks, printed as ratios against baselines measured in the same run

@@ -316,6 +316,13 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                 who[1],
                 name,
                 elapsed * 1e3,
+                extra={
+                    "method": method,
+                    "subject": who[0],
+                    "peer": who[1],
+                    "code": name,
+                    "duration_ms": round(elapsed * 1e3, 3),
+                },
             )
 
     @staticmethod

@@ -36,8 +36,9 @@ class _Family:
 class CallbackCollector(Collector):
     """Gauges and counters whose values come from callables at scrape time.
 
-    A callback that raises (the part it reads is closing, say) or returns None leaves its
-    family out of that scrape rather than failing the whole scrape.
+    A callback that raises (the part it reads is closing, say) or returns None (the part
+    is not there: no Serf with static peers, not the leader) gives its family without
+    samples in that scrape (its HELP and TYPE lines only), rather than failing the scrape.
     """
 
     def __init__(self) -> None:
@@ -83,10 +84,11 @@ class CallbackCollector(Collector):
                 value = family.read()
             except Exception as exc:  # one part failing must not hide every other metric
                 logger.debug("metric %s not read: %r", family.name, exc)
-                continue
-            if value is None:
-                continue
+                value = None
             metric = self._empty(family)
+            if value is None:
+                yield metric
+                continue
             if isinstance(value, Mapping):
                 for label_values, v in value.items():
                     metric.add_metric(list(label_values), float(v))  # type: ignore[attr-defined]

@@ -12,8 +12,9 @@ certificates, so it serves nothing but numbers and yes/no answers (no records, n
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -21,15 +22,31 @@ from raftlog.telemetry.metrics import CONTENT_TYPE, NodeMetrics
 
 logger = logging.getLogger("raftlog.telemetry")
 
+#: Longest the refresh before a scrape may take (seconds); the scrape goes on without it.
+SCRAPE_REFRESH_TIMEOUT_S = 2.0
+
 #: Readiness: (ready, reason). Called on the event loop for every /readyz; must be quick.
 HealthCheck = Callable[[], tuple[bool, str]]
 
 
 class MetricsServer:
-    """``/metrics``, ``/healthz`` and ``/readyz`` on ``host:port`` (0 = any free port)."""
+    """``/metrics``, ``/healthz`` and ``/readyz`` on ``host:port`` (0 = any free port).
 
-    def __init__(self, metrics: NodeMetrics, ready: HealthCheck, host: str, port: int) -> None:
+    ``before_scrape`` refreshes values that need I/O (the data directory's size, measured
+    in a thread) before each scrape, bounded by :data:`SCRAPE_REFRESH_TIMEOUT_S`.
+    """
+
+    def __init__(
+        self,
+        metrics: NodeMetrics,
+        ready: HealthCheck,
+        host: str,
+        port: int,
+        *,
+        before_scrape: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.metrics = metrics
+        self._before_scrape = before_scrape
         self._ready = ready
         self.host = host
         self.requested_port = port
@@ -68,6 +85,12 @@ class MetricsServer:
             await self._runner.cleanup()
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self._before_scrape is not None:
+            try:
+                async with asyncio.timeout(SCRAPE_REFRESH_TIMEOUT_S):
+                    await self._before_scrape()
+            except Exception as exc:  # stale values beat no metrics at all
+                logger.debug("refreshing metrics before a scrape failed: %r", exc)
         body = self.metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 

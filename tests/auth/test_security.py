@@ -254,7 +254,10 @@ def test_casbin_policy_and_example_files(tmp_path: Path) -> None:
     assert authz.authorize("root", "*", "produce")
     assert authz.authorize("root", "*", "consume")
     assert not authz.authorize("root", "*", "replicate")
+    assert authz.authorize("root", "*", "admin")
     assert authz.authorize("server", "*", "replicate")
+    assert not authz.authorize("server", "*", "admin")
+    assert not authz.authorize("nobody", "*", "admin")
     assert not authz.authorize("nobody", "*", "consume")
     assert not authz.authorize("nobody", "*", "produce")
     with pytest.raises(AuthConfigError, match="acl_policy_file: no such file"):
