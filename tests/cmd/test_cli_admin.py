@@ -1,0 +1,131 @@
+"""``raftlog status`` and ``raftlog admin ...`` through the CLI, on a 3-node process cluster.
+
+One cluster for every command, in the order an operator would use them: look at the
+cluster, be refused without the admin action, move leadership, take snapshots, fail to
+remove a stranger, lose a node for good and remove it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+from raftlog.security import CertFiles, TLSConfig
+from support.cli import run_raftlog
+from support.cluster_files import dev_cluster_files
+from support.static_cluster import static_cluster
+from support.wait import wait_until
+
+pytestmark = pytest.mark.timeout(150)
+
+
+def _client_flags(cert: CertFiles) -> list[str]:
+    return ["--ca-file", str(cert.ca_file), "--cert-file", str(cert.cert_file),
+            "--key-file", str(cert.key_file), "--timeout", "10"]  # fmt: skip
+
+
+async def _status_json(cwd: Path, cert: CertFiles, addrs: list[str]) -> tuple[int, list[dict]]:  # type: ignore[type-arg]
+    code, out, err = await run_raftlog(
+        "status", "--addr", ",".join(addrs), "--format", "json", *_client_flags(cert), cwd=cwd
+    )
+    assert out, err
+    return code, json.loads(out)
+
+
+async def test_status_and_admin_commands(tmp_path: Path, dev_certs: dict[str, CertFiles]) -> None:
+    root, nobody = dev_certs["root"], dev_certs["nobody"]
+    tls = TLSConfig(root.cert_file, root.key_file, root.ca_file)
+    sc = static_cluster(tmp_path, dev_cluster_files(tmp_path, dev_certs))
+    nodes = sc.cluster.nodes
+    try:
+        leader = await sc.start(tls)
+        addrs = sc.rpc_addrs()
+
+        # status from one address: the leader names the other members, every row is there
+        code, out, err = await run_raftlog(
+            "status", "--addr", nodes[leader].rpc_addr, *_client_flags(root), cwd=tmp_path
+        )
+        assert code == 0, err
+        lines = out.splitlines()
+        assert lines[0].split() == [
+            "ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG", "LOWEST", "HIGHEST",
+            "DISK",
+        ]  # fmt: skip
+        rows = {line.split()[0]: line.split() for line in lines[1:]}
+        assert set(rows) == set(sc.names)
+        assert rows[leader][2] == "leader"
+        assert all(rows[n][2] == "follower" for n in sc.names if n != leader)
+        assert all(int(r[9]) > 0 for r in rows.values())  # disk bytes of each data dir
+
+        code, status = await _status_json(tmp_path, root, addrs)
+        assert code == 0
+        assert [s["role"] for s in status].count("leader") == 1
+        assert {s["id"]: s["address"] for s in status} == {n: nodes[n].rpc_addr for n in sc.names}
+        assert all(s["lag"] is not None and s["lag"] >= 0 for s in status)
+
+        # anyone but root is refused, in plain words
+        code, out, err = await run_raftlog(
+            "status", "--addr", ",".join(addrs), *_client_flags(nobody), cwd=tmp_path
+        )
+        assert code == 1 and out == ""
+        assert "not permitted: subject 'nobody' lacks action admin" in err
+        code, _, err = await run_raftlog(
+            "admin", "transfer-leader", "--addr", addrs[0], *_client_flags(nobody), cwd=tmp_path
+        )
+        assert code == 1 and "not permitted: subject 'nobody' lacks action admin" in err
+
+        # leadership moves where it is told
+        target = next(n for n in sc.names if n != leader)
+        code, out, err = await run_raftlog(
+            "admin", "transfer-leader", "--to", target, "--addr", nodes[leader].rpc_addr,
+            *_client_flags(root), cwd=tmp_path,
+        )  # fmt: skip
+        assert code == 0, err
+        assert out.strip() == f"leadership transferred to {target}"
+
+        async def led_by_target() -> bool:
+            _, status = await _status_json(tmp_path, root, addrs)
+            return [s["id"] for s in status if s["role"] == "leader"] == [target]
+
+        await wait_until(led_by_target, 15, f"{target} leading in raftlog status")
+
+        code, _, err = await run_raftlog(
+            "admin", "transfer-leader", "--to", "n9", "--addr", addrs[0],
+            *_client_flags(root), cwd=tmp_path,
+        )  # fmt: skip
+        assert code == 1 and "node n9 is not a member" in err
+
+        # removing a stranger is refused; a node dead for good is removed
+        code, _, err = await run_raftlog(
+            "admin", "remove", "n9", "--addr", addrs[0], *_client_flags(root), cwd=tmp_path
+        )
+        assert code == 1 and "node n9 is not a member" in err, err
+        dead = next(n for n in sc.names if n != target)
+        sc.cluster.signal(dead, signal.SIGKILL)
+        sc.cluster.wait_exit(dead, 10)
+        code, status = await _status_json(tmp_path, root, addrs)
+        assert code == 1
+        gone = [s for s in status if s["address"] == nodes[dead].rpc_addr]
+        assert gone[0]["role"] == "unreachable" and gone[0]["id"] == dead and gone[0]["error"]
+        code, out, err = await run_raftlog(
+            "admin", "remove", dead, "--addr", nodes[target].rpc_addr, *_client_flags(root),
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert code == 0, err
+        assert out.startswith(f"removed {dead} (membership change committed at index ")
+        live = [nodes[n].rpc_addr for n in sc.names if n != dead]
+        code, status = await _status_json(tmp_path, root, live)
+        assert code == 0
+        assert sorted(s["id"] for s in status) == sorted(n for n in sc.names if n != dead)
+    finally:
+        sc.cluster.stop_all()
+
+
+async def test_cert_writes_a_policy_that_grants_admin_to_root_only(tmp_path: Path) -> None:
+    code, _, err = await run_raftlog("cert", "--out-dir", str(tmp_path / "c"), cwd=tmp_path)
+    assert code == 0, err
+    lines = (tmp_path / "c" / "policy.csv").read_text().splitlines()
+    assert [line for line in lines if line.endswith(", admin")] == ["p, root, *, admin"]
