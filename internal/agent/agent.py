@@ -28,6 +28,8 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from opentelemetry.sdk.trace import TracerProvider
+
 import raftlog
 from raftlog.agent.cluster import ClusterNode
 from raftlog.agent.telemetry import (
@@ -59,7 +61,11 @@ class Step:
 class Agent:
     """One raftlog node. ``await start()``, then ``await shutdown()`` (idempotent)."""
 
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(
+        self, config: AgentConfig, *, tracer_provider: TracerProvider | None = None
+    ) -> None:
+        """``tracer_provider``: trace with this provider instead of the one the config
+        asks for (embedders and tests: an in-memory exporter, say)."""
         config.validate()
         self.config = config
         self.local_log: LocalLog | None = None
@@ -70,6 +76,8 @@ class Agent:
         #: Metrics (always kept; served with --metrics-addr), traces (with an endpoint).
         self.telemetry = NodeTelemetry(config, raftlog.__version__)
         telemetry = self.telemetry
+        if tracer_provider is not None:
+            telemetry.use_tracer_provider(tracer_provider)
         if config.cluster_mode:
             cluster = ClusterNode(
                 config,
