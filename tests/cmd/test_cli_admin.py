@@ -3,6 +3,11 @@
 One cluster for every command, in the order an operator would use them: look at the
 cluster, be refused without the admin action, move leadership, take snapshots, fail to
 remove a stranger, lose a node for good and remove it.
+
+The nodes log JSON at DEBUG (``--log-format json --log-level debug``): every line is an
+object naming its node, and no record payload, producer id or certificate material shows
+up at any level, though the test writes a recognizable record through a follower (so it
+is forwarded) with an idempotent producer id and reads it back.
 """
 
 from __future__ import annotations
@@ -10,9 +15,11 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.security import CertFiles, TLSConfig
 from support.cli import run_raftlog
 from support.cluster_files import dev_cluster_files
@@ -38,11 +45,22 @@ async def _status_json(cwd: Path, cert: CertFiles, addrs: list[str]) -> tuple[in
 async def test_status_and_admin_commands(tmp_path: Path, dev_certs: dict[str, CertFiles]) -> None:
     root, nobody = dev_certs["root"], dev_certs["nobody"]
     tls = TLSConfig(root.cert_file, root.key_file, root.ca_file)
-    sc = static_cluster(tmp_path, dev_cluster_files(tmp_path, dev_certs))
+    sc = static_cluster(
+        tmp_path,
+        dev_cluster_files(tmp_path, dev_certs),
+        agent_args=("--log-format", "json", "--log-level", "debug"),
+    )
     nodes = sc.cluster.nodes
     try:
         leader = await sc.start(tls)
         addrs = sc.rpc_addrs()
+        await _write_and_read_secrets(sc.cluster, tls, leader)
+
+        async def all_voters() -> bool:  # static peers join as learners, then are promoted
+            _, status = await _status_json(tmp_path, root, addrs)
+            return sorted(s["role"] for s in status) == ["follower", "follower", "leader"]
+
+        await wait_until(all_voters, 20, "one leader and two voting followers")
 
         # status from one address: the leader names the other members, every row is there
         code, out, err = await run_raftlog(
@@ -122,6 +140,46 @@ async def test_status_and_admin_commands(tmp_path: Path, dev_certs: dict[str, Ce
         assert sorted(s["id"] for s in status) == sorted(n for n in sc.names if n != dead)
     finally:
         sc.cluster.stop_all()
+    secrets = [PAYLOAD, PRODUCER]
+    for cert in dev_certs.values():
+        for path in (cert.cert_file, cert.key_file):
+            pem = path.read_text().splitlines()
+            secrets += [line for line in pem if line and not line.startswith("-----")]
+    methods: set[str] = set()
+    for name in sc.names:
+        text = sc.cluster.log_text(name)
+        assert "-----BEGIN" not in text
+        leaked = [s for s in secrets if s in text]
+        assert not leaked, f"{name} logged {leaked[:3]}"
+        lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        assert len(lines) > 20  # DEBUG: calls, rounds, membership ...
+        assert {line["node_id"] for line in lines} == {name}
+        assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+        assert any(line["level"] == "debug" for line in lines)
+        assert any("term" in line for line in lines)  # structured fields where they apply
+        methods |= {line["method"] for line in lines if "method" in line}
+    assert {"/log.v1.Log/Produce", "/raftlog.admin.v1.Admin/Status"} <= methods
+
+
+#: What the test writes and then looks for in the logs (it must not be there).
+PAYLOAD = "payload-7f3a9c-must-not-be-logged"
+PRODUCER = "producer-5e1d-must-not-be-logged"
+
+
+async def _write_and_read_secrets(cluster: Any, tls: TLSConfig, leader: str) -> None:
+    follower = next(n for n in cluster.nodes if n != leader)
+    async with cluster.channel(follower, tls) as ch:
+        stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
+        request = log_pb2.ProduceRequest(
+            records=[log_pb2.Record(value=PAYLOAD.encode())], producer_id=PRODUCER, sequence=1
+        )
+        done = await stub.Produce(request, timeout=10)
+        again = await stub.Produce(request, timeout=10)  # a retry: answered as a duplicate
+        assert again.duplicate and again.offset == done.offset
+    async with cluster.channel(leader, tls) as ch:
+        stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
+        got = await stub.Consume(log_pb2.ConsumeRequest(offset=done.offset), timeout=10)
+        assert got.record.value == PAYLOAD.encode()
 
 
 async def test_cert_writes_a_policy_that_grants_admin_to_root_only(tmp_path: Path) -> None:
