@@ -73,21 +73,25 @@ class Agent:
         self._teardowns: list[tuple[str, Teardown]] = []
         self._shutdown_task: asyncio.Task[None] | None = None
         self.cluster: ClusterNode | None = None
-        #: Metrics (always kept; served with --metrics-addr), traces (with an endpoint).
+        #: Metrics (recorded and served only with --metrics-addr: without it the parts get
+        #: no metrics object and count nothing), traces (with an OTLP endpoint).
         self.telemetry = NodeTelemetry(config, raftlog.__version__)
         telemetry = self.telemetry
         if tracer_provider is not None:
             telemetry.use_tracer_provider(tracer_provider)
+        metrics = telemetry.metrics if config.metrics_addr else None
+        self._metrics = metrics
         if config.cluster_mode:
             cluster = ClusterNode(
                 config,
                 self._authorizer(),
-                metrics=telemetry.metrics,
+                metrics=metrics,
                 tracer=telemetry.tracer,
                 disk_usage=telemetry.disk.measure,
             )
             self.cluster = cluster
-            register_cluster_metrics(telemetry.metrics, cluster)
+            if metrics is not None:
+                register_cluster_metrics(metrics, cluster)
             telemetry.set_readiness(leader_readiness(cluster))
             self.steps: list[Step] = [
                 Step("mux", cluster.setup_mux),
@@ -96,7 +100,8 @@ class Agent:
                 Step("membership", cluster.setup_membership),
             ]
         else:
-            register_local_metrics(telemetry.metrics, lambda: self.local_log)
+            if metrics is not None:
+                register_local_metrics(metrics, lambda: self.local_log)
             telemetry.set_readiness(self._local_ready)
             self.steps = [
                 Step("log", self._setup_log),
@@ -169,7 +174,7 @@ class Agent:
             tls=tls,
             insecure=config.insecure,
             config=ServerConfig(max_message_bytes=config.max_message_bytes),
-            metrics=self.telemetry.metrics,
+            metrics=self._metrics,
             tracer=self.telemetry.tracer,
         )
         server.bind(config.bind_host, config.rpc_port)
