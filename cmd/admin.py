@@ -202,8 +202,15 @@ async def collect_status(addrs: list[str], tls: TLSConfig | None, timeout: float
     rows = []
     for addr, answer in answers.items():
         if isinstance(answer, str):
+            node_id = names.get(addr, "?")
             rows.append(
-                Row(id=names.get(addr, "?"), address=addr, role="unreachable", error=answer)
+                Row(
+                    id=node_id,
+                    address=addr,
+                    role="unreachable",
+                    lag=lags.get(node_id),  # the leader still sees how far behind it is
+                    error=answer,
+                )
             )
             continue
         row = _row(addr, answer)

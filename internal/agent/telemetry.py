@@ -38,12 +38,14 @@ TRACE_FLUSH_TIMEOUT_S = 5.0
 
 
 def _tree_bytes(root: Path) -> int:
-    """Blocking: bytes of every regular file under ``root`` (0 if it does not exist)."""
+    """Blocking: bytes allocated on disk to the files under ``root`` (0 if it does not
+    exist). Allocated blocks, not apparent sizes: index files are preallocated sparse
+    files whose apparent size is far beyond what they hold."""
     total = 0
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
             try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
             except OSError:
                 continue  # removed meanwhile (a segment dropped, a snapshot replaced)
     return total
@@ -71,7 +73,8 @@ class NodeTelemetry:
         self.disk = DiskUsage(config.data_dir)
         self.metrics.callbacks.gauge(
             "raftlog_disk_bytes",
-            "Bytes of this node's data directory on disk (commit log, Raft log, snapshots).",
+            "Bytes this node's data directory takes on disk (allocated blocks: commit log, "
+            "Raft log, snapshots).",
             lambda: self.disk.last,
         )
         endpoint = config.tracing_endpoint()
