@@ -442,9 +442,14 @@ class DistributedLog:
                 return
             timeout = self.config.change_timeout
             if current is not None:
-                log.info("member %s moved to %s: removing, then adding again", node_id, rpc_addr)
+                log.info(
+                    "member %s moved to %s: removing, then adding again",
+                    node_id,
+                    rpc_addr,
+                    extra={"peer": node_id},
+                )
                 await self._change(node.remove_server(node_id, timeout=timeout))
-            log.info("adding %s at %s as a learner", node_id, rpc_addr)
+            log.info("adding %s at %s as a learner", node_id, rpc_addr, extra={"peer": node_id})
             await self._change(node.add_learner(node_id, rpc_addr, timeout=timeout))
 
     async def leave(self, node_id: str) -> None:
@@ -452,7 +457,7 @@ class DistributedLog:
         async with self._change_lock:
             if node_id not in self.node.membership:
                 return
-            log.info("removing %s from the cluster", node_id)
+            log.info("removing %s from the cluster", node_id, extra={"peer": node_id})
             address = self.node.membership.address_of(node_id)
             await self._change(self.node.remove_server(node_id, timeout=self.config.change_timeout))
             if self.forwarder is not None and address:
@@ -488,7 +493,12 @@ class DistributedLog:
                     continue
                 try:
                     async with self._change_lock:
-                        log.info("learner %s caught up (match %d): promoting", server.id, last)
+                        log.info(
+                            "learner %s caught up (match %d): promoting",
+                            server.id,
+                            last,
+                            extra={"peer": server.id, "index": last},
+                        )
                         await node.promote_learner(server.id, timeout=self.config.change_timeout)
                 except (RaftError, TimeoutError) as exc:
                     log.info("promotion of %s not done yet: %s", server.id, exc)
