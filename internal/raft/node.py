@@ -64,9 +64,15 @@ from raftlog.raft.errors import (
     BootstrapError,
     CodecError,
     ConfigError,
+    NodeClosedError,
+    NodeFailedError,
     NotLeaderError,
+    OutcomeUnknownError,
+    ProposalTimeoutError,
     RaftError,
+    ReadBarrierTimeoutError,
     TransferError,
+    WaitTimeoutError,
 )
 from raftlog.raft.fsm import StateMachine
 from raftlog.raft.logstore import RaftLogStore
@@ -104,52 +110,6 @@ _MESSAGE_PREFIX = b"M"
 
 #: Messages a leader may send before its own fsync (see the module docstring).
 _EARLY_TYPES = frozenset({MessageType.APPEND, MessageType.HEARTBEAT, MessageType.TIMEOUT_NOW})
-
-
-# =========================================================================================
-# Errors
-# =========================================================================================
-
-
-class NodeClosedError(RaftError):
-    """The node was closed (or is closing) before the request finished. Try another node."""
-
-    retriable = True
-    refresh_leader = True
-
-
-class NodeFailedError(RaftError):
-    """The node stopped after a fatal error (storage or state machine); see the cause.
-
-    A replica that cannot persist or apply must not go on acknowledging: every pending and
-    later request fails with this error until the node is closed and restarted.
-    """
-
-    retriable = True
-    refresh_leader = True
-
-
-class OutcomeUnknownError(RaftError):
-    """The request may or may not have taken effect (timeout, or its entry was folded into
-    an installed snapshot before this node saw it). Retrying may apply it twice; readers
-    can check the log. Not retriable as is."""
-
-
-class ProposalTimeoutError(OutcomeUnknownError, TimeoutError):
-    """The proposal did not commit and apply within its timeout; it may still commit."""
-
-
-class ReadBarrierTimeoutError(RaftError, TimeoutError):
-    """The read barrier could not confirm leadership within its timeout (safe to retry)."""
-
-    retriable = True
-    refresh_leader = True
-
-
-class WaitTimeoutError(RaftError, TimeoutError):
-    """A condition awaited on the node (leader known, index applied) did not hold in time."""
-
-    retriable = True
 
 
 # =========================================================================================
