@@ -47,12 +47,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
 from raftlog.raft.codec import (
+    KIND_CHUNK,
+    KIND_CHUNK_ACK,
+    KIND_MESSAGE,
+    ChunkAck,
+    decode_chunk_ack,
     decode_message,
     decode_snapshot_chunk,
     decode_snapshot_meta,
+    encode_chunk_ack,
     encode_message,
     encode_snapshot_chunk,
     encode_snapshot_meta,
@@ -101,11 +105,7 @@ from raftlog.raft.types import (
 
 log = logging.getLogger("raftlog.raft.node")
 
-#: Payload kinds (first byte of every transport payload the node sends).
-KIND_MESSAGE = b"M"[0]
-KIND_CHUNK = b"C"[0]
-KIND_CHUNK_ACK = b"K"[0]
-_MESSAGE_PREFIX = b"M"
+_MESSAGE_PREFIX = bytes([KIND_MESSAGE])
 
 #: Messages a leader may send before its own fsync (see the module docstring).
 _EARLY_TYPES = frozenset({MessageType.APPEND, MessageType.HEARTBEAT, MessageType.TIMEOUT_NOW})
@@ -195,28 +195,6 @@ class _Loaded:
     snapshot: StoredSnapshot | None
     snapshot_meta: SnapshotMeta | None
     entries: list[Entry] = field(default_factory=list)
-
-
-def _encode_ack(src: NodeId, dst: NodeId, meta: SnapshotMeta, next_offset: int, ok: bool) -> bytes:
-    data = msgpack.packb([1, src, dst, meta.index, meta.term, next_offset, ok], use_bin_type=True)
-    assert isinstance(data, bytes)
-    return bytes([KIND_CHUNK_ACK]) + data
-
-
-def _decode_ack(data: bytes) -> tuple[NodeId, NodeId, int, int, int, bool]:
-    try:
-        obj = msgpack.unpackb(data, raw=False)
-    except Exception as exc:
-        raise CodecError(f"chunk ack: not valid msgpack ({exc})") from exc
-    if not isinstance(obj, list) or len(obj) != 7 or obj[0] != 1:
-        raise CodecError("chunk ack: expected [1, src, dst, index, term, next_offset, ok]")
-    _, src, dst, index, term, nxt, ok = obj
-    if not (isinstance(src, str) and isinstance(dst, str) and isinstance(ok, bool)):
-        raise CodecError("chunk ack: bad field types")
-    for v in (index, term, nxt):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise CodecError("chunk ack: bad field types")
-    return src, dst, index, term, nxt, ok
 
 
 # =========================================================================================
@@ -784,7 +762,7 @@ class RaftNode:
             elif kind == KIND_CHUNK:
                 self._on_chunk(decode_snapshot_chunk(payload[1:]))
             elif kind == KIND_CHUNK_ACK:
-                self._on_chunk_ack(_decode_ack(payload[1:]))
+                self._on_chunk_ack(decode_chunk_ack(payload[1:]))
             else:
                 self.stats.bad_payloads += 1
         except CodecError as exc:
@@ -1237,13 +1215,12 @@ class RaftNode:
         finally:
             await asyncio.to_thread(reader.close)
 
-    def _on_chunk_ack(self, ack: tuple[NodeId, NodeId, int, int, int, bool]) -> None:
-        src, dst, index, _term, nxt, ok = ack
-        if dst != self.id:
+    def _on_chunk_ack(self, ack: ChunkAck) -> None:
+        if ack.dst != self.id:
             return
-        waiter = self._ack_waiters.get(src)
-        if waiter is not None and waiter[0] == index and not waiter[1].done():
-            waiter[1].set_result((nxt, ok))
+        waiter = self._ack_waiters.get(ack.src)
+        if waiter is not None and waiter[0] == ack.index and not waiter[1].done():
+            waiter[1].set_result((ack.next_offset, ack.ok))
 
     # =====================================================================================
     # Snapshots: receiving (follower)
@@ -1262,6 +1239,10 @@ class RaftNode:
             self._receiving[c.src] = rx
         with contextlib.suppress(asyncio.QueueFull):
             rx.queue.put_nowait(c)
+
+    def _ack(self, src: NodeId, meta: SnapshotMeta, next_offset: int, ok: bool) -> bytes:
+        ack = ChunkAck(self.id, src, meta.index, meta.term, next_offset, ok)
+        return bytes([KIND_CHUNK_ACK]) + encode_chunk_ack(ack)
 
     async def _receive_snapshot(self, src: NodeId, rx: _Receiving) -> None:
         store = self._snapshots
@@ -1285,10 +1266,10 @@ class RaftNode:
                     )
                     key, expected = ckey, 0
                 if ckey != key or sink is None or c.offset > expected:
-                    self._transport.send(src, _encode_ack(self.id, src, c.meta, expected, False))
+                    self._transport.send(src, self._ack(src, c.meta, expected, False))
                     continue
                 if c.offset < expected:  # a resend of a chunk we have: acknowledge again
-                    self._transport.send(src, _encode_ack(self.id, src, c.meta, expected, True))
+                    self._transport.send(src, self._ack(src, c.meta, expected, True))
                     continue
                 await asyncio.to_thread(sink.write, c.data)
                 expected += len(c.data)
@@ -1308,7 +1289,7 @@ class RaftNode:
                             )
                         )
                         self._wake.set()
-                self._transport.send(src, _encode_ack(self.id, src, c.meta, expected, True))
+                self._transport.send(src, self._ack(src, c.meta, expected, True))
                 if c.done:
                     expected = 0
         except asyncio.CancelledError:
