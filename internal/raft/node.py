@@ -36,12 +36,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import itertools
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +77,7 @@ from raftlog.raft.errors import (
 )
 from raftlog.raft.fsm import StateMachine
 from raftlog.raft.logstore import RaftLogStore
+from raftlog.raft.proposals import ApplyResult, Proposal, ProposalTracker
 from raftlog.raft.snapshot_store import SnapshotSink, SnapshotStore, StoredSnapshot
 from raftlog.raft.stable import StableState, StableStore
 from raftlog.raft.transport import Transport
@@ -94,7 +93,6 @@ from raftlog.raft.types import (
     MessageType,
     NodeId,
     PersistentState,
-    ProposalTicket,
     ReadState,
     Role,
     Server,
@@ -114,15 +112,6 @@ _EARLY_TYPES = frozenset({MessageType.APPEND, MessageType.HEARTBEAT, MessageType
 # =========================================================================================
 # Configuration and results
 # =========================================================================================
-
-
-@dataclass(frozen=True, slots=True)
-class ApplyResult:
-    """A committed and applied proposal: where it landed and what the state machine said."""
-
-    index: int
-    term: int
-    result: Any
 
 
 @dataclass
@@ -147,37 +136,6 @@ class NodeStats:
     snapshots_received: int = 0
     #: Snapshot streams that failed (sender side).
     snapshot_send_failures: int = 0
-
-
-class _Proposal:
-    """A proposal waiting for its entries ``first..last`` (of ``term``) to be applied.
-
-    Until the driver hands it to the core, ``items`` holds its data and ``first`` is 0.
-    """
-
-    __slots__ = ("deadline", "first", "future", "items", "last", "results", "term")
-
-    def __init__(
-        self,
-        items: Sequence[bytes],
-        future: asyncio.Future[list[ApplyResult]],
-        deadline: float,
-    ) -> None:
-        self.items = items
-        self.future = future
-        self.deadline = deadline
-        self.term = 0
-        self.first = 0
-        self.last = 0
-        self.results: list[ApplyResult] = []
-
-    def place(self, ticket: ProposalTicket, first: int) -> None:
-        self.term = ticket.term
-        self.first = first
-        self.last = first + len(self.items) - 1
-
-    def __lt__(self, other: _Proposal) -> bool:  # for the deadline heap
-        return self.deadline < other.deadline
 
 
 @dataclass
@@ -246,14 +204,7 @@ class RaftNode:
         self._saved_vote: NodeId = NO_NODE
         self._snapshot_meta: SnapshotMeta | None = None
         # Requests in flight.
-        self._pending: dict[int, _Proposal] = {}
-        self._pending_max = 0
-        self._queued: list[_Proposal] = []
-        # Deadlines: proposals with the default timeout expire in the order they were
-        # made (a FIFO, pruned from the front as they are answered); others in a heap.
-        self._fifo: deque[_Proposal] = deque()
-        self._deadlines: list[tuple[float, int, _Proposal]] = []
-        self._deadline_seq = itertools.count()
+        self._proposals = ProposalTracker(self._lost_error)
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._read_waiting: list[tuple[int, asyncio.Future[int]]] = []
         self._read_ids = itertools.count(1)
@@ -586,82 +537,23 @@ class RaftNode:
         loop = asyncio.get_running_loop()
         t = self.config.request_timeout if timeout is None else timeout
         fut: asyncio.Future[list[ApplyResult]] = loop.create_future()
-        p = _Proposal(items, fut, loop.time() + t)
+        p = Proposal(items, fut, loop.time() + t)
         # Queued, not stepped: the driver hands every queued proposal to the core in one
         # call (one ticket) before its next round, so the core's per-call cost is paid
         # once per round, not once per proposal.
-        self._queued.append(p)
-        if timeout is None:
-            self._fifo.append(p)
-        else:
-            heapq.heappush(self._deadlines, (p.deadline, next(self._deadline_seq), p))
+        self._proposals.queue(p, default_timeout=timeout is None)
         self._wake.set()
         return await fut
 
-    def _flush_proposals(self, core: RaftCore) -> None:
-        """Hand every queued proposal to the core as one batch of entries."""
-        queued, self._queued = self._queued, []
-        live = [p for p in queued if not p.future.done()]
-        if not live:
-            return
-        data: list[bytes] = []
-        for p in live:
-            data.extend(p.items)
-        try:
-            ticket = core.propose(data)
-        except RaftError as exc:
-            for p in live:
-                if not p.future.done():
-                    p.future.set_exception(exc)
-            return
-        at = ticket.first_index
-        pending = self._pending
-        for p in live:
-            p.place(ticket, at)
-            for i in range(at, p.last + 1):
-                pending[i] = p
-            at = p.last + 1
-        self._pending_max = max(self._pending_max, ticket.last_index)
-
-    def _expire(self, now: float) -> None:
-        """Fail proposals whose deadline passed (checked on every tick)."""
-        fifo = self._fifo
-        while fifo and (fifo[0].future.done() or fifo[0].deadline <= now):
-            p = fifo.popleft()
-            if not p.future.done():
-                p.future.set_exception(
-                    ProposalTimeoutError(
-                        "proposal not committed and applied in time (it may still commit)"
-                    )
-                )
-        heap = self._deadlines
-        if len(heap) > 4096 and len(heap) > 4 * (len(self._pending) + len(self._queued)):
-            # Most entries belong to proposals already answered: rebuild from the live ones
-            # so that the heap stays proportional to what is in flight.
-            heap = [d for d in heap if not d[2].future.done()]
-            heapq.heapify(heap)
-            self._deadlines = heap
-        while heap and heap[0][0] <= now:
-            _, _, p = heapq.heappop(heap)
-            if not p.future.done():
-                p.future.set_exception(
-                    ProposalTimeoutError(
-                        "proposal not committed and applied in time (it may still commit)"
-                    )
-                )
-
     async def _conf_change(self, change: ConfChange, timeout: float | None) -> int:
         core = self._check_usable()
-        self._flush_proposals(core)
+        self._proposals.flush(core)
         ticket = core.propose_conf_change(change)
         loop = asyncio.get_running_loop()
         t = self.config.request_timeout if timeout is None else timeout
         fut: asyncio.Future[list[ApplyResult]] = loop.create_future()
-        p = _Proposal((b"",), fut, loop.time() + t)
-        p.place(ticket, ticket.first_index)
-        self._pending[ticket.first_index] = p
-        self._pending_max = max(self._pending_max, ticket.last_index)
-        heapq.heappush(self._deadlines, (p.deadline, next(self._deadline_seq), p))
+        p = Proposal((b"",), fut, loop.time() + t)
+        self._proposals.track(p, ticket)
         self._wake.set()
         results = await fut
         return results[-1].index
@@ -785,8 +677,8 @@ class RaftNode:
             if core is not None and self._failure is None:
                 core.tick()
                 self._wake.set()
-            if self._deadlines or self._fifo:
-                self._expire(now)
+            if self._proposals.has_deadlines:
+                self._proposals.expire(now)
 
     async def _drive(self) -> None:
         try:
@@ -794,8 +686,8 @@ class RaftNode:
                 if self._snap_done is not None:
                     self._finish_snapshot()
                 core = self._require_core()
-                if self._queued:
-                    self._flush_proposals(core)
+                if self._proposals.has_queued:
+                    self._proposals.flush(core)
                 if core.has_ready():
                     async with self._io_lock:
                         core = self._require_core()
@@ -803,7 +695,7 @@ class RaftNode:
                             await self._round(core, core.ready())
                     continue
                 self._wake.clear()
-                if core.has_ready() or self._snap_done is not None or self._queued:
+                if core.has_ready() or self._snap_done is not None or self._proposals.has_queued:
                     continue
                 # Bounded without a timer of its own: the ticker sets the event every tick.
                 await self._wake.wait()
@@ -826,8 +718,8 @@ class RaftNode:
         self.stats.rounds += 1
         self._on_soft_state(rd.soft_state)
         self._sync_peers()
-        if rd.entries and self._pending and rd.soft_state.role is not Role.LEADER:
-            self._drop_overwritten(core, rd.entries[0].index)
+        if rd.entries and self._proposals.has_pending and rd.soft_state.role is not Role.LEADER:
+            self._proposals.drop_overwritten(core.entry_term, rd.entries[0].index)
         durable_term = self._saved_term
         late: list[Message] = []
         for m in rd.messages:
@@ -913,44 +805,10 @@ class RaftNode:
                     f"state machine returned {len(results)} results for {len(normal)} entries"
                 )
         self.stats.entries_applied += len(committed)
-        pending = self._pending
-        if not pending:
-            return
-        j = 0  # position in results of the next NORMAL entry
-        for e in committed:
-            result = None
-            if e.type is EntryType.NORMAL:
-                result = results[j]
-                j += 1
-            p = pending.pop(e.index, None)
-            if p is None or p.future.done():
-                continue
-            if e.term != p.term:
-                self._fail_proposal(p, self._lost_error())
-                continue
-            p.results.append(ApplyResult(e.index, e.term, result))
-            if e.index == p.last:
-                p.future.set_result(p.results)
-        if not pending:
-            self._pending_max = 0
+        self._proposals.applied(committed, results)
 
     def _lost_error(self) -> NotLeaderError:
         return NotLeaderError(self.leader_id, self.leader_address)
-
-    def _fail_proposal(self, p: _Proposal, exc: BaseException) -> None:
-        if not p.future.done():
-            p.future.set_exception(exc)
-        for i in range(p.first, p.last + 1):
-            if self._pending.get(i) is p:
-                del self._pending[i]
-
-    def _drop_overwritten(self, core: RaftCore, first: int) -> None:
-        """Entries from ``first`` were replaced: fail proposals whose entry is gone."""
-        if first > self._pending_max:
-            return
-        for index, p in list(self._pending.items()):
-            if index >= first and core.entry_term(index) != p.term:
-                self._fail_proposal(p, self._lost_error())
 
     def _serve_reads(self, states: tuple[ReadState, ...]) -> None:
         for rs in states:
@@ -1004,14 +862,7 @@ class RaftNode:
                 fut.set_result(None)
 
     def _fail_all(self, exc: BaseException) -> None:
-        for p in [*self._pending.values(), *self._queued]:
-            if not p.future.done():
-                p.future.set_exception(exc)
-        self._pending.clear()
-        self._queued = []
-        self._deadlines = []
-        self._fifo.clear()
-        self._pending_max = 0
+        self._proposals.fail_all(exc)
         for fut in list(self._reads.values()) + [f for _, f in self._read_waiting]:
             if not fut.done():
                 fut.set_exception(exc)
@@ -1102,14 +953,12 @@ class RaftNode:
         if stored is None:
             raise RaftError(f"accepted snapshot at index {meta.index} is not in the store")
         await self._restore_fsm(stored.id, meta)
-        for index, p in list(self._pending.items()):
-            if index <= meta.index:
-                self._fail_proposal(
-                    p,
-                    OutcomeUnknownError(
-                        f"entry {index} was replaced by a snapshot at index {meta.index}"
-                    ),
-                )
+        self._proposals.fail_through(
+            meta.index,
+            lambda index: OutcomeUnknownError(
+                f"entry {index} was replaced by a snapshot at index {meta.index}"
+            ),
+        )
 
     def _find_snapshot(self, meta: SnapshotMeta) -> StoredSnapshot | None:
         assert self._snapshots is not None
