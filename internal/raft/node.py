@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import random
 import time
@@ -78,6 +77,7 @@ from raftlog.raft.errors import (
 from raftlog.raft.fsm import StateMachine
 from raftlog.raft.logstore import RaftLogStore
 from raftlog.raft.proposals import ApplyResult, Proposal, ProposalTracker
+from raftlog.raft.reads import ReadBarriers
 from raftlog.raft.snapshot_store import SnapshotSink, SnapshotStore, StoredSnapshot
 from raftlog.raft.stable import StableState, StableStore
 from raftlog.raft.transport import Transport
@@ -93,7 +93,6 @@ from raftlog.raft.types import (
     MessageType,
     NodeId,
     PersistentState,
-    ReadState,
     Role,
     Server,
     SnapshotChunk,
@@ -205,9 +204,7 @@ class RaftNode:
         self._snapshot_meta: SnapshotMeta | None = None
         # Requests in flight.
         self._proposals = ProposalTracker(self._lost_error)
-        self._reads: dict[bytes, asyncio.Future[int]] = {}
-        self._read_waiting: list[tuple[int, asyncio.Future[int]]] = []
-        self._read_ids = itertools.count(1)
+        self._reads = ReadBarriers()
         self._watchers: list[asyncio.Future[None]] = []
         # Tasks.
         self._wake = asyncio.Event()
@@ -613,10 +610,9 @@ class RaftNode:
         acknowledged before the call. NotLeaderError on a follower or if leadership is lost
         meanwhile; ReadBarrierTimeoutError after ``timeout`` s (default request_timeout)."""
         core = self._check_usable()
-        ctx = b"r%d" % next(self._read_ids)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        ctx = self._reads.start(fut)
         core.read_index(ctx)
-        self._reads[ctx] = fut
         self._wake.set()
         t = self.config.request_timeout if timeout is None else timeout
         try:
@@ -627,7 +623,7 @@ class RaftNode:
                 f"read barrier not confirmed within {t} s (leadership unconfirmed)"
             ) from None
         finally:
-            self._reads.pop(ctx, None)
+            self._reads.forget(ctx)
 
     def campaign(self) -> None:
         """Start an election now (tests and operators)."""
@@ -737,10 +733,10 @@ class RaftNode:
         if rd.committed_entries:
             self._apply(rd.committed_entries)
         if rd.read_states:
-            self._serve_reads(rd.read_states)
+            self._reads.confirmed(rd.read_states)
         core.advance(rd)
-        if self._read_waiting:
-            self._release_reads(core.applied_index)
+        if self._reads.applying:
+            self._reads.release(core.applied_index)
         self._notify()
         if (
             self._snap_task is None
@@ -810,23 +806,6 @@ class RaftNode:
     def _lost_error(self) -> NotLeaderError:
         return NotLeaderError(self.leader_id, self.leader_address)
 
-    def _serve_reads(self, states: tuple[ReadState, ...]) -> None:
-        for rs in states:
-            fut = self._reads.pop(rs.context, None)
-            if fut is not None and not fut.done():
-                self._read_waiting.append((rs.index, fut))
-
-    def _release_reads(self, applied: int) -> None:
-        keep = []
-        for index, fut in self._read_waiting:
-            if fut.done():
-                continue
-            if index <= applied:
-                fut.set_result(applied)
-            else:
-                keep.append((index, fut))
-        self._read_waiting = keep
-
     def _on_soft_state(self, ss: SoftState) -> None:
         prev = self._soft
         if prev == ss:
@@ -837,15 +816,7 @@ class RaftNode:
             and prev.role is Role.LEADER
             and (ss.role is not Role.LEADER or ss.term != prev.term)
         ):
-            err = NotLeaderError(ss.leader, self.leader_address)
-            for fut in self._reads.values():
-                if not fut.done():
-                    fut.set_exception(err)
-            self._reads.clear()
-            for _, fut in self._read_waiting:
-                if not fut.done():
-                    fut.set_exception(err)
-            self._read_waiting = []
+            self._reads.fail_all(NotLeaderError(ss.leader, self.leader_address))
         if prev is None or prev.leader != ss.leader:
             log.info(
                 "raft node %s: term %d, role %s, leader %r",
@@ -863,11 +834,7 @@ class RaftNode:
 
     def _fail_all(self, exc: BaseException) -> None:
         self._proposals.fail_all(exc)
-        for fut in list(self._reads.values()) + [f for _, f in self._read_waiting]:
-            if not fut.done():
-                fut.set_exception(exc)
-        self._reads.clear()
-        self._read_waiting = []
+        self._reads.fail_all(exc)
         self._notify()
 
     # -- peers ----------------------------------------------------------------------------
