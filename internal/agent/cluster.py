@@ -178,7 +178,7 @@ class ClusterNode:
             TcpTransportConfig(node_id=config.node_name, tls=self.peer_tls),
             authorize=self._authorize_peer,
         )
-        node = RaftNode(
+        node = await RaftNode.on_disk(
             NodeConfig(
                 raft=RaftConfig(
                     id=config.node_name,
@@ -245,7 +245,7 @@ class ClusterNode:
         while True:
             await asyncio.sleep(INTERVAL_SYNC)
             try:
-                await node.log_store.log.sync()
+                await node.log_store.flush()
             except Exception as exc:  # closed during shutdown, or a failing disk: say so
                 logger.warning("interval fsync of the Raft log failed: %s", exc)
 

@@ -98,8 +98,9 @@ class NodeConfig:
     Attributes:
         raft: the core's settings (``raft.id`` is this node's id; election and heartbeat
             timeouts are counted in ticks of ``tick_interval``).
-        data_dir: directory of the node's state: ``raft-log/`` (log store),
-            ``stable/`` (term and vote), ``snapshots/``. Created if missing.
+        data_dir: directory of the node's state for :meth:`RaftNode.on_disk`:
+            ``raft-log/`` (log store), ``stable/`` (term and vote), ``snapshots/``.
+            Created if missing. None (the default) for a node given its stores.
         tick_interval: length of one Raft tick. Default 0.05 s, so with the core's defaults
             (election_tick 10, heartbeat_tick 1) heartbeats go out every 50 ms and a
             follower starts an election after 0.5-1 s without a leader.
@@ -125,7 +126,7 @@ class NodeConfig:
     """
 
     raft: RaftConfig
-    data_dir: Path
+    data_dir: Path | None = None
     tick_interval: float = 0.05
     fsync: bool = True
     request_timeout: float = 10.0
@@ -142,7 +143,7 @@ class NodeConfig:
         """Check every field alone and against the others; return self or raise
         ConfigError saying what is wrong."""
         self.raft.validate()
-        if not str(self.data_dir):
+        if self.data_dir is not None and not str(self.data_dir):
             raise ConfigError("data_dir must name a directory")
         for name in (
             "tick_interval",

@@ -38,12 +38,11 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
+from raftlog.raft.clock import Clock, MonotonicClock
 from raftlog.raft.codec import (
     KIND_CHUNK,
     KIND_CHUNK_ACK,
@@ -60,6 +59,7 @@ from raftlog.raft.codec import (
 )
 from raftlog.raft.config import NodeConfig
 from raftlog.raft.core import RaftCore, Ready, Status, bootstrap_state, check_can_bootstrap
+from raftlog.raft.disk import open_disk_stores
 from raftlog.raft.errors import (
     BootstrapError,
     CodecError,
@@ -75,11 +75,10 @@ from raftlog.raft.errors import (
     WaitTimeoutError,
 )
 from raftlog.raft.fsm import StateMachine
-from raftlog.raft.logstore import RaftLogStore
 from raftlog.raft.proposals import ApplyResult, Proposal, ProposalTracker
 from raftlog.raft.reads import ReadBarriers
-from raftlog.raft.snapshot_store import SnapshotSink, SnapshotStore, StoredSnapshot
-from raftlog.raft.stable import StableState, StableStore
+from raftlog.raft.stable import StableState
+from raftlog.raft.storage import IncomingSnapshot, LogStorage, SnapshotStorage, StableStorage
 from raftlog.raft.transport import Transport
 from raftlog.raft.types import (
     NO_NODE,
@@ -145,15 +144,6 @@ class _Receiving:
     task: asyncio.Task[None] | None = None
 
 
-@dataclass
-class _Loaded:
-    stable: StableState | None
-    logstore: RaftLogStore
-    snapshot: StoredSnapshot | None
-    snapshot_meta: SnapshotMeta | None
-    entries: list[Entry] = field(default_factory=list)
-
-
 # =========================================================================================
 # The node
 # =========================================================================================
@@ -162,12 +152,16 @@ class _Loaded:
 class RaftNode:
     """One Raft server: a core, its stores, a transport and the user's state machine.
 
-    Lifecycle: ``node = RaftNode(config, fsm, transport, peers=...)``, ``await
-    node.start()`` (loads the stores, restores the state machine, starts the transport and
-    the tasks), then for a brand-new cluster ``await node.bootstrap(servers)`` on the
-    initial members (refused, with the reason, when the node has state), and finally
-    ``await node.close()`` (idempotent, bounded). The node owns the transport: it sets its
-    handler, keeps its peer table in line with the membership, starts and closes it.
+    Lifecycle: ``node = RaftNode(config, fsm, transport, log_store=..., stable_store=...,
+    snapshot_store=..., peers=...)`` (or ``await RaftNode.on_disk(config, fsm, transport,
+    peers=...)`` for the disk stores under ``config.data_dir``), ``await node.start()``
+    (loads the stores, restores the state machine, starts the transport and the tasks),
+    then for a brand-new cluster ``await node.bootstrap(servers)`` on the initial members
+    (refused, with the reason, when the node has state), and finally ``await
+    node.close()`` (idempotent, bounded). The node owns the transport: it sets its
+    handler, keeps its peer table in line with the membership, starts and closes it; it
+    also closes the log store. ``clock`` (default: the event loop's) times ticks, proposal
+    deadlines and snapshot retries (:mod:`raftlog.raft.clock`).
 
     ``peers`` (node id -> address) are address hints used on top of the membership: a new
     node that is about to be added has no membership yet, but must be able to answer the
@@ -180,6 +174,10 @@ class RaftNode:
         fsm: StateMachine,
         transport: Transport,
         *,
+        log_store: LogStorage,
+        stable_store: StableStorage,
+        snapshot_store: SnapshotStorage,
+        clock: Clock | None = None,
         peers: Mapping[NodeId, str] | None = None,
     ) -> None:
         self.config = config.validate()
@@ -192,10 +190,10 @@ class RaftNode:
         self._transport = transport
         self._hints: dict[NodeId, str] = dict(peers or {})
         self._rng = random.Random(config.seed)
-        self._dir = Path(config.data_dir)
-        self._stable = StableStore(self._dir / "stable", fsync=config.fsync)
-        self._snapshots: SnapshotStore | None = None
-        self._logstore: RaftLogStore | None = None
+        self._clock: Clock = clock if clock is not None else MonotonicClock()
+        self._stable = stable_store
+        self._snapshots = snapshot_store
+        self._logstore = log_store
         self._core: RaftCore | None = None
         self.stats = NodeStats()
         # Durable hard state: what the stable store holds.
@@ -226,6 +224,39 @@ class RaftNode:
         self._close_task: asyncio.Task[None] | None = None
         self._failure: NodeFailedError | None = None
 
+    @classmethod
+    async def on_disk(
+        cls,
+        config: NodeConfig,
+        fsm: StateMachine,
+        transport: Transport,
+        *,
+        clock: Clock | None = None,
+        peers: Mapping[NodeId, str] | None = None,
+    ) -> RaftNode:
+        """A node whose stores live under ``config.data_dir`` (see :mod:`raftlog.raft.disk`),
+        opened in a worker thread with ``config.fsync``, ``snapshot_retain`` and
+        ``log_config``. Then ``await node.start()`` as for any node."""
+        config.validate()
+        if config.data_dir is None:
+            raise ConfigError("RaftNode.on_disk needs NodeConfig.data_dir")
+        stores = await open_disk_stores(
+            config.data_dir,
+            fsync=config.fsync,
+            snapshot_retain=config.snapshot_retain,
+            log_config=config.log_config,
+        )
+        return cls(
+            config,
+            fsm,
+            transport,
+            log_store=stores.log,
+            stable_store=stores.stable,
+            snapshot_store=stores.snapshots,
+            clock=clock,
+            peers=peers,
+        )
+
     # =====================================================================================
     # Lifecycle
     # =====================================================================================
@@ -240,15 +271,22 @@ class RaftNode:
             raise RaftError(f"node {self.id!r} was already started")
         self._started = True
         cfg = self.config
-        loaded = await asyncio.to_thread(self._open_stores)
-        self._logstore = loaded.logstore
-        meta = loaded.snapshot_meta
+        store = self._logstore
+        st = await self._stable.load()
+        latest = await self._snapshots.latest()
+        meta = None
+        if latest is not None:
+            meta = decode_snapshot_meta(latest.metadata)
+            if (meta.index, meta.term) != (latest.index, latest.term):
+                raise RaftError(
+                    f"snapshot {latest.id}: metadata names index {meta.index} term {meta.term}"
+                )
+        entries = await store.load_after(meta.index if meta else 0)
         applied = self._fsm.applied_index()
         if meta is not None and applied < meta.index:
-            assert loaded.snapshot is not None
-            await self._restore_fsm(loaded.snapshot.id, meta)
+            assert latest is not None
+            await self._restore_fsm(latest.id, meta)
             applied = meta.index
-        st = loaded.stable
         hs = HardState()
         if st is not None:
             commit = st.extra.get("commit", 0)
@@ -257,15 +295,15 @@ class RaftNode:
             )
         self._saved_term, self._saved_vote = hs.term, hs.vote
         self._snapshot_meta = meta
-        state = PersistentState(hs, meta, tuple(loaded.entries), applied)
+        state = PersistentState(hs, meta, tuple(entries), applied)
         self._core = RaftCore(cfg.raft, state, self._rng)
         self._soft = self._core.soft_state()
         log.info(
             "raft node %s starting: term %d, log %d..%d, snapshot %s, applied %d",
             self.id,
             hs.term,
-            loaded.logstore.first_index,
-            loaded.logstore.last_index,
+            store.first_index,
+            store.last_index,
             meta.index if meta else "none",
             applied,
         )
@@ -274,27 +312,6 @@ class RaftNode:
         await self._transport.start()
         self._driver = asyncio.create_task(self._drive(), name=f"raft-node {self.id}")
         self._ticker = asyncio.create_task(self._tick_loop(), name=f"raft-tick {self.id}")
-
-    def _open_stores(self) -> _Loaded:
-        """Blocking: open the three stores and read what a restart needs."""
-        self._dir.mkdir(parents=True, exist_ok=True)
-        stable = self._stable.load_sync()
-        self._snapshots = SnapshotStore(
-            self._dir / "snapshots", retain=self.config.snapshot_retain, fsync=self.config.fsync
-        )
-        latest = self._snapshots.latest()
-        meta = None
-        if latest is not None:
-            meta = decode_snapshot_meta(latest.metadata)
-            if (meta.index, meta.term) != (latest.index, latest.term):
-                raise RaftError(
-                    f"snapshot {latest.id}: metadata names index {meta.index} term {meta.term}"
-                )
-        store = RaftLogStore.open(
-            self._dir / "raft-log", fsync=self.config.fsync, config=self.config.log_config
-        )
-        entries = store.load(meta.index if meta else 0)
-        return _Loaded(stable, store, latest, meta, entries)
 
     def has_state(self) -> bool:
         """Whether this node has any Raft state (a term, a vote, log entries, a snapshot):
@@ -307,7 +324,6 @@ class RaftNode:
 
     def _check_can_bootstrap(self) -> None:
         core, store = self._require_core(), self._logstore
-        assert store is not None
         hs = core.hard_state()
         saved = HardState(max(self._saved_term, hs.term), self._saved_vote or hs.vote, hs.commit)
         reasons: list[str] = []
@@ -316,7 +332,7 @@ class RaftNode:
         except BootstrapError as exc:
             reasons.append(str(exc))
         if not store.is_empty():
-            where = f"log entries {store.first_index}..{store.last_index} in {store.log.directory}"
+            where = f"log entries {store.first_index}..{store.last_index} in {store.describe()}"
             reasons.append(
                 f"refusing to bootstrap: this node already has {where}" if not reasons else where
             )
@@ -338,7 +354,6 @@ class RaftNode:
             self._check_can_bootstrap()
             st = bootstrap_state(membership)
             store = self._logstore
-            assert store is not None
             store.store(st.entries)
             await asyncio.gather(
                 store.sync(),
@@ -387,7 +402,7 @@ class RaftNode:
             await asyncio.wait_for(self._transport.close(), timeout)
         except TimeoutError:
             log.warning("raft node %s: transport did not close within %.1f s", self.id, timeout)
-        if self._logstore is not None:
+        if self._started:
             try:
                 await asyncio.wait_for(self._logstore.close(), timeout)
             except Exception as exc:  # a failed fsync at close: logged, nothing to retry
@@ -458,9 +473,8 @@ class RaftNode:
         return self._snapshot_meta.index if self._snapshot_meta else 0
 
     @property
-    def log_store(self) -> RaftLogStore:
+    def log_store(self) -> LogStorage:
         """The log store (read-only use: tests and tools)."""
-        assert self._logstore is not None
         return self._logstore
 
     def status(self) -> Status:
@@ -534,7 +548,7 @@ class RaftNode:
         loop = asyncio.get_running_loop()
         t = self.config.request_timeout if timeout is None else timeout
         fut: asyncio.Future[list[ApplyResult]] = loop.create_future()
-        p = Proposal(items, fut, loop.time() + t)
+        p = Proposal(items, fut, self._clock.now() + t)
         # Queued, not stepped: the driver hands every queued proposal to the core in one
         # call (one ticket) before its next round, so the core's per-call cost is paid
         # once per round, not once per proposal.
@@ -549,7 +563,7 @@ class RaftNode:
         loop = asyncio.get_running_loop()
         t = self.config.request_timeout if timeout is None else timeout
         fut: asyncio.Future[list[ApplyResult]] = loop.create_future()
-        p = Proposal((b"",), fut, loop.time() + t)
+        p = Proposal((b"",), fut, self._clock.now() + t)
         self._proposals.track(p, ticket)
         self._wake.set()
         results = await fut
@@ -662,12 +676,12 @@ class RaftNode:
     # =====================================================================================
 
     async def _tick_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        clock = self._clock
         interval = self.config.tick_interval
-        due = loop.time() + interval
+        due = clock.now() + interval
         while not self._stopping:
-            await asyncio.sleep(max(0.0, due - loop.time()))
-            now = loop.time()
+            await clock.sleep(due - clock.now())
+            now = clock.now()
             due = max(due + interval, now + interval / 2)
             core = self._core
             if core is not None and self._failure is None:
@@ -741,13 +755,12 @@ class RaftNode:
         if (
             self._snap_task is None
             and core.should_snapshot()
-            and time.monotonic() >= self._snap_retry_at
+            and self._clock.now() >= self._snap_retry_at
         ):
             self._start_snapshot(core)
 
     async def _persist(self, rd: Ready) -> None:
         store = self._logstore
-        assert store is not None
         if rd.snapshot is not None:
             # The snapshot's data is durable in the snapshot store: the log now starts after it.
             store.reset(rd.snapshot.index + 1)
@@ -873,21 +886,13 @@ class RaftNode:
         )
 
     async def _write_snapshot(self, meta: SnapshotMeta, source: Iterable[bytes]) -> None:
-        store = self._snapshots
-        assert store is not None
-
-        def work() -> StoredSnapshot:
-            sink = store.create(meta.index, meta.term, encode_snapshot_meta(meta))
-            with sink:
-                for chunk in source:
-                    sink.write(chunk)
-                return sink.commit_sync()
-
         try:
-            stored = await asyncio.to_thread(work)
+            stored = await self._snapshots.save(
+                meta.index, meta.term, encode_snapshot_meta(meta), source
+            )
         except Exception as exc:
             log.error("raft node %s: snapshot at %d failed: %s", self.id, meta.index, exc)
-            self._snap_retry_at = time.monotonic() + self.config.snapshot_retry_delay
+            self._snap_retry_at = self._clock.now() + self.config.snapshot_retry_delay
             self._snap_task = None
             return
         log.info("raft node %s: snapshot %s at index %d", self.id, stored.id, meta.index)
@@ -910,13 +915,12 @@ class RaftNode:
         if self._snapshot_meta is None or meta.index > self._snapshot_meta.index:
             self._snapshot_meta = meta
         store = self._logstore
-        assert store is not None
         if through >= store.first_index:
             store.compact(through)
 
     async def _install_snapshot(self, meta: SnapshotMeta) -> None:
         """A snapshot from the leader was accepted by the core: restore the state machine."""
-        stored = await asyncio.to_thread(self._find_snapshot, meta)
+        stored = await self._snapshots.find(meta.index, meta.term)
         if stored is None:
             raise RaftError(f"accepted snapshot at index {meta.index} is not in the store")
         await self._restore_fsm(stored.id, meta)
@@ -927,26 +931,9 @@ class RaftNode:
             ),
         )
 
-    def _find_snapshot(self, meta: SnapshotMeta) -> StoredSnapshot | None:
-        assert self._snapshots is not None
-        for s in self._snapshots.list():
-            if (s.index, s.term) == (meta.index, meta.term):
-                return s
-        return None
-
     async def _restore_fsm(self, snapshot_id: str, meta: SnapshotMeta) -> None:
-        store = self._snapshots
-        assert store is not None
         fsm = self._fsm
-
-        def work() -> None:
-            _, reader = store.open(snapshot_id)
-            with reader:
-                fsm.restore(reader, meta)
-                while reader.read(1 << 20):
-                    pass  # reach the end so that the checksum is verified
-
-        await asyncio.to_thread(work)
+        await self._snapshots.restore(snapshot_id, lambda reader: fsm.restore(reader, meta))
         log.info("raft node %s: state machine restored from snapshot %s", self.id, snapshot_id)
 
     # =====================================================================================
@@ -985,19 +972,17 @@ class RaftNode:
                 self._wake.set()
 
     async def _stream_snapshot_chunks(self, to: NodeId, meta: SnapshotMeta, term: int) -> bool:
-        store = self._snapshots
-        assert store is not None
-        stored = await asyncio.to_thread(self._find_snapshot, meta)
+        stored = await self._snapshots.find(meta.index, meta.term)
         if stored is None:
             log.warning("raft node %s: no stored snapshot at %d for %s", self.id, meta.index, to)
             return False
-        _, reader = await asyncio.to_thread(store.open, stored.id)
+        reader = await self._snapshots.open_chunks(stored.id)
         loop = asyncio.get_running_loop()
         size = self.config.raft.snapshot_chunk_bytes
         try:
             offset = 0
             while True:
-                data = await asyncio.to_thread(reader.read, size)
+                data = await reader.read(size)
                 done = offset + len(data) >= stored.size
                 chunk = SnapshotChunk(self.id, to, term, meta, offset, data, done)
                 payload = bytes([KIND_CHUNK]) + encode_snapshot_chunk(chunk)
@@ -1029,7 +1014,7 @@ class RaftNode:
                 if done:
                     return True
         finally:
-            await asyncio.to_thread(reader.close)
+            await reader.close()
 
     def _on_chunk_ack(self, ack: ChunkAck) -> None:
         if ack.dst != self.id:
@@ -1062,8 +1047,7 @@ class RaftNode:
 
     async def _receive_snapshot(self, src: NodeId, rx: _Receiving) -> None:
         store = self._snapshots
-        assert store is not None
-        sink: SnapshotSink | None = None
+        sink: IncomingSnapshot | None = None
         key: tuple[int, int, int] | None = None
         expected = 0
         try:
@@ -1077,8 +1061,8 @@ class RaftNode:
                 if c.offset == 0 and (ckey != key or expected != 0):
                     if sink is not None:
                         sink.abort()
-                    sink = await asyncio.to_thread(
-                        store.create, c.meta.index, c.meta.term, encode_snapshot_meta(c.meta)
+                    sink = await store.create(
+                        c.meta.index, c.meta.term, encode_snapshot_meta(c.meta)
                     )
                     key, expected = ckey, 0
                 if ckey != key or sink is None or c.offset > expected:
@@ -1087,7 +1071,7 @@ class RaftNode:
                 if c.offset < expected:  # a resend of a chunk we have: acknowledge again
                     self._transport.send(src, self._ack(src, c.meta, expected, True))
                     continue
-                await asyncio.to_thread(sink.write, c.data)
+                await sink.write(c.data)
                 expected += len(c.data)
                 if c.done:
                     done_sink, sink, key = sink, None, None

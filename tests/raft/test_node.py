@@ -33,6 +33,7 @@ from raftlog.raft import (
 )
 from raftlog.raft.codec import decode_message
 from raftlog.raft.fsm import SnapshotSource, StateMachine
+from raftlog.raft.inmem import InmemLogStore, InmemSnapshotStore, InmemStableStore
 from raftlog.raft.node import (
     NodeClosedError,
     NodeConfig,
@@ -222,7 +223,7 @@ class Cluster:
         cfg = NodeConfig(
             raft=RaftConfig(id=node_id, **self.raft_kw), data_dir=self.root / node_id, **settings
         )
-        node = RaftNode(cfg, self.fsms[node_id], t, peers=dict(self.addresses))
+        node = await RaftNode.on_disk(cfg, self.fsms[node_id], t, peers=dict(self.addresses))
         if isinstance(t, PersistBeforeSend):
             t.node = node
         await node.start()
@@ -655,7 +656,14 @@ def test_node_config_validation_says_what_is_wrong(tmp_path: Path) -> None:
         NodeConfig(raft=raft, data_dir=tmp_path, snapshot_retain=0).validate()
     net = InmemNetwork()
     with pytest.raises(ConfigError, match="transport is for node"):
-        RaftNode(NodeConfig(raft=raft, data_dir=tmp_path), ListFSM(), net.transport("n2"))
+        RaftNode(
+            NodeConfig(raft=raft),
+            ListFSM(),
+            net.transport("n2"),
+            log_store=InmemLogStore(),
+            stable_store=InmemStableStore(),
+            snapshot_store=InmemSnapshotStore(),
+        )
 
 
 # =========================================================================================
