@@ -5,10 +5,19 @@ Ready/advance cycle (see docs/raft.md)::
 
     while core.has_ready():
         rd = core.ready()
+        send(rd.messages_before_persist)                  # may go before the fsync
         persist(rd.hard_state, rd.snapshot, rd.entries)   # fsync if rd.must_sync
-        send(rd.messages)                                 # only after persisting
+        send(rd.messages_after_persist)                   # only once that is durable
         apply(rd.snapshot, rd.committed_entries)          # to the state machine
         core.advance(rd)
+
+The core states which messages may leave before the fsync (persist-before-send, with the
+leader's exception of the Raft thesis §10.2.1): only a leader's AppendEntries, heartbeats
+and TimeoutNow of a term that is already durable, and none in a Ready that installs a
+snapshot. The leader counts its own log towards commit only after ``advance`` says its
+entries are durable, so a crash before the fsync loses nothing acknowledged. Votes, vote
+and append responses, and every message of a new term wait for the fsync: a promise must
+never outlive a crash that forgot it. A runtime may also send everything after the fsync.
 
 Time only enters through ``tick()``; randomness only through the injected ``random.Random``.
 Given the same inputs and seed, the core always produces the same outputs.
@@ -76,9 +85,13 @@ class Ready:
             store): record it as the newest snapshot, delete the whole log store (the log now
             starts after ``snapshot.index``), and restore the state machine from it before
             applying ``committed_entries``.
-        messages: send after the above is durable (persist-before-send). A SNAPSHOT message
-            asks the runtime to stream the stored snapshot ``msg.snapshot`` to ``msg.dst``
-            in chunks, then to call ``report_snapshot``.
+        messages_before_persist: messages that may be sent before (or while) the above
+            is persisted: a leader's APPEND, HEARTBEAT and TIMEOUT_NOW of the term already
+            durable before this Ready (never with a snapshot). See the module docstring.
+        messages_after_persist: every other message: send only once the above is durable
+            (persist-before-send). A SNAPSHOT message asks the runtime to stream the stored
+            snapshot ``msg.snapshot`` to ``msg.dst`` in chunks, then to call
+            ``report_snapshot``. ``messages`` is both lists, early ones first.
         committed_entries: apply to the state machine in order (NOOP and CONF_CHANGE entries
             included: the state machine may skip them, but they advance the applied index).
         read_states: ReadIndex answers; serve each read once ``applied >= index``.
@@ -90,11 +103,21 @@ class Ready:
     hard_state: HardState | None
     entries: tuple[Entry, ...]
     snapshot: SnapshotMeta | None
-    messages: tuple[Message, ...]
+    messages_before_persist: tuple[Message, ...]
+    messages_after_persist: tuple[Message, ...]
     committed_entries: tuple[Entry, ...]
     read_states: tuple[ReadState, ...]
     must_sync: bool
     soft_state: SoftState
+
+    @property
+    def messages(self) -> tuple[Message, ...]:
+        """Every message of this Ready: those that may go early, then the others."""
+        return self.messages_before_persist + self.messages_after_persist
+
+
+#: Message types a leader may send before its own write of the same Ready is durable.
+EARLY_TYPES = frozenset({MessageType.APPEND, MessageType.HEARTBEAT, MessageType.TIMEOUT_NOW})
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,11 +459,23 @@ class RaftCore:
         must_sync = (
             bool(entries) or snap is not None or (hs.term, hs.vote) != (prev.term, prev.vote)
         )
+        # What may go before the fsync: leader traffic of the term that was durable before
+        # this Ready (prev is what the runtime persisted last), never beside a snapshot.
+        durable_term = prev.term
+        early: tuple[Message, ...] = ()
+        late = msgs
+        if snap is None:
+            early = tuple(m for m in msgs if m.type in EARLY_TYPES and m.term == durable_term)
+            if early:
+                late = tuple(
+                    m for m in msgs if not (m.type in EARLY_TYPES and m.term == durable_term)
+                )
         rd = Ready(
             hard_state=hs if hs != prev else None,
             entries=entries,
             snapshot=snap,
-            messages=msgs,
+            messages_before_persist=early,
+            messages_after_persist=late,
             committed_entries=committed,
             read_states=reads,
             must_sync=must_sync,

@@ -103,9 +103,6 @@ log = logging.getLogger("raftlog.raft.node")
 
 _MESSAGE_PREFIX = bytes([KIND_MESSAGE])
 
-#: Messages a leader may send before its own fsync (see the module docstring).
-_EARLY_TYPES = frozenset({MessageType.APPEND, MessageType.HEARTBEAT, MessageType.TIMEOUT_NOW})
-
 
 # =========================================================================================
 # Configuration and results
@@ -730,18 +727,13 @@ class RaftNode:
         self._sync_peers()
         if rd.entries and self._proposals.has_pending and rd.soft_state.role is not Role.LEADER:
             self._proposals.drop_overwritten(core.entry_term, rd.entries[0].index)
-        durable_term = self._saved_term
-        late: list[Message] = []
-        for m in rd.messages:
-            if m.type in _EARLY_TYPES and m.term == durable_term and rd.snapshot is None:
-                self._send(m)
-                self.stats.sent_early += 1
-            else:
-                late.append(m)
-        await self._persist(rd)
-        for m in late:
+        for m in rd.messages_before_persist:  # the core says these may go before the fsync
             self._send(m)
-        self.stats.sent_late += len(late)
+        self.stats.sent_early += len(rd.messages_before_persist)
+        await self._persist(rd)
+        for m in rd.messages_after_persist:
+            self._send(m)
+        self.stats.sent_late += len(rd.messages_after_persist)
         if rd.snapshot is not None:
             await self._install_snapshot(rd.snapshot)
         if rd.committed_entries:

@@ -35,9 +35,6 @@ from raftlog.raft.types import (
     SnapshotMeta,
 )
 
-EARLY_TYPES = frozenset({MessageType.APPEND, MessageType.HEARTBEAT, MessageType.TIMEOUT_NOW})
-"""Leader messages that may leave before the leader's own write of the same Ready is durable."""
-
 
 class SafetyViolation(AssertionError):
     """A Raft safety property was broken."""
@@ -286,14 +283,11 @@ class MemNode:
     def _begin(self, send: Callable[[Message], None]) -> None:
         rd = self.c.ready()
         late = list(rd.messages)
-        if self.early_send and rd.snapshot is None:
-            # The leader may send in its durable term before its own write completes
-            # (Raft thesis §10.2.1): it counts itself for commit only after advance.
-            term = self.disk.hard_state.term
-            early = [m for m in late if m.type in EARLY_TYPES and m.term == term]
-            late = [m for m in late if not (m.type in EARLY_TYPES and m.term == term)]
-            for m in early:
+        if self.early_send:
+            # What the core allows before the write is durable (Ready.messages_before_persist).
+            for m in rd.messages_before_persist:
                 send(m)
+            late = list(rd.messages_after_persist)
         self._pending = (rd, late)
         if self.crash_mid_ready and self.rng.random() < self.crash_mid_ready:
             self.crash()  # the Ready is lost: nothing persisted, applied or advanced

@@ -227,3 +227,32 @@ def test_committed_entries_are_handed_out_in_bounded_batches() -> None:
             sizes.append(len(rd.committed_entries))
         core.advance(rd)
     assert max(sizes) == 3 and sum(sizes) >= 10
+
+
+def test_ready_says_which_messages_may_go_before_the_fsync() -> None:
+    """The rule lives in the core (Ready.messages_before_persist): a leader's AppendEntries
+    of its durable term may go early; the votes of an election, and acknowledgements, wait."""
+    c = MemCluster(["a", "b", "c"], config=cfg())
+    lead = c.elect("a")
+    lead.c.propose([b"x"])
+    rd = lead.c.ready()
+    assert rd.messages_before_persist
+    assert all(m.type is MessageType.APPEND for m in rd.messages_before_persist)
+    assert all(m.term == lead.c.term for m in rd.messages_before_persist)
+    assert not rd.messages_after_persist
+    assert rd.messages == rd.messages_before_persist
+    lead.c.advance(rd)
+    # A follower's acknowledgement promises durable entries: it must wait.
+    follower = c.nodes["b"].c
+    for m in rd.messages_before_persist:
+        if m.dst == "b":
+            follower.step(m)
+    frd = follower.ready()
+    assert not frd.messages_before_persist
+    assert [m.type for m in frd.messages_after_persist] == [MessageType.APPEND_RESP]
+    follower.advance(frd)
+    # A campaign raises the term: none of its messages may leave before the new term is
+    # durable.
+    c.nodes["c"].c.campaign()
+    crd = c.nodes["c"].c.ready()
+    assert not crd.messages_before_persist and crd.messages_after_persist
