@@ -39,7 +39,6 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from raftlog.raft.clock import Clock, MonotonicClock
@@ -47,14 +46,11 @@ from raftlog.raft.codec import (
     KIND_CHUNK,
     KIND_CHUNK_ACK,
     KIND_MESSAGE,
-    ChunkAck,
     decode_chunk_ack,
     decode_message,
     decode_snapshot_chunk,
     decode_snapshot_meta,
-    encode_chunk_ack,
     encode_message,
-    encode_snapshot_chunk,
     encode_snapshot_meta,
 )
 from raftlog.raft.config import NodeConfig
@@ -77,8 +73,10 @@ from raftlog.raft.errors import (
 from raftlog.raft.fsm import StateMachine
 from raftlog.raft.proposals import ApplyResult, Proposal, ProposalTracker
 from raftlog.raft.reads import ReadBarriers
+from raftlog.raft.snapshot_transfer import SnapshotReceiver, SnapshotSender
 from raftlog.raft.stable import StableState
-from raftlog.raft.storage import IncomingSnapshot, LogStorage, SnapshotStorage, StableStorage
+from raftlog.raft.stats import NodeStats
+from raftlog.raft.storage import LogStorage, SnapshotStorage, StableStorage
 from raftlog.raft.transport import Transport
 from raftlog.raft.types import (
     NO_NODE,
@@ -94,7 +92,6 @@ from raftlog.raft.types import (
     PersistentState,
     Role,
     Server,
-    SnapshotChunk,
     SnapshotMeta,
     SoftState,
 )
@@ -102,43 +99,6 @@ from raftlog.raft.types import (
 log = logging.getLogger("raftlog.raft.node")
 
 _MESSAGE_PREFIX = bytes([KIND_MESSAGE])
-
-
-# =========================================================================================
-# Configuration and results
-# =========================================================================================
-
-
-@dataclass
-class NodeStats:
-    """Counters of one node, for metrics, tests and the benchmark."""
-
-    #: Ready rounds handled.
-    rounds: int = 0
-    #: Rounds that fsynced the log (and/or the hard state).
-    syncs: int = 0
-    #: Entries written to the log store, and committed entries applied.
-    entries_persisted: int = 0
-    entries_applied: int = 0
-    #: Messages sent before the local fsync (leader optimisation) and after it.
-    sent_early: int = 0
-    sent_late: int = 0
-    #: Inbound payloads that did not decode, or were addressed to another node.
-    bad_payloads: int = 0
-    #: Snapshots taken locally, streamed to followers, received from a leader.
-    snapshots_taken: int = 0
-    snapshots_sent: int = 0
-    snapshots_received: int = 0
-    #: Snapshot streams that failed (sender side).
-    snapshot_send_failures: int = 0
-
-
-@dataclass
-class _Receiving:
-    """A snapshot being received from one leader."""
-
-    queue: asyncio.Queue[SnapshotChunk]
-    task: asyncio.Task[None] | None = None
 
 
 # =========================================================================================
@@ -209,9 +169,25 @@ class RaftNode:
         self._snap_task: asyncio.Task[None] | None = None
         self._snap_done: SnapshotMeta | None = None
         self._snap_retry_at = 0.0
-        self._senders: dict[NodeId, asyncio.Task[None]] = {}
-        self._ack_waiters: dict[NodeId, tuple[int, asyncio.Future[tuple[int, bool]]]] = {}
-        self._receiving: dict[NodeId, _Receiving] = {}
+        self._sender = SnapshotSender(
+            self.id,
+            transport,
+            snapshot_store,
+            self.stats,
+            self._snapshot_sent,
+            chunk_bytes=config.raft.snapshot_chunk_bytes,
+            ack_timeout=config.snapshot_ack_timeout,
+            attempts=config.snapshot_send_attempts,
+        )
+        self._receiver = SnapshotReceiver(
+            self.id,
+            transport,
+            snapshot_store,
+            self.stats,
+            installed=self._snapshot_received,
+            stopping=lambda: self._stopping,
+            idle_timeout=config.snapshot_idle_timeout,
+        )
         self._peer_table: dict[NodeId, str] = {}
         self._peer_membership: Membership | None = None
         self._soft: SoftState | None = None
@@ -388,8 +364,8 @@ class RaftNode:
         tasks: set[asyncio.Task[Any]] = {t for t in (self._ticker, self._driver) if t}
         if self._snap_task is not None:
             tasks.add(self._snap_task)
-        tasks |= set(self._senders.values())
-        tasks |= {r.task for r in self._receiving.values() if r.task is not None}
+        tasks |= self._sender.tasks()
+        tasks |= self._receiver.tasks()
         for t in tasks:
             t.cancel()
         if tasks:
@@ -659,9 +635,9 @@ class RaftNode:
                 self._core.step(m)
                 self._wake.set()
             elif kind == KIND_CHUNK:
-                self._on_chunk(decode_snapshot_chunk(payload[1:]))
+                self._receiver.on_chunk(decode_snapshot_chunk(payload[1:]))
             elif kind == KIND_CHUNK_ACK:
-                self._on_chunk_ack(decode_chunk_ack(payload[1:]))
+                self._sender.on_ack(decode_chunk_ack(payload[1:]))
             else:
                 self.stats.bad_payloads += 1
         except CodecError as exc:
@@ -783,7 +759,7 @@ class RaftNode:
 
     def _send(self, m: Message) -> None:
         if m.type is MessageType.SNAPSHOT:
-            self._start_snapshot_send(m)
+            self._sender.send(m)
             return
         try:
             self._transport.send(m.dst, _MESSAGE_PREFIX + encode_message(m))
@@ -928,171 +904,22 @@ class RaftNode:
         await self._snapshots.restore(snapshot_id, lambda reader: fsm.restore(reader, meta))
         log.info("raft node %s: state machine restored from snapshot %s", self.id, snapshot_id)
 
-    # =====================================================================================
-    # Snapshots: streaming (leader -> follower)
-    # =====================================================================================
+    # -- snapshot transfer (snapshot_transfer.py) -------------------------------------------
 
-    def _start_snapshot_send(self, m: Message) -> None:
-        running = self._senders.get(m.dst)
-        if running is not None and not running.done():
-            return
-        assert m.snapshot is not None
-        task = asyncio.create_task(
-            self._stream_snapshot(m.dst, m.snapshot, m.term),
-            name=f"raft-snapshot-send {self.id}->{m.dst}",
-        )
-        self._senders[m.dst] = task
+    def _snapshot_sent(self, to: NodeId, ok: bool) -> None:
+        if not self._stopping and self._core is not None:
+            self._core.report_snapshot(to, ok)
+            self._wake.set()
 
-    async def _stream_snapshot(self, to: NodeId, meta: SnapshotMeta, term: int) -> None:
-        ok = False
-        try:
-            ok = await self._stream_snapshot_chunks(to, meta, term)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("raft node %s: snapshot stream to %s failed: %s", self.id, to, exc)
-        finally:
-            self._ack_waiters.pop(to, None)
-            if self._senders.get(to) is asyncio.current_task():
-                del self._senders[to]
-            if ok:
-                self.stats.snapshots_sent += 1
-            else:
-                self.stats.snapshot_send_failures += 1
-            if not self._stopping and self._core is not None:
-                self._core.report_snapshot(to, ok)
-                self._wake.set()
-
-    async def _stream_snapshot_chunks(self, to: NodeId, meta: SnapshotMeta, term: int) -> bool:
-        stored = await self._snapshots.find(meta.index, meta.term)
-        if stored is None:
-            log.warning("raft node %s: no stored snapshot at %d for %s", self.id, meta.index, to)
-            return False
-        reader = await self._snapshots.open_chunks(stored.id)
-        loop = asyncio.get_running_loop()
-        size = self.config.raft.snapshot_chunk_bytes
-        try:
-            offset = 0
-            while True:
-                data = await reader.read(size)
-                done = offset + len(data) >= stored.size
-                chunk = SnapshotChunk(self.id, to, term, meta, offset, data, done)
-                payload = bytes([KIND_CHUNK]) + encode_snapshot_chunk(chunk)
-                want = offset + len(data)
-                acked = False
-                for _attempt in range(self.config.snapshot_send_attempts):
-                    fut: asyncio.Future[tuple[int, bool]] = loop.create_future()
-                    self._ack_waiters[to] = (meta.index, fut)
-                    self._transport.send(to, payload)
-                    try:
-                        async with asyncio.timeout(self.config.snapshot_ack_timeout):
-                            nxt, good = await fut
-                    except TimeoutError:
-                        continue
-                    if not good or nxt != want:
-                        log.info(
-                            "raft node %s: %s refused snapshot chunk at %d (expects %d)",
-                            self.id,
-                            to,
-                            offset,
-                            nxt,
-                        )
-                        return False
-                    acked = True
-                    break
-                if not acked:
-                    return False
-                offset = want
-                if done:
-                    return True
-        finally:
-            await reader.close()
-
-    def _on_chunk_ack(self, ack: ChunkAck) -> None:
-        if ack.dst != self.id:
-            return
-        waiter = self._ack_waiters.get(ack.src)
-        if waiter is not None and waiter[0] == ack.index and not waiter[1].done():
-            waiter[1].set_result((ack.next_offset, ack.ok))
-
-    # =====================================================================================
-    # Snapshots: receiving (follower)
-    # =====================================================================================
-
-    def _on_chunk(self, c: SnapshotChunk) -> None:
-        if c.dst != self.id:
-            self.stats.bad_payloads += 1
-            return
-        rx = self._receiving.get(c.src)
-        if rx is None or rx.task is None or rx.task.done():
-            rx = _Receiving(asyncio.Queue(maxsize=16))
-            rx.task = asyncio.create_task(
-                self._receive_snapshot(c.src, rx), name=f"raft-snapshot-recv {c.src}->{self.id}"
+    def _snapshot_received(self, src: NodeId, term: int, meta: SnapshotMeta) -> None:
+        """A snapshot from ``src`` is complete in the store: the core decides whether to
+        install it (it comes back in a Ready's ``snapshot``)."""
+        core = self._core
+        if core is not None:
+            core.step(
+                Message(type=MessageType.SNAPSHOT, src=src, dst=self.id, term=term, snapshot=meta)
             )
-            self._receiving[c.src] = rx
-        with contextlib.suppress(asyncio.QueueFull):
-            rx.queue.put_nowait(c)
-
-    def _ack(self, src: NodeId, meta: SnapshotMeta, next_offset: int, ok: bool) -> bytes:
-        ack = ChunkAck(self.id, src, meta.index, meta.term, next_offset, ok)
-        return bytes([KIND_CHUNK_ACK]) + encode_chunk_ack(ack)
-
-    async def _receive_snapshot(self, src: NodeId, rx: _Receiving) -> None:
-        store = self._snapshots
-        sink: IncomingSnapshot | None = None
-        key: tuple[int, int, int] | None = None
-        expected = 0
-        try:
-            while not self._stopping:
-                try:
-                    async with asyncio.timeout(self.config.snapshot_idle_timeout):
-                        c = await rx.queue.get()
-                except TimeoutError:
-                    return
-                ckey = (c.meta.index, c.meta.term, c.term)
-                if c.offset == 0 and (ckey != key or expected != 0):
-                    if sink is not None:
-                        sink.abort()
-                    sink = await store.create(
-                        c.meta.index, c.meta.term, encode_snapshot_meta(c.meta)
-                    )
-                    key, expected = ckey, 0
-                if ckey != key or sink is None or c.offset > expected:
-                    self._transport.send(src, self._ack(src, c.meta, expected, False))
-                    continue
-                if c.offset < expected:  # a resend of a chunk we have: acknowledge again
-                    self._transport.send(src, self._ack(src, c.meta, expected, True))
-                    continue
-                await sink.write(c.data)
-                expected += len(c.data)
-                if c.done:
-                    done_sink, sink, key = sink, None, None
-                    await done_sink.commit()
-                    self.stats.snapshots_received += 1
-                    core = self._core
-                    if core is not None and not self._stopping:
-                        core.step(
-                            Message(
-                                type=MessageType.SNAPSHOT,
-                                src=src,
-                                dst=self.id,
-                                term=c.term,
-                                snapshot=c.meta,
-                            )
-                        )
-                        self._wake.set()
-                self._transport.send(src, self._ack(src, c.meta, expected, True))
-                if c.done:
-                    expected = 0
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("raft node %s: receiving a snapshot from %s failed: %s", self.id, src, exc)
-        finally:
-            if sink is not None:
-                sink.abort()
-            if self._receiving.get(src) is rx:
-                del self._receiving[src]
+            self._wake.set()
 
 
 __all__ = [
