@@ -6,23 +6,17 @@ membership changes and read barriers enter the core at once and wake the driver.
 everything proposed while a round is being written is coalesced into the next Ready: one
 log write, one fsync and one AppendEntries per follower for the whole group (group commit).
 
-One round, for a Ready ``rd`` (see ``docs/raft-runtime.md`` for the diagram)::
+The node is a facade over modules named by role:
 
-    early  = leader AppendEntries/heartbeats of an already durable term  -> send now
-    persist: rd.snapshot -> reset the log store; rd.entries -> log store (page cache);
-             one fsync of the log + the hard state (only if term/vote changed), in
-             threads, only if rd.must_sync
-    late   = every other message (votes, acknowledgements)                -> send now
-    apply:   rd.snapshot -> restore the state machine (thread);
-             committed NORMAL entries -> StateMachine.apply -> resolve proposals;
-             read states -> resolve read barriers once applied
-    core.advance(rd); maybe take a snapshot (thread) and compact the log
+    driver.py             Driver: one Ready round (persist, send, apply), snapshots taken
+    proposals.py          ProposalTracker: proposals from the call to the answer, deadlines
+    reads.py              ReadBarriers: read barriers until confirmed and applied
+    snapshot_transfer.py  SnapshotSender / SnapshotReceiver: InstallSnapshot in chunks
+    storage.py, clock.py  what the node needs from its stores and its clock; disk.py and
+                          inmem.py provide them
 
-Sending a leader's AppendEntries before its own fsync is the optimisation of the Raft thesis
-(§10.2.1, also etcd's): the leader counts itself towards commit only once ``advance`` says
-its entries are durable, so a crash before the fsync loses nothing that was acknowledged.
-Everything else waits for the fsync (persist before send): a vote or an acknowledgement
-must never outlive a crash that forgot it.
+The rule of which messages may leave before the fsync is the core's
+(``Ready.messages_before_persist``, see :mod:`raftlog.raft.core`).
 
 Payloads on the transport start with one byte naming their kind: ``M`` a Raft message,
 ``C`` a snapshot chunk, ``K`` a chunk acknowledgement (see docs/raft-runtime.md).
@@ -38,7 +32,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from raftlog.raft.clock import Clock, MonotonicClock
@@ -50,12 +44,11 @@ from raftlog.raft.codec import (
     decode_message,
     decode_snapshot_chunk,
     decode_snapshot_meta,
-    encode_message,
-    encode_snapshot_meta,
 )
 from raftlog.raft.config import NodeConfig
-from raftlog.raft.core import RaftCore, Ready, Status, bootstrap_state, check_can_bootstrap
+from raftlog.raft.core import RaftCore, Status, bootstrap_state, check_can_bootstrap
 from raftlog.raft.disk import open_disk_stores
+from raftlog.raft.driver import Driver
 from raftlog.raft.errors import (
     BootstrapError,
     CodecError,
@@ -82,8 +75,6 @@ from raftlog.raft.types import (
     NO_NODE,
     ConfChange,
     ConfChangeType,
-    Entry,
-    EntryType,
     HardState,
     Membership,
     Message,
@@ -153,10 +144,6 @@ class RaftNode:
         self._logstore = log_store
         self._core: RaftCore | None = None
         self.stats = NodeStats()
-        # Durable hard state: what the stable store holds.
-        self._saved_term = 0
-        self._saved_vote: NodeId = NO_NODE
-        self._snapshot_meta: SnapshotMeta | None = None
         # Requests in flight.
         self._proposals = ProposalTracker(self._lost_error)
         self._reads = ReadBarriers()
@@ -164,11 +151,8 @@ class RaftNode:
         # Tasks.
         self._wake = asyncio.Event()
         self._io_lock = asyncio.Lock()
-        self._driver: asyncio.Task[None] | None = None
+        self._drive_task: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
-        self._snap_task: asyncio.Task[None] | None = None
-        self._snap_done: SnapshotMeta | None = None
-        self._snap_retry_at = 0.0
         self._sender = SnapshotSender(
             self.id,
             transport,
@@ -187,6 +171,22 @@ class RaftNode:
             installed=self._snapshot_received,
             stopping=lambda: self._stopping,
             idle_timeout=config.snapshot_idle_timeout,
+        )
+        self._driver = Driver(
+            config,
+            fsm,
+            transport,
+            self._sender,
+            log_store=log_store,
+            stable_store=stable_store,
+            snapshot_store=snapshot_store,
+            clock=self._clock,
+            stats=self.stats,
+            proposals=self._proposals,
+            reads=self._reads,
+            before_round=self._before_round,
+            notify=self._notify,
+            wake=self._wake.set,
         )
         self._peer_table: dict[NodeId, str] = {}
         self._peer_membership: Membership | None = None
@@ -258,7 +258,7 @@ class RaftNode:
         applied = self._fsm.applied_index()
         if meta is not None and applied < meta.index:
             assert latest is not None
-            await self._restore_fsm(latest.id, meta)
+            await self._driver.restore_fsm(latest.id, meta)
             applied = meta.index
         hs = HardState()
         if st is not None:
@@ -266,8 +266,8 @@ class RaftNode:
             hs = HardState(
                 st.term, st.voted_for or NO_NODE, commit if isinstance(commit, int) else 0
             )
-        self._saved_term, self._saved_vote = hs.term, hs.vote
-        self._snapshot_meta = meta
+        self._driver.saved_term, self._driver.saved_vote = hs.term, hs.vote
+        self._driver.snapshot_meta = meta
         state = PersistentState(hs, meta, tuple(entries), applied)
         self._core = RaftCore(cfg.raft, state, self._rng)
         self._soft = self._core.soft_state()
@@ -283,7 +283,7 @@ class RaftNode:
         self._transport.set_handler(self._on_payload)
         self._sync_peers(force=True)
         await self._transport.start()
-        self._driver = asyncio.create_task(self._drive(), name=f"raft-node {self.id}")
+        self._drive_task = asyncio.create_task(self._drive(), name=f"raft-node {self.id}")
         self._ticker = asyncio.create_task(self._tick_loop(), name=f"raft-tick {self.id}")
 
     def has_state(self) -> bool:
@@ -298,10 +298,12 @@ class RaftNode:
     def _check_can_bootstrap(self) -> None:
         core, store = self._require_core(), self._logstore
         hs = core.hard_state()
-        saved = HardState(max(self._saved_term, hs.term), self._saved_vote or hs.vote, hs.commit)
+        saved = HardState(
+            max(self._driver.saved_term, hs.term), self._driver.saved_vote or hs.vote, hs.commit
+        )
         reasons: list[str] = []
         try:
-            check_can_bootstrap(PersistentState(saved, self._snapshot_meta))
+            check_can_bootstrap(PersistentState(saved, self._driver.snapshot_meta))
         except BootstrapError as exc:
             reasons.append(str(exc))
         if not store.is_empty():
@@ -332,7 +334,7 @@ class RaftNode:
                 store.sync(),
                 self._stable.save(StableState(st.hard_state.term, None, {"commit": 0})),
             )
-            self._saved_term, self._saved_vote = st.hard_state.term, NO_NODE
+            self._driver.saved_term, self._driver.saved_vote = st.hard_state.term, NO_NODE
             core = RaftCore(self.config.raft, st, self._rng)
             self._core = core
             self._soft = core.soft_state()
@@ -356,14 +358,14 @@ class RaftNode:
         self._wake.set()
         if self._ticker is not None:
             self._ticker.cancel()
-        if self._driver is not None:
-            done, _ = await asyncio.wait({self._driver}, timeout=timeout)
+        if self._drive_task is not None:
+            done, _ = await asyncio.wait({self._drive_task}, timeout=timeout)
             if not done:
                 log.warning("raft node %s: round did not finish within %.1f s", self.id, timeout)
-                self._driver.cancel()
-        tasks: set[asyncio.Task[Any]] = {t for t in (self._ticker, self._driver) if t}
-        if self._snap_task is not None:
-            tasks.add(self._snap_task)
+                self._drive_task.cancel()
+        tasks: set[asyncio.Task[Any]] = {t for t in (self._ticker, self._drive_task) if t}
+        if self._driver.snapshot_task is not None:
+            tasks.add(self._driver.snapshot_task)
         tasks |= self._sender.tasks()
         tasks |= self._receiver.tasks()
         for t in tasks:
@@ -443,7 +445,7 @@ class RaftNode:
     @property
     def snapshot_index(self) -> int:
         """Index of the newest snapshot this node has (0 if none)."""
-        return self._snapshot_meta.index if self._snapshot_meta else 0
+        return self._driver.snapshot_meta.index if self._driver.snapshot_meta else 0
 
     @property
     def log_store(self) -> LogStorage:
@@ -666,19 +668,19 @@ class RaftNode:
     async def _drive(self) -> None:
         try:
             while not self._stopping:
-                if self._snap_done is not None:
-                    self._finish_snapshot()
                 core = self._require_core()
+                if self._driver.snapshot_ready:
+                    self._driver.finish_snapshot(core)
                 if self._proposals.has_queued:
                     self._proposals.flush(core)
                 if core.has_ready():
                     async with self._io_lock:
                         core = self._require_core()
                         if core.has_ready():
-                            await self._round(core, core.ready())
+                            await self._driver.round(core, core.ready())
                     continue
                 self._wake.clear()
-                if core.has_ready() or self._snap_done is not None or self._proposals.has_queued:
+                if core.has_ready() or self._driver.snapshot_ready or self._proposals.has_queued:
                     continue
                 # Bounded without a timer of its own: the ticker sets the event every tick.
                 await self._wake.wait()
@@ -696,96 +698,12 @@ class RaftNode:
         self._fail_all(failure)
         self._notify()
 
-    async def _round(self, core: RaftCore, rd: Ready) -> None:
-        """Persist, send, apply one Ready (the order is the point: see the module doc)."""
-        self.stats.rounds += 1
-        self._on_soft_state(rd.soft_state)
-        self._sync_peers()
-        if rd.entries and self._proposals.has_pending and rd.soft_state.role is not Role.LEADER:
-            self._proposals.drop_overwritten(core.entry_term, rd.entries[0].index)
-        for m in rd.messages_before_persist:  # the core says these may go before the fsync
-            self._send(m)
-        self.stats.sent_early += len(rd.messages_before_persist)
-        await self._persist(rd)
-        for m in rd.messages_after_persist:
-            self._send(m)
-        self.stats.sent_late += len(rd.messages_after_persist)
-        if rd.snapshot is not None:
-            await self._install_snapshot(rd.snapshot)
-        if rd.committed_entries:
-            self._apply(rd.committed_entries)
-        if rd.read_states:
-            self._reads.confirmed(rd.read_states)
-        core.advance(rd)
-        if self._reads.applying:
-            self._reads.release(core.applied_index)
-        self._notify()
-        if (
-            self._snap_task is None
-            and core.should_snapshot()
-            and self._clock.now() >= self._snap_retry_at
-        ):
-            self._start_snapshot(core)
-
-    async def _persist(self, rd: Ready) -> None:
-        store = self._logstore
-        if rd.snapshot is not None:
-            # The snapshot's data is durable in the snapshot store: the log now starts after it.
-            store.reset(rd.snapshot.index + 1)
-            self._snapshot_meta = rd.snapshot
-        if rd.entries:
-            store.store(rd.entries)
-            self.stats.entries_persisted += len(rd.entries)
-        hs = rd.hard_state
-        save = hs is not None and (hs.term, hs.vote) != (self._saved_term, self._saved_vote)
-        if not rd.must_sync and not save:
-            return
-        waits: list[Coroutine[Any, Any, None]] = []
-        if rd.entries or rd.snapshot is not None:
-            waits.append(store.sync_exclusive())  # the driver is the store's only user
-        if save:
-            assert hs is not None
-            state = StableState(hs.term, hs.vote or None, {"commit": hs.commit})
-            waits.append(self._stable.save(state))
-        if len(waits) == 1:
-            await waits[0]  # no task around a single wait (one fewer loop hop per round)
-        elif waits:
-            await asyncio.gather(*waits)
-        if waits:
-            self.stats.syncs += 1
-        if save:
-            assert hs is not None
-            self._saved_term, self._saved_vote = hs.term, hs.vote
-
-    def _send(self, m: Message) -> None:
-        if m.type is MessageType.SNAPSHOT:
-            self._sender.send(m)
-            return
-        try:
-            self._transport.send(m.dst, _MESSAGE_PREFIX + encode_message(m))
-        except Exception:
-            # The contract says send never raises; a transport bug must not stop the node
-            # (Raft resends what matters), but it must be seen.
-            log.exception("raft node %s: transport failed to send to %s", self.id, m.dst)
-
-    # -- apply ----------------------------------------------------------------------------
-
-    def _apply(self, committed: tuple[Entry, ...]) -> None:
-        normal: Sequence[Entry] = committed
-        if any(e.type is not EntryType.NORMAL for e in committed):
-            normal = [e for e in committed if e.type is EntryType.NORMAL]
-        results: Sequence[Any] = ()
-        if normal:
-            results = self._fsm.apply(normal)
-            if len(results) != len(normal):
-                raise RaftError(
-                    f"state machine returned {len(results)} results for {len(normal)} entries"
-                )
-        self.stats.entries_applied += len(committed)
-        self._proposals.applied(committed, results)
-
     def _lost_error(self) -> NotLeaderError:
         return NotLeaderError(self.leader_id, self.leader_address)
+
+    def _before_round(self, ss: SoftState) -> None:
+        self._on_soft_state(ss)
+        self._sync_peers()
 
     def _on_soft_state(self, ss: SoftState) -> None:
         prev = self._soft
@@ -839,70 +757,6 @@ class RaftNode:
         if table != self._peer_table or force:
             self._peer_table = table
             self._transport.update_peers(table)
-
-    # =====================================================================================
-    # Snapshots: taking, compacting, installing
-    # =====================================================================================
-
-    def _start_snapshot(self, core: RaftCore) -> None:
-        meta = core.snapshot_meta()
-        if self._snapshot_meta is not None and meta.index <= self._snapshot_meta.index:
-            return
-        source = self._fsm.snapshot()
-        self._snap_task = asyncio.create_task(
-            self._write_snapshot(meta, source), name=f"raft-snapshot {self.id}@{meta.index}"
-        )
-
-    async def _write_snapshot(self, meta: SnapshotMeta, source: Iterable[bytes]) -> None:
-        try:
-            stored = await self._snapshots.save(
-                meta.index, meta.term, encode_snapshot_meta(meta), source
-            )
-        except Exception as exc:
-            log.error("raft node %s: snapshot at %d failed: %s", self.id, meta.index, exc)
-            self._snap_retry_at = self._clock.now() + self.config.snapshot_retry_delay
-            self._snap_task = None
-            return
-        log.info("raft node %s: snapshot %s at index %d", self.id, stored.id, meta.index)
-        self.stats.snapshots_taken += 1
-        self._snap_done = meta
-        self._wake.set()
-
-    def _finish_snapshot(self) -> None:
-        """On the driver, between rounds: make the new snapshot current, compact the log."""
-        meta, self._snap_done = self._snap_done, None
-        self._snap_task = None
-        core = self._require_core()
-        if meta is None:
-            return
-        try:
-            through = core.compact(meta)
-        except RaftError as exc:
-            log.warning("raft node %s: snapshot at %d not used: %s", self.id, meta.index, exc)
-            return
-        if self._snapshot_meta is None or meta.index > self._snapshot_meta.index:
-            self._snapshot_meta = meta
-        store = self._logstore
-        if through >= store.first_index:
-            store.compact(through)
-
-    async def _install_snapshot(self, meta: SnapshotMeta) -> None:
-        """A snapshot from the leader was accepted by the core: restore the state machine."""
-        stored = await self._snapshots.find(meta.index, meta.term)
-        if stored is None:
-            raise RaftError(f"accepted snapshot at index {meta.index} is not in the store")
-        await self._restore_fsm(stored.id, meta)
-        self._proposals.fail_through(
-            meta.index,
-            lambda index: OutcomeUnknownError(
-                f"entry {index} was replaced by a snapshot at index {meta.index}"
-            ),
-        )
-
-    async def _restore_fsm(self, snapshot_id: str, meta: SnapshotMeta) -> None:
-        fsm = self._fsm
-        await self._snapshots.restore(snapshot_id, lambda reader: fsm.restore(reader, meta))
-        log.info("raft node %s: state machine restored from snapshot %s", self.id, snapshot_id)
 
     # -- snapshot transfer (snapshot_transfer.py) -------------------------------------------
 
