@@ -13,13 +13,17 @@ The runtime helper may reuse :class:`SafetyChecker` with real nodes.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
 
 from raftlog.raft.codec import decode_message, encode_message
 from raftlog.raft.config import RaftConfig
 from raftlog.raft.core import RaftCore, Ready, bootstrap_state
 from raftlog.raft.errors import RaftError
+from raftlog.raft.fsm import SnapshotSource
 from raftlog.raft.types import (
     Entry,
     EntryType,
@@ -566,3 +570,44 @@ class MemCluster:
                 lo = c.log.first_index
                 logs[n.id] = {e.index: e.term for e in c.entries(lo, c.last_index + 1)}
         self.checker.check_log_matching(logs)
+
+
+# ======================================================================================
+# A state machine for runtime tests
+# ======================================================================================
+
+
+class ListFSM:
+    """A replicated list of byte strings, for runtime tests (a :class:`StateMachine`);
+    ``apply`` returns each item's position. ``indexes`` holds the Raft index of each item."""
+
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+        self.indexes: list[int] = []
+        self.restores = 0
+
+    def applied_index(self) -> int:
+        return 0
+
+    def apply(self, entries: Sequence[Entry]) -> Sequence[Any]:
+        out = []
+        for e in entries:
+            assert not self.indexes or e.index > self.indexes[-1], "applied out of order"
+            self.items.append(e.data)
+            self.indexes.append(e.index)
+            out.append(len(self.items) - 1)
+        return out
+
+    def snapshot(self) -> Iterable[bytes]:
+        data = msgpack.packb([list(self.items), list(self.indexes)], use_bin_type=True)
+        assert isinstance(data, bytes)
+        # Several chunks, so that the reader in the node is exercised chunk by chunk.
+        return [data[i : i + 4096] for i in range(0, len(data), 4096)] or [b""]
+
+    def restore(self, source: SnapshotSource, meta: SnapshotMeta) -> None:
+        raw = source.read()
+        items, indexes = msgpack.unpackb(raw, raw=False)
+        self.items = list(items)
+        self.indexes = list(indexes)
+        assert not self.indexes or self.indexes[-1] <= meta.index
+        self.restores += 1

@@ -15,24 +15,21 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import pytest
 
 from raftlog.raft import (
     BootstrapError,
     ConfigError,
-    Entry,
     MessageType,
     NotLeaderError,
     RaftConfig,
     RaftError,
     Server,
-    SnapshotMeta,
     Suffrage,
     TransferError,
 )
 from raftlog.raft.codec import decode_message
-from raftlog.raft.fsm import SnapshotSource, StateMachine
+from raftlog.raft.fsm import StateMachine
 from raftlog.raft.inmem import InmemLogStore, InmemSnapshotStore, InmemStableStore
 from raftlog.raft.node import (
     NodeClosedError,
@@ -44,6 +41,7 @@ from raftlog.raft.node import (
 )
 from raftlog.raft.quorum import majority
 from raftlog.raft.stable import StableStore
+from raftlog.raft.testing import ListFSM
 from raftlog.raft.transport import Handler, Transport, TransportStats
 from raftlog.raft.transport_inmem import Faults, InmemNetwork
 from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
@@ -53,41 +51,6 @@ pytestmark = pytest.mark.timeout(60)
 
 TICK = 0.03
 WAIT = 15.0
-
-
-class ListFSM:
-    """A replicated list of byte strings; ``apply`` returns each item's position."""
-
-    def __init__(self) -> None:
-        self.items: list[bytes] = []
-        self.indexes: list[int] = []
-        self.restores = 0
-
-    def applied_index(self) -> int:
-        return 0
-
-    def apply(self, entries: Sequence[Entry]) -> Sequence[Any]:
-        out = []
-        for e in entries:
-            assert not self.indexes or e.index > self.indexes[-1], "applied out of order"
-            self.items.append(e.data)
-            self.indexes.append(e.index)
-            out.append(len(self.items) - 1)
-        return out
-
-    def snapshot(self) -> Iterable[bytes]:
-        data = msgpack.packb([list(self.items), list(self.indexes)], use_bin_type=True)
-        assert isinstance(data, bytes)
-        # Several chunks, so that the reader in the node is exercised chunk by chunk.
-        return [data[i : i + 4096] for i in range(0, len(data), 4096)] or [b""]
-
-    def restore(self, source: SnapshotSource, meta: SnapshotMeta) -> None:
-        raw = source.read()
-        items, indexes = msgpack.unpackb(raw, raw=False)
-        self.items = list(items)
-        self.indexes = list(indexes)
-        assert not self.indexes or self.indexes[-1] <= meta.index
-        self.restores += 1
 
 
 def _check_fsm(_: StateMachine) -> None:
