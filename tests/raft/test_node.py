@@ -674,17 +674,24 @@ async def test_tcp_restarted_node_catches_up_by_install_snapshot(
         await c.start_all()
         lead = await c.leader()
         lagging = next(i for i in c.ids if i != lead.id)
+        held = c.nodes[lagging].last_index
         await c.stop(lagging)
         for k in range(4):
             await asyncio.gather(*(lead.propose(d) for d in _payloads(f"k{k}", 40)))
-        # Every live node compacts on its own: wait for both, so that whichever of them
-        # leads when the lagging node returns (leadership may move on a loaded machine)
-        # no longer has the entries the lagging node misses and must send a snapshot.
+        # Every live node compacts on its own: wait until neither holds the entry after the
+        # lagging node's last one any more (in its core, which is what a leader sends
+        # from), so that whichever of them leads when the lagging node returns (leadership
+        # may move on a loaded machine) must send a snapshot.
         for live in c.running():
-            await live.wait_for(lambda n=live: n.snapshot_index >= 50, WAIT, "a snapshot")
+            await live.wait_for(
+                lambda n=live: n.snapshot_index >= 50 and n.status().first_index > held + 1,
+                WAIT,
+                f"{live.id} compacted past index {held + 1}",
+            )
         node = await c.start(lagging)
+        # The observable condition itself, with a deadline: the snapshot arrived.
+        await node.wait_for(lambda: node.stats.snapshots_received >= 1, WAIT, "a snapshot received")
         await c.converge(160)
-        assert node.stats.snapshots_received >= 1
         assert c.fsms[lagging].restores >= 1
         assert sorted(c.fsms[lagging].items) == sorted(c.fsms[lead.id].items)
     finally:
