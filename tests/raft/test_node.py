@@ -1,6 +1,6 @@
 """The asyncio Raft runtime (RaftNode): clusters over the in-memory and the TCP+TLS transports.
 
-Every wait is a condition with a deadline (``RaftNode.wait_for`` or ``_eventually``); no
+Every wait is a condition with a deadline (``RaftNode.wait_for`` or ``support.wait.wait_until``); no
 test sleeps blindly. Ticks are short (30 ms) so elections take well under a second.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from raftlog.raft.transport import Handler, Transport, TransportStats
 from raftlog.raft.transport_inmem import Faults, InmemNetwork
 from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
 from raftlog.security import CertFiles, TLSConfig
+from support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -53,14 +54,6 @@ def _check_fsm(_: StateMachine) -> None:
 
 
 _check_fsm(ListFSM())
-
-
-async def _eventually(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 class PersistBeforeSend:
@@ -220,12 +213,12 @@ class Cluster:
             found[:] = [lead]
             return True
 
-        await _eventually(agreed, timeout, f"one leader agreed by {ids}")
+        await wait_until(agreed, timeout, f"one leader agreed by {ids}")
         return found[0]
 
     async def converge(self, count: int, timeout: float = WAIT) -> None:
         """Wait until every running node's state machine holds ``count`` items."""
-        await _eventually(
+        await wait_until(
             lambda: all(len(self.fsms[n.id].items) >= count for n in self.running()),
             timeout,
             f"{count} items applied everywhere",
@@ -476,7 +469,7 @@ async def test_membership_learner_promote_remove(cluster: Cluster) -> None:
     assert victim not in lead.membership
     await cluster.stop(victim)
     await lead.propose(b"after-remove")
-    await _eventually(
+    await wait_until(
         lambda: b"after-remove" in cluster.fsms["n4"].items, WAIT, "n4 applies new entries"
     )
     assert n4.membership == lead.membership
