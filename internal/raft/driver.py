@@ -25,10 +25,15 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from raftlog.raft.clock import Clock
-from raftlog.raft.codec import KIND_MESSAGE, encode_message, encode_snapshot_meta
+from raftlog.raft.codec import (
+    KIND_MESSAGE,
+    decode_snapshot_meta,
+    encode_message,
+    encode_snapshot_meta,
+)
 from raftlog.raft.config import NodeConfig
-from raftlog.raft.core import RaftCore, Ready
-from raftlog.raft.errors import OutcomeUnknownError, RaftError
+from raftlog.raft.core import RaftCore, Ready, check_can_bootstrap
+from raftlog.raft.errors import BootstrapError, OutcomeUnknownError, RaftError
 from raftlog.raft.fsm import StateMachine
 from raftlog.raft.proposals import ProposalTracker
 from raftlog.raft.reads import ReadBarriers
@@ -41,9 +46,11 @@ from raftlog.raft.types import (
     NO_NODE,
     Entry,
     EntryType,
+    HardState,
     Message,
     MessageType,
     NodeId,
+    PersistentState,
     Role,
     SnapshotMeta,
     SoftState,
@@ -104,6 +111,75 @@ class Driver:
         self._snap_task: asyncio.Task[None] | None = None
         self._snap_done: SnapshotMeta | None = None
         self._snap_retry_at = 0.0
+
+    # -- startup and bootstrap ------------------------------------------------------------
+
+    async def load(self) -> PersistentState:
+        """Read what a restart needs (hard state, newest snapshot, log after it), restore
+        the state machine from the snapshot if it is behind, and say what is durable."""
+        store = self._log
+        st = await self._stable.load()
+        latest = await self._snapshots.latest()
+        meta = None
+        if latest is not None:
+            meta = decode_snapshot_meta(latest.metadata)
+            if (meta.index, meta.term) != (latest.index, latest.term):
+                raise RaftError(
+                    f"snapshot {latest.id}: metadata names index {meta.index} term {meta.term}"
+                )
+        entries = await store.load_after(meta.index if meta else 0)
+        applied = self._fsm.applied_index()
+        if meta is not None and applied < meta.index:
+            assert latest is not None
+            await self.restore_fsm(latest.id, meta)
+            applied = meta.index
+        hs = HardState()
+        if st is not None:
+            commit = st.extra.get("commit", 0)
+            hs = HardState(
+                st.term, st.voted_for or NO_NODE, commit if isinstance(commit, int) else 0
+            )
+        self.saved_term, self.saved_vote = hs.term, hs.vote
+        self.snapshot_meta = meta
+        log.info(
+            "raft node %s starting: term %d, log %d..%d, snapshot %s, applied %d",
+            self.id,
+            hs.term,
+            store.first_index,
+            store.last_index,
+            meta.index if meta else "none",
+            applied,
+        )
+        return PersistentState(hs, meta, tuple(entries), applied)
+
+    def check_can_bootstrap(self, core: RaftCore) -> None:
+        """BootstrapError, naming every piece of state found, if this node has any."""
+        store = self._log
+        hs = core.hard_state()
+        saved = HardState(max(self.saved_term, hs.term), self.saved_vote or hs.vote, hs.commit)
+        reasons: list[str] = []
+        try:
+            check_can_bootstrap(PersistentState(saved, self.snapshot_meta))
+        except BootstrapError as exc:
+            reasons.append(str(exc))
+        if not store.is_empty():
+            where = f"log entries {store.first_index}..{store.last_index} in {store.describe()}"
+            reasons.append(
+                f"refusing to bootstrap: this node already has {where}" if not reasons else where
+            )
+        if reasons:
+            raise BootstrapError("; ".join(reasons))
+
+    async def persist_bootstrap(self, st: PersistentState) -> None:
+        """Make the bootstrap state durable: its entries and its hard state."""
+        self._log.store(st.entries)
+        await asyncio.gather(
+            self._log.sync(),
+            self._stable.save(StableState(st.hard_state.term, None, {"commit": 0})),
+        )
+        self.saved_term, self.saved_vote = st.hard_state.term, NO_NODE
+
+    # -- rounds -----------------------------------------------------------------------------
 
     @property
     def snapshot_task(self) -> asyncio.Task[None] | None:

@@ -43,10 +43,9 @@ from raftlog.raft.codec import (
     decode_chunk_ack,
     decode_message,
     decode_snapshot_chunk,
-    decode_snapshot_meta,
 )
 from raftlog.raft.config import NodeConfig
-from raftlog.raft.core import RaftCore, Status, bootstrap_state, check_can_bootstrap
+from raftlog.raft.core import RaftCore, Status, bootstrap_state
 from raftlog.raft.disk import open_disk_stores
 from raftlog.raft.driver import Driver
 from raftlog.raft.errors import (
@@ -67,7 +66,6 @@ from raftlog.raft.fsm import StateMachine
 from raftlog.raft.proposals import ApplyResult, Proposal, ProposalTracker
 from raftlog.raft.reads import ReadBarriers
 from raftlog.raft.snapshot_transfer import SnapshotReceiver, SnapshotSender
-from raftlog.raft.stable import StableState
 from raftlog.raft.stats import NodeStats
 from raftlog.raft.storage import LogStorage, SnapshotStorage, StableStorage
 from raftlog.raft.transport import Transport
@@ -75,12 +73,10 @@ from raftlog.raft.types import (
     NO_NODE,
     ConfChange,
     ConfChangeType,
-    HardState,
     Membership,
     Message,
     MessageType,
     NodeId,
-    PersistentState,
     Role,
     Server,
     SnapshotMeta,
@@ -243,43 +239,9 @@ class RaftNode:
         if self._started:
             raise RaftError(f"node {self.id!r} was already started")
         self._started = True
-        cfg = self.config
-        store = self._logstore
-        st = await self._stable.load()
-        latest = await self._snapshots.latest()
-        meta = None
-        if latest is not None:
-            meta = decode_snapshot_meta(latest.metadata)
-            if (meta.index, meta.term) != (latest.index, latest.term):
-                raise RaftError(
-                    f"snapshot {latest.id}: metadata names index {meta.index} term {meta.term}"
-                )
-        entries = await store.load_after(meta.index if meta else 0)
-        applied = self._fsm.applied_index()
-        if meta is not None and applied < meta.index:
-            assert latest is not None
-            await self._driver.restore_fsm(latest.id, meta)
-            applied = meta.index
-        hs = HardState()
-        if st is not None:
-            commit = st.extra.get("commit", 0)
-            hs = HardState(
-                st.term, st.voted_for or NO_NODE, commit if isinstance(commit, int) else 0
-            )
-        self._driver.saved_term, self._driver.saved_vote = hs.term, hs.vote
-        self._driver.snapshot_meta = meta
-        state = PersistentState(hs, meta, tuple(entries), applied)
-        self._core = RaftCore(cfg.raft, state, self._rng)
+        state = await self._driver.load()
+        self._core = RaftCore(self.config.raft, state, self._rng)
         self._soft = self._core.soft_state()
-        log.info(
-            "raft node %s starting: term %d, log %d..%d, snapshot %s, applied %d",
-            self.id,
-            hs.term,
-            store.first_index,
-            store.last_index,
-            meta.index if meta else "none",
-            applied,
-        )
         self._transport.set_handler(self._on_payload)
         self._sync_peers(force=True)
         await self._transport.start()
@@ -296,23 +258,7 @@ class RaftNode:
         return False
 
     def _check_can_bootstrap(self) -> None:
-        core, store = self._require_core(), self._logstore
-        hs = core.hard_state()
-        saved = HardState(
-            max(self._driver.saved_term, hs.term), self._driver.saved_vote or hs.vote, hs.commit
-        )
-        reasons: list[str] = []
-        try:
-            check_can_bootstrap(PersistentState(saved, self._driver.snapshot_meta))
-        except BootstrapError as exc:
-            reasons.append(str(exc))
-        if not store.is_empty():
-            where = f"log entries {store.first_index}..{store.last_index} in {store.describe()}"
-            reasons.append(
-                f"refusing to bootstrap: this node already has {where}" if not reasons else where
-            )
-        if reasons:
-            raise BootstrapError("; ".join(reasons))
+        self._driver.check_can_bootstrap(self._require_core())
 
     async def bootstrap(self, servers: Iterable[Server]) -> None:
         """Make this node a member of a brand-new cluster with membership ``servers``.
@@ -328,13 +274,7 @@ class RaftNode:
         async with self._io_lock:
             self._check_can_bootstrap()
             st = bootstrap_state(membership)
-            store = self._logstore
-            store.store(st.entries)
-            await asyncio.gather(
-                store.sync(),
-                self._stable.save(StableState(st.hard_state.term, None, {"commit": 0})),
-            )
-            self._driver.saved_term, self._driver.saved_vote = st.hard_state.term, NO_NODE
+            await self._driver.persist_bootstrap(st)
             core = RaftCore(self.config.raft, st, self._rng)
             self._core = core
             self._soft = core.soft_state()
