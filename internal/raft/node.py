@@ -63,6 +63,7 @@ from raftlog.raft.errors import (
     WaitTimeoutError,
 )
 from raftlog.raft.fsm import StateMachine
+from raftlog.raft.peers import PeerTable
 from raftlog.raft.proposals import ApplyResult, Proposal, ProposalTracker
 from raftlog.raft.reads import ReadBarriers
 from raftlog.raft.snapshot_transfer import SnapshotReceiver, SnapshotSender
@@ -132,7 +133,7 @@ class RaftNode:
             )
         self._fsm = fsm
         self._transport = transport
-        self._hints: dict[NodeId, str] = dict(peers or {})
+        self._peers = PeerTable(self.id, transport, peers)
         self._rng = random.Random(config.seed)
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._stable = stable_store
@@ -184,8 +185,6 @@ class RaftNode:
             notify=self._notify,
             wake=self._wake.set,
         )
-        self._peer_table: dict[NodeId, str] = {}
-        self._peer_membership: Membership | None = None
         self._soft: SoftState | None = None
         self._started = False
         self._stopping = False
@@ -243,7 +242,7 @@ class RaftNode:
         self._core = RaftCore(self.config.raft, state, self._rng)
         self._soft = self._core.soft_state()
         self._transport.set_handler(self._on_payload)
-        self._sync_peers(force=True)
+        self._peers.sync(self.membership, force=True)
         await self._transport.start()
         self._drive_task = asyncio.create_task(self._drive(), name=f"raft-node {self.id}")
         self._ticker = asyncio.create_task(self._tick_loop(), name=f"raft-tick {self.id}")
@@ -278,7 +277,7 @@ class RaftNode:
             core = RaftCore(self.config.raft, st, self._rng)
             self._core = core
             self._soft = core.soft_state()
-            self._sync_peers(force=True)
+            self._peers.sync(self.membership, force=True)
             if membership.voters == (self.id,):
                 core.campaign()  # a cluster of one need not wait for a timeout
             log.info("raft node %s bootstrapped with %s", self.id, list(membership.ids))
@@ -356,7 +355,7 @@ class RaftNode:
         lead = self.leader_id
         if not lead or self._core is None:
             return ""
-        return self._core.membership.address_of(lead) or self._hints.get(lead, "")
+        return self._core.membership.address_of(lead) or self._peers.hint(lead)
 
     @property
     def is_leader(self) -> bool:
@@ -398,8 +397,7 @@ class RaftNode:
 
     def set_peer_addresses(self, peers: Mapping[NodeId, str]) -> None:
         """Replace the address hints (used on top of the membership's addresses)."""
-        self._hints = dict(peers)
-        self._sync_peers(force=True)
+        self._peers.set_hints(peers, self.membership)
 
     async def wait_for(
         self, predicate: Callable[[], bool], timeout: float, what: str = "condition"
@@ -490,7 +488,7 @@ class RaftNode:
         """Add a voting server (prefer add_learner, then promote_learner once caught up).
         Returns the index of the committed change. Errors as :meth:`propose`, plus
         ConfChangeError (invalid) and ConfChangeInProgressError (one at a time)."""
-        self._hints.setdefault(node_id, address)
+        self._peers.add_hint(node_id, address)
         return await self._conf_change(
             ConfChange(ConfChangeType.ADD_VOTER, node_id, address), timeout
         )
@@ -499,7 +497,7 @@ class RaftNode:
         self, node_id: NodeId, address: str, *, timeout: float | None = None
     ) -> int:
         """Add a non-voting server that receives the log; see :meth:`add_voter`."""
-        self._hints.setdefault(node_id, address)
+        self._peers.add_hint(node_id, address)
         return await self._conf_change(
             ConfChange(ConfChangeType.ADD_LEARNER, node_id, address), timeout
         )
@@ -643,7 +641,7 @@ class RaftNode:
 
     def _before_round(self, ss: SoftState) -> None:
         self._on_soft_state(ss)
-        self._sync_peers()
+        self._peers.sync(self.membership)
 
     def _on_soft_state(self, ss: SoftState) -> None:
         prev = self._soft
@@ -675,28 +673,6 @@ class RaftNode:
         self._proposals.fail_all(exc)
         self._reads.fail_all(exc)
         self._notify()
-
-    # -- peers ----------------------------------------------------------------------------
-
-    def _sync_peers(self, force: bool = False) -> None:
-        """Keep the transport's peer table = hints + every address seen in a membership.
-
-        Servers removed from the membership stay reachable: a removed server must still
-        hear of its removal, and the transport dials a peer only when there is something
-        to send, so a stale entry costs nothing.
-        """
-        core = self._core
-        mem = core.membership if core is not None else Membership()
-        if not force and mem is self._peer_membership:
-            return
-        self._peer_membership = mem
-        table = dict(self._peer_table)
-        table.update(self._hints)
-        table.update({s.id: s.address for s in mem if s.address})
-        table.pop(self.id, None)
-        if table != self._peer_table or force:
-            self._peer_table = table
-            self._transport.update_peers(table)
 
     # -- snapshot transfer (snapshot_transfer.py) -------------------------------------------
 
