@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from raftlog.raft import quorum
 from raftlog.raft.codec import decode_conf_change_record, encode_conf_change_record
@@ -44,6 +43,7 @@ from raftlog.raft.errors import (
 )
 from raftlog.raft.log_view import RaftLog
 from raftlog.raft.readindex import ReadOnlyQueue
+from raftlog.raft.ready import EARLY_TYPES, PeerStatus, Ready, Status
 from raftlog.raft.tracker import Inflights, Progress, ProgressState
 from raftlog.raft.types import (
     NO_NODE,
@@ -71,83 +71,6 @@ _VOTE_RESP = {
     MessageType.VOTE: MessageType.VOTE_RESP,
     MessageType.PRE_VOTE: MessageType.PRE_VOTE_RESP,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Ready:
-    """Everything the runtime must do now, in this order: persist, send, apply.
-
-    Attributes:
-        hard_state: persist it (term, vote, commit) if not None, before sending ``messages``.
-        entries: append these to the log store, first deleting any stored entry with an index
-            >= ``entries[0].index`` (a new leader may have overwritten an uncommitted suffix).
-        snapshot: a snapshot received from the leader (its data is already in the snapshot
-            store): record it as the newest snapshot, delete the whole log store (the log now
-            starts after ``snapshot.index``), and restore the state machine from it before
-            applying ``committed_entries``.
-        messages_before_persist: messages that may be sent before (or while) the above
-            is persisted: a leader's APPEND, HEARTBEAT and TIMEOUT_NOW of the term already
-            durable before this Ready (never with a snapshot). See the module docstring.
-        messages_after_persist: every other message: send only once the above is durable
-            (persist-before-send). A SNAPSHOT message asks the runtime to stream the stored
-            snapshot ``msg.snapshot`` to ``msg.dst`` in chunks, then to call
-            ``report_snapshot``. ``messages`` is both lists, early ones first.
-        committed_entries: apply to the state machine in order (NOOP and CONF_CHANGE entries
-            included: the state machine may skip them, but they advance the applied index).
-        read_states: ReadIndex answers; serve each read once ``applied >= index``.
-        must_sync: True if the term, the vote or log entries changed: fsync before sending.
-        soft_state: current leader, role and term (compare with the previous one to notice a
-            leadership change; on losing leadership fail pending reads and proposals).
-    """
-
-    hard_state: HardState | None
-    entries: tuple[Entry, ...]
-    snapshot: SnapshotMeta | None
-    messages_before_persist: tuple[Message, ...]
-    messages_after_persist: tuple[Message, ...]
-    committed_entries: tuple[Entry, ...]
-    read_states: tuple[ReadState, ...]
-    must_sync: bool
-    soft_state: SoftState
-
-    @property
-    def messages(self) -> tuple[Message, ...]:
-        """Every message of this Ready: those that may go early, then the others."""
-        return self.messages_before_persist + self.messages_after_persist
-
-
-#: Message types a leader may send before its own write of the same Ready is durable.
-EARLY_TYPES = frozenset({MessageType.APPEND, MessageType.HEARTBEAT, MessageType.TIMEOUT_NOW})
-
-
-@dataclass(frozen=True, slots=True)
-class PeerStatus:
-    """A follower's replication progress as the leader sees it."""
-
-    match: int
-    next: int
-    state: str
-    recent_active: bool
-    voter: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Status:
-    """A read-only summary of the core, for logs, metrics and tests."""
-
-    id: NodeId
-    term: int
-    vote: NodeId
-    role: Role
-    leader: NodeId
-    commit: int
-    applied: int
-    first_index: int
-    last_index: int
-    snapshot_index: int
-    membership: Membership
-    progress: dict[NodeId, PeerStatus]
-    transferee: NodeId
 
 
 class RaftCore:
@@ -1093,3 +1016,16 @@ def bootstrap_state(membership: Membership) -> PersistentState:
     data = encode_conf_change_record(ConfChangeRecord(None, membership))
     entry = Entry(term=1, index=1, type=EntryType.CONF_CHANGE, data=data)
     return PersistentState(hard_state=HardState(term=1), entries=(entry,))
+
+
+# Re-exported: the core's public surface includes what it returns and the bootstrap helpers.
+__all__ = [
+    "EARLY_TYPES",
+    "TRANSFER_CONTEXT",
+    "PeerStatus",
+    "RaftCore",
+    "Ready",
+    "Status",
+    "bootstrap_state",
+    "check_can_bootstrap",
+]
