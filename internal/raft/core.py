@@ -29,11 +29,11 @@ import random
 from collections.abc import Sequence
 
 from raftlog.raft import quorum
+from raftlog.raft.bootstrap import bootstrap_state, check_can_bootstrap
 from raftlog.raft.codec import decode_conf_change_record, encode_conf_change_record
 from raftlog.raft.confchange import apply_change
 from raftlog.raft.config import RaftConfig
 from raftlog.raft.errors import (
-    BootstrapError,
     ConfChangeInProgressError,
     LeadershipTransferInProgressError,
     NotLeaderError,
@@ -978,44 +978,6 @@ class RaftCore:
 
     def _soft_state(self) -> SoftState:
         return SoftState(self.lead, self.role, self.term)
-
-
-def check_can_bootstrap(existing: PersistentState) -> None:
-    """Raise BootstrapError, saying why, if ``existing`` (what the stores hold) is not empty.
-
-    The runtime calls this before writing :func:`bootstrap_state` to its stores: a node that
-    has ever had a term, a vote, a log entry or a snapshot must restart from that state.
-    """
-    hs = existing.hard_state
-    reasons = []
-    if hs.term or hs.vote or hs.commit:
-        reasons.append(f"hard state term={hs.term} vote={hs.vote!r} commit={hs.commit}")
-    if existing.entries:
-        reasons.append(
-            f"{len(existing.entries)} log entries from index {existing.entries[0].index}"
-        )
-    if existing.snapshot is not None:
-        reasons.append(f"a snapshot at index {existing.snapshot.index}")
-    if reasons:
-        raise BootstrapError(
-            "refusing to bootstrap: this node already has Raft state (" + "; ".join(reasons) + ")"
-        )
-
-
-def bootstrap_state(membership: Membership) -> PersistentState:
-    """The initial stored state of a brand-new cluster member: the membership as a
-    CONF_CHANGE entry at index 1, term 1.
-
-    Call it only for a node whose stores are empty: the runtime must refuse to bootstrap a
-    node that already has any state (a term, a vote, an entry or a snapshot), and say so;
-    re-bootstrapping a restarted node would fork the cluster. Give every initial member the
-    same membership (or bootstrap one node and add the others with membership changes).
-    """
-    if not membership.voters:
-        raise ValueError("the initial membership needs at least one voter")
-    data = encode_conf_change_record(ConfChangeRecord(None, membership))
-    entry = Entry(term=1, index=1, type=EntryType.CONF_CHANGE, data=data)
-    return PersistentState(hard_state=HardState(term=1), entries=(entry,))
 
 
 # Re-exported: the core's public surface includes what it returns and the bootstrap helpers.
