@@ -12,6 +12,7 @@ The node is a facade over modules named by role:
     proposals.py          ProposalTracker: proposals from the call to the answer, deadlines
     reads.py              ReadBarriers: read barriers until confirmed and applied
     snapshot_transfer.py  SnapshotSender / SnapshotReceiver: InstallSnapshot in chunks
+    peers.py              PeerTable: the transport's id -> address table
     storage.py, clock.py  what the node needs from its stores and its clock; disk.py and
                           inmem.py provide them
 
