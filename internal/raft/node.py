@@ -87,8 +87,6 @@ from raftlog.raft.types import (
 
 log = logging.getLogger("raftlog.raft.node")
 
-_MESSAGE_PREFIX = bytes([KIND_MESSAGE])
-
 
 # =========================================================================================
 # The node
