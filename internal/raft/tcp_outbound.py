@@ -39,7 +39,7 @@ from raftlog.raft.transport import (
     read_frame,
     split_host_port,
 )
-from raftlog.security import peer_common_name
+from raftlog.security.tls import peer_common_name
 
 if TYPE_CHECKING:
     from raftlog.raft.transport_tcp import Authorizer, TcpTransportConfig
