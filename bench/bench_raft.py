@@ -109,7 +109,7 @@ async def start_cluster(root: Path, tls: TLSConfig, fsync: bool) -> list[RaftNod
             fsync=fsync,
             seed=hash(i) & 0xFFFF,
         )
-        node = RaftNode(cfg, CountingFSM(), transports[i], peers=addresses)
+        node = await RaftNode.on_disk(cfg, CountingFSM(), transports[i], peers=addresses)
         await node.start()
         nodes.append(node)
     servers = [Server(i, addresses[i]) for i in ids]

@@ -205,24 +205,28 @@ class ClusterNode:
             TcpTransportConfig(node_id=config.node_name, tls=self.peer_tls),
             authorize=self._authorize_peer,
         )
-        node = RaftNode(
-            NodeConfig(
-                raft=RaftConfig(
-                    id=config.node_name,
-                    snapshot_threshold=config.snapshot_threshold,
-                    # keep up to half a snapshot interval (at most 1024) of entries behind
-                    # a snapshot, so a slightly late follower catches up from the log
-                    snapshot_trailing_entries=min(1024, config.snapshot_threshold // 2),
+        try:  # opening the disk stores may fail (as start() may): close the FSM then
+            node = await RaftNode.on_disk(
+                NodeConfig(
+                    raft=RaftConfig(
+                        id=config.node_name,
+                        snapshot_threshold=config.snapshot_threshold,
+                        # keep up to half a snapshot interval (at most 1024) of entries behind
+                        # a snapshot, so a slightly late follower catches up from the log
+                        snapshot_trailing_entries=min(1024, config.snapshot_threshold // 2),
+                    ),
+                    data_dir=config.data_dir / "raft",
+                    # interval: rounds do not wait for fsync; _interval_sync flushes the Raft log
+                    fsync=config.sync == "always",
+                    request_timeout=10.0,
                 ),
-                data_dir=config.data_dir / "raft",
-                # interval: rounds do not wait for fsync; _interval_sync flushes the Raft log
-                fsync=config.sync == "always",
-                request_timeout=10.0,
-            ),
-            fsm,
-            transport,
-            peers=parse_static_peers(config.peers) if config.peers else None,
-        )
+                fsm,
+                transport,
+                peers=parse_static_peers(config.peers) if config.peers else None,
+            )
+        except BaseException:
+            await fsm.close()
+            raise
         self.mux.register(
             RAFT_MARKER, transport.handle_connection, ssl_context=transport.server_context
         )
@@ -279,7 +283,7 @@ class ClusterNode:
         while True:
             await asyncio.sleep(INTERVAL_SYNC)
             try:
-                await node.log_store.log.sync()
+                await node.log_store.flush()
             except Exception as exc:  # closed during shutdown, or a failing disk: say so
                 logger.warning("interval fsync of the Raft log failed: %s", exc)
 

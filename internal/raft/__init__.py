@@ -122,23 +122,33 @@ __all__ = [
     "encode_snapshot_meta",
 ]
 
-# The asyncio runtime (docs/raft-runtime.md): node driver, log store, state-machine protocol.
-from raftlog.raft.fsm import SnapshotSource, StateMachine
-from raftlog.raft.logstore import RaftLogStore
-from raftlog.raft.node import (
-    ApplyResult,
+# The asyncio runtime (docs/raft-runtime.md): node, its stores, clock and state machine.
+from raftlog.raft.clock import Clock, ManualClock, MonotonicClock
+from raftlog.raft.config import NodeConfig
+from raftlog.raft.errors import (
     NodeClosedError,
-    NodeConfig,
     NodeFailedError,
     OutcomeUnknownError,
     ProposalTimeoutError,
-    RaftNode,
     ReadBarrierTimeoutError,
     WaitTimeoutError,
 )
+from raftlog.raft.fsm import SnapshotSource, StateMachine
+from raftlog.raft.inmem import InmemLogStore, InmemSnapshotStore, InmemStableStore
+from raftlog.raft.logstore import RaftLogStore
+from raftlog.raft.node import RaftNode
+from raftlog.raft.proposals import ApplyResult
+from raftlog.raft.storage import LogStorage, SnapshotStorage, StableStorage
 
 __all__ += [
     "ApplyResult",
+    "Clock",
+    "InmemLogStore",
+    "InmemSnapshotStore",
+    "InmemStableStore",
+    "LogStorage",
+    "ManualClock",
+    "MonotonicClock",
     "NodeClosedError",
     "NodeConfig",
     "NodeFailedError",
@@ -148,6 +158,8 @@ __all__ += [
     "RaftNode",
     "ReadBarrierTimeoutError",
     "SnapshotSource",
+    "SnapshotStorage",
+    "StableStorage",
     "StateMachine",
     "WaitTimeoutError",
 ]

@@ -7,6 +7,7 @@ anything else: bytes from a peer are untrusted input.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgpack
@@ -22,6 +23,7 @@ from raftlog.raft.types import (
     Membership,
     Message,
     MessageType,
+    NodeId,
     Server,
     SnapshotChunk,
     SnapshotMeta,
@@ -267,4 +269,47 @@ def decode_snapshot_chunk(data: bytes) -> SnapshotChunk:
         _int(offset, "offset"),
         _bytes(chunk, "data"),
         done,
+    )
+
+
+# -- runtime payloads -----------------------------------------------------------------------
+
+#: First byte of every payload a RaftNode puts on its transport: a Raft message, a snapshot
+#: chunk, or a chunk acknowledgement (see docs/raft-runtime.md).
+KIND_MESSAGE = b"M"[0]
+KIND_CHUNK = b"C"[0]
+KIND_CHUNK_ACK = b"K"[0]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkAck:
+    """A follower's answer to one snapshot chunk: it holds ``next_offset`` bytes of the
+    snapshot at (``index``, ``term``) and wants the chunk there (``ok``), or refuses the
+    stream (``ok`` False: the sender gives up and the leader retries the snapshot later)."""
+
+    src: NodeId
+    dst: NodeId
+    index: int
+    term: int
+    next_offset: int
+    ok: bool
+
+
+def encode_chunk_ack(ack: ChunkAck) -> bytes:
+    """Encode a chunk acknowledgement (without its payload kind byte)."""
+    return _pack([VERSION, ack.src, ack.dst, ack.index, ack.term, ack.next_offset, ack.ok])
+
+
+def decode_chunk_ack(data: bytes) -> ChunkAck:
+    """Decode :func:`encode_chunk_ack`'s bytes; CodecError on anything else."""
+    src, dst, index, term, nxt, ok = _list(_unpack(data, "chunk ack"), 6, "chunk ack")
+    if not isinstance(ok, bool):
+        raise CodecError("chunk ack: ok must be a boolean")
+    return ChunkAck(
+        _str(src, "src"),
+        _str(dst, "dst"),
+        _int(index, "index"),
+        _int(term, "term"),
+        _int(nxt, "next_offset"),
+        ok,
     )

@@ -1,9 +1,12 @@
-"""Configuration of the Raft core (a frozen dataclass checked by ``validate()``)."""
+"""Configuration of the Raft core (:class:`RaftConfig`) and of its asyncio runtime
+(:class:`NodeConfig`): frozen dataclasses checked by ``validate()``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from raftlog.log import LogConfig
 from raftlog.raft.errors import ConfigError
 from raftlog.raft.types import NodeId
 
@@ -84,5 +87,90 @@ class RaftConfig:
         if self.max_committed_per_ready < 1:
             raise ConfigError(
                 f"max_committed_per_ready must be at least 1, got {self.max_committed_per_ready}"
+            )
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Settings of one :class:`RaftNode`. Times in seconds, sizes in bytes.
+
+    Attributes:
+        raft: the core's settings (``raft.id`` is this node's id; election and heartbeat
+            timeouts are counted in ticks of ``tick_interval``).
+        data_dir: directory of the node's state for :meth:`RaftNode.on_disk`:
+            ``raft-log/`` (log store), ``stable/`` (term and vote), ``snapshots/``.
+            Created if missing. None (the default) for a node given its stores.
+        tick_interval: length of one Raft tick. Default 0.05 s, so with the core's defaults
+            (election_tick 10, heartbeat_tick 1) heartbeats go out every 50 ms and a
+            follower starts an election after 0.5-1 s without a leader.
+        fsync: make log writes, the hard state and snapshots durable before acting on them.
+            Default True; False only for tests and benchmarks that measure without it.
+        request_timeout: default bound of ``propose``, membership changes, transfers and
+            read barriers when the caller gives none. Default 10 s.
+        snapshot_retain: complete snapshots kept on disk. Default 2.
+        snapshot_ack_timeout: how long a snapshot sender waits for the acknowledgement of
+            one chunk before resending it. Default 5 s.
+        snapshot_send_attempts: sends of one chunk before the stream is given up (the core
+            then retries the whole snapshot later). Default 3.
+        snapshot_idle_timeout: a partly received snapshot with no chunk for this long is
+            dropped. Default 30 s.
+        snapshot_retry_delay: wait after a failed local snapshot before trying again.
+            Default 1 s.
+        close_timeout: bound of each stage of :meth:`RaftNode.close` (finishing the
+            current round, stopping tasks, closing the transport, closing the log).
+            Default 5 s, so close returns within about 20 s in the worst case.
+        log_config: engine settings of the log store (segment sizes); None for the
+            defaults of :func:`raftlog.raft.logstore.default_log_config`.
+        seed: seed of the election-timeout randomness; None draws one from the OS.
+    """
+
+    raft: RaftConfig
+    data_dir: Path | None = None
+    tick_interval: float = 0.05
+    fsync: bool = True
+    request_timeout: float = 10.0
+    snapshot_retain: int = 2
+    snapshot_ack_timeout: float = 5.0
+    snapshot_send_attempts: int = 3
+    snapshot_idle_timeout: float = 30.0
+    snapshot_retry_delay: float = 1.0
+    close_timeout: float = 5.0
+    log_config: LogConfig | None = None
+    seed: int | None = None
+
+    def validate(self) -> NodeConfig:
+        """Check every field alone and against the others; return self or raise
+        ConfigError saying what is wrong."""
+        self.raft.validate()
+        if self.data_dir is not None and not str(self.data_dir):
+            raise ConfigError("data_dir must name a directory")
+        for name in (
+            "tick_interval",
+            "request_timeout",
+            "snapshot_ack_timeout",
+            "snapshot_idle_timeout",
+            "snapshot_retry_delay",
+            "close_timeout",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.tick_interval > 10:
+            raise ConfigError(
+                f"tick_interval of {self.tick_interval} s is too long: elections would take "
+                f"{self.tick_interval * self.raft.election_tick} s or more"
+            )
+        if self.snapshot_idle_timeout < self.snapshot_ack_timeout:
+            raise ConfigError(
+                f"snapshot_idle_timeout ({self.snapshot_idle_timeout} s) must be at least "
+                f"snapshot_ack_timeout ({self.snapshot_ack_timeout} s), or a receiver would "
+                "drop a stream whose sender is still waiting to resend"
+            )
+        if not isinstance(self.snapshot_retain, int) or self.snapshot_retain < 1:
+            raise ConfigError(f"snapshot_retain must be at least 1, got {self.snapshot_retain!r}")
+        if self.snapshot_send_attempts < 1:
+            raise ConfigError(
+                f"snapshot_send_attempts must be at least 1, got {self.snapshot_send_attempts}"
             )
         return self

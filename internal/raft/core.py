@@ -5,10 +5,19 @@ Ready/advance cycle (see docs/raft.md)::
 
     while core.has_ready():
         rd = core.ready()
+        send(rd.messages_before_persist)                  # may go before the fsync
         persist(rd.hard_state, rd.snapshot, rd.entries)   # fsync if rd.must_sync
-        send(rd.messages)                                 # only after persisting
+        send(rd.messages_after_persist)                   # only once that is durable
         apply(rd.snapshot, rd.committed_entries)          # to the state machine
         core.advance(rd)
+
+The core states which messages may leave before the fsync (persist-before-send, with the
+leader's exception of the Raft thesis §10.2.1): only a leader's AppendEntries, heartbeats
+and TimeoutNow of a term that is already durable, and none in a Ready that installs a
+snapshot. The leader counts its own log towards commit only after ``advance`` says its
+entries are durable, so a crash before the fsync loses nothing acknowledged. Votes, vote
+and append responses, and every message of a new term wait for the fsync: a promise must
+never outlive a crash that forgot it. A runtime may also send everything after the fsync.
 
 Time only enters through ``tick()``; randomness only through the injected ``random.Random``.
 Given the same inputs and seed, the core always produces the same outputs.
@@ -18,14 +27,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from raftlog.raft import quorum
+from raftlog.raft.bootstrap import bootstrap_state, check_can_bootstrap
 from raftlog.raft.codec import decode_conf_change_record, encode_conf_change_record
 from raftlog.raft.confchange import apply_change
 from raftlog.raft.config import RaftConfig
 from raftlog.raft.errors import (
-    BootstrapError,
     ConfChangeInProgressError,
     LeadershipTransferInProgressError,
     NotLeaderError,
@@ -35,6 +43,7 @@ from raftlog.raft.errors import (
 )
 from raftlog.raft.log_view import RaftLog
 from raftlog.raft.readindex import ReadOnlyQueue
+from raftlog.raft.ready import EARLY_TYPES, PeerStatus, Ready, Status
 from raftlog.raft.tracker import Inflights, Progress, ProgressState
 from raftlog.raft.types import (
     NO_NODE,
@@ -62,69 +71,6 @@ _VOTE_RESP = {
     MessageType.VOTE: MessageType.VOTE_RESP,
     MessageType.PRE_VOTE: MessageType.PRE_VOTE_RESP,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Ready:
-    """Everything the runtime must do now, in this order: persist, send, apply.
-
-    Attributes:
-        hard_state: persist it (term, vote, commit) if not None, before sending ``messages``.
-        entries: append these to the log store, first deleting any stored entry with an index
-            >= ``entries[0].index`` (a new leader may have overwritten an uncommitted suffix).
-        snapshot: a snapshot received from the leader (its data is already in the snapshot
-            store): record it as the newest snapshot, delete the whole log store (the log now
-            starts after ``snapshot.index``), and restore the state machine from it before
-            applying ``committed_entries``.
-        messages: send after the above is durable (persist-before-send). A SNAPSHOT message
-            asks the runtime to stream the stored snapshot ``msg.snapshot`` to ``msg.dst``
-            in chunks, then to call ``report_snapshot``.
-        committed_entries: apply to the state machine in order (NOOP and CONF_CHANGE entries
-            included: the state machine may skip them, but they advance the applied index).
-        read_states: ReadIndex answers; serve each read once ``applied >= index``.
-        must_sync: True if the term, the vote or log entries changed: fsync before sending.
-        soft_state: current leader, role and term (compare with the previous one to notice a
-            leadership change; on losing leadership fail pending reads and proposals).
-    """
-
-    hard_state: HardState | None
-    entries: tuple[Entry, ...]
-    snapshot: SnapshotMeta | None
-    messages: tuple[Message, ...]
-    committed_entries: tuple[Entry, ...]
-    read_states: tuple[ReadState, ...]
-    must_sync: bool
-    soft_state: SoftState
-
-
-@dataclass(frozen=True, slots=True)
-class PeerStatus:
-    """A follower's replication progress as the leader sees it."""
-
-    match: int
-    next: int
-    state: str
-    recent_active: bool
-    voter: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Status:
-    """A read-only summary of the core, for logs, metrics and tests."""
-
-    id: NodeId
-    term: int
-    vote: NodeId
-    role: Role
-    leader: NodeId
-    commit: int
-    applied: int
-    first_index: int
-    last_index: int
-    snapshot_index: int
-    membership: Membership
-    progress: dict[NodeId, PeerStatus]
-    transferee: NodeId
 
 
 class RaftCore:
@@ -436,11 +382,23 @@ class RaftCore:
         must_sync = (
             bool(entries) or snap is not None or (hs.term, hs.vote) != (prev.term, prev.vote)
         )
+        # What may go before the fsync: leader traffic of the term that was durable before
+        # this Ready (prev is what the runtime persisted last), never beside a snapshot.
+        durable_term = prev.term
+        early: tuple[Message, ...] = ()
+        late = msgs
+        if snap is None:
+            early = tuple(m for m in msgs if m.type in EARLY_TYPES and m.term == durable_term)
+            if early:
+                late = tuple(
+                    m for m in msgs if not (m.type in EARLY_TYPES and m.term == durable_term)
+                )
         rd = Ready(
             hard_state=hs if hs != prev else None,
             entries=entries,
             snapshot=snap,
-            messages=msgs,
+            messages_before_persist=early,
+            messages_after_persist=late,
             committed_entries=committed,
             read_states=reads,
             must_sync=must_sync,
@@ -1022,39 +980,14 @@ class RaftCore:
         return SoftState(self.lead, self.role, self.term)
 
 
-def check_can_bootstrap(existing: PersistentState) -> None:
-    """Raise BootstrapError, saying why, if ``existing`` (what the stores hold) is not empty.
-
-    The runtime calls this before writing :func:`bootstrap_state` to its stores: a node that
-    has ever had a term, a vote, a log entry or a snapshot must restart from that state.
-    """
-    hs = existing.hard_state
-    reasons = []
-    if hs.term or hs.vote or hs.commit:
-        reasons.append(f"hard state term={hs.term} vote={hs.vote!r} commit={hs.commit}")
-    if existing.entries:
-        reasons.append(
-            f"{len(existing.entries)} log entries from index {existing.entries[0].index}"
-        )
-    if existing.snapshot is not None:
-        reasons.append(f"a snapshot at index {existing.snapshot.index}")
-    if reasons:
-        raise BootstrapError(
-            "refusing to bootstrap: this node already has Raft state (" + "; ".join(reasons) + ")"
-        )
-
-
-def bootstrap_state(membership: Membership) -> PersistentState:
-    """The initial stored state of a brand-new cluster member: the membership as a
-    CONF_CHANGE entry at index 1, term 1.
-
-    Call it only for a node whose stores are empty: the runtime must refuse to bootstrap a
-    node that already has any state (a term, a vote, an entry or a snapshot), and say so;
-    re-bootstrapping a restarted node would fork the cluster. Give every initial member the
-    same membership (or bootstrap one node and add the others with membership changes).
-    """
-    if not membership.voters:
-        raise ValueError("the initial membership needs at least one voter")
-    data = encode_conf_change_record(ConfChangeRecord(None, membership))
-    entry = Entry(term=1, index=1, type=EntryType.CONF_CHANGE, data=data)
-    return PersistentState(hard_state=HardState(term=1), entries=(entry,))
+# Re-exported: the core's public surface includes what it returns and the bootstrap helpers.
+__all__ = [
+    "EARLY_TYPES",
+    "TRANSFER_CONTEXT",
+    "PeerStatus",
+    "RaftCore",
+    "Ready",
+    "Status",
+    "bootstrap_state",
+    "check_can_bootstrap",
+]

@@ -1,4 +1,4 @@
-"""Named errors of the Raft core.
+"""Named errors of the Raft core and of its asyncio runtime (:class:`RaftNode`).
 
 Each error says whether retrying may help (``retriable``) and whether the caller should
 refresh its idea of who the leader is (``refresh_leader``), so that the runtime and the gRPC
@@ -74,3 +74,47 @@ class BootstrapError(RaftError):
 
 class TransferError(RaftError):
     """A leadership transfer cannot start (no other voter, or the target is not a voter)."""
+
+
+# -- raised by the runtime (RaftNode) -------------------------------------------------
+
+
+class NodeClosedError(RaftError):
+    """The node was closed (or is closing) before the request finished. Try another node."""
+
+    retriable = True
+    refresh_leader = True
+
+
+class NodeFailedError(RaftError):
+    """The node stopped after a fatal error (storage or state machine); see the cause.
+
+    A replica that cannot persist or apply must not go on acknowledging: every pending and
+    later request fails with this error until the node is closed and restarted.
+    """
+
+    retriable = True
+    refresh_leader = True
+
+
+class OutcomeUnknownError(RaftError):
+    """The request may or may not have taken effect (timeout, or its entry was folded into
+    an installed snapshot before this node saw it). Retrying may apply it twice; readers
+    can check the log. Not retriable as is."""
+
+
+class ProposalTimeoutError(OutcomeUnknownError, TimeoutError):
+    """The proposal did not commit and apply within its timeout; it may still commit."""
+
+
+class ReadBarrierTimeoutError(RaftError, TimeoutError):
+    """The read barrier could not confirm leadership within its timeout (safe to retry)."""
+
+    retriable = True
+    refresh_leader = True
+
+
+class WaitTimeoutError(RaftError, TimeoutError):
+    """A condition awaited on the node (leader known, index applied) did not hold in time."""
+
+    retriable = True

@@ -124,6 +124,10 @@ class RaftLogStore:
     def is_empty(self) -> bool:
         return self.log.next_offset == self.log.lowest_offset
 
+    def describe(self) -> str:
+        """The directory of the log, for messages."""
+        return str(self.log.directory)
+
     # -- writes ---------------------------------------------------------------------------
 
     def append(self, entries: Sequence[Entry]) -> None:
@@ -177,6 +181,11 @@ class RaftLogStore:
         """
         if self.fsync:
             await asyncio.get_running_loop().run_in_executor(None, self.log.sync_blocking)
+
+    async def flush(self) -> None:
+        """Make every write so far durable now, even in a store opened with ``fsync``
+        off (whose :meth:`sync` does nothing): the agent's interval sync."""
+        await self.log.sync()
 
     def sync_blocking(self) -> None:
         """:meth:`sync` in the calling thread (tools, tests, startup)."""
@@ -242,6 +251,10 @@ class RaftLogStore:
         if lo > self.last_index:
             return []
         return self.entries(lo, self.next_index)
+
+    async def load_after(self, after: int) -> list[Entry]:
+        """:meth:`load` in a worker thread (startup of an asyncio node)."""
+        return await asyncio.to_thread(self.load, after)
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -6,23 +6,18 @@ membership changes and read barriers enter the core at once and wake the driver.
 everything proposed while a round is being written is coalesced into the next Ready: one
 log write, one fsync and one AppendEntries per follower for the whole group (group commit).
 
-One round, for a Ready ``rd`` (see ``docs/raft-runtime.md`` for the diagram)::
+The node is a facade over modules named by role:
 
-    early  = leader AppendEntries/heartbeats of an already durable term  -> send now
-    persist: rd.snapshot -> reset the log store; rd.entries -> log store (page cache);
-             one fsync of the log + the hard state (only if term/vote changed), in
-             threads, only if rd.must_sync
-    late   = every other message (votes, acknowledgements)                -> send now
-    apply:   rd.snapshot -> restore the state machine (thread);
-             committed NORMAL entries -> StateMachine.apply -> resolve proposals;
-             read states -> resolve read barriers once applied
-    core.advance(rd); maybe take a snapshot (thread) and compact the log
+    driver.py             Driver: one Ready round (persist, send, apply), snapshots taken
+    proposals.py          ProposalTracker: proposals from the call to the answer, deadlines
+    reads.py              ReadBarriers: read barriers until confirmed and applied
+    snapshot_transfer.py  SnapshotSender / SnapshotReceiver: InstallSnapshot in chunks
+    peers.py              PeerTable: the transport's id -> address table
+    storage.py, clock.py  what the node needs from its stores and its clock; disk.py and
+                          inmem.py provide them
 
-Sending a leader's AppendEntries before its own fsync is the optimisation of the Raft thesis
-(§10.2.1, also etcd's): the leader counts itself towards commit only once ``advance`` says
-its entries are durable, so a crash before the fsync loses nothing that was acknowledged.
-Everything else waits for the fsync (persist before send): a vote or an acknowledgement
-must never outlive a crash that forgot it.
+The rule of which messages may leave before the fsync is the core's
+(``Ready.messages_before_persist``, see :mod:`raftlog.raft.core`).
 
 Payloads on the transport start with one byte naming their kind: ``M`` a Raft message,
 ``C`` a snapshot chunk, ``K`` a chunk acknowledgement (see docs/raft-runtime.md).
@@ -36,312 +31,61 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import itertools
 import logging
 import random
-import time
-from collections import deque
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import msgpack
-
-from raftlog.log import LogConfig
+from raftlog.raft.clock import Clock, MonotonicClock
 from raftlog.raft.codec import (
+    KIND_CHUNK,
+    KIND_CHUNK_ACK,
+    KIND_MESSAGE,
+    decode_chunk_ack,
     decode_message,
     decode_snapshot_chunk,
-    decode_snapshot_meta,
-    encode_message,
-    encode_snapshot_chunk,
-    encode_snapshot_meta,
 )
-from raftlog.raft.config import RaftConfig
-from raftlog.raft.core import RaftCore, Ready, Status, bootstrap_state, check_can_bootstrap
+from raftlog.raft.config import NodeConfig
+from raftlog.raft.core import RaftCore, Status, bootstrap_state
+from raftlog.raft.disk import open_disk_stores
+from raftlog.raft.driver import Driver
 from raftlog.raft.errors import (
     BootstrapError,
     CodecError,
     ConfigError,
+    NodeClosedError,
+    NodeFailedError,
     NotLeaderError,
+    OutcomeUnknownError,
+    ProposalTimeoutError,
     RaftError,
+    ReadBarrierTimeoutError,
     TransferError,
+    WaitTimeoutError,
 )
 from raftlog.raft.fsm import StateMachine
-from raftlog.raft.logstore import RaftLogStore
-from raftlog.raft.snapshot_store import SnapshotSink, SnapshotStore, StoredSnapshot
-from raftlog.raft.stable import StableState, StableStore
+from raftlog.raft.peers import PeerTable
+from raftlog.raft.proposals import ApplyResult, Proposal, ProposalTracker
+from raftlog.raft.reads import ReadBarriers
+from raftlog.raft.snapshot_transfer import SnapshotReceiver, SnapshotSender
+from raftlog.raft.stats import NodeStats
+from raftlog.raft.storage import LogStorage, SnapshotStorage, StableStorage
 from raftlog.raft.transport import Transport
 from raftlog.raft.types import (
     NO_NODE,
     ConfChange,
     ConfChangeType,
-    Entry,
-    EntryType,
-    HardState,
     Membership,
     Message,
     MessageType,
     NodeId,
-    PersistentState,
-    ProposalTicket,
-    ReadState,
     Role,
     Server,
-    SnapshotChunk,
     SnapshotMeta,
     SoftState,
 )
 
 log = logging.getLogger("raftlog.raft.node")
-
-#: Payload kinds (first byte of every transport payload the node sends).
-KIND_MESSAGE = b"M"[0]
-KIND_CHUNK = b"C"[0]
-KIND_CHUNK_ACK = b"K"[0]
-_MESSAGE_PREFIX = b"M"
-
-#: Messages a leader may send before its own fsync (see the module docstring).
-_EARLY_TYPES = frozenset({MessageType.APPEND, MessageType.HEARTBEAT, MessageType.TIMEOUT_NOW})
-
-
-# =========================================================================================
-# Errors
-# =========================================================================================
-
-
-class NodeClosedError(RaftError):
-    """The node was closed (or is closing) before the request finished. Try another node."""
-
-    retriable = True
-    refresh_leader = True
-
-
-class NodeFailedError(RaftError):
-    """The node stopped after a fatal error (storage or state machine); see the cause.
-
-    A replica that cannot persist or apply must not go on acknowledging: every pending and
-    later request fails with this error until the node is closed and restarted.
-    """
-
-    retriable = True
-    refresh_leader = True
-
-
-class OutcomeUnknownError(RaftError):
-    """The request may or may not have taken effect (timeout, or its entry was folded into
-    an installed snapshot before this node saw it). Retrying may apply it twice; readers
-    can check the log. Not retriable as is."""
-
-
-class ProposalTimeoutError(OutcomeUnknownError, TimeoutError):
-    """The proposal did not commit and apply within its timeout; it may still commit."""
-
-
-class ReadBarrierTimeoutError(RaftError, TimeoutError):
-    """The read barrier could not confirm leadership within its timeout (safe to retry)."""
-
-    retriable = True
-    refresh_leader = True
-
-
-class WaitTimeoutError(RaftError, TimeoutError):
-    """A condition awaited on the node (leader known, index applied) did not hold in time."""
-
-    retriable = True
-
-
-# =========================================================================================
-# Configuration and results
-# =========================================================================================
-
-
-@dataclass(frozen=True, slots=True)
-class NodeConfig:
-    """Settings of one :class:`RaftNode`. Times in seconds, sizes in bytes.
-
-    Attributes:
-        raft: the core's settings (``raft.id`` is this node's id; election and heartbeat
-            timeouts are counted in ticks of ``tick_interval``).
-        data_dir: directory of the node's state: ``raft-log/`` (log store),
-            ``stable/`` (term and vote), ``snapshots/``. Created if missing.
-        tick_interval: length of one Raft tick. Default 0.05 s, so with the core's defaults
-            (election_tick 10, heartbeat_tick 1) heartbeats go out every 50 ms and a
-            follower starts an election after 0.5-1 s without a leader.
-        fsync: make log writes, the hard state and snapshots durable before acting on them.
-            Default True; False only for tests and benchmarks that measure without it.
-        request_timeout: default bound of ``propose``, membership changes, transfers and
-            read barriers when the caller gives none. Default 10 s.
-        snapshot_retain: complete snapshots kept on disk. Default 2.
-        snapshot_ack_timeout: how long a snapshot sender waits for the acknowledgement of
-            one chunk before resending it. Default 5 s.
-        snapshot_send_attempts: sends of one chunk before the stream is given up (the core
-            then retries the whole snapshot later). Default 3.
-        snapshot_idle_timeout: a partly received snapshot with no chunk for this long is
-            dropped. Default 30 s.
-        snapshot_retry_delay: wait after a failed local snapshot before trying again.
-            Default 1 s.
-        close_timeout: bound of each stage of :meth:`RaftNode.close` (finishing the
-            current round, stopping tasks, closing the transport, closing the log).
-            Default 5 s, so close returns within about 20 s in the worst case.
-        log_config: engine settings of the log store (segment sizes); None for the
-            defaults of :func:`raftlog.raft.logstore.default_log_config`.
-        seed: seed of the election-timeout randomness; None draws one from the OS.
-    """
-
-    raft: RaftConfig
-    data_dir: Path
-    tick_interval: float = 0.05
-    fsync: bool = True
-    request_timeout: float = 10.0
-    snapshot_retain: int = 2
-    snapshot_ack_timeout: float = 5.0
-    snapshot_send_attempts: int = 3
-    snapshot_idle_timeout: float = 30.0
-    snapshot_retry_delay: float = 1.0
-    close_timeout: float = 5.0
-    log_config: LogConfig | None = None
-    seed: int | None = None
-
-    def validate(self) -> NodeConfig:
-        """Check every field alone and against the others; return self or raise
-        ConfigError saying what is wrong."""
-        self.raft.validate()
-        if not str(self.data_dir):
-            raise ConfigError("data_dir must name a directory")
-        for name in (
-            "tick_interval",
-            "request_timeout",
-            "snapshot_ack_timeout",
-            "snapshot_idle_timeout",
-            "snapshot_retry_delay",
-            "close_timeout",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
-                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
-        if self.tick_interval > 10:
-            raise ConfigError(
-                f"tick_interval of {self.tick_interval} s is too long: elections would take "
-                f"{self.tick_interval * self.raft.election_tick} s or more"
-            )
-        if self.snapshot_idle_timeout < self.snapshot_ack_timeout:
-            raise ConfigError(
-                f"snapshot_idle_timeout ({self.snapshot_idle_timeout} s) must be at least "
-                f"snapshot_ack_timeout ({self.snapshot_ack_timeout} s), or a receiver would "
-                "drop a stream whose sender is still waiting to resend"
-            )
-        if not isinstance(self.snapshot_retain, int) or self.snapshot_retain < 1:
-            raise ConfigError(f"snapshot_retain must be at least 1, got {self.snapshot_retain!r}")
-        if self.snapshot_send_attempts < 1:
-            raise ConfigError(
-                f"snapshot_send_attempts must be at least 1, got {self.snapshot_send_attempts}"
-            )
-        return self
-
-
-@dataclass(frozen=True, slots=True)
-class ApplyResult:
-    """A committed and applied proposal: where it landed and what the state machine said."""
-
-    index: int
-    term: int
-    result: Any
-
-
-@dataclass
-class NodeStats:
-    """Counters of one node, for metrics, tests and the benchmark."""
-
-    #: Ready rounds handled.
-    rounds: int = 0
-    #: Rounds that fsynced the log (and/or the hard state).
-    syncs: int = 0
-    #: Entries written to the log store, and committed entries applied.
-    entries_persisted: int = 0
-    entries_applied: int = 0
-    #: Messages sent before the local fsync (leader optimisation) and after it.
-    sent_early: int = 0
-    sent_late: int = 0
-    #: Inbound payloads that did not decode, or were addressed to another node.
-    bad_payloads: int = 0
-    #: Snapshots taken locally, streamed to followers, received from a leader.
-    snapshots_taken: int = 0
-    snapshots_sent: int = 0
-    snapshots_received: int = 0
-    #: Snapshot streams that failed (sender side).
-    snapshot_send_failures: int = 0
-
-
-class _Proposal:
-    """A proposal waiting for its entries ``first..last`` (of ``term``) to be applied.
-
-    Until the driver hands it to the core, ``items`` holds its data and ``first`` is 0.
-    """
-
-    __slots__ = ("deadline", "first", "future", "items", "last", "results", "term")
-
-    def __init__(
-        self,
-        items: Sequence[bytes],
-        future: asyncio.Future[list[ApplyResult]],
-        deadline: float,
-    ) -> None:
-        self.items = items
-        self.future = future
-        self.deadline = deadline
-        self.term = 0
-        self.first = 0
-        self.last = 0
-        self.results: list[ApplyResult] = []
-
-    def place(self, ticket: ProposalTicket, first: int) -> None:
-        self.term = ticket.term
-        self.first = first
-        self.last = first + len(self.items) - 1
-
-    def __lt__(self, other: _Proposal) -> bool:  # for the deadline heap
-        return self.deadline < other.deadline
-
-
-@dataclass
-class _Receiving:
-    """A snapshot being received from one leader."""
-
-    queue: asyncio.Queue[SnapshotChunk]
-    task: asyncio.Task[None] | None = None
-
-
-@dataclass
-class _Loaded:
-    stable: StableState | None
-    logstore: RaftLogStore
-    snapshot: StoredSnapshot | None
-    snapshot_meta: SnapshotMeta | None
-    entries: list[Entry] = field(default_factory=list)
-
-
-def _encode_ack(src: NodeId, dst: NodeId, meta: SnapshotMeta, next_offset: int, ok: bool) -> bytes:
-    data = msgpack.packb([1, src, dst, meta.index, meta.term, next_offset, ok], use_bin_type=True)
-    assert isinstance(data, bytes)
-    return bytes([KIND_CHUNK_ACK]) + data
-
-
-def _decode_ack(data: bytes) -> tuple[NodeId, NodeId, int, int, int, bool]:
-    try:
-        obj = msgpack.unpackb(data, raw=False)
-    except Exception as exc:
-        raise CodecError(f"chunk ack: not valid msgpack ({exc})") from exc
-    if not isinstance(obj, list) or len(obj) != 7 or obj[0] != 1:
-        raise CodecError("chunk ack: expected [1, src, dst, index, term, next_offset, ok]")
-    _, src, dst, index, term, nxt, ok = obj
-    if not (isinstance(src, str) and isinstance(dst, str) and isinstance(ok, bool)):
-        raise CodecError("chunk ack: bad field types")
-    for v in (index, term, nxt):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise CodecError("chunk ack: bad field types")
-    return src, dst, index, term, nxt, ok
 
 
 # =========================================================================================
@@ -352,12 +96,16 @@ def _decode_ack(data: bytes) -> tuple[NodeId, NodeId, int, int, int, bool]:
 class RaftNode:
     """One Raft server: a core, its stores, a transport and the user's state machine.
 
-    Lifecycle: ``node = RaftNode(config, fsm, transport, peers=...)``, ``await
-    node.start()`` (loads the stores, restores the state machine, starts the transport and
-    the tasks), then for a brand-new cluster ``await node.bootstrap(servers)`` on the
-    initial members (refused, with the reason, when the node has state), and finally
-    ``await node.close()`` (idempotent, bounded). The node owns the transport: it sets its
-    handler, keeps its peer table in line with the membership, starts and closes it.
+    Lifecycle: ``node = RaftNode(config, fsm, transport, log_store=..., stable_store=...,
+    snapshot_store=..., peers=...)`` (or ``await RaftNode.on_disk(config, fsm, transport,
+    peers=...)`` for the disk stores under ``config.data_dir``), ``await node.start()``
+    (loads the stores, restores the state machine, starts the transport and the tasks),
+    then for a brand-new cluster ``await node.bootstrap(servers)`` on the initial members
+    (refused, with the reason, when the node has state), and finally ``await
+    node.close()`` (idempotent, bounded). The node owns the transport: it sets its
+    handler, keeps its peer table in line with the membership, starts and closes it; it
+    also closes the log store. ``clock`` (default: the event loop's) times ticks, proposal
+    deadlines and snapshot retries (:mod:`raftlog.raft.clock`).
 
     ``peers`` (node id -> address) are address hints used on top of the membership: a new
     node that is about to be added has no membership yet, but must be able to answer the
@@ -370,6 +118,10 @@ class RaftNode:
         fsm: StateMachine,
         transport: Transport,
         *,
+        log_store: LogStorage,
+        stable_store: StableStorage,
+        snapshot_store: SnapshotStorage,
+        clock: Clock | None = None,
         peers: Mapping[NodeId, str] | None = None,
     ) -> None:
         self.config = config.validate()
@@ -380,50 +132,97 @@ class RaftNode:
             )
         self._fsm = fsm
         self._transport = transport
-        self._hints: dict[NodeId, str] = dict(peers or {})
+        self._peers = PeerTable(self.id, transport, peers)
         self._rng = random.Random(config.seed)
-        self._dir = Path(config.data_dir)
-        self._stable = StableStore(self._dir / "stable", fsync=config.fsync)
-        self._snapshots: SnapshotStore | None = None
-        self._logstore: RaftLogStore | None = None
+        self._clock: Clock = clock if clock is not None else MonotonicClock()
+        self._stable = stable_store
+        self._snapshots = snapshot_store
+        self._logstore = log_store
         self._core: RaftCore | None = None
         self.stats = NodeStats()
-        # Durable hard state: what the stable store holds.
-        self._saved_term = 0
-        self._saved_vote: NodeId = NO_NODE
-        self._snapshot_meta: SnapshotMeta | None = None
         # Requests in flight.
-        self._pending: dict[int, _Proposal] = {}
-        self._pending_max = 0
-        self._queued: list[_Proposal] = []
-        # Deadlines: proposals with the default timeout expire in the order they were
-        # made (a FIFO, pruned from the front as they are answered); others in a heap.
-        self._fifo: deque[_Proposal] = deque()
-        self._deadlines: list[tuple[float, int, _Proposal]] = []
-        self._deadline_seq = itertools.count()
-        self._reads: dict[bytes, asyncio.Future[int]] = {}
-        self._read_waiting: list[tuple[int, asyncio.Future[int]]] = []
-        self._read_ids = itertools.count(1)
+        self._proposals = ProposalTracker(self._lost_error)
+        self._reads = ReadBarriers()
         self._watchers: list[asyncio.Future[None]] = []
         # Tasks.
         self._wake = asyncio.Event()
         self._io_lock = asyncio.Lock()
-        self._driver: asyncio.Task[None] | None = None
+        self._drive_task: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
-        self._snap_task: asyncio.Task[None] | None = None
-        self._snap_done: SnapshotMeta | None = None
-        self._snap_retry_at = 0.0
-        self._senders: dict[NodeId, asyncio.Task[None]] = {}
-        self._ack_waiters: dict[NodeId, tuple[int, asyncio.Future[tuple[int, bool]]]] = {}
-        self._receiving: dict[NodeId, _Receiving] = {}
-        self._peer_table: dict[NodeId, str] = {}
-        self._peer_membership: Membership | None = None
+        self._sender = SnapshotSender(
+            self.id,
+            transport,
+            snapshot_store,
+            self.stats,
+            self._snapshot_sent,
+            chunk_bytes=config.raft.snapshot_chunk_bytes,
+            ack_timeout=config.snapshot_ack_timeout,
+            attempts=config.snapshot_send_attempts,
+        )
+        self._receiver = SnapshotReceiver(
+            self.id,
+            transport,
+            snapshot_store,
+            self.stats,
+            installed=self._snapshot_received,
+            stopping=lambda: self._stopping,
+            idle_timeout=config.snapshot_idle_timeout,
+        )
+        self._driver = Driver(
+            config,
+            fsm,
+            transport,
+            self._sender,
+            log_store=log_store,
+            stable_store=stable_store,
+            snapshot_store=snapshot_store,
+            clock=self._clock,
+            stats=self.stats,
+            proposals=self._proposals,
+            reads=self._reads,
+            before_round=self._before_round,
+            notify=self._notify,
+            wake=self._wake.set,
+        )
         self._soft: SoftState | None = None
         self._started = False
         self._stopping = False
         self._closed = False
         self._close_task: asyncio.Task[None] | None = None
         self._failure: NodeFailedError | None = None
+
+    @classmethod
+    async def on_disk(
+        cls,
+        config: NodeConfig,
+        fsm: StateMachine,
+        transport: Transport,
+        *,
+        clock: Clock | None = None,
+        peers: Mapping[NodeId, str] | None = None,
+    ) -> RaftNode:
+        """A node whose stores live under ``config.data_dir`` (see :mod:`raftlog.raft.disk`),
+        opened in a worker thread with ``config.fsync``, ``snapshot_retain`` and
+        ``log_config``. Then ``await node.start()`` as for any node."""
+        config.validate()
+        if config.data_dir is None:
+            raise ConfigError("RaftNode.on_disk needs NodeConfig.data_dir")
+        stores = await open_disk_stores(
+            config.data_dir,
+            fsync=config.fsync,
+            snapshot_retain=config.snapshot_retain,
+            log_config=config.log_config,
+        )
+        return cls(
+            config,
+            fsm,
+            transport,
+            log_store=stores.log,
+            stable_store=stores.stable,
+            snapshot_store=stores.snapshots,
+            clock=clock,
+            peers=peers,
+        )
 
     # =====================================================================================
     # Lifecycle
@@ -438,62 +237,14 @@ class RaftNode:
         if self._started:
             raise RaftError(f"node {self.id!r} was already started")
         self._started = True
-        cfg = self.config
-        loaded = await asyncio.to_thread(self._open_stores)
-        self._logstore = loaded.logstore
-        meta = loaded.snapshot_meta
-        applied = self._fsm.applied_index()
-        if meta is not None and applied < meta.index:
-            assert loaded.snapshot is not None
-            await self._restore_fsm(loaded.snapshot.id, meta)
-            applied = meta.index
-        st = loaded.stable
-        hs = HardState()
-        if st is not None:
-            commit = st.extra.get("commit", 0)
-            hs = HardState(
-                st.term, st.voted_for or NO_NODE, commit if isinstance(commit, int) else 0
-            )
-        self._saved_term, self._saved_vote = hs.term, hs.vote
-        self._snapshot_meta = meta
-        state = PersistentState(hs, meta, tuple(loaded.entries), applied)
-        self._core = RaftCore(cfg.raft, state, self._rng)
+        state = await self._driver.load()
+        self._core = RaftCore(self.config.raft, state, self._rng)
         self._soft = self._core.soft_state()
-        log.info(
-            "raft node %s starting: term %d, log %d..%d, snapshot %s, applied %d",
-            self.id,
-            hs.term,
-            loaded.logstore.first_index,
-            loaded.logstore.last_index,
-            meta.index if meta else "none",
-            applied,
-        )
         self._transport.set_handler(self._on_payload)
-        self._sync_peers(force=True)
+        self._peers.sync(self.membership, force=True)
         await self._transport.start()
-        self._driver = asyncio.create_task(self._drive(), name=f"raft-node {self.id}")
+        self._drive_task = asyncio.create_task(self._drive(), name=f"raft-node {self.id}")
         self._ticker = asyncio.create_task(self._tick_loop(), name=f"raft-tick {self.id}")
-
-    def _open_stores(self) -> _Loaded:
-        """Blocking: open the three stores and read what a restart needs."""
-        self._dir.mkdir(parents=True, exist_ok=True)
-        stable = self._stable.load_sync()
-        self._snapshots = SnapshotStore(
-            self._dir / "snapshots", retain=self.config.snapshot_retain, fsync=self.config.fsync
-        )
-        latest = self._snapshots.latest()
-        meta = None
-        if latest is not None:
-            meta = decode_snapshot_meta(latest.metadata)
-            if (meta.index, meta.term) != (latest.index, latest.term):
-                raise RaftError(
-                    f"snapshot {latest.id}: metadata names index {meta.index} term {meta.term}"
-                )
-        store = RaftLogStore.open(
-            self._dir / "raft-log", fsync=self.config.fsync, config=self.config.log_config
-        )
-        entries = store.load(meta.index if meta else 0)
-        return _Loaded(stable, store, latest, meta, entries)
 
     def has_state(self) -> bool:
         """Whether this node has any Raft state (a term, a vote, log entries, a snapshot):
@@ -505,22 +256,7 @@ class RaftNode:
         return False
 
     def _check_can_bootstrap(self) -> None:
-        core, store = self._require_core(), self._logstore
-        assert store is not None
-        hs = core.hard_state()
-        saved = HardState(max(self._saved_term, hs.term), self._saved_vote or hs.vote, hs.commit)
-        reasons: list[str] = []
-        try:
-            check_can_bootstrap(PersistentState(saved, self._snapshot_meta))
-        except BootstrapError as exc:
-            reasons.append(str(exc))
-        if not store.is_empty():
-            where = f"log entries {store.first_index}..{store.last_index} in {store.log.directory}"
-            reasons.append(
-                f"refusing to bootstrap: this node already has {where}" if not reasons else where
-            )
-        if reasons:
-            raise BootstrapError("; ".join(reasons))
+        self._driver.check_can_bootstrap(self._require_core())
 
     async def bootstrap(self, servers: Iterable[Server]) -> None:
         """Make this node a member of a brand-new cluster with membership ``servers``.
@@ -536,18 +272,11 @@ class RaftNode:
         async with self._io_lock:
             self._check_can_bootstrap()
             st = bootstrap_state(membership)
-            store = self._logstore
-            assert store is not None
-            store.store(st.entries)
-            await asyncio.gather(
-                store.sync(),
-                self._stable.save(StableState(st.hard_state.term, None, {"commit": 0})),
-            )
-            self._saved_term, self._saved_vote = st.hard_state.term, NO_NODE
+            await self._driver.persist_bootstrap(st)
             core = RaftCore(self.config.raft, st, self._rng)
             self._core = core
             self._soft = core.soft_state()
-            self._sync_peers(force=True)
+            self._peers.sync(self.membership, force=True)
             if membership.voters == (self.id,):
                 core.campaign()  # a cluster of one need not wait for a timeout
             log.info("raft node %s bootstrapped with %s", self.id, list(membership.ids))
@@ -567,16 +296,16 @@ class RaftNode:
         self._wake.set()
         if self._ticker is not None:
             self._ticker.cancel()
-        if self._driver is not None:
-            done, _ = await asyncio.wait({self._driver}, timeout=timeout)
+        if self._drive_task is not None:
+            done, _ = await asyncio.wait({self._drive_task}, timeout=timeout)
             if not done:
                 log.warning("raft node %s: round did not finish within %.1f s", self.id, timeout)
-                self._driver.cancel()
-        tasks: set[asyncio.Task[Any]] = {t for t in (self._ticker, self._driver) if t}
-        if self._snap_task is not None:
-            tasks.add(self._snap_task)
-        tasks |= set(self._senders.values())
-        tasks |= {r.task for r in self._receiving.values() if r.task is not None}
+                self._drive_task.cancel()
+        tasks: set[asyncio.Task[Any]] = {t for t in (self._ticker, self._drive_task) if t}
+        if self._driver.snapshot_task is not None:
+            tasks.add(self._driver.snapshot_task)
+        tasks |= self._sender.tasks()
+        tasks |= self._receiver.tasks()
         for t in tasks:
             t.cancel()
         if tasks:
@@ -586,7 +315,7 @@ class RaftNode:
             await asyncio.wait_for(self._transport.close(), timeout)
         except TimeoutError:
             log.warning("raft node %s: transport did not close within %.1f s", self.id, timeout)
-        if self._logstore is not None:
+        if self._started:
             try:
                 await asyncio.wait_for(self._logstore.close(), timeout)
             except Exception as exc:  # a failed fsync at close: logged, nothing to retry
@@ -625,7 +354,7 @@ class RaftNode:
         lead = self.leader_id
         if not lead or self._core is None:
             return ""
-        return self._core.membership.address_of(lead) or self._hints.get(lead, "")
+        return self._core.membership.address_of(lead) or self._peers.hint(lead)
 
     @property
     def is_leader(self) -> bool:
@@ -654,12 +383,11 @@ class RaftNode:
     @property
     def snapshot_index(self) -> int:
         """Index of the newest snapshot this node has (0 if none)."""
-        return self._snapshot_meta.index if self._snapshot_meta else 0
+        return self._driver.snapshot_meta.index if self._driver.snapshot_meta else 0
 
     @property
-    def log_store(self) -> RaftLogStore:
+    def log_store(self) -> LogStorage:
         """The log store (read-only use: tests and tools)."""
-        assert self._logstore is not None
         return self._logstore
 
     def status(self) -> Status:
@@ -668,8 +396,7 @@ class RaftNode:
 
     def set_peer_addresses(self, peers: Mapping[NodeId, str]) -> None:
         """Replace the address hints (used on top of the membership's addresses)."""
-        self._hints = dict(peers)
-        self._sync_peers(force=True)
+        self._peers.set_hints(peers, self.membership)
 
     async def wait_for(
         self, predicate: Callable[[], bool], timeout: float, what: str = "condition"
@@ -733,82 +460,23 @@ class RaftNode:
         loop = asyncio.get_running_loop()
         t = self.config.request_timeout if timeout is None else timeout
         fut: asyncio.Future[list[ApplyResult]] = loop.create_future()
-        p = _Proposal(items, fut, loop.time() + t)
+        p = Proposal(items, fut, self._clock.now() + t)
         # Queued, not stepped: the driver hands every queued proposal to the core in one
         # call (one ticket) before its next round, so the core's per-call cost is paid
         # once per round, not once per proposal.
-        self._queued.append(p)
-        if timeout is None:
-            self._fifo.append(p)
-        else:
-            heapq.heappush(self._deadlines, (p.deadline, next(self._deadline_seq), p))
+        self._proposals.queue(p, default_timeout=timeout is None)
         self._wake.set()
         return await fut
 
-    def _flush_proposals(self, core: RaftCore) -> None:
-        """Hand every queued proposal to the core as one batch of entries."""
-        queued, self._queued = self._queued, []
-        live = [p for p in queued if not p.future.done()]
-        if not live:
-            return
-        data: list[bytes] = []
-        for p in live:
-            data.extend(p.items)
-        try:
-            ticket = core.propose(data)
-        except RaftError as exc:
-            for p in live:
-                if not p.future.done():
-                    p.future.set_exception(exc)
-            return
-        at = ticket.first_index
-        pending = self._pending
-        for p in live:
-            p.place(ticket, at)
-            for i in range(at, p.last + 1):
-                pending[i] = p
-            at = p.last + 1
-        self._pending_max = max(self._pending_max, ticket.last_index)
-
-    def _expire(self, now: float) -> None:
-        """Fail proposals whose deadline passed (checked on every tick)."""
-        fifo = self._fifo
-        while fifo and (fifo[0].future.done() or fifo[0].deadline <= now):
-            p = fifo.popleft()
-            if not p.future.done():
-                p.future.set_exception(
-                    ProposalTimeoutError(
-                        "proposal not committed and applied in time (it may still commit)"
-                    )
-                )
-        heap = self._deadlines
-        if len(heap) > 4096 and len(heap) > 4 * (len(self._pending) + len(self._queued)):
-            # Most entries belong to proposals already answered: rebuild from the live ones
-            # so that the heap stays proportional to what is in flight.
-            heap = [d for d in heap if not d[2].future.done()]
-            heapq.heapify(heap)
-            self._deadlines = heap
-        while heap and heap[0][0] <= now:
-            _, _, p = heapq.heappop(heap)
-            if not p.future.done():
-                p.future.set_exception(
-                    ProposalTimeoutError(
-                        "proposal not committed and applied in time (it may still commit)"
-                    )
-                )
-
     async def _conf_change(self, change: ConfChange, timeout: float | None) -> int:
         core = self._check_usable()
-        self._flush_proposals(core)
+        self._proposals.flush(core)
         ticket = core.propose_conf_change(change)
         loop = asyncio.get_running_loop()
         t = self.config.request_timeout if timeout is None else timeout
         fut: asyncio.Future[list[ApplyResult]] = loop.create_future()
-        p = _Proposal((b"",), fut, loop.time() + t)
-        p.place(ticket, ticket.first_index)
-        self._pending[ticket.first_index] = p
-        self._pending_max = max(self._pending_max, ticket.last_index)
-        heapq.heappush(self._deadlines, (p.deadline, next(self._deadline_seq), p))
+        p = Proposal((b"",), fut, self._clock.now() + t)
+        self._proposals.track(p, ticket)
         self._wake.set()
         results = await fut
         return results[-1].index
@@ -819,7 +487,7 @@ class RaftNode:
         """Add a voting server (prefer add_learner, then promote_learner once caught up).
         Returns the index of the committed change. Errors as :meth:`propose`, plus
         ConfChangeError (invalid) and ConfChangeInProgressError (one at a time)."""
-        self._hints.setdefault(node_id, address)
+        self._peers.add_hint(node_id, address)
         return await self._conf_change(
             ConfChange(ConfChangeType.ADD_VOTER, node_id, address), timeout
         )
@@ -828,7 +496,7 @@ class RaftNode:
         self, node_id: NodeId, address: str, *, timeout: float | None = None
     ) -> int:
         """Add a non-voting server that receives the log; see :meth:`add_voter`."""
-        self._hints.setdefault(node_id, address)
+        self._peers.add_hint(node_id, address)
         return await self._conf_change(
             ConfChange(ConfChangeType.ADD_LEARNER, node_id, address), timeout
         )
@@ -868,10 +536,9 @@ class RaftNode:
         acknowledged before the call. NotLeaderError on a follower or if leadership is lost
         meanwhile; ReadBarrierTimeoutError after ``timeout`` s (default request_timeout)."""
         core = self._check_usable()
-        ctx = b"r%d" % next(self._read_ids)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        ctx = self._reads.start(fut)
         core.read_index(ctx)
-        self._reads[ctx] = fut
         self._wake.set()
         t = self.config.request_timeout if timeout is None else timeout
         try:
@@ -882,7 +549,7 @@ class RaftNode:
                 f"read barrier not confirmed within {t} s (leadership unconfirmed)"
             ) from None
         finally:
-            self._reads.pop(ctx, None)
+            self._reads.forget(ctx)
 
     def campaign(self) -> None:
         """Start an election now (tests and operators)."""
@@ -907,9 +574,9 @@ class RaftNode:
                 self._core.step(m)
                 self._wake.set()
             elif kind == KIND_CHUNK:
-                self._on_chunk(decode_snapshot_chunk(payload[1:]))
+                self._receiver.on_chunk(decode_snapshot_chunk(payload[1:]))
             elif kind == KIND_CHUNK_ACK:
-                self._on_chunk_ack(_decode_ack(payload[1:]))
+                self._sender.on_ack(decode_chunk_ack(payload[1:]))
             else:
                 self.stats.bad_payloads += 1
         except CodecError as exc:
@@ -921,36 +588,36 @@ class RaftNode:
     # =====================================================================================
 
     async def _tick_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        clock = self._clock
         interval = self.config.tick_interval
-        due = loop.time() + interval
+        due = clock.now() + interval
         while not self._stopping:
-            await asyncio.sleep(max(0.0, due - loop.time()))
-            now = loop.time()
+            await clock.sleep(due - clock.now())
+            now = clock.now()
             due = max(due + interval, now + interval / 2)
             core = self._core
             if core is not None and self._failure is None:
                 core.tick()
                 self._wake.set()
-            if self._deadlines or self._fifo:
-                self._expire(now)
+            if self._proposals.has_deadlines:
+                self._proposals.expire(now)
 
     async def _drive(self) -> None:
         try:
             while not self._stopping:
-                if self._snap_done is not None:
-                    self._finish_snapshot()
                 core = self._require_core()
-                if self._queued:
-                    self._flush_proposals(core)
+                if self._driver.snapshot_ready:
+                    self._driver.finish_snapshot(core)
+                if self._proposals.has_queued:
+                    self._proposals.flush(core)
                 if core.has_ready():
                     async with self._io_lock:
                         core = self._require_core()
                         if core.has_ready():
-                            await self._round(core, core.ready())
+                            await self._driver.round(core, core.ready())
                     continue
                 self._wake.clear()
-                if core.has_ready() or self._snap_done is not None or self._queued:
+                if core.has_ready() or self._driver.snapshot_ready or self._proposals.has_queued:
                     continue
                 # Bounded without a timer of its own: the ticker sets the event every tick.
                 await self._wake.wait()
@@ -968,153 +635,12 @@ class RaftNode:
         self._fail_all(failure)
         self._notify()
 
-    async def _round(self, core: RaftCore, rd: Ready) -> None:
-        """Persist, send, apply one Ready (the order is the point: see the module doc)."""
-        self.stats.rounds += 1
-        self._on_soft_state(rd.soft_state)
-        self._sync_peers()
-        if rd.entries and self._pending and rd.soft_state.role is not Role.LEADER:
-            self._drop_overwritten(core, rd.entries[0].index)
-        durable_term = self._saved_term
-        late: list[Message] = []
-        for m in rd.messages:
-            if m.type in _EARLY_TYPES and m.term == durable_term and rd.snapshot is None:
-                self._send(m)
-                self.stats.sent_early += 1
-            else:
-                late.append(m)
-        await self._persist(rd)
-        for m in late:
-            self._send(m)
-        self.stats.sent_late += len(late)
-        if rd.snapshot is not None:
-            await self._install_snapshot(rd.snapshot)
-        if rd.committed_entries:
-            self._apply(rd.committed_entries)
-        if rd.read_states:
-            self._serve_reads(rd.read_states)
-        core.advance(rd)
-        if self._read_waiting:
-            self._release_reads(core.applied_index)
-        self._notify()
-        if (
-            self._snap_task is None
-            and core.should_snapshot()
-            and time.monotonic() >= self._snap_retry_at
-        ):
-            self._start_snapshot(core)
-
-    async def _persist(self, rd: Ready) -> None:
-        store = self._logstore
-        assert store is not None
-        if rd.snapshot is not None:
-            # The snapshot's data is durable in the snapshot store: the log now starts after it.
-            store.reset(rd.snapshot.index + 1)
-            self._snapshot_meta = rd.snapshot
-        if rd.entries:
-            store.store(rd.entries)
-            self.stats.entries_persisted += len(rd.entries)
-        hs = rd.hard_state
-        save = hs is not None and (hs.term, hs.vote) != (self._saved_term, self._saved_vote)
-        if not rd.must_sync and not save:
-            return
-        waits: list[Coroutine[Any, Any, None]] = []
-        if rd.entries or rd.snapshot is not None:
-            waits.append(store.sync_exclusive())  # the driver is the store's only user
-        if save:
-            assert hs is not None
-            state = StableState(hs.term, hs.vote or None, {"commit": hs.commit})
-            waits.append(self._stable.save(state))
-        if len(waits) == 1:
-            await waits[0]  # no task around a single wait (one fewer loop hop per round)
-        elif waits:
-            await asyncio.gather(*waits)
-        if waits:
-            self.stats.syncs += 1
-        if save:
-            assert hs is not None
-            self._saved_term, self._saved_vote = hs.term, hs.vote
-
-    def _send(self, m: Message) -> None:
-        if m.type is MessageType.SNAPSHOT:
-            self._start_snapshot_send(m)
-            return
-        try:
-            self._transport.send(m.dst, _MESSAGE_PREFIX + encode_message(m))
-        except Exception:
-            # The contract says send never raises; a transport bug must not stop the node
-            # (Raft resends what matters), but it must be seen.
-            log.exception("raft node %s: transport failed to send to %s", self.id, m.dst)
-
-    # -- apply ----------------------------------------------------------------------------
-
-    def _apply(self, committed: tuple[Entry, ...]) -> None:
-        normal: Sequence[Entry] = committed
-        if any(e.type is not EntryType.NORMAL for e in committed):
-            normal = [e for e in committed if e.type is EntryType.NORMAL]
-        results: Sequence[Any] = ()
-        if normal:
-            results = self._fsm.apply(normal)
-            if len(results) != len(normal):
-                raise RaftError(
-                    f"state machine returned {len(results)} results for {len(normal)} entries"
-                )
-        self.stats.entries_applied += len(committed)
-        pending = self._pending
-        if not pending:
-            return
-        j = 0  # position in results of the next NORMAL entry
-        for e in committed:
-            result = None
-            if e.type is EntryType.NORMAL:
-                result = results[j]
-                j += 1
-            p = pending.pop(e.index, None)
-            if p is None or p.future.done():
-                continue
-            if e.term != p.term:
-                self._fail_proposal(p, self._lost_error())
-                continue
-            p.results.append(ApplyResult(e.index, e.term, result))
-            if e.index == p.last:
-                p.future.set_result(p.results)
-        if not pending:
-            self._pending_max = 0
-
     def _lost_error(self) -> NotLeaderError:
         return NotLeaderError(self.leader_id, self.leader_address)
 
-    def _fail_proposal(self, p: _Proposal, exc: BaseException) -> None:
-        if not p.future.done():
-            p.future.set_exception(exc)
-        for i in range(p.first, p.last + 1):
-            if self._pending.get(i) is p:
-                del self._pending[i]
-
-    def _drop_overwritten(self, core: RaftCore, first: int) -> None:
-        """Entries from ``first`` were replaced: fail proposals whose entry is gone."""
-        if first > self._pending_max:
-            return
-        for index, p in list(self._pending.items()):
-            if index >= first and core.entry_term(index) != p.term:
-                self._fail_proposal(p, self._lost_error())
-
-    def _serve_reads(self, states: tuple[ReadState, ...]) -> None:
-        for rs in states:
-            fut = self._reads.pop(rs.context, None)
-            if fut is not None and not fut.done():
-                self._read_waiting.append((rs.index, fut))
-
-    def _release_reads(self, applied: int) -> None:
-        keep = []
-        for index, fut in self._read_waiting:
-            if fut.done():
-                continue
-            if index <= applied:
-                fut.set_result(applied)
-            else:
-                keep.append((index, fut))
-        self._read_waiting = keep
+    def _before_round(self, ss: SoftState) -> None:
+        self._on_soft_state(ss)
+        self._peers.sync(self.membership)
 
     def _on_soft_state(self, ss: SoftState) -> None:
         prev = self._soft
@@ -1126,15 +652,7 @@ class RaftNode:
             and prev.role is Role.LEADER
             and (ss.role is not Role.LEADER or ss.term != prev.term)
         ):
-            err = NotLeaderError(ss.leader, self.leader_address)
-            for fut in self._reads.values():
-                if not fut.done():
-                    fut.set_exception(err)
-            self._reads.clear()
-            for _, fut in self._read_waiting:
-                if not fut.done():
-                    fut.set_exception(err)
-            self._read_waiting = []
+            self._reads.fail_all(NotLeaderError(ss.leader, self.leader_address))
         if prev is None or prev.leader != ss.leader:
             log.info(
                 "raft node %s: term %d, role %s, leader %r",
@@ -1151,300 +669,26 @@ class RaftNode:
                 fut.set_result(None)
 
     def _fail_all(self, exc: BaseException) -> None:
-        for p in [*self._pending.values(), *self._queued]:
-            if not p.future.done():
-                p.future.set_exception(exc)
-        self._pending.clear()
-        self._queued = []
-        self._deadlines = []
-        self._fifo.clear()
-        self._pending_max = 0
-        for fut in list(self._reads.values()) + [f for _, f in self._read_waiting]:
-            if not fut.done():
-                fut.set_exception(exc)
-        self._reads.clear()
-        self._read_waiting = []
+        self._proposals.fail_all(exc)
+        self._reads.fail_all(exc)
         self._notify()
 
-    # -- peers ----------------------------------------------------------------------------
+    # -- snapshot transfer (snapshot_transfer.py) -------------------------------------------
 
-    def _sync_peers(self, force: bool = False) -> None:
-        """Keep the transport's peer table = hints + every address seen in a membership.
+    def _snapshot_sent(self, to: NodeId, ok: bool) -> None:
+        if not self._stopping and self._core is not None:
+            self._core.report_snapshot(to, ok)
+            self._wake.set()
 
-        Servers removed from the membership stay reachable: a removed server must still
-        hear of its removal, and the transport dials a peer only when there is something
-        to send, so a stale entry costs nothing.
-        """
+    def _snapshot_received(self, src: NodeId, term: int, meta: SnapshotMeta) -> None:
+        """A snapshot from ``src`` is complete in the store: the core decides whether to
+        install it (it comes back in a Ready's ``snapshot``)."""
         core = self._core
-        mem = core.membership if core is not None else Membership()
-        if not force and mem is self._peer_membership:
-            return
-        self._peer_membership = mem
-        table = dict(self._peer_table)
-        table.update(self._hints)
-        table.update({s.id: s.address for s in mem if s.address})
-        table.pop(self.id, None)
-        if table != self._peer_table or force:
-            self._peer_table = table
-            self._transport.update_peers(table)
-
-    # =====================================================================================
-    # Snapshots: taking, compacting, installing
-    # =====================================================================================
-
-    def _start_snapshot(self, core: RaftCore) -> None:
-        meta = core.snapshot_meta()
-        if self._snapshot_meta is not None and meta.index <= self._snapshot_meta.index:
-            return
-        source = self._fsm.snapshot()
-        self._snap_task = asyncio.create_task(
-            self._write_snapshot(meta, source), name=f"raft-snapshot {self.id}@{meta.index}"
-        )
-
-    async def _write_snapshot(self, meta: SnapshotMeta, source: Iterable[bytes]) -> None:
-        store = self._snapshots
-        assert store is not None
-
-        def work() -> StoredSnapshot:
-            sink = store.create(meta.index, meta.term, encode_snapshot_meta(meta))
-            with sink:
-                for chunk in source:
-                    sink.write(chunk)
-                return sink.commit_sync()
-
-        try:
-            stored = await asyncio.to_thread(work)
-        except Exception as exc:
-            log.error("raft node %s: snapshot at %d failed: %s", self.id, meta.index, exc)
-            self._snap_retry_at = time.monotonic() + self.config.snapshot_retry_delay
-            self._snap_task = None
-            return
-        log.info("raft node %s: snapshot %s at index %d", self.id, stored.id, meta.index)
-        self.stats.snapshots_taken += 1
-        self._snap_done = meta
-        self._wake.set()
-
-    def _finish_snapshot(self) -> None:
-        """On the driver, between rounds: make the new snapshot current, compact the log."""
-        meta, self._snap_done = self._snap_done, None
-        self._snap_task = None
-        core = self._require_core()
-        if meta is None:
-            return
-        try:
-            through = core.compact(meta)
-        except RaftError as exc:
-            log.warning("raft node %s: snapshot at %d not used: %s", self.id, meta.index, exc)
-            return
-        if self._snapshot_meta is None or meta.index > self._snapshot_meta.index:
-            self._snapshot_meta = meta
-        store = self._logstore
-        assert store is not None
-        if through >= store.first_index:
-            store.compact(through)
-
-    async def _install_snapshot(self, meta: SnapshotMeta) -> None:
-        """A snapshot from the leader was accepted by the core: restore the state machine."""
-        stored = await asyncio.to_thread(self._find_snapshot, meta)
-        if stored is None:
-            raise RaftError(f"accepted snapshot at index {meta.index} is not in the store")
-        await self._restore_fsm(stored.id, meta)
-        for index, p in list(self._pending.items()):
-            if index <= meta.index:
-                self._fail_proposal(
-                    p,
-                    OutcomeUnknownError(
-                        f"entry {index} was replaced by a snapshot at index {meta.index}"
-                    ),
-                )
-
-    def _find_snapshot(self, meta: SnapshotMeta) -> StoredSnapshot | None:
-        assert self._snapshots is not None
-        for s in self._snapshots.list():
-            if (s.index, s.term) == (meta.index, meta.term):
-                return s
-        return None
-
-    async def _restore_fsm(self, snapshot_id: str, meta: SnapshotMeta) -> None:
-        store = self._snapshots
-        assert store is not None
-        fsm = self._fsm
-
-        def work() -> None:
-            _, reader = store.open(snapshot_id)
-            with reader:
-                fsm.restore(reader, meta)
-                while reader.read(1 << 20):
-                    pass  # reach the end so that the checksum is verified
-
-        await asyncio.to_thread(work)
-        log.info("raft node %s: state machine restored from snapshot %s", self.id, snapshot_id)
-
-    # =====================================================================================
-    # Snapshots: streaming (leader -> follower)
-    # =====================================================================================
-
-    def _start_snapshot_send(self, m: Message) -> None:
-        running = self._senders.get(m.dst)
-        if running is not None and not running.done():
-            return
-        assert m.snapshot is not None
-        task = asyncio.create_task(
-            self._stream_snapshot(m.dst, m.snapshot, m.term),
-            name=f"raft-snapshot-send {self.id}->{m.dst}",
-        )
-        self._senders[m.dst] = task
-
-    async def _stream_snapshot(self, to: NodeId, meta: SnapshotMeta, term: int) -> None:
-        ok = False
-        try:
-            ok = await self._stream_snapshot_chunks(to, meta, term)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("raft node %s: snapshot stream to %s failed: %s", self.id, to, exc)
-        finally:
-            self._ack_waiters.pop(to, None)
-            if self._senders.get(to) is asyncio.current_task():
-                del self._senders[to]
-            if ok:
-                self.stats.snapshots_sent += 1
-            else:
-                self.stats.snapshot_send_failures += 1
-            if not self._stopping and self._core is not None:
-                self._core.report_snapshot(to, ok)
-                self._wake.set()
-
-    async def _stream_snapshot_chunks(self, to: NodeId, meta: SnapshotMeta, term: int) -> bool:
-        store = self._snapshots
-        assert store is not None
-        stored = await asyncio.to_thread(self._find_snapshot, meta)
-        if stored is None:
-            log.warning("raft node %s: no stored snapshot at %d for %s", self.id, meta.index, to)
-            return False
-        _, reader = await asyncio.to_thread(store.open, stored.id)
-        loop = asyncio.get_running_loop()
-        size = self.config.raft.snapshot_chunk_bytes
-        try:
-            offset = 0
-            while True:
-                data = await asyncio.to_thread(reader.read, size)
-                done = offset + len(data) >= stored.size
-                chunk = SnapshotChunk(self.id, to, term, meta, offset, data, done)
-                payload = bytes([KIND_CHUNK]) + encode_snapshot_chunk(chunk)
-                want = offset + len(data)
-                acked = False
-                for _attempt in range(self.config.snapshot_send_attempts):
-                    fut: asyncio.Future[tuple[int, bool]] = loop.create_future()
-                    self._ack_waiters[to] = (meta.index, fut)
-                    self._transport.send(to, payload)
-                    try:
-                        async with asyncio.timeout(self.config.snapshot_ack_timeout):
-                            nxt, good = await fut
-                    except TimeoutError:
-                        continue
-                    if not good or nxt != want:
-                        log.info(
-                            "raft node %s: %s refused snapshot chunk at %d (expects %d)",
-                            self.id,
-                            to,
-                            offset,
-                            nxt,
-                        )
-                        return False
-                    acked = True
-                    break
-                if not acked:
-                    return False
-                offset = want
-                if done:
-                    return True
-        finally:
-            await asyncio.to_thread(reader.close)
-
-    def _on_chunk_ack(self, ack: tuple[NodeId, NodeId, int, int, int, bool]) -> None:
-        src, dst, index, _term, nxt, ok = ack
-        if dst != self.id:
-            return
-        waiter = self._ack_waiters.get(src)
-        if waiter is not None and waiter[0] == index and not waiter[1].done():
-            waiter[1].set_result((nxt, ok))
-
-    # =====================================================================================
-    # Snapshots: receiving (follower)
-    # =====================================================================================
-
-    def _on_chunk(self, c: SnapshotChunk) -> None:
-        if c.dst != self.id:
-            self.stats.bad_payloads += 1
-            return
-        rx = self._receiving.get(c.src)
-        if rx is None or rx.task is None or rx.task.done():
-            rx = _Receiving(asyncio.Queue(maxsize=16))
-            rx.task = asyncio.create_task(
-                self._receive_snapshot(c.src, rx), name=f"raft-snapshot-recv {c.src}->{self.id}"
+        if core is not None:
+            core.step(
+                Message(type=MessageType.SNAPSHOT, src=src, dst=self.id, term=term, snapshot=meta)
             )
-            self._receiving[c.src] = rx
-        with contextlib.suppress(asyncio.QueueFull):
-            rx.queue.put_nowait(c)
-
-    async def _receive_snapshot(self, src: NodeId, rx: _Receiving) -> None:
-        store = self._snapshots
-        assert store is not None
-        sink: SnapshotSink | None = None
-        key: tuple[int, int, int] | None = None
-        expected = 0
-        try:
-            while not self._stopping:
-                try:
-                    async with asyncio.timeout(self.config.snapshot_idle_timeout):
-                        c = await rx.queue.get()
-                except TimeoutError:
-                    return
-                ckey = (c.meta.index, c.meta.term, c.term)
-                if c.offset == 0 and (ckey != key or expected != 0):
-                    if sink is not None:
-                        sink.abort()
-                    sink = await asyncio.to_thread(
-                        store.create, c.meta.index, c.meta.term, encode_snapshot_meta(c.meta)
-                    )
-                    key, expected = ckey, 0
-                if ckey != key or sink is None or c.offset > expected:
-                    self._transport.send(src, _encode_ack(self.id, src, c.meta, expected, False))
-                    continue
-                if c.offset < expected:  # a resend of a chunk we have: acknowledge again
-                    self._transport.send(src, _encode_ack(self.id, src, c.meta, expected, True))
-                    continue
-                await asyncio.to_thread(sink.write, c.data)
-                expected += len(c.data)
-                if c.done:
-                    done_sink, sink, key = sink, None, None
-                    await done_sink.commit()
-                    self.stats.snapshots_received += 1
-                    core = self._core
-                    if core is not None and not self._stopping:
-                        core.step(
-                            Message(
-                                type=MessageType.SNAPSHOT,
-                                src=src,
-                                dst=self.id,
-                                term=c.term,
-                                snapshot=c.meta,
-                            )
-                        )
-                        self._wake.set()
-                self._transport.send(src, _encode_ack(self.id, src, c.meta, expected, True))
-                if c.done:
-                    expected = 0
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("raft node %s: receiving a snapshot from %s failed: %s", self.id, src, exc)
-        finally:
-            if sink is not None:
-                sink.abort()
-            if self._receiving.get(src) is rx:
-                del self._receiving[src]
+            self._wake.set()
 
 
 __all__ = [

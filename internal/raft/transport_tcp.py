@@ -23,23 +23,31 @@ server handshake on the accepted socket; the connection multiplexer does the sam
 Every wait is bounded: connect (``connect_timeout``); marker, TLS and hello share
 ``handshake_timeout``; each batch of writes must drain within ``write_timeout``; close()
 takes at most about ``close_timeout``.
+
+This module holds the transport itself and its listening side; the dialing side (peer
+queues, dial, batched writes, backoff) is :mod:`raftlog.raft.tcp_outbound`, and what both
+share is :mod:`raftlog.raft.tcp_common`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
 import socket
 import ssl
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from raftlog.raft.tcp_common import (
+    CONNECTION_ERRORS,
+    HANDSHAKE_FRAME_MAX,
+    READ_CHUNK,
+    abort,
+    describe,
+)
+from raftlog.raft.tcp_outbound import Dialer, OutboundPeer
 from raftlog.raft.transport import (
     DEFAULT_MAX_FRAME_SIZE,
-    FRAME_HEADER,
     HELLO_ACK_MAGIC,
     HELLO_MAGIC,
     MAX_NODE_ID_BYTES,
@@ -66,24 +74,6 @@ from raftlog.security.tls import (
 )
 
 log = logging.getLogger("raftlog.raft.transport")
-
-#: Largest handshake frame payload (magic + node id), in bytes.
-_HANDSHAKE_FRAME_MAX = len(HELLO_MAGIC) + MAX_NODE_ID_BYTES
-
-#: Bytes asked of the stream per read on inbound connections (many frames per read).
-_READ_CHUNK = 256 * 1024
-#: Payloads at least this large are written on their own instead of joined into the batch
-#: buffer (joining costs a copy; small frames joined make one TLS write per batch).
-_JOIN_LIMIT = 256 * 1024
-
-#: Errors that mean "this connection is unusable"; they are logged, counted and survived.
-_CONNECTION_ERRORS = (
-    OSError,  # includes ssl.SSLError and ConnectionError
-    TimeoutError,
-    asyncio.IncompleteReadError,
-    HandshakeError,
-    FrameTooLargeError,
-)
 
 #: Decides whether a peer may speak Raft to us, by the common name of its certificate.
 Authorizer = Callable[[str], bool]
@@ -158,25 +148,6 @@ class TcpTransportConfig:
         self.tls.validate("tls")
 
 
-class _Peer:
-    """Outbound side of one peer: its address, bounded queue and connection task."""
-
-    def __init__(self, node_id: str, address: str) -> None:
-        self.node_id = node_id
-        self.address = address
-        self.queue: deque[bytes] = deque()
-        self.queued_bytes = 0
-        self.wakeup = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-        self.connected = False
-
-    def drop_queue(self) -> int:
-        n = len(self.queue)
-        self.queue.clear()
-        self.queued_bytes = 0
-        return n
-
-
 class _Inbound:
     """One accepted connection, tracked so close() can end it.
 
@@ -193,7 +164,7 @@ class _Inbound:
         if self.handshake is not None and not self.handshake.done():
             self.handshake.cancel()
         else:
-            _abort(self.writer)
+            abort(self.writer)
 
 
 class TcpTransport:
@@ -213,7 +184,7 @@ class TcpTransport:
         self._authorize = authorize
         self._server_ctx: ssl.SSLContext = server_ssl_context(config.tls)
         self._client_ctx: ssl.SSLContext = client_ssl_context(config.tls)
-        self._peers: dict[str, _Peer] = {}
+        self._peers: dict[str, OutboundPeer] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._inbound: set[_Inbound] = set()
         self._inbound_empty = asyncio.Event()
@@ -227,7 +198,11 @@ class TcpTransport:
         self._listen_address: str | None = None
         self._started = False
         self._closed = False
-        self._random = random.Random()
+        self._dialer = Dialer(config, self._client_ctx, self._authorize_peer, self._stats)
+
+    def _authorize_peer(self, subject: str) -> bool:
+        # Looked up at each call, so that replacing _authorize takes effect on both sides.
+        return self._authorize(subject)
 
     # ---------------------------------------------------------------- protocol
 
@@ -347,7 +322,7 @@ class TcpTransport:
         for node_id, address in table.items():
             existing = self._peers.get(node_id)
             if existing is None:
-                peer = _Peer(node_id, address)
+                peer = OutboundPeer(node_id, address)
                 self._peers[node_id] = peer
                 if self._started and not self._closed:
                     self._spawn(peer)
@@ -402,14 +377,14 @@ class TcpTransport:
     def stats(self) -> TransportStats:
         return self._stats.copy()
 
-    # ---------------------------------------------------------------- outbound
+    # ---------------------------------------------------------------- outbound (tcp_outbound.py)
 
-    def _spawn(self, peer: _Peer) -> None:
+    def _spawn(self, peer: OutboundPeer) -> None:
         peer.task = asyncio.create_task(
-            self._run_peer(peer), name=f"raft-transport {self.node_id}->{peer.node_id}"
+            self._dialer.run(peer), name=f"raft-transport {self.node_id}->{peer.node_id}"
         )
 
-    def _retire(self, peer: _Peer) -> None:
+    def _retire(self, peer: OutboundPeer) -> None:
         task, peer.task = peer.task, None
         peer.connected = False
         if task is None or task.done():
@@ -417,163 +392,6 @@ class TcpTransport:
         task.cancel()
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
-
-    async def _run_peer(self, peer: _Peer) -> None:
-        """Dial when there is something to send, pump the queue, redial with backoff."""
-        cfg = self.config
-        backoff = cfg.backoff_initial
-        failures = 0
-        while True:
-            if not peer.queue:
-                peer.wakeup.clear()
-                await peer.wakeup.wait()
-                continue
-            address = peer.address
-            try:
-                reader, writer = await self._dial(peer.node_id, address)
-            except Exception as exc:
-                if not isinstance(exc, _CONNECTION_ERRORS):
-                    # A bug or an authorize() that raised: keep the task alive, say so loudly.
-                    log.exception("raft transport %s: dialling %s failed", self.node_id, address)
-                failures += 1
-                self._stats.connect_failures += 1
-                # Raft resends what matters; stale payloads would only arrive as a burst.
-                self._stats.dropped_connection += peer.drop_queue()
-                level = logging.WARNING if failures == 1 else logging.DEBUG
-                log.log(
-                    level,
-                    "raft transport %s: cannot connect to %s at %s (attempt %d): %s",
-                    self.node_id,
-                    peer.node_id,
-                    address,
-                    failures,
-                    _describe(exc),
-                )
-                await asyncio.sleep(backoff * (0.5 + self._random.random() / 2))
-                backoff = min(backoff * 2, cfg.backoff_max)
-                continue
-            if failures:
-                log.info(
-                    "raft transport %s: connected to %s at %s after %d failed attempts",
-                    self.node_id,
-                    peer.node_id,
-                    address,
-                    failures,
-                )
-            failures = 0
-            backoff = cfg.backoff_initial
-            self._stats.connects += 1
-            peer.connected = True
-            try:
-                await self._pump(peer, reader, writer)
-            except Exception as exc:
-                if not isinstance(exc, _CONNECTION_ERRORS):
-                    log.exception("raft transport %s: writing to %s failed", self.node_id, address)
-                log.info(
-                    "raft transport %s: connection to %s at %s lost: %s",
-                    self.node_id,
-                    peer.node_id,
-                    address,
-                    _describe(exc),
-                )
-            finally:
-                peer.connected = False
-                _abort(writer)
-
-    async def _dial(
-        self, peer_id: str, address: str
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        cfg = self.config
-        host, port = split_host_port(address)
-        async with asyncio.timeout(cfg.connect_timeout):
-            reader, writer = await asyncio.open_connection(host, port)
-        try:
-            _set_keepalive(writer)
-            async with asyncio.timeout(cfg.handshake_timeout):
-                writer.write(RAFT_MARKER)
-                await writer.start_tls(
-                    self._client_ctx, server_hostname=cfg.server_hostname or host
-                )
-                subject = peer_common_name(writer.get_extra_info("peercert"))
-                if subject is None or not self._authorize(subject):
-                    raise HandshakeError(
-                        f"{address} presented certificate subject {subject!r}, "
-                        "which is not authorized for Raft"
-                    )
-                writer.write(encode_frame(encode_hello(HELLO_MAGIC, self.node_id)))
-                await writer.drain()
-                answer = await read_frame(reader, _HANDSHAKE_FRAME_MAX)
-                if answer is None:
-                    raise HandshakeError(
-                        f"{address} closed the connection during the hello "
-                        "(it may have refused our certificate or subject)"
-                    )
-                remote_id = decode_hello(HELLO_ACK_MAGIC, answer)
-                if remote_id != peer_id:
-                    raise HandshakeError(f"{address} is node {remote_id!r}, not {peer_id!r}")
-        except BaseException:
-            _abort(writer)
-            raise
-        return reader, writer
-
-    async def _pump(
-        self, peer: _Peer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        """Write queued payloads in batches, one drain per batch, until the connection dies."""
-        cfg = self.config
-
-        async def watch() -> None:
-            # The listener never writes after its hello-ack: any byte or EOF means closed.
-            try:
-                await reader.read(1)
-            finally:
-                peer.wakeup.set()
-
-        watcher = asyncio.create_task(watch(), name=f"raft-transport-watch {peer.node_id}")
-        try:
-            while True:
-                if not peer.queue:
-                    peer.wakeup.clear()
-                    await peer.wakeup.wait()
-                if watcher.done():
-                    raise ConnectionResetError(f"{peer.node_id} closed the connection")
-                if not peer.queue:
-                    continue
-                count = 0
-                size = 0
-                small: list[bytes] = []
-                try:
-                    while peer.queue and (
-                        count == 0 or size + len(peer.queue[0]) <= cfg.batch_bytes
-                    ):
-                        payload = peer.queue.popleft()
-                        peer.queued_bytes -= len(payload)
-                        count += 1
-                        size += len(payload)
-                        header = FRAME_HEADER.pack(len(payload))
-                        if len(payload) >= _JOIN_LIMIT:
-                            if small:
-                                writer.write(b"".join(small))
-                                small.clear()
-                            writer.write(header)
-                            writer.write(payload)
-                        else:
-                            small.append(header)
-                            small.append(payload)
-                    if small:
-                        writer.write(b"".join(small))
-                    async with asyncio.timeout(cfg.write_timeout):
-                        await writer.drain()
-                except BaseException:
-                    self._stats.dropped_connection += count
-                    raise
-                self._stats.frames_written += count
-                self._stats.write_batches += 1
-                self._stats.bytes_written += size
-        finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, *_CONNECTION_ERRORS):
-                await watcher
 
     # ---------------------------------------------------------------- inbound
 
@@ -584,7 +402,7 @@ class TcpTransport:
                 conn, _ = await loop.sock_accept(sock)
             except OSError as exc:
                 # Out of file descriptors and the like: say so, and do not spin.
-                log.error("raft transport %s: accept failed: %s", self.node_id, _describe(exc))
+                log.error("raft transport %s: accept failed: %s", self.node_id, describe(exc))
                 await asyncio.sleep(0.1)
                 continue
             conn.setblocking(False)
@@ -612,7 +430,7 @@ class TcpTransport:
                             conn, peer, f"first byte {first!r} is not the Raft marker"
                         )
                         return
-                    reader = asyncio.StreamReader(limit=_READ_CHUNK)
+                    reader = asyncio.StreamReader(limit=READ_CHUNK)
                     protocol = asyncio.StreamReaderProtocol(reader)
                     transport, _ = await loop.connect_accepted_socket(
                         lambda: protocol,
@@ -620,8 +438,8 @@ class TcpTransport:
                         ssl=self._server_ctx,
                         ssl_handshake_timeout=cfg.handshake_timeout,
                     )
-            except _CONNECTION_ERRORS as exc:
-                self._refuse_socket(conn, peer, _describe(exc))
+            except CONNECTION_ERRORS as exc:
+                self._refuse_socket(conn, peer, describe(exc))
                 return
             except BaseException:
                 conn.close()
@@ -655,7 +473,7 @@ class TcpTransport:
         raises for connection trouble (it is logged and counted).
         """
         if self._closed:
-            _abort(writer)
+            abort(writer)
             return
         conn = self._track(writer)
         try:
@@ -686,7 +504,7 @@ class TcpTransport:
                 return
             await self._read_loop(remote_id, reader)
         finally:
-            _abort(writer)
+            abort(writer)
             self._untrack(conn)
 
     async def _accept_handshake(
@@ -702,18 +520,18 @@ class TcpTransport:
                 if subject is None or not self._authorize(subject):
                     self._refuse(writer, subject, "certificate subject is not authorized")
                     return None
-                hello = await read_frame(reader, _HANDSHAKE_FRAME_MAX)
+                hello = await read_frame(reader, HANDSHAKE_FRAME_MAX)
                 if hello is None:
                     raise HandshakeError("connection closed before the hello frame")
                 remote_id = decode_hello(HELLO_MAGIC, hello)
                 writer.write(encode_frame(encode_hello(HELLO_ACK_MAGIC, self.node_id)))
                 await writer.drain()
-        except _CONNECTION_ERRORS as exc:
-            self._refuse(writer, subject, _describe(exc))
+        except CONNECTION_ERRORS as exc:
+            self._refuse(writer, subject, describe(exc))
             return None
         except Exception as exc:
             log.exception("raft transport %s: handshake failed unexpectedly", self.node_id)
-            self._refuse(writer, subject, _describe(exc))
+            self._refuse(writer, subject, describe(exc))
             return None
         return remote_id, subject
 
@@ -721,7 +539,7 @@ class TcpTransport:
         decoder = FrameDecoder(self.config.max_frame_size)
         try:
             while True:
-                data = await reader.read(_READ_CHUNK)
+                data = await reader.read(READ_CHUNK)
                 if not data:
                     if decoder.pending:
                         log.warning(
@@ -744,12 +562,12 @@ class TcpTransport:
             log.error(
                 "raft transport %s: closing connection from %s: %s", self.node_id, remote_id, exc
             )
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             log.debug(
                 "raft transport %s: connection from %s ended: %s",
                 self.node_id,
                 remote_id,
-                _describe(exc),
+                describe(exc),
             )
 
     def _deliver(self, payload: bytes) -> None:
@@ -773,7 +591,7 @@ class TcpTransport:
             subject,
             why,
         )
-        _abort(writer)
+        abort(writer)
 
     def _track(self, writer: asyncio.StreamWriter) -> _Inbound:
         conn = _Inbound(writer)
@@ -785,22 +603,3 @@ class TcpTransport:
         self._inbound.discard(conn)
         if not self._inbound:
             self._inbound_empty.set()
-
-
-def _abort(writer: asyncio.StreamWriter) -> None:
-    """Drop a connection at once (no TLS close_notify: the peer may be hostile or gone)."""
-    transport = writer.transport
-    if transport is not None:
-        transport.abort()
-
-
-def _set_keepalive(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -69,7 +69,7 @@ class Cluster:
         )
         transport = self.net.transport(node_id)
         peers = {m: m for m in ("n1", "n2", "n3", "n4")}
-        node = RaftNode(config, fsm, transport, peers=peers)
+        node = await RaftNode.on_disk(config, fsm, transport, peers=peers)
         await node.start()
         dlog = DistributedLog(node, fsm, config=DistributedConfig(append_timeout=5.0))
         dlog.start()

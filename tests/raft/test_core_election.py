@@ -14,23 +14,11 @@ from raftlog.raft import (
     Role,
 )
 from raftlog.raft.testing import MemCluster
-
-
-def cfg(pre_vote: bool = True, check_quorum: bool = True):
-    def make(i: str) -> RaftConfig:
-        return RaftConfig(
-            id=i,
-            election_tick=10,
-            snapshot_threshold=0,
-            pre_vote=pre_vote,
-            check_quorum=check_quorum,
-        )
-
-    return make
+from support.raft_config import raft_config
 
 
 def test_single_node_elects_itself_and_commits() -> None:
-    c = MemCluster(["a"], config=cfg())
+    c = MemCluster(["a"], config=raft_config())
     lead = c.wait_leader()
     assert lead.id == "a"
     t = lead.propose([b"x", b"y"])
@@ -41,7 +29,7 @@ def test_single_node_elects_itself_and_commits() -> None:
 
 
 def test_three_nodes_elect_exactly_one_leader_by_timeout() -> None:
-    c = MemCluster(["a", "b", "c"], seed=3, config=cfg())
+    c = MemCluster(["a", "b", "c"], seed=3, config=raft_config())
     lead = c.wait_leader()
     leaders = [n for n in c.nodes.values() if n.c.role is Role.LEADER]
     assert leaders == [lead]
@@ -58,7 +46,7 @@ def test_fresh_node_without_membership_never_campaigns() -> None:
 
 
 def test_follower_rejects_proposals_with_leader_hint() -> None:
-    c = MemCluster(["a", "b", "c"], config=cfg())
+    c = MemCluster(["a", "b", "c"], config=raft_config())
     c.elect("a")
     with pytest.raises(NotLeaderError) as info:
         c.nodes["b"].c.propose([b"x"])
@@ -67,7 +55,7 @@ def test_follower_rejects_proposals_with_leader_hint() -> None:
 
 
 def test_vote_granted_once_per_term() -> None:
-    c = MemCluster(["a", "b", "c"], config=cfg(pre_vote=False, check_quorum=False))
+    c = MemCluster(["a", "b", "c"], config=raft_config(pre_vote=False, check_quorum=False))
     b = c.nodes["c"].c
     term = b.term + 1
     for cand in ("a", "b"):
@@ -80,7 +68,7 @@ def test_vote_granted_once_per_term() -> None:
 
 
 def test_pre_vote_keeps_isolated_node_term() -> None:
-    c = MemCluster(["a", "b", "c"], config=cfg())
+    c = MemCluster(["a", "b", "c"], config=raft_config())
     lead = c.elect("a")
     term = lead.c.term
     c.isolate("c")
@@ -96,7 +84,7 @@ def test_pre_vote_keeps_isolated_node_term() -> None:
 def test_without_pre_vote_isolated_node_raises_term_and_disrupts() -> None:
     # The control experiment for the test above: the same scenario without pre-vote and
     # check-quorum deposes the leader when the isolated node comes back.
-    c = MemCluster(["a", "b", "c"], config=cfg(pre_vote=False, check_quorum=False))
+    c = MemCluster(["a", "b", "c"], config=raft_config(pre_vote=False, check_quorum=False))
     lead = c.elect("a")
     term = lead.c.term
     c.isolate("c")
@@ -108,7 +96,7 @@ def test_without_pre_vote_isolated_node_raises_term_and_disrupts() -> None:
 
 
 def test_check_quorum_leader_steps_down_when_isolated() -> None:
-    c = MemCluster(["a", "b", "c"], config=cfg())
+    c = MemCluster(["a", "b", "c"], config=raft_config())
     lead = c.elect("a")
     c.isolate("a")
     c.tick(9, nodes=["a"])
@@ -120,7 +108,7 @@ def test_check_quorum_leader_steps_down_when_isolated() -> None:
 
 
 def test_leader_stays_without_check_quorum_when_isolated() -> None:
-    c = MemCluster(["a", "b", "c"], config=cfg(check_quorum=False))
+    c = MemCluster(["a", "b", "c"], config=raft_config(check_quorum=False))
     lead = c.elect("a")
     c.isolate("a")
     c.tick(30, nodes=["a"])
@@ -128,7 +116,7 @@ def test_leader_stays_without_check_quorum_when_isolated() -> None:
 
 
 def test_leader_stickiness_followers_ignore_votes_while_in_lease() -> None:
-    c = MemCluster(["a", "b", "c"], config=cfg(pre_vote=False))
+    c = MemCluster(["a", "b", "c"], config=raft_config(pre_vote=False))
     lead = c.elect("a")
     term = lead.c.term
     b = c.nodes["b"].c
@@ -143,7 +131,7 @@ def test_leader_stickiness_followers_ignore_votes_while_in_lease() -> None:
 
 
 def test_partitioned_minority_cannot_elect_and_majority_can() -> None:
-    c = MemCluster(["a", "b", "c", "d", "e"], seed=5, config=cfg())
+    c = MemCluster(["a", "b", "c", "d", "e"], seed=5, config=raft_config())
     lead = c.elect("a")
     c.partition(["a", "b"], ["c", "d", "e"])
     c.tick(40)
@@ -157,7 +145,7 @@ def test_partitioned_minority_cannot_elect_and_majority_can() -> None:
 
 
 def test_candidate_with_stale_log_loses() -> None:
-    c = MemCluster(["a", "b", "c"], config=cfg())
+    c = MemCluster(["a", "b", "c"], config=raft_config())
     lead = c.elect("a")
     c.isolate("c")
     lead.propose([b"1", b"2"])

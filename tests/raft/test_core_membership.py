@@ -13,22 +13,13 @@ from raftlog.raft import (
     ConfChangeType,
     LeadershipTransferInProgressError,
     MessageType,
-    RaftConfig,
     Role,
     SnapshotError,
     Suffrage,
     TransferError,
 )
 from raftlog.raft.testing import MemCluster
-
-
-def cfg(**kw: object):
-    def make(i: str) -> RaftConfig:
-        base: dict[str, object] = {"election_tick": 10, "snapshot_threshold": 0}
-        base.update(kw)
-        return RaftConfig(id=i, **base)  # type: ignore[arg-type]
-
-    return make
+from support.raft_config import raft_config
 
 
 def change(c: MemCluster, kind: ConfChangeType, node: str) -> None:
@@ -42,7 +33,7 @@ def change(c: MemCluster, kind: ConfChangeType, node: str) -> None:
 
 
 def test_add_learner_catch_up_then_promote() -> None:
-    c = MemCluster(["a", "b", "c"], config=cfg())
+    c = MemCluster(["a", "b", "c"], config=raft_config())
     lead = c.elect("a")
     for i in range(10):
         lead.propose([b"%d" % i])
@@ -65,7 +56,7 @@ def test_add_learner_catch_up_then_promote() -> None:
 
 
 def test_added_voter_counts_for_commit_once_appended() -> None:
-    c = MemCluster(["a", "b"], config=cfg())
+    c = MemCluster(["a", "b"], config=raft_config())
     lead = c.elect("a")
     c.add_node("c")
     change(c, ConfChangeType.ADD_VOTER, "c")
@@ -82,7 +73,7 @@ def test_added_voter_counts_for_commit_once_appended() -> None:
 
 
 def test_one_change_at_a_time_and_not_before_commit_in_term() -> None:
-    c = MemCluster(["a", "b", "c"], config=cfg())
+    c = MemCluster(["a", "b", "c"], config=raft_config())
     c.drop_if = lambda m: m.type is MessageType.APPEND_RESP
     a = c.nodes["a"]
     a.c.campaign()
@@ -100,7 +91,7 @@ def test_one_change_at_a_time_and_not_before_commit_in_term() -> None:
 
 
 def test_invalid_changes_are_named_errors() -> None:
-    c = MemCluster(["a", "b"], config=cfg())
+    c = MemCluster(["a", "b"], config=raft_config())
     lead = c.elect("a").c
     with pytest.raises(ConfChangeError):
         lead.propose_conf_change(ConfChange(ConfChangeType.ADD_VOTER, "b", "mem://b"))
@@ -113,7 +104,7 @@ def test_invalid_changes_are_named_errors() -> None:
 
 
 def test_remove_follower() -> None:
-    c = MemCluster(["a", "b", "c"], config=cfg())
+    c = MemCluster(["a", "b", "c"], config=raft_config())
     lead = c.elect("a")
     change(c, ConfChangeType.REMOVE, "c")
     assert lead.c.membership.voters == ("a", "b")
@@ -129,7 +120,7 @@ def test_remove_follower() -> None:
 
 
 def test_removed_leader_steps_down_and_others_elect() -> None:
-    c = MemCluster(["a", "b", "c"], config=cfg())
+    c = MemCluster(["a", "b", "c"], config=raft_config())
     lead = c.elect("a")
     lead.c.propose_conf_change(ConfChange(ConfChangeType.REMOVE, "a"))
     c.stabilize()
@@ -145,7 +136,7 @@ def test_removed_leader_steps_down_and_others_elect() -> None:
 
 
 def test_membership_change_rolled_back_with_truncated_entry() -> None:
-    c = MemCluster(["a", "b", "c"], config=cfg())
+    c = MemCluster(["a", "b", "c"], config=raft_config())
     lead = c.elect("a")
     lead.propose([b"x"])
     c.stabilize()
@@ -165,7 +156,7 @@ def test_membership_change_rolled_back_with_truncated_entry() -> None:
 
 
 def test_transfer_to_named_voter() -> None:
-    c = MemCluster(["a", "b", "c"], config=cfg())
+    c = MemCluster(["a", "b", "c"], config=raft_config())
     lead = c.elect("a")
     assert lead.c.transfer_leadership("c") == "c"
     c.stabilize()
@@ -174,7 +165,7 @@ def test_transfer_to_named_voter() -> None:
 
 
 def test_transfer_to_most_caught_up_voter_after_catch_up() -> None:
-    c = MemCluster(["a", "b", "c"], config=cfg())
+    c = MemCluster(["a", "b", "c"], config=raft_config())
     lead = c.elect("a")
     c.drop_if = lambda m: m.dst == "b" and m.type is MessageType.APPEND
     for i in range(5):
@@ -198,7 +189,7 @@ def test_transfer_to_most_caught_up_voter_after_catch_up() -> None:
 
 
 def test_transfer_abandoned_when_target_is_down() -> None:
-    c = MemCluster(["a", "b", "c"], config=cfg())
+    c = MemCluster(["a", "b", "c"], config=raft_config())
     lead = c.elect("a")
     c.nodes["c"].crash()
     lead.c.transfer_leadership("c")
@@ -213,7 +204,7 @@ def test_transfer_abandoned_when_target_is_down() -> None:
 
 
 def test_should_snapshot_at_threshold_and_compact() -> None:
-    c = MemCluster(["a"], config=cfg(snapshot_threshold=0, snapshot_trailing_entries=2))
+    c = MemCluster(["a"], config=raft_config(snapshot_threshold=0, snapshot_trailing_entries=2))
     lead = c.elect("a")
     for i in range(10):
         lead.propose([b"%d" % i])
@@ -231,7 +222,7 @@ def test_should_snapshot_at_threshold_and_compact() -> None:
 def test_should_snapshot_fires_at_the_threshold_only() -> None:
     """One entry applied per round: a snapshot is taken exactly every ``snapshot_threshold``
     applied entries, never earlier; a threshold of 0 never asks for one."""
-    c = MemCluster(["a"], config=cfg(snapshot_threshold=5, snapshot_trailing_entries=0))
+    c = MemCluster(["a"], config=raft_config(snapshot_threshold=5, snapshot_trailing_entries=0))
     lead = c.elect("a")
     taken: list[int] = []
     for i in range(23):
@@ -246,7 +237,7 @@ def test_should_snapshot_fires_at_the_threshold_only() -> None:
     assert len(taken) >= 4
     assert [b - a for a, b in itertools.pairwise(taken)] == [5] * (len(taken) - 1)
 
-    off = MemCluster(["a"], config=cfg(snapshot_threshold=0))
+    off = MemCluster(["a"], config=raft_config(snapshot_threshold=0))
     lead = off.elect("a")
     for i in range(23):
         lead.propose([b"%d" % i])
@@ -256,7 +247,9 @@ def test_should_snapshot_fires_at_the_threshold_only() -> None:
 
 
 def test_lagging_follower_catches_up_by_install_snapshot() -> None:
-    c = MemCluster(["a", "b", "c"], config=cfg(snapshot_threshold=5, snapshot_trailing_entries=0))
+    c = MemCluster(
+        ["a", "b", "c"], config=raft_config(snapshot_threshold=5, snapshot_trailing_entries=0)
+    )
     lead = c.elect("a")
     c.nodes["c"].crash()
     for i in range(30):
@@ -285,7 +278,9 @@ def test_lagging_follower_catches_up_by_install_snapshot() -> None:
 
 
 def test_learner_added_after_compaction_gets_snapshot() -> None:
-    c = MemCluster(["a", "b"], config=cfg(snapshot_threshold=4, snapshot_trailing_entries=1))
+    c = MemCluster(
+        ["a", "b"], config=raft_config(snapshot_threshold=4, snapshot_trailing_entries=1)
+    )
     lead = c.elect("a")
     for i in range(20):
         lead.propose([b"%d" % i])
@@ -300,7 +295,9 @@ def test_learner_added_after_compaction_gets_snapshot() -> None:
 
 
 def test_failed_snapshot_stream_is_retried() -> None:
-    c = MemCluster(["a", "b", "c"], config=cfg(snapshot_threshold=5, snapshot_trailing_entries=0))
+    c = MemCluster(
+        ["a", "b", "c"], config=raft_config(snapshot_threshold=5, snapshot_trailing_entries=0)
+    )
     lead = c.elect("a")
     c.nodes["c"].crash()
     for i in range(20):
@@ -329,7 +326,7 @@ def test_failed_snapshot_stream_is_retried() -> None:
 def test_stale_or_matching_snapshot_is_not_installed() -> None:
     from raftlog.raft import Message, SnapshotMeta
 
-    c = MemCluster(["a", "b"], config=cfg())
+    c = MemCluster(["a", "b"], config=raft_config())
     lead = c.elect("a")
     lead.propose([b"x", b"y"])
     c.stabilize()

@@ -19,19 +19,11 @@ from raftlog.raft import (
     Role,
 )
 from raftlog.raft.testing import MemCluster
-
-
-def cfg(**kw: object):
-    def make(i: str) -> RaftConfig:
-        base: dict[str, object] = {"election_tick": 10, "snapshot_threshold": 0}
-        base.update(kw)
-        return RaftConfig(id=i, **base)  # type: ignore[arg-type]
-
-    return make
+from support.raft_config import raft_config
 
 
 def test_entries_commit_and_apply_everywhere_in_order() -> None:
-    c = MemCluster(["a", "b", "c"], config=cfg())
+    c = MemCluster(["a", "b", "c"], config=raft_config())
     lead = c.elect("a")
     tickets = [lead.propose([f"v{i}".encode()]) for i in range(20)]
     c.stabilize()
@@ -44,7 +36,7 @@ def test_entries_commit_and_apply_everywhere_in_order() -> None:
 
 
 def test_no_op_appended_on_election_and_commits_earlier_entries() -> None:
-    c = MemCluster(["a", "b", "c"], config=cfg())
+    c = MemCluster(["a", "b", "c"], config=raft_config())
     lead = c.elect("a")
     t = lead.c.term
     last = lead.c.last_index
@@ -53,7 +45,7 @@ def test_no_op_appended_on_election_and_commits_earlier_entries() -> None:
 
 
 def test_proposals_before_ready_are_batched_into_one_append_per_follower() -> None:
-    c = MemCluster(["a", "b", "c"], config=cfg())
+    c = MemCluster(["a", "b", "c"], config=raft_config())
     lead = c.elect("a")
     for i in range(5):
         lead.c.propose([f"p{i}".encode()])
@@ -72,7 +64,7 @@ def test_proposals_before_ready_are_batched_into_one_append_per_follower() -> No
 
 
 def test_flow_control_window_and_byte_budget() -> None:
-    c = MemCluster(["a", "b"], config=cfg(max_inflight_msgs=3, max_size_per_msg=100))
+    c = MemCluster(["a", "b"], config=raft_config(max_inflight_msgs=3, max_size_per_msg=100))
     lead = c.elect("a")
     c.drop_if = lambda m: m.dst == "a"  # b never acknowledges
     sent: list[Message] = []
@@ -91,7 +83,7 @@ def test_flow_control_window_and_byte_budget() -> None:
 
 
 def test_conflicting_suffix_is_overwritten_and_backtracking_is_per_term() -> None:
-    c = MemCluster(["a", "b", "c"], config=cfg())
+    c = MemCluster(["a", "b", "c"], config=raft_config())
     lead = c.elect("a")
     c.isolate("a")
     for i in range(50):  # uncommitted entries that will be overwritten
@@ -119,7 +111,7 @@ def test_conflicting_suffix_is_overwritten_and_backtracking_is_per_term() -> Non
 
 
 def test_restart_recovers_term_vote_and_log_from_disk() -> None:
-    c = MemCluster(["a", "b", "c"], config=cfg())
+    c = MemCluster(["a", "b", "c"], config=raft_config())
     lead = c.elect("a")
     lead.propose([b"x"])
     c.stabilize()
@@ -144,7 +136,7 @@ def test_restart_gives_committed_entries_again_after_applied() -> None:
 
 
 def test_read_index_confirms_leadership_with_a_heartbeat_round() -> None:
-    c = MemCluster(["a", "b", "c"], config=cfg())
+    c = MemCluster(["a", "b", "c"], config=raft_config())
     lead = c.elect("a")
     lead.propose([b"x"])
     c.stabilize()
@@ -165,7 +157,7 @@ def test_read_index_confirms_leadership_with_a_heartbeat_round() -> None:
 
 
 def test_read_index_unanswered_on_isolated_leader() -> None:
-    c = MemCluster(["a", "b", "c"], config=cfg())
+    c = MemCluster(["a", "b", "c"], config=raft_config())
     lead = c.elect("a")
     c.isolate("a")
     lead.c.read_index(b"r1")
@@ -181,7 +173,7 @@ def test_read_index_unanswered_on_isolated_leader() -> None:
 
 
 def test_read_index_waits_for_commit_in_new_term() -> None:
-    c = MemCluster(["a", "b", "c"], config=cfg())
+    c = MemCluster(["a", "b", "c"], config=raft_config())
     c.drop_if = lambda m: m.type is MessageType.APPEND_RESP
     a = c.nodes["a"]
     a.c.campaign()
@@ -199,7 +191,7 @@ def test_read_index_waits_for_commit_in_new_term() -> None:
 
 
 def test_leader_counts_itself_only_after_its_write_is_acknowledged() -> None:
-    c = MemCluster(["a", "b", "c"], config=cfg())
+    c = MemCluster(["a", "b", "c"], config=raft_config())
     lead = c.elect("a")
     core = lead.c
     t = core.propose([b"x"])
@@ -215,7 +207,7 @@ def test_leader_counts_itself_only_after_its_write_is_acknowledged() -> None:
 
 
 def test_committed_entries_are_handed_out_in_bounded_batches() -> None:
-    c = MemCluster(["a"], config=cfg(max_committed_per_ready=3))
+    c = MemCluster(["a"], config=raft_config(max_committed_per_ready=3))
     lead = c.elect("a")
     lead.propose([b"%d" % i for i in range(10)])
     sizes = []
@@ -227,3 +219,32 @@ def test_committed_entries_are_handed_out_in_bounded_batches() -> None:
             sizes.append(len(rd.committed_entries))
         core.advance(rd)
     assert max(sizes) == 3 and sum(sizes) >= 10
+
+
+def test_ready_says_which_messages_may_go_before_the_fsync() -> None:
+    """The rule lives in the core (Ready.messages_before_persist): a leader's AppendEntries
+    of its durable term may go early; the votes of an election, and acknowledgements, wait."""
+    c = MemCluster(["a", "b", "c"], config=raft_config())
+    lead = c.elect("a")
+    lead.c.propose([b"x"])
+    rd = lead.c.ready()
+    assert rd.messages_before_persist
+    assert all(m.type is MessageType.APPEND for m in rd.messages_before_persist)
+    assert all(m.term == lead.c.term for m in rd.messages_before_persist)
+    assert not rd.messages_after_persist
+    assert rd.messages == rd.messages_before_persist
+    lead.c.advance(rd)
+    # A follower's acknowledgement promises durable entries: it must wait.
+    follower = c.nodes["b"].c
+    for m in rd.messages_before_persist:
+        if m.dst == "b":
+            follower.step(m)
+    frd = follower.ready()
+    assert not frd.messages_before_persist
+    assert [m.type for m in frd.messages_after_persist] == [MessageType.APPEND_RESP]
+    follower.advance(frd)
+    # A campaign raises the term: none of its messages may leave before the new term is
+    # durable.
+    c.nodes["c"].c.campaign()
+    crd = c.nodes["c"].c.ready()
+    assert not crd.messages_before_persist and crd.messages_after_persist

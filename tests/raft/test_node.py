@@ -1,38 +1,32 @@
 """The asyncio Raft runtime (RaftNode): clusters over the in-memory and the TCP+TLS transports.
 
-Every wait is a condition with a deadline (``RaftNode.wait_for`` or ``_eventually``); no
+Every wait is a condition with a deadline (``RaftNode.wait_for`` or ``support.wait.wait_until``); no
 test sleeps blindly. Ticks are short (30 ms) so elections take well under a second.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import pytest
 
 from raftlog.raft import (
     BootstrapError,
     ConfigError,
-    Entry,
     MessageType,
     NotLeaderError,
     RaftConfig,
-    RaftError,
     Server,
-    SnapshotMeta,
     Suffrage,
     TransferError,
 )
 from raftlog.raft.codec import decode_message
-from raftlog.raft.fsm import SnapshotSource, StateMachine
+from raftlog.raft.fsm import StateMachine
+from raftlog.raft.inmem import InmemLogStore, InmemSnapshotStore, InmemStableStore
 from raftlog.raft.node import (
     NodeClosedError,
     NodeConfig,
@@ -41,12 +35,13 @@ from raftlog.raft.node import (
     ReadBarrierTimeoutError,
     WaitTimeoutError,
 )
-from raftlog.raft.quorum import majority
 from raftlog.raft.stable import StableStore
+from raftlog.raft.testing import ListFSM
 from raftlog.raft.transport import Handler, Transport, TransportStats
 from raftlog.raft.transport_inmem import Faults, InmemNetwork
 from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
 from raftlog.security import CertFiles, TLSConfig
+from support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,54 +49,11 @@ TICK = 0.03
 WAIT = 15.0
 
 
-class ListFSM:
-    """A replicated list of byte strings; ``apply`` returns each item's position."""
-
-    def __init__(self) -> None:
-        self.items: list[bytes] = []
-        self.indexes: list[int] = []
-        self.restores = 0
-
-    def applied_index(self) -> int:
-        return 0
-
-    def apply(self, entries: Sequence[Entry]) -> Sequence[Any]:
-        out = []
-        for e in entries:
-            assert not self.indexes or e.index > self.indexes[-1], "applied out of order"
-            self.items.append(e.data)
-            self.indexes.append(e.index)
-            out.append(len(self.items) - 1)
-        return out
-
-    def snapshot(self) -> Iterable[bytes]:
-        data = msgpack.packb([list(self.items), list(self.indexes)], use_bin_type=True)
-        assert isinstance(data, bytes)
-        # Several chunks, so that the reader in the node is exercised chunk by chunk.
-        return [data[i : i + 4096] for i in range(0, len(data), 4096)] or [b""]
-
-    def restore(self, source: SnapshotSource, meta: SnapshotMeta) -> None:
-        raw = source.read()
-        items, indexes = msgpack.unpackb(raw, raw=False)
-        self.items = list(items)
-        self.indexes = list(indexes)
-        assert not self.indexes or self.indexes[-1] <= meta.index
-        self.restores += 1
-
-
 def _check_fsm(_: StateMachine) -> None:
     """ListFSM must satisfy the protocol (checked by mypy through this call)."""
 
 
 _check_fsm(ListFSM())
-
-
-async def _eventually(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 class PersistBeforeSend:
@@ -222,7 +174,7 @@ class Cluster:
         cfg = NodeConfig(
             raft=RaftConfig(id=node_id, **self.raft_kw), data_dir=self.root / node_id, **settings
         )
-        node = RaftNode(cfg, self.fsms[node_id], t, peers=dict(self.addresses))
+        node = await RaftNode.on_disk(cfg, self.fsms[node_id], t, peers=dict(self.addresses))
         if isinstance(t, PersistBeforeSend):
             t.node = node
         await node.start()
@@ -261,12 +213,12 @@ class Cluster:
             found[:] = [lead]
             return True
 
-        await _eventually(agreed, timeout, f"one leader agreed by {ids}")
+        await wait_until(agreed, timeout, f"one leader agreed by {ids}")
         return found[0]
 
     async def converge(self, count: int, timeout: float = WAIT) -> None:
         """Wait until every running node's state machine holds ``count`` items."""
-        await _eventually(
+        await wait_until(
             lambda: all(len(self.fsms[n.id].items) >= count for n in self.running()),
             timeout,
             f"{count} items applied everywhere",
@@ -517,7 +469,7 @@ async def test_membership_learner_promote_remove(cluster: Cluster) -> None:
     assert victim not in lead.membership
     await cluster.stop(victim)
     await lead.propose(b"after-remove")
-    await _eventually(
+    await wait_until(
         lambda: b"after-remove" in cluster.fsms["n4"].items, WAIT, "n4 applies new entries"
     )
     assert n4.membership == lead.membership
@@ -655,7 +607,14 @@ def test_node_config_validation_says_what_is_wrong(tmp_path: Path) -> None:
         NodeConfig(raft=raft, data_dir=tmp_path, snapshot_retain=0).validate()
     net = InmemNetwork()
     with pytest.raises(ConfigError, match="transport is for node"):
-        RaftNode(NodeConfig(raft=raft, data_dir=tmp_path), ListFSM(), net.transport("n2"))
+        RaftNode(
+            NodeConfig(raft=raft),
+            ListFSM(),
+            net.transport("n2"),
+            log_store=InmemLogStore(),
+            stable_store=InmemStableStore(),
+            snapshot_store=InmemSnapshotStore(),
+        )
 
 
 # =========================================================================================
@@ -708,171 +667,25 @@ async def test_tcp_restarted_node_catches_up_by_install_snapshot(
         await c.start_all()
         lead = await c.leader()
         lagging = next(i for i in c.ids if i != lead.id)
+        held = c.nodes[lagging].last_index
         await c.stop(lagging)
         for k in range(4):
             await asyncio.gather(*(lead.propose(d) for d in _payloads(f"k{k}", 40)))
-        # Every live node compacts on its own: wait for both, so that whichever of them
-        # leads when the lagging node returns (leadership may move on a loaded machine)
-        # no longer has the entries the lagging node misses and must send a snapshot.
+        # Every live node compacts on its own: wait until neither holds the entry after the
+        # lagging node's last one any more (in its core, which is what a leader sends
+        # from), so that whichever of them leads when the lagging node returns (leadership
+        # may move on a loaded machine) must send a snapshot.
         for live in c.running():
-            await live.wait_for(lambda n=live: n.snapshot_index >= 50, WAIT, "a snapshot")
+            await live.wait_for(
+                lambda n=live: n.snapshot_index >= 50 and n.status().first_index > held + 1,
+                WAIT,
+                f"{live.id} compacted past index {held + 1}",
+            )
         node = await c.start(lagging)
+        # The observable condition itself, with a deadline: the snapshot arrived.
+        await node.wait_for(lambda: node.stats.snapshots_received >= 1, WAIT, "a snapshot received")
         await c.converge(160)
-        assert node.stats.snapshots_received >= 1
         assert c.fsms[lagging].restores >= 1
         assert sorted(c.fsms[lagging].items) == sorted(c.fsms[lead.id].items)
     finally:
         await c.close()
-
-
-# =========================================================================================
-# Randomized runtime simulation: real nodes, real stores, the in-memory network's faults
-# =========================================================================================
-
-#: Seeds of the randomized runtime test (``RAFTLOG_RUNTIME_SEEDS=20`` for a longer run;
-#: ``RAFTLOG_RUNTIME_SEED=N`` for one). The core's simulation (test_simulation.py) is
-#: deterministic; this one drives RaftNode, its log, stable and snapshot stores and the
-#: InmemNetwork on the real event loop, so its schedule of faults is seeded but message
-#: timing is not: a failure prints the seed and the fault timeline to replay the schedule.
-RUNTIME_SEEDS = (
-    [int(os.environ["RAFTLOG_RUNTIME_SEED"])]
-    if os.environ.get("RAFTLOG_RUNTIME_SEED")
-    else list(range(int(os.environ.get("RAFTLOG_RUNTIME_SEEDS", "4"))))
-)
-#: Fault events per run; each is followed by a window of 0.1-0.4 s of load.
-RUNTIME_EVENTS = int(os.environ.get("RAFTLOG_RUNTIME_EVENTS", "14"))
-RUNTIME_EVENT_KINDS = (
-    *("stop", "restart", "partition", "isolate"),
-    *("heal", "faults", "clear", "transfer"),
-)
-
-
-async def _random_runtime(tmp_path: Path, seed: int, timeline: list[str]) -> None:
-    rng = random.Random(seed)
-    ids = [f"n{i}" for i in range(1, 4 if seed % 2 == 0 else 6)]
-    quorum = majority(len(ids))
-    c = Cluster(
-        tmp_path,
-        ids,
-        raft={"snapshot_threshold": 80, "snapshot_trailing_entries": 10},
-        node={"snapshot_ack_timeout": 0.3, "snapshot_send_attempts": 5},
-        net_seed=seed,
-    )
-    #: value -> raft index of each acknowledged proposal; every proposal carries a fresh
-    #: value, so any repeat in the applied sequence is a duplicate.
-    acked: dict[bytes, int] = {}
-    stop = asyncio.Event()
-
-    async def proposer(k: int) -> None:
-        i = 0
-        while not stop.is_set():
-            nodes = c.running()
-            leaders = [n for n in nodes if n.is_leader]
-            if not nodes:
-                await asyncio.sleep(0.01)
-                continue
-            node = rng.choice(leaders or nodes)
-            value = f"p{k}-{i:05d}".encode()
-            i += 1
-            try:
-                result = await node.propose(value, timeout=1.0)
-            except RaftError:  # not leader, timed out, closed: all RaftErrors
-                await asyncio.sleep(0.01)  # outcome unknown: never counted as acknowledged
-                continue
-            acked[value] = result.index
-
-    try:
-        await c.start_all()
-        await c.leader()
-        tasks = [asyncio.create_task(proposer(k)) for k in range(3)]
-        stopped: list[str] = []
-        try:
-            for _ in range(RUNTIME_EVENTS):
-                event = rng.choice(RUNTIME_EVENT_KINDS)
-                up = [n.id for n in c.running()]
-                if event == "stop" and len(up) > quorum:
-                    victim = rng.choice(up)
-                    await c.stop(victim)
-                    stopped.append(victim)
-                    timeline.append(f"stop {victim}")
-                elif event == "restart" and stopped:
-                    back = stopped.pop(rng.randrange(len(stopped)))
-                    node = await c.start(back)  # fresh state machine: rebuilt from disk
-                    node.set_peer_addresses(c.addresses)
-                    timeline.append(f"restart {back}")
-                elif event == "partition":
-                    minority = rng.sample(ids, rng.randint(1, len(ids) - quorum))
-                    c.net.partition(minority, [i for i in ids if i not in minority])
-                    timeline.append(f"partition {sorted(minority)}")
-                elif event == "isolate":
-                    lead = next((n for n in c.running() if n.is_leader), None)
-                    if lead is not None:
-                        c.net.partition([lead.id], [i for i in ids if i != lead.id])
-                        timeline.append(f"isolate leader {lead.id}")
-                elif event == "heal":
-                    c.net.heal()
-                    timeline.append("heal")
-                elif event == "faults":
-                    faults = Faults(
-                        drop_rate=rng.uniform(0, 0.1),
-                        duplicate_rate=rng.uniform(0, 0.1),
-                        max_delay=rng.uniform(0, 0.003),
-                        reorder_rate=rng.uniform(0, 0.1),
-                        reorder_delay=0.005,
-                    )
-                    c.net.set_faults(faults)
-                    timeline.append(f"faults {faults}")
-                elif event == "clear":
-                    c.net.set_faults(None)
-                    timeline.append("clear faults")
-                elif event == "transfer":
-                    lead = next((n for n in c.running() if n.is_leader), None)
-                    if lead is not None:
-                        with contextlib.suppress(RaftError, TimeoutError):
-                            await lead.transfer_leadership(timeout=1.0)
-                        timeline.append(f"transfer from {lead.id}")
-                # The load runs through the fault for a random window (not a wait on a
-                # condition: the proposers are working meanwhile).
-                await asyncio.sleep(rng.uniform(0.1, 0.4))
-        finally:
-            stop.set()
-            await asyncio.gather(*tasks)
-        timeline.append(f"end: heal, restart {stopped}")
-        c.net.set_faults(None)
-        c.net.heal()
-        for back in stopped:
-            (await c.start(back)).set_peer_addresses(c.addresses)
-        lead = await c.leader(timeout=30)
-        # One more entry through the final leader commits everything before it everywhere.
-        final = await lead.propose(b"final", timeout=10)
-        top = c.fsms[lead.id].indexes.index(final.index) + 1
-        await c.converge(top, timeout=30)
-        items = c.fsms[lead.id].items[:top]
-        by_index = dict(zip(c.fsms[lead.id].indexes, c.fsms[lead.id].items, strict=True))
-        assert len(set(items)) == len(items), "a value was applied twice"
-        for value, index in acked.items():
-            assert by_index.get(index) == value, f"acknowledged {value!r} at {index} lost"
-        assert len(acked) > 20, f"too little work got done ({len(acked)} acknowledged)"
-    finally:
-        await c.close()
-
-
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("seed", RUNTIME_SEEDS, ids=lambda s: f"seed{s}")
-async def test_runtime_random_faults_keep_every_acknowledged_proposal(
-    tmp_path: Path, seed: int
-) -> None:
-    """3 nodes (even seeds) or 5 (odd seeds): stops and restarts from disk, partitions
-    (random minorities, the leader alone),
-    loss, duplication, reordering and leadership transfers under load; after healing,
-    every node applies the same sequence, and every acknowledged proposal is in it exactly
-    once at the index it was acknowledged with."""
-    timeline: list[str] = []
-    try:
-        await _random_runtime(tmp_path, seed, timeline)
-    except Exception as exc:
-        pytest.fail(
-            f"runtime simulation failed with seed={seed} "
-            f"(reproduce: RAFTLOG_RUNTIME_SEED={seed}): {exc!r}\n"
-            "timeline:\n  " + "\n  ".join(timeline)
-        )

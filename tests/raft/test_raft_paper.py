@@ -10,16 +10,7 @@ import pytest
 
 from raftlog.raft import Entry, EntryType, Message, MessageType, RaftConfig, RaftCore, Role, quorum
 from raftlog.raft.testing import Faults, MemCluster, SafetyViolation
-
-
-def cfg(**kw: object):
-    def make(i: str) -> RaftConfig:
-        base: dict[str, object] = {"election_tick": 10, "snapshot_threshold": 0}
-        base.update(kw)
-        return RaftConfig(id=i, **base)  # type: ignore[arg-type]
-
-    return make
-
+from support.raft_config import raft_config
 
 FIVE = ["s1", "s2", "s3", "s4", "s5"]
 
@@ -30,7 +21,7 @@ def test_election_safety_at_most_one_leader_per_term() -> None:
         c = MemCluster(
             FIVE,
             seed=seed,
-            config=cfg(pre_vote=False, check_quorum=False),
+            config=raft_config(pre_vote=False, check_quorum=False),
             faults=Faults(reorder=True, duplicate=0.2),
         )
         for _ in range(3):
@@ -49,7 +40,7 @@ def test_election_safety_at_most_one_leader_per_term() -> None:
 def test_leader_append_only_ignores_stale_appends() -> None:
     """A leader never overwrites or deletes its entries, even when told to by a stale
     leader of an older term."""
-    c = MemCluster(["a", "b", "c"], config=cfg())
+    c = MemCluster(["a", "b", "c"], config=raft_config())
     lead = c.elect("a")
     lead.propose([b"x", b"y"])
     c.stabilize()
@@ -79,7 +70,7 @@ def test_leader_append_only_checker_catches_a_leader_that_drops_its_own_entry() 
     """Control for the simulation's append-only check: a (mutant) leader that loses an
     uncommitted entry of its own term is caught at its next round, not only when a fake
     log is handed to the checker."""
-    c = MemCluster(["a", "b", "c"], config=cfg())
+    c = MemCluster(["a", "b", "c"], config=raft_config())
     lead = c.elect("a")
     c.isolate("a")  # nothing commits: the entries stay the leader's own, uncommitted
     lead.propose([b"x", b"y"])
@@ -124,7 +115,7 @@ def test_log_matching_rejects_mismatched_previous_entry() -> None:
 def test_leader_completeness_stale_node_cannot_lead() -> None:
     """Committed entries are in the log of every later leader: a node that missed them is
     refused votes, and the node that wins holds them."""
-    c = MemCluster(FIVE, config=cfg())
+    c = MemCluster(FIVE, config=raft_config())
     lead = c.elect("s1")
     c.partition(["s1", "s2", "s3"], ["s4", "s5"])
     t = lead.propose([b"committed"])
@@ -145,7 +136,7 @@ def test_leader_completeness_stale_node_cannot_lead() -> None:
 
 def _figure8(broken_commit: bool) -> MemCluster:
     drop_term = {"t": -1}
-    c = MemCluster(FIVE, config=cfg(pre_vote=False, check_quorum=False, max_size_per_msg=1))
+    c = MemCluster(FIVE, config=raft_config(pre_vote=False, check_quorum=False, max_size_per_msg=1))
 
     def drop(m: Message) -> bool:
         # s5's appends never leave it; s1's term-4 entries are dropped wherever they would
@@ -233,7 +224,7 @@ def test_state_machine_safety_violation_is_detected_when_commit_rule_broken(
 
 
 def test_state_machine_safety_checker_detects_divergent_apply() -> None:
-    c = MemCluster(["a", "b"], config=cfg())
+    c = MemCluster(["a", "b"], config=raft_config())
     chk = c.checker
     chk.on_restart("x", 0)
     chk.on_restart("y", 0)

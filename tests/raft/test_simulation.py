@@ -14,7 +14,8 @@ import pytest
 
 from raftlog.raft import RaftCore, ReadState, quorum
 from raftlog.raft.log_view import RaftLog
-from raftlog.raft.testing import SafetyViolation, SimConfig, SimReport, simulate
+from raftlog.raft.simulation import SimConfig, SimReport, simulate
+from raftlog.raft.testing import SafetyViolation
 
 SEEDS = int(os.environ.get("RAFTLOG_SIM_SEEDS", "200"))
 STEPS = int(os.environ.get("RAFTLOG_SIM_STEPS", "3000"))

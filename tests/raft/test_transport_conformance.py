@@ -25,6 +25,7 @@ from raftlog.raft.transport import RAFT_MARKER, Transport, TransportStats
 from raftlog.raft.transport_inmem import InmemNetwork
 from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
 from raftlog.security import TLSConfig, write_dev_certs
+from support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -45,15 +46,6 @@ class Inbox:
             while not pred(self.items):
                 self._event.clear()
                 await self._event.wait()
-
-
-async def eventually(pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll a condition that no event announces (stats of another node), with a deadline."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached within the deadline")
-        await asyncio.sleep(0.01)
 
 
 class Harness(Protocol):
@@ -394,7 +386,7 @@ async def test_close_is_clean_bounded_and_idempotent(harness: Harness) -> None:
         for t in asyncio.all_tasks()
         if t is not asyncio.current_task() and t.get_name().startswith("raft-transport")
     ]
-    await eventually(lambda: all(t.done() for t in leftovers), timeout=3.0)
+    await wait_until(lambda: all(t.done() for t in leftovers), timeout=3.0)
 
 
 async def test_inbound_before_handler_is_set_is_counted_not_crashing(
@@ -406,7 +398,7 @@ async def test_inbound_before_handler_is_set_is_counted_not_crashing(
         b = await h.add("b", handler=False)
         connect_all(h)
         a.send("b", b"lost")
-        await eventually(lambda: stats(b).dropped_no_handler == 1)
+        await wait_until(lambda: stats(b).dropped_no_handler == 1)
         inbox = Inbox()
         b.set_handler(inbox)
         a.send("b", b"kept")

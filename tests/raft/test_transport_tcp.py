@@ -34,6 +34,7 @@ from raftlog.security import (
     issue_cert,
     write_dev_certs,
 )
+from support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -90,14 +91,6 @@ class Inbox:
             while not pred(self.items):
                 self.event.clear()
                 await self.event.wait()
-
-
-async def eventually(pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached within the deadline")
-        await asyncio.sleep(0.01)
 
 
 class Nodes:
@@ -228,7 +221,7 @@ async def test_certificate_from_another_ca_is_refused(
     assert b.listen_address is not None
     a.update_peers({"b": b.listen_address})
     a.send("b", b"let me in")
-    await eventually(lambda: b.stats().refused >= 1 and a.stats().connect_failures >= 1)
+    await wait_until(lambda: b.stats().refused >= 1 and a.stats().connect_failures >= 1)
     assert inbox.items == []
     assert b.stats().accepted == 0
     assert b.stats().delivered == 0
@@ -244,7 +237,7 @@ async def test_subject_rejected_by_authorize_is_refused_and_logged(
     assert b.listen_address is not None
     a.update_peers({"b": b.listen_address})
     a.send("b", b"replicate this")
-    await eventually(lambda: b.stats().refused >= 1)
+    await wait_until(lambda: b.stats().refused >= 1)
     assert inbox.items == []
     assert any(
         "'intruder'" in r.getMessage() and "not authorized" in r.getMessage()
@@ -260,7 +253,7 @@ async def test_dialer_refuses_listener_whose_subject_it_does_not_authorize(
     assert b.listen_address is not None
     a.update_peers({"b": b.listen_address})
     a.send("b", b"x")
-    await eventually(lambda: a.stats().connect_failures >= 1)
+    await wait_until(lambda: a.stats().connect_failures >= 1)
     assert inbox.items == []
     assert a.stats().connects == 0
 
@@ -273,7 +266,7 @@ async def test_dialer_refuses_a_different_node_at_the_address(
     assert c.listen_address is not None
     a.update_peers({"b": c.listen_address})  # stale table: b's old address now serves c
     a.send("b", b"meant for b")
-    await eventually(lambda: a.stats().connect_failures >= 1)
+    await wait_until(lambda: a.stats().connect_failures >= 1)
     assert a.stats().connects == 0
     assert inbox.items == []
 
@@ -314,7 +307,7 @@ async def test_garbage_does_not_crash_the_listener(
     await wait_closed_by_remote(host_r)
     host_w.close()
 
-    await eventually(lambda: b.stats().refused >= 4)
+    await wait_until(lambda: b.stats().refused >= 4)
     # The listener still serves a proper peer.
     a, _ = await nodes.make("a", certs["peer"], port=None)
     a.update_peers({"b": b.listen_address})
@@ -346,7 +339,7 @@ async def test_close_ends_a_stalled_handshake_promptly(
     host, port = split_host_port(b.listen_address)
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(RAFT_MARKER)
-    await eventually(lambda: b.inbound_connections() == 1)
+    await wait_until(lambda: b.inbound_connections() == 1)
     started = time.monotonic()
     await b.close()
     assert time.monotonic() - started < 2.5
@@ -383,7 +376,7 @@ async def test_reconnects_after_the_remote_restarts(
     a.send("b", b"before")
     await inbox.wait_for(lambda items: items == [b"before"])
     await b.close()
-    await eventually(lambda: "b" not in a.connected_peers())
+    await wait_until(lambda: "b" not in a.connected_peers())
 
     port = split_host_port(address)[1]
     b2, inbox2 = await nodes.make("b", certs["peer"], port=port)
@@ -518,7 +511,7 @@ async def test_authorize_that_raises_refuses_without_killing_anything(
     c.update_peers({"b": b.listen_address})
     a.send("b", b"x")
     c.send("b", b"y")
-    await eventually(lambda: b.stats().refused >= 1 and c.stats().connect_failures >= 1)
+    await wait_until(lambda: b.stats().refused >= 1 and c.stats().connect_failures >= 1)
     assert inbox.items == []
     # Both sides keep working once the policy answers again.
     b._authorize = only_server
@@ -572,10 +565,10 @@ async def test_a_peer_that_stops_reading_is_cut_off_by_write_timeout(
             a.send("b", big)
         await asyncio.wait_for(stall, 5)
         started = time.monotonic()
-        await eventually(lambda: a.stats().dropped_connection > 0, timeout=5)
+        await wait_until(lambda: a.stats().dropped_connection > 0, timeout=5)
         assert time.monotonic() - started < 3.0
         assert a.stats().connects == 1
-        await eventually(lambda: "b" not in a.connected_peers(), timeout=2)
+        await wait_until(lambda: "b" not in a.connected_peers(), timeout=2)
     finally:
         stall.cancel()
         listener.close()
