@@ -45,7 +45,7 @@ from raftlog.discovery import (
 from raftlog.distributed import CommitLogFSM, DistributedLog
 from raftlog.domain.protocols import Authorizer
 from raftlog.mux import RAFT_MARKER, Mux, MuxConfig, PrivateSocketDir, remove_stale_socket_dirs
-from raftlog.raft import RaftConfig, RaftError, Server
+from raftlog.raft import NO_METRICS, RaftConfig, RaftError, Server
 from raftlog.raft.node import NodeConfig, RaftNode
 from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
 from raftlog.security import TLSConfig
@@ -223,6 +223,7 @@ class ClusterNode:
                 fsm,
                 transport,
                 peers=parse_static_peers(config.peers) if config.peers else None,
+                metrics=self.metrics if self.metrics is not None else NO_METRICS,
             )
         except BaseException:
             await fsm.close()

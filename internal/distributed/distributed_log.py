@@ -588,6 +588,20 @@ class DistributedLog:
                 self.forwarder.forget(address)
             return index
 
+    async def take_snapshot(self, timeout_s: float | None = None) -> int:
+        """Snapshot this node now and compact its Raft log behind it; the index the newest
+        snapshot covers. AdminRefusedError when writing it failed, DeadlineError when it
+        did not finish within ``timeout_s`` (default ``change_timeout``)."""
+        timeout = self.config.change_timeout if timeout_s is None else timeout_s
+        try:
+            return await self.node.take_snapshot(timeout=timeout)
+        except NodeClosedError:
+            raise UnavailableError("the node is shutting down") from None
+        except WaitTimeoutError:
+            raise DeadlineError(f"the snapshot did not finish within {timeout} s") from None
+        except RaftError as exc:
+            raise AdminRefusedError(f"snapshot failed: {exc}") from None
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def begin_close(self) -> None:

@@ -42,6 +42,8 @@ class AdminBackend(Protocol):
 
     async def remove_member(self, node_id: str) -> int: ...
 
+    async def take_snapshot(self, timeout_s: float | None = None) -> int: ...
+
 
 #: Bytes of the node's data on disk, measured when asked (off the event loop).
 DiskUsage = Callable[[], Awaitable[int]]
@@ -132,6 +134,18 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             raise
         logger.info("admin: removed %s (index %d)", request.id, index, extra={"peer": request.id})
         return admin_pb2.RemoveServerResponse(index=index)
+
+    async def Snapshot(
+        self, request: admin_pb2.SnapshotRequest, context: Context
+    ) -> admin_pb2.SnapshotResponse:
+        """Take a snapshot on this node now."""
+        try:
+            index = await self._backend.take_snapshot(self._timeout(context))
+        except Exception as exc:
+            await abort(context, exc)
+            raise
+        logger.info("admin: snapshot at index %d", index, extra={"index": index})
+        return admin_pb2.SnapshotResponse(index=index)
 
 
 def add_admin_service(service: AdminService, server: grpc.aio.Server) -> None:

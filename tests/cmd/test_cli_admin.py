@@ -116,6 +116,19 @@ async def test_status_and_admin_commands(tmp_path: Path, dev_certs: dict[str, Ce
         )  # fmt: skip
         assert code == 1 and "node n9 is not a member" in err
 
+        # every node snapshots what it applied, on request
+        _, status = await _status_json(tmp_path, root, addrs)
+        applied = {s["address"]: s["applied"] for s in status}
+        code, out, err = await run_raftlog(
+            "admin", "snapshot", "--addr", ",".join(addrs), *_client_flags(root), cwd=tmp_path
+        )
+        assert code == 0, err
+        lines = out.splitlines()
+        assert [line.split(":", 2)[:2] for line in lines] == [a.split(":") for a in addrs]
+        for addr, line in zip(addrs, lines, strict=True):
+            assert line.startswith(f"{addr}: snapshot at index ")
+            assert int(line.rsplit(" ", 1)[1]) >= applied[addr]
+
         # removing a stranger is refused; a node dead for good is removed
         code, _, err = await run_raftlog(
             "admin", "remove", "n9", "--addr", addrs[0], *_client_flags(root), cwd=tmp_path

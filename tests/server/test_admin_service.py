@@ -62,6 +62,10 @@ class FakeBackend:
         self.removed.append(node_id)
         return 42
 
+    async def take_snapshot(self, timeout_s: float | None = None) -> int:
+        assert timeout_s is not None and 0 < timeout_s <= 5  # bounded by the call's deadline
+        return 39
+
 
 async def _disk() -> int:
     return 1234
@@ -114,6 +118,8 @@ async def test_root_reads_status_and_acts(tmp_path: Path, dev_certs: dict[str, C
             assert moved.leader_id == "a2"
             removed = await stub.RemoveServer(admin_pb2.RemoveServerRequest(id="a2"), timeout=5)
             assert removed.index == 42
+            snapshot = await stub.Snapshot(admin_pb2.SnapshotRequest(), timeout=5)
+            assert snapshot.index == 39
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.RemoveServer(admin_pb2.RemoveServerRequest(id="n3"), timeout=5)
             assert err.value.code() == grpc.StatusCode.NOT_FOUND

@@ -160,6 +160,14 @@ async def test_prometheus_scrapes_a_cluster(
                 "raftlog_node_info * on(instance) group_left raftlog_raft_leader == 1",
             )
             assert [r["metric"]["node_id"] for r in by_leader] == [leader]
+            for hooked in (  # counted inside the Raft runtime (its observer)
+                "sum(raftlog_raft_append_batch_entries_count)",
+                "sum(raftlog_raft_fsync_seconds_count)",
+                "sum(raftlog_raft_leader_changes_total)",
+                "sum(raftlog_raft_proposal_commit_seconds_count)",
+            ):
+                value = _scalar(await _query(http, prom_base, hooked))
+                assert value is not None and value >= 1, hooked
             lag = await _query(http, prom_base, "raftlog_raft_follower_lag_entries")
             assert {r["metric"]["peer"] for r in lag} == set(sc.names) - {leader}
 
