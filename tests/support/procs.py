@@ -32,3 +32,8 @@ def pid_gone(pid: int) -> bool:
     except OSError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def pid_reaped(pid: int) -> bool:
+    """``pid`` no longer exists at all, not even as a zombie: its parent has reaped it."""
+    return not Path(f"/proc/{pid}").exists()
