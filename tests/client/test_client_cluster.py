@@ -18,7 +18,7 @@ import re
 import signal
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 
 import grpc
@@ -32,6 +32,7 @@ from raftlog.server import error_info_from_metadata
 from support.client_nodes import FAST, tls_of
 from support.cluster_files import dev_cluster_files
 from support.drop_response import DropResponses
+from support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -72,12 +73,6 @@ def calls(c: DevCluster, name: str, method: str) -> int:
     return len(re.findall(pattern, c.log_text(name)))
 
 
-async def until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.02)
-
-
 async def highest_on(c: DevCluster, name: str) -> int:
     """The highest committed offset node ``name`` serves now."""
     assert c.client_tls is not None
@@ -97,10 +92,14 @@ async def test_produce_lands_on_the_leader_and_consume_is_spread_over_followers(
     assert cluster.client_tls is not None
     leader = await cluster.wait_for(cluster.client_tls, members=3, timeout_s=30)
     followers = [n for n in cluster.nodes if n != leader]
+
     # reads go to voting followers first: wait until the last joiner is promoted
-    async with asyncio.timeout(30):
-        while any(s.is_learner for s in await cluster.servers(leader, cluster.client_tls)):
-            await asyncio.sleep(0.1)
+    async def all_voters() -> bool:
+        assert cluster.client_tls is not None
+        servers = await cluster.servers(leader, cluster.client_tls)
+        return not any(s.is_learner for s in servers)
+
+    await wait_until(all_voters, 30, "every member to vote", interval=0.1)
     before = {
         n: (calls(cluster, n, "Produce"), calls(cluster, n, "Consume")) for n in cluster.nodes
     }
@@ -112,9 +111,11 @@ async def test_produce_lands_on_the_leader_and_consume_is_spread_over_followers(
         produce_rpcs = client.stats.produce_requests
         # wait until both followers have applied the records, so none hands a read on
         for name in followers:
-            async with asyncio.timeout(20):
-                while await highest_on(cluster, name) < offsets[-1]:
-                    await asyncio.sleep(0.05)
+
+            async def applied(name: str = name) -> bool:
+                return await highest_on(cluster, name) >= offsets[-1]
+
+            await wait_until(applied, 20, f"{name} to apply the records", interval=0.05)
         for i in range(10):
             assert await client.consume(offsets[i]) == Record(offsets[i], b"spread-%d" % i)
 
@@ -122,8 +123,14 @@ async def test_produce_lands_on_the_leader_and_consume_is_spread_over_followers(
             now = (calls(cluster, name, "Produce"), calls(cluster, name, "Consume"))
             return now[k] - before[name][k]
 
-        await until(lambda: sum(delta(n, 1) for n in cluster.nodes) == 10)
-        await until(lambda: sum(delta(n, 0) for n in cluster.nodes) == produce_rpcs)
+        await wait_until(
+            lambda: sum(delta(n, 1) for n in cluster.nodes) == 10, 20.0, "10 consume calls"
+        )
+        await wait_until(
+            lambda: sum(delta(n, 0) for n in cluster.nodes) == produce_rpcs,
+            20.0,
+            "the produce calls counted",
+        )
         assert delta(leader, 0) == produce_rpcs  # every Produce went to the leader
         assert produce_rpcs <= 1 + 20  # 200 concurrent produce() calls: a few batches
         assert delta(leader, 1) == 0
@@ -174,7 +181,9 @@ async def test_linearizable_reads_come_from_the_leader_after_a_barrier(
             if len(streamed) == 5:
                 break
         assert [r.offset for r in streamed] == offsets
-    await until(lambda: calls(cluster, leader, "Consume") - before == 5)
+    await wait_until(
+        lambda: calls(cluster, leader, "Consume") - before == 5, 20.0, "5 consume calls"
+    )
     async with cluster.channel(follower, cluster.client_tls) as channel:
         stub = log_pb2_grpc.LogStub(channel)  # type: ignore[no-untyped-call]
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -311,7 +320,11 @@ async def test_leader_killed_mid_stream_the_producer_and_the_stream_continue(
         reading = asyncio.create_task(reader())
         producers = [asyncio.create_task(producer(k)) for k in range(8)]
         try:
-            await until(lambda: len(acked) >= 300 and len(streamed) >= 100)
+            await wait_until(
+                lambda: len(acked) >= 300 and len(streamed) >= 100,
+                20.0,
+                "acks and streamed records",
+            )
             cluster.signal(old, signal.SIGKILL)
             await asyncio.to_thread(cluster.wait_exit, old, 10)
             after_kill.set()
@@ -319,7 +332,9 @@ async def test_leader_killed_mid_stream_the_producer_and_the_stream_continue(
             new_leader = client.resolver.leader
             assert new_leader and new_leader != old_addr
             end = max(acked)
-            await until(lambda: bool(streamed) and streamed[-1].offset >= end, 30)
+            await wait_until(
+                lambda: bool(streamed) and streamed[-1].offset >= end, 30, "the stream to catch up"
+            )
         finally:
             reading.cancel()
             for task in producers:
@@ -342,9 +357,10 @@ async def test_leader_killed_mid_stream_the_producer_and_the_stream_continue(
     # the old leader comes back on its data and catches up with what it missed
     cluster.start(old)
     await cluster.wait_for(cluster.client_tls, members=3, timeout_s=40)
-    async with asyncio.timeout(30):
-        while True:
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                if await highest_on(cluster, old) >= max(log):
-                    break
-            await asyncio.sleep(0.1)
+
+    async def caught_up() -> bool:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            return await highest_on(cluster, old) >= max(log)
+        return False
+
+    await wait_until(caught_up, 30, f"{old} to catch up", interval=0.1)
