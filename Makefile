@@ -16,7 +16,8 @@ GEN    := api/v1/log_pb2.py api/v1/log_pb2_grpc.py api/v1/log_pb2.pyi
 CERTS  := certs/ca.pem certs/server.pem certs/root-client.pem certs/nobody-client.pem
 PYTEST_ARGS ?=
 
-.PHONY: help install run cluster test lint fmt proto certs bench chaos clean typeroot
+.PHONY: help install run cluster test test-shuffle test-alone lint fmt proto certs bench chaos \
+        clean typeroot
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -87,6 +88,16 @@ fmt: install ## format and auto-fix with ruff
 
 test: install lint ## the whole test suite (includes lint)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# pytest-randomly is off by default (addopts: -p no:randomly); -p randomly turns it on. It
+# prints the seed ("Using --randomly-seed=N"); SEED=N replays that order.
+SEED ?=
+test-shuffle: install ## the suite in a random order (SEED=n replays one; the seed is printed)
+	$(VENV)/bin/pytest -p randomly -p no:cacheprovider \
+	    $(if $(SEED),--randomly-seed=$(SEED)) $(PYTEST_ARGS)
+
+test-alone: install ## each test file in its own pytest run (TESTS=paths, default: tests)
+	tests/run_each_alone.sh $(TESTS)
 
 bench: install certs ## benchmarks, printed as ratios against baselines measured in the same run
 	$(PY) bench/run.py

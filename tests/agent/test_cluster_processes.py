@@ -65,9 +65,16 @@ def cluster(
 @pytest.fixture(autouse=True)
 async def healthy(cluster: DevCluster) -> AsyncIterator[None]:
     """Each test starts on a working cluster, whatever ran before it: every live node
-    names the same leader and lists the founders (and any node a test added)."""
+    names the same leader and lists the founders (and any node a test added), and every
+    member votes (a learner that is not yet promoted would not count for a quorum)."""
     assert cluster.client_tls is not None
-    await cluster.wait_for(cluster.client_tls, members=len(FOUNDERS), timeout_s=40, every=True)
+    tls = cluster.client_tls
+    leader = await cluster.wait_for(tls, members=len(FOUNDERS), timeout_s=40, every=True)
+
+    async def all_vote() -> bool:
+        return not any(s.is_learner for s in await cluster.servers(leader, tls))
+
+    await wait_until(all_vote, 30, "every member to be promoted to voter", interval=0.1)
     yield
 
 
