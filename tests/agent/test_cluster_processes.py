@@ -14,12 +14,10 @@ a SIGKILLed agent's Serf dies with it and its socket dir is swept).
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import signal
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -33,7 +31,7 @@ from raftlog.security import CertFiles, client_ssl_context
 from raftlog.server.errors import error_info_from_metadata
 from support.client_nodes import tls_of
 from support.cluster import three_node_cluster
-from support.procs import pid_gone, serf_pids
+from support.procs import locks_free, pid_gone, serf_pids
 from support.wait import wait_until
 
 SNAPSHOT_THRESHOLD = 64
@@ -91,16 +89,6 @@ async def start_new_node(c: DevCluster) -> str:
     assert c.client_tls is not None
     await c.wait_for(c.client_tls, members=len(running(c)), timeout_s=40, via=["n1"])
     return name
-
-
-def locks_free(data_dir: Path) -> list[Path]:
-    """Every LOCK under ``data_dir``, after checking nobody holds its flock any more."""
-    locks = sorted(data_dir.rglob("LOCK"))
-    for lock in locks:
-        with open(lock, "rb") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if still held
-            fcntl.flock(fh, fcntl.LOCK_UN)
-    return locks
 
 
 def stub_for(c: DevCluster, name: str) -> tuple[grpc.aio.Channel, log_pb2_grpc.LogStub]:
