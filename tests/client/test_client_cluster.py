@@ -29,8 +29,8 @@ from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.client import LogClient, Record
 from raftlog.security import CertFiles, grpc_channel_credentials
 from raftlog.server import error_info_from_metadata
-from support.client_nodes import FAST, tls_of
-from support.cluster_files import dev_cluster_files
+from support.client_nodes import FAST
+from support.cluster import three_node_cluster
 from support.drop_response import DropResponses
 from support.wait import wait_until
 
@@ -45,26 +45,9 @@ def cluster(
     tmp_path_factory: pytest.TempPathFactory, dev_certs: dict[str, CertFiles]
 ) -> Iterator[DevCluster]:
     root = tmp_path_factory.mktemp("client-cluster")
-    files = dev_cluster_files(root, dev_certs)
-    c = DevCluster(
-        root,
-        files,
-        agent_args=("--serf-profile", "local", "--sync", "never", "--log-level", "debug"),
-    )
-    c.client_tls = tls_of(dev_certs["root"])
-    for name in ("n1", "n2", "n3"):
-        c.add_node(name)
-    c.start("n1", bootstrap=True)
-    try:
-        asyncio.run(c.wait_for(c.client_tls, members=1, timeout_s=30))
-        c.start("n2")
-        c.start("n3")
-        asyncio.run(c.wait_for(c.client_tls, members=3, timeout_s=40, every=True))
-    except BaseException:
-        c.stop_all()
-        raise
-    yield c
-    c.stop_all()
+    args = ("--serf-profile", "local", "--sync", "never", "--log-level", "debug")
+    with three_node_cluster(root, dev_certs, agent_args=args) as c:
+        yield c
 
 
 def calls(c: DevCluster, name: str, method: str) -> int:
