@@ -186,9 +186,9 @@ async def test_out_of_order_events_follow_the_agents_current_list() -> None:
     try:
         b = member("b", "127.0.0.1:9002")
         source.emit("member-join", b)
-        await wait_until(lambda: "b" in handler.cluster, 2.0, "'b' in handler.cluster")
+        await wait_until(lambda: "b" in handler.cluster, 2.0, "b to join")
         source.emit("member-leave", b)
-        await wait_until(lambda: "b" not in handler.cluster, 2.0, "'b' not in handler.cluster")
+        await wait_until(lambda: "b" not in handler.cluster, 2.0, "b to be removed")
         source.push(MemberEvent("member-join", (b,)))  # late, list says left
         await drain(m, source)
         assert "b" not in handler.cluster
@@ -218,7 +218,6 @@ async def test_member_without_rpc_tag_is_ignored(caplog: pytest.LogCaptureFixtur
             await drain(m, source)
             await wait_until(lambda: "no 'rpc_addr' tag" in caplog.text, 2.0, "the warning")
         assert handler.calls == []
-        assert "no 'rpc_addr' tag" in caplog.text
     finally:
         await m.close()
 
@@ -255,9 +254,7 @@ async def test_members_missing_after_agent_restart_get_the_failed_grace() -> Non
     try:
         b, c = member("b"), member("c")
         source.emit("member-join", b, c)
-        await wait_until(
-            lambda: {"b", "c"} <= set(handler.cluster), 2.0, "{'b', 'c'} <= set(handler.cluster)"
-        )
+        await wait_until(lambda: {"b", "c"} <= set(handler.cluster), 2.0, "b and c to join")
         # The agent restarts: its stream ends and its new member list knows nobody.
         source.listed = {"self": member("self")}
         subscriptions = source.subscriptions
@@ -306,11 +303,11 @@ async def test_handler_errors_are_retried_by_reconcile() -> None:
     m = await started(handler, source, reconcile_interval=0.2)
     try:
         source.emit("member-join", member("b"))
-        await wait_until(lambda: "b" in handler.cluster, 3.0, "'b' in handler.cluster")
+        await wait_until(lambda: "b" in handler.cluster, 3.0, "b to join")
         assert handler.calls.count(("join", "b", "10.0.0.1:8400")) == 2
         assert m.errors == 1
         source.emit("member-join", member("d"))  # the loop is still alive
-        await wait_until(lambda: "d" in handler.cluster, 2.0, "'d' in handler.cluster")
+        await wait_until(lambda: "d" in handler.cluster, 2.0, "d to join")
     finally:
         await m.close()
 
@@ -323,10 +320,8 @@ async def test_initial_member_list_is_reconciled_on_start() -> None:
     source = FakeSource([member("b"), member("self"), left])
     m = await started(handler, source)
     try:
-        await wait_until(lambda: "b" in handler.cluster, 2.0, "'b' in handler.cluster")
-        await wait_until(
-            lambda: "gone" not in handler.cluster, 2.0, "'gone' not in handler.cluster"
-        )
+        await wait_until(lambda: "b" in handler.cluster, 2.0, "b to join")
+        await wait_until(lambda: "gone" not in handler.cluster, 2.0, "gone to be removed")
         assert "stranger" in handler.cluster
         assert ("join", "self", "10.0.0.4:8400") not in handler.calls
     finally:
@@ -343,9 +338,7 @@ async def test_static_membership_joins_peers_on_the_leader() -> None:
         await wait_until(lambda: handler.leader_checks >= 2, 2.0, "two reconcile passes")
         assert handler.calls == []  # not the leader: nothing
         handler.leader = True
-        await wait_until(
-            lambda: {"b", "c"} <= set(handler.cluster), 2.0, "{'b', 'c'} <= set(handler.cluster)"
-        )
+        await wait_until(lambda: {"b", "c"} <= set(handler.cluster), 2.0, "b and c to join")
         assert sorted(handler.calls) == [("join", "b", "127.0.0.1:2"), ("join", "c", "127.0.0.1:3")]
     finally:
         await m.close()
@@ -360,10 +353,10 @@ async def test_membership_with_real_serf(make_agent: AgentFactory) -> None:
     try:
         await m.wait_subscribed(5.0)
         b = await make_agent("b", start_join_addrs=(a.config.bind_addr,))
-        await wait_until(lambda: "b" in handler.cluster, 15.0, "'b' in handler.cluster")
+        await wait_until(lambda: "b" in handler.cluster, 15.0, "b to join")
         assert handler.cluster["b"] == b.config.advertise_rpc_addr
         await b.stop()
-        await wait_until(lambda: "b" not in handler.cluster, 15.0, "'b' not in handler.cluster")
+        await wait_until(lambda: "b" not in handler.cluster, 15.0, "b to be removed")
         assert handler.calls == [("join", "b", b.config.advertise_rpc_addr), ("leave", "b")]
     finally:
         await m.close()
@@ -388,7 +381,7 @@ async def test_membership_resubscribes_after_agent_restart(make_agent: AgentFact
         await a.wait_running(15.0)
         await m.wait_subscribed(10.0)
         b = await make_agent("b", start_join_addrs=(a.config.bind_addr,))
-        await wait_until(lambda: "b" in handler.cluster, 15.0, "'b' in handler.cluster")
+        await wait_until(lambda: "b" in handler.cluster, 15.0, "b to join")
         assert handler.cluster["b"] == b.config.advertise_rpc_addr
     finally:
         await m.close()
