@@ -89,12 +89,15 @@ fmt: install ## format and auto-fix with ruff
 test: install lint ## the whole test suite (includes lint)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-# pytest-randomly is off by default (addopts: -p no:randomly); -p randomly turns it on. It
-# prints the seed ("Using --randomly-seed=N"); SEED=N replays that order.
-SEED ?=
+# pytest-randomly is off by default (addopts: -p no:randomly); -p randomly turns it on.
+# The seed is drawn here and printed first (pytest -q would hide pytest-randomly's own
+# header line); SEED=N replays that order.
+ifeq ($(SEED),)
+SEED := $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+endif
 test-shuffle: install ## the suite in a random order (SEED=n replays one; the seed is printed)
-	$(VENV)/bin/pytest -p randomly -p no:cacheprovider \
-	    $(if $(SEED),--randomly-seed=$(SEED)) $(PYTEST_ARGS)
+	@echo "test-shuffle: --randomly-seed=$(SEED) (replay: make test-shuffle SEED=$(SEED))"
+	$(VENV)/bin/pytest -p randomly -p no:cacheprovider --randomly-seed=$(SEED) $(PYTEST_ARGS)
 
 test-alone: install ## each test file in its own pytest run (TESTS=paths, default: tests)
 	tests/run_each_alone.sh $(TESTS)
