@@ -552,6 +552,15 @@ async def test_acl_denies_every_action_not_in_the_policy(env: Env) -> None:
         "writer": {"Produce", "ProduceStream"},
     }
     consume_ok = {grpc.StatusCode.OK, grpc.StatusCode.OUT_OF_RANGE}
+    # offset 0 must exist on n2, whatever ran before: on an empty log the reader's
+    # ConsumeStream from 0 would wait for a record until its deadline
+    async with env.channel("n1") as ch:
+        assert await call(ch, "Produce", METHODS["Produce"][1]) == grpc.StatusCode.OK
+
+    async def n2_has_a_record() -> bool:
+        return await next_offset(env) > 0
+
+    await wait_until(n2_has_a_record, 10, "n2 to apply a record", interval=0.05)
     for role, ok in allowed.items():
         before = await next_offset(env)
         async with env.channel("n2", role) as ch:
