@@ -59,7 +59,11 @@ class _Recorded:
 @pytest.fixture
 def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Recorded]:
     """Every ``subprocess.Popen`` (asyncio's too) records its argv and keyword arguments,
-    then really starts the process."""
+    then really starts the process. The launcher probes (cached, and spawning a probe of
+    their own the first time) run before recording starts, so what is recorded does not
+    depend on whether an earlier test made them already."""
+    find_setpriv()
+    default_launcher()
     record = _Recorded()
 
     class RecordingPopen(subprocess.Popen[Any]):
