@@ -19,7 +19,8 @@ ADMIN_GEN   := api/admin/v1/admin_pb2.py api/admin/v1/admin_pb2_grpc.py api/admi
 CERTS  := certs/ca.pem certs/server.pem certs/root-client.pem certs/nobody-client.pem
 PYTEST_ARGS ?=
 
-.PHONY: help install run cluster test lint fmt proto certs bench chaos clean typeroot prometheus
+.PHONY: help install run cluster test test-shuffle test-alone lint fmt proto certs bench chaos \
+        clean typeroot prometheus
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -124,6 +125,19 @@ fmt: install ## format and auto-fix with ruff
 
 test: install lint $(PROMETHEUS) ## the whole test suite (includes lint)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# pytest-randomly is off by default (addopts: -p no:randomly); -p randomly turns it on.
+# The seed is drawn here and printed first (pytest -q would hide pytest-randomly's own
+# header line); SEED=N replays that order.
+ifeq ($(SEED),)
+SEED := $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+endif
+test-shuffle: install $(PROMETHEUS) ## the suite in a random order (SEED=n replays one; the seed is printed)
+	@echo "test-shuffle: --randomly-seed=$(SEED) (replay: make test-shuffle SEED=$(SEED))"
+	$(VENV)/bin/pytest -p randomly -p no:cacheprovider --randomly-seed=$(SEED) $(PYTEST_ARGS)
+
+test-alone: install $(PROMETHEUS) ## each test file in its own pytest run (TESTS=paths, default: tests)
+	tests/run_each_alone.sh $(TESTS)
 
 bench: install certs ## benchmarks, printed as ratios against baselines measured in the same run
 	$(PY) bench/run.py

@@ -54,6 +54,8 @@ class Batcher:
         #: Batches sent (handed to ``send``), and the records in them: for stats and tests.
         self.batches_sent = 0
         self.records_sent = 0
+        #: Times a caller of ``add`` waited for room (``buffer_max_bytes`` was reached).
+        self.buffer_waits = 0
 
     async def add(self, value: bytes) -> int:
         """Queue ``value``; return its offset once its batch is committed."""
@@ -64,6 +66,7 @@ class Batcher:
         while self._buffered + size > limit and self._buffered > 0:
             room = asyncio.get_running_loop().create_future()
             self._room.append(room)
+            self.buffer_waits += 1
             await room
             if self._closed:
                 raise ClientClosedError("the client is closed")

@@ -94,6 +94,9 @@ class ClientStats:
     #: Produce answers the server marked ``duplicate`` (a retry of a request it had
     #: appended already: the records were appended once, the offsets are the first ones).
     duplicates: int = 0
+    #: Times a request waited for older ones to finish before taking its sequence (the
+    #: span of sequences in flight had reached ``max_sequence_span``).
+    sequence_waits: int = 0
 
 
 class _Role(enum.Enum):
@@ -262,6 +265,7 @@ class LogClient:
             # bounded: every request in flight ends within request_timeout_s
             waiter = asyncio.get_running_loop().create_future()
             self._sequence_waiters.append(waiter)
+            self.stats.sequence_waits += 1
             await waiter
             if self._closed:
                 raise ClientClosedError("the client was closed")

@@ -272,6 +272,9 @@ class Membership(_Base):
         self._failed_at: dict[str, float] = {}
         self._grace_tasks: dict[str, asyncio.Task[None]] = {}
         self._subscribed = asyncio.Event()
+        #: Member events the event loop has finished applying (observable progress: a
+        #: caller can tell an event that changed nothing from one not yet processed).
+        self.events_handled = 0
 
     @property
     def view(self) -> Mapping[str, Member]:
@@ -310,6 +313,7 @@ class Membership(_Base):
                     async for event in sub:
                         if isinstance(event, MemberEvent):
                             await self.handle_event(event)
+                            self.events_handled += 1
                 finally:
                     self._subscribed.clear()
                     with contextlib.suppress(Exception):

@@ -3,16 +3,12 @@ as a real process (cluster mode, Serf): what SIGKILL and SIGTERM leave behind.""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import fcntl
 import os
 import shutil
 import signal
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -29,6 +25,8 @@ from raftlog.mux.sockdir import socket_dirs_of
 from raftlog.security import CertFiles, TLSConfig
 from raftlog.security.grpc_tls import grpc_channel_credentials
 from support.cluster_files import dev_cluster_files
+from support.procs import locks_free, pid_gone
+from support.wait import wait_until
 
 
 def _config(tmp_path: Path, certs: dict[str, CertFiles]) -> AgentConfig:
@@ -103,30 +101,6 @@ def _children(pid: int) -> dict[int, bytes]:
     return found
 
 
-def _gone(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
-async def _until(what: str, check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        await asyncio.sleep(0.05)
-
-
-def _locks_free(data_dir: Path) -> list[Path]:
-    """Every LOCK under ``data_dir``, after checking nobody holds its flock any more."""
-    locks = sorted(data_dir.rglob("LOCK"))
-    for lock in locks:
-        with open(lock, "rb") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if still held
-            fcntl.flock(fh, fcntl.LOCK_UN)
-    return locks
-
-
 @pytest.mark.timeout(90)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc and pdeathsig")
 async def test_agent_process_leaves_nothing_behind(
@@ -157,7 +131,7 @@ async def test_agent_process_leaves_nothing_behind(
 
         cluster.signal("n1", signal.SIGKILL)
         assert cluster.wait_exit("n1", 10) == -signal.SIGKILL
-        await _until(f"serf {serf} dies with its SIGKILLed agent", lambda: _gone(serf))
+        await wait_until(lambda: pid_gone(serf), 10, f"serf {serf} to die with its agent")
         assert first_dir.is_dir(), "a SIGKILLed agent cannot remove its socket dir"
 
         cluster.start("n1", bootstrap=True)  # a restart on the same data dir
@@ -171,10 +145,10 @@ async def test_agent_process_leaves_nothing_behind(
 
         cluster.signal("n1", signal.SIGTERM)
         assert cluster.wait_exit("n1", 30) == 0, cluster.log_text("n1")[-3000:]
-        assert _gone(serf), "serf outlived the agent's shutdown"
+        assert pid_gone(serf), "serf outlived the agent's shutdown"
         assert not second_dir.exists(), "the socket dir outlived the agent's shutdown"
         assert list(sockbase.iterdir()) == []
-        assert _locks_free(node.data_dir), "no LOCK file found: the data dir layout changed?"
+        assert locks_free(node.data_dir), "no LOCK file found: the data dir layout changed?"
     finally:
         cluster.stop_all(timeout=10)
         shutil.rmtree(sockbase, ignore_errors=True)

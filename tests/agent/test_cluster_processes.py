@@ -1,23 +1,24 @@
 """A real cluster: ``raftlog agent`` processes with real Serf, the mux and mutual TLS.
 
-One cluster per module (started once, the tests run in file order and build on each
-other): three nodes elect a leader; records produced to any node are readable on every
-node at the same offsets; Raft traffic with a client certificate is refused; a fourth node
-joins through Serf and catches up from a snapshot; the leader is SIGKILLed, a new leader
-accepts writes and the old one restarts and catches up; a node that leaves gracefully is
-removed from Raft; everything stops with nothing left behind (no Serf, no socket dir, no
-held lock; a SIGKILLed agent's Serf dies with it and its socket dir is swept).
+One cluster per module, started once for speed; the tests do not depend on each other
+(each passes alone and in any order): before each test every live node sees one leader and
+the three founders, and a test that needs more (a fourth node, one to leave) starts it
+itself. Three nodes elect a leader; records produced to any node are readable on every node
+at the same offsets; Raft traffic with a client certificate is refused; a new node joins
+through Serf and catches up from a snapshot; the leader is SIGKILLed, a new leader accepts
+writes and the old one restarts and catches up; a node that leaves gracefully is removed
+from Raft; everything stops with nothing left behind (no Serf, no socket dir, no held lock;
+a SIGKILLed agent's Serf dies with it and its socket dir is swept).
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
+import contextlib
 import signal
 import ssl
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
@@ -28,16 +29,17 @@ from raftlog.api.status import error_info_from_metadata
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.mux.sockdir import socket_dirs_of
 from raftlog.raft.transport import HELLO_MAGIC, RAFT_MARKER, encode_frame, encode_hello
-from raftlog.security import CertFiles, TLSConfig, client_ssl_context
-from support.cluster_files import dev_cluster_files
-from support.procs import serf_pids
+from raftlog.security import CertFiles, client_ssl_context
+from support.client_nodes import tls_of
+from support.cluster import three_node_cluster
+from support.procs import locks_free, pid_gone, serf_pids
+from support.wait import wait_until
 
 SNAPSHOT_THRESHOLD = 64
 pytestmark = pytest.mark.timeout(120)
 
 
-def tls_of(files: CertFiles) -> TLSConfig:
-    return TLSConfig(files.cert_file, files.key_file, files.ca_file)
+FOUNDERS = ("n1", "n2", "n3")
 
 
 @pytest.fixture(scope="module")
@@ -45,40 +47,13 @@ def cluster(
     tmp_path_factory: pytest.TempPathFactory, dev_certs: dict[str, CertFiles]
 ) -> Iterator[DevCluster]:
     root = tmp_path_factory.mktemp("cluster")
-    files = dev_cluster_files(root, dev_certs)
-    c = DevCluster(
-        root,
-        files,
-        agent_args=(
-            "--serf-profile",
-            "local",
-            "--snapshot-threshold",
-            str(SNAPSHOT_THRESHOLD),
-            "--sync",
-            "never",
-            "--log-level",
-            "info",
-        ),
-    )
-    c.client_tls = tls_of(dev_certs["root"])
-    for name in ("n1", "n2", "n3"):
-        c.add_node(name)
-    c.start("n1", bootstrap=True)
-    try:
-        asyncio.run(c.wait_for(c.client_tls, members=1, timeout_s=30))
-        c.start("n2")
-        c.start("n3")
-        asyncio.run(c.wait_for(c.client_tls, members=3, timeout_s=40, every=True))
-    except BaseException:
-        c.stop_all()
-        raise
-    yield c
-    gossip = [n.gossip_addr for n in c.nodes.values()]
-    pids = {name: n.proc.pid for name, n in c.nodes.items() if n.proc is not None}
-    c.stop_all()
-    codes = {name: n.proc.returncode for name, n in c.nodes.items() if n.proc is not None}
-    for name, code in codes.items():
-        assert code == 0, f"{name} exited with {code}:\n{c.log_text(name)[-3000:]}"
+    args = ("--serf-profile", "local", "--snapshot-threshold", str(SNAPSHOT_THRESHOLD))
+    args += ("--sync", "never", "--log-level", "info")
+    with three_node_cluster(root, dev_certs, names=FOUNDERS, agent_args=args) as c:
+        yield c
+        gossip = [n.gossip_addr for n in c.nodes.values()]
+        pids = {name: n.proc.pid for name, n in c.nodes.items() if n.proc is not None}
+    # every node exited 0 (three_node_cluster checks), and left nothing behind
     for addr in gossip:
         assert serf_pids([f"-bind={addr}"]) == [], f"serf for {addr} left behind"
     for name, pid in pids.items():
@@ -86,22 +61,35 @@ def cluster(
         assert locks_free(c.nodes[name].data_dir), f"{name} has no LOCK: layout changed?"
 
 
-def locks_free(data_dir: Path) -> list[Path]:
-    """Every LOCK under ``data_dir``, after checking nobody holds its flock any more."""
-    locks = sorted(data_dir.rglob("LOCK"))
-    for lock in locks:
-        with open(lock, "rb") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if still held
-            fcntl.flock(fh, fcntl.LOCK_UN)
-    return locks
+@pytest.fixture(autouse=True)
+async def healthy(cluster: DevCluster) -> AsyncIterator[None]:
+    """Each test starts on a working cluster, whatever ran before it: every live node
+    names the same leader and lists the founders (and any node a test added), and every
+    member votes (a learner that is not yet promoted would not count for a quorum)."""
+    assert cluster.client_tls is not None
+    tls = cluster.client_tls
+    leader = await cluster.wait_for(tls, members=len(FOUNDERS), timeout_s=40, every=True)
+
+    async def all_vote() -> bool:
+        return not any(s.is_learner for s in await cluster.servers(leader, tls))
+
+    await wait_until(all_vote, 30, "every member to be promoted to voter", interval=0.1)
+    yield
 
 
-def dead(pid: int) -> bool:
-    """``pid`` no longer runs (gone, or a zombie awaiting its reaper)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+def running(c: DevCluster) -> list[str]:
+    return [name for name, node in c.nodes.items() if node.running]
+
+
+async def start_new_node(c: DevCluster) -> str:
+    """Add a node with a name no test used yet, join it through n2's Serf, and wait until
+    n1 lists it (with every other running node)."""
+    name = f"n{len(c.nodes) + 1}"
+    c.add_node(name)
+    c.start(name, join=[c.nodes["n2"].gossip_addr])
+    assert c.client_tls is not None
+    await c.wait_for(c.client_tls, members=len(running(c)), timeout_s=40, via=["n1"])
+    return name
 
 
 def stub_for(c: DevCluster, name: str) -> tuple[grpc.aio.Channel, log_pb2_grpc.LogStub]:
@@ -155,15 +143,26 @@ async def leader_of(c: DevCluster, via: str) -> str:
 
 
 async def test_three_nodes_elect_one_leader(cluster: DevCluster) -> None:
-    views = []
-    for name in ("n1", "n2", "n3"):
-        assert cluster.client_tls is not None
-        servers = await cluster.servers(name, cluster.client_tls)
-        views.append(sorted((s.id, s.rpc_addr, s.is_leader) for s in servers))
-    assert views[0] == views[1] == views[2], views
-    assert [s[0] for s in views[0]] == ["n1", "n2", "n3"]
+    """Every running node lists the same members, the running nodes (the founders and any
+    node another test added), with one leader; a node that left is no longer listed."""
+    assert cluster.client_tls is not None
+    tls = cluster.client_tls
+    views: list[list[tuple[str, str, bool]]] = []
+
+    async def agreed() -> bool:
+        views.clear()
+        for name in running(cluster):
+            servers = await cluster.servers(name, tls)
+            views.append(sorted((s.id, s.rpc_addr, s.is_leader) for s in servers))
+        return all(v == views[0] for v in views) and [s[0] for s in views[0]] == sorted(
+            running(cluster)
+        )
+
+    # a node another test removed may still be listed until the change reaches everyone
+    await wait_until(agreed, 20, "every node to list the running nodes", interval=0.2)
+    assert set(FOUNDERS) <= {s[0] for s in views[0]}
     assert sum(1 for s in views[0] if s[2]) == 1
-    assert {s[1] for s in views[0]} == {cluster.nodes[n].rpc_addr for n in ("n1", "n2", "n3")}
+    assert {s[1] for s in views[0]} == {cluster.nodes[n].rpc_addr for n in running(cluster)}
 
 
 async def test_produce_anywhere_read_everywhere_at_the_same_offsets(cluster: DevCluster) -> None:
@@ -173,19 +172,21 @@ async def test_produce_anywhere_read_everywhere_at_the_same_offsets(cluster: Dev
             values = [f"{name}-{round_}-{i}".encode() for i in range(5)]
             spans.append((await produce(cluster, name, values), values))
     spans.sort()
+    base = spans[0][0][0]  # the log's end when this test began (other tests write too)
     expected: list[bytes] = []
     for (first, last), values in spans:
-        assert first == len(expected) and last == first + 4  # dense, batch kept together
+        assert first == base + len(expected) and last == first + 4  # dense, kept together
         expected += values
     # concurrent writes through all three nodes at once
+    end = base + len(expected)
     results = await asyncio.gather(
         *(produce(cluster, f"n{1 + i % 3}", [b"c%d" % i]) for i in range(30))
     )
-    assert sorted(f for f, _ in results) == list(range(len(expected), len(expected) + 30))
-    top = len(expected) + 29
-    copies = [await read_all(cluster, name, top) for name in ("n1", "n2", "n3")]
+    assert sorted(f for f, _ in results) == list(range(end, end + 30))
+    top = end + 29
+    copies = [await read_all(cluster, name, top) for name in FOUNDERS]
     assert copies[0] == copies[1] == copies[2]
-    assert copies[0][: len(expected)] == expected
+    assert copies[0][base:end] == expected
 
 
 async def test_a_forwarded_write_is_never_forwarded_again(
@@ -233,10 +234,12 @@ async def test_raft_with_a_client_certificate_is_refused(
     finally:
         writer.close()
     # and the node says why
-    deadline = time.monotonic() + 5
-    while "refused Raft traffic from 'root'" not in cluster.log_text("n2"):
-        assert time.monotonic() < deadline, cluster.log_text("n2")[-2000:]
-        await asyncio.sleep(0.1)
+    await wait_until(
+        lambda: "refused Raft traffic from 'root'" in cluster.log_text("n2"),
+        5,
+        "n2 to log the refusal",
+        interval=0.1,
+    )
     # the cluster still works
     await produce(cluster, "n2", [b"still-fine"])
 
@@ -246,18 +249,15 @@ async def test_fourth_node_joins_via_serf_and_catches_up_from_a_snapshot(
 ) -> None:
     # enough Raft entries (one per produce) for a few snapshots and a compacted log
     await asyncio.gather(*(produce(cluster, "n1", [b"bulk-%d" % i]) for i in range(200)))
-    top, _ = await produce(cluster, "n1", [b"before-n4"])
-    cluster.add_node("n4")
-    cluster.start("n4", join=[cluster.nodes["n2"].gossip_addr])
-    assert cluster.client_tls is not None
-    await cluster.wait_for(cluster.client_tls, members=4, timeout_s=40, via=["n1"])
-    copy = await read_all(cluster, "n4", top)
+    top, _ = await produce(cluster, "n1", [b"before-new"])
+    new = await start_new_node(cluster)
+    copy = await read_all(cluster, new, top)
     assert copy == await read_all(cluster, "n1", top)
-    assert copy[-1] == b"before-n4"
-    assert "restored from the snapshot" in cluster.log_text("n4")
+    assert copy[-1] == b"before-new"
+    assert "restored from the snapshot" in cluster.log_text(new)
     # and it follows new writes, also written through it
-    first, _ = await produce(cluster, "n4", [b"via-n4"])
-    assert (await read_all(cluster, "n3", first))[-1] == b"via-n4"
+    first, _ = await produce(cluster, new, [b"via-new"])
+    assert (await read_all(cluster, "n3", first))[-1] == b"via-new"
 
 
 async def test_leader_killed_new_leader_accepts_writes_old_one_catches_up(
@@ -273,23 +273,22 @@ async def test_leader_killed_new_leader_accepts_writes_old_one_catches_up(
     cluster.wait_exit(old, 10)
     started = time.monotonic()
     first = -1
-    while first < 0:
-        assert time.monotonic() - started < 15, "no write accepted after the leader died"
+
+    async def accepted() -> bool:
+        nonlocal first
         for name in others:
-            try:
+            with contextlib.suppress(grpc.aio.AioRpcError):
                 first, _ = await produce(cluster, name, [b"after-failover"])
-                break
-            except grpc.aio.AioRpcError:
-                await asyncio.sleep(0.05)
+                return True
+        return False
+
+    await wait_until(accepted, 15, "a write accepted after the leader died", interval=0.05)
     took = time.monotonic() - started
     new = await leader_of(cluster, others[0])
     assert new != old
     assert took < 10, took
     # its Serf got the parent-death signal (else the restart below could not bind its port)
-    deadline = time.monotonic() + 10
-    while not dead(old_serf):
-        assert time.monotonic() < deadline, f"serf {old_serf} outlived its SIGKILLed agent"
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: pid_gone(old_serf), 10, f"serf {old_serf} to die with its agent")
     # the old leader restarts on its data dir (with --bootstrap again: ignored) and catches up
     cluster.start(old, bootstrap=True, join=[cluster.nodes[others[0]].gossip_addr])
     copy = await read_all(cluster, old, first)
@@ -300,7 +299,10 @@ async def test_leader_killed_new_leader_accepts_writes_old_one_catches_up(
 
 
 async def test_graceful_leave_removes_the_node_from_raft(cluster: DevCluster) -> None:
-    leaver = "n4"
+    assert cluster.client_tls is not None
+    tls = cluster.client_tls
+    before = {s.id for s in await cluster.servers("n1", tls)}
+    leaver = await start_new_node(cluster)
     gossip = cluster.nodes[leaver].gossip_addr
     proc = cluster.nodes[leaver].proc
     assert proc is not None
@@ -310,13 +312,10 @@ async def test_graceful_leave_removes_the_node_from_raft(cluster: DevCluster) ->
     assert serf_pids([f"-bind={gossip}"]) == []
     assert not sockdir.exists(), "the socket dir outlived the agent's shutdown"
     assert locks_free(cluster.nodes[leaver].data_dir)
-    assert cluster.client_tls is not None
-    deadline = time.monotonic() + 30
-    while True:
-        servers = await cluster.servers("n1", cluster.client_tls)
-        if leaver not in {s.id for s in servers}:
-            break
-        assert time.monotonic() < deadline, servers
-        await asyncio.sleep(0.2)
-    assert sorted(s.id for s in servers) == ["n1", "n2", "n3"]
+
+    async def removed() -> bool:
+        return leaver not in {s.id for s in await cluster.servers("n1", tls)}
+
+    await wait_until(removed, 30, f"{leaver} to be removed from Raft", interval=0.2)
+    assert {s.id for s in await cluster.servers("n1", tls)} == before
     await produce(cluster, "n1", [b"after-leave"])

@@ -47,6 +47,7 @@ from raftlog.security import (
 from raftlog.security.grpc_tls import grpc_channel_credentials
 from support.chaos_harness import ChaosCluster
 from support.chaos_run import AGENT_ARGS, results_dir
+from support.wait import wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -430,10 +431,12 @@ async def test_slow_loris_and_connection_flood(env: Env) -> None:
         for s in silent + slow + flood:
             s.close()
     # descriptors come back (bounded wait): no leak per connection
-    deadline = time.monotonic() + 20
-    while len(os.listdir(f"/proc/{pid}/fd")) > fds_before + 20:
-        assert time.monotonic() < deadline, (fds_before, len(os.listdir(f"/proc/{pid}/fd")))
-        await asyncio.sleep(0.2)
+    await wait_until(
+        lambda: len(os.listdir(f"/proc/{pid}/fd")) <= fds_before + 20,
+        20,
+        f"the agent's descriptors to come back near {fds_before}",
+        interval=0.2,
+    )
     await assert_healthy(env)
 
 
@@ -549,6 +552,15 @@ async def test_acl_denies_every_action_not_in_the_policy(env: Env) -> None:
         "writer": {"Produce", "ProduceStream"},
     }
     consume_ok = {grpc.StatusCode.OK, grpc.StatusCode.OUT_OF_RANGE}
+    # offset 0 must exist on n2, whatever ran before: on an empty log the reader's
+    # ConsumeStream from 0 would wait for a record until its deadline
+    async with env.channel("n1") as ch:
+        assert await call(ch, "Produce", METHODS["Produce"][1]) == grpc.StatusCode.OK
+
+    async def n2_has_a_record() -> bool:
+        return await next_offset(env) > 0
+
+    await wait_until(n2_has_a_record, 10, "n2 to apply a record", interval=0.05)
     for role, ok in allowed.items():
         before = await next_offset(env)
         async with env.channel("n2", role) as ch:

@@ -27,16 +27,10 @@ from raftlog.client import (
 )
 from raftlog.security import CertFiles
 from support.client_nodes import FAST, RestartableNode, tls_of
+from support.wait import wait_until
 
 MakeNode = Callable[[str], Awaitable[RestartableNode]]
 ClientOf = Callable[..., contextlib.AbstractAsyncContextManager[LogClient]]
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    """Wait for ``condition`` (checked every 10 ms), failing after ``timeout_s``."""
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 async def take(client: LogClient, from_offset: int, count: int) -> list[Record]:
@@ -125,9 +119,9 @@ async def test_produce_retries_across_a_restart_on_the_same_port(
                 after += restarted.is_set()
 
         tasks = [asyncio.create_task(producer(k)) for k in range(8)]
-        await until(lambda: len(acked) >= 100)
+        await wait_until(lambda: len(acked) >= 100, 10.0, "100 acks")
         await node.stop()
-        await until(lambda: client.stats.retries > 0)  # produce calls are failing now
+        await wait_until(lambda: client.stats.retries > 0, 10.0, "produce calls to fail, retried")
         await node.start()  # same port, same data directory
         restarted.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 20)
@@ -200,9 +194,9 @@ async def test_stream_resumes_after_a_restart_without_gaps_or_repeats(
                         return
 
         reader = asyncio.create_task(read())
-        await until(lambda: len(seen) == 5)
+        await wait_until(lambda: len(seen) == 5, 10.0, "5 records streamed")
         await node.stop()
-        await until(lambda: client.stats.stream_resumes > 0)
+        await wait_until(lambda: client.stats.stream_resumes > 0, 10.0, "a stream resume")
         await node.start()
         await client.produce_batch([b"b%d" % i for i in range(10)])
         await asyncio.wait_for(reader, 15)

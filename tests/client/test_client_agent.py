@@ -14,6 +14,7 @@ import pytest
 from raftlog.client import LogClient, Record
 from raftlog.security import CertFiles
 from support.client_nodes import FAST, AgentProcess, tls_of, write_agent_certs
+from support.wait import wait_until
 
 
 @pytest.fixture
@@ -25,13 +26,6 @@ async def agent(tmp_path: Path) -> AsyncIterator[tuple[AgentProcess, dict[str, C
         yield process, certs
     finally:
         await process.stop()
-
-
-async def until(condition: object, timeout_s: float = 15.0) -> None:
-    assert callable(condition)
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 async def test_round_trips_against_an_agent(
@@ -82,15 +76,21 @@ async def test_kill_and_restart_mid_produce_and_mid_stream(
         reading = asyncio.create_task(reader())
         producers = [asyncio.create_task(producer(k)) for k in range(8)]
         try:
-            await until(lambda: len(acked) >= 200 and len(streamed) >= 100)
+            await wait_until(
+                lambda: len(acked) >= 200 and len(streamed) >= 100,
+                15.0,
+                "acks and streamed records",
+            )
             await process.kill()  # SIGKILL: no clean shutdown
-            await until(lambda: client.stats.retries > 0)
+            await wait_until(lambda: client.stats.retries > 0, 15.0, "a retry")
             await process.start()  # same port, same data
             restarted.set()
             await asyncio.wait_for(asyncio.gather(*producers), 30)
             # the stream catches up with everything acknowledged, across the restart
             end = max(acked)
-            await until(lambda: bool(streamed) and streamed[-1].offset >= end, 20)
+            await wait_until(
+                lambda: bool(streamed) and streamed[-1].offset >= end, 20, "the stream to catch up"
+            )
         finally:
             reading.cancel()
             for task in producers:

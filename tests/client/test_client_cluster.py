@@ -18,7 +18,7 @@ import re
 import signal
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 
 import grpc
@@ -30,9 +30,10 @@ from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.client import LogClient, Record
 from raftlog.security import CertFiles
 from raftlog.security.grpc_tls import grpc_channel_credentials
-from support.client_nodes import FAST, tls_of
-from support.cluster_files import dev_cluster_files
+from support.client_nodes import FAST
+from support.cluster import three_node_cluster
 from support.drop_response import DropResponses
+from support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -45,38 +46,15 @@ def cluster(
     tmp_path_factory: pytest.TempPathFactory, dev_certs: dict[str, CertFiles]
 ) -> Iterator[DevCluster]:
     root = tmp_path_factory.mktemp("client-cluster")
-    files = dev_cluster_files(root, dev_certs)
-    c = DevCluster(
-        root,
-        files,
-        agent_args=("--serf-profile", "local", "--sync", "never", "--log-level", "debug"),
-    )
-    c.client_tls = tls_of(dev_certs["root"])
-    for name in ("n1", "n2", "n3"):
-        c.add_node(name)
-    c.start("n1", bootstrap=True)
-    try:
-        asyncio.run(c.wait_for(c.client_tls, members=1, timeout_s=30))
-        c.start("n2")
-        c.start("n3")
-        asyncio.run(c.wait_for(c.client_tls, members=3, timeout_s=40, every=True))
-    except BaseException:
-        c.stop_all()
-        raise
-    yield c
-    c.stop_all()
+    args = ("--serf-profile", "local", "--sync", "never", "--log-level", "debug")
+    with three_node_cluster(root, dev_certs, agent_args=args) as c:
+        yield c
 
 
 def calls(c: DevCluster, name: str, method: str) -> int:
     """Successful ``method`` calls node ``name`` served to the ``root`` client, per its log."""
     pattern = rf"method=/log\.v1\.Log/{method} subject=root peer=\S+ code=OK"
     return len(re.findall(pattern, c.log_text(name)))
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.02)
 
 
 async def highest_on(c: DevCluster, name: str) -> int:
@@ -98,10 +76,14 @@ async def test_produce_lands_on_the_leader_and_consume_is_spread_over_followers(
     assert cluster.client_tls is not None
     leader = await cluster.wait_for(cluster.client_tls, members=3, timeout_s=30)
     followers = [n for n in cluster.nodes if n != leader]
+
     # reads go to voting followers first: wait until the last joiner is promoted
-    async with asyncio.timeout(30):
-        while any(s.is_learner for s in await cluster.servers(leader, cluster.client_tls)):
-            await asyncio.sleep(0.1)
+    async def all_voters() -> bool:
+        assert cluster.client_tls is not None
+        servers = await cluster.servers(leader, cluster.client_tls)
+        return not any(s.is_learner for s in servers)
+
+    await wait_until(all_voters, 30, "every member to vote", interval=0.1)
     before = {
         n: (calls(cluster, n, "Produce"), calls(cluster, n, "Consume")) for n in cluster.nodes
     }
@@ -113,9 +95,11 @@ async def test_produce_lands_on_the_leader_and_consume_is_spread_over_followers(
         produce_rpcs = client.stats.produce_requests
         # wait until both followers have applied the records, so none hands a read on
         for name in followers:
-            async with asyncio.timeout(20):
-                while await highest_on(cluster, name) < offsets[-1]:
-                    await asyncio.sleep(0.05)
+
+            async def applied(name: str = name) -> bool:
+                return await highest_on(cluster, name) >= offsets[-1]
+
+            await wait_until(applied, 20, f"{name} to apply the records", interval=0.05)
         for i in range(10):
             assert await client.consume(offsets[i]) == Record(offsets[i], b"spread-%d" % i)
 
@@ -123,8 +107,14 @@ async def test_produce_lands_on_the_leader_and_consume_is_spread_over_followers(
             now = (calls(cluster, name, "Produce"), calls(cluster, name, "Consume"))
             return now[k] - before[name][k]
 
-        await until(lambda: sum(delta(n, 1) for n in cluster.nodes) == 10)
-        await until(lambda: sum(delta(n, 0) for n in cluster.nodes) == produce_rpcs)
+        await wait_until(
+            lambda: sum(delta(n, 1) for n in cluster.nodes) == 10, 20.0, "10 consume calls"
+        )
+        await wait_until(
+            lambda: sum(delta(n, 0) for n in cluster.nodes) == produce_rpcs,
+            20.0,
+            "the produce calls counted",
+        )
         assert delta(leader, 0) == produce_rpcs  # every Produce went to the leader
         assert produce_rpcs <= 1 + 20  # 200 concurrent produce() calls: a few batches
         assert delta(leader, 1) == 0
@@ -175,7 +165,9 @@ async def test_linearizable_reads_come_from_the_leader_after_a_barrier(
             if len(streamed) == 5:
                 break
         assert [r.offset for r in streamed] == offsets
-    await until(lambda: calls(cluster, leader, "Consume") - before == 5)
+    await wait_until(
+        lambda: calls(cluster, leader, "Consume") - before == 5, 20.0, "5 consume calls"
+    )
     async with cluster.channel(follower, cluster.client_tls) as channel:
         stub = log_pb2_grpc.LogStub(channel)  # type: ignore[no-untyped-call]
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -312,7 +304,11 @@ async def test_leader_killed_mid_stream_the_producer_and_the_stream_continue(
         reading = asyncio.create_task(reader())
         producers = [asyncio.create_task(producer(k)) for k in range(8)]
         try:
-            await until(lambda: len(acked) >= 300 and len(streamed) >= 100)
+            await wait_until(
+                lambda: len(acked) >= 300 and len(streamed) >= 100,
+                20.0,
+                "acks and streamed records",
+            )
             cluster.signal(old, signal.SIGKILL)
             await asyncio.to_thread(cluster.wait_exit, old, 10)
             after_kill.set()
@@ -320,7 +316,9 @@ async def test_leader_killed_mid_stream_the_producer_and_the_stream_continue(
             new_leader = client.resolver.leader
             assert new_leader and new_leader != old_addr
             end = max(acked)
-            await until(lambda: bool(streamed) and streamed[-1].offset >= end, 30)
+            await wait_until(
+                lambda: bool(streamed) and streamed[-1].offset >= end, 30, "the stream to catch up"
+            )
         finally:
             reading.cancel()
             for task in producers:
@@ -343,9 +341,10 @@ async def test_leader_killed_mid_stream_the_producer_and_the_stream_continue(
     # the old leader comes back on its data and catches up with what it missed
     cluster.start(old)
     await cluster.wait_for(cluster.client_tls, members=3, timeout_s=40)
-    async with asyncio.timeout(30):
-        while True:
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                if await highest_on(cluster, old) >= max(log):
-                    break
-            await asyncio.sleep(0.1)
+
+    async def caught_up() -> bool:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            return await highest_on(cluster, old) >= max(log)
+        return False
+
+    await wait_until(caught_up, 30, f"{old} to catch up", interval=0.1)

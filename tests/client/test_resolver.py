@@ -8,7 +8,6 @@ a real cluster does (replication, forwarding, elections) is tested against agent
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -18,15 +17,10 @@ import pytest
 from raftlog.client import LogClient, ServerInfo, parse_addrs
 from raftlog.client.picker import Picker
 from support.client_nodes import FAST, Directory, RestartableNode
+from support.wait import wait_until
 
 MakeNode = Callable[[str], Awaitable[RestartableNode]]
 ClientOf = Callable[..., contextlib.AbstractAsyncContextManager[LogClient]]
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 async def three_nodes(make_node: MakeNode) -> tuple[RestartableNode, ...]:
@@ -82,7 +76,11 @@ async def test_resolver_drops_a_server_that_left_and_picks_up_a_new_one(
         assert client.resolver.channel_addrs == {a.addr, b.addr}
         # b leaves, c joins: the periodic refresh notices, closes b's channel
         a.directory.members = [a.info(True), c.info(False)]
-        await until(lambda: {s.rpc_addr for s in client.resolver.servers} == {a.addr, c.addr})
+        await wait_until(
+            lambda: {s.rpc_addr for s in client.resolver.servers} == {a.addr, c.addr},
+            10.0,
+            "the resolver to list a and c",
+        )
         assert b.addr not in client.resolver.channel_addrs
         for _ in range(2):
             await client.consume(0)
@@ -106,8 +104,12 @@ async def test_a_follower_that_went_down_is_avoided_and_refreshed_away(
         assert client.stats.retries <= 1
         assert client.resolver.is_down(b.addr) or b.addr not in client.resolver.channel_addrs
         # the error asked for a refresh: b is gone from the view
-        await until(lambda: client.resolver.refreshes > refreshes)
-        await until(lambda: b.addr not in {s.rpc_addr for s in client.resolver.servers})
+        await wait_until(lambda: client.resolver.refreshes > refreshes, 10.0, "a refresh")
+        await wait_until(
+            lambda: b.addr not in {s.rpc_addr for s in client.resolver.servers},
+            10.0,
+            "the resolver to drop b",
+        )
 
 
 async def test_not_leader_hint_is_followed(make_node: MakeNode, client_of: ClientOf) -> None:

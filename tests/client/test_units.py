@@ -28,6 +28,7 @@ from raftlog.client.errors import (
     ServerError,
     from_rpc_error,
 )
+from support.wait import wait_until
 
 
 class FakeRpcError(grpc.RpcError):
@@ -128,11 +129,10 @@ async def test_buffer_limit_makes_callers_wait() -> None:
     batcher = Batcher(send, config)
     first = asyncio.create_task(batcher.add(bytes(60)))
     second = asyncio.create_task(batcher.add(bytes(60)))
-    async with asyncio.timeout(5):
-        while not sent:
-            await asyncio.sleep(0.005)
-    for _ in range(20):  # let the loop run: linger 0 would have sent the second by now
-        await asyncio.sleep(0)
+    # the second caller waits for room: linger 0 would have sent it at once otherwise
+    await wait_until(
+        lambda: bool(sent) and batcher.buffer_waits == 1, 5, "a batch sent, the second waiting"
+    )
     assert len(sent) == 1 and not second.done()
     assert batcher.buffered_bytes == 60
     gate.set()
@@ -160,10 +160,10 @@ async def test_requests_in_flight_stay_within_the_sequence_span() -> None:
     taken = [await client._take_sequence() for _ in range(3)]
     assert taken == [10, 11, 12]
     blocked = asyncio.create_task(client._take_sequence())
-    await asyncio.sleep(0.02)
+    await wait_until(lambda: client.stats.sequence_waits == 1, 1, "the request to wait")
     assert not blocked.done()  # 13 - 10 >= 3: waits for the oldest (10) to finish
     client._release_sequence(11)
-    await asyncio.sleep(0.02)
+    await wait_until(lambda: client.stats.sequence_waits == 2, 1, "the request to wait again")
     assert not blocked.done()  # 10 still in flight
     client._release_sequence(10)
     assert await asyncio.wait_for(blocked, 1) == 13

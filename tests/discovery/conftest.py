@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from raftlog.discovery import SerfAgent, SerfAgentConfig, find_serf_binary
+from support.procs import pid_reaped
 
 
 def _free_port() -> int:
@@ -30,11 +31,6 @@ def _free_port() -> int:
 def free_port() -> Callable[[], int]:
     """A function returning a port free for TCP and UDP on 127.0.0.1."""
     return _free_port
-
-
-def process_gone(pid: int) -> bool:
-    """True when ``pid`` no longer exists at all (not even as an unreaped zombie)."""
-    return not Path(f"/proc/{pid}").exists()
 
 
 @pytest.fixture(scope="session")
@@ -80,4 +76,4 @@ async def make_agent(serf_bin: Path, tmp_path: Path) -> AsyncIterator[AgentFacto
     for agent in reversed(agents):
         await agent.stop()
     for pid in pids:
-        assert process_gone(pid), f"serf pid {pid} left behind"
+        assert pid_reaped(pid), f"serf pid {pid} left behind"

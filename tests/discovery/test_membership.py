@@ -21,6 +21,7 @@ from raftlog.discovery import (
     StaticMembership,
     parse_static_peers,
 )
+from support.wait import wait_until
 
 AgentFactory = Callable[..., Awaitable[SerfAgent]]
 
@@ -33,19 +34,18 @@ class RecordingHandler:
         self.cluster: dict[str, str] = {local: "127.0.0.1:1"}
         self.calls: list[tuple[str, ...]] = []
         self.fail_next = 0
-        self.changed = asyncio.Event()
+        #: is_leader() calls: proof that a reconcile pass ran and asked.
+        self.leader_checks = 0
 
     async def join(self, node_id: str, rpc_addr: str) -> None:
         self.calls.append(("join", node_id, rpc_addr))
         self._maybe_fail()
         self.cluster[node_id] = rpc_addr
-        self.changed.set()
 
     async def leave(self, node_id: str) -> None:
         self.calls.append(("leave", node_id))
         self._maybe_fail()
         self.cluster.pop(node_id, None)
-        self.changed.set()
 
     def _maybe_fail(self) -> None:
         if self.fail_next:
@@ -53,21 +53,11 @@ class RecordingHandler:
             raise RuntimeError("raft says no")
 
     def is_leader(self) -> bool:
+        self.leader_checks += 1
         return self.leader
 
     async def members(self) -> Mapping[str, str]:
         return dict(self.cluster)
-
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"condition not met; calls: {self.calls}"
-            self.changed.clear()
-            try:
-                await asyncio.wait_for(self.changed.wait(), min(remaining, 0.1))
-            except TimeoutError:
-                pass
 
 
 class _FakeSubscription:
@@ -94,6 +84,8 @@ class FakeSource:
         self.listed = {m.name: m for m in members}
         self.queue: asyncio.Queue[object] = asyncio.Queue()
         self.subscriptions = 0
+        #: Member events handed to the subscription so far.
+        self.pushed = 0
 
     async def subscribe(self) -> _FakeSubscription:
         self.subscriptions += 1
@@ -105,6 +97,11 @@ class FakeSource:
     async def close(self) -> None:
         return None
 
+    def push(self, event: MemberEvent) -> None:
+        """Deliver ``event`` as is (a late or duplicate delivery: the list is not changed)."""
+        self.pushed += 1
+        self.queue.put_nowait(event)
+
     def emit(self, kind: str, *members: Member) -> None:
         status = {"member-leave": "left", "member-failed": "failed"}.get(kind, "alive")
         for m in members:
@@ -112,7 +109,7 @@ class FakeSource:
                 self.listed.pop(m.name, None)
             else:
                 self.listed[m.name] = Member(m.name, m.addr, m.port, m.tags, status)
-        self.queue.put_nowait(MemberEvent(kind, tuple(members)))
+        self.push(MemberEvent(kind, tuple(members)))
 
 
 def member(name: str, addr: str | None = None) -> Member:
@@ -133,14 +130,11 @@ async def started(handler: RecordingHandler, source: FakeSource, **overrides: ob
     return membership
 
 
-async def drain(source: FakeSource) -> None:
-    """Wait until the membership loop took every queued event and went idle."""
-    deadline = time.monotonic() + 2.0
-    while not source.queue.empty():
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.005)
-    for _ in range(20):
-        await asyncio.sleep(0)
+async def drain(m: Membership, source: FakeSource) -> None:
+    """Wait until the membership loop has finished applying every event pushed so far."""
+    await wait_until(
+        lambda: m.events_handled == source.pushed, 2.0, f"{source.pushed} events handled"
+    )
 
 
 def test_config_validation() -> None:
@@ -170,14 +164,14 @@ async def test_join_leave_duplicates_and_self_ignored() -> None:
         source.emit("member-join", b, member("self"))
         source.emit("member-join", b)  # duplicate
         source.emit("member-update", b)  # same address: nothing to do
-        await drain(source)
+        await drain(m, source)
         assert handler.calls == [("join", "b", "127.0.0.1:9002")]
         moved = member("b", "127.0.0.1:9999")
         source.emit("member-update", moved)
         source.emit("member-leave", b)
         source.emit("member-leave", b)  # duplicate
         source.emit("member-reap", b)  # already gone
-        await drain(source)
+        await drain(m, source)
         assert handler.calls[1:] == [("join", "b", "127.0.0.1:9999"), ("leave", "b")]
         assert handler.cluster == {"self": "127.0.0.1:1"}
     finally:
@@ -192,19 +186,23 @@ async def test_out_of_order_events_follow_the_agents_current_list() -> None:
     try:
         b = member("b", "127.0.0.1:9002")
         source.emit("member-join", b)
-        await handler.wait_for(lambda: "b" in handler.cluster, 2.0)
+        await wait_until(lambda: "b" in handler.cluster, 2.0, "b to join")
         source.emit("member-leave", b)
-        await handler.wait_for(lambda: "b" not in handler.cluster, 2.0)
-        source.queue.put_nowait(MemberEvent("member-join", (b,)))  # late, list says left
-        await drain(source)
+        await wait_until(lambda: "b" not in handler.cluster, 2.0, "b to be removed")
+        source.push(MemberEvent("member-join", (b,)))  # late, list says left
+        await drain(m, source)
         assert "b" not in handler.cluster
         assert handler.calls == [("join", "b", "127.0.0.1:9002"), ("leave", "b")]
-        source.emit("member-join", b)  # b really comes back
-        await handler.wait_for(lambda: "b" in handler.cluster, 2.0)
-        source.queue.put_nowait(MemberEvent("member-leave", (b,)))  # late, list says alive
-        source.queue.put_nowait(MemberEvent("member-failed", (b,)))  # likewise
-        await drain(source)
-        await asyncio.sleep(0.4)  # past the failed grace (0.3 s): still no removal
+        w = member("w")  # a witness: its failure, handled later, times the grace period
+        source.emit("member-join", b, w)  # b really comes back
+        await wait_until(lambda: {"b", "w"} <= set(handler.cluster), 2.0, "b and w to join")
+        source.push(MemberEvent("member-leave", (b,)))  # late, list says alive
+        source.push(MemberEvent("member-failed", (b,)))  # likewise
+        await drain(m, source)
+        assert "b" in handler.cluster and m.view["b"].status == "alive"
+        # Had the late failure counted, b's grace (0.3 s) would end before w's does.
+        source.emit("member-failed", w)
+        await wait_until(lambda: "w" not in handler.cluster, 3.0, "w's grace to end")
         assert "b" in handler.cluster
         assert handler.calls.count(("leave", "b")) == 1
     finally:
@@ -217,9 +215,9 @@ async def test_member_without_rpc_tag_is_ignored(caplog: pytest.LogCaptureFixtur
     try:
         with caplog.at_level(logging.WARNING):
             source.emit("member-join", member("untagged", ""))
-            await drain(source)
+            await drain(m, source)
+            await wait_until(lambda: "no 'rpc_addr' tag" in caplog.text, 2.0, "the warning")
         assert handler.calls == []
-        assert "no 'rpc_addr' tag" in caplog.text
     finally:
         await m.close()
 
@@ -228,17 +226,19 @@ async def test_failed_member_removed_after_grace_only() -> None:
     handler, source = RecordingHandler(), FakeSource()
     m = await started(handler, source, failed_grace=0.3)
     try:
-        b, c = member("b"), member("c")
-        source.emit("member-join", b, c)
-        await handler.wait_for(lambda: {"b", "c"} <= set(handler.cluster), 2.0)
+        b, c, w = member("b"), member("c"), member("w")  # w: a witness that fails later
+        source.emit("member-join", b, c, w)
+        await wait_until(lambda: {"b", "c", "w"} <= set(handler.cluster), 2.0, "b, c, w to join")
         started_at = time.monotonic()
         source.emit("member-failed", b, c)
-        await drain(source)
+        await drain(m, source)
         assert ("leave", "b") not in handler.calls  # not before the grace period
         source.emit("member-join", c)  # c comes back in time: keeps its place
-        await handler.wait_for(lambda: "b" not in handler.cluster, 3.0)
+        await wait_until(lambda: "b" not in handler.cluster, 3.0, "b's grace to end")
         assert time.monotonic() - started_at >= 0.3
-        await asyncio.sleep(0.4)  # past c's grace too: it must still be there
+        # w fails after c did: once w's grace has ended, c's would have too.
+        source.emit("member-failed", w)
+        await wait_until(lambda: "w" not in handler.cluster, 3.0, "w's grace to end")
         assert "c" in handler.cluster
         assert ("leave", "c") not in handler.calls
         assert handler.calls.count(("leave", "b")) == 1
@@ -254,21 +254,25 @@ async def test_members_missing_after_agent_restart_get_the_failed_grace() -> Non
     try:
         b, c = member("b"), member("c")
         source.emit("member-join", b, c)
-        await handler.wait_for(lambda: {"b", "c"} <= set(handler.cluster), 2.0)
+        await wait_until(lambda: {"b", "c"} <= set(handler.cluster), 2.0, "b and c to join")
         # The agent restarts: its stream ends and its new member list knows nobody.
         source.listed = {"self": member("self")}
         subscriptions = source.subscriptions
         source.queue.put_nowait(None)
-        deadline = time.monotonic() + 2.0
-        while source.subscriptions == subscriptions:
-            assert time.monotonic() < deadline, "membership never resubscribed"
-            await asyncio.sleep(0.01)
-        await drain(source)
+        await wait_until(
+            lambda: source.subscriptions > subscriptions, 2.0, "membership to resubscribe"
+        )
+        await drain(m, source)
         assert not any(call[0] == "leave" for call in handler.calls)
         # It rejoins within the grace period: b comes back, c stays missing.
         source.emit("member-join", b)
-        await handler.wait_for(lambda: "c" not in handler.cluster, 3.0)
-        await asyncio.sleep(0.7)  # past b's grace too: it must still be there
+        await wait_until(lambda: "c" not in handler.cluster, 3.0, "c's grace to end")
+        # A witness that fails after the restart: once its grace has ended, b's would have.
+        w = member("w")
+        source.emit("member-join", w)
+        await wait_until(lambda: "w" in handler.cluster, 2.0, "w to join")
+        source.emit("member-failed", w)
+        await wait_until(lambda: "w" not in handler.cluster, 3.0, "w's grace to end")
         assert "b" in handler.cluster
         assert handler.calls.count(("leave", "c")) == 1
         assert ("leave", "b") not in handler.calls
@@ -282,7 +286,7 @@ async def test_non_leader_keeps_view_and_reconciles_when_elected() -> None:
     try:
         source.emit("member-join", member("b"), member("c"))
         source.emit("member-failed", member("c"))
-        await drain(source)
+        await drain(m, source)
         assert handler.calls == []
         assert {n: x.status for n, x in m.view.items()} == {"b": "alive", "c": "failed"}
         handler.cluster["c"] = "10.0.0.1:8400"  # c is still in Raft from before
@@ -299,11 +303,11 @@ async def test_handler_errors_are_retried_by_reconcile() -> None:
     m = await started(handler, source, reconcile_interval=0.2)
     try:
         source.emit("member-join", member("b"))
-        await handler.wait_for(lambda: "b" in handler.cluster, 3.0)
+        await wait_until(lambda: "b" in handler.cluster, 3.0, "b to join")
         assert handler.calls.count(("join", "b", "10.0.0.1:8400")) == 2
         assert m.errors == 1
         source.emit("member-join", member("d"))  # the loop is still alive
-        await handler.wait_for(lambda: "d" in handler.cluster, 2.0)
+        await wait_until(lambda: "d" in handler.cluster, 2.0, "d to join")
     finally:
         await m.close()
 
@@ -316,8 +320,8 @@ async def test_initial_member_list_is_reconciled_on_start() -> None:
     source = FakeSource([member("b"), member("self"), left])
     m = await started(handler, source)
     try:
-        await handler.wait_for(lambda: "b" in handler.cluster, 2.0)
-        await handler.wait_for(lambda: "gone" not in handler.cluster, 2.0)
+        await wait_until(lambda: "b" in handler.cluster, 2.0, "b to join")
+        await wait_until(lambda: "gone" not in handler.cluster, 2.0, "gone to be removed")
         assert "stranger" in handler.cluster
         assert ("join", "self", "10.0.0.4:8400") not in handler.calls
     finally:
@@ -330,10 +334,11 @@ async def test_static_membership_joins_peers_on_the_leader() -> None:
     m = StaticMembership(config(reconcile_interval=0.1), handler, peers)
     await m.start()
     try:
-        await asyncio.sleep(0.25)
+        # the first reconcile and one periodic one have asked, and done nothing
+        await wait_until(lambda: handler.leader_checks >= 2, 2.0, "two reconcile passes")
         assert handler.calls == []  # not the leader: nothing
         handler.leader = True
-        await handler.wait_for(lambda: {"b", "c"} <= set(handler.cluster), 2.0)
+        await wait_until(lambda: {"b", "c"} <= set(handler.cluster), 2.0, "b and c to join")
         assert sorted(handler.calls) == [("join", "b", "127.0.0.1:2"), ("join", "c", "127.0.0.1:3")]
     finally:
         await m.close()
@@ -348,10 +353,10 @@ async def test_membership_with_real_serf(make_agent: AgentFactory) -> None:
     try:
         await m.wait_subscribed(5.0)
         b = await make_agent("b", start_join_addrs=(a.config.bind_addr,))
-        await handler.wait_for(lambda: "b" in handler.cluster, 15.0)
+        await wait_until(lambda: "b" in handler.cluster, 15.0, "b to join")
         assert handler.cluster["b"] == b.config.advertise_rpc_addr
         await b.stop()
-        await handler.wait_for(lambda: "b" not in handler.cluster, 15.0)
+        await wait_until(lambda: "b" not in handler.cluster, 15.0, "b to be removed")
         assert handler.calls == [("join", "b", b.config.advertise_rpc_addr), ("leave", "b")]
     finally:
         await m.close()
@@ -376,7 +381,7 @@ async def test_membership_resubscribes_after_agent_restart(make_agent: AgentFact
         await a.wait_running(15.0)
         await m.wait_subscribed(10.0)
         b = await make_agent("b", start_join_addrs=(a.config.bind_addr,))
-        await handler.wait_for(lambda: "b" in handler.cluster, 15.0)
+        await wait_until(lambda: "b" in handler.cluster, 15.0, "b to join")
         assert handler.cluster["b"] == b.config.advertise_rpc_addr
     finally:
         await m.close()

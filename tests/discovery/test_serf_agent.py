@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -24,12 +23,10 @@ from raftlog.discovery import (
     find_serf_binary,
 )
 from raftlog.discovery.spawn import LAUNCHER_ENV, find_setpriv
+from support.procs import pid_gone, pid_reaped
+from support.wait import wait_until
 
 AgentFactory = Callable[..., Awaitable[SerfAgent]]
-
-
-def process_gone(pid: int) -> bool:
-    return not Path(f"/proc/{pid}").exists()
 
 
 def base_config(**overrides: object) -> SerfAgentConfig:
@@ -101,18 +98,17 @@ async def test_supervisor_restarts_a_killed_agent(make_agent: AgentFactory) -> N
     first = agent.pid
     assert first is not None
     os.kill(first, signal.SIGKILL)
-    deadline = time.monotonic() + 15.0
-    while not (agent.running and agent.pid not in (None, first)):
-        assert time.monotonic() < deadline, "agent was not restarted"
-        await asyncio.sleep(0.05)
+    await wait_until(
+        lambda: agent.running and agent.pid not in (None, first), 15.0, "the agent's restart"
+    )
     assert agent.restarts == 1
-    assert process_gone(first)  # the killed one was reaped, not left a zombie
+    assert pid_reaped(first)  # the killed one was reaped, not left a zombie
     async with SerfRPCClient(agent.rpc_addr, timeout=3.0) as client:
         assert [m.name for m in await client.members()] == ["phoenix"]
     second = agent.pid
     assert second is not None
     await agent.stop()
-    assert process_gone(second)
+    assert pid_reaped(second)
     assert agent.pid is None
     await agent.stop()  # idempotent
 
@@ -148,18 +144,14 @@ async def test_cancelled_start_leaves_no_process(
         )
     )
     task = asyncio.create_task(agent.start())
-    deadline = time.monotonic() + 5.0
-    while agent.pid is None:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.005)
+    await wait_until(lambda: agent.pid is not None, 5.0, "the agent's process", interval=0.005)
     pid = agent.pid
+    assert pid is not None
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    deadline = time.monotonic() + 5.0
-    while not process_gone(pid):  # killed on cancellation, reaped by the child watcher
-        assert time.monotonic() < deadline, f"serf pid {pid} left behind after cancel"
-        await asyncio.sleep(0.05)
+    # killed on cancellation, reaped by the child watcher
+    await wait_until(lambda: pid_reaped(pid), 5.0, f"serf pid {pid} to be reaped after cancel")
 
 
 async def test_encrypted_agents_join(make_agent: AgentFactory) -> None:
@@ -167,19 +159,13 @@ async def test_encrypted_agents_join(make_agent: AgentFactory) -> None:
     a = await make_agent("ea", encrypt_key=key)
     b = await make_agent("eb", encrypt_key=key, start_join_addrs=(a.config.bind_addr,))
     async with SerfRPCClient(a.rpc_addr, timeout=3.0) as client:
-        deadline = time.monotonic() + 10.0
-        while {m.name for m in await client.members() if m.status == "alive"} != {"ea", "eb"}:
-            assert time.monotonic() < deadline, "retry-join did not bring eb in"
-            await asyncio.sleep(0.1)
+
+        async def both_alive() -> bool:
+            alive = {m.name for m in await client.members() if m.status == "alive"}
+            return alive == {"ea", "eb"}
+
+        await wait_until(both_alive, 10.0, "retry-join to bring eb in", interval=0.1)
     assert b.running
-
-
-def _dead_or_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"  # reparented, awaiting init's reaping
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
@@ -222,16 +208,13 @@ async def test_agent_dies_with_a_killed_node(
         assert node.stdout is not None
         async with asyncio.timeout(15.0):
             serf_pid = int(await node.stdout.readline())
-        assert not _dead_or_zombie(serf_pid)
+        assert not pid_gone(serf_pid)
         node.kill()
         await node.wait()
-        deadline = time.monotonic() + 10.0
-        while not _dead_or_zombie(serf_pid):
-            assert time.monotonic() < deadline, "serf outlived its killed parent"
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: pid_gone(serf_pid), 10.0, "serf to die with its parent")
     finally:
         if node.returncode is None:
             node.kill()
             await node.wait()
-        if serf_pid and not _dead_or_zombie(serf_pid):
+        if serf_pid and not pid_gone(serf_pid):
             os.kill(serf_pid, signal.SIGKILL)

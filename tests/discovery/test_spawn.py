@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,8 @@ from raftlog.discovery.spawn import (
     spawn,
     spawn_async,
 )
+from support.procs import pid_gone
+from support.wait import wait_until, wait_until_sync
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux"),
@@ -58,7 +59,11 @@ class _Recorded:
 @pytest.fixture
 def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Recorded]:
     """Every ``subprocess.Popen`` (asyncio's too) records its argv and keyword arguments,
-    then really starts the process."""
+    then really starts the process. The launcher probes (cached, and spawning a probe of
+    their own the first time) run before recording starts, so what is recorded does not
+    depend on whether an earlier test made them already."""
+    find_setpriv()
+    default_launcher()
     record = _Recorded()
 
     class RecordingPopen(subprocess.Popen[Any]):
@@ -163,14 +168,6 @@ else:  # DevCluster.start: the "raftlog" command is the child script ($0 = "agen
 """
 
 
-def _dead_or_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
 @pytest.mark.parametrize(
     ("mode", "launcher"),
     [
@@ -205,23 +202,19 @@ async def test_a_sigkilled_parent_takes_its_child_along(
         async with asyncio.timeout(15.0):
             child = int(await parent.stdout.readline())
         # the child runs (past the launcher: its trap is set once sh runs the loop)
-        deadline = time.monotonic() + 10.0
-        while b"sleep" not in b"".join(_children_cmdlines(child)):
-            assert time.monotonic() < deadline, "the child never started its loop"
-            await asyncio.sleep(0.05)
+        await wait_until(
+            lambda: b"sleep" in b"".join(_children_cmdlines(child)), 10.0, "the child's loop"
+        )
         assert not marker.exists()
         parent.kill()
         await parent.wait()
-        deadline = time.monotonic() + 10.0
-        while not _dead_or_zombie(child):
-            assert time.monotonic() < deadline, f"child {child} outlived its SIGKILLed parent"
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: pid_gone(child), 10.0, f"child {child} to die with its parent")
         assert marker.read_text().strip() == "TERM", "the child died, but not of SIGTERM"
     finally:
         if parent.returncode is None:
             parent.kill()
             await parent.wait()
-        if child and not _dead_or_zombie(child):
+        if child and not pid_gone(child):
             os.kill(child, signal.SIGKILL)
 
 
@@ -251,10 +244,11 @@ def test_spawning_from_a_worker_thread_warns(caplog: pytest.LogCaptureFixture) -
         def in_a_worker() -> None:
             child = spawn(["sleep", "30"])
             procs.append(child)
-            deadline = time.monotonic() + 10  # past the launcher: the signal is set
-            while b"sleep" not in Path(f"/proc/{child.pid}/cmdline").read_bytes().split(b"\0")[0]:
-                assert time.monotonic() < deadline, "the launcher never exec'd sleep"
-                time.sleep(0.01)
+            wait_until_sync(  # past the launcher: the signal is set
+                lambda: b"sleep" in Path(f"/proc/{child.pid}/cmdline").read_bytes().split(b"\0")[0],
+                10,
+                "the launcher to exec sleep",
+            )
 
         worker = threading.Thread(target=in_a_worker)
         worker.start()

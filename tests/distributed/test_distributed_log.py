@@ -33,6 +33,7 @@ from raftlog.raft.node import NodeConfig, RaftNode
 from raftlog.raft.transport_inmem import InmemNetwork
 from raftlog.server.errors import code_of
 from raftlog.server.forward import GrpcForwarder
+from support.wait import wait_until
 
 TICK = 0.01
 
@@ -77,13 +78,19 @@ class Cluster:
         self.members[node_id] = member
         return member
 
+    async def bootstrap(self, ids: tuple[str, ...] = ("n1", "n2", "n3")) -> None:
+        """Start ``ids`` and bootstrap them as the voters of a new cluster."""
+        servers = [Server(i, i) for i in ids]
+        for i in ids:
+            m = await self.start(i)
+            await m.node.bootstrap(servers)
+
     async def leader(self, timeout: float = 5.0) -> Member:
-        async with asyncio.timeout(timeout):
-            while True:
-                for m in self.members.values():
-                    if m.node.is_leader:
-                        return m
-                await asyncio.sleep(TICK)
+        def current() -> list[Member]:
+            return [m for m in self.members.values() if m.node.is_leader]
+
+        await wait_until(lambda: bool(current()), timeout, "a leader", interval=TICK)
+        return current()[0]
 
     async def close(self) -> None:
         for m in list(self.members.values()):
@@ -94,19 +101,9 @@ class Cluster:
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     c = Cluster(tmp_path)
-    servers = [Server(i, i) for i in ("n1", "n2", "n3")]
-    for i in ("n1", "n2", "n3"):
-        m = await c.start(i)
-        await m.node.bootstrap(servers)
+    await c.bootstrap()
     yield c
     await c.close()
-
-
-async def wait_until(predicate: object, timeout: float = 5.0) -> None:
-    assert callable(predicate)
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(TICK)
 
 
 def records_of(m: Member) -> list[bytes]:
@@ -140,7 +137,9 @@ async def test_appends_are_dense_and_identical_everywhere(cluster: Cluster) -> N
     # coalesced: fewer Raft rounds than appends
     assert leader.node.stats.rounds < 60
     members = list(cluster.members.values())
-    await wait_until(lambda: all(m.dlog.highest_offset == total - 1 for m in members))
+    await wait_until(
+        lambda: all(m.dlog.highest_offset == total - 1 for m in members), 5.0, "all replicas"
+    )
     expected = records_of(leader)
     for m in cluster.members.values():
         assert records_of(m) == expected
@@ -149,7 +148,7 @@ async def test_appends_are_dense_and_identical_everywhere(cluster: Cluster) -> N
 async def test_follower_refuses_with_leader_hint_and_serves_committed(cluster: Cluster) -> None:
     leader = await cluster.leader()
     follower = next(m for m in cluster.members.values() if m is not leader)
-    await wait_until(lambda: follower.node.leader_id == leader.id)
+    await wait_until(lambda: follower.node.leader_id == leader.id, 5.0, "the leader hint")
     with pytest.raises(NotLeaderError) as info:
         await follower.dlog.append([b"x"])
     assert info.value.metadata["leader_id"] == leader.id
@@ -165,9 +164,13 @@ async def test_follower_refuses_with_leader_hint_and_serves_committed(cluster: C
 async def test_wait_for_wakes_on_apply(cluster: Cluster) -> None:
     leader = await cluster.leader()
     follower = next(m for m in cluster.members.values() if m is not leader)
-    waiter = asyncio.create_task(follower.dlog.wait_for(0, 5.0))
-    await asyncio.sleep(0.05)
-    assert not waiter.done()
+    # Both park on the same apply signal, the waiter first; asyncio wakes them in that
+    # order, so once the probe has returned, the waiter has seen the first apply too.
+    waiter = asyncio.create_task(follower.dlog.wait_for(1, 5.0))
+    probe = asyncio.create_task(follower.dlog.wait_for(0, 5.0))
+    await leader.dlog.append([b"first"])
+    assert await asyncio.wait_for(probe, 5.0)
+    assert not waiter.done()  # woken by offset 0, still waiting for offset 1
     await leader.dlog.append([b"wake"])
     assert await asyncio.wait_for(waiter, 5.0)
 
@@ -175,7 +178,7 @@ async def test_wait_for_wakes_on_apply(cluster: Cluster) -> None:
 async def test_get_servers_flags_the_leader_by_id(cluster: Cluster) -> None:
     leader = await cluster.leader()
     for m in cluster.members.values():
-        await wait_until(lambda m=m: m.node.leader_id == leader.id)  # type: ignore[misc]
+        await wait_until(lambda m=m: m.node.leader_id == leader.id, 5.0, "the leader")  # type: ignore[misc]
         servers = await m.dlog.get_servers()
         assert sorted(s.id for s in servers) == ["n1", "n2", "n3"]
         assert [s.id for s in servers if s.is_leader] == [leader.id]
@@ -198,7 +201,7 @@ async def test_join_as_learner_then_promoted_and_leave(cluster: Cluster) -> None
     n4 = await cluster.start("n4")
     await leader.dlog.join("n4", "n4")
     await leader.dlog.join("n4", "n4")  # idempotent
-    await wait_until(lambda: leader.node.membership.is_voter("n4"))
+    await wait_until(lambda: leader.node.membership.is_voter("n4"), 5.0, "n4 promoted")
     assert not any(s.is_learner for s in await leader.dlog.get_servers())
     # A member that never catches up (not running) stays a learner, and GetServers says so.
     await leader.dlog.join("n5", "n5")
@@ -206,7 +209,7 @@ async def test_join_as_learner_then_promoted_and_leave(cluster: Cluster) -> None
     assert flags == {"n1": False, "n2": False, "n3": False, "n4": False, "n5": True}
     await leader.dlog.leave("n5")
     await leader.dlog.append([b"after"])
-    await wait_until(lambda: n4.dlog.highest_offset == leader.dlog.highest_offset)
+    await wait_until(lambda: n4.dlog.highest_offset == leader.dlog.highest_offset, 5.0, "n4")
     assert records_of(n4) == records_of(leader)
     await leader.dlog.leave("n4")
     await leader.dlog.leave("n4")  # idempotent
@@ -217,22 +220,19 @@ async def test_join_as_learner_then_promoted_and_leave(cluster: Cluster) -> None
 async def test_newcomer_catches_up_from_a_snapshot(tmp_path: Path) -> None:
     c = Cluster(tmp_path, snapshot_threshold=8)
     try:
-        servers = [Server(i, i) for i in ("n1", "n2", "n3")]
-        for i in ("n1", "n2", "n3"):
-            m = await c.start(i)
-            await m.node.bootstrap(servers)
+        await c.bootstrap()
         leader = await c.leader()
         for i in range(40):
             await leader.dlog.append([f"s{i}".encode(), f"t{i}".encode()])
-        await wait_until(lambda: leader.node.status().first_index > 5)
+        await wait_until(lambda: leader.node.status().first_index > 5, 5.0, "a snapshot")
         n4 = await c.start("n4")
         await leader.dlog.join("n4", "n4")
-        await wait_until(lambda: n4.dlog.highest_offset == leader.dlog.highest_offset, 10.0)
+        await wait_until(lambda: n4.dlog.highest_offset == leader.dlog.highest_offset, 10.0, "n4")
         assert n4.node.stats.snapshots_received >= 1
         assert records_of(n4) == records_of(leader)
         assert n4.dlog.read(0) == b"s0"
         await leader.dlog.append([b"post-snapshot"])
-        await wait_until(lambda: n4.dlog.highest_offset == leader.dlog.highest_offset)
+        await wait_until(lambda: n4.dlog.highest_offset == leader.dlog.highest_offset, 5.0, "n4")
         assert n4.dlog.read(n4.dlog.highest_offset) == b"post-snapshot"
     finally:
         await c.close()
@@ -243,26 +243,25 @@ async def test_restart_resumes_without_duplicates(cluster: Cluster) -> None:
     for i in range(10):
         await leader.dlog.append([f"a{i}".encode()])
     victim = next(m for m in cluster.members.values() if m is not leader)
-    await wait_until(lambda: victim.dlog.highest_offset == 9)
+    await wait_until(lambda: victim.dlog.highest_offset == 9, 5.0, "the victim")
     await victim.close()
     del cluster.members[victim.id]
     leader = await cluster.leader()
     for i in range(5):
         await leader.dlog.append([f"b{i}".encode()])
     back = await cluster.start(victim.id)
-    await wait_until(lambda: back.dlog.highest_offset == 14)
-    await asyncio.sleep(0.1)
-    assert back.dlog.highest_offset == 14
+    await wait_until(lambda: back.dlog.highest_offset == 14, 5.0, "the restarted node")
+    # a later record lands right after the caught-up ones: nothing was applied twice
+    await leader.dlog.append([b"c0"])
+    await wait_until(lambda: back.dlog.highest_offset >= 15, 5.0, "the later record")
+    assert back.dlog.highest_offset == 15 and back.dlog.read(15) == b"c0"
     assert records_of(back) == records_of(leader)
 
 
 async def test_no_leader_answers_unavailable_with_an_empty_hint(tmp_path: Path) -> None:
     c = Cluster(tmp_path)
     try:
-        servers = [Server(i, i) for i in ("n1", "n2", "n3")]
-        for i in ("n1", "n2", "n3"):
-            m = await c.start(i)
-            await m.node.bootstrap(servers)
+        await c.bootstrap()
         await c.leader()
         for i in ("n2", "n3"):
             await c.members.pop(i).close()
@@ -270,7 +269,7 @@ async def test_no_leader_answers_unavailable_with_an_empty_hint(tmp_path: Path) 
         lone.dlog.forwarder = GrpcForwarder(None)  # would forward, if there were a leader
         lone.dlog.config = DistributedConfig(append_timeout=3.0, leader_wait=0.3)
         # check-quorum: a leader that hears from nobody steps down within an election timeout
-        await wait_until(lambda: not lone.node.leader_id, 5.0)
+        await wait_until(lambda: not lone.node.leader_id, 5.0, "the lone leader to step down")
         started = asyncio.get_running_loop().time()
         with pytest.raises(NotLeaderError) as info:
             await lone.dlog.append([b"nobody-home"])
@@ -305,7 +304,9 @@ async def test_idempotent_retries_are_deduplicated_by_the_replicated_table(
         await leader.dlog.append_idempotent([b"old"], "prod", 1)
     members = list(cluster.members.values())
     # the refused entry appended nothing: wait for every replica to apply it all the same
-    await wait_until(lambda: all(m.fsm.applied == leader.fsm.applied for m in members))
+    await wait_until(
+        lambda: all(m.fsm.applied == leader.fsm.applied for m in members), 5.0, "all replicas"
+    )
     tables = [m.fsm.producers.dump() for m in members]
     assert tables[0] == tables[1] == tables[2]
     # the leader dies: its successor knows the pairs (the table is replicated)
@@ -323,17 +324,14 @@ async def test_idempotent_retries_are_deduplicated_by_the_replicated_table(
 async def test_a_newcomer_gets_the_producer_table_from_the_snapshot(tmp_path: Path) -> None:
     c = Cluster(tmp_path, snapshot_threshold=8)
     try:
-        servers = [Server(i, i) for i in ("n1", "n2", "n3")]
-        for i in ("n1", "n2", "n3"):
-            m = await c.start(i)
-            await m.node.bootstrap(servers)
+        await c.bootstrap()
         leader = await c.leader()
         for seq in range(1, 30):
             await leader.dlog.append_idempotent([b"s%d" % seq], "p", seq)
-        await wait_until(lambda: leader.node.status().first_index > 5)
+        await wait_until(lambda: leader.node.status().first_index > 5, 5.0, "a snapshot")
         n4 = await c.start("n4")
         await leader.dlog.join("n4", "n4")
-        await wait_until(lambda: n4.dlog.highest_offset == leader.dlog.highest_offset, 10.0)
+        await wait_until(lambda: n4.dlog.highest_offset == leader.dlog.highest_offset, 10.0, "n4")
         assert n4.node.stats.snapshots_received >= 1
         assert n4.fsm.producers.lookup("p", 3) == (2, 2)  # applied before the snapshot
         assert n4.fsm.producers.dump() == leader.fsm.producers.dump()

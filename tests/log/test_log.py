@@ -22,6 +22,7 @@ from raftlog.log import (
     SyncPolicy,
 )
 from raftlog.log import log as log_module
+from support.wait import wait_until
 
 SMALL = LogConfig(max_store_bytes=200, max_index_bytes=12 * 16)
 
@@ -176,10 +177,7 @@ async def test_interval_policy_syncs_within_the_interval(tmp_path: Path) -> None
     log = Log.open(tmp_path, LogConfig(sync=SyncPolicy.INTERVAL, sync_interval_s=0.05))
     await log.append_batch(recs(10))
     assert log.durable_offset == 0
-    deadline = time.monotonic() + 5
-    while log.durable_offset < 10:
-        assert time.monotonic() < deadline, "interval sync never happened"
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: log.durable_offset >= 10, 5, "the interval sync")
     sizes = log.durable_lengths()
     assert list(sizes.values()) == [log.segments[0].store.size]
     await log.close()
@@ -320,10 +318,7 @@ async def test_fsync_started_before_a_suffix_cut_does_not_vouch_for_rewritten_re
     monkeypatch.setattr(log_module, "_fsync_job", first_is_slow)
     log = Log.open(tmp_path, LogConfig())
     old = asyncio.ensure_future(log.append_batch(recs(10)))
-    deadline = time.monotonic() + 5
-    while not calls:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.001)
+    await wait_until(lambda: bool(calls), 5, "the first fsync to start")
     log.truncate_after(4)  # while the first fsync (covering offsets 0..9) is running
     new = asyncio.ensure_future(log.append_batch([b"new-5", b"new-6", b"new-7"]))
     await asyncio.sleep(0)

@@ -31,6 +31,7 @@ from raftlog.security import (
     write_dev_certs,
 )
 from raftlog.security.grpc_tls import grpc_channel_credentials, grpc_server_credentials
+from support.wait import wait_until
 
 # The module-wide loop choice below uses the event_loop_policy fixture, which
 # pytest-asyncio 1.x deprecates in favour of a global hook; a hook would affect every
@@ -111,13 +112,6 @@ async def make_mux() -> AsyncIterator[MakeMux]:
 
 
 MakeMux = Callable[..., Awaitable[Mux]]
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 async def health_check(port: int, files: CertFiles, timeout: float = 5.0) -> int:

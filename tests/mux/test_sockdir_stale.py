@@ -13,7 +13,6 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,8 @@ import pytest
 
 from raftlog.mux import PrivateSocketDir, remove_stale_socket_dirs
 from raftlog.mux.sockdir import socket_dirs_of
+from support.procs import pid_gone
+from support.wait import wait_until_sync
 
 NS = os.stat("/proc/self/ns/pid").st_ino if Path("/proc/self/ns/pid").exists() else 0
 
@@ -63,10 +64,8 @@ def test_only_dead_owners_directories_are_removed(base: Path) -> None:
     sleeper = subprocess.Popen(["sleep", "30"])
     zombie = subprocess.Popen(["/bin/true"])  # exits, not reaped yet: a zombie
     try:
-        deadline = time.monotonic() + 10
-        while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-            assert time.monotonic() < deadline, "true(1) did not exit"
-            time.sleep(0.01)
+        # not reaped (nobody waits on it), so gone means a zombie
+        wait_until_sync(lambda: pid_gone(zombie.pid), 10, "true(1) to exit")
         stale = fake_dir(base, f"raftlog-{NS}-{gone}-abcd1234")
         stale_empty = fake_dir(base, f"raftlog-{NS}-{gone}-empty_00", socket_file=False)
         of_zombie = fake_dir(base, f"raftlog-{NS}-{zombie.pid}-zombie00")

@@ -16,6 +16,7 @@ from raftlog.api.v1 import log_pb2
 from raftlog.security import CertFiles
 from raftlog.server import ServerConfig
 from support.api_node import Node, running_node
+from support.wait import wait_until
 
 Record = log_pb2.Record
 
@@ -141,9 +142,7 @@ async def test_consume_stream_receives_records_appended_after_it_started(node: N
 
         reader = asyncio.create_task(read())
         # the stream has caught up and is waiting; now append, from another client
-        async with asyncio.timeout(5):
-            while not got:
-                await asyncio.sleep(0.01)
+        await wait_until(lambda: bool(got), 5, "the stream's first record")
         assert not reader.done()
         stub = node.stub(producer)
         await stub.Produce(log_pb2.ProduceRequest(record=Record(value=b"new-1")))
@@ -307,7 +306,8 @@ async def test_shutdown_ends_a_following_stream(
     async with running_node(tmp_path, dev_certs) as n:
         ch = n.channel()
         call = n.stub(ch).ConsumeStream(log_pb2.ConsumeRequest(offset=0, max_records=10))
-        await asyncio.sleep(0.1)  # let the stream reach its wait
+        # the stream has reached its wait: it parked on the log's change signal
+        await wait_until(lambda: n.local_log._changed is not None, 5, "the stream to wait")
         loop = asyncio.get_running_loop()
         started = loop.time()
         stopping = asyncio.create_task(n.server.stop(5.0))

@@ -23,10 +23,14 @@ async def test_wait_for_wakes_on_append_and_times_out(tmp_path: Path) -> None:
     started = loop.time()
     assert await local.wait_for(0, 0.05) is False
     assert loop.time() - started >= 0.04
+    # Both park on the same signal, the waiter first; asyncio wakes them in that order, so
+    # once the probe has returned, the waiter has seen the append of offset 0 too.
     waiter = asyncio.create_task(local.wait_for(1, 10))
-    await asyncio.sleep(0)
+    probe = asyncio.create_task(local.wait_for(0, 10))
+    await asyncio.sleep(0)  # both start and park (offset 0 is not there either)
+    assert not probe.done()
     assert await local.append([b"a"]) == (0, 0)
-    await asyncio.sleep(0)
+    assert await asyncio.wait_for(probe, 1) is True
     assert not waiter.done(), "offset 1 is not readable yet"
     assert await local.append([b"b", b"c"]) == (1, 2)
     assert await asyncio.wait_for(waiter, 1) is True

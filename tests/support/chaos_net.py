@@ -37,6 +37,8 @@ import shutil
 import subprocess
 from collections.abc import Iterable
 
+from support.procs import pid_gone
+
 PREFIX = "rlc"
 _NS = re.compile(rf"^{PREFIX}(\d+)-\S+")
 _BR = re.compile(rf"^\d+:\s+{PREFIX}b(\d+)[:@]")
@@ -53,16 +55,6 @@ def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clean_stale() -> list[str]:
     """Delete namespaces and bridges of test processes that no longer exist; their names."""
     removed: list[str] = []
@@ -70,13 +62,13 @@ def clean_stale() -> list[str]:
         return removed
     for line in _run("ip", "netns", "list", check=False).stdout.splitlines():
         match = _NS.match(line)
-        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+        if match and int(match.group(1)) != os.getpid() and pid_gone(int(match.group(1))):
             name = line.split()[0]
             _run("ip", "netns", "del", name, check=False)
             removed.append(name)
     for line in _run("ip", "-o", "link", "show", "type", "bridge", check=False).stdout.splitlines():
         match = _BR.match(line)
-        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+        if match and int(match.group(1)) != os.getpid() and pid_gone(int(match.group(1))):
             name = line.split(":")[1].strip().split("@")[0]
             _run("ip", "link", "del", name, check=False)
             removed.append(name)

@@ -27,6 +27,7 @@ from raftlog.security import TLSConfig, write_dev_certs
 from support import chaos_net
 from support.chaos_checker import Verdict, check
 from support.chaos_harness import ChaosCluster, History, Nemesis, Workload, final_logs
+from support.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -106,7 +107,14 @@ async def _drive(
         await nemesis.run(fault_s)
         await nemesis.heal_all()
         history.event("healed", "all")
-        await asyncio.sleep(1.0)  # let the workload see the healed cluster
+        # the workload sees the healed cluster: a produce started after healing is acked
+        healed = history.now()
+        await wait_until(
+            lambda: any(op.t >= healed and op.result == "ok" for op in reversed(history.ops)),
+            60,
+            "a produce acknowledged by the healed cluster",
+            interval=0.1,
+        )
     finally:
         await workload.stop()
     logs = await final_logs(cluster, tls, history)

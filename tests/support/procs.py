@@ -1,7 +1,8 @@
-"""Finding the processes a test left behind, by their command line in /proc."""
+"""Finding what a test's processes left behind: processes (by /proc), held file locks."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,3 +33,19 @@ def pid_gone(pid: int) -> bool:
     except OSError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def pid_reaped(pid: int) -> bool:
+    """``pid`` no longer exists at all, not even as a zombie: its parent has reaped it."""
+    return not Path(f"/proc/{pid}").exists()
+
+
+def locks_free(data_dir: Path) -> list[Path]:
+    """Every LOCK file under ``data_dir``, after checking that nobody holds its flock any
+    more (raises BlockingIOError if a process still does)."""
+    locks = sorted(data_dir.rglob("LOCK"))
+    for lock in locks:
+        with open(lock, "rb") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if still held
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    return locks
