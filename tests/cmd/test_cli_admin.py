@@ -22,8 +22,7 @@ import pytest
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.security import CertFiles, TLSConfig
 from support.cli import run_raftlog
-from support.cluster_files import dev_cluster_files
-from support.static_cluster import static_cluster
+from support.cluster import AGENT_ARGS, new_cluster, start_cluster
 from support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(150)
@@ -45,16 +44,18 @@ async def _status_json(cwd: Path, cert: CertFiles, addrs: list[str]) -> tuple[in
 async def test_status_and_admin_commands(tmp_path: Path, dev_certs: dict[str, CertFiles]) -> None:
     root, nobody = dev_certs["root"], dev_certs["nobody"]
     tls = TLSConfig(root.cert_file, root.key_file, root.ca_file)
-    sc = static_cluster(
+    cluster = new_cluster(
         tmp_path,
-        dev_cluster_files(tmp_path, dev_certs),
-        agent_args=("--log-format", "json", "--log-level", "debug"),
+        dev_certs,
+        static_peers=True,
+        agent_args=(*AGENT_ARGS, "--log-format", "json", "--log-level", "debug"),
     )
-    nodes = sc.cluster.nodes
+    nodes = cluster.nodes
+    names = list(nodes)
     try:
-        leader = await sc.start(tls)
-        addrs = sc.rpc_addrs()
-        await _write_and_read_secrets(sc.cluster, tls, leader)
+        leader = await start_cluster(cluster, static_peers=True)
+        addrs = [nodes[n].rpc_addr for n in names]
+        await _write_and_read_secrets(cluster, tls, leader)
 
         async def all_voters() -> bool:  # static peers join as learners, then are promoted
             _, status = await _status_json(tmp_path, root, addrs)
@@ -73,15 +74,15 @@ async def test_status_and_admin_commands(tmp_path: Path, dev_certs: dict[str, Ce
             "DISK",
         ]  # fmt: skip
         rows = {line.split()[0]: line.split() for line in lines[1:]}
-        assert set(rows) == set(sc.names)
+        assert set(rows) == set(names)
         assert rows[leader][2] == "leader"
-        assert all(rows[n][2] == "follower" for n in sc.names if n != leader)
+        assert all(rows[n][2] == "follower" for n in names if n != leader)
         assert all(int(r[9]) > 0 for r in rows.values())  # disk bytes of each data dir
 
         code, status = await _status_json(tmp_path, root, addrs)
         assert code == 0
         assert [s["role"] for s in status].count("leader") == 1
-        assert {s["id"]: s["address"] for s in status} == {n: nodes[n].rpc_addr for n in sc.names}
+        assert {s["id"]: s["address"] for s in status} == {n: nodes[n].rpc_addr for n in names}
         assert all(s["lag"] is not None and s["lag"] >= 0 for s in status)
 
         # anyone but root is refused, in plain words
@@ -96,7 +97,7 @@ async def test_status_and_admin_commands(tmp_path: Path, dev_certs: dict[str, Ce
         assert code == 1 and "not permitted: subject 'nobody' lacks action admin" in err
 
         # leadership moves where it is told
-        target = next(n for n in sc.names if n != leader)
+        target = next(n for n in names if n != leader)
         code, out, err = await run_raftlog(
             "admin", "transfer-leader", "--to", target, "--addr", nodes[leader].rpc_addr,
             *_client_flags(root), cwd=tmp_path,
@@ -134,9 +135,9 @@ async def test_status_and_admin_commands(tmp_path: Path, dev_certs: dict[str, Ce
             "admin", "remove", "n9", "--addr", addrs[0], *_client_flags(root), cwd=tmp_path
         )
         assert code == 1 and "node n9 is not a member" in err, err
-        dead = next(n for n in sc.names if n != target)
-        sc.cluster.signal(dead, signal.SIGKILL)
-        sc.cluster.wait_exit(dead, 10)
+        dead = next(n for n in names if n != target)
+        cluster.signal(dead, signal.SIGKILL)
+        cluster.wait_exit(dead, 10)
         code, status = await _status_json(tmp_path, root, addrs)
         assert code == 1
         gone = [s for s in status if s["address"] == nodes[dead].rpc_addr]
@@ -147,20 +148,20 @@ async def test_status_and_admin_commands(tmp_path: Path, dev_certs: dict[str, Ce
         )  # fmt: skip
         assert code == 0, err
         assert out.startswith(f"removed {dead} (membership change committed at index ")
-        live = [nodes[n].rpc_addr for n in sc.names if n != dead]
+        live = [nodes[n].rpc_addr for n in names if n != dead]
         code, status = await _status_json(tmp_path, root, live)
         assert code == 0
-        assert sorted(s["id"] for s in status) == sorted(n for n in sc.names if n != dead)
+        assert sorted(s["id"] for s in status) == sorted(n for n in names if n != dead)
     finally:
-        sc.cluster.stop_all()
+        cluster.stop_all()
     secrets = [PAYLOAD, PRODUCER]
     for cert in dev_certs.values():
         for path in (cert.cert_file, cert.key_file):
             pem = path.read_text().splitlines()
             secrets += [line for line in pem if line and not line.startswith("-----")]
     methods: set[str] = set()
-    for name in sc.names:
-        text = sc.cluster.log_text(name)
+    for name in names:
+        text = cluster.log_text(name)
         assert "-----BEGIN" not in text
         leaked = [s for s in secrets if s in text]
         assert not leaked, f"{name} logged {leaked[:3]}"

@@ -11,6 +11,7 @@ Grafana dashboard naming only metrics that exist.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import subprocess
@@ -20,11 +21,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from raftlog.agent.devcluster import free_port
+from raftlog.agent.devcluster import DevCluster, free_port
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.security import CertFiles, TLSConfig
-from support.cluster_files import dev_cluster_files
-from support.static_cluster import static_cluster
+from support.cluster import assert_clean_exit, new_cluster, start_cluster
 from support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -36,6 +36,16 @@ DASHBOARD = REPO / "deploy" / "grafana" / "raftlog.json"
 
 #: Records produced by the test: batches to the leader, one batch through a follower.
 BATCHES, PER_BATCH, FORWARDED = 5, 20, 7
+
+
+def serve_metrics(cluster: DevCluster) -> dict[str, str]:
+    """Give every registered node ``--metrics-addr 127.0.0.1:<free port>``; name -> addr."""
+    addrs = {}
+    for name, node in cluster.nodes.items():
+        addrs[name] = f"127.0.0.1:{free_port()}"
+        extra = (*node.extra, "--metrics-addr", addrs[name])
+        cluster.nodes[name] = dataclasses.replace(node, extra=extra)
+    return addrs
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
@@ -90,10 +100,12 @@ async def test_prometheus_scrapes_a_cluster(
 ) -> None:
     root = dev_certs["root"]
     tls = TLSConfig(root.cert_file, root.key_file, root.ca_file)
-    sc = static_cluster(tmp_path, dev_cluster_files(tmp_path, dev_certs), metrics=True)
+    cluster = new_cluster(tmp_path, dev_certs, static_peers=True)
+    metrics_addrs = serve_metrics(cluster)
+    names = list(cluster.nodes)
     prom_port = free_port()
     prom_base = f"http://127.0.0.1:{prom_port}"
-    targets = [sc.metrics_addrs[n] for n in sc.names]
+    targets = [metrics_addrs[n] for n in names]
     config = tmp_path / "prometheus.yml"
     config.write_text(
         json.dumps(
@@ -108,14 +120,14 @@ async def test_prometheus_scrapes_a_cluster(
     prom_log = (tmp_path / "prometheus.log").open("wb")
     prom: subprocess.Popen[bytes] | None = None
     try:
-        leader = await sc.start(tls)
-        follower = next(n for n in sc.names if n != leader)
-        async with sc.cluster.channel(leader, tls) as ch:
+        leader = await start_cluster(cluster, static_peers=True)
+        follower = next(n for n in names if n != leader)
+        async with cluster.channel(leader, tls) as ch:
             stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
             for b in range(BATCHES):
                 records = [log_pb2.Record(value=b"m%d-%d" % (b, i)) for i in range(PER_BATCH)]
                 await stub.Produce(log_pb2.ProduceRequest(records=records), timeout=10)
-        async with sc.cluster.channel(follower, tls) as ch:
+        async with cluster.channel(follower, tls) as ch:
             stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
             records = [log_pb2.Record(value=b"f%d" % i) for i in range(FORWARDED)]
             await stub.Produce(log_pb2.ProduceRequest(records=records), timeout=10)
@@ -169,12 +181,12 @@ async def test_prometheus_scrapes_a_cluster(
                 value = _scalar(await _query(http, prom_base, hooked))
                 assert value is not None and value >= 1, hooked
             lag = await _query(http, prom_base, "raftlog_raft_follower_lag_entries")
-            assert {r["metric"]["peer"] for r in lag} == set(sc.names) - {leader}
+            assert {r["metric"]["peer"] for r in lag} == set(names) - {leader}
 
             dashboard = json.loads(DASHBOARD.read_text())
             wanted = _dashboard_metric_names(dashboard)
-            for name in sc.names:
-                addr = sc.metrics_addrs[name]
+            for name in names:
+                addr = metrics_addrs[name]
                 status, text = await _get(http, f"http://{addr}/metrics")
                 assert status == 200
                 check = await asyncio.create_subprocess_exec(
@@ -202,10 +214,8 @@ async def test_prometheus_scrapes_a_cluster(
                 prom.kill()
                 prom.wait(5)
         prom_log.close()
-        sc.cluster.stop_all()
-    for name in sc.names:
-        proc = sc.cluster.nodes[name].proc
-        assert proc is not None and proc.returncode == 0, sc.cluster.log_text(name)[-2000:]
+        cluster.stop_all()
+    assert_clean_exit(cluster)
 
 
 async def _eq(read: Any, expected: float) -> bool:
