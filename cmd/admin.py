@@ -109,6 +109,11 @@ def _message(exc: grpc.aio.AioRpcError, addr: str) -> str:
         return f"not permitted: subject {subject!r} lacks action {action}"
     if code == grpc.StatusCode.UNAVAILABLE and info is None:
         return f"cannot reach {addr}: {exc.details()}"
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return (
+            f"{addr} serves no admin service (a single node outside cluster mode, or an "
+            "older raftlog)"
+        )
     return exc.details() or code.name
 
 

@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 
 import aiohttp
 import pytest
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from raftlog.agent import Agent
+from raftlog.config import AgentConfig
 from raftlog.telemetry import (
     JsonFormatter,
     MetricsServer,
@@ -154,3 +158,26 @@ def test_trace_context_round_trip_in_metadata() -> None:
     assert [
         s.resource.attributes["service.instance.id"] for s in exporter.get_finished_spans()
     ] == ["u1"]
+
+
+def test_an_otlp_endpoint_turns_tracing_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--otlp-endpoint, or the standard OTEL_EXPORTER_OTLP_ENDPOINT, gives the node a tracer
+    exporting over OTLP/gRPC (and the telemetry step that flushes it); neither: no tracer."""
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    off = Agent(AgentConfig(data_dir=tmp_path / "a", insecure=True))
+    assert off.telemetry.tracer is None and off.server is None
+    assert [s.name for s in off.steps] == ["log", "server"]
+    on = Agent(
+        AgentConfig(data_dir=tmp_path / "b", insecure=True, otlp_endpoint="http://127.0.0.1:1")
+    )
+    assert on.telemetry.tracer is not None and on.steps[0].name == "telemetry"
+    provider = on.telemetry.tracer_provider
+    assert provider is not None
+    exporters = [p.span_exporter for p in provider._active_span_processor._span_processors]  # type: ignore[attr-defined]
+    assert [type(e) for e in exporters] == [OTLPSpanExporter]
+    provider.shutdown()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+    from_env = Agent(AgentConfig(data_dir=tmp_path / "c", insecure=True))
+    assert from_env.telemetry.tracer is not None
+    assert from_env.telemetry.tracer_provider is not None
+    from_env.telemetry.tracer_provider.shutdown()
