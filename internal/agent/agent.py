@@ -65,7 +65,8 @@ class Agent:
         self, config: AgentConfig, *, tracer_provider: TracerProvider | None = None
     ) -> None:
         """``tracer_provider``: trace with this provider instead of the one the config
-        asks for (embedders and tests: an in-memory exporter, say)."""
+        asks for (embedders and tests: an in-memory exporter, say); the agent shuts it down
+        (flushing its spans) when it shuts down."""
         config.validate()
         self.config = config
         self.local_log: LocalLog | None = None

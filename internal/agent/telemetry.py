@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -29,6 +29,9 @@ from raftlog.telemetry.tracing import TRACER_NAME
 
 if TYPE_CHECKING:
     from raftlog.agent.cluster import ClusterNode
+    from raftlog.distributed import DistributedLog
+    from raftlog.log import Log
+    from raftlog.raft import RaftNode
     from raftlog.server import LocalLog
 
 logger = logging.getLogger("raftlog.agent")
@@ -88,7 +91,8 @@ class NodeTelemetry:
         self._ready: Callable[[], tuple[bool, str]] = lambda: (False, "starting")
 
     def use_tracer_provider(self, provider: TracerProvider) -> None:
-        """Trace with ``provider`` (tests pass one with an in-memory exporter)."""
+        """Trace with ``provider`` (tests pass one with an in-memory exporter); :meth:`close`
+        shuts it down (flushing its spans)."""
         self.tracer_provider = provider
         self.tracer = provider.get_tracer(TRACER_NAME)
 
@@ -133,15 +137,11 @@ class NodeTelemetry:
                 logger.warning("spans not flushed within %.0f s", TRACE_FLUSH_TIMEOUT_S)
 
 
-def _role_value(node: Any) -> float:
-    return 1.0 if node.is_leader else 0.0
-
-
 def register_cluster_metrics(metrics: NodeMetrics, cluster: ClusterNode) -> None:
     """Add the scrape-time metrics of a cluster member (see the module docstring)."""
     cb = metrics.callbacks
 
-    def node_attr(read: Callable[[Any], float]) -> Callable[[], float | None]:
+    def node_attr(read: Callable[[RaftNode], float]) -> Callable[[], float | None]:
         def value() -> float | None:
             node = cluster.node
             return None if node is None or node.closed else read(node)
@@ -172,7 +172,7 @@ def register_cluster_metrics(metrics: NodeMetrics, cluster: ClusterNode) -> None
     cb.gauge(
         "raftlog_raft_leader",
         "1 if this node is the leader, else 0 (the cluster's sum should be exactly 1).",
-        node_attr(_role_value),
+        node_attr(lambda n: 1.0 if n.is_leader else 0.0),
     )
     cb.gauge(
         "raftlog_raft_leader_known",
@@ -239,7 +239,7 @@ def register_cluster_metrics(metrics: NodeMetrics, cluster: ClusterNode) -> None
         labels=("suffrage",),
     )
 
-    def dlog_attr(read: Callable[[Any], float]) -> Callable[[], float | None]:
+    def dlog_attr(read: Callable[[DistributedLog], float]) -> Callable[[], float | None]:
         def value() -> float | None:
             dlog = cluster.dlog
             return None if dlog is None else read(dlog)
@@ -267,7 +267,7 @@ def register_cluster_metrics(metrics: NodeMetrics, cluster: ClusterNode) -> None
         dlog_attr(lambda d: d.duplicates_short_circuited),
     )
 
-    def commit_log() -> Any:
+    def commit_log() -> Log | None:
         fsm = cluster.fsm
         return None if fsm is None else fsm.log
 
