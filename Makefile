@@ -10,19 +10,22 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 TOOLS  := .tools
 SERF   := $(TOOLS)/bin/serf
+PROMETHEUS := $(TOOLS)/bin/prometheus
 STAMP  := $(VENV)/.installed
 PROTO  := api/v1/log.proto
 GEN    := api/v1/log_pb2.py api/v1/log_pb2_grpc.py api/v1/log_pb2.pyi
+ADMIN_PROTO := api/admin/v1/admin.proto
+ADMIN_GEN   := api/admin/v1/admin_pb2.py api/admin/v1/admin_pb2_grpc.py api/admin/v1/admin_pb2.pyi
 CERTS  := certs/ca.pem certs/server.pem certs/root-client.pem certs/nobody-client.pem
 PYTEST_ARGS ?=
 
 .PHONY: help install run cluster test test-shuffle test-alone lint fmt proto certs bench chaos \
-        clean typeroot
+        clean typeroot prometheus
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
 
-install: $(STAMP) $(GEN) $(SERF) ## venv, Python deps, generated code, the Serf binary
+install: $(STAMP) $(GEN) $(ADMIN_GEN) $(SERF) ## venv, Python deps, generated code, the Serf binary
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +36,9 @@ $(STAMP): pyproject.toml setup.py | $(PY)
 	touch $@
 
 # protoc sees the contract at raftlog/api/v1/log.proto, so the generated modules import
-# each other as raftlog.api.v1.* (the package they are installed in).
-proto: $(GEN) ## generate the gRPC code from api/v1/log.proto
+# each other as raftlog.api.v1.* (the package they are installed in); the admin contract
+# likewise at raftlog/api/admin/v1/admin.proto (proto package raftlog.admin.v1).
+proto: $(GEN) $(ADMIN_GEN) ## generate the gRPC code from api/v1/log.proto and api/admin/v1/admin.proto
 $(GEN) &: $(PROTO) $(STAMP)
 	rm -rf .build/proto && mkdir -p .build/proto/src/raftlog/api/v1 .build/proto/out
 	cp $(PROTO) .build/proto/src/raftlog/api/v1/log.proto
@@ -42,6 +46,15 @@ $(GEN) &: $(PROTO) $(STAMP)
 	    --pyi_out=.build/proto/out --grpc_python_out=.build/proto/out \
 	    raftlog/api/v1/log.proto
 	cp .build/proto/out/raftlog/api/v1/log_pb2*.py* api/v1/
+
+$(ADMIN_GEN) &: $(ADMIN_PROTO) $(STAMP)
+	rm -rf .build/proto-admin && mkdir -p .build/proto-admin/src/raftlog/api/admin/v1 \
+	    .build/proto-admin/out
+	cp $(ADMIN_PROTO) .build/proto-admin/src/raftlog/api/admin/v1/admin.proto
+	$(PY) -m grpc_tools.protoc -I .build/proto-admin/src --python_out=.build/proto-admin/out \
+	    --pyi_out=.build/proto-admin/out --grpc_python_out=.build/proto-admin/out \
+	    raftlog/api/admin/v1/admin.proto
+	cp .build/proto-admin/out/raftlog/api/admin/v1/admin_pb2*.py* api/admin/v1/
 
 # Serf: the real HashiCorp agent. Debian's package enables a systemd service on install,
 # so it is extracted (never installed) into .tools/.
@@ -61,6 +74,29 @@ $(SERF):
 	         "install HashiCorp Serf 0.9+ on PATH and run make again" >&2; exit 1; \
 	fi
 	@$(SERF) version | head -1
+
+# Prometheus (server and promtool) for the metrics tests: Debian's package, extracted like
+# Serf (its postinst would start a system service), never installed.
+prometheus: $(PROMETHEUS) ## the Prometheus server and promtool in .tools/bin (metrics tests)
+$(PROMETHEUS):
+	@mkdir -p $(TOOLS)/bin
+	@if command -v apt-get >/dev/null 2>&1; then \
+	    rm -rf $(TOOLS)/deb-prometheus && mkdir -p $(TOOLS)/deb-prometheus; \
+	    ( cd $(TOOLS)/deb-prometheus && apt-get download prometheus >/dev/null 2>&1 ) || \
+	    { echo "apt-get update (package lists are missing or stale)"; \
+	      apt-get update -qq && ( cd $(TOOLS)/deb-prometheus && apt-get download prometheus ); }; \
+	    dpkg-deb -x $(TOOLS)/deb-prometheus/prometheus_*.deb $(TOOLS)/root-prometheus; \
+	    ln -sf ../root-prometheus/usr/bin/promtool $(TOOLS)/bin/promtool; \
+	    ln -sf ../root-prometheus/usr/bin/prometheus $(PROMETHEUS); \
+	elif command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then \
+	    ln -sf "$$(command -v promtool)" $(TOOLS)/bin/promtool; \
+	    ln -sf "$$(command -v prometheus)" $(PROMETHEUS); \
+	else \
+	    echo "error: prometheus not found and apt-get is not available;" \
+	         "install Prometheus 2.x (server and promtool) on PATH and run make again" >&2; \
+	    exit 1; \
+	fi
+	@$(PROMETHEUS) --version 2>&1 | head -1
 
 certs: $(CERTS) ## development CA, server/peer and client certificates in certs/
 $(CERTS) &: | $(STAMP) $(GEN)
@@ -87,7 +123,7 @@ fmt: install ## format and auto-fix with ruff
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: install lint ## the whole test suite (includes lint)
+test: install lint $(PROMETHEUS) ## the whole test suite (includes lint)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # pytest-randomly is off by default (addopts: -p no:randomly); -p randomly turns it on.
@@ -96,11 +132,11 @@ test: install lint ## the whole test suite (includes lint)
 ifeq ($(SEED),)
 SEED := $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
 endif
-test-shuffle: install ## the suite in a random order (SEED=n replays one; the seed is printed)
+test-shuffle: install $(PROMETHEUS) ## the suite in a random order (SEED=n replays one; the seed is printed)
 	@echo "test-shuffle: --randomly-seed=$(SEED) (replay: make test-shuffle SEED=$(SEED))"
 	$(VENV)/bin/pytest -p randomly -p no:cacheprovider --randomly-seed=$(SEED) $(PYTEST_ARGS)
 
-test-alone: install ## each test file in its own pytest run (TESTS=paths, default: tests)
+test-alone: install $(PROMETHEUS) ## each test file in its own pytest run (TESTS=paths, default: tests)
 	tests/run_each_alone.sh $(TESTS)
 
 bench: install certs ## benchmarks, printed as ratios against baselines measured in the same run
@@ -118,4 +154,5 @@ chaos: install certs ## chaos scenarios + fuzz/abuse suite (DURATION=seconds per
 clean: ## remove everything generated (venv, tools, generated code, certificates, data)
 	rm -rf $(VENV) $(TOOLS) .build build dist *.egg-info .mypy_cache .ruff_cache \
 	    .pytest_cache .hypothesis .data api/v1/*_pb2*.py api/v1/*_pb2*.pyi \
+	    api/admin/v1/*_pb2*.py api/admin/v1/*_pb2*.pyi \
 	    certs/*.pem certs/*.key

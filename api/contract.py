@@ -10,6 +10,7 @@ code, and so can every layer of the node.
   (:mod:`raftlog.api.status` encodes and decodes it).
 - :data:`FORWARDED_KEY`: the call-metadata header a follower puts on a Produce it forwards to
   the leader.
+- :data:`ADMIN_SERVICE`: the full name of the admin service, beside ``log.v1.Log``.
 - :class:`Action` and :data:`OBJECT_WILDCARD`: the ACL's action names and the object of every
   check (the Casbin policy files name them too).
 """
@@ -26,6 +27,9 @@ STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
 #: never forwards a marked call again, and the leader requires :attr:`Action.REPLICATE` of
 #: the caller for it (peer traffic).
 FORWARDED_KEY: Final = "x-raftlog-forwarded"
+#: Full name of the admin service (``api/admin/v1/admin.proto``); every rpc of it needs
+#: :attr:`Action.ADMIN`.
+ADMIN_SERVICE: Final = "raftlog.admin.v1.Admin"
 
 
 class Reason:
@@ -49,6 +53,11 @@ class Reason:
     SEQUENCE_TOO_OLD: Final = "SEQUENCE_TOO_OLD"
     UNSUPPORTED: Final = "UNSUPPORTED"
     STORAGE: Final = "STORAGE"
+    #: An admin call names a node that is not a member. Metadata :attr:`Key.NODE_ID`.
+    NOT_MEMBER: Final = "NOT_MEMBER"
+    #: An admin call cannot be done in the cluster's present state (a transfer to a
+    #: learner, another membership change in progress, ...); the message says why.
+    ADMIN_REFUSED: Final = "ADMIN_REFUSED"
 
 
 class Key:
@@ -74,6 +83,8 @@ class Key:
     MESSAGE_TYPE: Final = "message_type"
     #: Position of the bad message in a request stream.
     INDEX: Final = "index"
+    #: A node's id (admin calls).
+    NODE_ID: Final = "node_id"
 
 
 #: Object of every ACL check: the book authorizes on the whole log.
@@ -87,3 +98,6 @@ class Action:
     CONSUME: Final = "consume"
     #: Peer traffic: forwarded writes (and the cluster's peer methods).
     REPLICATE: Final = "replicate"
+    #: The admin service ``raftlog.admin.v1.Admin`` (status, leadership transfer, member
+    #: removal, snapshots); the example policy grants it to ``root`` only.
+    ADMIN: Final = "admin"

@@ -12,6 +12,12 @@ the nodes goes through the same ports. Measured per sync mode (--syncs, default
 - failover (last sync mode only): SIGKILL the leader, then the time until a write is
   acknowledged by the new leader (tried on every survivor in turn, 20 ms apart).
 
+With --metrics-overhead N, it measures only the cost of metrics instead: N rounds of the
+batched produce (100 B x --batch) on a fresh cluster with metrics off (no --metrics-addr)
+and one with metrics on (--metrics-addr, every node scraped once a second as Prometheus
+would), in alternating order, tracing off; it prints the median records/s of each and the
+overhead (issue 14's budget: within 5 %).
+
 Peers measured in the same run: NATS JetStream R3 (`bench_jetstream.py --nodes 3`, acks
 from the page cache: compare with our sync=interval) and etcd 3 members
 (`bench_etcd.py --nodes 3`, fsync per Raft round: compare with our sync=always); printed as
@@ -23,8 +29,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import json
+import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,7 +45,7 @@ import _peers
 import bench_grpc
 import grpc
 
-from raftlog.agent.devcluster import ClusterFiles, DevCluster
+from raftlog.agent.devcluster import ClusterFiles, DevCluster, free_port
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.auth import write_example_acl
 from raftlog.security import TLSConfig, write_dev_certs
@@ -44,7 +54,7 @@ SIZES = (100, 1024)
 ETCD_SCRIPT = _peers.PEERS / "bench_etcd.py"
 
 
-def start_cluster(root: Path, sync: str) -> tuple[DevCluster, TLSConfig]:
+def start_cluster(root: Path, sync: str, *, metrics: bool = False) -> tuple[DevCluster, TLSConfig]:
     certs = write_dev_certs(root / "certs")
     write_example_acl(root / "certs")
     client = certs["root"]
@@ -56,7 +66,10 @@ def start_cluster(root: Path, sync: str) -> tuple[DevCluster, TLSConfig]:
     )
     names = ["n1", "n2", "n3"]
     for name in names:
-        cluster.add_node(name)
+        node = cluster.add_node(name)
+        if metrics:
+            extra = ("--metrics-addr", f"127.0.0.1:{free_port()}")
+            cluster.nodes[name] = dataclasses.replace(node, extra=extra)
     cluster.start("n1", bootstrap=True, join=[])
     for name in names[1:]:
         cluster.start(name, join=[cluster.nodes["n1"].gossip_addr])
@@ -210,6 +223,142 @@ def render(
     return "\n".join(lines)
 
 
+def metrics_addrs(cluster: DevCluster) -> list[str]:
+    """The --metrics-addr of every node that has one."""
+    return [n.extra[1] for n in cluster.nodes.values() if n.extra[:1] == ("--metrics-addr",)]
+
+
+async def scrape_forever(addrs: list[str], every_s: float = 1.0) -> None:
+    """GET every node's /metrics once per ``every_s`` (what a Prometheus server does)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        while True:
+            for addr in addrs:
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with http.get(
+                        f"http://{addr}/metrics", timeout=aiohttp.ClientTimeout(total=2)
+                    ) as resp:
+                        await resp.read()
+            await asyncio.sleep(every_s)
+
+
+def cluster_cpu_s(cluster: DevCluster) -> float:
+    """CPU seconds (user + system) the cluster's agent processes have used (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for node in cluster.nodes.values():
+        if node.proc is None:
+            continue
+        fields = Path(f"/proc/{node.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+async def batched_produce(
+    cluster: DevCluster, tls: TLSConfig, args: argparse.Namespace
+) -> tuple[float, float]:
+    """(records/s, node CPU µs per record) of the batched produce (100 B records, --batch
+    per message) on the leader, every node's /metrics scraped meanwhile if it serves one.
+
+    CPU per record is the steadier figure on a shared machine: other work slows the run
+    down, but barely changes what each record costs the nodes."""
+    leader = await leader_of(cluster, tls)
+    addrs = metrics_addrs(cluster)
+    scraper = asyncio.create_task(scrape_forever(addrs)) if addrs else None
+    try:
+        async with cluster.channel(leader, tls) as ch:
+            stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
+            await bench_grpc.produce_stream(stub, 100, args.batch, 0.5, 10_000, args.window)
+            cpu = cluster_cpu_s(cluster)
+            n, el, _ = await bench_grpc.produce_stream(
+                stub, 100, args.batch, args.duration, args.max_records, args.window
+            )
+            cpu = cluster_cpu_s(cluster) - cpu
+    finally:
+        if scraper is not None:
+            scraper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scraper
+    return n / el, cpu / n * 1e6
+
+
+def instrumentation_us_per_batch(batch: int, rounds: int = 20_000) -> float:
+    """CPU µs the metrics add to one batch on the hot path, measured in this process: the
+    updates a batch of ``batch`` records makes when a node has metrics (one call counted
+    and timed, as if each batch were its own call; records and bytes counted; proposal
+    latency, Raft append size and fsync time observed). A steady upper bound, free of the
+    noise of a shared machine."""
+    from raftlog.telemetry import NodeMetrics
+
+    metrics = NodeMetrics("bench")
+    records = [b"x" * 100] * batch
+    start = time.process_time()
+    for _ in range(rounds):
+        metrics.observe_call("/log.v1.Log/ProduceStream", "OK", 0.003)
+        metrics.produced(len(records), sum(map(len, records)))
+        metrics.observe_proposal(0.002)
+        metrics.raft_appended(batch)
+        metrics.raft_synced(0.0005)
+    return (time.process_time() - start) / rounds * 1e6
+
+
+def metrics_overhead(args: argparse.Namespace) -> dict[str, float]:
+    """Median records/s with metrics off and on over alternating rounds (see the docs)."""
+    sync = next(s for s in args.syncs.split(",") if s)
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    cpus: dict[bool, list[float]] = {False: [], True: []}
+    for round_ in range(args.metrics_overhead):
+        order = (False, True) if round_ % 2 == 0 else (True, False)
+        for metrics in order:
+            with tempfile.TemporaryDirectory(prefix="bench-metrics-") as tmp:
+                cluster, tls = start_cluster(Path(tmp), sync, metrics=metrics)
+                try:
+                    rate, cpu = asyncio.run(batched_produce(cluster, tls, args))
+                finally:
+                    cluster.stop_all()
+            rates[metrics].append(rate)
+            cpus[metrics].append(cpu)
+            state = "on " if metrics else "off"
+            print(
+                f"  round {round_ + 1}, metrics {state}: {rate:,.0f} records/s, "
+                f"{cpu:.2f} CPU µs/record",
+                file=sys.stderr,
+            )
+    off, on = statistics.median(rates[False]), statistics.median(rates[True])
+    cpu_off, cpu_on = statistics.median(cpus[False]), statistics.median(cpus[True])
+    per_batch = instrumentation_us_per_batch(args.batch)
+    return {
+        "hot_path_us_per_batch": per_batch,
+        "hot_path_share": per_batch / args.batch / cpu_off,
+        "off": off,
+        "on": on,
+        "overhead": 1 - on / off,
+        "cpu_us_off": cpu_off,
+        "cpu_us_on": cpu_on,
+        "cpu_overhead": cpu_on / cpu_off - 1,
+    }
+
+
+def render_overhead(result: dict[str, float], args: argparse.Namespace) -> str:
+    sync = next(s for s in args.syncs.split(",") if s)
+    return "\n".join(
+        [
+            f"metrics overhead: 3 nodes, sync={sync}, produce 100 B x{args.batch}, "
+            f"{args.metrics_overhead} rounds of {args.duration:g} s each way, tracing off",
+            f"  metrics off: {result['off']:,.0f} records/s, "
+            f"{result['cpu_us_off']:.2f} CPU µs/record (medians)",
+            f"  metrics on:  {result['on']:,.0f} records/s, "
+            f"{result['cpu_us_on']:.2f} CPU µs/record (medians; every node scraped 1/s)",
+            f"  overhead:    throughput {result['overhead'] * 100:+.1f} %, "
+            f"CPU per record {result['cpu_overhead'] * 100:+.1f} % (budget: within 5 %)",
+            f"  hot path:    {result['hot_path_us_per_batch']:.1f} µs of metric updates per batch "
+            f"of {args.batch} = {result['hot_path_share'] * 100:.2f} % of a record's CPU "
+            "with metrics off (in-process, steady)",
+        ]
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=3.0, help="seconds per produce run")
@@ -221,7 +370,20 @@ def main() -> int:
     ap.add_argument("--skip-peers", action="store_true", help="do not run JetStream and etcd")
     ap.add_argument("--quiet-wait", type=float, default=20.0, help="peers' --quiet-wait")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
+    ap.add_argument(
+        "--metrics-overhead",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="only measure metrics on vs off, ROUNDS rounds each (first of --syncs)",
+    )
     args, _unknown = ap.parse_known_args()
+    if args.metrics_overhead > 0:
+        result = metrics_overhead(args)
+        print(render_overhead(result, args))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1))
+        return 0
     ours: dict[str, dict[str, float]] = {}
     fail = float("nan")
     syncs = [s for s in args.syncs.split(",") if s]

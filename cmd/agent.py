@@ -173,13 +173,17 @@ def run_dev_cluster(args: argparse.Namespace) -> int:
     return code
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
+def _setup_logging(level: str, log_format: str = "text", node_id: str = "") -> None:
+    """Log to stderr: text lines, or one JSON object per line (``--log-format json``)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        from raftlog.telemetry.jsonlog import JsonFormatter, NodeIdFilter
+
+        handler.setFormatter(JsonFormatter())
+        handler.addFilter(NodeIdFilter(node_id))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], force=True)
     # grpc's Python side logs each call's event-loop lookup at DEBUG: noise, not insight.
     logging.getLogger("grpc").setLevel(max(logging.INFO, logging.getLogger().level))
     if level != "debug":
@@ -198,8 +202,10 @@ def _announce(agent: Agent) -> None:
         client += " --insecure"
     mode = "INSECURE: no TLS, no ACL" if config.insecure else "mutual TLS + Casbin ACL"
     role = ""
+    if agent.metrics_addr:
+        role = f"metrics on http://{agent.metrics_addr}/metrics; "
     if agent.cluster is not None:
-        role = (
+        role += (
             f"cluster member (gRPC and Raft on one port, Serf gossip on {config.bind_addr}); "
             if not config.peers
             else "cluster member (gRPC and Raft on one port, static peers); "
@@ -246,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"raftlog agent: config error: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(config.log_level)
+    _setup_logging(config.log_level, config.log_format, config.node_name)
     # The node's modules (grpc, numpy, casbin) load here, not when the CLI starts, so the
     # client commands and --help stay quick.
     from raftlog.agent import Agent

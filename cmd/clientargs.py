@@ -110,6 +110,23 @@ def client_config(args: argparse.Namespace) -> ClientConfig:
     )
 
 
+def tls_of(args: argparse.Namespace) -> TLSConfig | None:
+    """The client's TLS files (None with --insecure); a usage error names a missing one."""
+    if args.insecure:
+        return None
+    for flag, value in (
+        ("--ca-file", args.ca_file),
+        ("--cert-file", args.cert_file),
+        ("--key-file", args.key_file),
+    ):
+        if not Path(value).is_file():
+            raise CommandError(
+                f"{flag} {value}: no such file (run `make certs`, or pass the right {flag})",
+                EXIT_USAGE,
+            )
+    return TLSConfig(Path(args.cert_file), Path(args.key_file), Path(args.ca_file))
+
+
 @contextmanager
 def log_client(args: argparse.Namespace) -> Iterator[SyncLogClient]:
     """A started client; failures inside the block become :class:`CommandError`.
@@ -119,19 +136,7 @@ def log_client(args: argparse.Namespace) -> Iterator[SyncLogClient]:
     """
     addrs = addrs_of(args)
     config = client_config(args)
-    tls: TLSConfig | None = None
-    if not args.insecure:
-        for flag, value in (
-            ("--ca-file", args.ca_file),
-            ("--cert-file", args.cert_file),
-            ("--key-file", args.key_file),
-        ):
-            if not Path(value).is_file():
-                raise CommandError(
-                    f"{flag} {value}: no such file (run `make certs`, or pass the right {flag})",
-                    EXIT_USAGE,
-                )
-        tls = TLSConfig(Path(args.cert_file), Path(args.key_file), Path(args.ca_file))
+    tls = tls_of(args)
     try:
         client = SyncLogClient(addrs, tls=tls, config=config, insecure=args.insecure)
     except ClientError as exc:

@@ -15,7 +15,14 @@ from collections.abc import Sequence
 import raftlog
 
 # Modules of raftlog.cmd that contribute sub-commands, in the order --help lists them.
-COMMAND_MODULES: tuple[str, ...] = ("agent", "produce", "consume", "servers", "cert")
+COMMAND_MODULES: tuple[str, ...] = (
+    "agent",
+    "produce",
+    "consume",
+    "servers",
+    "admin",
+    "cert",
+)
 
 
 # gRPC's C core logs every failed TLS handshake at INFO on stderr; the commands say what

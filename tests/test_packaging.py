@@ -36,6 +36,9 @@ def test_wheel_installs_under_one_import_root_and_runs(tmp_path: Path) -> None:
     assert "raftlog/api/v1/log.proto" in names
     assert "raftlog/api/v1/log_pb2.py" in names
     assert "raftlog/cmd/main.py" in names
+    assert "raftlog/api/admin/v1/admin.proto" in names
+    assert "raftlog/api/admin/v1/admin_pb2_grpc.py" in names
+    assert "raftlog/telemetry/metrics.py" in names
 
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True, system_site_packages=False).create(env_dir)
@@ -52,6 +55,15 @@ def test_wheel_installs_under_one_import_root_and_runs(tmp_path: Path) -> None:
         timeout=60,
     )
     assert "raftlog" in out.stdout
+    status = subprocess.run(
+        [str(env_dir / "bin" / "raftlog"), "status", "--help"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "--format {table,json}" in status.stdout
     # Installed copy, not the repository: imported from the fresh venv's site-packages.
     where = subprocess.run(
         [str(env_dir / "bin" / "python"), "-c", "import raftlog; print(raftlog.__file__)"],

@@ -4,13 +4,16 @@ The node is an ordered list of setup steps; each returns its teardown. :meth:`Ag
 runs them in order (undoing what started if one fails), :meth:`Agent.shutdown` runs the
 teardowns in reverse, once, each bounded in time. The single node has two steps::
 
-    log     open the commit log in data_dir               -> sync and close it
-    server  gRPC API on bind host : rpc_port (mTLS, ACL)  -> drain calls, stop
+    telemetry  /metrics, /healthz, /readyz (--metrics-addr) -> stop; flush spans
+               (only with --metrics-addr or an OTLP endpoint)
+    log        open the commit log in data_dir               -> sync and close it
+    server     gRPC API on bind host : rpc_port (mTLS, ACL)  -> drain calls, stop
 
 A cluster member (``AgentConfig.cluster_mode``: ``--bootstrap``, ``--start-join-addrs``,
-``--peers``, or Raft state in the data dir) runs four steps instead (see
+``--peers``, or Raft state in the data dir) runs telemetry and four steps instead (see
 :mod:`raftlog.agent.cluster`)::
 
+    telemetry   as above; /readyz once a leader is known
     mux         one port for gRPC and Raft                    -> close, remove socket dir
     raft        commit log (FSM) + Raft node + DistributedLog  -> close them
     server      gRPC API behind the mux (unix socket)          -> drain calls, stop
@@ -25,7 +28,16 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from opentelemetry.sdk.trace import TracerProvider
+
+import raftlog
 from raftlog.agent.cluster import ClusterNode
+from raftlog.agent.telemetry import (
+    NodeTelemetry,
+    leader_readiness,
+    register_cluster_metrics,
+    register_local_metrics,
+)
 from raftlog.auth import AllowAll, CasbinAuthorizer
 from raftlog.config import AgentConfig
 from raftlog.domain.protocols import Authorizer
@@ -49,7 +61,12 @@ class Step:
 class Agent:
     """One raftlog node. ``await start()``, then ``await shutdown()`` (idempotent)."""
 
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(
+        self, config: AgentConfig, *, tracer_provider: TracerProvider | None = None
+    ) -> None:
+        """``tracer_provider``: trace with this provider instead of the one the config
+        asks for (embedders and tests: an in-memory exporter, say); the agent shuts it down
+        (flushing its spans) when it shuts down."""
         config.validate()
         self.config = config
         self.local_log: LocalLog | None = None
@@ -57,9 +74,26 @@ class Agent:
         self._teardowns: list[tuple[str, Teardown]] = []
         self._shutdown_task: asyncio.Task[None] | None = None
         self.cluster: ClusterNode | None = None
+        #: Metrics (recorded and served only with --metrics-addr: without it the parts get
+        #: no metrics object and count nothing), traces (with an OTLP endpoint).
+        self.telemetry = NodeTelemetry(config, raftlog.__version__)
+        telemetry = self.telemetry
+        if tracer_provider is not None:
+            telemetry.use_tracer_provider(tracer_provider)
+        metrics = telemetry.metrics if config.metrics_addr else None
+        self._metrics = metrics
         if config.cluster_mode:
-            cluster = ClusterNode(config, self._authorizer())
+            cluster = ClusterNode(
+                config,
+                self._authorizer(),
+                metrics=metrics,
+                tracer=telemetry.tracer,
+                disk_usage=telemetry.disk.measure,
+            )
             self.cluster = cluster
+            if metrics is not None:
+                register_cluster_metrics(metrics, cluster)
+            telemetry.set_readiness(leader_readiness(cluster))
             self.steps: list[Step] = [
                 Step("mux", cluster.setup_mux),
                 Step("raft", cluster.setup_raft),
@@ -67,10 +101,17 @@ class Agent:
                 Step("membership", cluster.setup_membership),
             ]
         else:
+            if metrics is not None:
+                register_local_metrics(metrics, lambda: self.local_log)
+            telemetry.set_readiness(self._local_ready)
             self.steps = [
                 Step("log", self._setup_log),
                 Step("server", self._setup_server),
             ]
+        if config.metrics_addr or telemetry.tracer_provider is not None:
+            # first up, last down: /healthz answers during a long start (recovery), and
+            # the spans of the shutdown itself are flushed
+            self.steps.insert(0, Step("telemetry", self._setup_telemetry))
 
     @property
     def rpc_addr(self) -> str:
@@ -82,7 +123,22 @@ class Agent:
         host = self.config.bind_host
         return f"[{host}]:{self.server.port}" if ":" in host else f"{host}:{self.server.port}"
 
+    @property
+    def metrics_addr(self) -> str:
+        """HOST:PORT of /metrics, /healthz and /readyz ("" when not served)."""
+        server = self.telemetry.server
+        return server.address if server is not None else ""
+
+    def _local_ready(self) -> tuple[bool, str]:
+        if self.server is None or self.local_log is None:
+            return False, "starting or stopping"
+        return True, ""
+
     # -- steps -------------------------------------------------------------------------
+
+    async def _setup_telemetry(self) -> Teardown:
+        await self.telemetry.start()
+        return self.telemetry.close
 
     async def _setup_log(self) -> Teardown:
         log_config = LogConfig(sync=SyncPolicy(self.config.sync))
@@ -119,6 +175,8 @@ class Agent:
             tls=tls,
             insecure=config.insecure,
             config=ServerConfig(max_message_bytes=config.max_message_bytes),
+            metrics=self._metrics,
+            tracer=self.telemetry.tracer,
         )
         server.bind(config.bind_host, config.rpc_port)
         self.server = server

@@ -24,13 +24,16 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+
+from opentelemetry import trace
 
 from raftlog.api.contract import OBJECT_WILDCARD, Action
 from raftlog.config import AgentConfig
 from raftlog.discovery import (
     RPC_ADDR_TAG,
+    Member,
     Membership,
     MembershipConfig,
     SerfAgent,
@@ -42,13 +45,15 @@ from raftlog.discovery import (
 from raftlog.distributed import CommitLogFSM, DistributedLog
 from raftlog.domain.protocols import Authorizer
 from raftlog.mux import RAFT_MARKER, Mux, MuxConfig, PrivateSocketDir, remove_stale_socket_dirs
-from raftlog.raft import RaftConfig, RaftError, Server
+from raftlog.raft import NO_METRICS, RaftConfig, RaftError, Server
 from raftlog.raft.node import NodeConfig, RaftNode
 from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
 from raftlog.security import TLSConfig
 from raftlog.security.grpc_tls import grpc_server_credentials
 from raftlog.server import LogServer, ServerConfig
+from raftlog.server.admin import AdminService
 from raftlog.server.forward import ForwardMarkInterceptor, GrpcForwarder
+from raftlog.telemetry import NodeMetrics
 
 logger = logging.getLogger("raftlog.agent")
 
@@ -72,14 +77,30 @@ def _same_pem(a: Path, b: Path) -> bool:
         return False  # validation names the unreadable file
 
 
+async def _no_disk_usage() -> int:
+    return 0
+
+
 def _host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class ClusterNode:
-    """The parts of one cluster member, built step by step from an :class:`AgentConfig`."""
+    """The parts of one cluster member, built step by step from an :class:`AgentConfig`.
 
-    def __init__(self, config: AgentConfig, authorizer: Authorizer) -> None:
+    ``metrics`` and ``tracer`` (None: off) are handed to the parts that report to them;
+    ``disk_usage`` measures the data directory for the admin Status call.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        authorizer: Authorizer,
+        *,
+        metrics: NodeMetrics | None = None,
+        tracer: trace.Tracer | None = None,
+        disk_usage: Callable[[], Awaitable[int]] | None = None,
+    ) -> None:
         if config.insecure:
             raise ValueError(
                 "cluster mode needs TLS: peers authenticate each other with certificates "
@@ -87,6 +108,9 @@ class ClusterNode:
             )
         self.config = config
         self.authorizer = authorizer
+        self.metrics = metrics
+        self.tracer = tracer
+        self.disk_usage = disk_usage or _no_disk_usage
         peer_ca, server_ca = config.peer_tls_ca_file, config.server_tls_ca_file
         distinct = not _same_pem(peer_ca, server_ca)
         #: Raft connections: peer certificates only, verified against the peer CA.
@@ -112,6 +136,11 @@ class ClusterNode:
         self.serf: SerfAgent | None = None
         self.membership: Membership | StaticMembership | None = None
         self._watch: asyncio.Task[None] | None = None
+
+    def serf_view(self) -> Mapping[str, Member] | None:
+        """Serf's view of the members (None without Serf: static peers, or not started)."""
+        membership = self.membership
+        return membership.view if isinstance(membership, Membership) else None
 
     @property
     def rpc_addr(self) -> str:
@@ -194,6 +223,7 @@ class ClusterNode:
                 fsm,
                 transport,
                 peers=parse_static_peers(config.peers) if config.peers else None,
+                metrics=self.metrics if self.metrics is not None else NO_METRICS,
             )
         except BaseException:
             await fsm.close()
@@ -207,7 +237,13 @@ class ClusterNode:
             await fsm.close()
             raise
         self.node = node
-        dlog = DistributedLog(node, fsm, forwarder=GrpcForwarder(self.forward_tls))
+        dlog = DistributedLog(
+            node,
+            fsm,
+            forwarder=GrpcForwarder(self.forward_tls),
+            observer=self.metrics,
+            tracer=self.tracer,
+        )
         self.dlog = dlog
         dlog.start()
         syncer = None
@@ -237,6 +273,7 @@ class ClusterNode:
             node.commit_index,
             dlog.lowest_offset,
             dlog.highest_offset,
+            extra={"term": node.term, "index": node.commit_index, "offset": dlog.highest_offset},
         )
         return stop
 
@@ -278,6 +315,9 @@ class ClusterNode:
             tls=self.server_tls,
             config=ServerConfig(max_message_bytes=self.config.max_message_bytes),
             extra_interceptors=[ForwardMarkInterceptor(self.authorizer)],
+            metrics=self.metrics,
+            tracer=self.tracer,
+            admin=AdminService(self.dlog, lambda: self.rpc_addr, self.disk_usage),
         )
         bound = server.server.add_secure_port(
             self.sockdir.address, grpc_server_credentials(self.server_tls)
@@ -362,6 +402,18 @@ class ClusterNode:
                     hints = fresh
                     node.set_peer_addresses(hints)
             leader = node.is_leader
+            if leader != was_leader:
+                logger.info(
+                    "node %s %s the leader in term %d",
+                    node.id,
+                    "is now" if leader else "is no longer",
+                    node.term,
+                    extra={
+                        "term": node.term,
+                        "leader": node.leader_id,
+                        "role": "leader" if leader else "follower",
+                    },
+                )
             if leader and not was_leader:
                 try:
                     await membership.reconcile()

@@ -26,10 +26,13 @@ m = r.sub == p.sub && (p.obj == "*" || r.obj == p.obj) && r.act == p.act
 
 #: root may produce and consume; the servers (CN "server") may also replicate (peer
 #: traffic) and produce/consume (a follower forwarding a client's call to the leader).
+#: Only root may use the admin service (``admin``: status, leadership transfer, member
+#: removal, snapshots).
 #: "nobody" has no line: it is authenticated but may do nothing but GetServers and health.
 EXAMPLE_POLICY = """\
 p, root, *, produce
 p, root, *, consume
+p, root, *, admin
 p, server, *, produce
 p, server, *, consume
 p, server, *, replicate

@@ -31,6 +31,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 SYNC_POLICIES = ("always", "interval", "never")
 EVENT_LOOPS = ("uvloop", "asyncio")
 SERF_PROFILES = ("lan", "wan", "local")
+LOG_FORMATS = ("text", "json")
+#: The standard OpenTelemetry variable that turns tracing on when --otlp-endpoint is unset.
+OTEL_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
 
 
 class ConfigError(ValueError):
@@ -175,6 +178,33 @@ class AgentConfig:
         default="info",
         metadata=_doc("log level", "choice", choices=LOG_LEVELS),
     )
+    log_format: str = field(
+        default="text",
+        metadata=_doc(
+            "log line format on stderr: text (for people) or json (one object per line: "
+            "time, level, logger, node_id, message, and term/peer/offset where they apply)",
+            "choice",
+            choices=LOG_FORMATS,
+        ),
+    )
+    metrics_addr: str = field(
+        default="",
+        metadata=_doc(
+            "HOST:PORT of the plain-HTTP listener for /metrics (Prometheus), /healthz and "
+            "/readyz, apart from the mTLS port; port 0 = any free port (logged); empty = "
+            "off. It serves numbers only, no records: bind it to a trusted network",
+            "addr_or_empty",
+        ),
+    )
+    otlp_endpoint: str = field(
+        default="",
+        metadata=_doc(
+            "OTLP/gRPC collector that receives this node's traces (http://HOST:PORT for "
+            f"plaintext, https:// for TLS); empty = the {OTEL_ENDPOINT_ENV} environment "
+            "variable if set, else tracing off",
+            "url",
+        ),
+    )
     sync: str = field(
         default="always",
         metadata=_doc(
@@ -230,6 +260,14 @@ class AgentConfig:
             return self.serf_rpc_addr
         return f"127.0.0.1:{self.gossip_port + 1}"
 
+    def tracing_endpoint(self, environ: Mapping[str, str] | None = None) -> str:
+        """The OTLP endpoint traces go to: ``otlp_endpoint``, else the standard
+        ``OTEL_EXPORTER_OTLP_ENDPOINT`` of ``environ`` (default ``os.environ``); "" = off."""
+        if self.otlp_endpoint:
+            return self.otlp_endpoint
+        env = os.environ if environ is None else environ
+        return env.get(OTEL_ENDPOINT_ENV, "").strip()
+
     @property
     def cluster_mode(self) -> bool:
         """Run Raft, the mux and membership: asked for by ``bootstrap``, ``start_join_addrs``
@@ -278,6 +316,14 @@ class AgentConfig:
             raise ConfigError(
                 f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
             )
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                f"log_format: must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}"
+            )
+        if self.metrics_addr:
+            _split_addr(self.metrics_addr, "metrics_addr")
+        if self.otlp_endpoint:
+            _check_url(self.otlp_endpoint, "otlp_endpoint")
         if self.event_loop not in EVENT_LOOPS:
             raise ConfigError(
                 f"event_loop: must be one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}"
@@ -323,6 +369,13 @@ def _split_addr(value: str, key: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{key}: expected HOST:PORT (port 0-65535), got {value!r}")
     return host, int(port)
+
+
+def _check_url(value: str, key: str) -> str:
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in ("http", "https") or not rest.strip("/"):
+        raise ConfigError(f"{key}: expected http://HOST:PORT or https://HOST:PORT, got {value!r}")
+    return value
 
 
 def _split_peer(value: str, key: str) -> tuple[str, str]:
@@ -391,6 +444,18 @@ def _parse(key: str, value: Any, source: str, base: Path | None) -> Any:
                 f"{where}: must be one of {', '.join(meta['choices'])}, got {value!r}"
             )
         return text
+    if kind == "addr_or_empty":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected HOST:PORT or nothing, got {value!r}")
+        if value.strip():
+            _split_addr(value.strip(), where)
+        return value.strip()
+    if kind == "url":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a URL, got {value!r}")
+        if value.strip():
+            _check_url(value.strip(), where)
+        return value.strip()
     if kind == "addr":
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected HOST:PORT, got {value!r}")

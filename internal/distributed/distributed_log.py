@@ -32,8 +32,11 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
+
+from opentelemetry import trace
 
 from raftlog.api.contract import Key
 from raftlog.distributed.forwarding import Forwarder, ForwardError, forwarded_call
@@ -43,10 +46,13 @@ from raftlog.distributed.fsm import (
     encode_batch,
     encode_idempotent_batch,
 )
+from raftlog.distributed.status import NodeStatus, members_of, role_of
 from raftlog.domain.errors import (
+    AdminRefusedError,
     DeadlineError,
     DomainError,
     NotLeaderError,
+    NotMemberError,
     SequenceTooOldError,
     StorageError,
     UnavailableError,
@@ -55,8 +61,9 @@ from raftlog.domain.protocols import Appended, ServerInfo
 from raftlog.log import OffsetOutOfRangeError
 from raftlog.raft import NO_NODE, Suffrage
 from raftlog.raft import NotLeaderError as RaftNotLeaderError
-from raftlog.raft.errors import ConfChangeInProgressError, RaftError
+from raftlog.raft.errors import ConfChangeError, ConfChangeInProgressError, RaftError, TransferError
 from raftlog.raft.node import (
+    ApplyResult,
     NodeClosedError,
     NodeFailedError,
     OutcomeUnknownError,
@@ -65,6 +72,12 @@ from raftlog.raft.node import (
 )
 
 log = logging.getLogger("raftlog.distributed")
+
+
+class ProposalObserver(Protocol):
+    """Told how long each batch this leader proposed took to commit and apply (metrics)."""
+
+    def observe_proposal(self, seconds: float) -> None: ...
 
 
 class DistributedConfigError(ValueError):
@@ -124,8 +137,16 @@ class DistributedLog:
         *,
         forwarder: Forwarder | None = None,
         config: DistributedConfig | None = None,
+        observer: ProposalObserver | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.node = node
+        #: Proposal latency goes here (None: not measured).
+        self.observer = observer
+        #: Spans for propose-to-commit, apply and forwarding (None: tracing off, no spans).
+        self.tracer = tracer
+        if tracer is not None:
+            fsm.keep_apply_windows(True)
         self.fsm = fsm
         self.forwarder = forwarder
         self.config = (config or DistributedConfig()).validate()
@@ -192,7 +213,7 @@ class DistributedLog:
                     stamp = int(time.time() * 1000)
                     data = encode_idempotent_batch(records, producer_id, sequence, stamp)
                 try:
-                    res = await node.propose(data, timeout=left)
+                    res = await self._propose(data, left, len(records))
                 except RaftNotLeaderError:
                     if forwarded:
                         raise self._not_leader() from None
@@ -227,13 +248,17 @@ class DistributedLog:
                     raise UnavailableError("the node is shutting down") from None
                 continue
             try:
-                result = await self.forwarder.produce(
-                    address,
-                    records,
-                    timeout_s=left,
-                    producer_id=producer_id,
-                    sequence=sequence,
-                )
+                with self._span("raftlog.forward", kind=trace.SpanKind.CLIENT) as span:
+                    if span is not None:
+                        span.set_attribute("raftlog.leader_id", leader)
+                        span.set_attribute("raftlog.records", len(records))
+                    result = await self.forwarder.produce(
+                        address,
+                        records,
+                        timeout_s=left,
+                        producer_id=producer_id,
+                        sequence=sequence,
+                    )
             except ForwardError as exc:
                 if exc.reason == SequenceTooOldError.reason:
                     raise SequenceTooOldError(
@@ -248,6 +273,39 @@ class DistributedLog:
                 continue
             self.forwarded += 1
             return result
+
+    async def _propose(self, data: bytes, timeout_s: float, count: int) -> ApplyResult:
+        """``node.propose`` measured (observer) and traced (a ``raftlog.raft.propose``
+        span with the apply as its child) when those are on."""
+        observer, tracer = self.observer, self.tracer
+        if observer is None and tracer is None:
+            return await self.node.propose(data, timeout=timeout_s)
+        started = time.perf_counter()
+        if tracer is None:
+            res = await self.node.propose(data, timeout=timeout_s)
+        else:
+            with tracer.start_as_current_span("raftlog.raft.propose") as span:
+                span.set_attribute("raftlog.records", count)
+                res = await self.node.propose(data, timeout=timeout_s)
+                span.set_attribute("raftlog.raft.index", res.index)
+                span.set_attribute("raftlog.raft.term", res.term)
+                window = self.fsm.apply_window(res.index)
+                if window is not None:
+                    apply = tracer.start_span("raftlog.raft.apply", start_time=window[0])
+                    apply.set_attribute("raftlog.raft.index", res.index)
+                    apply.end(end_time=window[1])
+        if observer is not None:
+            observer.observe_proposal(time.perf_counter() - started)
+        return res
+
+    @contextlib.contextmanager
+    def _span(self, name: str, *, kind: trace.SpanKind) -> Iterator[trace.Span | None]:
+        """A current span ``name`` when tracing is on; None (and no cost) when off."""
+        if self.tracer is None:
+            yield None
+            return
+        with self.tracer.start_as_current_span(name, kind=kind) as span:
+            yield span
 
     @staticmethod
     def _outcome(result: object, index: int, count: int) -> Appended:
@@ -384,9 +442,14 @@ class DistributedLog:
                 return
             timeout = self.config.change_timeout
             if current is not None:
-                log.info("member %s moved to %s: removing, then adding again", node_id, rpc_addr)
+                log.info(
+                    "member %s moved to %s: removing, then adding again",
+                    node_id,
+                    rpc_addr,
+                    extra={"peer": node_id},
+                )
                 await self._change(node.remove_server(node_id, timeout=timeout))
-            log.info("adding %s at %s as a learner", node_id, rpc_addr)
+            log.info("adding %s at %s as a learner", node_id, rpc_addr, extra={"peer": node_id})
             await self._change(node.add_learner(node_id, rpc_addr, timeout=timeout))
 
     async def leave(self, node_id: str) -> None:
@@ -394,7 +457,7 @@ class DistributedLog:
         async with self._change_lock:
             if node_id not in self.node.membership:
                 return
-            log.info("removing %s from the cluster", node_id)
+            log.info("removing %s from the cluster", node_id, extra={"peer": node_id})
             address = self.node.membership.address_of(node_id)
             await self._change(self.node.remove_server(node_id, timeout=self.config.change_timeout))
             if self.forwarder is not None and address:
@@ -430,7 +493,12 @@ class DistributedLog:
                     continue
                 try:
                     async with self._change_lock:
-                        log.info("learner %s caught up (match %d): promoting", server.id, last)
+                        log.info(
+                            "learner %s caught up (match %d): promoting",
+                            server.id,
+                            last,
+                            extra={"peer": server.id, "index": last},
+                        )
                         await node.promote_learner(server.id, timeout=self.config.change_timeout)
                 except (RaftError, TimeoutError) as exc:
                     log.info("promotion of %s not done yet: %s", server.id, exc)
@@ -440,6 +508,99 @@ class DistributedLog:
     def leader_id(self) -> str:
         """The leader this node knows of ("" if none)."""
         return self.node.leader_id if self.node.leader_id != NO_NODE else ""
+
+    # -- operators (the admin service) ------------------------------------------------------
+
+    def node_status(self, rpc_addr: str = "") -> NodeStatus:
+        """This node's role, term, leader, indexes and offsets; on the leader also every
+        member with its suffrage and replication lag. ``rpc_addr``: this node's address
+        as clients dial it (the membership's, when empty)."""
+        node = self.node
+        try:
+            status = node.status()
+        except RaftError as exc:
+            raise UnavailableError(f"node {node.id} is not running: {exc}") from None
+        own = status.membership.address_of(node.id) or ""
+        return NodeStatus(
+            id=node.id,
+            rpc_addr=rpc_addr or own,
+            role=role_of(status),
+            term=status.term,
+            leader_id=self.leader_id,
+            leader_addr=node.leader_address,
+            commit_index=status.commit,
+            applied_index=status.applied,
+            last_index=status.last_index,
+            snapshot_index=node.snapshot_index,
+            lowest_offset=self.lowest_offset,
+            highest_offset=self.highest_offset,
+            members=members_of(status),
+        )
+
+    async def transfer_leadership(self, to: str = "", timeout_s: float | None = None) -> str:
+        """On the leader: hand leadership to voter ``to`` (empty: the most caught-up one);
+        the new leader's id once this node sees it. NotLeaderError on a follower (with the
+        leader hint), NotMemberError for an unknown id, AdminRefusedError when Raft
+        refuses (a learner, no other voter, or no new leader in time)."""
+        node = self.node
+        if to and to not in node.membership:
+            raise NotMemberError(to)
+        if not node.is_leader:
+            raise self._not_leader()
+        timeout = self.config.change_timeout if timeout_s is None else timeout_s
+        try:
+            return await node.transfer_leadership(to or None, timeout=timeout)
+        except RaftNotLeaderError:
+            raise self._not_leader() from None
+        except TransferError as exc:
+            raise AdminRefusedError(str(exc)) from None
+        except RaftError as exc:
+            raise AdminRefusedError(f"leadership transfer refused: {exc}") from None
+
+    async def remove_member(self, node_id: str) -> int:
+        """On the leader: remove ``node_id`` (voter or learner) from the membership, for a
+        node that is dead for good; the index of the committed change. NotMemberError when
+        it is not a member, NotLeaderError on a follower, AdminRefusedError when another
+        change is in progress or the removal is invalid (the last voter)."""
+        async with self._change_lock:
+            node = self.node
+            if node_id not in node.membership:
+                raise NotMemberError(node_id)
+            if not node.is_leader:
+                raise self._not_leader()
+            address = node.membership.address_of(node_id)
+            log.info("removing %s from the cluster (admin)", node_id, extra={"peer": node_id})
+            try:
+                index = await node.remove_server(node_id, timeout=self.config.change_timeout)
+            except RaftNotLeaderError:
+                raise self._not_leader() from None
+            except ConfChangeInProgressError as exc:
+                raise AdminRefusedError(
+                    f"another membership change is in progress: {exc}"
+                ) from None
+            except ConfChangeError as exc:
+                raise AdminRefusedError(f"cannot remove {node_id}: {exc}") from None
+            except TimeoutError:
+                raise DeadlineError(
+                    f"the removal of {node_id} did not commit within {self.config.change_timeout} s"
+                ) from None
+            if self.forwarder is not None and address:
+                self.forwarder.forget(address)
+            return index
+
+    async def take_snapshot(self, timeout_s: float | None = None) -> int:
+        """Snapshot this node now and compact its Raft log behind it; the index the newest
+        snapshot covers. AdminRefusedError when writing it failed, DeadlineError when it
+        did not finish within ``timeout_s`` (default ``change_timeout``)."""
+        timeout = self.config.change_timeout if timeout_s is None else timeout_s
+        try:
+            return await self.node.take_snapshot(timeout=timeout)
+        except NodeClosedError:
+            raise UnavailableError("the node is shutting down") from None
+        except WaitTimeoutError:
+            raise DeadlineError(f"the snapshot did not finish within {timeout} s") from None
+        except RaftError as exc:
+            raise AdminRefusedError(f"snapshot failed: {exc}") from None
 
     # -- lifecycle -------------------------------------------------------------------------
 

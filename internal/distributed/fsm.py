@@ -56,6 +56,8 @@ import os
 import shutil
 import struct
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,6 +224,28 @@ class CommitLogFSM:
         self.on_apply: Callable[[], None] | None = None
         #: Highest offset readers may see (every record in the log is committed).
         self.highest_offset = commit_log.highest_offset
+        #: (first index, last index, start ns, end ns) of recent applies, for traces;
+        #: None while tracing is off (then apply does not read the clock).
+        self._apply_windows: deque[tuple[int, int, int, int]] | None = None
+
+    #: Applies remembered for :meth:`apply_window` (a proposal's waiter reads its window
+    #: soon after the apply; this many rounds is far more than it can fall behind).
+    APPLY_WINDOWS = 256
+
+    def keep_apply_windows(self, keep: bool) -> None:
+        """Remember when each apply ran (for the apply spans of traces) or stop."""
+        self._apply_windows = deque(maxlen=self.APPLY_WINDOWS) if keep else None
+
+    def apply_window(self, index: int) -> tuple[int, int] | None:
+        """(start, end) in ns since the epoch of the apply that covered Raft ``index``;
+        None when not remembered."""
+        windows = self._apply_windows
+        if windows is None:
+            return None
+        for first, last, start, end in reversed(windows):
+            if first <= index <= last:
+                return start, end
+        return None
 
     @classmethod
     def open(
@@ -286,6 +310,8 @@ class CommitLogFSM:
         batch's first offset (int); for an idempotent batch an :class:`Appended` (first,
         last, duplicate) or a :class:`SequenceTooOldError` (nothing appended); None for an
         entry applied before a restart (replayed: nothing appended)."""
+        windows = self._apply_windows
+        started = time.time_ns() if windows is not None else 0
         commit_log = self.log
         table = self.producers
         records: list[bytes] = []
@@ -321,6 +347,8 @@ class CommitLogFSM:
                 raise FSMError(f"the commit log appended at {first}, expected {start}")
         self._applied = max(self._applied, entries[-1].index)
         self.highest_offset = commit_log.highest_offset
+        if windows is not None:
+            windows.append((entries[0].index, entries[-1].index, started, time.time_ns()))
         if self.on_apply is not None:
             self.on_apply()
         return out

@@ -142,3 +142,19 @@ class StorageError(DomainError):
     """The commit log failed (fsync error, corrupt record); not retriable on this node."""
 
     reason = Reason.STORAGE
+
+
+class NotMemberError(DomainError):
+    """An admin call names a node that is not a member of the cluster."""
+
+    reason = Reason.NOT_MEMBER
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__(f"node {node_id} is not a member", {Key.NODE_ID: node_id})
+        self.node_id = node_id
+
+
+class AdminRefusedError(DomainError):
+    """An admin call cannot be done in the cluster's present state; the message says why."""
+
+    reason = Reason.ADMIN_REFUSED

@@ -137,10 +137,12 @@ from raftlog.raft.fsm import SnapshotSource, StateMachine
 from raftlog.raft.inmem import InmemLogStore, InmemSnapshotStore, InmemStableStore
 from raftlog.raft.logstore import RaftLogStore
 from raftlog.raft.node import RaftNode
+from raftlog.raft.observer import NO_METRICS, NoMetrics, RaftMetrics
 from raftlog.raft.proposals import ApplyResult
 from raftlog.raft.storage import LogStorage, SnapshotStorage, StableStorage
 
 __all__ += [
+    "NO_METRICS",
     "ApplyResult",
     "Clock",
     "InmemLogStore",
@@ -149,12 +151,14 @@ __all__ += [
     "LogStorage",
     "ManualClock",
     "MonotonicClock",
+    "NoMetrics",
     "NodeClosedError",
     "NodeConfig",
     "NodeFailedError",
     "OutcomeUnknownError",
     "ProposalTimeoutError",
     "RaftLogStore",
+    "RaftMetrics",
     "RaftNode",
     "ReadBarrierTimeoutError",
     "SnapshotSource",

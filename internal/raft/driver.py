@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
@@ -35,6 +36,7 @@ from raftlog.raft.config import NodeConfig
 from raftlog.raft.core import RaftCore, Ready, check_can_bootstrap
 from raftlog.raft.errors import BootstrapError, OutcomeUnknownError, RaftError
 from raftlog.raft.fsm import StateMachine
+from raftlog.raft.observer import NO_METRICS, RaftMetrics
 from raftlog.raft.proposals import ProposalTracker
 from raftlog.raft.reads import ReadBarriers
 from raftlog.raft.snapshot_transfer import SnapshotSender
@@ -87,8 +89,10 @@ class Driver:
         before_round: Callable[[SoftState], None],
         notify: Callable[[], None],
         wake: Callable[[], None],
+        metrics: RaftMetrics = NO_METRICS,
     ) -> None:
         self.id: NodeId = config.raft.id
+        self._metrics = metrics
         self.config = config
         self._fsm = fsm
         self._transport = transport
@@ -230,6 +234,7 @@ class Driver:
         if rd.entries:
             store.store(rd.entries)
             self._stats.entries_persisted += len(rd.entries)
+            self._metrics.raft_appended(len(rd.entries))
         hs = rd.hard_state
         save = hs is not None and (hs.term, hs.vote) != (self.saved_term, self.saved_vote)
         if not rd.must_sync and not save:
@@ -241,12 +246,14 @@ class Driver:
             assert hs is not None
             state = StableState(hs.term, hs.vote or None, {"commit": hs.commit})
             waits.append(self._stable.save(state))
+        started = time.perf_counter()
         if len(waits) == 1:
             await waits[0]  # no task around a single wait (one fewer loop hop per round)
         elif waits:
             await asyncio.gather(*waits)
         if waits:
             self._stats.syncs += 1
+            self._metrics.raft_synced(time.perf_counter() - started)
         if save:
             assert hs is not None
             self.saved_term, self.saved_vote = hs.term, hs.vote
@@ -279,6 +286,15 @@ class Driver:
         self._proposals.applied(committed, results)
 
     # -- snapshots: taking, compacting, installing ----------------------------------------
+
+    def snapshot_now(self, core: RaftCore) -> bool:
+        """Between rounds (the caller holds the node's I/O lock): start a snapshot of what
+        is applied now, whatever ``snapshot_threshold`` says. False when none was started:
+        one is being taken already, or the newest snapshot covers every applied entry."""
+        if self._snap_task is not None or self._snap_done is not None:
+            return False
+        self._start_snapshot(core)
+        return self._snap_task is not None
 
     def _start_snapshot(self, core: RaftCore) -> None:
         meta = core.snapshot_meta()

@@ -60,10 +60,12 @@ from raftlog.raft.errors import (
     ProposalTimeoutError,
     RaftError,
     ReadBarrierTimeoutError,
+    SnapshotError,
     TransferError,
     WaitTimeoutError,
 )
 from raftlog.raft.fsm import StateMachine
+from raftlog.raft.observer import NO_METRICS, RaftMetrics
 from raftlog.raft.peers import PeerTable
 from raftlog.raft.proposals import ApplyResult, Proposal, ProposalTracker
 from raftlog.raft.reads import ReadBarriers
@@ -123,8 +125,10 @@ class RaftNode:
         snapshot_store: SnapshotStorage,
         clock: Clock | None = None,
         peers: Mapping[NodeId, str] | None = None,
+        metrics: RaftMetrics = NO_METRICS,
     ) -> None:
         self.config = config.validate()
+        self._metrics = metrics
         self.id: NodeId = config.raft.id
         if transport.node_id != self.id:
             raise ConfigError(
@@ -183,6 +187,7 @@ class RaftNode:
             before_round=self._before_round,
             notify=self._notify,
             wake=self._wake.set,
+            metrics=metrics,
         )
         self._soft: SoftState | None = None
         self._started = False
@@ -200,6 +205,7 @@ class RaftNode:
         *,
         clock: Clock | None = None,
         peers: Mapping[NodeId, str] | None = None,
+        metrics: RaftMetrics = NO_METRICS,
     ) -> RaftNode:
         """A node whose stores live under ``config.data_dir`` (see :mod:`raftlog.raft.disk`),
         opened in a worker thread with ``config.fsync``, ``snapshot_retain`` and
@@ -222,6 +228,7 @@ class RaftNode:
             snapshot_store=stores.snapshots,
             clock=clock,
             peers=peers,
+            metrics=metrics,
         )
 
     # =====================================================================================
@@ -551,6 +558,41 @@ class RaftNode:
         finally:
             self._reads.forget(ctx)
 
+    async def take_snapshot(self, *, timeout: float | None = None) -> int:
+        """Snapshot the state machine now (whatever ``snapshot_threshold`` says) and compact
+        the log behind it, for operators; return the index of the newest snapshot once it
+        covers every entry applied when the call came (at once if it already does). A
+        snapshot being taken is waited for first. SnapshotError if writing it failed (the
+        log says why), WaitTimeoutError after ``timeout`` s (default request_timeout)."""
+        loop = asyncio.get_running_loop()
+        t = self.config.request_timeout if timeout is None else timeout
+        deadline = loop.time() + t
+        driver = self._driver
+        async with self._io_lock:  # between rounds: applied == the state machine's
+            target = self._check_usable().applied_index
+
+        def settled() -> bool:
+            idle = driver.snapshot_task is None and not driver.snapshot_ready
+            return self.snapshot_index >= target or idle
+
+        while True:
+            async with self._io_lock:
+                core = self._check_usable()
+                if self.snapshot_index >= target:
+                    return self.snapshot_index
+                started = driver.snapshot_now(core)
+            left = deadline - loop.time()
+            if left <= 0:
+                raise WaitTimeoutError(f"node {self.id}: no snapshot at {target} within {t} s")
+            await self.wait_for(settled, left, f"a snapshot at index {target}")
+            if self.snapshot_index >= target:
+                return self.snapshot_index
+            if started:
+                raise SnapshotError(
+                    f"node {self.id}: the snapshot at index {target} failed (see the log)"
+                )
+            # it was another snapshot, older than ours, that just finished: take ours now
+
     def campaign(self) -> None:
         """Start an election now (tests and operators)."""
         self._check_usable().campaign()
@@ -660,7 +702,10 @@ class RaftNode:
                 ss.term,
                 ss.role.name,
                 ss.leader,
+                extra={"term": ss.term, "role": ss.role.name.lower(), "leader": ss.leader},
             )
+            if prev is not None:
+                self._metrics.raft_leader_changed(ss.term, ss.leader)
 
     def _notify(self) -> None:
         watchers, self._watchers = self._watchers, []

@@ -24,10 +24,12 @@ import grpc
 from raftlog.api.contract import STATUS_DETAILS_KEY
 from raftlog.api.status import status_details
 from raftlog.domain.errors import (
+    AdminRefusedError,
     DeadlineError,
     DomainError,
     InvalidArgumentError,
     NotLeaderError,
+    NotMemberError,
     OffsetOutOfRangeError,
     PermissionDeniedError,
     SequenceTooOldError,
@@ -50,6 +52,8 @@ STATUS_CODES: Mapping[type[DomainError], grpc.StatusCode] = {
     DeadlineError: grpc.StatusCode.DEADLINE_EXCEEDED,
     SequenceTooOldError: grpc.StatusCode.FAILED_PRECONDITION,
     UnsupportedError: grpc.StatusCode.UNIMPLEMENTED,
+    NotMemberError: grpc.StatusCode.NOT_FOUND,
+    AdminRefusedError: grpc.StatusCode.FAILED_PRECONDITION,
     StorageError: grpc.StatusCode.INTERNAL,
 }
 

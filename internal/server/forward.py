@@ -3,9 +3,11 @@
 A follower that receives a write calls the leader's ``log.v1.Log/Produce`` with the whole
 batch (``records``) and, for an idempotent producer, its ``producer_id`` and ``sequence``
 (so the leader deduplicates a retry that came through any node), presenting its **peer**
-certificate. The call carries the metadata ``x-raftlog-forwarded: 1``; a node that
-receives a forwarded call never forwards it again (it answers NOT_LEADER), so a stale view
-of the leader cannot make a request bounce around the cluster.
+certificate. The call carries the metadata ``x-raftlog-forwarded: 1`` (and, when tracing
+is on, the W3C ``traceparent`` of the follower's span, so the leader's spans join its
+trace); a node that receives a forwarded call never forwards it again (it answers
+NOT_LEADER), so a stale view of the leader cannot make a request bounce around the
+cluster.
 
 The mark is peer traffic: besides the method's own action (``produce``, checked by the
 authorization interceptor), the leader requires the subject to hold ``replicate`` for a
@@ -41,6 +43,7 @@ from raftlog.security import TLSConfig
 from raftlog.security.grpc_tls import grpc_channel_credentials
 from raftlog.server.errors import status_for
 from raftlog.server.interceptors import subject_of
+from raftlog.telemetry import inject_context
 
 #: The logger forwarding always used (it was part of raftlog.distributed).
 log = logging.getLogger("raftlog.distributed")
@@ -133,7 +136,9 @@ class GrpcForwarder:
             producer_id=producer_id,
             sequence=sequence,
         )
-        call = stub.Produce(request, timeout=timeout_s, metadata=((FORWARDED_KEY, "1"),))
+        # the trace context (if a span is current) rides along: one trace across the hop
+        metadata = inject_context(((FORWARDED_KEY, "1"),))
+        call = stub.Produce(request, timeout=timeout_s, metadata=metadata)
         try:
             response = await call
         except grpc.aio.AioRpcError as exc:

@@ -34,12 +34,12 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from raftlog.api.contract import OBJECT_WILDCARD, Action, Key, Reason
+from raftlog.api.contract import ADMIN_SERVICE, OBJECT_WILDCARD, Action, Key, Reason
 from raftlog.domain.errors import (
     DomainError,
     InvalidArgumentError,
@@ -60,12 +60,18 @@ DEFAULT_ACTIONS: Mapping[str, str] = {
     "/log.v1.Log/Consume": Action.CONSUME,
     "/log.v1.Log/ConsumeStream": Action.CONSUME,
     "/log.v1.Log/GetOffsets": Action.CONSUME,
+    f"/{ADMIN_SERVICE}/Status": Action.ADMIN,
+    f"/{ADMIN_SERVICE}/TransferLeadership": Action.ADMIN,
+    f"/{ADMIN_SERVICE}/RemoveServer": Action.ADMIN,
+    f"/{ADMIN_SERVICE}/Snapshot": Action.ADMIN,
 }
 
 #: The service whose every method needs an ACL decision: a method of it that is neither in
 #: the actions nor in :data:`OPEN_METHODS` (an rpc added without one) is refused with
 #: PERMISSION_DENIED, never served open (fail closed).
 GUARDED_SERVICE = "/log.v1.Log/"
+#: Every service guarded that way: ``log.v1.Log`` and the admin service.
+GUARDED_SERVICES: tuple[str, ...] = (GUARDED_SERVICE, f"/{ADMIN_SERVICE}/")
 #: Methods of the guarded service that any authenticated client may call.
 OPEN_METHODS: frozenset[str] = frozenset({"/log.v1.Log/GetServers"})
 #: The action named in the denial of a guarded method that has none declared.
@@ -187,6 +193,12 @@ def _checked(handler: Handler, method: str, check: Check) -> Handler:
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
 
 
+class CallMetrics(Protocol):
+    """Where :class:`ObservabilityInterceptor` reports each call (the node's metrics)."""
+
+    def observe_call(self, method: str, code: str, seconds: float) -> None: ...
+
+
 class AuthenticationInterceptor(grpc.aio.ServerInterceptor):
     """Refuses (UNAUTHENTICATED) any call whose connection has no client-certificate CN.
 
@@ -233,7 +245,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if method in self._actions:
             return _checked(handler, method, self._check)
-        if method.startswith(GUARDED_SERVICE):
+        if method.startswith(GUARDED_SERVICES):
             return _checked(handler, method, self._refuse_undeclared)
         return handler
 
@@ -264,11 +276,14 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     Successful (and client-cancelled) calls log at DEBUG, failed ones at INFO (WARNING for
     INTERNAL/UNKNOWN). Nothing but those facts (and the peer address) is logged: no
     payloads, no certificates, no keys.
-    ``counts`` holds (method, code name) -> calls, for tests and a later metrics endpoint.
+    ``counts`` holds (method, code name) -> calls, for tests; with ``metrics`` (a
+    :class:`CallMetrics`, the node's Prometheus metrics) each call is also counted and
+    timed there, once per call.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: CallMetrics | None = None) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
+        self.metrics = metrics
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -283,6 +298,9 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         name = code.name
         self.counts[method, name] += 1
+        elapsed = time.perf_counter() - started
+        if self.metrics is not None:
+            self.metrics.observe_call(method, name, elapsed)
         if code in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
             level = logging.DEBUG  # success, or the client's own choice to stop
         elif code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
@@ -297,7 +315,14 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                 who[0],
                 who[1],
                 name,
-                (time.perf_counter() - started) * 1e3,
+                elapsed * 1e3,
+                extra={
+                    "method": method,
+                    "subject": who[0],
+                    "peer": who[1],
+                    "code": name,
+                    "duration_ms": round(elapsed * 1e3, 3),
+                },
             )
 
     @staticmethod

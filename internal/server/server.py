@@ -10,23 +10,29 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry import trace
 
+from raftlog.api.contract import ADMIN_SERVICE
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.domain.protocols import Authorizer, CommitLog, ServerLister
 from raftlog.security import TLSConfig
 from raftlog.security.grpc_tls import grpc_server_credentials
+from raftlog.server.admin import AdminService, add_admin_service
 from raftlog.server.config import ServerConfig
 from raftlog.server.interceptors import (
     AuthenticationInterceptor,
     AuthorizationInterceptor,
+    CallMetrics,
     DecodeGuardInterceptor,
     ObservabilityInterceptor,
 )
-from raftlog.server.service import LogService
+from raftlog.server.service import LogService, RecordMetrics
+from raftlog.server.tracing import TracingInterceptor
 
 logger = logging.getLogger("raftlog.server")
 
@@ -35,6 +41,10 @@ INSECURE_WARNING = (
     "INSECURE MODE: no TLS, no client authentication, no authorization. Anyone who can "
     "reach this port can read and write the log. Never use this outside a sandbox."
 )
+
+
+class _ServerMetrics(CallMetrics, RecordMetrics, Protocol):
+    """Both kinds of metrics the server reports (:class:`raftlog.telemetry.NodeMetrics`)."""
 
 
 class BindError(OSError):
@@ -49,6 +59,11 @@ class LogServer:
     peer methods with ``replicate``). ``extra_interceptors`` run after the ACL and before
     the request-decoding check (:class:`DecodeGuardInterceptor`, always innermost: request
     bytes that are not a valid message get INVALID_ARGUMENT, never UNKNOWN).
+
+    Telemetry: ``metrics`` counts and times every call and counts records and bytes;
+    ``tracer`` (None = tracing off, no interceptor at all) puts a span around every call.
+    ``admin``: the admin service ``raftlog.admin.v1.Admin``, served beside ``log.v1.Log``
+    behind the same TLS and interceptors (its rpcs need the ACL action ``admin``).
     """
 
     def __init__(
@@ -62,6 +77,9 @@ class LogServer:
         insecure: bool = False,
         actions: Mapping[str, str] | None = None,
         extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        metrics: _ServerMetrics | None = None,
+        tracer: trace.Tracer | None = None,
+        admin: AdminService | None = None,
     ) -> None:
         if tls is None and not insecure:
             raise ValueError("a server without TLS needs insecure=True, explicitly")
@@ -69,9 +87,12 @@ class LogServer:
         self.config.validate()
         self.tls = tls
         self.insecure = tls is None
-        self.service = LogService(commit_log, servers, self.config)
-        self.observability = ObservabilityInterceptor()
-        interceptors: list[grpc.aio.ServerInterceptor] = [self.observability]
+        self.service = LogService(commit_log, servers, self.config, metrics=metrics)
+        self.observability = ObservabilityInterceptor(metrics)
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if tracer is not None:
+            interceptors.append(TracingInterceptor(tracer))  # outermost: spans see it all
+        interceptors.append(self.observability)
         if not self.insecure:
             interceptors += [
                 AuthenticationInterceptor(),
@@ -92,11 +113,14 @@ class LogServer:
             ],
         )
         log_pb2_grpc.add_LogServicer_to_server(self.service, self.server)  # type: ignore[no-untyped-call]
+        services = [LOG_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        self.admin = admin
+        if admin is not None:
+            add_admin_service(admin, self.server)
+            services.append(ADMIN_SERVICE)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (LOG_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-        )
+        reflection.enable_server_reflection(services, self.server)
         self.port: int | None = None
         self._started = False
         self._stopped = False

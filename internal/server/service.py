@@ -30,11 +30,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
+from raftlog.distributed.forwarding import forwarded_call
 from raftlog.domain.errors import (
     DeadlineError,
     DomainError,
@@ -98,12 +99,29 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException)
     await context.abort(code, message, trailing_metadata=trailing)
 
 
+class RecordMetrics(Protocol):
+    """Where the service counts records and bytes (the node's metrics): once per request
+    or per batch, never per record."""
+
+    def produced(self, records: int, nbytes: int) -> None: ...
+
+    def consumed(self, records: int, nbytes: int) -> None: ...
+
+
 class LogService(log_pb2_grpc.LogServicer):
-    """Serves a :class:`CommitLog` and a :class:`ServerLister` as ``log.v1.Log``."""
+    """Serves a :class:`CommitLog` and a :class:`ServerLister` as ``log.v1.Log``.
+
+    ``metrics`` counts the records and bytes produced (acknowledged to a client; a write a
+    follower forwarded here was counted by that follower) and consumed."""
 
     def __init__(
-        self, commit_log: CommitLog, servers: ServerLister, config: ServerConfig | None = None
+        self,
+        commit_log: CommitLog,
+        servers: ServerLister,
+        config: ServerConfig | None = None,
+        metrics: RecordMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._log = commit_log
         self._idempotent = commit_log if isinstance(commit_log, IdempotentLog) else None
         self._servers = servers
@@ -199,6 +217,8 @@ class LogService(log_pb2_grpc.LogServicer):
             producer_id, sequence = self._producer_of(request)
             if producer_id:
                 done = await self._append_idempotent(records, producer_id, sequence)
+                if not done.duplicate:
+                    self._count_produced(records)
                 return log_pb2.ProduceResponse(
                     offset=done.first, last_offset=done.last, duplicate=done.duplicate
                 )
@@ -206,7 +226,14 @@ class LogService(log_pb2_grpc.LogServicer):
         except Exception as exc:
             await abort(context, exc)
             raise  # unreachable: abort raises
+        self._count_produced(records)
         return log_pb2.ProduceResponse(offset=first, last_offset=last)
+
+    def _count_produced(self, records: list[bytes]) -> None:
+        """Count an acknowledged write, unless a follower forwarded it (it counted it)."""
+        metrics = self._metrics
+        if metrics is not None and not forwarded_call.get():
+            metrics.produced(len(records), sum(map(len, records)))
 
     async def Consume(
         self,
@@ -221,6 +248,8 @@ class LogService(log_pb2_grpc.LogServicer):
         except Exception as exc:
             await abort(context, exc)
             raise
+        if self._metrics is not None:
+            self._metrics.consumed(1, len(value))
         return log_pb2.ConsumeResponse(record=log_pb2.Record(value=value, offset=request.offset))
 
     async def GetServers(
@@ -275,6 +304,7 @@ class LogService(log_pb2_grpc.LogServicer):
         max_records = min(request.max_records, _MAX_RECORDS_PER_MESSAGE)
         budget = self._budget(request)
         Record, ConsumeResponse = log_pb2.Record, log_pb2.ConsumeResponse
+        metrics = self._metrics
         try:
             if request.linearizable:
                 await self._barrier(context)
@@ -284,6 +314,8 @@ class LogService(log_pb2_grpc.LogServicer):
                 if offset <= log.highest_offset:
                     if batched:
                         values = log.read_batch(offset, budget, max_records)
+                        if metrics is not None:
+                            metrics.consumed(len(values), sum(map(len, values)))
                         response = ConsumeResponse()
                         add = response.records.add
                         for value in values:
@@ -292,6 +324,8 @@ class LogService(log_pb2_grpc.LogServicer):
                         yield response
                     else:
                         values = log.read_batch(offset, budget, _BOOK_READ_RECORDS)
+                        if metrics is not None:
+                            metrics.consumed(len(values), sum(map(len, values)))
                         for value in values:
                             yield ConsumeResponse(record=Record(value=value, offset=offset))
                             offset += 1
@@ -331,6 +365,8 @@ class LogService(log_pb2_grpc.LogServicer):
                 records, size, producer_id, sequence = item
                 if producer_id:
                     done = await self._append_idempotent(records, producer_id, sequence)
+                    if not done.duplicate:
+                        self._count_produced(records)
                     window.release(size)
                     yield ProduceResponse(
                         offset=done.first, last_offset=done.last, duplicate=done.duplicate
@@ -352,6 +388,7 @@ class LogService(log_pb2_grpc.LogServicer):
                     counts.append(len(nxt[0]))
                     taken += nxt[1]
                 first, _ = await self._log.append(records)
+                self._count_produced(records)
                 window.release(taken)
                 for n in counts:
                     yield ProduceResponse(offset=first, last_offset=first + n - 1)

@@ -11,6 +11,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from raftlog.api.admin.v1 import admin_pb2
+from raftlog.api.contract import ADMIN_SERVICE, Action
 from raftlog.api.status import error_info_from_metadata
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.auth import (
@@ -198,10 +200,15 @@ async def _serving(
 
 
 def test_every_log_rpc_has_an_acl_decision() -> None:
-    """A new rpc must be given an action (or be declared open) on purpose."""
+    """A new rpc must be given an action (or be declared open) on purpose: every rpc of
+    log.v1.Log and of the admin service (whose rpcs all need ``admin``)."""
     service = log_pb2.DESCRIPTOR.services_by_name["Log"]
     methods = {f"/log.v1.Log/{m.name}" for m in service.methods}
-    assert methods == set(DEFAULT_ACTIONS) | OPEN_METHODS
+    admin = admin_pb2.DESCRIPTOR.services_by_name["Admin"]
+    admin_methods = {f"/{admin.full_name}/{m.name}" for m in admin.methods}
+    assert admin.full_name == ADMIN_SERVICE
+    assert methods | admin_methods == set(DEFAULT_ACTIONS) | OPEN_METHODS
+    assert {DEFAULT_ACTIONS[m] for m in admin_methods} == {Action.ADMIN}
     assert not set(DEFAULT_ACTIONS) & OPEN_METHODS
 
 
@@ -254,7 +261,10 @@ def test_casbin_policy_and_example_files(tmp_path: Path) -> None:
     assert authz.authorize("root", "*", "produce")
     assert authz.authorize("root", "*", "consume")
     assert not authz.authorize("root", "*", "replicate")
+    assert authz.authorize("root", "*", "admin")
     assert authz.authorize("server", "*", "replicate")
+    assert not authz.authorize("server", "*", "admin")
+    assert not authz.authorize("nobody", "*", "admin")
     assert not authz.authorize("nobody", "*", "consume")
     assert not authz.authorize("nobody", "*", "produce")
     with pytest.raises(AuthConfigError, match="acl_policy_file: no such file"):

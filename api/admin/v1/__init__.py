@@ -1,0 +1,1 @@
+"""Generated code of ``api/admin/v1/admin.proto`` (``make proto``; git-ignored)."""
