@@ -43,7 +43,7 @@ from raftlog.distributed import CommitLogFSM, DistributedLog
 from raftlog.domain.protocols import Authorizer
 from raftlog.mux import RAFT_MARKER, Mux, MuxConfig, PrivateSocketDir, remove_stale_socket_dirs
 from raftlog.raft import RaftConfig, RaftError, Server
-from raftlog.raft.node import NodeConfig, RaftNode
+from raftlog.raft.node import NodeClosedError, NodeConfig, RaftNode, WaitTimeoutError
 from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
 from raftlog.security import TLSConfig
 from raftlog.security.grpc_tls import grpc_server_credentials
@@ -293,12 +293,33 @@ class ClusterNode:
             self.rpc_addr,
         )
 
+        health = asyncio.create_task(self._watch_health(server), name="health-watch")
+
         async def stop() -> None:
+            health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await health
             if self.dlog is not None:
                 self.dlog.begin_close()
             await server.stop(grace)
 
         return stop
+
+    async def _watch_health(self, server: LogServer) -> None:
+        """Health NOT_SERVING once the Raft node stopped (a failed disk): it takes no
+        writes and acknowledges nothing until it is restarted."""
+        node = self.node
+        assert node is not None
+        while True:
+            try:
+                await node.wait_for(lambda: node.failure is not None, 3600.0, "a failure")
+                break
+            except WaitTimeoutError:
+                continue
+            except NodeClosedError:
+                return
+        logger.error("node %s reports NOT_SERVING: %s", self.config.node_name, node.failure)
+        await server.set_serving(False)
 
     # -- membership ----------------------------------------------------------------------
 

@@ -45,7 +45,9 @@ from raftlog.distributed.fsm import (
 )
 from raftlog.domain.errors import (
     DeadlineError,
+    DiskFailedError,
     DomainError,
+    NoSpaceError,
     NotLeaderError,
     SequenceTooOldError,
     StorageError,
@@ -55,7 +57,7 @@ from raftlog.domain.protocols import Appended, ServerInfo
 from raftlog.log import OffsetOutOfRangeError
 from raftlog.raft import NO_NODE, Suffrage
 from raftlog.raft import NotLeaderError as RaftNotLeaderError
-from raftlog.raft.errors import ConfChangeInProgressError, RaftError
+from raftlog.raft.errors import ConfChangeInProgressError, DiskFullError, RaftError
 from raftlog.raft.node import (
     NodeClosedError,
     NodeFailedError,
@@ -65,6 +67,16 @@ from raftlog.raft.node import (
 )
 
 log = logging.getLogger("raftlog.distributed")
+
+
+def _no_space(exc: DiskFullError) -> NoSpaceError:
+    return NoSpaceError(str(exc), exc.node_id, exc.directory)
+
+
+def _node_failed(node_id: str, exc: NodeFailedError) -> DomainError:
+    if isinstance(exc.__cause__, OSError):
+        return DiskFailedError(f"{exc}; write through another node", {"node_id": node_id})
+    return StorageError(f"the Raft node failed: {exc}")
 
 
 class DistributedConfigError(ValueError):
@@ -171,6 +183,16 @@ class DistributedLog:
             return Appended(seen[0], seen[1], duplicate=True)
         return await self._replicate(records, producer_id, sequence)
 
+    def _check_disk(self, node: RaftNode) -> None:
+        """A node whose disk is full or failed takes no writes, not even to forward them:
+        the client learns at once where space is missing (or that this node is out)."""
+        full = node.disk_full
+        if full is not None:
+            raise _no_space(full)
+        failure = node.failure
+        if failure is not None:
+            raise _node_failed(node.id, failure)
+
     async def _replicate(
         self, records: Sequence[bytes], producer_id: str, sequence: int
     ) -> Appended:
@@ -187,6 +209,7 @@ class DistributedLog:
                     f"no leader accepted the write within {self.config.append_timeout} s"
                 )
             node = self.node
+            self._check_disk(node)
             if node.is_leader:
                 if producer_id:  # stamped now, by the leader: drives the table's expiry
                     stamp = int(time.time() * 1000)
@@ -202,8 +225,10 @@ class DistributedLog:
                     raise DeadlineError(f"write outcome unknown: {exc}") from None
                 except NodeClosedError:
                     raise UnavailableError("the node is shutting down") from None
+                except DiskFullError as exc:
+                    raise _no_space(exc) from None
                 except NodeFailedError as exc:
-                    raise StorageError(f"the Raft node failed: {exc}") from None
+                    raise _node_failed(node.id, exc) from None
                 except RaftError as exc:  # transfer in progress and the like: retriable
                     log.debug("append refused by raft: %s", exc)
                     await self._pause(loop, deadline)

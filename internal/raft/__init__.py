@@ -126,6 +126,7 @@ __all__ = [
 from raftlog.raft.clock import Clock, ManualClock, MonotonicClock
 from raftlog.raft.config import NodeConfig
 from raftlog.raft.errors import (
+    DiskFullError,
     NodeClosedError,
     NodeFailedError,
     OutcomeUnknownError,
@@ -143,6 +144,7 @@ from raftlog.raft.storage import LogStorage, SnapshotStorage, StableStorage
 __all__ += [
     "ApplyResult",
     "Clock",
+    "DiskFullError",
     "InmemLogStore",
     "InmemSnapshotStore",
     "InmemStableStore",

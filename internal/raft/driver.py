@@ -20,8 +20,9 @@ lock, so the stores have a single writer.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from raftlog.raft.clock import Clock
@@ -33,7 +34,7 @@ from raftlog.raft.codec import (
 )
 from raftlog.raft.config import NodeConfig
 from raftlog.raft.core import RaftCore, Ready, check_can_bootstrap
-from raftlog.raft.errors import BootstrapError, OutcomeUnknownError, RaftError
+from raftlog.raft.errors import BootstrapError, NodeClosedError, OutcomeUnknownError, RaftError
 from raftlog.raft.fsm import StateMachine
 from raftlog.raft.proposals import ProposalTracker
 from raftlog.raft.reads import ReadBarriers
@@ -87,6 +88,8 @@ class Driver:
         before_round: Callable[[SoftState], None],
         notify: Callable[[], None],
         wake: Callable[[], None],
+        disk_full: Callable[[OSError | None], None] = lambda _exc: None,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.id: NodeId = config.raft.id
         self.config = config
@@ -103,6 +106,9 @@ class Driver:
         self._before_round = before_round
         self._notify = notify
         self._wake = wake
+        self._disk_full = disk_full
+        self._stopping = stopping
+        self._full = False
         #: What the stable store holds (a hard state is saved only when these change).
         self.saved_term = 0
         self.saved_vote: NodeId = NO_NODE
@@ -200,14 +206,15 @@ class Driver:
         for m in rd.messages_before_persist:  # the core says these may go before the fsync
             self._send(m)
         self._stats.sent_early += len(rd.messages_before_persist)
-        await self._persist(rd)
+        await self._until_written(lambda: self._persist(rd))
         for m in rd.messages_after_persist:
             self._send(m)
         self._stats.sent_late += len(rd.messages_after_persist)
         if rd.snapshot is not None:
             await self._install_snapshot(rd.snapshot)
         if rd.committed_entries:
-            self._apply(rd.committed_entries)
+            committed = rd.committed_entries
+            await self._until_written(lambda: self._apply_async(committed))
         if rd.read_states:
             self._reads.confirmed(rd.read_states)
         core.advance(rd)
@@ -220,6 +227,44 @@ class Driver:
             and self._clock.now() >= self._snap_retry_at
         ):
             self._start_snapshot(core)
+
+    async def _until_written(self, attempt: Callable[[], Awaitable[None]]) -> None:
+        """Run ``attempt`` (persist a Ready, or apply its entries) until it succeeds.
+
+        A full disk (ENOSPC, from a write or an fsync) is not fatal: the attempt left
+        nothing half-written behind it (the engine cuts a failed append back, and a retry
+        of :meth:`_persist` rewrites the Ready's entries from memory after cutting the log
+        back to the entry before them, so pages whose fsync failed are never trusted),
+        the node refuses new writes (``disk_full``), and the same attempt runs again every
+        ``disk_full_retry_delay`` until there is room. Meanwhile nothing this Ready holds
+        back is sent: a follower does not acknowledge entries it could not persist. Any
+        other error (EIO) propagates: the node stops (see ``RaftNode._fatal``)."""
+        while True:
+            try:
+                await attempt()
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                if not self._full:
+                    self._full = True
+                    self._disk_full(exc)
+                if self._stopping():
+                    raise NodeClosedError(
+                        f"node {self.id!r} closed while its disk was full"
+                    ) from None
+                await self._clock.sleep(self.config.disk_full_retry_delay)
+                if self._stopping():
+                    raise NodeClosedError(
+                        f"node {self.id!r} closed while its disk was full"
+                    ) from None
+                continue
+            if self._full:
+                self._full = False
+                self._disk_full(None)
+            return
+
+    async def _apply_async(self, committed: tuple[Entry, ...]) -> None:
+        self._apply(committed)
 
     async def _persist(self, rd: Ready) -> None:
         store = self._log

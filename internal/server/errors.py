@@ -25,8 +25,10 @@ from raftlog.api.contract import STATUS_DETAILS_KEY
 from raftlog.api.status import status_details
 from raftlog.domain.errors import (
     DeadlineError,
+    DiskFailedError,
     DomainError,
     InvalidArgumentError,
+    NoSpaceError,
     NotLeaderError,
     OffsetOutOfRangeError,
     PermissionDeniedError,
@@ -51,6 +53,8 @@ STATUS_CODES: Mapping[type[DomainError], grpc.StatusCode] = {
     SequenceTooOldError: grpc.StatusCode.FAILED_PRECONDITION,
     UnsupportedError: grpc.StatusCode.UNIMPLEMENTED,
     StorageError: grpc.StatusCode.INTERNAL,
+    NoSpaceError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DiskFailedError: grpc.StatusCode.UNAVAILABLE,
 }
 
 
