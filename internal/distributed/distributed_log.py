@@ -47,6 +47,7 @@ from raftlog.domain.errors import (
     DeadlineError,
     DiskFailedError,
     DomainError,
+    InvalidArgumentError,
     NoSpaceError,
     NotLeaderError,
     SequenceTooOldError,
@@ -408,11 +409,35 @@ class DistributedLog:
             if current is not None and current.address == rpc_addr:
                 return
             timeout = self.config.change_timeout
+            if current is not None and self._live(node_id):
+                # Two live nodes claim one id (a copied data directory, a reused
+                # --node-name): replacing the member would hand its place, and its
+                # votes, to the newcomer. Refused; the member must leave first.
+                log.error(
+                    "refusing %s at %s: member %s is live at %s (two nodes with one id?)",
+                    node_id,
+                    rpc_addr,
+                    node_id,
+                    current.address,
+                )
+                raise InvalidArgumentError(
+                    f"node id {node_id!r} is taken by a live member at {current.address}; "
+                    f"refusing a second node {node_id!r} at {rpc_addr}"
+                )
             if current is not None:
                 log.info("member %s moved to %s: removing, then adding again", node_id, rpc_addr)
                 await self._change(node.remove_server(node_id, timeout=timeout))
             log.info("adding %s at %s as a learner", node_id, rpc_addr)
             await self._change(node.add_learner(node_id, rpc_addr, timeout=timeout))
+
+    def _live(self, node_id: str) -> bool:
+        """Whether the leader heard from member ``node_id`` within the last election
+        timeout (Raft's recent-activity flag of its progress)."""
+        try:
+            progress = self.node.status().progress.get(node_id)
+        except RaftError:
+            return False
+        return progress is not None and progress.recent_active
 
     async def leave(self, node_id: str) -> None:
         """Remove ``node_id`` from the cluster's membership. Idempotent."""
