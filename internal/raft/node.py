@@ -83,6 +83,7 @@ from raftlog.raft.types import (
     NodeId,
     Role,
     Server,
+    SnapshotChunk,
     SnapshotMeta,
     SoftState,
 )
@@ -169,6 +170,7 @@ class RaftNode:
             installed=self._snapshot_received,
             stopping=lambda: self._stopping,
             idle_timeout=config.snapshot_idle_timeout,
+            admit=self._admit_chunk,
         )
         self._driver = Driver(
             config,
@@ -776,6 +778,24 @@ class RaftNode:
         if not self._stopping and self._core is not None:
             self._core.report_snapshot(to, ok)
             self._wake.set()
+
+    def _admit_chunk(self, c: SnapshotChunk) -> bool:
+        """A snapshot chunk is useful only from a leader of this term or a newer one, and
+        only for a snapshot beyond what this node has committed (what the core accepts)."""
+        core = self._core
+        if core is None or c.term < core.term or c.meta.index <= core.commit_index:
+            log.warning(
+                "raft node %s: refused a snapshot chunk from %s (term %d, snapshot at %d; "
+                "this node is at term %d, commit %d)",
+                self.id,
+                c.src,
+                c.term,
+                c.meta.index,
+                core.term if core else 0,
+                core.commit_index if core else 0,
+            )
+            return False
+        return True
 
     def _snapshot_received(self, src: NodeId, term: int, meta: SnapshotMeta) -> None:
         """A snapshot from ``src`` is complete in the store: the core decides whether to
