@@ -200,6 +200,7 @@ class ClusterNode:
                     # interval: rounds do not wait for fsync; _interval_sync flushes the Raft log
                     fsync=config.sync == "always",
                     request_timeout=10.0,
+                    disk_full_retry_delay=config.disk_full_retry_s,
                 ),
                 fsm,
                 transport,

@@ -56,6 +56,7 @@ from raftlog.domain.errors import (
 )
 from raftlog.domain.protocols import Appended, ServerInfo
 from raftlog.log import OffsetOutOfRangeError
+from raftlog.log.errors import DurabilityError as LogDurabilityError
 from raftlog.raft import NO_NODE, Suffrage
 from raftlog.raft import NotLeaderError as RaftNotLeaderError
 from raftlog.raft.errors import ConfChangeInProgressError, DiskFullError, RaftError
@@ -75,7 +76,7 @@ def _no_space(exc: DiskFullError) -> NoSpaceError:
 
 
 def _node_failed(node_id: str, exc: NodeFailedError) -> DomainError:
-    if isinstance(exc.__cause__, OSError):
+    if isinstance(exc.__cause__, OSError | LogDurabilityError):
         return DiskFailedError(f"{exc}; write through another node", {"node_id": node_id})
     return StorageError(f"the Raft node failed: {exc}")
 

@@ -36,6 +36,7 @@ import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from raftlog.log.errors import DurabilityError
 from raftlog.raft.clock import Clock, MonotonicClock
 from raftlog.raft.codec import (
     KIND_CHUNK,
@@ -685,7 +686,7 @@ class RaftNode:
             self._fatal(exc)
 
     def _fatal(self, exc: BaseException) -> None:
-        if isinstance(exc, OSError):
+        if isinstance(exc, OSError | DurabilityError):
             # A failed write or fsync (EIO and the like). Never retried: after a failed
             # fsync the page cache can no longer be trusted to hold what was written
             # (PostgreSQL's "fsyncgate"), so this log takes no more writes, acknowledges

@@ -170,12 +170,17 @@ FAULT_SUFFIX = ".disk-fault"
 #: What a fault file may hold: the errno that the data directory's writes (``os.pwrite``,
 #: ``os.write``) and syncs (``os.fsync``, ``os.fdatasync``) then fail with.
 FAULTS = {"eio": errno.EIO, "enospc": errno.ENOSPC}
+#: Which calls each fault fails: a full disk fails writes (where a file system reports
+#: ENOSPC); a failing disk fails writes and syncs.
+_WRITES = ("pwrite", "write")
+_FAILS = {"eio": {"fsync", "fdatasync", *_WRITES}, "enospc": set(_WRITES)}
 
 
 def fault_path(data_dir: Path) -> Path:
     """The fault switch of the agent with ``data_dir`` (beside it, not inside): while it
-    exists and holds ``eio`` or ``enospc``, every write and fsync of a file under the data
-    directory fails with that errno (a failing disk, a full disk); removed, the disk heals."""
+    exists and holds ``eio`` (every write and fsync) or ``enospc`` (every write) of a file
+    under the data directory fails with that errno (a failing disk, a full disk); removed,
+    the disk heals."""
     return data_dir.with_name(data_dir.name + FAULT_SUFFIX)
 
 
@@ -198,13 +203,13 @@ def install_faults(switch: Path, data_dir: Path) -> None:
     doing anything (a write writes nothing; a failed fsync syncs nothing)."""
     root = str(data_dir.resolve()) + os.sep
 
-    def active(fd: Any) -> int:
+    def active(call: str, fd: Any) -> int:
         try:
             fault = switch.read_text().strip()
         except OSError:
             return 0
         code = FAULTS.get(fault, 0)
-        if not code:
+        if not code or call not in _FAILS[fault]:
             return 0
         num = fd if isinstance(fd, int) else fd.fileno()
         try:
@@ -213,17 +218,17 @@ def install_faults(switch: Path, data_dir: Path) -> None:
             return 0
         return code if (target + os.sep).startswith(root) else 0
 
-    def wrap(real: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap(call: str, real: Callable[..., Any]) -> Callable[..., Any]:
         def faulty(fd: Any, *args: Any) -> Any:
-            code = active(fd)
+            code = active(call, fd)
             if code:
                 raise OSError(code, os.strerror(code))
             return real(fd, *args)
 
         return faulty
 
-    for name in ("fsync", "fdatasync", "pwrite", "write"):
-        setattr(os, name, wrap(getattr(os, name)))
+    for name in ("fsync", "fdatasync", *_WRITES):
+        setattr(os, name, wrap(name, getattr(os, name)))
 
 
 def _die_with_parent() -> None:
