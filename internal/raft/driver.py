@@ -289,7 +289,12 @@ class Driver:
         if len(waits) == 1:
             await waits[0]  # no task around a single wait (one fewer loop hop per round)
         elif waits:
-            await asyncio.gather(*waits)
+            # both finish before an error is raised: a retry after ENOSPC must not start
+            # a second write of the hard state while the first still runs in its thread
+            results = await asyncio.gather(*waits, return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
         if waits:
             self._stats.syncs += 1
         if save:
