@@ -104,6 +104,14 @@ async def test_a_second_live_node_with_a_members_id_is_refused(
         assert c.client_tls is not None
         tls = c.client_tls
         original = c.nodes["n2"].rpc_addr
+        # n2 joined with no cluster id: it learns the one n1 made when it bootstrapped
+        cluster_id = identity(c, "n1")["cluster_id"]
+        await wait_until(
+            lambda: identity(c, "n2").get("cluster_id") == cluster_id,
+            10,
+            "n2 to record the cluster id",
+            interval=0.1,
+        )
         # an impostor: a fresh data directory, new ports, the same --node-name n2
         twin = c.add_node("twin")
         c.nodes["twin"] = dataclasses.replace(twin, name="n2", data_dir=tmp_path / "twin")
