@@ -398,6 +398,9 @@ class RaftNode:
         )
         # Never given to the core: certainly not committed, so refused like new ones.
         self._proposals.fail_queued(full)
+        # A leader that cannot write hands over at once instead of leaving the others to
+        # notice its silence after an election timeout.
+        self._hand_over()
         self._notify()
 
     @property

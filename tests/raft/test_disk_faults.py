@@ -162,15 +162,19 @@ async def test_leader_with_a_full_disk_refuses_writes_loses_leadership_then_resu
     acked = [await _propose_via_leader(c, b"before%d" % k) for k in range(3)]
     c.logs[old.id].fault = errno.ENOSPC
     c.logs[old.id].on = "sync"  # written to the page cache, then the fsync fails
-    with caplog.at_level(logging.ERROR, logger="raftlog.raft.node"):
+    term = old.term
+    with caplog.at_level(logging.WARNING, logger="raftlog.raft.node"):
         first = asyncio.create_task(old.propose(b"unknown", timeout=3))
         await wait_until(lambda: old.disk_full is not None, 5, "the leader to see ENOSPC")
     assert any("has no space left" in r.getMessage() for r in caplog.records)
     with pytest.raises(DiskFullError) as info:
         await old.propose(b"refused")
     assert info.value.node_id == old.id
-    # It sends no heartbeat while its round is stuck: the others elect a leader and go on.
+    # It hands over at once (TIMEOUT_NOW; its stuck round could not heartbeat anyway):
+    # the others elect a leader at the next term and go on.
     await wait_until(lambda: c.leader() is not None and c.leader() is not old, 10, "a new leader")
+    assert _leader(c).term == term + 1
+    assert any("to take over leadership" in r.getMessage() for r in caplog.records)
     more = [await _propose_via_leader(c, b"after%d" % k) for k in range(3)]
     c.logs[old.id].fault = 0
     await wait_until(lambda: old.disk_full is None, 5, "the old leader to write again")
