@@ -261,7 +261,7 @@ async def _full_disk_scenario(c: DevCluster, small: tuple[str, ...]) -> None:
     await wait_until(leader_refuses, 30, f"{leader} to refuse writes", interval=0.1)
     assert_no_space(refused[0], leader, data)
     assert await consume(c, leader, 0) == acked.at[0]
-    # The others go on without it: its stuck round sends no heartbeat, they elect a leader.
+    # The others go on without it: it handed leadership over (and cannot heartbeat).
     others = [n for n in c.nodes if n != leader]
 
     async def others_take_writes() -> bool:
