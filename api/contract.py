@@ -58,6 +58,11 @@ class Reason:
     #: An admin call cannot be done in the cluster's present state (a transfer to a
     #: learner, another membership change in progress, ...); the message says why.
     ADMIN_REFUSED: Final = "ADMIN_REFUSED"
+    #: The node's disk is full; metadata :attr:`Key.NODE_ID` and :attr:`Key.DIRECTORY`.
+    NO_SPACE: Final = "NO_SPACE"
+    #: The node's disk failed (EIO): it takes no writes until restarted; metadata
+    #: :attr:`Key.NODE_ID` and :attr:`Key.DIRECTORY`.
+    DISK_FAILED: Final = "DISK_FAILED"
 
 
 class Key:
@@ -83,8 +88,10 @@ class Key:
     MESSAGE_TYPE: Final = "message_type"
     #: Position of the bad message in a request stream.
     INDEX: Final = "index"
-    #: A node's id (admin calls).
+    #: The node an error is about (its Raft id).
     NODE_ID: Final = "node_id"
+    #: A directory on that node (its data directory).
+    DIRECTORY: Final = "directory"
 
 
 #: Object of every ACL check: the book authorizes on the whole log.

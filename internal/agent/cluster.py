@@ -29,6 +29,14 @@ from pathlib import Path
 
 from opentelemetry import trace
 
+from raftlog.agent.identity import (
+    CLUSTER_ID_TAG,
+    Identity,
+    check_cluster,
+    claim,
+    new_cluster_id,
+    write_identity,
+)
 from raftlog.api.contract import OBJECT_WILDCARD, Action
 from raftlog.config import AgentConfig
 from raftlog.discovery import (
@@ -46,7 +54,7 @@ from raftlog.distributed import CommitLogFSM, DistributedLog
 from raftlog.domain.protocols import Authorizer
 from raftlog.mux import RAFT_MARKER, Mux, MuxConfig, PrivateSocketDir, remove_stale_socket_dirs
 from raftlog.raft import NO_METRICS, RaftConfig, RaftError, Server
-from raftlog.raft.node import NodeConfig, RaftNode
+from raftlog.raft.node import NodeClosedError, NodeConfig, RaftNode, WaitTimeoutError
 from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
 from raftlog.security import TLSConfig
 from raftlog.security.grpc_tls import grpc_server_credentials
@@ -136,6 +144,7 @@ class ClusterNode:
         self.serf: SerfAgent | None = None
         self.membership: Membership | StaticMembership | None = None
         self._watch: asyncio.Task[None] | None = None
+        self.identity = Identity(config.node_name)
 
     def serf_view(self) -> Mapping[str, Member] | None:
         """Serf's view of the members (None without Serf: static peers, or not started)."""
@@ -199,6 +208,7 @@ class ClusterNode:
         """Open the commit log (FSM) and the Raft node; bootstrap once; DistributedLog."""
         assert self.mux is not None, "the mux step runs first"
         config = self.config
+        self.identity = await asyncio.to_thread(claim, config.data_dir, config.node_name)
         fsm = await asyncio.to_thread(CommitLogFSM.open, config.data_dir / "fsm")
         self.fsm = fsm
         transport = TcpTransport(
@@ -219,6 +229,7 @@ class ClusterNode:
                     # interval: rounds do not wait for fsync; _interval_sync flushes the Raft log
                     fsync=config.sync == "always",
                     request_timeout=10.0,
+                    disk_full_retry_delay=config.disk_full_retry_s,
                 ),
                 fsm,
                 transport,
@@ -301,7 +312,21 @@ class ClusterNode:
             )
             return
         await node.bootstrap([Server(node.id, self.rpc_addr)])
-        logger.info("bootstrapped a new cluster with %s at %s", node.id, self.rpc_addr)
+        await self._record_cluster(new_cluster_id())
+        logger.info(
+            "bootstrapped a new cluster %s with %s at %s",
+            self.identity.cluster_id,
+            node.id,
+            self.rpc_addr,
+        )
+
+    async def _record_cluster(self, cluster_id: str) -> None:
+        """This data directory now belongs to cluster ``cluster_id`` (docs/cluster.md)."""
+        self.identity = Identity(self.identity.node_id, cluster_id)
+        await asyncio.to_thread(write_identity, self.config.data_dir, self.identity)
+        if isinstance(self.membership, Membership):
+            self.membership.cluster_id = cluster_id
+        logger.info("node %s belongs to cluster %s", self.identity.node_id, cluster_id)
 
     # -- server ------------------------------------------------------------------------
 
@@ -333,12 +358,33 @@ class ClusterNode:
             self.rpc_addr,
         )
 
+        health = asyncio.create_task(self._watch_health(server), name="health-watch")
+
         async def stop() -> None:
+            health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await health
             if self.dlog is not None:
                 self.dlog.begin_close()
             await server.stop(grace)
 
         return stop
+
+    async def _watch_health(self, server: LogServer) -> None:
+        """Health NOT_SERVING once the Raft node stopped (a failed disk): it takes no
+        writes and acknowledges nothing until it is restarted."""
+        node = self.node
+        assert node is not None
+        while True:
+            try:
+                await node.wait_for(lambda: node.failure is not None, 3600.0, "a failure")
+                break
+            except WaitTimeoutError:
+                continue
+            except NodeClosedError:
+                return
+        logger.error("node %s reports NOT_SERVING: %s", self.config.node_name, node.failure)
+        await server.set_serving(False)
 
     # -- membership ----------------------------------------------------------------------
 
@@ -363,11 +409,19 @@ class ClusterNode:
                 start_join_addrs=config.start_join_addrs,
                 profile=config.serf_profile,
                 log_level="warn" if config.log_level in ("warning", "error") else "info",
+                tags={CLUSTER_ID_TAG: self.identity.cluster_id} if self.identity.cluster_id else {},
             )
         )
         await serf.start()
         self.serf = serf
+        try:
+            await self._check_cluster(serf)
+        except BaseException:
+            await serf.stop()
+            raise
         membership = Membership(mconfig, self.dlog, SerfMemberSource(serf.connect))
+        membership.cluster_id = self.identity.cluster_id
+        membership.cluster_tag = CLUSTER_ID_TAG
         self.membership = membership
         try:
             await membership.start()
@@ -383,6 +437,40 @@ class ClusterNode:
             f", joining {', '.join(config.start_join_addrs)}" if config.start_join_addrs else "",
         )
         return self._stop_membership
+
+    async def _check_cluster(self, serf: SerfAgent) -> None:
+        """Refuse to go on when the members this node joined belong to another cluster
+        than its data directory (their Serf tags name another cluster id)."""
+        if self.identity.cluster_id is None:
+            return
+        async with await serf.connect() as client:
+            members = await client.members(timeout=5.0)
+        others = {
+            m.name: m.tags.get(CLUSTER_ID_TAG, "")
+            for m in members
+            if m.name != self.config.node_name and m.status == "alive"
+        }
+        check_cluster(self.identity, self.config.data_dir, others)
+
+    async def _learn_cluster(self, membership: Membership | StaticMembership) -> None:
+        """A node added to a cluster records the cluster id its leader advertises."""
+        node = self.node
+        if node is None or self.identity.cluster_id is not None:
+            return
+        leader = node.leader_id
+        if not leader or leader == node.id or node.id not in node.membership:
+            return
+        if not isinstance(membership, Membership):
+            return
+        view = membership.view
+        # the leader's tag, else any other member's (a member that joined fresh has none
+        # until it restarts: Serf tags are set when the agent starts)
+        for name in [leader, *(s.id for s in node.membership if s.id != node.id)]:
+            member = view.get(name)
+            cluster_id = member.tags.get(CLUSTER_ID_TAG, "") if member is not None else ""
+            if cluster_id:
+                await self._record_cluster(cluster_id)
+                return
 
     async def _watch_leadership(self) -> None:
         """Keep Raft's address hints in line with Serf's tags; reconcile on election."""
@@ -401,6 +489,10 @@ class ClusterNode:
                 if fresh != hints:
                     hints = fresh
                     node.set_peer_addresses(hints)
+            try:
+                await self._learn_cluster(membership)
+            except OSError as exc:  # a full or failing disk: tried again next time
+                logger.warning("recording the cluster id failed: %s", exc)
             leader = node.is_leader
             if leader != was_leader:
                 logger.info(

@@ -127,6 +127,15 @@ class AgentConfig:
             "seconds",
         ),
     )
+    disk_full_retry_s: float = field(
+        default=0.5,
+        metadata=_doc(
+            "while the data directory's disk is full (ENOSPC), the node refuses writes with "
+            "RESOURCE_EXHAUSTED and retries the write that failed every this many seconds, "
+            "resuming by itself once space is freed (cluster mode)",
+            "seconds",
+        ),
+    )
     snapshot_threshold: int = field(
         default=8192,
         metadata=_doc(
@@ -302,6 +311,11 @@ class AgentConfig:
         if not (math.isfinite(self.failed_grace_s) and self.failed_grace_s >= 0):
             raise ConfigError(
                 f"failed_grace_s: must be a number of seconds >= 0, got {self.failed_grace_s}"
+            )
+        if not (math.isfinite(self.disk_full_retry_s) and self.disk_full_retry_s > 0):
+            raise ConfigError(
+                "disk_full_retry_s: must be a positive number of seconds, "
+                f"got {self.disk_full_retry_s}"
             )
         if self.snapshot_threshold < 0:
             raise ConfigError(

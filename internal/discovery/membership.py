@@ -272,6 +272,10 @@ class Membership(_Base):
         self._failed_at: dict[str, float] = {}
         self._grace_tasks: dict[str, asyncio.Task[None]] = {}
         self._subscribed = asyncio.Event()
+        #: This node's cluster id (None while unknown): a member whose ``cluster_tag``
+        #: names another cluster is never added (it belongs to another cluster).
+        self.cluster_id: str | None = None
+        self.cluster_tag = "cluster_id"
         #: Member events the event loop has finished applying (observable progress: a
         #: caller can tell an event that changed nothing from one not yet processed).
         self.events_handled = 0
@@ -403,6 +407,15 @@ class Membership(_Base):
         if member is None:
             return None
         if member.status == "alive":
+            theirs = member.tags.get(self.cluster_tag, "")
+            if self.cluster_id and theirs and theirs != self.cluster_id:
+                log.warning(
+                    "member %s belongs to cluster %s, not to this cluster (%s): not adding it",
+                    name,
+                    theirs,
+                    self.cluster_id,
+                )
+                return None
             addr = member.tags.get(self.config.rpc_addr_tag, "")
             if not addr:
                 log.warning(

@@ -50,7 +50,10 @@ from raftlog.distributed.status import NodeStatus, members_of, role_of
 from raftlog.domain.errors import (
     AdminRefusedError,
     DeadlineError,
+    DiskFailedError,
     DomainError,
+    InvalidArgumentError,
+    NoSpaceError,
     NotLeaderError,
     NotMemberError,
     SequenceTooOldError,
@@ -59,9 +62,16 @@ from raftlog.domain.errors import (
 )
 from raftlog.domain.protocols import Appended, ServerInfo
 from raftlog.log import OffsetOutOfRangeError
+from raftlog.log.errors import DurabilityError as LogDurabilityError
 from raftlog.raft import NO_NODE, Suffrage
 from raftlog.raft import NotLeaderError as RaftNotLeaderError
-from raftlog.raft.errors import ConfChangeError, ConfChangeInProgressError, RaftError, TransferError
+from raftlog.raft.errors import (
+    ConfChangeError,
+    ConfChangeInProgressError,
+    DiskFullError,
+    RaftError,
+    TransferError,
+)
 from raftlog.raft.node import (
     ApplyResult,
     NodeClosedError,
@@ -78,6 +88,16 @@ class ProposalObserver(Protocol):
     """Told how long each batch this leader proposed took to commit and apply (metrics)."""
 
     def observe_proposal(self, seconds: float) -> None: ...
+
+
+def _no_space(exc: DiskFullError) -> NoSpaceError:
+    return NoSpaceError(str(exc), exc.node_id, exc.directory)
+
+
+def _node_failed(node_id: str, exc: NodeFailedError) -> DomainError:
+    if isinstance(exc.__cause__, OSError | LogDurabilityError):
+        return DiskFailedError(f"{exc}; write through another node", {"node_id": node_id})
+    return StorageError(f"the Raft node failed: {exc}")
 
 
 class DistributedConfigError(ValueError):
@@ -192,6 +212,16 @@ class DistributedLog:
             return Appended(seen[0], seen[1], duplicate=True)
         return await self._replicate(records, producer_id, sequence)
 
+    def _check_disk(self, node: RaftNode) -> None:
+        """A node whose disk is full or failed takes no writes, not even to forward them:
+        the client learns at once where space is missing (or that this node is out)."""
+        full = node.disk_full
+        if full is not None:
+            raise _no_space(full)
+        failure = node.failure
+        if failure is not None:
+            raise _node_failed(node.id, failure)
+
     async def _replicate(
         self, records: Sequence[bytes], producer_id: str, sequence: int
     ) -> Appended:
@@ -208,6 +238,7 @@ class DistributedLog:
                     f"no leader accepted the write within {self.config.append_timeout} s"
                 )
             node = self.node
+            self._check_disk(node)
             if node.is_leader:
                 if producer_id:  # stamped now, by the leader: drives the table's expiry
                     stamp = int(time.time() * 1000)
@@ -223,8 +254,10 @@ class DistributedLog:
                     raise DeadlineError(f"write outcome unknown: {exc}") from None
                 except NodeClosedError:
                     raise UnavailableError("the node is shutting down") from None
+                except DiskFullError as exc:
+                    raise _no_space(exc) from None
                 except NodeFailedError as exc:
-                    raise StorageError(f"the Raft node failed: {exc}") from None
+                    raise _node_failed(node.id, exc) from None
                 except RaftError as exc:  # transfer in progress and the like: retriable
                     log.debug("append refused by raft: %s", exc)
                     await self._pause(loop, deadline)
@@ -441,6 +474,21 @@ class DistributedLog:
             if current is not None and current.address == rpc_addr:
                 return
             timeout = self.config.change_timeout
+            if current is not None and self._live(node_id):
+                # Two live nodes claim one id (a copied data directory, a reused
+                # --node-name): replacing the member would hand its place, and its
+                # votes, to the newcomer. Refused; the member must leave first.
+                log.error(
+                    "refusing %s at %s: member %s is live at %s (two nodes with one id?)",
+                    node_id,
+                    rpc_addr,
+                    node_id,
+                    current.address,
+                )
+                raise InvalidArgumentError(
+                    f"node id {node_id!r} is taken by a live member at {current.address}; "
+                    f"refusing a second node {node_id!r} at {rpc_addr}"
+                )
             if current is not None:
                 log.info(
                     "member %s moved to %s: removing, then adding again",
@@ -451,6 +499,15 @@ class DistributedLog:
                 await self._change(node.remove_server(node_id, timeout=timeout))
             log.info("adding %s at %s as a learner", node_id, rpc_addr, extra={"peer": node_id})
             await self._change(node.add_learner(node_id, rpc_addr, timeout=timeout))
+
+    def _live(self, node_id: str) -> bool:
+        """Whether the leader heard from member ``node_id`` within the last election
+        timeout (Raft's recent-activity flag of its progress)."""
+        try:
+            progress = self.node.status().progress.get(node_id)
+        except RaftError:
+            return False
+        return progress is not None and progress.recent_active
 
     async def leave(self, node_id: str) -> None:
         """Remove ``node_id`` from the cluster's membership. Idempotent."""

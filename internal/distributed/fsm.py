@@ -314,11 +314,30 @@ class CommitLogFSM:
         started = time.time_ns() if windows is not None else 0
         commit_log = self.log
         table = self.producers
+        # decode everything first: a malformed entry fails the round before any change
+        batches = [None if e.index <= self._applied else decode_entry(e.data) for e in entries]
+        # All or nothing: if the append fails (a full disk), the producer table is as it was
+        # and the runtime can apply the same entries again once there is room.
+        table.begin()
+        try:
+            out = self._apply_batches(batches, commit_log, table)
+        except BaseException:
+            table.rollback()
+            raise
+        table.commit()
+        self._applied = max(self._applied, entries[-1].index)
+        self.highest_offset = commit_log.highest_offset
+        if windows is not None:
+            windows.append((entries[0].index, entries[-1].index, started, time.time_ns()))
+        if self.on_apply is not None:
+            self.on_apply()
+        return out
+
+    @staticmethod
+    def _apply_batches(batches: Sequence[Any], commit_log: Log, table: ProducerTable) -> list[Any]:
         records: list[bytes] = []
         out: list[Any] = []
         start = at = commit_log.next_offset
-        # decode everything first: a malformed entry fails the round before any change
-        batches = [None if e.index <= self._applied else decode_entry(e.data) for e in entries]
         for batch in batches:
             if batch is None:
                 out.append(None)  # already applied before a restart: no duplicate
@@ -345,12 +364,6 @@ class CommitLogFSM:
             first = commit_log.append_batch_nosync(records)
             if first != start:
                 raise FSMError(f"the commit log appended at {first}, expected {start}")
-        self._applied = max(self._applied, entries[-1].index)
-        self.highest_offset = commit_log.highest_offset
-        if windows is not None:
-            windows.append((entries[0].index, entries[-1].index, started, time.time_ns()))
-        if self.on_apply is not None:
-            self.on_apply()
         return out
 
     def snapshot(self) -> Iterable[bytes]:

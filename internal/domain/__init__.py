@@ -21,8 +21,10 @@ names). Nothing else of raftlog, and no third-party package, so any layer may im
 
 from raftlog.domain.errors import (
     DeadlineError,
+    DiskFailedError,
     DomainError,
     InvalidArgumentError,
+    NoSpaceError,
     NotLeaderError,
     OffsetOutOfRangeError,
     PermissionDeniedError,
@@ -48,9 +50,11 @@ __all__ = [
     "Authorizer",
     "CommitLog",
     "DeadlineError",
+    "DiskFailedError",
     "DomainError",
     "IdempotentLog",
     "InvalidArgumentError",
+    "NoSpaceError",
     "NotLeaderError",
     "OffsetOutOfRangeError",
     "PermissionDeniedError",

@@ -158,3 +158,24 @@ class AdminRefusedError(DomainError):
     """An admin call cannot be done in the cluster's present state; the message says why."""
 
     reason = Reason.ADMIN_REFUSED
+
+
+class NoSpaceError(DomainError):
+    """The node's disk is full: the write was refused (nothing of it was written) and the
+    node keeps serving reads. Retriable: through another node, or here once space is
+    freed (the node resumes by itself, no restart)."""
+
+    reason = Reason.NO_SPACE
+    retriable = True
+
+    def __init__(self, message: str, node_id: str, directory: str) -> None:
+        super().__init__(message, {Key.NODE_ID: node_id, Key.DIRECTORY: directory})
+
+
+class DiskFailedError(DomainError):
+    """The node's disk failed (EIO on a write or an fsync): it takes no writes until it
+    is restarted, and has handed leadership over. Retriable on another node."""
+
+    reason = Reason.DISK_FAILED
+    retriable = True
+    refresh_leader = True

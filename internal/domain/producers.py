@@ -116,6 +116,25 @@ class _Producer:
         self.seqs: dict[int, tuple[int, int]] = {}
 
 
+class _Undo:
+    """What a table looked like before the changes since :meth:`ProducerTable.begin`."""
+
+    __slots__ = ("clock_ms", "evicted", "expired", "order", "saved")
+
+    def __init__(self, clock_ms: int, expired: int, evicted: int) -> None:
+        self.clock_ms, self.expired, self.evicted = clock_ms, expired, evicted
+        #: The producer ids in their order before the first change of order (or None).
+        self.order: list[str] | None = None
+        #: producer id -> its state before it first changed (a copy).
+        self.saved: dict[str, _Producer] = {}
+
+
+def _copy(p: _Producer) -> _Producer:
+    c = _Producer(p.last_seen_ms)
+    c.seqs = dict(p.seqs)
+    return c
+
+
 class ProducerTable:
     """producer id -> its recent sequences; least recently seen first (see module docs)."""
 
@@ -128,6 +147,39 @@ class ProducerTable:
         #: Producers forgotten because idle / because the table was full (for stats, tests).
         self.expired = 0
         self.evicted = 0
+        self._undo: _Undo | None = None
+
+    # -- all or nothing: the state machine applies a batch of entries at once --------------
+
+    def begin(self) -> None:
+        """Remember the table as it is now: :meth:`rollback` returns to it, :meth:`commit`
+        keeps the changes made since. The state machine brackets one apply with them, so
+        an append that fails (a full disk) leaves the table as if nothing was applied."""
+        self._undo = _Undo(self.clock_ms, self.expired, self.evicted)
+
+    def commit(self) -> None:
+        self._undo = None
+
+    def rollback(self) -> None:
+        undo, self._undo = self._undo, None
+        if undo is None:
+            return
+        self.clock_ms, self.expired, self.evicted = undo.clock_ms, undo.expired, undo.evicted
+        if undo.order is None:
+            return  # every change moves a producer: no order change, nothing changed
+        current, saved = self._producers, undo.saved
+        self._producers = OrderedDict((pid, saved.get(pid) or current[pid]) for pid in undo.order)
+
+    def _before_change(self, producer_id: str) -> None:
+        undo = self._undo
+        if undo is None:
+            return
+        if undo.order is None:
+            undo.order = list(self._producers)
+        if producer_id not in undo.saved:
+            p = self._producers.get(producer_id)
+            if p is not None:
+                undo.saved[producer_id] = _copy(p)
 
     def __len__(self) -> int:
         return len(self._producers)
@@ -144,6 +196,7 @@ class ProducerTable:
             pid, oldest = next(iter(producers.items()))
             if oldest.last_seen_ms >= horizon:
                 break
+            self._before_change(pid)
             del producers[pid]
             self.expired += 1
 
@@ -161,6 +214,7 @@ class ProducerTable:
             return None
         seen = producer.seqs.get(sequence)
         if seen is not None:
+            self._before_change(producer_id)
             producer.last_seen_ms = self.clock_ms
             self._producers.move_to_end(producer_id)
             return seen
@@ -174,9 +228,11 @@ class ProducerTable:
     def record(self, producer_id: str, sequence: int, first: int, last: int) -> None:
         """Remember that ``sequence`` of ``producer_id`` was appended at first..last."""
         producers = self._producers
+        self._before_change(producer_id)
         producer = producers.get(producer_id)
         if producer is None:
             if len(producers) >= self.config.max_producers:
+                self._before_change(next(iter(producers)))
                 producers.popitem(last=False)
                 self.evicted += 1
             producer = producers[producer_id] = _Producer(self.clock_ms)

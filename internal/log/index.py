@@ -33,6 +33,9 @@ EntryArray = np.ndarray[Any, np.dtype[np.void]]
 
 _ENTRY = struct.Struct("<IQ")
 _POS = struct.Struct("<Q")
+#: The index file's blocks are allocated ahead of the entries written into them, this many
+#: bytes at a time (a multiple of 12 and of the page size).
+BACKING_STEP = 12 * 4096 * 4
 
 
 class Index:
@@ -42,6 +45,8 @@ class Index:
         self.path = path
         self.capacity = capacity
         self.count = 0
+        #: Bytes at the start of the file whose blocks are allocated (posix_fallocate).
+        self._backed = 0
         if not path.exists():
             path.touch(mode=0o644)
         self._entries: EntryArray = np.zeros(0, dtype=ENTRY_DTYPE)
@@ -82,16 +87,35 @@ class Index:
             os.truncate(self.path, self.capacity * INDEX_ENTRY_BYTES)
             self._map(self.capacity)
 
+    def prepare(self, k: int) -> None:
+        """Make room for ``k`` more entries before anything is written: the file is sparse,
+        and a store to a mapped page that the file system cannot allocate (a full disk) is
+        a SIGBUS that kills the process. So the blocks are allocated first, with
+        ``posix_fallocate``, which fails with ``OSError(ENOSPC)`` instead."""
+        end = (self.count + k) * INDEX_ENTRY_BYTES
+        if end <= self._backed:
+            return
+        limit = max(self.capacity * INDEX_ENTRY_BYTES, end)
+        target = min(limit, max(end, self._backed + BACKING_STEP))
+        fd = os.open(self.path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+        try:
+            os.posix_fallocate(fd, self._backed, target - self._backed)
+        finally:
+            os.close(fd)
+        self._backed = target
+
     def shrink(self) -> None:
         """Cut the file to its real size (``count`` entries): a sealed or closed index."""
         self._map(0)
         os.truncate(self.path, self.count * INDEX_ENTRY_BYTES)
+        self._backed = min(self._backed, self.count * INDEX_ENTRY_BYTES)
         self._map(self.count)
 
     def append(self, positions: npt.NDArray[np.uint64]) -> None:
         """Add one entry per position, for the next ``len(positions)`` relative offsets."""
         k = len(positions)
         start = self.count
+        self.prepare(k)
         if start + k > self.slots:
             self.reserve()
         block = np.empty(k, dtype=ENTRY_DTYPE)
@@ -103,6 +127,7 @@ class Index:
     def append_small(self, positions: list[int]) -> None:
         """:meth:`append` for a few entries, one ``struct.pack_into`` each."""
         start = self.count
+        self.prepare(len(positions))
         if start + len(positions) > self.slots:
             self.reserve()
         buf = self._bytes

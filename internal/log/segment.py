@@ -121,6 +121,7 @@ class Segment:
     def append_encoded(self, data: bytes | memoryview, frame_sizes: npt.NDArray[np.uint64]) -> int:
         """Append already-framed records (one write, one index slice); return first offset."""
         first = self.next_offset
+        self.index.prepare(len(frame_sizes))  # a full disk fails here, before any write
         pos = self.store.append(data)
         positions = np.empty(len(frame_sizes), dtype=np.uint64)
         positions[0] = pos
@@ -132,6 +133,7 @@ class Segment:
     def append_small(self, data: bytes, frame_sizes: list[int]) -> int:
         """:meth:`append_encoded` for a few records (plain ints, no numpy)."""
         first = self.next_offset
+        self.index.prepare(len(frame_sizes))  # a full disk fails here, before any write
         pos = self.store.append(data)
         positions = []
         for size in frame_sizes:

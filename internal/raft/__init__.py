@@ -126,6 +126,7 @@ __all__ = [
 from raftlog.raft.clock import Clock, ManualClock, MonotonicClock
 from raftlog.raft.config import NodeConfig
 from raftlog.raft.errors import (
+    DiskFullError,
     NodeClosedError,
     NodeFailedError,
     OutcomeUnknownError,
@@ -145,6 +146,7 @@ __all__ += [
     "NO_METRICS",
     "ApplyResult",
     "Clock",
+    "DiskFullError",
     "InmemLogStore",
     "InmemSnapshotStore",
     "InmemStableStore",

@@ -117,6 +117,9 @@ class NodeConfig:
             dropped. Default 30 s.
         snapshot_retry_delay: wait after a failed local snapshot before trying again.
             Default 1 s.
+        disk_full_retry_delay: after a write or an fsync failed with ENOSPC (a full disk),
+            how long the node waits before writing the same entries again; meanwhile it
+            refuses new writes with DiskFullError. Default 0.5 s.
         close_timeout: bound of each stage of :meth:`RaftNode.close` (finishing the
             current round, stopping tasks, closing the transport, closing the log).
             Default 5 s, so close returns within about 20 s in the worst case.
@@ -135,6 +138,7 @@ class NodeConfig:
     snapshot_send_attempts: int = 3
     snapshot_idle_timeout: float = 30.0
     snapshot_retry_delay: float = 1.0
+    disk_full_retry_delay: float = 0.5
     close_timeout: float = 5.0
     log_config: LogConfig | None = None
     seed: int | None = None
@@ -151,6 +155,7 @@ class NodeConfig:
             "snapshot_ack_timeout",
             "snapshot_idle_timeout",
             "snapshot_retry_delay",
+            "disk_full_retry_delay",
             "close_timeout",
         ):
             value = getattr(self, name)

@@ -20,9 +20,10 @@ lock, so the stores have a single writer.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from raftlog.raft.clock import Clock
@@ -34,7 +35,7 @@ from raftlog.raft.codec import (
 )
 from raftlog.raft.config import NodeConfig
 from raftlog.raft.core import RaftCore, Ready, check_can_bootstrap
-from raftlog.raft.errors import BootstrapError, OutcomeUnknownError, RaftError
+from raftlog.raft.errors import BootstrapError, NodeClosedError, OutcomeUnknownError, RaftError
 from raftlog.raft.fsm import StateMachine
 from raftlog.raft.observer import NO_METRICS, RaftMetrics
 from raftlog.raft.proposals import ProposalTracker
@@ -90,6 +91,8 @@ class Driver:
         notify: Callable[[], None],
         wake: Callable[[], None],
         metrics: RaftMetrics = NO_METRICS,
+        disk_full: Callable[[OSError | None], None] = lambda _exc: None,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.id: NodeId = config.raft.id
         self._metrics = metrics
@@ -107,6 +110,9 @@ class Driver:
         self._before_round = before_round
         self._notify = notify
         self._wake = wake
+        self._disk_full = disk_full
+        self._stopping = stopping
+        self._full = False
         #: What the stable store holds (a hard state is saved only when these change).
         self.saved_term = 0
         self.saved_vote: NodeId = NO_NODE
@@ -204,14 +210,15 @@ class Driver:
         for m in rd.messages_before_persist:  # the core says these may go before the fsync
             self._send(m)
         self._stats.sent_early += len(rd.messages_before_persist)
-        await self._persist(rd)
+        await self._until_written(lambda: self._persist(rd))
         for m in rd.messages_after_persist:
             self._send(m)
         self._stats.sent_late += len(rd.messages_after_persist)
         if rd.snapshot is not None:
             await self._install_snapshot(rd.snapshot)
         if rd.committed_entries:
-            self._apply(rd.committed_entries)
+            committed = rd.committed_entries
+            await self._until_written(lambda: self._apply_async(committed))
         if rd.read_states:
             self._reads.confirmed(rd.read_states)
         core.advance(rd)
@@ -224,6 +231,44 @@ class Driver:
             and self._clock.now() >= self._snap_retry_at
         ):
             self._start_snapshot(core)
+
+    async def _until_written(self, attempt: Callable[[], Awaitable[None]]) -> None:
+        """Run ``attempt`` (persist a Ready, or apply its entries) until it succeeds.
+
+        A full disk (ENOSPC, from a write or an fsync) is not fatal: the attempt left
+        nothing half-written behind it (the engine cuts a failed append back, and a retry
+        of :meth:`_persist` rewrites the Ready's entries from memory after cutting the log
+        back to the entry before them, so pages whose fsync failed are never trusted),
+        the node refuses new writes (``disk_full``), and the same attempt runs again every
+        ``disk_full_retry_delay`` until there is room. Meanwhile nothing this Ready holds
+        back is sent: a follower does not acknowledge entries it could not persist. Any
+        other error (EIO) propagates: the node stops (see ``RaftNode._fatal``)."""
+        while True:
+            try:
+                await attempt()
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                if not self._full:
+                    self._full = True
+                    self._disk_full(exc)
+                if self._stopping():
+                    raise NodeClosedError(
+                        f"node {self.id!r} closed while its disk was full"
+                    ) from None
+                await self._clock.sleep(self.config.disk_full_retry_delay)
+                if self._stopping():
+                    raise NodeClosedError(
+                        f"node {self.id!r} closed while its disk was full"
+                    ) from None
+                continue
+            if self._full:
+                self._full = False
+                self._disk_full(None)
+            return
+
+    async def _apply_async(self, committed: tuple[Entry, ...]) -> None:
+        self._apply(committed)
 
     async def _persist(self, rd: Ready) -> None:
         store = self._log
@@ -250,7 +295,12 @@ class Driver:
         if len(waits) == 1:
             await waits[0]  # no task around a single wait (one fewer loop hop per round)
         elif waits:
-            await asyncio.gather(*waits)
+            # both finish before an error is raised: a retry after ENOSPC must not start
+            # a second write of the hard state while the first still runs in its thread
+            results = await asyncio.gather(*waits, return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
         if waits:
             self._stats.syncs += 1
             self._metrics.raft_synced(time.perf_counter() - started)

@@ -97,6 +97,27 @@ class NodeFailedError(RaftError):
     refresh_leader = True
 
 
+class DiskFullError(RaftError):
+    """The node's disk has no space left (ENOSPC on a write or an fsync): it refuses new
+    writes until a retry of the failed write succeeds, and keeps serving what it holds.
+
+    ``node_id`` and ``directory`` name where space must be freed. Retriable: on another
+    node at once, or on this one once there is room (nothing is lost or half-written: the
+    failed write is cut back and written again from memory).
+    """
+
+    retriable = True
+
+    def __init__(self, node_id: NodeId, directory: str, cause: BaseException | None = None) -> None:
+        self.node_id = node_id
+        self.directory = directory
+        why = f" ({cause})" if cause is not None else ""
+        super().__init__(
+            f"node {node_id!r} has no space left in its data directory {directory}{why}: "
+            "writes are refused until space is freed"
+        )
+
+
 class OutcomeUnknownError(RaftError):
     """The request may or may not have taken effect (timeout, or its entry was folded into
     an installed snapshot before this node saw it). Retrying may apply it twice; readers

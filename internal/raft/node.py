@@ -36,6 +36,7 @@ import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from raftlog.log.errors import DurabilityError
 from raftlog.raft.clock import Clock, MonotonicClock
 from raftlog.raft.codec import (
     KIND_CHUNK,
@@ -44,6 +45,7 @@ from raftlog.raft.codec import (
     decode_chunk_ack,
     decode_message,
     decode_snapshot_chunk,
+    encode_message,
 )
 from raftlog.raft.config import NodeConfig
 from raftlog.raft.core import RaftCore, Status, bootstrap_state
@@ -53,6 +55,7 @@ from raftlog.raft.errors import (
     BootstrapError,
     CodecError,
     ConfigError,
+    DiskFullError,
     NodeClosedError,
     NodeFailedError,
     NotLeaderError,
@@ -83,6 +86,7 @@ from raftlog.raft.types import (
     NodeId,
     Role,
     Server,
+    SnapshotChunk,
     SnapshotMeta,
     SoftState,
 )
@@ -171,6 +175,7 @@ class RaftNode:
             installed=self._snapshot_received,
             stopping=lambda: self._stopping,
             idle_timeout=config.snapshot_idle_timeout,
+            admit=self._admit_chunk,
         )
         self._driver = Driver(
             config,
@@ -188,6 +193,8 @@ class RaftNode:
             notify=self._notify,
             wake=self._wake.set,
             metrics=metrics,
+            disk_full=self._on_disk_full,
+            stopping=lambda: self._stopping,
         )
         self._soft: SoftState | None = None
         self._started = False
@@ -195,6 +202,9 @@ class RaftNode:
         self._closed = False
         self._close_task: asyncio.Task[None] | None = None
         self._failure: NodeFailedError | None = None
+        #: Set while the disk is full (a write failed with ENOSPC and its retry has not
+        #: yet succeeded): new writes are refused with it.
+        self._disk_full: DiskFullError | None = None
 
     @classmethod
     async def on_disk(
@@ -350,6 +360,56 @@ class RaftNode:
             raise NodeClosedError(f"node {self.id!r} is closed")
         return self._require_core()
 
+    def _check_writable(self) -> RaftCore:
+        core = self._check_usable()
+        full = self._disk_full
+        if full is not None:
+            raise DiskFullError(self.id, full.directory)
+        return core
+
+    @property
+    def disk_full(self) -> DiskFullError | None:
+        """Why this node refuses writes because its disk is full (None when it does not)."""
+        return self._disk_full
+
+    @property
+    def failure(self) -> NodeFailedError | None:
+        """Why this node stopped (a failed disk, a state machine error), or None: such a
+        node answers every request with this error until it is restarted."""
+        return self._failure
+
+    def _data_directory(self) -> str:
+        d = self.config.data_dir
+        return str(d) if d is not None else self._logstore.describe()
+
+    def _on_disk_full(self, exc: OSError | None) -> None:
+        """The driver's report: the disk is full (``exc``) or has room again (None)."""
+        if exc is None:
+            if self._disk_full is not None:
+                log.warning(
+                    "raft node %s: the write that failed for lack of space succeeded: writes "
+                    "are taken again",
+                    self.id,
+                )
+            self._disk_full = None
+            self._notify()
+            return
+        full = DiskFullError(self.id, self._data_directory(), exc)
+        self._disk_full = full
+        log.error(
+            "raft node %s: %s; retrying the failed write every %.1f s (reads are served, "
+            "nothing is acknowledged that is not on disk)",
+            self.id,
+            full,
+            self.config.disk_full_retry_delay,
+        )
+        # Never given to the core: certainly not committed, so refused like new ones.
+        self._proposals.fail_queued(full)
+        # A leader that cannot write hands over at once instead of leaving the others to
+        # notice its silence after an election timeout.
+        self._hand_over()
+        self._notify()
+
     @property
     def leader_id(self) -> NodeId:
         """The leader this node knows of (``NO_NODE``, the empty string, if none)."""
@@ -459,7 +519,7 @@ class RaftNode:
         earlier one committed, NotLeaderError is raised although a prefix was applied
         (propose one entry holding the whole batch when all-or-nothing matters).
         """
-        core = self._check_usable()
+        core = self._check_writable()
         if not core.is_leader:
             raise NotLeaderError(core.leader_id, self.leader_address)
         if not items:
@@ -476,7 +536,7 @@ class RaftNode:
         return await fut
 
     async def _conf_change(self, change: ConfChange, timeout: float | None) -> int:
-        core = self._check_usable()
+        core = self._check_writable()
         self._proposals.flush(core)
         ticket = core.propose_conf_change(change)
         loop = asyncio.get_running_loop()
@@ -665,17 +725,60 @@ class RaftNode:
                 await self._wake.wait()
         except asyncio.CancelledError:
             raise
+        except NodeClosedError:
+            return  # closed while waiting for disk space
         except Exception as exc:
             self._fatal(exc)
 
     def _fatal(self, exc: BaseException) -> None:
-        log.error("raft node %s stopped after a fatal error: %r", self.id, exc, exc_info=exc)
-        failure = NodeFailedError(f"node {self.id!r} failed: {exc!r}")
+        if isinstance(exc, OSError | DurabilityError):
+            # A failed write or fsync (EIO and the like). Never retried: after a failed
+            # fsync the page cache can no longer be trusted to hold what was written
+            # (PostgreSQL's "fsyncgate"), so this log takes no more writes, acknowledges
+            # nothing more, and hands leadership over.
+            log.error(
+                "raft node %s: DISK FAILURE in %s: %r; this node stops taking writes and "
+                "acknowledging entries and hands leadership over; restart it once the "
+                "disk is checked",
+                self.id,
+                self._data_directory(),
+                exc,
+                exc_info=exc,
+            )
+            failure = NodeFailedError(
+                f"node {self.id!r} stopped: its disk failed in {self._data_directory()} "
+                f"({exc}); it takes no writes until restarted"
+            )
+        else:
+            log.error("raft node %s stopped after a fatal error: %r", self.id, exc, exc_info=exc)
+            failure = NodeFailedError(f"node {self.id!r} failed: {exc!r}")
         failure.__cause__ = exc
+        self._hand_over()
         self._failure = failure
         self._stopping = True
         self._fail_all(failure)
         self._notify()
+
+    def _hand_over(self) -> None:
+        """A leader that stops tells its most caught-up voter to campaign now (TIMEOUT_NOW,
+        as a leadership transfer does), instead of leaving the cluster without a leader
+        for an election timeout. Safe whatever that voter holds: it only starts an
+        election, which it wins only with a log as complete as a quorum's."""
+        core = self._core
+        if core is None or not core.is_leader:
+            return
+        st = core.status()
+        voters = [(p.match, i) for i, p in st.progress.items() if i != self.id and p.voter]
+        if not voters:
+            return
+        _match, best = max(voters)
+        m = Message(type=MessageType.TIMEOUT_NOW, src=self.id, dst=best, term=core.term)
+        try:
+            self._transport.send(best, bytes([KIND_MESSAGE]) + encode_message(m))
+        except Exception:
+            log.exception("raft node %s: could not hand leadership to %s", self.id, best)
+            return
+        log.warning("raft node %s: asked %s to take over leadership", self.id, best)
 
     def _lost_error(self) -> NotLeaderError:
         return NotLeaderError(self.leader_id, self.leader_address)
@@ -724,6 +827,24 @@ class RaftNode:
         if not self._stopping and self._core is not None:
             self._core.report_snapshot(to, ok)
             self._wake.set()
+
+    def _admit_chunk(self, c: SnapshotChunk) -> bool:
+        """A snapshot chunk is useful only from a leader of this term or a newer one, and
+        only for a snapshot beyond what this node has committed (what the core accepts)."""
+        core = self._core
+        if core is None or c.term < core.term or c.meta.index <= core.commit_index:
+            log.warning(
+                "raft node %s: refused a snapshot chunk from %s (term %d, snapshot at %d; "
+                "this node is at term %d, commit %d)",
+                self.id,
+                c.src,
+                c.term,
+                c.meta.index,
+                core.term if core else 0,
+                core.commit_index if core else 0,
+            )
+            return False
+        return True
 
     def _snapshot_received(self, src: NodeId, term: int, meta: SnapshotMeta) -> None:
         """A snapshot from ``src`` is complete in the store: the core decides whether to

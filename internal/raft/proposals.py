@@ -213,6 +213,14 @@ class ProposalTracker:
             if i <= index:
                 self.fail(p, exc(i))
 
+    def fail_queued(self, exc: BaseException) -> None:
+        """Fail the proposals not yet handed to the core (no entry was made for them, so
+        they certainly did not commit); their deadlines go when they expire."""
+        queued, self._queued = self._queued, []
+        for p in queued:
+            if not p.future.done():
+                p.future.set_exception(exc)
+
     def fail_all(self, exc: BaseException) -> None:
         for p in [*self._pending.values(), *self._queued]:
             if not p.future.done():

@@ -185,8 +185,13 @@ class SnapshotReceiver:
         installed: Callable[[NodeId, int, SnapshotMeta], None],
         stopping: Callable[[], bool],
         idle_timeout: float,
+        admit: Callable[[SnapshotChunk], bool] = lambda _c: True,
     ) -> None:
         self.id = node_id
+        #: Whether a chunk may start or feed a stream: the node refuses chunks of a stale
+        #: term or of a snapshot it already holds (else such a peer could make it commit a
+        #: snapshot to its store, which a restart would restore from).
+        self._admit = admit
         self._transport = transport
         self._store = store
         self._stats = stats
@@ -201,7 +206,7 @@ class SnapshotReceiver:
 
     def on_chunk(self, c: SnapshotChunk) -> None:
         """A chunk arrived: hand it to the stream of its sender (started if needed)."""
-        if c.dst != self.id:
+        if c.dst != self.id or not self._admit(c):
             self._stats.bad_payloads += 1
             return
         rx = self._receiving.get(c.src)

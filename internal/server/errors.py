@@ -26,8 +26,10 @@ from raftlog.api.status import status_details
 from raftlog.domain.errors import (
     AdminRefusedError,
     DeadlineError,
+    DiskFailedError,
     DomainError,
     InvalidArgumentError,
+    NoSpaceError,
     NotLeaderError,
     NotMemberError,
     OffsetOutOfRangeError,
@@ -55,6 +57,8 @@ STATUS_CODES: Mapping[type[DomainError], grpc.StatusCode] = {
     NotMemberError: grpc.StatusCode.NOT_FOUND,
     AdminRefusedError: grpc.StatusCode.FAILED_PRECONDITION,
     StorageError: grpc.StatusCode.INTERNAL,
+    NoSpaceError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DiskFailedError: grpc.StatusCode.UNAVAILABLE,
 }
 
 

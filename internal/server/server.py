@@ -150,6 +150,20 @@ class LogServer:
         await self.health.set("", serving)
         await self.health.set(LOG_SERVICE_NAME, serving)
 
+    async def set_serving(self, serving: bool) -> None:
+        """Report SERVING or NOT_SERVING through the health service (the whole server and
+        ``log.v1.Log``): a node whose disk failed answers health checks NOT_SERVING, so a
+        load balancer or an orchestrator takes it out."""
+        if self._stopped:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self.health.set("", status)
+        await self.health.set(LOG_SERVICE_NAME, status)
+
     async def stop(self, grace_s: float) -> None:
         """Report NOT_SERVING, end followers, let calls finish for ``grace_s``, then stop.
 

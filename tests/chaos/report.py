@@ -17,18 +17,30 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-ORDER = ["process-3", "power-loss-3", "membership-3", "network-3", "mixed-5"]
+ORDER = ["process-3", "power-loss-3", "membership-3", "network-3", "disk-3", "mixed-5"]
+
+
+#: Results that are not scenarios: the abuse suite's and the Raft wire fuzzer's.
+NOT_SCENARIOS = {"abuse.json", "raft_fuzz.json"}
 
 
 def load(results: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     scenarios = []
     for path in sorted(results.glob("*.json")):
-        if path.name == "abuse.json" or "-history" in path.name:
+        if path.name in NOT_SCENARIOS or "-history" in path.name:
             continue
         scenarios.append(json.loads(path.read_text()))
     scenarios.sort(key=lambda r: ORDER.index(r["scenario"]) if r["scenario"] in ORDER else 99)
     abuse_file = results / "abuse.json"
     abuse = json.loads(abuse_file.read_text()) if abuse_file.exists() else None
+    fuzz_file = results / "raft_fuzz.json"
+    if abuse is not None and fuzz_file.exists():
+        fuzz = json.loads(fuzz_file.read_text())
+        abuse["bad_inputs"] += fuzz["cases"]
+        abuse["by_kind"] = {
+            **abuse["by_kind"],
+            **{f"raft wire: {k}": v for k, v in fuzz["by_kind"].items()},
+        }
     return scenarios, abuse
 
 

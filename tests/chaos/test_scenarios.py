@@ -5,7 +5,8 @@ calls) and consumers while a nemesis injects faults for ``CHAOS_DURATION`` secon
 the CI profile), heals everything, waits for the replicas to converge and checks the
 history (support/chaos_checker.py). On failure the history and the nemesis timeline are
 written to ``.build/chaos/<scenario>-seed<seed>-history.json`` and the seed is printed.
-``CHAOS_PROFILE=full`` (``make chaos``) adds a 5-node scenario with every nemesis.
+``CHAOS_PROFILE=full`` (``make chaos``) adds a 5-node scenario with every nemesis and a
+disk-fault scenario.
 """
 
 from __future__ import annotations
@@ -54,6 +55,14 @@ NETWORK = Scenario(
     description="majority/minority partitions, isolated leader, bridge, slow link, link "
     "flap, random packet loss, delay; one network namespace per node",
 )
+DISK = Scenario(
+    "disk-3",
+    3,
+    ("disk-full", "disk-full-leader", "disk-eio", "disk-eio-leader", "kill-leader"),
+    description="a node's disk full (writes fail ENOSPC; it must resume by itself) or "
+    "failing (writes and fsyncs fail EIO; it stops, hands over, is restarted); 127.0.0.1 "
+    "(make chaos only)",
+)
 MIXED = Scenario(
     "mixed-5",
     5,
@@ -70,6 +79,8 @@ MIXED = Scenario(
         "loss",
         "delay",
         "leave-rejoin",
+        "disk-full",
+        "disk-eio-leader",
     ),
     network=True,
     description="5 nodes, every nemesis (make chaos only)",
@@ -118,6 +129,12 @@ async def test_network_faults(tmp_path: Path, netns_unavailable: str | None) -> 
     if netns_unavailable is not None:
         pytest.skip(netns_unavailable)
     await run_and_check(NETWORK, tmp_path)
+
+
+async def test_disk_faults(tmp_path: Path) -> None:
+    if profile() != "full":
+        pytest.skip("the disk scenario runs in `make chaos` (CHAOS_PROFILE=full)")
+    await run_and_check(DISK, tmp_path)
 
 
 async def test_five_nodes_every_nemesis(tmp_path: Path, netns_unavailable: str | None) -> None:

@@ -68,6 +68,12 @@ def test_classification() -> None:
     assert e.retriable and e.refresh_metadata
     e = from_rpc_error(FakeRpcError(grpc.StatusCode.UNAVAILABLE, "down"))
     assert type(e) is UnavailableError and e.retriable
+    for code, reason in (
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "NO_SPACE"),
+        (grpc.StatusCode.UNAVAILABLE, "DISK_FAILED"),
+    ):
+        e = from_rpc_error(FakeRpcError(code, "disk", info(reason, node_id="n1")))
+        assert type(e) is UnavailableError and e.retriable and e.refresh_metadata, reason
     e = from_rpc_error(
         FakeRpcError(
             grpc.StatusCode.OUT_OF_RANGE,

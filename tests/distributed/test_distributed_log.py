@@ -337,3 +337,32 @@ async def test_a_newcomer_gets_the_producer_table_from_the_snapshot(tmp_path: Pa
         assert n4.fsm.producers.dump() == leader.fsm.producers.dump()
     finally:
         await c.close()
+
+
+async def test_a_join_for_a_live_members_id_at_another_address_is_refused(
+    cluster: Cluster,
+) -> None:
+    """Two live nodes with one id: the leader keeps the member it hears from and refuses
+    the second; a member that is gone may move (restarted elsewhere)."""
+    from raftlog.domain.errors import InvalidArgumentError
+
+    leader = await cluster.leader()
+    follower = next(m for m in cluster.members.values() if m is not leader)
+    await wait_until(
+        lambda: leader.node.status().progress[follower.id].recent_active,
+        5.0,
+        "the leader to hear from the follower",
+    )
+    with pytest.raises(InvalidArgumentError, match="taken by a live member"):
+        await leader.dlog.join(follower.id, "elsewhere:1")
+    assert leader.node.membership.address_of(follower.id) == follower.id
+    # once it is gone (no answer for an election timeout), it may move
+    await follower.close()
+    del cluster.members[follower.id]
+    await wait_until(
+        lambda: not leader.node.status().progress[follower.id].recent_active,
+        10.0,
+        "the leader to notice the follower is gone",
+    )
+    await leader.dlog.join(follower.id, "elsewhere:1")
+    assert leader.node.membership.address_of(follower.id) == "elsewhere:1"

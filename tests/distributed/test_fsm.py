@@ -225,3 +225,42 @@ def test_entry_encodings_old_batches_still_decode(tmp_path: Path) -> None:
     again = CommitLogFSM.open(tmp_path)
     assert again.applied_index() == 1 and len(again.producers) == 0
     again.log.close_sync()
+
+
+def test_an_apply_whose_append_fails_changes_nothing_and_can_be_applied_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk fails the commit log's append (all or nothing); the runtime applies the
+    same entries again once there is room. The producer table must then be exactly as if
+    the failed attempt never happened, or the retry would call its own records
+    duplicates (and replicas would disagree)."""
+    import errno
+
+    config = ProducerConfig(window=2, max_producers=2, expiry_s=3600)
+    first = [idem(1, "p", 1, [b"a"]), idem(2, "q", 1, [b"b"]), idem(3, "p", 2, [b"c"])]
+    stream = [
+        idem(4, "p", 3, [b"d"]),  # drops p's sequence 1 from its window
+        idem(5, "r", 1, [b"e"], stamp_ms=2000),  # evicts the least recently seen (q)
+        idem(6, "p", 2, [b"c"]),  # a duplicate: moves p to the end
+        Entry(1, 7, data=encode_batch([b"plain"])),
+    ]
+    healthy = CommitLogFSM.open(tmp_path / "healthy", producers=config)
+    full = CommitLogFSM.open(tmp_path / "full", producers=config)
+    for fsm in (healthy, full):
+        fsm.apply(first)
+    expected = healthy.apply(stream)
+    real = full.log.append_batch_nosync
+
+    def no_space(records: list[bytes]) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(full.log, "append_batch_nosync", no_space)
+    with pytest.raises(OSError, match="No space"):
+        full.apply(stream)
+    assert full.applied_index() == 3 and full.log.next_offset == 3
+    monkeypatch.setattr(full.log, "append_batch_nosync", real)
+    assert full.apply(stream) == expected
+    assert full.producers.dump() == healthy.producers.dump()
+    assert [full.log.read(o) for o in range(full.log.next_offset)] == [
+        healthy.log.read(o) for o in range(healthy.log.next_offset)
+    ]

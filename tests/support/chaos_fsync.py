@@ -1,4 +1,5 @@
-"""Power loss for a whole agent process: an fsync journal and the crash image built from it.
+"""Power loss for a whole agent process: an fsync journal and the crash image built from it;
+and disk faults (EIO, ENOSPC) switched on and off from outside (:func:`set_fault`).
 
 A power loss keeps, of every file, at least what its last fsync covered; names created or
 renamed since the last fsync of their directory may be lost. In one process the commit log
@@ -19,6 +20,7 @@ random.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -162,6 +164,73 @@ def apply_power_loss(data_dir: Path, journal: Journal, rng: random.Random) -> Po
     return report
 
 
+# -- disk faults ---------------------------------------------------------------------------
+
+FAULT_SUFFIX = ".disk-fault"
+#: What a fault file may hold: the errno that the data directory's writes (``os.pwrite``,
+#: ``os.write``) and syncs (``os.fsync``, ``os.fdatasync``) then fail with.
+FAULTS = {"eio": errno.EIO, "enospc": errno.ENOSPC}
+#: Which calls each fault fails: a full disk fails writes (where a file system reports
+#: ENOSPC); a failing disk fails writes and syncs.
+_WRITES = ("pwrite", "write")
+_FAILS = {"eio": {"fsync", "fdatasync", *_WRITES}, "enospc": set(_WRITES)}
+
+
+def fault_path(data_dir: Path) -> Path:
+    """The fault switch of the agent with ``data_dir`` (beside it, not inside): while it
+    exists and holds ``eio`` (every write and fsync) or ``enospc`` (every write) of a file
+    under the data directory fails with that errno (a failing disk, a full disk); removed,
+    the disk heals."""
+    return data_dir.with_name(data_dir.name + FAULT_SUFFIX)
+
+
+def set_fault(data_dir: Path, fault: str | None) -> None:
+    """Turn the agent's disk fault on (``"eio"``, ``"enospc"``) or off (None)."""
+    path = fault_path(data_dir)
+    if fault is None:
+        path.unlink(missing_ok=True)
+        return
+    if fault not in FAULTS:
+        raise ValueError(f"unknown disk fault {fault!r}; one of {sorted(FAULTS)}")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(fault)
+    os.replace(tmp, path)
+
+
+def install_faults(switch: Path, data_dir: Path) -> None:
+    """Wrap the file calls the stores make (a Python seam, no LD_PRELOAD) so that, while
+    ``switch`` names a fault, those on files under ``data_dir`` fail with its errno before
+    doing anything (a write writes nothing; a failed fsync syncs nothing)."""
+    root = str(data_dir.resolve()) + os.sep
+
+    def active(call: str, fd: Any) -> int:
+        try:
+            fault = switch.read_text().strip()
+        except OSError:
+            return 0
+        code = FAULTS.get(fault, 0)
+        if not code or call not in _FAILS[fault]:
+            return 0
+        num = fd if isinstance(fd, int) else fd.fileno()
+        try:
+            target = os.readlink(f"/proc/self/fd/{num}")
+        except OSError:
+            return 0
+        return code if (target + os.sep).startswith(root) else 0
+
+    def wrap(call: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def faulty(fd: Any, *args: Any) -> Any:
+            code = active(call, fd)
+            if code:
+                raise OSError(code, os.strerror(code))
+            return real(fd, *args)
+
+        return faulty
+
+    for name in ("fsync", "fdatasync", *_WRITES):
+        setattr(os, name, wrap(name, getattr(os, name)))
+
+
 def _die_with_parent() -> None:
     """SIGTERM when the test process dies (even by SIGKILL): no agent outlives its run."""
     parent = int(os.environ.get("CHAOS_PARENT_PID", "0"))
@@ -180,6 +249,7 @@ def main(argv: list[str]) -> None:
     _die_with_parent()
     data_dir = Path(argv[argv.index("--data-dir") + 1])
     install(journal_path(data_dir))
+    install_faults(fault_path(data_dir), data_dir)
     from raftlog.cmd.main import main as raftlog_main
 
     sys.exit(raftlog_main(argv))

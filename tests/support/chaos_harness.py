@@ -353,7 +353,10 @@ class Nemesis:
     removes it from Raft; after the hold it starts again, half the time with its data
     directory kept, half the time wiped so that it joins as a new node and catches up by
     snapshot), ``join-new`` (a spare node joins through Serf and becomes a voter; when no
-    spare is left it is a ``leave-rejoin``).
+    spare is left it is a ``leave-rejoin``); disk: ``disk-full`` / ``disk-full-leader``
+    (writes fail with ENOSPC for the hold; the node must resume without a restart),
+    ``disk-eio`` / ``disk-eio-leader`` (writes and fsyncs fail with EIO; the node stops
+    taking writes; after the hold the fault is cleared and the node restarted).
     Holds last ``hold_s`` (uniform range, seconds); quiet gaps ``gap_s`` between faults.
     ``opening``: kinds injected first, in this order, before random picks; it always runs
     whole, even past the run's duration.
@@ -365,6 +368,8 @@ class Nemesis:
     MEMBERSHIP_TIMEOUT_S = 20.0
 
     NETWORK = frozenset({"partition", "isolate-leader", "bridge", "slow", "flap", "loss", "delay"})
+    #: disk faults through the agents' launcher (support.chaos_fsync.set_fault)
+    DISK = frozenset({"disk-full", "disk-full-leader", "disk-eio", "disk-eio-leader"})
 
     def __init__(
         self,
@@ -455,6 +460,8 @@ class Nemesis:
                     h.event("restart", name)
             finally:
                 self._down.difference_update(targets)
+        elif kind in self.DISK:
+            await self._disk(kind)
         elif kind in ("pause", "pause-leader"):
             name = await self._target(kind == "pause-leader")
             h.event(kind, name, "SIGSTOP")
@@ -520,6 +527,32 @@ class Nemesis:
                 h.event("heal", target)
         else:
             raise ValueError(f"unknown nemesis {kind!r}")
+
+    async def _disk(self, kind: str) -> None:
+        """``disk-full``: the node's writes fail with ENOSPC for the hold, then space is
+        back and it must resume by itself (no restart). ``disk-eio``: its writes and
+        fsyncs fail with EIO; it stops taking writes and hands leadership over; after the
+        hold the disk is "replaced" (the fault cleared) and the node restarted, as an
+        operator would."""
+        c, h = self.cluster, self.history
+        name = await self._target(kind.endswith("-leader"))
+        data = c.nodes[name].data_dir
+        fault = "enospc" if kind.startswith("disk-full") else "eio"
+        h.event(kind, name, f"every write{'' if fault == 'enospc' else ' and fsync'} {fault}")
+        chaos_fsync.set_fault(data, fault)
+        try:
+            await self._hold()
+        finally:
+            chaos_fsync.set_fault(data, None)
+            h.event("heal", name, "disk healed")
+        if fault == "eio":
+            self._down.add(name)
+            try:
+                await c.kill(name)
+                c.restart(name)
+                h.event("restart", name, "after the disk failure")
+            finally:
+                self._down.discard(name)
 
     async def _membership(self, kind: str) -> None:
         c, h = self.cluster, self.history

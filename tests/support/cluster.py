@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import shutil
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -25,6 +26,9 @@ from support.client_nodes import tls_of
 from support.cluster_files import dev_cluster_files
 
 NAMES = ("n1", "n2", "n3")
+#: Runs agents through :mod:`support.chaos_fsync`, whose disk faults a test switches on
+#: and off with ``chaos_fsync.set_fault(data_dir, "eio" | "enospc" | None)``.
+FAULTY_DISK_LAUNCHER = (sys.executable, str(Path(__file__).with_name("chaos_fsync.py")))
 #: What an agent logs when a port picked for it was bound by another process before the
 #: agent started (ports are picked free, then used: other tests on the machine race it).
 PORT_TAKEN = "address already in use"
@@ -41,11 +45,13 @@ def new_cluster(
     names: tuple[str, ...] = NAMES,
     agent_args: tuple[str, ...] = AGENT_ARGS,
     static_peers: bool = False,
+    raftlog: tuple[str, ...] | None = None,
 ) -> DevCluster:
     """A cluster under ``root`` with ``names`` registered (not started); its ``client_tls``
     is the ``root`` client's. With ``static_peers``, every node gets ``--peers`` listing
-    them all (static membership instead of Serf's)."""
-    c = DevCluster(root, dev_cluster_files(root, certs), agent_args=agent_args)
+    them all (static membership instead of Serf's). ``raftlog``: the command that runs the
+    CLI (default: the venv's ``raftlog``; :data:`FAULTY_DISK_LAUNCHER` for disk faults)."""
+    c = DevCluster(root, dev_cluster_files(root, certs), agent_args=agent_args, raftlog=raftlog)
     c.client_tls = tls_of(certs["root"])
     for name in names:
         c.add_node(name)
