@@ -6,6 +6,7 @@ teardowns in reverse, once, each bounded in time. The single node has two steps:
 
     log     open the commit log in data_dir               -> sync and close it
     server  gRPC API on bind host : rpc_port (mTLS, ACL)  -> drain calls, stop
+    http    HTTP/JSON API on --http-port (only when set)  -> end follows, stop
 
 A cluster member (``AgentConfig.cluster_mode``: ``--bootstrap``, ``--start-join-addrs``,
 ``--peers``, or Raft state in the data dir) runs four steps instead (see
@@ -14,6 +15,7 @@ A cluster member (``AgentConfig.cluster_mode``: ``--bootstrap``, ``--start-join-
     mux         one port for gRPC and Raft                    -> close, remove socket dir
     raft        commit log (FSM) + Raft node + DistributedLog  -> close them
     server      gRPC API behind the mux (unix socket)          -> drain calls, stop
+    http        HTTP/JSON API on --http-port (only when set)   -> end follows, stop
     membership  Serf agent subprocess (or static peers)        -> hand over, leave, reap
 """
 
@@ -26,12 +28,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from raftlog.agent.cluster import ClusterNode
+from raftlog.agent.http_step import start_http_api
 from raftlog.auth import AllowAll, CasbinAuthorizer
 from raftlog.config import AgentConfig
 from raftlog.domain.protocols import Authorizer
 from raftlog.log import Log, LogConfig, SyncPolicy
 from raftlog.security import TLSConfig
 from raftlog.server import LocalLog, LogServer, ServerConfig
+from raftlog.server.http_api import HttpApi
 
 logger = logging.getLogger("raftlog.agent")
 
@@ -57,6 +61,7 @@ class Agent:
         self._teardowns: list[tuple[str, Teardown]] = []
         self._shutdown_task: asyncio.Task[None] | None = None
         self.cluster: ClusterNode | None = None
+        self.http_api: HttpApi | None = None
         if config.cluster_mode:
             cluster = ClusterNode(config, self._authorizer())
             self.cluster = cluster
@@ -64,12 +69,14 @@ class Agent:
                 Step("mux", cluster.setup_mux),
                 Step("raft", cluster.setup_raft),
                 Step("server", cluster.setup_server),
+                *([Step("http", cluster.setup_http)] if config.http_port else []),
                 Step("membership", cluster.setup_membership),
             ]
         else:
             self.steps = [
                 Step("log", self._setup_log),
                 Step("server", self._setup_server),
+                *([Step("http", self._setup_http)] if config.http_port else []),
             ]
 
     @property
@@ -135,6 +142,17 @@ class Agent:
         async def stop() -> None:
             await server.stop(grace)
 
+        return stop
+
+    async def _setup_http(self) -> Teardown:
+        assert self.local_log is not None and self.server is not None
+        self.http_api, stop = await start_http_api(
+            self.config,
+            commit_log=self.local_log,
+            servers=self.local_log,
+            authorizer=self._authorizer(),
+            tls=self.server.tls,
+        )
         return stop
 
     # -- lifecycle -----------------------------------------------------------------------

@@ -27,6 +27,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from raftlog.agent.http_step import HTTP_ADDR_TAG, start_http_api
 from raftlog.api.contract import OBJECT_WILDCARD, Action
 from raftlog.config import AgentConfig
 from raftlog.discovery import (
@@ -49,6 +50,7 @@ from raftlog.security import TLSConfig
 from raftlog.security.grpc_tls import grpc_server_credentials
 from raftlog.server import LogServer, ServerConfig
 from raftlog.server.forward import ForwardMarkInterceptor, GrpcForwarder
+from raftlog.server.http_api import HttpApi
 
 logger = logging.getLogger("raftlog.agent")
 
@@ -112,6 +114,7 @@ class ClusterNode:
         self.serf: SerfAgent | None = None
         self.membership: Membership | StaticMembership | None = None
         self._watch: asyncio.Task[None] | None = None
+        self.http_api: HttpApi | None = None
 
     @property
     def rpc_addr(self) -> str:
@@ -300,6 +303,37 @@ class ClusterNode:
 
         return stop
 
+    # -- http --------------------------------------------------------------------------
+
+    async def setup_http(self) -> Teardown:
+        """The HTTP/JSON API (same TLS and ACL); its address becomes a Serf tag."""
+        assert self.dlog is not None
+        self.http_api, stop = await start_http_api(
+            self.config,
+            commit_log=self.dlog,
+            servers=self.dlog,
+            authorizer=self.authorizer,
+            tls=self.server_tls,
+            peer_http_addrs=self.peer_http_addrs,
+        )
+        return stop
+
+    @property
+    def http_addr(self) -> str:
+        """HOST:PORT of this node's HTTP API ("" when it is off)."""
+        if self.http_api is None or self.http_api.port is None:
+            return ""
+        return _host_port(self.config.bind_host, self.http_api.port)
+
+    def peer_http_addrs(self) -> dict[str, str]:
+        """Node id -> HTTP address of the live members that serve one (Serf tags)."""
+        found = {self.config.node_name: self.http_addr} if self.http_addr else {}
+        if isinstance(self.membership, Membership):
+            for name, m in self.membership.view.items():
+                if HTTP_ADDR_TAG in m.tags and m.status == "alive":
+                    found[name] = m.tags[HTTP_ADDR_TAG]
+        return found
+
     # -- membership ----------------------------------------------------------------------
 
     async def setup_membership(self) -> Teardown:
@@ -319,6 +353,7 @@ class ClusterNode:
                 bind_addr=config.bind_addr,
                 rpc_addr=config.serf_rpc,
                 advertise_rpc_addr=self.rpc_addr,
+                tags={HTTP_ADDR_TAG: self.http_addr} if self.http_addr else {},
                 encrypt_key=config.serf_encrypt_key or None,
                 start_join_addrs=config.start_join_addrs,
                 profile=config.serf_profile,

@@ -69,6 +69,14 @@ class AgentConfig:
         default=8400,
         metadata=_doc("TCP port of the gRPC API on the bind host (0 = any free port)", "port"),
     )
+    http_port: int = field(
+        default=0,
+        metadata=_doc(
+            "TCP port of the HTTP/JSON API on the bind host, same TLS and ACL as gRPC "
+            "(0 = off; see docs/deploy.md)",
+            "port",
+        ),
+    )
     start_join_addrs: tuple[str, ...] = field(
         default=(),
         metadata=_doc(
@@ -274,6 +282,12 @@ class AgentConfig:
             _split_addr(addr, "start_join_addrs")
         if not 0 <= self.rpc_port <= 65535:
             raise ConfigError(f"rpc_port: must be a port number 0-65535, got {self.rpc_port}")
+        if not 0 <= self.http_port <= 65535:
+            raise ConfigError(
+                f"http_port: must be a port number 0-65535 (0 = off), got {self.http_port}"
+            )
+        if self.http_port and self.http_port == self.rpc_port:
+            raise ConfigError(f"http_port: must differ from rpc_port ({self.rpc_port})")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(
                 f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
