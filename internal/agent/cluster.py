@@ -11,7 +11,8 @@
     server      log.v1.Log on the unix socket (client mTLS + ACL, end to end through the
                 mux); followers forward Produce to the leader     -> drain, stop
     membership  Serf agent subprocess + Membership (or StaticMembership); peer address
-                hints from Serf tags; reconcile on becoming leader
+                hints from Serf tags; reconcile on becoming leader; with --join-dns a
+                task resolves and joins, and ordinal 0 may bootstrap (agent/dns_join.py)
                                   -> leader hands over, Serf leaves gracefully, reaped
 
 Each ``setup_*`` returns its teardown; :class:`raftlog.agent.Agent` runs them in order and
@@ -27,6 +28,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from raftlog.agent.dns_join import dns_join
 from raftlog.agent.http_step import HTTP_ADDR_TAG, start_http_api
 from raftlog.api.contract import OBJECT_WILDCARD, Action
 from raftlog.config import AgentConfig
@@ -115,6 +117,7 @@ class ClusterNode:
         self.membership: Membership | StaticMembership | None = None
         self._watch: asyncio.Task[None] | None = None
         self.http_api: HttpApi | None = None
+        self._dns_join: asyncio.Task[bool] | None = None
 
     @property
     def rpc_addr(self) -> str:
@@ -370,6 +373,10 @@ class ClusterNode:
             await serf.stop()
             raise
         self._watch = asyncio.create_task(self._watch_leadership(), name="membership-watch")
+        if config.join_dns:
+            self._dns_join = asyncio.create_task(
+                dns_join(config, serf, self.node, self.rpc_addr), name="dns-join"
+            )
         logger.info(
             "serf agent %s: gossip %s, rpc %s%s",
             config.node_name,
@@ -405,6 +412,11 @@ class ClusterNode:
             was_leader = leader
 
     async def _stop_membership(self) -> None:
+        joining, self._dns_join = self._dns_join, None
+        if joining is not None:
+            joining.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await joining
         watch, self._watch = self._watch, None
         if watch is not None:
             watch.cancel()

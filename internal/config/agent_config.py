@@ -91,6 +91,42 @@ class AgentConfig:
             "bootstrap a new cluster with this node (first node only)", "bool", cluster=True
         ),
     )
+    join_dns: str = field(
+        default="",
+        metadata=_doc(
+            "NAME[:PORT] whose A/AAAA records are the Serf gossip addresses to join (a "
+            "Kubernetes headless service; PORT defaults to this node's gossip port); "
+            "re-resolved until joined; the node named <anything>-0 with an empty data dir "
+            "bootstraps when no leader answers (docs/cluster.md); empty = off",
+            "str",
+            cluster=True,
+        ),
+    )
+    dns_server: str = field(
+        default="",
+        metadata=_doc(
+            "HOST:PORT of the DNS server --join-dns asks (UDP); empty = the system resolver",
+            "str",
+            cluster=True,
+        ),
+    )
+    join_dns_timeout_s: float = field(
+        default=300.0,
+        metadata=_doc(
+            "longest time --join-dns keeps resolving and joining before it gives up, seconds",
+            "seconds",
+            cluster=True,
+        ),
+    )
+    dns_bootstrap_wait_s: float = field(
+        default=5.0,
+        metadata=_doc(
+            "with --join-dns, how long ordinal 0 with an empty data dir listens for an "
+            "existing leader before it bootstraps a new cluster, seconds",
+            "seconds",
+            cluster=True,
+        ),
+    )
     peers: tuple[str, ...] = field(
         default=(),
         metadata=_doc(
@@ -246,6 +282,7 @@ class AgentConfig:
             self.bootstrap
             or bool(self.start_join_addrs)
             or bool(self.peers)
+            or bool(self.join_dns)
             or (self.data_dir / "raft").is_dir()
         )
 
@@ -278,6 +315,7 @@ class AgentConfig:
                 f"snapshot_threshold: must be >= 0 entries, got {self.snapshot_threshold}"
             )
         _split_addr(self.bind_addr, "bind_addr")
+        self._validate_dns()
         for addr in self.start_join_addrs:
             _split_addr(addr, "start_join_addrs")
         if not 0 <= self.rpc_port <= 65535:
@@ -326,6 +364,31 @@ class AgentConfig:
             if not path.is_file():
                 hint = " (run `make certs`, or pass --insecure for a sandbox)"
                 raise ConfigError(f"{key}: no such file: {path}{hint}")
+
+    def _validate_dns(self) -> None:
+        if self.join_dns:
+            name, sep, port = self.join_dns.rpartition(":")
+            if not sep:
+                name, port = self.join_dns, ""
+            if not name or any(c.isspace() for c in name) or ":" in name:
+                raise ConfigError(f"join_dns: expected NAME[:PORT], got {self.join_dns!r}")
+            if port and not (port.isdigit() and 0 < int(port) <= 65535):
+                raise ConfigError(
+                    f"join_dns: expected NAME[:PORT] with a port 1-65535, got {self.join_dns!r}"
+                )
+            if self.peers:
+                raise ConfigError("join_dns: cannot be combined with peers (static membership)")
+            if self.bootstrap:
+                raise ConfigError(
+                    "join_dns: cannot be combined with bootstrap (with DNS join the node "
+                    "named <name>-0 decides to bootstrap; see docs/cluster.md)"
+                )
+        if self.dns_server:
+            _split_addr(self.dns_server, "dns_server")
+        for key in ("join_dns_timeout_s", "dns_bootstrap_wait_s"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{key}: must be a positive number of seconds, got {value}")
 
 
 FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(AgentConfig)}
