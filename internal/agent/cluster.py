@@ -179,7 +179,11 @@ class ClusterNode:
         fsm = await asyncio.to_thread(CommitLogFSM.open, config.data_dir / "fsm")
         self.fsm = fsm
         transport = TcpTransport(
-            TcpTransportConfig(node_id=config.node_name, tls=self.peer_tls),
+            TcpTransportConfig(
+                node_id=config.node_name,
+                tls=self.peer_tls,
+                server_hostname=config.peer_tls_server_name or None,
+            ),
             authorize=self._authorize_peer,
         )
         try:  # opening the disk stores may fail (as start() may): close the FSM then
@@ -213,7 +217,13 @@ class ClusterNode:
             await fsm.close()
             raise
         self.node = node
-        dlog = DistributedLog(node, fsm, forwarder=GrpcForwarder(self.forward_tls))
+        dlog = DistributedLog(
+            node,
+            fsm,
+            forwarder=GrpcForwarder(
+                self.forward_tls, server_hostname=config.peer_tls_server_name or None
+            ),
+        )
         self.dlog = dlog
         dlog.start()
         syncer = None

@@ -208,6 +208,16 @@ class AgentConfig:
         default=Path("certs/ca.pem"),
         metadata=_doc("PEM CA that peer certificates must be signed by", "path", cluster=True),
     )
+    peer_tls_server_name: str = field(
+        default="",
+        metadata=_doc(
+            "name checked in a peer's certificate when this node dials it (Raft, forwarded "
+            "writes); empty = the address dialled (Kubernetes: a name every pod's certificate "
+            "carries, e.g. the headless service's DNS name)",
+            "str",
+            cluster=True,
+        ),
+    )
     insecure: bool = field(
         default=False,
         metadata=_doc(
