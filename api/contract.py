@@ -87,3 +87,9 @@ class Action:
     CONSUME: Final = "consume"
     #: Peer traffic: forwarded writes (and the cluster's peer methods).
     REPLICATE: Final = "replicate"
+
+
+#: The plain-HTTP health paths of a node's metrics listener (``--metrics-addr``, no client
+#: certificate): liveness, then readiness. The Kubernetes probes (deploy/kubernetes) name
+#: these; a test checks the manifests against this one list.
+HEALTH_PATHS: Final = ("/healthz", "/readyz")
