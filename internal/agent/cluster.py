@@ -28,7 +28,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from raftlog.agent.dns_join import dns_join
+from raftlog.agent.dns_join import run_dns_join
 from raftlog.agent.http_step import HTTP_ADDR_TAG, start_http_api
 from raftlog.api.contract import OBJECT_WILDCARD, Action
 from raftlog.config import AgentConfig
@@ -385,7 +385,7 @@ class ClusterNode:
         self._watch = asyncio.create_task(self._watch_leadership(), name="membership-watch")
         if config.join_dns:
             self._dns_join = asyncio.create_task(
-                dns_join(config, serf, self.node, self.rpc_addr), name="dns-join"
+                run_dns_join(config, serf, self.node, self.rpc_addr), name="dns-join"
             )
         logger.info(
             "serf agent %s: gossip %s, rpc %s%s",

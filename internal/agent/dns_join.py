@@ -110,6 +110,17 @@ async def dns_join(config: AgentConfig, serf: SerfAgent, node: RaftNode, rpc_add
     return True
 
 
+async def run_dns_join(config: AgentConfig, serf: SerfAgent, node: RaftNode, rpc_addr: str) -> bool:
+    """:func:`dns_join` as a task body: an unexpected error is logged, not lost."""
+    try:
+        return await dns_join(config, serf, node, rpc_addr)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("DNS join of %s failed", config.join_dns)
+        return False
+
+
 async def _bootstrap_if_nobody_leads(config: AgentConfig, node: RaftNode, rpc_addr: str) -> None:
     loop = asyncio.get_running_loop()
     quiet_until = loop.time() + config.dns_bootstrap_wait_s

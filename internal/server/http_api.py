@@ -400,6 +400,9 @@ class HttpApi:
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             while not self._stopping.is_set():
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    break  # the client went away while we waited
                 if offset <= log.highest_offset:
                     values = log.read_batch(offset, budget, max_records)
                     lines = []
@@ -416,7 +419,8 @@ class HttpApi:
                     appended.cancel()
         finally:
             stopping.cancel()
-        await response.write_eof()
+        if request.transport is not None and not request.transport.is_closing():
+            await response.write_eof()
         return response
 
     async def get_servers(self, request: web.Request) -> web.Response:

@@ -74,6 +74,17 @@ async def test_nodes_join_as_records_appear_and_a_restart_keeps_identity(
             what="every node resolving the empty name",
         )
         assert not any(BOOTSTRAPPED in c.log_text(n) for n in PODS)
+        ctx = http_ssl(pod_certs)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as s:
+            # no leader anywhere yet: a write is a 503 that names no leader
+            r = await s.post(
+                f"https://{PODS['raftlog-1']}:{http}/v1/records",
+                json={"record": {"value": "too early", "encoding": "utf8"}},
+            )
+            assert r.status == 503
+            error = (await r.json())["error"]
+            assert error["reason"] in ("NOT_LEADER", "UNAVAILABLE")
+            assert error["retriable"] is True and "leader_http_addr" not in error
         zone.add(NAME, PODS["raftlog-1"])  # a non-zero ordinal alone never bootstraps
         zone.add(NAME, PODS["raftlog-0"])
         await wait_until(
@@ -84,7 +95,6 @@ async def test_nodes_join_as_records_appear_and_a_restart_keeps_identity(
         assert leader == "raftlog-0"
         assert [n for n in PODS if BOOTSTRAPPED in c.log_text(n)] == ["raftlog-0"]
 
-        ctx = http_ssl(pod_certs)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as s:
             follower = f"https://{PODS['raftlog-2']}:{http}"
 
