@@ -89,6 +89,15 @@ class Agent:
         host = self.config.bind_host
         return f"[{host}]:{self.server.port}" if ":" in host else f"{host}:{self.server.port}"
 
+    @property
+    def http_addr(self) -> str:
+        """HOST:PORT of the HTTP/JSON API once its step ran ("" when it is off)."""
+        api = self.cluster.http_api if self.cluster is not None else self.http_api
+        if api is None or api.port is None:
+            return ""
+        host = self.config.bind_host
+        return f"[{host}]:{api.port}" if ":" in host else f"{host}:{api.port}"
+
     # -- steps -------------------------------------------------------------------------
 
     async def _setup_log(self) -> Teardown:

@@ -233,6 +233,7 @@ async def test_three_pods_form_one_cluster_and_survive_a_rolling_restart(
             stop_writing.set()
             await asyncio.wait_for(writing, 10)
         gaps = [b[0] - a[0] for a, b in itertools.pairwise(acked)]
+        print(f"rolling restart: {len(acked)} writes acknowledged, longest pause {max(gaps):.2f} s")
         assert max(gaps) < MAX_GAP_S, f"writes stalled for {max(gaps):.1f} s:\n{logs()}"
         offsets = [offset for _, offset, _ in acked]
         assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)

@@ -76,6 +76,8 @@ async def test_every_curl_example_runs_against_a_live_node(tmp_path: Path) -> No
     try:
         banner = (await asyncio.wait_for(agent.stdout.readline(), 30)).decode()
         assert "serving log.v1.Log" in banner, banner
+        http_line = (await asyncio.wait_for(agent.stdout.readline(), 5)).decode()
+        assert http_line == f"HTTP/JSON API on https://127.0.0.1:{http_port} (docs/deploy.md)\n"
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("RAFTLOG_")},
             "RAFTLOG_HTTP": f"https://127.0.0.1:{http_port}",

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import yaml
 
-from raftlog.auth import CasbinAuthorizer, write_example_acl
+from raftlog.auth import AllowAll, CasbinAuthorizer, write_example_acl
 from raftlog.log import Log, LogConfig, SyncPolicy
 from raftlog.security import CertFiles, TLSConfig
 from raftlog.security.tls import client_ssl_context
@@ -342,3 +342,20 @@ async def test_curl_over_mutual_tls(node: HttpNode) -> None:
     code, out = await _curl("--cacert", str(root.ca_file), node.url + "/v1/offsets")
     assert code != 0
     await wait_until(lambda: node.log.highest_offset == 1, timeout=5, what="both records")
+
+
+async def test_insecure_mode_only_when_asked(tmp_path: Path) -> None:
+    local = LocalLog(Log.open(tmp_path / "data", LogConfig(sync=SyncPolicy.NEVER)), node_id="n0")
+    try:
+        with pytest.raises(ValueError, match="insecure=True"):
+            HttpApi(local, local, AllowAll(), tls=None)
+        api = HttpApi(local, local, AllowAll(), tls=None, insecure=True)
+        port = await api.start("127.0.0.1", 0)
+        try:
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as s:
+                r = await s.post("/v1/records", json=utf8("plain"))
+                assert await r.json() == {"offset": 0, "last_offset": 0, "duplicate": False}
+        finally:
+            await api.stop()
+    finally:
+        await local.close()
