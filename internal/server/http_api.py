@@ -6,7 +6,9 @@ Routes (the contract is ``api/openapi.yaml``; a test checks it against :data:`RO
     GET  /v1/records?offset=N&max_records=M    records from N (at most M)
     GET  /v1/records?offset=N&follow=true      NDJSON: every record from N on, then each new
                                                one as it commits; open until the client
-                                               goes or the server shuts down
+                                               goes or the server shuts down (an error
+                                               after the first byte: a last line
+                                               {"error": {...}})
     GET  /v1/servers                   the members, leader flagged, with HTTP addresses
     GET  /v1/offsets                   lowest, highest, next offset
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import ssl
@@ -417,6 +420,20 @@ class HttpApi:
                     await asyncio.wait((appended, stopping), return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     appended.cancel()
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            # the status line is sent: the error goes as the stream's last line
+            error = to_api_error(exc)
+            line = {
+                "error": {
+                    "reason": error.reason,
+                    "message": error.message,
+                    "metadata": error.metadata,
+                }
+            }
+            with contextlib.suppress(ConnectionResetError):
+                await response.write((json.dumps(line) + "\n").encode())
         finally:
             stopping.cancel()
         if request.transport is not None and not request.transport.is_closing():
