@@ -16,6 +16,7 @@ An error names the key, where the value came from, and what is wrong with it.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 from collections.abc import Mapping
@@ -395,6 +396,11 @@ class AgentConfig:
                 )
         if self.dns_server:
             _split_addr(self.dns_server, "dns_server")
+        name = self.peer_tls_server_name
+        if name and (any(c.isspace() for c in name) or (":" in name and not _is_ip(name))):
+            raise ConfigError(
+                f"peer_tls_server_name: expected a host name or IP without a port, got {name!r}"
+            )
         for key in ("join_dns_timeout_s", "dns_bootstrap_wait_s"):
             value = getattr(self, key)
             if not (math.isfinite(value) and value > 0):
@@ -402,6 +408,14 @@ class AgentConfig:
 
 
 FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(AgentConfig)}
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _split_addr(value: str, key: str) -> tuple[str, int]:

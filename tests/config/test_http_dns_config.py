@@ -29,11 +29,13 @@ def test_flag_env_and_file_spellings(tmp_path: Path) -> None:
         "RAFTLOG_DNS_SERVER": "127.0.0.1:5353",
         "RAFTLOG_JOIN_DNS_TIMEOUT_S": "12.5",
         "RAFTLOG_DNS_BOOTSTRAP_WAIT_S": "2",
+        "RAFTLOG_PEER_TLS_SERVER_NAME": "raftlog.ns.svc.cluster.local",
     }
     c = load_config({"insecure": True, "http_port": "8482"}, env=env, config_file=cfg)
     assert c.http_port == 8482  # the flag wins
     assert (c.join_dns, c.dns_server) == ("svc.ns.svc.cluster.local", "127.0.0.1:5353")
     assert (c.join_dns_timeout_s, c.dns_bootstrap_wait_s) == (12.5, 2.0)
+    assert c.peer_tls_server_name == "raftlog.ns.svc.cluster.local"
 
 
 @pytest.mark.parametrize(
@@ -49,6 +51,8 @@ def test_flag_env_and_file_spellings(tmp_path: Path) -> None:
         ({"dns_server": "nameserver"}, "dns_server: expected HOST:PORT"),
         ({"join_dns_timeout_s": "0"}, "join_dns_timeout_s: must be a positive number"),
         ({"dns_bootstrap_wait_s": "soon"}, "dns_bootstrap_wait_s (from flag"),
+        ({"peer_tls_server_name": "raftlog.svc:8400"}, "peer_tls_server_name: expected a host"),
+        ({"peer_tls_server_name": "a b"}, "peer_tls_server_name: expected a host"),
     ],
 )
 def test_bad_values_name_the_key(flags: dict[str, object], message: str) -> None:
@@ -66,3 +70,4 @@ def test_help_gives_unit_default_and_env(capsys: pytest.CaptureFixture[str]) -> 
     assert "empty = the system resolver (env RAFTLOG_DNS_SERVER; default: )" in flat
     assert "before it gives up, seconds (env RAFTLOG_JOIN_DNS_TIMEOUT_S; default: 300.0)" in flat
     assert "(env RAFTLOG_DNS_BOOTSTRAP_WAIT_S; default: 5.0)" in flat
+    assert "(env RAFTLOG_PEER_TLS_SERVER_NAME; default: )" in flat
