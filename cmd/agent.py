@@ -210,9 +210,14 @@ def _announce(agent: Agent) -> None:
             if not config.peers
             else "cluster member (gRPC and Raft on one port, static peers); "
         )
+    http_line = ""
+    if agent.http_addr:
+        scheme = "http" if config.insecure else "https"
+        http_line = f"HTTP/JSON API on {scheme}://{agent.http_addr} (docs/deploy.md)\n"
     print(
         f"raftlog node {config.node_name} is serving log.v1.Log on {addr} ({mode}); "
         f"{role}data in {config.data_dir}\n"
+        f"{http_line}"
         "try, in another terminal:\n"
         f"  {prog} produce{client} hello world\n"
         f"  {prog} consume{client} --from 0\n"

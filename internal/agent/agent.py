@@ -8,6 +8,7 @@ teardowns in reverse, once, each bounded in time. The single node has two steps:
                (only with --metrics-addr or an OTLP endpoint)
     log        open the commit log in data_dir               -> sync and close it
     server     gRPC API on bind host : rpc_port (mTLS, ACL)  -> drain calls, stop
+    http       HTTP/JSON API on --http-port (only when set)  -> end follows, stop
 
 A cluster member (``AgentConfig.cluster_mode``: ``--bootstrap``, ``--start-join-addrs``,
 ``--peers``, or Raft state in the data dir) runs telemetry and four steps instead (see
@@ -17,6 +18,7 @@ A cluster member (``AgentConfig.cluster_mode``: ``--bootstrap``, ``--start-join-
     mux         one port for gRPC and Raft                    -> close, remove socket dir
     raft        commit log (FSM) + Raft node + DistributedLog  -> close them
     server      gRPC API behind the mux (unix socket)          -> drain calls, stop
+    http        HTTP/JSON API on --http-port (only when set)   -> end follows, stop
     membership  Serf agent subprocess (or static peers)        -> hand over, leave, reap
 """
 
@@ -32,6 +34,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 import raftlog
 from raftlog.agent.cluster import ClusterNode
+from raftlog.agent.http_step import start_http_api
 from raftlog.agent.telemetry import (
     NodeTelemetry,
     leader_readiness,
@@ -44,6 +47,7 @@ from raftlog.domain.protocols import Authorizer
 from raftlog.log import Log, LogConfig, SyncPolicy
 from raftlog.security import TLSConfig
 from raftlog.server import LocalLog, LogServer, ServerConfig
+from raftlog.server.http_api import HttpApi
 
 logger = logging.getLogger("raftlog.agent")
 
@@ -82,6 +86,7 @@ class Agent:
             telemetry.use_tracer_provider(tracer_provider)
         metrics = telemetry.metrics if config.metrics_addr else None
         self._metrics = metrics
+        self.http_api: HttpApi | None = None
         if config.cluster_mode:
             cluster = ClusterNode(
                 config,
@@ -98,6 +103,7 @@ class Agent:
                 Step("mux", cluster.setup_mux),
                 Step("raft", cluster.setup_raft),
                 Step("server", cluster.setup_server),
+                *([Step("http", cluster.setup_http)] if config.http_port else []),
                 Step("membership", cluster.setup_membership),
             ]
         else:
@@ -107,6 +113,7 @@ class Agent:
             self.steps = [
                 Step("log", self._setup_log),
                 Step("server", self._setup_server),
+                *([Step("http", self._setup_http)] if config.http_port else []),
             ]
         if config.metrics_addr or telemetry.tracer_provider is not None:
             # first up, last down: /healthz answers during a long start (recovery), and
@@ -133,6 +140,15 @@ class Agent:
         if self.server is None or self.local_log is None:
             return False, "starting or stopping"
         return True, ""
+
+    @property
+    def http_addr(self) -> str:
+        """HOST:PORT of the HTTP/JSON API once its step ran ("" when it is off)."""
+        api = self.cluster.http_api if self.cluster is not None else self.http_api
+        if api is None or api.port is None:
+            return ""
+        host = self.config.bind_host
+        return f"[{host}]:{api.port}" if ":" in host else f"{host}:{api.port}"
 
     # -- steps -------------------------------------------------------------------------
 
@@ -193,6 +209,17 @@ class Agent:
         async def stop() -> None:
             await server.stop(grace)
 
+        return stop
+
+    async def _setup_http(self) -> Teardown:
+        assert self.local_log is not None and self.server is not None
+        self.http_api, stop = await start_http_api(
+            self.config,
+            commit_log=self.local_log,
+            servers=self.local_log,
+            authorizer=self._authorizer(),
+            tls=self.server.tls,
+        )
         return stop
 
     # -- lifecycle -----------------------------------------------------------------------

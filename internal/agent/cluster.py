@@ -11,7 +11,8 @@
     server      log.v1.Log on the unix socket (client mTLS + ACL, end to end through the
                 mux); followers forward Produce to the leader     -> drain, stop
     membership  Serf agent subprocess + Membership (or StaticMembership); peer address
-                hints from Serf tags; reconcile on becoming leader
+                hints from Serf tags; reconcile on becoming leader; with --join-dns a
+                task resolves and joins, and ordinal 0 may bootstrap (agent/dns_join.py)
                                   -> leader hands over, Serf leaves gracefully, reaped
 
 Each ``setup_*`` returns its teardown; :class:`raftlog.agent.Agent` runs them in order and
@@ -29,6 +30,8 @@ from pathlib import Path
 
 from opentelemetry import trace
 
+from raftlog.agent.dns_join import run_dns_join
+from raftlog.agent.http_step import HTTP_ADDR_TAG, start_http_api
 from raftlog.agent.identity import (
     CLUSTER_ID_TAG,
     Identity,
@@ -61,6 +64,7 @@ from raftlog.security.grpc_tls import grpc_server_credentials
 from raftlog.server import LogServer, ServerConfig
 from raftlog.server.admin import AdminService
 from raftlog.server.forward import ForwardMarkInterceptor, GrpcForwarder
+from raftlog.server.http_api import HttpApi
 from raftlog.telemetry import NodeMetrics
 
 logger = logging.getLogger("raftlog.agent")
@@ -145,6 +149,8 @@ class ClusterNode:
         self.membership: Membership | StaticMembership | None = None
         self._watch: asyncio.Task[None] | None = None
         self.identity = Identity(config.node_name)
+        self.http_api: HttpApi | None = None
+        self._dns_join: asyncio.Task[bool] | None = None
 
     def serf_view(self) -> Mapping[str, Member] | None:
         """Serf's view of the members (None without Serf: static peers, or not started)."""
@@ -212,7 +218,11 @@ class ClusterNode:
         fsm = await asyncio.to_thread(CommitLogFSM.open, config.data_dir / "fsm")
         self.fsm = fsm
         transport = TcpTransport(
-            TcpTransportConfig(node_id=config.node_name, tls=self.peer_tls),
+            TcpTransportConfig(
+                node_id=config.node_name,
+                tls=self.peer_tls,
+                server_hostname=config.peer_tls_server_name or None,
+            ),
             authorize=self._authorize_peer,
         )
         try:  # opening the disk stores may fail (as start() may): close the FSM then
@@ -251,7 +261,9 @@ class ClusterNode:
         dlog = DistributedLog(
             node,
             fsm,
-            forwarder=GrpcForwarder(self.forward_tls),
+            forwarder=GrpcForwarder(
+                self.forward_tls, server_hostname=config.peer_tls_server_name or None
+            ),
             observer=self.metrics,
             tracer=self.tracer,
         )
@@ -386,6 +398,47 @@ class ClusterNode:
         logger.error("node %s reports NOT_SERVING: %s", self.config.node_name, node.failure)
         await server.set_serving(False)
 
+    # -- http --------------------------------------------------------------------------
+
+    async def setup_http(self) -> Teardown:
+        """The HTTP/JSON API (same TLS and ACL); its address becomes a Serf tag."""
+        assert self.dlog is not None
+        self.http_api, stop = await start_http_api(
+            self.config,
+            commit_log=self.dlog,
+            servers=self.dlog,
+            authorizer=self.authorizer,
+            tls=self.server_tls,
+            peer_http_addrs=self.peer_http_addrs,
+        )
+        return stop
+
+    def _serf_tags(self) -> dict[str, str]:
+        """This node's Serf tags beyond its rpc address: its cluster id (once known) and
+        its HTTP API address (when served)."""
+        tags: dict[str, str] = {}
+        if self.identity.cluster_id:
+            tags[CLUSTER_ID_TAG] = self.identity.cluster_id
+        if self.http_addr:
+            tags[HTTP_ADDR_TAG] = self.http_addr
+        return tags
+
+    @property
+    def http_addr(self) -> str:
+        """HOST:PORT of this node's HTTP API ("" when it is off)."""
+        if self.http_api is None or self.http_api.port is None:
+            return ""
+        return _host_port(self.config.bind_host, self.http_api.port)
+
+    def peer_http_addrs(self) -> dict[str, str]:
+        """Node id -> HTTP address of the live members that serve one (Serf tags)."""
+        found = {self.config.node_name: self.http_addr} if self.http_addr else {}
+        if isinstance(self.membership, Membership):
+            for name, m in self.membership.view.items():
+                if HTTP_ADDR_TAG in m.tags and m.status == "alive":
+                    found[name] = m.tags[HTTP_ADDR_TAG]
+        return found
+
     # -- membership ----------------------------------------------------------------------
 
     async def setup_membership(self) -> Teardown:
@@ -405,11 +458,11 @@ class ClusterNode:
                 bind_addr=config.bind_addr,
                 rpc_addr=config.serf_rpc,
                 advertise_rpc_addr=self.rpc_addr,
+                tags=self._serf_tags(),
                 encrypt_key=config.serf_encrypt_key or None,
                 start_join_addrs=config.start_join_addrs,
                 profile=config.serf_profile,
                 log_level="warn" if config.log_level in ("warning", "error") else "info",
-                tags={CLUSTER_ID_TAG: self.identity.cluster_id} if self.identity.cluster_id else {},
             )
         )
         await serf.start()
@@ -429,6 +482,10 @@ class ClusterNode:
             await serf.stop()
             raise
         self._watch = asyncio.create_task(self._watch_leadership(), name="membership-watch")
+        if config.join_dns:
+            self._dns_join = asyncio.create_task(
+                run_dns_join(config, serf, self.node, self.rpc_addr), name="dns-join"
+            )
         logger.info(
             "serf agent %s: gossip %s, rpc %s%s",
             config.node_name,
@@ -514,6 +571,11 @@ class ClusterNode:
             was_leader = leader
 
     async def _stop_membership(self) -> None:
+        joining, self._dns_join = self._dns_join, None
+        if joining is not None:
+            joining.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await joining
         watch, self._watch = self._watch, None
         if watch is not None:
             watch.cancel()

@@ -16,6 +16,7 @@ An error names the key, where the value came from, and what is wrong with it.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 from collections.abc import Mapping
@@ -72,6 +73,14 @@ class AgentConfig:
         default=8400,
         metadata=_doc("TCP port of the gRPC API on the bind host (0 = any free port)", "port"),
     )
+    http_port: int = field(
+        default=0,
+        metadata=_doc(
+            "TCP port of the HTTP/JSON API on the bind host, same TLS and ACL as gRPC "
+            "(0 = off; see docs/deploy.md)",
+            "port",
+        ),
+    )
     start_join_addrs: tuple[str, ...] = field(
         default=(),
         metadata=_doc(
@@ -84,6 +93,42 @@ class AgentConfig:
         default=False,
         metadata=_doc(
             "bootstrap a new cluster with this node (first node only)", "bool", cluster=True
+        ),
+    )
+    join_dns: str = field(
+        default="",
+        metadata=_doc(
+            "NAME[:PORT] whose A/AAAA records are the Serf gossip addresses to join (a "
+            "Kubernetes headless service; PORT defaults to this node's gossip port); "
+            "re-resolved until joined; the node named <anything>-0 with an empty data dir "
+            "bootstraps when no leader answers (docs/cluster.md); empty = off",
+            "str",
+            cluster=True,
+        ),
+    )
+    dns_server: str = field(
+        default="",
+        metadata=_doc(
+            "HOST:PORT of the DNS server --join-dns asks (UDP); empty = the system resolver",
+            "str",
+            cluster=True,
+        ),
+    )
+    join_dns_timeout_s: float = field(
+        default=300.0,
+        metadata=_doc(
+            "longest time --join-dns keeps resolving and joining before it gives up, seconds",
+            "seconds",
+            cluster=True,
+        ),
+    )
+    dns_bootstrap_wait_s: float = field(
+        default=5.0,
+        metadata=_doc(
+            "with --join-dns, how long ordinal 0 with an empty data dir listens for an "
+            "existing leader before it bootstraps a new cluster, seconds",
+            "seconds",
+            cluster=True,
         ),
     )
     peers: tuple[str, ...] = field(
@@ -175,6 +220,16 @@ class AgentConfig:
     peer_tls_ca_file: Path = field(
         default=Path("certs/ca.pem"),
         metadata=_doc("PEM CA that peer certificates must be signed by", "path", cluster=True),
+    )
+    peer_tls_server_name: str = field(
+        default="",
+        metadata=_doc(
+            "name checked in a peer's certificate when this node dials it (Raft, forwarded "
+            "writes); empty = the address dialled (Kubernetes: a name every pod's certificate "
+            "carries, e.g. the headless service's DNS name)",
+            "str",
+            cluster=True,
+        ),
     )
     insecure: bool = field(
         default=False,
@@ -285,6 +340,7 @@ class AgentConfig:
             self.bootstrap
             or bool(self.start_join_addrs)
             or bool(self.peers)
+            or bool(self.join_dns)
             or (self.data_dir / "raft").is_dir()
         )
 
@@ -322,10 +378,17 @@ class AgentConfig:
                 f"snapshot_threshold: must be >= 0 entries, got {self.snapshot_threshold}"
             )
         _split_addr(self.bind_addr, "bind_addr")
+        self._validate_dns()
         for addr in self.start_join_addrs:
             _split_addr(addr, "start_join_addrs")
         if not 0 <= self.rpc_port <= 65535:
             raise ConfigError(f"rpc_port: must be a port number 0-65535, got {self.rpc_port}")
+        if not 0 <= self.http_port <= 65535:
+            raise ConfigError(
+                f"http_port: must be a port number 0-65535 (0 = off), got {self.http_port}"
+            )
+        if self.http_port and self.http_port == self.rpc_port:
+            raise ConfigError(f"http_port: must differ from rpc_port ({self.rpc_port})")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(
                 f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
@@ -373,8 +436,46 @@ class AgentConfig:
                 hint = " (run `make certs`, or pass --insecure for a sandbox)"
                 raise ConfigError(f"{key}: no such file: {path}{hint}")
 
+    def _validate_dns(self) -> None:
+        if self.join_dns:
+            name, sep, port = self.join_dns.rpartition(":")
+            if not sep:
+                name, port = self.join_dns, ""
+            if not name or any(c.isspace() for c in name) or ":" in name:
+                raise ConfigError(f"join_dns: expected NAME[:PORT], got {self.join_dns!r}")
+            if port and not (port.isdigit() and 0 < int(port) <= 65535):
+                raise ConfigError(
+                    f"join_dns: expected NAME[:PORT] with a port 1-65535, got {self.join_dns!r}"
+                )
+            if self.peers:
+                raise ConfigError("join_dns: cannot be combined with peers (static membership)")
+            if self.bootstrap:
+                raise ConfigError(
+                    "join_dns: cannot be combined with bootstrap (with DNS join the node "
+                    "named <name>-0 decides to bootstrap; see docs/cluster.md)"
+                )
+        if self.dns_server:
+            _split_addr(self.dns_server, "dns_server")
+        name = self.peer_tls_server_name
+        if name and (any(c.isspace() for c in name) or (":" in name and not _is_ip(name))):
+            raise ConfigError(
+                f"peer_tls_server_name: expected a host name or IP without a port, got {name!r}"
+            )
+        for key in ("join_dns_timeout_s", "dns_bootstrap_wait_s"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{key}: must be a positive number of seconds, got {value}")
+
 
 FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(AgentConfig)}
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _split_addr(value: str, key: str) -> tuple[str, int]:

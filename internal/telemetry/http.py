@@ -25,6 +25,12 @@ logger = logging.getLogger("raftlog.telemetry")
 #: Longest the refresh before a scrape may take (seconds); the scrape goes on without it.
 SCRAPE_REFRESH_TIMEOUT_S = 2.0
 
+#: The health paths, liveness then readiness: what the Kubernetes probes name
+#: (deploy/kubernetes; a test checks the manifests against this one definition).
+LIVENESS_PATH = "/healthz"
+READINESS_PATH = "/readyz"
+HEALTH_PATHS = (LIVENESS_PATH, READINESS_PATH)
+
 #: Readiness: (ready, reason). Called on the event loop for every /readyz; must be quick.
 HealthCheck = Callable[[], tuple[bool, str]]
 
@@ -53,8 +59,8 @@ class MetricsServer:
         self.port: int | None = None
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get(LIVENESS_PATH, self._healthz)
+        app.router.add_get(READINESS_PATH, self._readyz)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         self._started = False
 

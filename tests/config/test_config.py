@@ -92,4 +92,4 @@ def test_agent_help_lists_every_flag_and_marks_cluster_ones(
         assert "--" + name.replace("_", "-") in text
     assert "RAFTLOG_RPC_PORT" in text
     flat = " ".join(text.split())
-    assert flat.count("[used in cluster mode only]") == 5
+    assert flat.count("[used in cluster mode only]") == 10
