@@ -234,6 +234,11 @@ class ClusterNode:
                         # keep up to half a snapshot interval (at most 1024) of entries behind
                         # a snapshot, so a slightly late follower catches up from the log
                         snapshot_trailing_entries=min(1024, config.snapshot_threshold // 2),
+                        # memory and the Raft log on disk are bounded in bytes too: a
+                        # snapshot every snapshot_bytes, a quarter of that (at most 8 MiB)
+                        # kept behind it for slow followers
+                        snapshot_bytes=config.snapshot_bytes,
+                        snapshot_trailing_bytes=min(8 << 20, config.snapshot_bytes // 4),
                     ),
                     data_dir=config.data_dir / "raft",
                     # interval: rounds do not wait for fsync; _interval_sync flushes the Raft log

@@ -189,6 +189,16 @@ class AgentConfig:
             "count",
         ),
     )
+    snapshot_bytes: int = field(
+        default=32 << 20,
+        metadata=_doc(
+            "bytes of Raft entries applied between two snapshots, whichever of this and "
+            "snapshot_threshold comes first (cluster mode): bounds the memory the Raft log "
+            "holds and its size on disk; a snapshot only references the commit log, so it "
+            "is cheap; 0 = count entries only",
+            "bytes",
+        ),
+    )
     acl_model_file: Path = field(
         default=Path("certs/model.conf"),
         metadata=_doc("Casbin ACL model file", "path"),
@@ -377,6 +387,8 @@ class AgentConfig:
             raise ConfigError(
                 f"snapshot_threshold: must be >= 0 entries, got {self.snapshot_threshold}"
             )
+        if self.snapshot_bytes < 0:
+            raise ConfigError(f"snapshot_bytes: must be >= 0 bytes, got {self.snapshot_bytes}")
         _split_addr(self.bind_addr, "bind_addr")
         self._validate_dns()
         for addr in self.start_join_addrs:
