@@ -82,6 +82,11 @@ IDEMPOTENT_TAG = b"I"
 _IDEMPOTENT_VERSION = 1
 #: Head of a snapshot stream that carries the producer table before the commit log.
 SNAPSHOT_MAGIC = b"RLFSMSN1"
+#: Head of a snapshot by reference (format 2): metadata, then only the records the
+#: receiver lacks (none in a snapshot kept locally).
+SNAPSHOT_MAGIC_REF = b"RLFSMSN2"
+#: Log a catch-up's progress every this many bytes.
+_PROGRESS_BYTES = 64 << 20
 _SNAPSHOT_HEAD = struct.Struct("<8sQ")
 CHECKPOINT_FILE = "fsm-state"
 LOG_DIR = "log"
@@ -183,6 +188,29 @@ def _read_checkpoint(
     return index, nxt, table
 
 
+def _encode_head(state: dict[str, Any]) -> bytes:
+    packed: bytes = msgpack.packb(state, use_bin_type=True)
+    return _SNAPSHOT_HEAD.pack(SNAPSHOT_MAGIC_REF, len(packed)) + packed
+
+
+def _unpack_state(packed: bytes) -> dict[str, Any]:
+    try:
+        state = msgpack.unpackb(packed, use_list=True, raw=False)
+    except (ValueError, msgpack.ExtraData) as exc:
+        raise FSMError(f"malformed snapshot metadata: {exc}") from exc
+    if not isinstance(state, dict):
+        raise FSMError("malformed snapshot metadata: not a map")
+    return state
+
+
+def _decode_head(data: bytes) -> dict[str, Any] | None:
+    """The metadata of a snapshot by reference, or None for another format."""
+    if not data.startswith(SNAPSHOT_MAGIC_REF) or len(data) < _SNAPSHOT_HEAD.size:
+        return None
+    _, size = _SNAPSHOT_HEAD.unpack_from(data)
+    return _unpack_state(data[_SNAPSHOT_HEAD.size : _SNAPSHOT_HEAD.size + size])
+
+
 def _read_exact(source: SnapshotSource, n: int) -> bytes:
     out = b""
     while len(out) < n:
@@ -221,6 +249,9 @@ class CommitLogFSM:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._generation = 0
         self._checkpoint_task: asyncio.Task[None] | None = None
+        #: (index, next offset) of the newest durable checkpoint (what a restart resumes
+        #: from; after open the log ends exactly there).
+        self._checkpointed = (applied, commit_log.next_offset)
         self.on_apply: Callable[[], None] | None = None
         #: Highest offset readers may see (every record in the log is committed).
         self.highest_offset = commit_log.highest_offset
@@ -268,8 +299,11 @@ class CommitLogFSM:
             sync_timeout_s=config.sync_timeout_s,
         )
         shutil.rmtree(base / _RESTORE_DIR, ignore_errors=True)
-        commit_log = Log.open(base / LOG_DIR, config)
         checkpoint = _read_checkpoint(base, producer_config)
+        # The checkpoint is written only after an fsync of the commit log up to its offset:
+        # segments below it are trusted (no store scan); the tail after it is verified.
+        trusted = checkpoint[1] if checkpoint is not None else 0
+        commit_log = Log.open(base / LOG_DIR, config, trusted_below=trusted)
         applied = 0
         table = ProducerTable(producer_config)
         if checkpoint is not None and commit_log.next_offset >= checkpoint[1]:
@@ -367,23 +401,178 @@ class CommitLogFSM:
         return out
 
     def snapshot(self) -> Iterable[bytes]:
-        """The producer table, then the commit log as it is now, streamed (see the module
-        docs for the format); a checkpoint is written meanwhile."""
-        reader = self.log.reader()
-        state = {"v": 1, "producers": self.producers.dump()}
-        packed: bytes = msgpack.packb(state, use_bin_type=True)
-        head = _SNAPSHOT_HEAD.pack(SNAPSHOT_MAGIC, len(packed)) + packed
-        self._schedule_checkpoint()
+        """A snapshot by reference (format 2, see docs/commitlog.md): the producer table and
+        where the commit log ends (``next_offset``), with no records at all, since the
+        commit log itself holds them. Captured now, on the loop; the first chunk is
+        produced only once the commit log is fsynced up to that offset and a checkpoint of
+        this very state is durable, so the snapshot (and the Raft log compaction behind it)
+        never outruns what a restart finds in the commit log."""
+        commit_log = self.log
+        index, nxt = self._applied, commit_log.next_offset
+        producers = self.producers.dump()
+        state = {
+            "v": 2,
+            "producers": producers,
+            "next_offset": nxt,
+            "lowest_offset": commit_log.lowest_offset,
+            "from": nxt,
+        }
+        head = _encode_head(state)
+
+        def chunks() -> Iterator[bytes]:
+            self._durable_checkpoint(index, nxt, producers)
+            yield head
+
+        return chunks()
+
+    def snapshot_stream(self, data: bytes, resume: int, peer: str = "") -> Iterator[bytes] | None:
+        """What to send a follower for the stored snapshot ``data`` (taken by
+        :meth:`snapshot`) when the follower's commit log already holds every record below
+        ``resume`` (its :meth:`resume_point`): the metadata, then only the records from
+        ``resume`` to the snapshot's end, read from the commit log in chunks (bounded
+        memory). None for a snapshot of another format (sent as stored). On the loop."""
+        state = _decode_head(data)
+        if state is None or state.get("v") != 2 or state["from"] != state["next_offset"]:
+            return None
+        commit_log = self.log
+        nxt = int(state["next_offset"])
+        lowest = commit_log.lowest_offset
+        if nxt > commit_log.next_offset or nxt < lowest:
+            raise FSMError(
+                f"snapshot ends at offset {nxt}, the commit log holds "
+                f"{lowest}..{commit_log.next_offset}"
+            )
+        first = min(max(resume, lowest), nxt)
+        reader = commit_log.range_reader(first, nxt)
+        out = dict(state, lowest_offset=lowest, **{"from": first})
+        out["records"] = nxt - first
+        out["bytes"] = reader.frame_bytes
+        head = _encode_head(out)
+        total = reader.frame_bytes
+        log.info(
+            "catch-up of %s: sending offsets %d..%d (%d records, %d bytes; it holds up to %d)",
+            peer or "a follower",
+            first,
+            nxt - 1,
+            nxt - first,
+            total,
+            resume,
+        )
 
         def chunks() -> Iterator[bytes]:
             with reader:
                 yield head
-                yield from reader.chunks()
+                if first < nxt:
+                    sent, mark = 0, _PROGRESS_BYTES
+                    for chunk in reader.chunks():
+                        sent += len(chunk)
+                        if sent >= mark:
+                            mark += _PROGRESS_BYTES
+                            log.info(
+                                "catch-up of %s: %d of %d bytes sent",
+                                peer or "a follower",
+                                sent,
+                                total,
+                            )
+                        yield chunk
 
         return chunks()
 
+    async def resume_point(self) -> int:
+        """The offset from which this replica lacks records, made durable first (a
+        checkpoint): a leader sends a catch-up only from there. Every record below it is
+        committed (the commit log holds only applied records) and fsynced."""
+        await self.checkpoint()
+        return self._checkpointed[1]
+
     def restore(self, source: SnapshotSource, meta: SnapshotMeta) -> None:
-        """Replace the commit log with the snapshot's (worker thread)."""
+        """Make the commit log the snapshot's (worker thread). A snapshot by reference keeps
+        what this log already holds below its ``from`` and appends the records that
+        follow; the older formats replace the whole log."""
+        first = _read_exact(source, _SNAPSHOT_HEAD.size)
+        if first[: len(SNAPSHOT_MAGIC_REF)] == SNAPSHOT_MAGIC_REF and len(first) == len(
+            _SNAPSHOT_HEAD.pack(SNAPSHOT_MAGIC_REF, 0)
+        ):
+            _, size = _SNAPSHOT_HEAD.unpack(first)
+            state = _unpack_state(_read_exact(source, size))
+            self._restore_ref(source, meta, state)
+            return
+        self._restore_copy(source, meta, first)
+
+    def _restore_ref(
+        self, source: SnapshotSource, meta: SnapshotMeta, state: dict[str, Any]
+    ) -> None:
+        table = ProducerTable(self.producers.config)
+        try:
+            table.load(state["producers"])
+            nxt, lowest = int(state["next_offset"]), int(state["lowest_offset"])
+            start = int(state["from"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise FSMError(f"malformed snapshot metadata: {exc}") from exc
+        total_records = nxt - start
+        total_bytes = int(state.get("bytes", 0))
+        with self._lock:
+            self._generation += 1
+            current = self._detach()
+        if current is None:
+            raise FSMError("a restore is already in progress")
+        try:
+            if start < current.lowest_offset or start > current.next_offset:
+                if start != lowest:
+                    raise FSMError(
+                        f"the snapshot at index {meta.index} needs the records below {start}, "
+                        f"but the commit log holds {current.lowest_offset}.."
+                        f"{current.next_offset - 1}"
+                    )
+                current.reset(start)  # the leader holds nothing below ``start`` either
+            elif start <= current.highest_offset:
+                current.truncate_after(start - 1)
+            if start < nxt:
+                mark = [_PROGRESS_BYTES]
+
+                def progress(records: int, done: int) -> None:
+                    if done >= mark[0] or records == total_records:
+                        mark[0] = done + _PROGRESS_BYTES
+                        log.info(
+                            "catch-up from the snapshot at index %d: %d of %d bytes, "
+                            "%d of %d records",
+                            meta.index,
+                            done,
+                            total_bytes,
+                            records,
+                            total_records,
+                        )
+
+                def rest() -> Iterator[bytes]:
+                    while chunk := source.read(1 << 20):
+                        yield chunk
+
+                current.append_stream(rest(), progress)
+            if current.next_offset != nxt:
+                raise FSMError(
+                    f"after the snapshot at index {meta.index} the commit log ends at "
+                    f"{current.next_offset}, expected {nxt}"
+                )
+            current.sync_blocking()
+            with self._lock:
+                _write_checkpoint(self.directory, meta.index, nxt, table.dump())
+                self._checkpointed = (meta.index, nxt)
+            self._applied = meta.index
+            self.producers = table
+            self.highest_offset = current.highest_offset
+        finally:
+            self._attach(current)
+        log.info(
+            "commit log restored from the snapshot at index %d: offsets %d..%d (%d records "
+            "received)",
+            meta.index,
+            current.lowest_offset,
+            current.highest_offset,
+            total_records,
+        )
+
+    def _restore_copy(self, source: SnapshotSource, meta: SnapshotMeta, first: bytes) -> None:
+        """Restore a snapshot of format 1 (or older): a copy of the whole commit log."""
         restoring = self.directory / _RESTORE_DIR
         shutil.rmtree(restoring, ignore_errors=True)
         config = LogConfig(
@@ -393,7 +582,6 @@ class CommitLogFSM:
         )
 
         table = ProducerTable(self.producers.config)
-        first = _read_exact(source, _SNAPSHOT_HEAD.size)
         if first[: len(SNAPSHOT_MAGIC)] == SNAPSHOT_MAGIC and len(first) == _SNAPSHOT_HEAD.size:
             _, size = _SNAPSHOT_HEAD.unpack(first)
             packed = _read_exact(source, size)
@@ -423,6 +611,7 @@ class CommitLogFSM:
             os.replace(restoring, self.directory / LOG_DIR)
             new = Log.open(self.directory / LOG_DIR, self._config)
             _write_checkpoint(self.directory, meta.index, new.next_offset, table.dump())
+            self._checkpointed = (meta.index, new.next_offset)
             self._applied = meta.index
             self.producers = table
             self.highest_offset = new.highest_offset
@@ -437,7 +626,10 @@ class CommitLogFSM:
     def _detach(self) -> Log | None:
         """Take the log away from readers, on the loop (so that no read is in progress)."""
         loop = self._loop
-        if loop is None or not loop.is_running():
+        on_loop = False
+        with contextlib.suppress(RuntimeError):
+            on_loop = asyncio.get_running_loop() is loop
+        if loop is None or not loop.is_running() or on_loop:
             old, self._log = self._log, None
             return old
         box: list[Log | None] = []
@@ -469,29 +661,52 @@ class CommitLogFSM:
         """Remember the running loop (restore runs in a thread and must reach it)."""
         self._loop = asyncio.get_running_loop()
 
-    def _schedule_checkpoint(self) -> None:
-        if self._loop is None or (
-            self._checkpoint_task is not None and not self._checkpoint_task.done()
-        ):
+    def _durable_checkpoint(self, index: int, nxt: int, producers: dict[str, Any]) -> None:
+        """Blocking (the snapshot's worker thread): fsync the commit log and checkpoint
+        (index, nxt, producers); raises if that failed, so the snapshot fails with it."""
+        loop = self._loop
+        on_loop = False
+        with contextlib.suppress(RuntimeError):
+            on_loop = asyncio.get_running_loop() is loop
+        if loop is not None and loop.is_running() and not on_loop:
+            future = asyncio.run_coroutine_threadsafe(
+                self._checkpoint_at(index, nxt, producers), loop
+            )
+            future.result(timeout=self._config.sync_timeout_s * 2)
             return
-        self._checkpoint_task = self._loop.create_task(self.checkpoint(), name="fsm-checkpoint")
+        # no loop, or consumed on the loop itself (an in-memory snapshot store): at once
+        current = self.log
+        current.sync_blocking()
+        self._write_if_newer(index, nxt, producers, self._generation)
+
+    def _write_if_newer(
+        self, index: int, nxt: int, producers: dict[str, Any], generation: int
+    ) -> None:
+        with self._lock:
+            if generation != self._generation:
+                raise FSMError("the commit log was replaced by a snapshot meanwhile")
+            if index < self._checkpointed[0]:
+                return  # a newer checkpoint is durable already: never go back
+            _write_checkpoint(self.directory, index, nxt, producers)
+            self._checkpointed = (index, nxt)
+
+    async def _checkpoint_at(self, index: int, nxt: int, producers: dict[str, Any]) -> None:
+        """fsync the commit log (everything written so far, so at least up to ``nxt``),
+        then record (index, nxt, producers) durably. Raises on failure."""
+        current = self.log
+        generation = self._generation
+        await current.sync()
+        await asyncio.to_thread(self._write_if_newer, index, nxt, producers, generation)
 
     async def checkpoint(self) -> None:
         """fsync the commit log, then record (applied index, next offset) durably."""
         current = self._log
         if current is None:
             return
-        index, nxt, generation = self._applied, current.next_offset, self._generation
+        index, nxt = self._applied, current.next_offset
         producers = self.producers.dump()  # the table as of ``index``, taken at once
         try:
-            await current.sync()
-
-            def write() -> None:
-                with self._lock:
-                    if generation == self._generation:
-                        _write_checkpoint(self.directory, index, nxt, producers)
-
-            await asyncio.to_thread(write)
+            await self._checkpoint_at(index, nxt, producers)
         except Exception as exc:  # a later checkpoint or the close one will do
             log.warning("fsm checkpoint at index %d failed: %s", index, exc)
 

@@ -558,8 +558,10 @@ class Log:
             if lo >= hi:
                 continue
             start = seg.index.position(lo - seg.base_offset)
-            stop = seg.index.position(hi - seg.base_offset) if hi < seg.next_offset else (
-                seg.store.size
+            stop = (
+                seg.index.position(hi - seg.base_offset)
+                if hi < seg.next_offset
+                else (seg.store.size)
             )
             stores.append((seg.store.path, stop - start))
             starts.append(start)

@@ -182,8 +182,9 @@ def append_stream(
     if magic != MAGIC:
         raise SnapshotFormatError(f"not a raftlog record stream (magic {magic!r})")
     if lowest != log.next_offset:
-        raise LogError(f"record stream starts at offset {lowest}, the log continues at "
-                       f"{log.next_offset}")
+        raise LogError(
+            f"record stream starts at offset {lowest}, the log continues at {log.next_offset}"
+        )
     del buf[: _PREAMBLE.size]
     first = log.next_offset
     _append_frames(log, buf, chunks, total, progress)

@@ -90,7 +90,9 @@ class RaftConfig:
                 f"snapshot_trailing_entries must be >= 0, got {self.snapshot_trailing_entries}"
             )
         if self.snapshot_bytes < 0:
-            raise ConfigError(f"snapshot_bytes must be >= 0 (0 disables), got {self.snapshot_bytes}")
+            raise ConfigError(
+                f"snapshot_bytes must be >= 0 (0 disables), got {self.snapshot_bytes}"
+            )
         if self.snapshot_trailing_bytes < 0:
             raise ConfigError(
                 f"snapshot_trailing_bytes must be >= 0 (0: no byte bound), got "
