@@ -70,9 +70,24 @@ def decode_record(index: int, record: bytes) -> Entry:
     return Entry(term, index, etype, record[HEADER_BYTES:])
 
 
+#: Segment size of a Raft log: compaction drops whole segments, so small ones keep the
+#: Raft log near what Raft still needs (the entries since the last snapshot plus the
+#: trailing window), not up to a 64 MiB segment more: with snapshots by reference the
+#: commit log is the only long-lived copy of a record.
+RAFT_SEGMENT_BYTES = 8 << 20
+#: Index slots per Raft log segment (12 bytes each).
+RAFT_SEGMENT_ENTRIES = 1 << 16
+
+
 def default_log_config() -> LogConfig:
-    """Engine settings for a Raft log: starts at index 1, fsyncs only on request."""
-    return LogConfig(initial_offset=1, sync=SyncPolicy.NEVER)
+    """Engine settings for a Raft log: starts at index 1, fsyncs only on request, small
+    segments (see :data:`RAFT_SEGMENT_BYTES`)."""
+    return LogConfig(
+        max_store_bytes=RAFT_SEGMENT_BYTES,
+        max_index_bytes=12 * RAFT_SEGMENT_ENTRIES,
+        initial_offset=1,
+        sync=SyncPolicy.NEVER,
+    )
 
 
 class RaftLogStore:
