@@ -275,7 +275,7 @@ def table(r: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--records", type=int, default=int(os.environ.get("RECORDS", 10_000_000)))
+    p.add_argument("--records", type=int, default=int(os.environ.get("RECORDS", "10000000")))
     p.add_argument("--batch", type=int, default=1000, help="records per ProduceRequest")
     p.add_argument("--window", type=int, default=8, help="batches in flight")
     p.add_argument("--idle", type=float, default=5.0, help="seconds idle before measuring")

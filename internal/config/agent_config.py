@@ -196,7 +196,7 @@ class AgentConfig:
             "snapshot_threshold comes first (cluster mode): bounds the memory the Raft log "
             "holds and its size on disk; a snapshot only references the commit log, so it "
             "is cheap; 0 = count entries only",
-            "bytes",
+            "size",
         ),
     )
     acl_model_file: Path = field(
