@@ -416,7 +416,7 @@ def _scan_frames(data: mmap.mmap | bytes, pos: int, size: int) -> tuple[list[int
 
 
 #: Index entries per sample of :func:`_sampled_index_ok`: fewer than one 4 KiB page holds
-#: (341 entries of 12 bytes), so a page that never reached the disk (zeros) is seen.
+#: (512 entries of 8 bytes), so a page that never reached the disk (zeros) is seen.
 _INDEX_SAMPLE_STRIDE = 256
 
 

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from raftlog.log import Log, LogConfig, SyncPolicy
+from raftlog.log.config import INDEX_ENTRY_BYTES
 from raftlog.raft.errors import CodecError
 from raftlog.raft.types import Entry, EntryType
 
@@ -75,7 +76,7 @@ def decode_record(index: int, record: bytes) -> Entry:
 #: trailing window), not up to a 64 MiB segment more: with snapshots by reference the
 #: commit log is the only long-lived copy of a record.
 RAFT_SEGMENT_BYTES = 8 << 20
-#: Index slots per Raft log segment (12 bytes each).
+#: Index slots per Raft log segment.
 RAFT_SEGMENT_ENTRIES = 1 << 16
 
 
@@ -84,7 +85,7 @@ def default_log_config() -> LogConfig:
     segments (see :data:`RAFT_SEGMENT_BYTES`)."""
     return LogConfig(
         max_store_bytes=RAFT_SEGMENT_BYTES,
-        max_index_bytes=12 * RAFT_SEGMENT_ENTRIES,
+        max_index_bytes=INDEX_ENTRY_BYTES * RAFT_SEGMENT_ENTRIES,
         initial_offset=1,
         sync=SyncPolicy.NEVER,
     )

@@ -341,7 +341,7 @@ def test_a_snapshot_of_format_1_still_restores(tmp_path: Path) -> None:
 async def test_reopening_trusts_the_segments_below_the_checkpoint(tmp_path: Path) -> None:
     from raftlog.log import LogConfig
 
-    cfg = LogConfig(max_store_bytes=2000, max_index_bytes=12 * 64)
+    cfg = LogConfig(max_store_bytes=2000, max_index_bytes=8 * 64)
     fsm = CommitLogFSM.open(tmp_path, cfg)
     fsm.bind_loop()
     fsm.apply(entries(1, [[b"z" * 50 for _ in range(10)] for _ in range(20)]))

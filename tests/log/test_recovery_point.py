@@ -15,7 +15,7 @@ import pytest
 from raftlog.log import Log, LogConfig, SyncPolicy
 from raftlog.log.errors import SnapshotFormatError
 
-CFG = LogConfig(max_store_bytes=4000, max_index_bytes=12 * 256, sync=SyncPolicy.NEVER)
+CFG = LogConfig(max_store_bytes=4000, max_index_bytes=8 * 256, sync=SyncPolicy.NEVER)
 
 
 def rec(offset: int) -> bytes:
