@@ -254,14 +254,20 @@ async def restart_only(args: argparse.Namespace) -> int:
     cluster, tls = start_cluster(root, tuple(args.agent_args), reuse=True)
     times: list[float] = []
     try:
-        await cluster.wait_for(tls, members=3, timeout_s=60, every=True)
+        # the first start may rebuild what an older version wrote (an index format): slow once
+        await cluster.wait_for(tls, members=3, timeout_s=600, every=True)
         for _ in range(args.restarts):
             await asyncio.sleep(args.idle)
             times.append(await kill_all_and_restart(cluster, tls, args.restart_timeout))
             await cluster.wait_for(tls, members=3, timeout_s=60, every=True)
         rss = [rss_anon_kib(cluster.nodes[n].proc.pid) // 1024 for n in NAMES]  # type: ignore[union-attr]
+        disk = [disk_usage(cluster.nodes[n].data_dir) for n in NAMES]
     finally:
         cluster.stop_all()
+    print(
+        "disk per node (allocated, apparent): "
+        + ", ".join(f"{a / 1e6:,.0f} / {b / 1e6:,.0f} MB" for a, b in disk)
+    )
     print(f"kill -9 all -> first ack on {root}: " + ", ".join(f"{t:.2f} s" for t in times))
     print(f"RssAnon after the restarts: {rss} MiB", flush=True)
     return 0

@@ -106,3 +106,27 @@ def test_append_stream_refuses_a_corrupt_frame(tmp_path: Path) -> None:
         follower.append_stream([bytes(data)])
     leader.close_sync()
     follower.close_sync()
+
+
+def test_an_index_of_the_old_12_byte_format_is_rebuilt(tmp_path: Path) -> None:
+    import numpy as np
+
+    build(tmp_path, 300)
+    log = Log.open(tmp_path, CFG)
+    checkpoint = log.segments[-1].base_offset
+    indexes = [(s.index.path, s.index.positions(0, s.count)) for s in log.segments]
+    log.close_sync()
+    old = np.dtype([("rel", "<u4"), ("pos", "<u8")])  # the format before issue 12
+    for path, positions in indexes:
+        entries = np.zeros(len(positions), dtype=old)
+        entries["rel"] = np.arange(len(positions))
+        entries["pos"] = positions
+        path.write_bytes(entries.tobytes())
+    log = Log.open(tmp_path, CFG, trusted_below=checkpoint)
+    assert not any(r.trusted for r in log.recovery)  # never trusted: rebuilt from the stores
+    assert log.next_offset == 300
+    assert all(log.read(o) == rec(o) for o in range(300))
+    log.close_sync()
+    log = Log.open(tmp_path, CFG, trusted_below=checkpoint)  # the rebuilt index is trusted
+    assert all(r.trusted for r in log.recovery[:-1])
+    log.close_sync()
