@@ -20,8 +20,11 @@ With ``--check`` (the suite's scaled-down version does this) every record is rea
 after the restart: the count, the dense offsets and each batch's marker must match, so
 nothing acknowledged was lost. ``--json FILE`` writes the figures.
 
-Environment: ``RECORDS`` (default 10,000,000), ``AGENT_ARGS`` (extra agent flags, split
-on spaces), same as the flags.
+Environment: ``RECORDS`` (default 10,000,000; several sizes comma-separated, e.g.
+``1000000,10000000,30000000``, print the RssAnon ratio between the largest and the
+smallest), ``AGENT_ARGS`` (extra agent flags, split on spaces), same as the flags. Each
+run's data is removed afterwards unless ``--keep`` (``--restart-only DIR`` re-measures
+the restart on kept data).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import asyncio
 import json
 import os
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -298,7 +302,28 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def table(r: dict[str, Any]) -> str:
+def table(results: list[dict[str, Any]]) -> str:
+    """The table of the issue, one row per run; with several sizes, the RssAnon ratio
+    between the largest and the smallest."""
+    head = (
+        "| records | produce rate first / last tenth | RssAnon per node (idle; peak) "
+        "| disk per node (payload) | kill -9 all -> first ack |\n"
+        "|---|---|---|---|---|\n"
+    )
+    text = head + "\n".join(row(r) for r in results)
+    if len(results) > 1:
+        small = min(results, key=lambda r: r["records"])
+        big = max(results, key=lambda r: r["records"])
+        idle = max(big["rss_kib"].values()) / max(small["rss_kib"].values())
+        peak = max(big["peak_rss_kib"].values()) / max(small["peak_rss_kib"].values())
+        text += (
+            f"\nRssAnon {big['records']:,} vs {small['records']:,} records (highest node): "
+            f"{idle:.2f}x idle, {peak:.2f}x peak"
+        )
+    return text
+
+
+def row(r: dict[str, Any]) -> str:
     mb = 1e6
     rss = " / ".join(f"{r['rss_kib'][n] / 1024:.0f}" for n in NAMES)
     peak = " / ".join(f"{r['peak_rss_kib'][n] / 1024:.0f}" for n in NAMES)
@@ -306,23 +331,23 @@ def table(r: dict[str, Any]) -> str:
     apparent = " / ".join(f"{r['disk'][n][1] / mb:,.0f}" for n in NAMES)
     ratio = max(r["disk"][n][0] for n in NAMES) / r["payload"]
     ratio_app = max(r["disk"][n][1] for n in NAMES) / r["payload"]
-    head = (
-        "| records | produce rate first / last tenth | RssAnon per node (idle; peak) "
-        "| disk per node (payload) | kill -9 all -> first ack |\n"
-        "|---|---|---|---|---|\n"
-    )
-    row = (
+    return (
         f"| {r['records']:,} | {r['rate_first'] / 1e3:,.0f} k / {r['rate_last'] / 1e3:,.0f} k "
         f"rec/s | {rss} MiB; peak {peak} MiB | {alloc} MB allocated ({ratio:.2f}x), "
         f"{apparent} MB apparent ({ratio_app:.2f}x) (payload {r['payload'] / mb:,.0f} MB) "
         f"| {r['restart_s']:.2f} s |"
     )
-    return head + row
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--records", type=int, default=int(os.environ.get("RECORDS", "10000000")))
+    p.add_argument(
+        "--records",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=os.environ.get("RECORDS", "10000000"),
+        help="records per run; several sizes comma-separated (e.g. 1000000,10000000,30000000)",
+    )
+    p.add_argument("--keep", action="store_true", help="keep each run's data (else removed)")
     p.add_argument("--batch", type=int, default=1000, help="records per ProduceRequest")
     p.add_argument("--window", type=int, default=8, help="batches in flight")
     p.add_argument("--idle", type=float, default=5.0, help="seconds idle before measuring")
@@ -346,11 +371,22 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.restart_only:
         return asyncio.run(restart_only(args))
-    result = asyncio.run(run(args))
-    print(table(result), flush=True)
-    print(f"data: {result['dir']}", flush=True)
+    sizes = args.records if isinstance(args.records, list) else [int(args.records)]
+    results = []
+    for size in sizes:
+        one = argparse.Namespace(**{**vars(args), "records": size})
+        result = asyncio.run(run(one))
+        results.append(result)
+        print(table([result]), flush=True)
+        if args.keep or args.dir:
+            print(f"data: {result['dir']}", flush=True)
+        else:
+            shutil.rmtree(result["dir"], ignore_errors=True)
+    if len(results) > 1:
+        print("\n" + table(results), flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+        data = results[0] if len(results) == 1 else results
+        Path(args.json).write_text(json.dumps(data, indent=1))
     return 0
 
 
