@@ -241,6 +241,10 @@ class ClusterNode:
                         snapshot_trailing_bytes=min(8 << 20, config.snapshot_bytes // 4),
                     ),
                     data_dir=config.data_dir / "raft",
+                    # a snapshot only references the commit log: one is enough, and a
+                    # received catch-up (which carries records) goes as soon as a local
+                    # snapshot replaces it
+                    snapshot_retain=1,
                     # interval: rounds do not wait for fsync; _interval_sync flushes the Raft log
                     fsync=config.sync == "always",
                     request_timeout=10.0,
