@@ -44,6 +44,22 @@ moment as its index and offset) and travels at the head of every snapshot::
 A snapshot that starts with the commit log's magic directly (written before the table
 existed) restores with an empty table. Entries replayed after a checkpoint rebuild the
 same table, since the table is part of the checkpoint of the same index.
+
+Retention. A third kind of entry, ``T`` + msgpack ``[1, lowest, stamp_ms]``
+(:func:`encode_retention`), is the leader's decision to drop every record below offset
+``lowest`` (the leader proposes it, see :class:`~raftlog.distributed.DistributedLog`).
+Applying it sets the machine's logical :attr:`CommitLogFSM.lowest_offset` to
+``max(current, min(lowest, next offset at that entry))`` on every replica alike, so every
+replica serves, reports and refuses exactly the same prefix whatever its segment
+boundaries. Files go afterwards, off the apply path: a task writes the new lowest durably
+(``retention`` file, :func:`atomic_write`, in a thread) and only then takes the sealed
+segments that lie wholly below it out of the log and deletes them in a thread. A segment
+that is only partly below the lowest stays on disk (its records below are never served).
+The lowest is also saved in every checkpoint and in the snapshot head (``"lowest"``); on
+open it is the highest of the checkpoint's, the ``retention`` file's (clamped to the end
+of the log) and the first segment's base, and a restored snapshot brings its own. A crash
+between an apply and the write of the ``retention`` file loses nothing: Raft replays the
+entry after the checkpoint.
 """
 
 from __future__ import annotations
@@ -80,6 +96,11 @@ BATCH_TAG = b"B"
 #: First byte of an entry that holds an idempotent producer's batch.
 IDEMPOTENT_TAG = b"I"
 _IDEMPOTENT_VERSION = 1
+#: First byte of a retention entry: drop every record below an offset (see module docs).
+RETENTION_TAG = b"T"
+_RETENTION_VERSION = 1
+#: The newest lowest offset, written (durably) before any segment below it is deleted.
+RETENTION_FILE = "retention"
 #: Head of a snapshot stream that carries the producer table before the commit log.
 SNAPSHOT_MAGIC = b"RLFSMSN1"
 _SNAPSHOT_HEAD = struct.Struct("<8sQ")
@@ -112,6 +133,21 @@ def encode_idempotent_batch(
     return IDEMPOTENT_TAG + packed
 
 
+def encode_retention(lowest: int, stamp_ms: int) -> bytes:
+    """One Raft entry that moves every replica's lowest offset up to ``lowest``, stamped
+    with the proposer's wall clock ``stamp_ms`` (Unix milliseconds, for the record)."""
+    packed: bytes = msgpack.packb([_RETENTION_VERSION, lowest, stamp_ms], use_bin_type=True)
+    return RETENTION_TAG + packed
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """A decoded retention entry: drop every record below ``lowest``."""
+
+    lowest: int
+    stamp_ms: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """A decoded batch entry; ``producer_id`` is "" for a plain (not idempotent) batch."""
@@ -135,8 +171,9 @@ def _check_records(records: Any) -> list[bytes]:
     return records
 
 
-def decode_entry(data: bytes) -> Batch:
-    """Either kind of batch entry; FSMError if it is neither or malformed."""
+def decode_entry(data: bytes) -> Batch | Retention:
+    """A batch entry of either kind or a retention entry; FSMError if it is none of them
+    or malformed."""
     tag = data[:1]
     if tag == BATCH_TAG:
         return Batch(_check_records(_unpack(data)))
@@ -148,19 +185,30 @@ def decode_entry(data: bytes) -> Batch:
         if not isinstance(stamp, int) or not isinstance(pid, str) or not isinstance(seq, int):
             raise FSMError("malformed idempotent batch entry: bad stamp, producer or sequence")
         return Batch(_check_records(records), pid, seq, stamp)
+    if tag == RETENTION_TAG:
+        body = _unpack(data)
+        if not isinstance(body, list) or len(body) != 3 or body[0] != _RETENTION_VERSION:
+            raise FSMError("malformed retention entry (or an unknown version)")
+        _, lowest, stamp = body
+        if not isinstance(lowest, int) or lowest < 0 or not isinstance(stamp, int):
+            raise FSMError("malformed retention entry: bad offset or stamp")
+        return Retention(lowest, stamp)
     raise FSMError(f"unknown entry kind {tag!r}")
 
 
 def decode_batch(data: bytes) -> list[bytes]:
     """The records of a batch entry of either kind; FSMError if it is not one."""
-    return decode_entry(data).records
+    entry = decode_entry(data)
+    if isinstance(entry, Retention):
+        raise FSMError("a retention entry holds no records")
+    return entry.records
 
 
 def _write_checkpoint(
-    directory: Path, index: int, next_offset: int, producers: dict[str, Any]
+    directory: Path, index: int, next_offset: int, producers: dict[str, Any], lowest: int
 ) -> None:
     """Atomically and durably replace the checkpoint file (see :func:`atomic_write`)."""
-    state = {"index": index, "next_offset": next_offset, "producers": producers}
+    state = {"index": index, "next_offset": next_offset, "producers": producers, "lowest": lowest}
     atomic_write(directory / CHECKPOINT_FILE, json.dumps(state, separators=(",", ":")).encode())
 
 
@@ -181,6 +229,30 @@ def _read_checkpoint(
         log.warning("ignoring unreadable checkpoint in %s: %s", directory, exc)
         return None
     return index, nxt, table
+
+
+def _write_lowest(directory: Path, lowest: int) -> None:
+    """Durably record the lowest offset (before deleting any segment below it)."""
+    atomic_write(directory / RETENTION_FILE, json.dumps({"lowest": lowest}).encode())
+
+
+def _saved_lowest(directory: Path) -> int:
+    """The highest lowest offset the checkpoint or the ``retention`` file recorded (0: none)."""
+    found = 0
+    for name in (CHECKPOINT_FILE, RETENTION_FILE):
+        try:
+            found = max(found, int(json.loads((directory / name).read_bytes()).get("lowest", 0)))
+        except FileNotFoundError:
+            continue
+        except (ValueError, TypeError, AttributeError) as exc:
+            log.warning("ignoring the lowest offset of unreadable %s: %s", directory / name, exc)
+    return found
+
+
+def _remove_segments(segments: Sequence[Any]) -> None:
+    """Close and delete segments taken out of a log (worker thread)."""
+    for seg in segments:
+        seg.remove()
 
 
 def _read_exact(source: SnapshotSource, n: int) -> bytes:
@@ -210,8 +282,13 @@ class CommitLogFSM:
         applied: int,
         config: LogConfig,
         producers: ProducerTable | None = None,
+        *,
+        lowest: int | None = None,
     ) -> None:
         self.directory = directory
+        #: The lowest offset readers may see (retention; the same on every replica).
+        self.lowest_offset = commit_log.lowest_offset if lowest is None else lowest
+        self._prune_task: asyncio.Task[None] | None = None
         #: The idempotent producers' recent sequences, as of :attr:`applied`.
         self.producers = producers if producers is not None else ProducerTable()
         self._log: Log | None = commit_log
@@ -272,17 +349,27 @@ class CommitLogFSM:
         checkpoint = _read_checkpoint(base, producer_config)
         applied = 0
         table = ProducerTable(producer_config)
+        lowest = commit_log.lowest_offset
         if checkpoint is not None and commit_log.next_offset >= checkpoint[1]:
             index, nxt, table = checkpoint
             if nxt - 1 < commit_log.highest_offset:
                 commit_log.truncate_after(nxt - 1)
             applied = index
-        elif commit_log.next_offset != commit_log.lowest_offset or checkpoint is not None:
-            log.info("commit log in %s has no usable checkpoint: emptied, Raft replays it", base)
-            commit_log.reset(config.initial_offset)
+            saved = max(_saved_lowest(base), commit_log.lowest_offset)
+            lowest = min(saved, commit_log.next_offset)
+            _remove_segments(commit_log.detach_below(lowest))  # a crash before they went
+        else:
+            if commit_log.next_offset != commit_log.lowest_offset or checkpoint is not None:
+                log.info(
+                    "commit log in %s has no usable checkpoint: emptied, Raft replays it", base
+                )
+                commit_log.reset(config.initial_offset)
+                with contextlib.suppress(FileNotFoundError):
+                    (base / CHECKPOINT_FILE).unlink()
+                lowest = commit_log.lowest_offset
             with contextlib.suppress(FileNotFoundError):
-                (base / CHECKPOINT_FILE).unlink()
-        return cls(base, commit_log, applied, config, table)
+                (base / RETENTION_FILE).unlink()  # the replay (or a snapshot) brings it back
+        return cls(base, commit_log, applied, config, table, lowest=lowest)
 
     # -- reads (event loop) ----------------------------------------------------------------
 
@@ -308,8 +395,9 @@ class CommitLogFSM:
     def apply(self, entries: Sequence[Entry]) -> Sequence[Any]:
         """Append every batch (one write for all of them). Result per entry: a plain
         batch's first offset (int); for an idempotent batch an :class:`Appended` (first,
-        last, duplicate) or a :class:`SequenceTooOldError` (nothing appended); None for an
-        entry applied before a restart (replayed: nothing appended)."""
+        last, duplicate) or a :class:`SequenceTooOldError` (nothing appended); for a
+        retention entry the lowest offset after it (int); None for an entry applied before
+        a restart (replayed: nothing appended)."""
         windows = self._apply_windows
         started = time.time_ns() if windows is not None else 0
         commit_log = self.log
@@ -319,14 +407,18 @@ class CommitLogFSM:
         # All or nothing: if the append fails (a full disk), the producer table is as it was
         # and the runtime can apply the same entries again once there is room.
         table.begin()
+        lowest = [self.lowest_offset]
         try:
-            out = self._apply_batches(batches, commit_log, table)
+            out = self._apply_batches(batches, commit_log, table, lowest)
         except BaseException:
             table.rollback()
             raise
         table.commit()
         self._applied = max(self._applied, entries[-1].index)
         self.highest_offset = commit_log.highest_offset
+        if lowest[0] > self.lowest_offset:
+            self.lowest_offset = lowest[0]
+            self._schedule_prune()
         if windows is not None:
             windows.append((entries[0].index, entries[-1].index, started, time.time_ns()))
         if self.on_apply is not None:
@@ -334,13 +426,19 @@ class CommitLogFSM:
         return out
 
     @staticmethod
-    def _apply_batches(batches: Sequence[Any], commit_log: Log, table: ProducerTable) -> list[Any]:
+    def _apply_batches(
+        batches: Sequence[Any], commit_log: Log, table: ProducerTable, lowest: list[int]
+    ) -> list[Any]:
         records: list[bytes] = []
         out: list[Any] = []
         start = at = commit_log.next_offset
         for batch in batches:
             if batch is None:
                 out.append(None)  # already applied before a restart: no duplicate
+                continue
+            if isinstance(batch, Retention):  # never past the records applied so far
+                lowest[0] = max(lowest[0], min(batch.lowest, at))
+                out.append(lowest[0])
                 continue
             n = len(batch.records)
             pid = batch.producer_id
@@ -370,7 +468,7 @@ class CommitLogFSM:
         """The producer table, then the commit log as it is now, streamed (see the module
         docs for the format); a checkpoint is written meanwhile."""
         reader = self.log.reader()
-        state = {"v": 1, "producers": self.producers.dump()}
+        state = {"v": 1, "producers": self.producers.dump(), "lowest": self.lowest_offset}
         packed: bytes = msgpack.packb(state, use_bin_type=True)
         head = _SNAPSHOT_HEAD.pack(SNAPSHOT_MAGIC, len(packed)) + packed
         self._schedule_checkpoint()
@@ -393,6 +491,7 @@ class CommitLogFSM:
         )
 
         table = ProducerTable(self.producers.config)
+        snap_lowest = 0
         first = _read_exact(source, _SNAPSHOT_HEAD.size)
         if first[: len(SNAPSHOT_MAGIC)] == SNAPSHOT_MAGIC and len(first) == _SNAPSHOT_HEAD.size:
             _, size = _SNAPSHOT_HEAD.unpack(first)
@@ -400,6 +499,7 @@ class CommitLogFSM:
             try:
                 state = msgpack.unpackb(packed, use_list=True, raw=False)
                 table.load(state["producers"])
+                snap_lowest = int(state.get("lowest", 0))
             except (ValueError, KeyError, TypeError, msgpack.ExtraData) as exc:
                 raise FSMError(f"malformed producer table in the snapshot: {exc}") from exc
             first = b""
@@ -422,15 +522,19 @@ class CommitLogFSM:
             shutil.rmtree(self.directory / LOG_DIR, ignore_errors=True)
             os.replace(restoring, self.directory / LOG_DIR)
             new = Log.open(self.directory / LOG_DIR, self._config)
-            _write_checkpoint(self.directory, meta.index, new.next_offset, table.dump())
+            lowest = min(max(snap_lowest, new.lowest_offset), new.next_offset)
+            _remove_segments(new.detach_below(lowest))
+            _write_lowest(self.directory, lowest)
+            _write_checkpoint(self.directory, meta.index, new.next_offset, table.dump(), lowest)
             self._applied = meta.index
             self.producers = table
             self.highest_offset = new.highest_offset
+            self.lowest_offset = lowest
             self._attach(new)
         log.info(
             "commit log restored from the snapshot at index %d: offsets %d..%d",
             meta.index,
-            new.lowest_offset,
+            lowest,
             new.highest_offset,
         )
 
@@ -463,6 +567,55 @@ class CommitLogFSM:
         if loop is not None and loop.is_running() and self.on_apply is not None:
             loop.call_soon_threadsafe(self.on_apply)
 
+    # -- retention --------------------------------------------------------------------------
+
+    def _schedule_prune(self) -> None:
+        """Persist the new lowest offset, then delete the segments below it, off the loop."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            self._prune_now()  # no loop (tools, tests): do it here
+            return
+        if self._prune_task is None or self._prune_task.done():
+            self._prune_task = loop.create_task(self._prune(), name="fsm-retention")
+
+    def _persist_lowest(self, lowest: int, generation: int) -> bool:
+        with self._lock:
+            if generation != self._generation:
+                return False  # a snapshot replaced the log (and wrote its own lowest)
+            _write_lowest(self.directory, lowest)
+            return True
+
+    def _prune_now(self) -> None:
+        current = self._log
+        if current is None or current.closed:
+            return
+        _write_lowest(self.directory, self.lowest_offset)
+        _remove_segments(current.detach_below(self.lowest_offset))
+
+    async def _prune(self) -> None:
+        while True:
+            lowest, generation = self.lowest_offset, self._generation
+            try:
+                if not await asyncio.to_thread(self._persist_lowest, lowest, generation):
+                    return
+                current = self._log
+                if current is None or current.closed or generation != self._generation:
+                    return
+                dropped = current.detach_below(lowest)  # on the loop: no read is running
+                if dropped:
+                    await asyncio.to_thread(_remove_segments, dropped)
+                    log.info(
+                        "retention: lowest offset %d, %d segment(s) deleted",
+                        lowest,
+                        len(dropped),
+                        extra={"offset": lowest},
+                    )
+            except Exception as exc:  # the next retention entry or a restart does it
+                log.warning("retention at offset %d: deleting segments failed: %s", lowest, exc)
+                return
+            if self.lowest_offset == lowest:
+                return
+
     # -- checkpoints ------------------------------------------------------------------------
 
     def bind_loop(self) -> None:
@@ -483,13 +636,14 @@ class CommitLogFSM:
             return
         index, nxt, generation = self._applied, current.next_offset, self._generation
         producers = self.producers.dump()  # the table as of ``index``, taken at once
+        lowest = self.lowest_offset
         try:
             await current.sync()
 
             def write() -> None:
                 with self._lock:
                     if generation == self._generation:
-                        _write_checkpoint(self.directory, index, nxt, producers)
+                        _write_checkpoint(self.directory, index, nxt, producers, lowest)
 
             await asyncio.to_thread(write)
         except Exception as exc:  # a later checkpoint or the close one will do
@@ -497,10 +651,10 @@ class CommitLogFSM:
 
     async def close(self) -> None:
         """Write a last checkpoint and close the log. Idempotent."""
-        task = self._checkpoint_task
-        if task is not None and not task.done():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(task), 10.0)
+        for task in (self._checkpoint_task, self._prune_task):
+            if task is not None and not task.done():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(task), 10.0)
         current = self._log
         if current is None or current.closed:
             return
