@@ -273,7 +273,11 @@ class ClusterNode:
             node,
             fsm,
             forwarder=GrpcForwarder(
-                self.forward_tls, server_hostname=config.peer_tls_server_name or None
+                self.forward_tls,
+                server_hostname=config.peer_tls_server_name or None,
+                max_request_bytes=ServerConfig(
+                    max_message_bytes=config.max_message_bytes
+                ).transport_limit_bytes,
             ),
             config=DistributedConfig(
                 retention_bytes=config.retention_bytes, retention_age_s=config.retention_age

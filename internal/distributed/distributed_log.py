@@ -68,6 +68,7 @@ from raftlog.domain.errors import (
     NoSpaceError,
     NotLeaderError,
     NotMemberError,
+    RecordTooLargeError,
     SequenceTooOldError,
     StorageError,
     UnavailableError,
@@ -337,6 +338,12 @@ class DistributedLog:
                 if exc.reason == SequenceTooOldError.reason:
                     raise SequenceTooOldError(
                         producer_id, sequence, int(exc.metadata.get("oldest", "0") or 0)
+                    ) from None
+                if exc.reason == RecordTooLargeError.reason:  # never RESOURCE_EXHAUSTED
+                    raise RecordTooLargeError(
+                        int(exc.metadata.get(Key.SIZE, "0") or 0),
+                        int(exc.metadata.get(Key.LIMIT, "0") or 0),
+                        what=f"forwarded batch of {len(records)} records",
                     ) from None
                 if not exc.not_applied:
                     if exc.deadline_exceeded:
