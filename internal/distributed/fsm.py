@@ -51,15 +51,15 @@ Retention. A third kind of entry, ``T`` + msgpack ``[1, lowest, stamp_ms]``
 Applying it sets the machine's logical :attr:`CommitLogFSM.lowest_offset` to
 ``max(current, min(lowest, next offset at that entry))`` on every replica alike, so every
 replica serves, reports and refuses exactly the same prefix whatever its segment
-boundaries. Files go afterwards, off the apply path: a task writes the new lowest durably
-(``retention`` file, :func:`atomic_write`, in a thread) and only then takes the sealed
-segments that lie wholly below it out of the log and deletes them in a thread. A segment
-that is only partly below the lowest stays on disk (its records below are never served).
-The lowest is also saved in every checkpoint and in the snapshot head (``"lowest"``); on
-open it is the highest of the checkpoint's, the ``retention`` file's (clamped to the end
-of the log) and the first segment's base, and a restored snapshot brings its own. A crash
-between an apply and the write of the ``retention`` file loses nothing: Raft replays the
-entry after the checkpoint.
+boundaries. Files go afterwards, off the apply path: a task writes a checkpoint (the
+commit log fsynced, then ``fsm-state`` with the applied index, next offset, producer table
+and the new ``"lowest"``; in a thread) and only then takes the sealed segments that lie
+wholly below that checkpoint's lowest out of the log and deletes them in a thread. So a
+restart never finds a checkpoint older than a deletion (it could not cut the log back to
+it) and never serves a dropped record: the lowest comes back with the checkpoint, and an
+entry applied after it is replayed by Raft. A segment that is only partly below the lowest
+stays on disk (its records below are never served). The snapshot head carries the lowest
+too (``"lowest"``), so a replica restored from a snapshot taken after retention agrees.
 """
 
 from __future__ import annotations
@@ -99,8 +99,6 @@ _IDEMPOTENT_VERSION = 1
 #: First byte of a retention entry: drop every record below an offset (see module docs).
 RETENTION_TAG = b"T"
 _RETENTION_VERSION = 1
-#: The newest lowest offset, written (durably) before any segment below it is deleted.
-RETENTION_FILE = "retention"
 #: Head of a snapshot stream that carries the producer table before the commit log.
 SNAPSHOT_MAGIC = b"RLFSMSN1"
 _SNAPSHOT_HEAD = struct.Struct("<8sQ")
@@ -231,22 +229,12 @@ def _read_checkpoint(
     return index, nxt, table
 
 
-def _write_lowest(directory: Path, lowest: int) -> None:
-    """Durably record the lowest offset (before deleting any segment below it)."""
-    atomic_write(directory / RETENTION_FILE, json.dumps({"lowest": lowest}).encode())
-
-
-def _saved_lowest(directory: Path) -> int:
-    """The highest lowest offset the checkpoint or the ``retention`` file recorded (0: none)."""
-    found = 0
-    for name in (CHECKPOINT_FILE, RETENTION_FILE):
-        try:
-            found = max(found, int(json.loads((directory / name).read_bytes()).get("lowest", 0)))
-        except FileNotFoundError:
-            continue
-        except (ValueError, TypeError, AttributeError) as exc:
-            log.warning("ignoring the lowest offset of unreadable %s: %s", directory / name, exc)
-    return found
+def _checkpoint_lowest(directory: Path) -> int:
+    """The lowest offset the checkpoint recorded (0: none, or written before retention)."""
+    try:
+        return int(json.loads((directory / CHECKPOINT_FILE).read_bytes()).get("lowest", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
 
 
 def _remove_segments(segments: Sequence[Any]) -> None:
@@ -289,6 +277,9 @@ class CommitLogFSM:
         #: The lowest offset readers may see (retention; the same on every replica).
         self.lowest_offset = commit_log.lowest_offset if lowest is None else lowest
         self._prune_task: asyncio.Task[None] | None = None
+        #: (generation, index, lowest) of the newest checkpoint written: checkpoints never
+        #: go back, and segments go only below a checkpointed lowest.
+        self._checkpointed = (0, 0, 0)
         #: The idempotent producers' recent sequences, as of :attr:`applied`.
         self.producers = producers if producers is not None else ProducerTable()
         self._log: Log | None = commit_log
@@ -350,26 +341,26 @@ class CommitLogFSM:
         applied = 0
         table = ProducerTable(producer_config)
         lowest = commit_log.lowest_offset
-        if checkpoint is not None and commit_log.next_offset >= checkpoint[1]:
+        if (
+            checkpoint is not None
+            and commit_log.lowest_offset <= checkpoint[1] <= commit_log.next_offset
+        ):
             index, nxt, table = checkpoint
             if nxt - 1 < commit_log.highest_offset:
                 commit_log.truncate_after(nxt - 1)
             applied = index
-            saved = max(_saved_lowest(base), commit_log.lowest_offset)
+            saved = max(_checkpoint_lowest(base), commit_log.lowest_offset)
             lowest = min(saved, commit_log.next_offset)
             _remove_segments(commit_log.detach_below(lowest))  # a crash before they went
-        else:
-            if commit_log.next_offset != commit_log.lowest_offset or checkpoint is not None:
-                log.info(
-                    "commit log in %s has no usable checkpoint: emptied, Raft replays it", base
-                )
-                commit_log.reset(config.initial_offset)
-                with contextlib.suppress(FileNotFoundError):
-                    (base / CHECKPOINT_FILE).unlink()
-                lowest = commit_log.lowest_offset
+        elif commit_log.next_offset != commit_log.lowest_offset or checkpoint is not None:
+            log.info("commit log in %s has no usable checkpoint: emptied, Raft replays it", base)
+            commit_log.reset(config.initial_offset)
             with contextlib.suppress(FileNotFoundError):
-                (base / RETENTION_FILE).unlink()  # the replay (or a snapshot) brings it back
-        return cls(base, commit_log, applied, config, table, lowest=lowest)
+                (base / CHECKPOINT_FILE).unlink()
+            lowest = commit_log.lowest_offset
+        fsm = cls(base, commit_log, applied, config, table, lowest=lowest)
+        fsm._checkpointed = (0, applied, lowest)
+        return fsm
 
     # -- reads (event loop) ----------------------------------------------------------------
 
@@ -524,8 +515,8 @@ class CommitLogFSM:
             new = Log.open(self.directory / LOG_DIR, self._config)
             lowest = min(max(snap_lowest, new.lowest_offset), new.next_offset)
             _remove_segments(new.detach_below(lowest))
-            _write_lowest(self.directory, lowest)
             _write_checkpoint(self.directory, meta.index, new.next_offset, table.dump(), lowest)
+            self._checkpointed = (self._generation, meta.index, lowest)
             self._applied = meta.index
             self.producers = table
             self.highest_offset = new.highest_offset
@@ -578,41 +569,40 @@ class CommitLogFSM:
         if self._prune_task is None or self._prune_task.done():
             self._prune_task = loop.create_task(self._prune(), name="fsm-retention")
 
-    def _persist_lowest(self, lowest: int, generation: int) -> bool:
-        with self._lock:
-            if generation != self._generation:
-                return False  # a snapshot replaced the log (and wrote its own lowest)
-            _write_lowest(self.directory, lowest)
-            return True
-
     def _prune_now(self) -> None:
         current = self._log
         if current is None or current.closed:
             return
-        _write_lowest(self.directory, self.lowest_offset)
-        _remove_segments(current.detach_below(self.lowest_offset))
+        current.sync_blocking()
+        lowest = self.lowest_offset
+        producers = self.producers.dump()
+        _write_checkpoint(self.directory, self._applied, current.next_offset, producers, lowest)
+        self._checkpointed = (self._generation, self._applied, lowest)
+        _remove_segments(current.detach_below(lowest))
 
     async def _prune(self) -> None:
         while True:
-            lowest, generation = self.lowest_offset, self._generation
+            lowest = self.lowest_offset
+            await self.checkpoint()  # the lowest durable before any segment below it goes
+            generation, _, durable_lowest = self._checkpointed
+            current = self._log
+            if current is None or current.closed or generation != self._generation:
+                return
             try:
-                if not await asyncio.to_thread(self._persist_lowest, lowest, generation):
-                    return
-                current = self._log
-                if current is None or current.closed or generation != self._generation:
-                    return
-                dropped = current.detach_below(lowest)  # on the loop: no read is running
+                dropped = current.detach_below(durable_lowest)  # on the loop: no read runs
                 if dropped:
                     await asyncio.to_thread(_remove_segments, dropped)
                     log.info(
                         "retention: lowest offset %d, %d segment(s) deleted",
-                        lowest,
+                        durable_lowest,
                         len(dropped),
-                        extra={"offset": lowest},
+                        extra={"offset": durable_lowest},
                     )
             except Exception as exc:  # the next retention entry or a restart does it
                 log.warning("retention at offset %d: deleting segments failed: %s", lowest, exc)
                 return
+            if durable_lowest < lowest:
+                return  # the checkpoint failed (logged): the next retention entry retries
             if self.lowest_offset == lowest:
                 return
 
@@ -642,8 +632,10 @@ class CommitLogFSM:
 
             def write() -> None:
                 with self._lock:
-                    if generation == self._generation:
+                    done = self._checkpointed
+                    if generation == self._generation and (generation, index) >= done[:2]:
                         _write_checkpoint(self.directory, index, nxt, producers, lowest)
+                        self._checkpointed = (generation, index, lowest)
 
             await asyncio.to_thread(write)
         except Exception as exc:  # a later checkpoint or the close one will do

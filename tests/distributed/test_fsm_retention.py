@@ -4,6 +4,7 @@ segments deleted below it, and the lowest offset across restarts and snapshots."
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import msgpack
@@ -18,8 +19,8 @@ from raftlog.distributed import (
     encode_batch,
     encode_retention,
 )
-from raftlog.distributed.fsm import RETENTION_FILE
-from raftlog.log import LogConfig
+from raftlog.distributed.fsm import CHECKPOINT_FILE
+from raftlog.log import LogConfig, OffsetOutOfRangeError
 from raftlog.raft import Entry, Membership, Server, SnapshotMeta
 
 #: Small segments: 10 records of 100 bytes (+ 8 bytes of framing) fill one.
@@ -61,7 +62,7 @@ def test_apply_moves_the_lowest_offset_and_drops_whole_segments(tmp_path: Path) 
     assert fsm.apply([cut(2, 15)]) == [15]
     assert fsm.lowest_offset == 15
     assert segment_bases(fsm) == [10, 20, 30]
-    assert (tmp_path / RETENTION_FILE).exists()
+    assert json.loads((tmp_path / CHECKPOINT_FILE).read_bytes())["lowest"] == 15
     # never backwards, never past the records applied before the entry (deterministic)
     assert fsm.apply([cut(3, 5), cut(4, 1000), batch(5, 35, 5)]) == [15, 35, 35]
     assert fsm.lowest_offset == 35 and fsm.highest_offset == 39
@@ -76,17 +77,21 @@ async def test_lowest_offset_survives_a_restart_and_a_crash(tmp_path: Path) -> N
     await fsm.close()
     again = CommitLogFSM.open(tmp_path, SMALL)
     assert again.lowest_offset == 12 and again.applied_index() == 2
+    assert segment_bases(again) == [10, 20, 30]
     again.bind_loop()
-    # applied after the last checkpoint, then a crash (no closing checkpoint)
-    again.apply([cut(3, 25)])
+    again.apply([batch(3, 35, 10), cut(4, 25)])
     assert again._prune_task is not None
-    await again._prune_task
-    again.log.close_sync()
+    await again._prune_task  # a checkpoint first, then the segments below go
+    assert segment_bases(again) == [20, 30, 40]
+    again.apply([batch(5, 45, 10), cut(6, 50)])  # applied, never checkpointed
+    again.log.close_sync()  # a crash: the prune task never ran
     third = CommitLogFSM.open(tmp_path, SMALL)
-    assert third.lowest_offset == 25  # the retention file, written before deleting
-    assert third.applied_index() == 2  # Raft replays entry 3: the same lowest again
-    assert third.apply([cut(3, 25)]) == [25]
-    assert third.lowest_offset == 25
+    assert third.lowest_offset == 25 and third.applied_index() == 4
+    assert third.highest_offset == 44  # cut back to the checkpoint: Raft replays 5 and 6
+    with pytest.raises(OffsetOutOfRangeError):
+        third.log.read(19)  # the segment wholly below the lowest is gone for good
+    assert third.apply([batch(5, 45, 10), cut(6, 50)]) == [45, 50]
+    assert third.lowest_offset == 50
     third.log.close_sync()
 
 
@@ -103,5 +108,5 @@ def test_a_snapshot_carries_the_lowest_offset(tmp_path: Path) -> None:
     src.log.close_sync()
     dst.log.close_sync()
     reopened = CommitLogFSM.open(tmp_path / "dst", SMALL)
-    assert reopened.lowest_offset == 31  # the retention file of entry 3 (Raft replays it)
+    assert reopened.lowest_offset == 31  # checkpointed before its segments went
     reopened.log.close_sync()
