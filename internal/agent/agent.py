@@ -171,6 +171,11 @@ class Agent:
             log.highest_offset,
             self.config.sync,
         )
+        if self.config.retention_bytes or self.config.retention_age:
+            logger.warning(
+                "--retention-bytes / --retention-age apply in cluster mode only (decided "
+                "through Raft); this single node keeps every record"
+            )
         local_log = self.local_log
         return local_log.close
 

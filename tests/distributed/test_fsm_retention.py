@@ -17,9 +17,11 @@ from raftlog.distributed import (
     decode_batch,
     decode_entry,
     encode_batch,
+    encode_idempotent_batch,
     encode_retention,
 )
 from raftlog.distributed.fsm import CHECKPOINT_FILE
+from raftlog.domain.protocols import Appended
 from raftlog.log import LogConfig, OffsetOutOfRangeError
 from raftlog.raft import Entry, Membership, Server, SnapshotMeta
 
@@ -110,3 +112,21 @@ def test_a_snapshot_carries_the_lowest_offset(tmp_path: Path) -> None:
     reopened = CommitLogFSM.open(tmp_path / "dst", SMALL)
     assert reopened.lowest_offset == 31  # checkpointed before its segments went
     reopened.log.close_sync()
+
+
+def test_the_producer_table_stays_right_across_retention(tmp_path: Path) -> None:
+    fsm = CommitLogFSM.open(tmp_path / "a", SMALL)
+    first = Entry(1, 1, data=encode_idempotent_batch([b"p1"] * 15, "prod", 1, 1000))
+    assert fsm.apply([first, batch(2, 15, 20), cut(3, 30)]) == [Appended(0, 14), 15, 30]
+    # a retry of the dropped batch is still recognised (its offsets, nothing appended)
+    retry = Entry(1, 4, data=encode_idempotent_batch([b"p1"] * 15, "prod", 1, 2000))
+    assert fsm.apply([retry]) == [Appended(0, 14, duplicate=True)]
+    assert fsm.highest_offset == 34
+    # and a follower restored from a snapshot taken now agrees on both
+    data = b"".join(fsm.snapshot())
+    other = CommitLogFSM.open(tmp_path / "b", SMALL)
+    other.restore(io.BytesIO(data), SnapshotMeta(4, 1, Membership.of([Server("n1", "a")])))
+    assert other.lowest_offset == 30
+    assert other.producers.lookup("prod", 1) == (0, 14)
+    fsm.log.close_sync()
+    other.log.close_sync()
