@@ -563,6 +563,9 @@ class CommitLogFSM:
     def _schedule_prune(self) -> None:
         """Persist the new lowest offset, then delete the segments below it, off the loop."""
         loop = self._loop
+        if loop is None:  # not bound yet (Raft replays before DistributedLog starts)
+            with contextlib.suppress(RuntimeError):
+                loop = asyncio.get_running_loop()
         if loop is None or not loop.is_running():
             self._prune_now()  # no loop (tools, tests): do it here
             return
