@@ -44,6 +44,22 @@ moment as its index and offset) and travels at the head of every snapshot::
 A snapshot that starts with the commit log's magic directly (written before the table
 existed) restores with an empty table. Entries replayed after a checkpoint rebuild the
 same table, since the table is part of the checkpoint of the same index.
+
+Retention. A third kind of entry, ``T`` + msgpack ``[1, lowest, stamp_ms]``
+(:func:`encode_retention`), is the leader's decision to drop every record below offset
+``lowest`` (the leader proposes it, see :class:`~raftlog.distributed.DistributedLog`).
+Applying it sets the machine's logical :attr:`CommitLogFSM.lowest_offset` to
+``max(current, min(lowest, next offset at that entry))`` on every replica alike, so every
+replica serves, reports and refuses exactly the same prefix whatever its segment
+boundaries. Files go afterwards, off the apply path: a task writes a checkpoint (the
+commit log fsynced, then ``fsm-state`` with the applied index, next offset, producer table
+and the new ``"lowest"``; in a thread) and only then takes the sealed segments that lie
+wholly below that checkpoint's lowest out of the log and deletes them in a thread. So a
+restart never finds a checkpoint older than a deletion (it could not cut the log back to
+it) and never serves a dropped record: the lowest comes back with the checkpoint, and an
+entry applied after it is replayed by Raft. A segment that is only partly below the lowest
+stays on disk (its records below are never served). The snapshot head carries the lowest
+too (``"lowest"``), so a replica restored from a snapshot taken after retention agrees.
 """
 
 from __future__ import annotations
@@ -80,6 +96,9 @@ BATCH_TAG = b"B"
 #: First byte of an entry that holds an idempotent producer's batch.
 IDEMPOTENT_TAG = b"I"
 _IDEMPOTENT_VERSION = 1
+#: First byte of a retention entry: drop every record below an offset (see module docs).
+RETENTION_TAG = b"T"
+_RETENTION_VERSION = 1
 #: Head of a snapshot stream that carries the producer table before the commit log.
 SNAPSHOT_MAGIC = b"RLFSMSN1"
 _SNAPSHOT_HEAD = struct.Struct("<8sQ")
@@ -112,6 +131,21 @@ def encode_idempotent_batch(
     return IDEMPOTENT_TAG + packed
 
 
+def encode_retention(lowest: int, stamp_ms: int) -> bytes:
+    """One Raft entry that moves every replica's lowest offset up to ``lowest``, stamped
+    with the proposer's wall clock ``stamp_ms`` (Unix milliseconds, for the record)."""
+    packed: bytes = msgpack.packb([_RETENTION_VERSION, lowest, stamp_ms], use_bin_type=True)
+    return RETENTION_TAG + packed
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """A decoded retention entry: drop every record below ``lowest``."""
+
+    lowest: int
+    stamp_ms: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """A decoded batch entry; ``producer_id`` is "" for a plain (not idempotent) batch."""
@@ -135,8 +169,9 @@ def _check_records(records: Any) -> list[bytes]:
     return records
 
 
-def decode_entry(data: bytes) -> Batch:
-    """Either kind of batch entry; FSMError if it is neither or malformed."""
+def decode_entry(data: bytes) -> Batch | Retention:
+    """A batch entry of either kind or a retention entry; FSMError if it is none of them
+    or malformed."""
     tag = data[:1]
     if tag == BATCH_TAG:
         return Batch(_check_records(_unpack(data)))
@@ -148,19 +183,30 @@ def decode_entry(data: bytes) -> Batch:
         if not isinstance(stamp, int) or not isinstance(pid, str) or not isinstance(seq, int):
             raise FSMError("malformed idempotent batch entry: bad stamp, producer or sequence")
         return Batch(_check_records(records), pid, seq, stamp)
+    if tag == RETENTION_TAG:
+        body = _unpack(data)
+        if not isinstance(body, list) or len(body) != 3 or body[0] != _RETENTION_VERSION:
+            raise FSMError("malformed retention entry (or an unknown version)")
+        _, lowest, stamp = body
+        if not isinstance(lowest, int) or lowest < 0 or not isinstance(stamp, int):
+            raise FSMError("malformed retention entry: bad offset or stamp")
+        return Retention(lowest, stamp)
     raise FSMError(f"unknown entry kind {tag!r}")
 
 
 def decode_batch(data: bytes) -> list[bytes]:
     """The records of a batch entry of either kind; FSMError if it is not one."""
-    return decode_entry(data).records
+    entry = decode_entry(data)
+    if isinstance(entry, Retention):
+        raise FSMError("a retention entry holds no records")
+    return entry.records
 
 
 def _write_checkpoint(
-    directory: Path, index: int, next_offset: int, producers: dict[str, Any]
+    directory: Path, index: int, next_offset: int, producers: dict[str, Any], lowest: int
 ) -> None:
     """Atomically and durably replace the checkpoint file (see :func:`atomic_write`)."""
-    state = {"index": index, "next_offset": next_offset, "producers": producers}
+    state = {"index": index, "next_offset": next_offset, "producers": producers, "lowest": lowest}
     atomic_write(directory / CHECKPOINT_FILE, json.dumps(state, separators=(",", ":")).encode())
 
 
@@ -181,6 +227,20 @@ def _read_checkpoint(
         log.warning("ignoring unreadable checkpoint in %s: %s", directory, exc)
         return None
     return index, nxt, table
+
+
+def _checkpoint_lowest(directory: Path) -> int:
+    """The lowest offset the checkpoint recorded (0: none, or written before retention)."""
+    try:
+        return int(json.loads((directory / CHECKPOINT_FILE).read_bytes()).get("lowest", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
+
+
+def _remove_segments(segments: Sequence[Any]) -> None:
+    """Close and delete segments taken out of a log (worker thread)."""
+    for seg in segments:
+        seg.remove()
 
 
 def _read_exact(source: SnapshotSource, n: int) -> bytes:
@@ -210,8 +270,16 @@ class CommitLogFSM:
         applied: int,
         config: LogConfig,
         producers: ProducerTable | None = None,
+        *,
+        lowest: int | None = None,
     ) -> None:
         self.directory = directory
+        #: The lowest offset readers may see (retention; the same on every replica).
+        self.lowest_offset = commit_log.lowest_offset if lowest is None else lowest
+        self._prune_task: asyncio.Task[None] | None = None
+        #: (generation, index, lowest) of the newest checkpoint written: checkpoints never
+        #: go back, and segments go only below a checkpointed lowest.
+        self._checkpointed = (0, 0, 0)
         #: The idempotent producers' recent sequences, as of :attr:`applied`.
         self.producers = producers if producers is not None else ProducerTable()
         self._log: Log | None = commit_log
@@ -272,17 +340,27 @@ class CommitLogFSM:
         checkpoint = _read_checkpoint(base, producer_config)
         applied = 0
         table = ProducerTable(producer_config)
-        if checkpoint is not None and commit_log.next_offset >= checkpoint[1]:
+        lowest = commit_log.lowest_offset
+        if (
+            checkpoint is not None
+            and commit_log.lowest_offset <= checkpoint[1] <= commit_log.next_offset
+        ):
             index, nxt, table = checkpoint
             if nxt - 1 < commit_log.highest_offset:
                 commit_log.truncate_after(nxt - 1)
             applied = index
+            saved = max(_checkpoint_lowest(base), commit_log.lowest_offset)
+            lowest = min(saved, commit_log.next_offset)
+            _remove_segments(commit_log.detach_below(lowest))  # a crash before they went
         elif commit_log.next_offset != commit_log.lowest_offset or checkpoint is not None:
             log.info("commit log in %s has no usable checkpoint: emptied, Raft replays it", base)
             commit_log.reset(config.initial_offset)
             with contextlib.suppress(FileNotFoundError):
                 (base / CHECKPOINT_FILE).unlink()
-        return cls(base, commit_log, applied, config, table)
+            lowest = commit_log.lowest_offset
+        fsm = cls(base, commit_log, applied, config, table, lowest=lowest)
+        fsm._checkpointed = (0, applied, lowest)
+        return fsm
 
     # -- reads (event loop) ----------------------------------------------------------------
 
@@ -308,8 +386,9 @@ class CommitLogFSM:
     def apply(self, entries: Sequence[Entry]) -> Sequence[Any]:
         """Append every batch (one write for all of them). Result per entry: a plain
         batch's first offset (int); for an idempotent batch an :class:`Appended` (first,
-        last, duplicate) or a :class:`SequenceTooOldError` (nothing appended); None for an
-        entry applied before a restart (replayed: nothing appended)."""
+        last, duplicate) or a :class:`SequenceTooOldError` (nothing appended); for a
+        retention entry the lowest offset after it (int); None for an entry applied before
+        a restart (replayed: nothing appended)."""
         windows = self._apply_windows
         started = time.time_ns() if windows is not None else 0
         commit_log = self.log
@@ -319,14 +398,18 @@ class CommitLogFSM:
         # All or nothing: if the append fails (a full disk), the producer table is as it was
         # and the runtime can apply the same entries again once there is room.
         table.begin()
+        lowest = [self.lowest_offset]
         try:
-            out = self._apply_batches(batches, commit_log, table)
+            out = self._apply_batches(batches, commit_log, table, lowest)
         except BaseException:
             table.rollback()
             raise
         table.commit()
         self._applied = max(self._applied, entries[-1].index)
         self.highest_offset = commit_log.highest_offset
+        if lowest[0] > self.lowest_offset:
+            self.lowest_offset = lowest[0]
+            self._schedule_prune()
         if windows is not None:
             windows.append((entries[0].index, entries[-1].index, started, time.time_ns()))
         if self.on_apply is not None:
@@ -334,13 +417,19 @@ class CommitLogFSM:
         return out
 
     @staticmethod
-    def _apply_batches(batches: Sequence[Any], commit_log: Log, table: ProducerTable) -> list[Any]:
+    def _apply_batches(
+        batches: Sequence[Any], commit_log: Log, table: ProducerTable, lowest: list[int]
+    ) -> list[Any]:
         records: list[bytes] = []
         out: list[Any] = []
         start = at = commit_log.next_offset
         for batch in batches:
             if batch is None:
                 out.append(None)  # already applied before a restart: no duplicate
+                continue
+            if isinstance(batch, Retention):  # never past the records applied so far
+                lowest[0] = max(lowest[0], min(batch.lowest, at))
+                out.append(lowest[0])
                 continue
             n = len(batch.records)
             pid = batch.producer_id
@@ -370,7 +459,7 @@ class CommitLogFSM:
         """The producer table, then the commit log as it is now, streamed (see the module
         docs for the format); a checkpoint is written meanwhile."""
         reader = self.log.reader()
-        state = {"v": 1, "producers": self.producers.dump()}
+        state = {"v": 1, "producers": self.producers.dump(), "lowest": self.lowest_offset}
         packed: bytes = msgpack.packb(state, use_bin_type=True)
         head = _SNAPSHOT_HEAD.pack(SNAPSHOT_MAGIC, len(packed)) + packed
         self._schedule_checkpoint()
@@ -393,6 +482,7 @@ class CommitLogFSM:
         )
 
         table = ProducerTable(self.producers.config)
+        snap_lowest = 0
         first = _read_exact(source, _SNAPSHOT_HEAD.size)
         if first[: len(SNAPSHOT_MAGIC)] == SNAPSHOT_MAGIC and len(first) == _SNAPSHOT_HEAD.size:
             _, size = _SNAPSHOT_HEAD.unpack(first)
@@ -400,6 +490,7 @@ class CommitLogFSM:
             try:
                 state = msgpack.unpackb(packed, use_list=True, raw=False)
                 table.load(state["producers"])
+                snap_lowest = int(state.get("lowest", 0))
             except (ValueError, KeyError, TypeError, msgpack.ExtraData) as exc:
                 raise FSMError(f"malformed producer table in the snapshot: {exc}") from exc
             first = b""
@@ -422,15 +513,19 @@ class CommitLogFSM:
             shutil.rmtree(self.directory / LOG_DIR, ignore_errors=True)
             os.replace(restoring, self.directory / LOG_DIR)
             new = Log.open(self.directory / LOG_DIR, self._config)
-            _write_checkpoint(self.directory, meta.index, new.next_offset, table.dump())
+            lowest = min(max(snap_lowest, new.lowest_offset), new.next_offset)
+            _remove_segments(new.detach_below(lowest))
+            _write_checkpoint(self.directory, meta.index, new.next_offset, table.dump(), lowest)
+            self._checkpointed = (self._generation, meta.index, lowest)
             self._applied = meta.index
             self.producers = table
             self.highest_offset = new.highest_offset
+            self.lowest_offset = lowest
             self._attach(new)
         log.info(
             "commit log restored from the snapshot at index %d: offsets %d..%d",
             meta.index,
-            new.lowest_offset,
+            lowest,
             new.highest_offset,
         )
 
@@ -463,6 +558,57 @@ class CommitLogFSM:
         if loop is not None and loop.is_running() and self.on_apply is not None:
             loop.call_soon_threadsafe(self.on_apply)
 
+    # -- retention --------------------------------------------------------------------------
+
+    def _schedule_prune(self) -> None:
+        """Persist the new lowest offset, then delete the segments below it, off the loop."""
+        loop = self._loop
+        if loop is None:  # not bound yet (Raft replays before DistributedLog starts)
+            with contextlib.suppress(RuntimeError):
+                loop = asyncio.get_running_loop()
+        if loop is None or not loop.is_running():
+            self._prune_now()  # no loop (tools, tests): do it here
+            return
+        if self._prune_task is None or self._prune_task.done():
+            self._prune_task = loop.create_task(self._prune(), name="fsm-retention")
+
+    def _prune_now(self) -> None:
+        current = self._log
+        if current is None or current.closed:
+            return
+        current.sync_blocking()
+        lowest = self.lowest_offset
+        producers = self.producers.dump()
+        _write_checkpoint(self.directory, self._applied, current.next_offset, producers, lowest)
+        self._checkpointed = (self._generation, self._applied, lowest)
+        _remove_segments(current.detach_below(lowest))
+
+    async def _prune(self) -> None:
+        while True:
+            lowest = self.lowest_offset
+            await self.checkpoint()  # the lowest durable before any segment below it goes
+            generation, _, durable_lowest = self._checkpointed
+            current = self._log
+            if current is None or current.closed or generation != self._generation:
+                return
+            try:
+                dropped = current.detach_below(durable_lowest)  # on the loop: no read runs
+                if dropped:
+                    await asyncio.to_thread(_remove_segments, dropped)
+                    log.info(
+                        "retention: lowest offset %d, %d segment(s) deleted",
+                        durable_lowest,
+                        len(dropped),
+                        extra={"offset": durable_lowest},
+                    )
+            except Exception as exc:  # the next retention entry or a restart does it
+                log.warning("retention at offset %d: deleting segments failed: %s", lowest, exc)
+                return
+            if durable_lowest < lowest:
+                return  # the checkpoint failed (logged): the next retention entry retries
+            if self.lowest_offset == lowest:
+                return
+
     # -- checkpoints ------------------------------------------------------------------------
 
     def bind_loop(self) -> None:
@@ -483,13 +629,16 @@ class CommitLogFSM:
             return
         index, nxt, generation = self._applied, current.next_offset, self._generation
         producers = self.producers.dump()  # the table as of ``index``, taken at once
+        lowest = self.lowest_offset
         try:
             await current.sync()
 
             def write() -> None:
                 with self._lock:
-                    if generation == self._generation:
-                        _write_checkpoint(self.directory, index, nxt, producers)
+                    done = self._checkpointed
+                    if generation == self._generation and (generation, index) >= done[:2]:
+                        _write_checkpoint(self.directory, index, nxt, producers, lowest)
+                        self._checkpointed = (generation, index, lowest)
 
             await asyncio.to_thread(write)
         except Exception as exc:  # a later checkpoint or the close one will do
@@ -497,10 +646,10 @@ class CommitLogFSM:
 
     async def close(self) -> None:
         """Write a last checkpoint and close the log. Idempotent."""
-        task = self._checkpoint_task
-        if task is not None and not task.done():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(task), 10.0)
+        for task in (self._checkpoint_task, self._prune_task):
+            if task is not None and not task.done():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(task), 10.0)
         current = self._log
         if current is None or current.closed:
             return
