@@ -25,6 +25,7 @@ A cluster member (``AgentConfig.cluster_mode``: ``--bootstrap``, ``--start-join-
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from opentelemetry.sdk.trace import TracerProvider
 
 import raftlog
-from raftlog.agent.cluster import ClusterNode
+from raftlog.agent.cluster import ClusterNode, segment_config
 from raftlog.agent.http_step import start_http_api
 from raftlog.agent.telemetry import (
     NodeTelemetry,
@@ -44,7 +45,7 @@ from raftlog.agent.telemetry import (
 from raftlog.auth import AllowAll, CasbinAuthorizer
 from raftlog.config import AgentConfig
 from raftlog.domain.protocols import Authorizer
-from raftlog.log import Log, LogConfig, SyncPolicy
+from raftlog.log import Log, SyncPolicy
 from raftlog.security import TLSConfig
 from raftlog.server import LocalLog, LogServer, ServerConfig
 from raftlog.server.http_api import HttpApi
@@ -157,7 +158,9 @@ class Agent:
         return self.telemetry.close
 
     async def _setup_log(self) -> Teardown:
-        log_config = LogConfig(sync=SyncPolicy(self.config.sync))
+        log_config = dataclasses.replace(
+            segment_config(self.config.segment_bytes), sync=SyncPolicy(self.config.sync)
+        )
         # Opening verifies the active segment (file I/O): keep it off the event loop.
         log = await asyncio.to_thread(Log.open, self.config.data_dir, log_config)
         self.local_log = LocalLog(log, node_id=self.config.node_name)
@@ -168,6 +171,11 @@ class Agent:
             log.highest_offset,
             self.config.sync,
         )
+        if self.config.retention_bytes or self.config.retention_age:
+            logger.warning(
+                "--retention-bytes / --retention-age apply in cluster mode only (decided "
+                "through Raft); this single node keeps every record"
+            )
         local_log = self.local_log
         return local_log.close
 

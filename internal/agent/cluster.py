@@ -53,8 +53,10 @@ from raftlog.discovery import (
     StaticMembership,
     parse_static_peers,
 )
-from raftlog.distributed import CommitLogFSM, DistributedLog
+from raftlog.distributed import CommitLogFSM, DistributedConfig, DistributedLog
 from raftlog.domain.protocols import Authorizer
+from raftlog.log import LogConfig
+from raftlog.log.config import INDEX_ENTRY_BYTES
 from raftlog.mux import RAFT_MARKER, Mux, MuxConfig, PrivateSocketDir, remove_stale_socket_dirs
 from raftlog.raft import NO_METRICS, RaftConfig, RaftError, Server
 from raftlog.raft.node import NodeClosedError, NodeConfig, RaftNode, WaitTimeoutError
@@ -77,6 +79,13 @@ WATCH_INTERVAL = 0.25
 INTERVAL_SYNC = 0.2
 #: Bound of the leadership hand-over a leaving leader attempts (s).
 TRANSFER_TIMEOUT = 3.0
+
+
+def segment_config(segment_bytes: int) -> LogConfig:
+    """The commit log's settings for ``--segment-bytes``: stores roll at that size; the
+    index holds one entry per 16 bytes of store (the default's ratio: 64 MiB -> 32 MiB)."""
+    entries = max(1, segment_bytes // 16)
+    return LogConfig(max_store_bytes=segment_bytes, max_index_bytes=INDEX_ENTRY_BYTES * entries)
 
 
 def _same_pem(a: Path, b: Path) -> bool:
@@ -215,7 +224,9 @@ class ClusterNode:
         assert self.mux is not None, "the mux step runs first"
         config = self.config
         self.identity = await asyncio.to_thread(claim, config.data_dir, config.node_name)
-        fsm = await asyncio.to_thread(CommitLogFSM.open, config.data_dir / "fsm")
+        fsm = await asyncio.to_thread(
+            CommitLogFSM.open, config.data_dir / "fsm", segment_config(config.segment_bytes)
+        )
         self.fsm = fsm
         transport = TcpTransport(
             TcpTransportConfig(
@@ -271,7 +282,14 @@ class ClusterNode:
             node,
             fsm,
             forwarder=GrpcForwarder(
-                self.forward_tls, server_hostname=config.peer_tls_server_name or None
+                self.forward_tls,
+                server_hostname=config.peer_tls_server_name or None,
+                max_request_bytes=ServerConfig(
+                    max_message_bytes=config.max_message_bytes
+                ).transport_limit_bytes,
+            ),
+            config=DistributedConfig(
+                retention_bytes=config.retention_bytes, retention_age_s=config.retention_age
             ),
             observer=self.metrics,
             tracer=self.tracer,

@@ -19,6 +19,7 @@ import dataclasses
 import ipaddress
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,11 @@ SERF_PROFILES = ("lan", "wan", "local")
 LOG_FORMATS = ("text", "json")
 #: The standard OpenTelemetry variable that turns tracing on when --otlp-endpoint is unset.
 OTEL_ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
+#: Bounds of segment_bytes (one segment's store file: records plus 8 bytes of framing each).
+MIN_SEGMENT_BYTES = 4096
+MAX_SEGMENT_BYTES = 1 << 30
+#: Units of a duration such as ``168h``, ``30m``, ``90s`` or ``1h30m`` (seconds each).
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 class ConfigError(ValueError):
@@ -196,6 +202,33 @@ class AgentConfig:
             "snapshot_threshold comes first (cluster mode): bounds the memory the Raft log "
             "holds and its size on disk; a snapshot only references the commit log, so it "
             "is cheap; 0 = count entries only",
+            "size",
+        ),
+    )
+    retention_bytes: int = field(
+        default=0,
+        metadata=_doc(
+            "retention by size (cluster mode): keep at most this many bytes of records "
+            "(segment store files, framing included); the leader drops the oldest whole "
+            "segments through Raft, so every replica keeps the same offsets; the active "
+            "segment always stays; 0 = no limit",
+            "size",
+        ),
+    )
+    retention_age: float = field(
+        default=0.0,
+        metadata=_doc(
+            "retention by age (cluster mode): drop every segment whose last write is older "
+            "than this duration (e.g. 168h, 30m, 90s, 1h30m; a bare number is seconds), "
+            "measured on the leader; 0 = no limit",
+            "duration",
+        ),
+    )
+    segment_bytes: int = field(
+        default=64 * MIB,
+        metadata=_doc(
+            "size at which the commit log rolls over to a new segment, bytes (4 KiB to "
+            "1 GiB; default 64 MiB); retention drops whole segments, so this is its step",
             "size",
         ),
     )
@@ -389,6 +422,7 @@ class AgentConfig:
             )
         if self.snapshot_bytes < 0:
             raise ConfigError(f"snapshot_bytes: must be >= 0 bytes, got {self.snapshot_bytes}")
+        self._validate_retention()
         _split_addr(self.bind_addr, "bind_addr")
         self._validate_dns()
         for addr in self.start_join_addrs:
@@ -448,6 +482,21 @@ class AgentConfig:
                 hint = " (run `make certs`, or pass --insecure for a sandbox)"
                 raise ConfigError(f"{key}: no such file: {path}{hint}")
 
+    def _validate_retention(self) -> None:
+        if self.retention_bytes < 0:
+            raise ConfigError(
+                f"retention_bytes: must be >= 0 bytes (0 = no limit), got {self.retention_bytes}"
+            )
+        if not (math.isfinite(self.retention_age) and self.retention_age >= 0):
+            raise ConfigError(
+                f"retention_age: must be a duration >= 0 (0 = no limit), got {self.retention_age}"
+            )
+        if not MIN_SEGMENT_BYTES <= self.segment_bytes <= MAX_SEGMENT_BYTES:
+            raise ConfigError(
+                f"segment_bytes: must be between {MIN_SEGMENT_BYTES} bytes (4 KiB) and "
+                f"{MAX_SEGMENT_BYTES} bytes (1 GiB), got {self.segment_bytes}"
+            )
+
     def _validate_dns(self) -> None:
         if self.join_dns:
             name, sep, port = self.join_dns.rpartition(":")
@@ -480,6 +529,42 @@ class AgentConfig:
 
 
 FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(AgentConfig)}
+
+
+def parse_duration(value: Any, where: str) -> float:
+    """Seconds of a duration: a number (seconds) or ``<number><unit>...`` with units ms, s,
+    m, h, d (``168h``, ``30m``, ``90s``, ``1h30m``, ``0``). ConfigError naming ``where``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a duration such as 168h, 30m or 90s, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        seconds = 0.0
+        try:
+            seconds = float(text)
+        except ValueError:
+            matches = list(_DURATION_PART.finditer(text))
+            if not text or "".join(m.group(0) for m in matches) != text:
+                raise ConfigError(
+                    f"{where}: expected a duration such as 168h, 30m or 90s, got {value!r}"
+                ) from None
+            for m in matches:
+                unit = m.group(2)
+                if unit not in DURATION_UNITS:
+                    raise ConfigError(
+                        f"{where}: unknown duration unit {unit!r} in {value!r} "
+                        f"(use {', '.join(DURATION_UNITS)})"
+                    ) from None
+                seconds += float(m.group(1)) * DURATION_UNITS[unit]
+    else:
+        raise ConfigError(f"{where}: expected a duration such as 168h, 30m or 90s, got {value!r}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(f"{where}: must be a duration >= 0, got {value!r}")
+    return seconds
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([a-z]*)")
 
 
 def _is_ip(value: str) -> bool:
@@ -544,6 +629,8 @@ def _parse(key: str, value: Any, source: str, base: Path | None) -> Any:
             }[kind]
             raise ConfigError(f"{where}: expected {what}, got {value!r}")
         return value
+    if kind == "duration":
+        return parse_duration(value, where)
     if kind == "seconds":
         try:
             return float(value)

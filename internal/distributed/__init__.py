@@ -24,10 +24,12 @@ from raftlog.distributed.fsm import (
     CommitLogFSM,
     FSMError,
     RestoringError,
+    Retention,
     decode_batch,
     decode_entry,
     encode_batch,
     encode_idempotent_batch,
+    encode_retention,
 )
 
 __all__ = [
@@ -40,9 +42,11 @@ __all__ = [
     "ForwardError",
     "Forwarder",
     "RestoringError",
+    "Retention",
     "decode_batch",
     "decode_entry",
     "encode_batch",
     "encode_idempotent_batch",
+    "encode_retention",
     "forwarded_call",
 ]

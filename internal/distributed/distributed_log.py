@@ -22,7 +22,17 @@ pair answers from it (what a replica applied is committed), saving a Raft round.
 
 Reads (``read``/``read_batch``) serve what this replica has applied: applied entries are
 committed, so a reader never sees an uncommitted record. ``read_consistent`` adds a
-ReadIndex barrier on the leader (linearizable).
+ReadIndex barrier on the leader (linearizable). A read below the lowest offset (retention)
+is OUT_OF_RANGE with the lowest and highest offsets.
+
+Retention (``retention_bytes``, ``retention_age_s``): every ``retention_interval`` seconds
+the leader looks at its own sealed segments (never the active one) and picks the new
+lowest offset: the start of the first segment it keeps once the oldest segments were
+dropped until the rest holds at most ``retention_bytes`` bytes (store files: records plus
+8 bytes of framing each), and once every segment whose last write (its store file's
+modification time on the leader) is older than ``retention_age_s`` was dropped. It
+proposes that offset as a retention entry (:func:`~raftlog.distributed.fsm.encode_retention`);
+every replica applies it the same way (see :mod:`raftlog.distributed.fsm`).
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +56,7 @@ from raftlog.distributed.fsm import (
     RestoringError,
     encode_batch,
     encode_idempotent_batch,
+    encode_retention,
 )
 from raftlog.distributed.status import NodeStatus, members_of, role_of
 from raftlog.domain.errors import (
@@ -56,6 +68,7 @@ from raftlog.domain.errors import (
     NoSpaceError,
     NotLeaderError,
     NotMemberError,
+    RecordTooLargeError,
     SequenceTooOldError,
     StorageError,
     UnavailableError,
@@ -118,6 +131,11 @@ class DistributedConfig:
         promote_max_lag: a learner is caught up when its log is within this many entries
             of the leader's last entry. Default 16 entries.
         change_timeout: bound of one membership change (add, promote, remove). Default 10 s.
+        retention_bytes: the leader drops the oldest whole segments while the rest holds
+            more than this many bytes (module docs). 0 = no limit (the default).
+        retention_age_s: the leader drops every segment whose last write is older than
+            this many seconds. 0 = no limit (the default).
+        retention_interval: how often the leader checks retention, seconds. Default 1 s.
     """
 
     append_timeout: float = 10.0
@@ -125,10 +143,19 @@ class DistributedConfig:
     promote_interval: float = 0.2
     promote_max_lag: int = 16
     change_timeout: float = 10.0
+    retention_bytes: int = 0
+    retention_age_s: float = 0.0
+    retention_interval: float = 1.0
 
     def validate(self) -> DistributedConfig:
         """Raise DistributedConfigError naming the first unusable field; return self."""
-        for name in ("append_timeout", "leader_wait", "promote_interval", "change_timeout"):
+        for name in (
+            "append_timeout",
+            "leader_wait",
+            "promote_interval",
+            "change_timeout",
+            "retention_interval",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
                 raise DistributedConfigError(
@@ -137,6 +164,15 @@ class DistributedConfig:
         if self.promote_max_lag < 0:
             raise DistributedConfigError(
                 f"promote_max_lag must be >= 0 entries, got {self.promote_max_lag}"
+            )
+        if self.retention_bytes < 0:
+            raise DistributedConfigError(
+                f"retention_bytes must be >= 0 (0 = no limit), got {self.retention_bytes}"
+            )
+        age = self.retention_age_s
+        if not isinstance(age, int | float) or not math.isfinite(age) or age < 0:
+            raise DistributedConfigError(
+                f"retention_age_s must be >= 0 seconds (0 = no limit), got {age!r}"
             )
         return self
 
@@ -174,6 +210,9 @@ class DistributedLog:
         self._closing = False
         self._change_lock = asyncio.Lock()
         self._promoter: asyncio.Task[None] | None = None
+        self._retainer: asyncio.Task[None] | None = None
+        #: Retention entries this node proposed as leader (for tests and stats).
+        self.retention_proposals = 0
         fsm.on_apply = self._notify
         #: Appends forwarded to the leader / served locally (for tests and stats).
         self.forwarded = 0
@@ -186,6 +225,9 @@ class DistributedLog:
         self.fsm.bind_loop()
         if self._promoter is None:
             self._promoter = asyncio.create_task(self._promote_loop(), name="raft-promoter")
+        config = self.config
+        if self._retainer is None and (config.retention_bytes or config.retention_age_s):
+            self._retainer = asyncio.create_task(self._retention_loop(), name="raft-retention")
 
     # -- writes --------------------------------------------------------------------------
 
@@ -297,6 +339,12 @@ class DistributedLog:
                     raise SequenceTooOldError(
                         producer_id, sequence, int(exc.metadata.get("oldest", "0") or 0)
                     ) from None
+                if exc.reason == RecordTooLargeError.reason:  # never RESOURCE_EXHAUSTED
+                    raise RecordTooLargeError(
+                        int(exc.metadata.get(Key.SIZE, "0") or 0),
+                        int(exc.metadata.get(Key.LIMIT, "0") or 0),
+                        what=f"forwarded batch of {len(records)} records",
+                    ) from None
                 if not exc.not_applied:
                     if exc.deadline_exceeded:
                         raise DeadlineError(f"forwarded write outcome unknown: {exc}") from None
@@ -375,9 +423,9 @@ class DistributedLog:
             commit_log = self.fsm.log
         except RestoringError as exc:
             raise UnavailableError(str(exc)) from None
-        highest = self.fsm.highest_offset
-        if offset > highest:
-            raise OffsetOutOfRangeError(offset, commit_log.lowest_offset, highest)
+        highest, lowest = self.fsm.highest_offset, self.fsm.lowest_offset
+        if offset > highest or offset < lowest:
+            raise OffsetOutOfRangeError(offset, lowest, highest)
         return commit_log.read(offset)
 
     def read_batch(self, offset: int, max_bytes: int, max_records: int) -> list[bytes]:
@@ -386,9 +434,9 @@ class DistributedLog:
             commit_log = self.fsm.log
         except RestoringError as exc:
             raise UnavailableError(str(exc)) from None
-        highest = self.fsm.highest_offset
-        if offset > highest:
-            raise OffsetOutOfRangeError(offset, commit_log.lowest_offset, highest)
+        highest, lowest = self.fsm.highest_offset, self.fsm.lowest_offset
+        if offset > highest or offset < lowest:
+            raise OffsetOutOfRangeError(offset, lowest, highest)
         limit = min(max_records, highest - offset + 1)
         return commit_log.read_batch(offset, max_bytes, limit)
 
@@ -409,11 +457,13 @@ class DistributedLog:
 
     @property
     def lowest_offset(self) -> int:
-        """The lowest offset this replica holds."""
+        """The lowest offset readers may see (the same on every replica: retention is
+        decided through Raft)."""
         try:
-            return self.fsm.log.lowest_offset
+            self.fsm.log  # noqa: B018 (raises while a snapshot replaces the log)
         except RestoringError:
             return self.fsm.highest_offset + 1
+        return self.fsm.lowest_offset
 
     @property
     def highest_offset(self) -> int:
@@ -561,6 +611,59 @@ class DistributedLog:
                     log.info("promotion of %s not done yet: %s", server.id, exc)
                 break
 
+    # -- retention ---------------------------------------------------------------------------
+
+    def retention_target(self, now: float | None = None) -> int | None:
+        """The lowest offset retention asks for now, from this node's own segments (see
+        the module docs); None when nothing is to be dropped."""
+        config = self.config
+        try:
+            segments = self.fsm.log.segments
+        except RestoringError:
+            return None
+        lowest = self.fsm.lowest_offset
+        live = [s for s in segments if s.next_offset > lowest]
+        sealed = live[:-1]  # the active segment always stays
+        target = lowest
+        if config.retention_bytes:
+            total = sum(s.store.size for s in live)
+            for seg in sealed:
+                if total <= config.retention_bytes:
+                    break
+                total -= seg.store.size
+                target = max(target, seg.next_offset)
+        if config.retention_age_s:
+            cutoff = (time.time() if now is None else now) - config.retention_age_s
+            for seg in sealed:
+                try:
+                    written = os.stat(seg.store.path).st_mtime
+                except OSError:
+                    break
+                if written >= cutoff:
+                    break
+                target = max(target, seg.next_offset)
+        return target if target > lowest else None
+
+    async def _retention_loop(self) -> None:
+        """On the leader: propose a retention entry when segments are to be dropped."""
+        interval = self.config.retention_interval
+        while True:
+            await asyncio.sleep(interval)
+            node = self.node
+            if self._closing or not node.is_leader:
+                continue
+            target = self.retention_target()
+            if target is None:
+                continue
+            entry = encode_retention(target, int(time.time() * 1000))
+            try:
+                await node.propose(entry, timeout=self.config.append_timeout)
+            except Exception as exc:  # lost leadership, full disk...: the next check retries
+                log.info("retention to offset %d not proposed: %s", target, exc)
+                continue
+            self.retention_proposals += 1
+            log.info("retention: proposed lowest offset %d", target, extra={"offset": target})
+
     @property
     def leader_id(self) -> str:
         """The leader this node knows of ("" if none)."""
@@ -669,10 +772,11 @@ class DistributedLog:
     async def close(self) -> None:
         """Stop the promoter and the forwarder (the agent closes the node and the FSM)."""
         self.begin_close()
-        task, self._promoter = self._promoter, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        for task in (self._promoter, self._retainer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._promoter = self._retainer = None
         if self.forwarder is not None:
             await self.forwarder.close()

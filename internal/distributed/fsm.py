@@ -9,16 +9,28 @@ Durability comes from the Raft log (fsynced before anything is acknowledged), so
 log here is written to the page cache only (``SyncPolicy.NEVER``). To avoid replaying the
 whole Raft log after every restart, the machine keeps a small checkpoint file
 (``fsm-state``: Raft index, next offset) that is written only after the commit log was
-fsynced up to that offset. On start:
+fsynced up to that offset (at every snapshot, on a follower's catch-up, after a restore,
+for retention and at a clean shutdown). On start:
 
-- a checkpoint whose offset the commit log still reaches: the log is cut back to it (records
-  after it may be torn or unaccounted) and Raft resumes after its index;
+- a checkpoint whose offset the commit log still reaches: the commit log opens with that
+  offset as its recovery point (segments below it are not scanned), is cut back to it
+  (records after it may be torn or unaccounted) and Raft resumes after its index;
 - no usable checkpoint: the commit log is emptied and Raft restores the newest snapshot
   and/or replays its log from the start (the applied index is then 0).
 
-Snapshots stream the commit log itself (:meth:`raftlog.log.Log.reader`, bounded to the
-current end, so later appends do not leak in); restoring builds a new log from the stream
-in a side directory and swaps it in.
+Snapshots reference the commit log instead of copying it (format 2, issue 12)::
+
+    b"RLFSMSN2" | u64 length | msgpack {"v": 2, "producers": ProducerTable.dump(),
+        "next_offset": N, "lowest_offset": L, "from": F[, "records", "bytes"]}
+    | the records F..N-1 as the commit log's stream (b"RLOGSNP1" ..., Log.range_reader)
+
+A snapshot taken here has ``F = N`` (no records: a few hundred bytes); its first byte is
+produced only after the commit log is fsynced up to ``N`` and a checkpoint of that very
+state is durable, so Raft compacts its log behind a state a restart always finds. What a
+follower receives (:meth:`CommitLogFSM.snapshot_stream`) starts at its own resume point
+(:meth:`CommitLogFSM.resume_point`, its durable checkpoint): only the records it lacks.
+Restoring keeps the follower's log below ``F`` and appends the rest. Format 1 (below: the
+whole commit log copied) still restores, by building a new log beside the old one.
 
 The idempotent producer. Two kinds of entries exist (the first byte says which):
 
@@ -36,7 +48,7 @@ batch is appended and remembered. Every replica applies the same entries in the 
 order with the same stamps, so the table is the same everywhere (expiry uses the stamps,
 never the replica's clock) and survives failover; two retries of one request that both
 reach Raft are deduplicated here too. The table is saved with the checkpoint (same
-moment as its index and offset) and travels at the head of every snapshot::
+moment as its index and offset) and travels at the head of every snapshot (format 1)::
 
     b"RLFSMSN1" | u64 length | msgpack {"v": 1, "producers": ProducerTable.dump()}
     | the commit log's own snapshot stream (b"RLOGSNP1" ...)
@@ -44,6 +56,23 @@ moment as its index and offset) and travels at the head of every snapshot::
 A snapshot that starts with the commit log's magic directly (written before the table
 existed) restores with an empty table. Entries replayed after a checkpoint rebuild the
 same table, since the table is part of the checkpoint of the same index.
+
+Retention. A third kind of entry, ``T`` + msgpack ``[1, lowest, stamp_ms]``
+(:func:`encode_retention`), is the leader's decision to drop every record below offset
+``lowest`` (the leader proposes it, see :class:`~raftlog.distributed.DistributedLog`).
+Applying it sets the machine's logical :attr:`CommitLogFSM.lowest_offset` to
+``max(current, min(lowest, next offset at that entry))`` on every replica alike, so every
+replica serves, reports and refuses exactly the same prefix whatever its segment
+boundaries. Files go afterwards, off the apply path: a task writes a checkpoint (the
+commit log fsynced, then ``fsm-state`` with the applied index, next offset, producer table
+and the new ``"lowest"``; in a thread) and only then takes the sealed segments that lie
+wholly below that checkpoint's lowest out of the log and deletes them in a thread. So a
+restart never finds a checkpoint older than a deletion (it could not cut the log back to
+it) and never serves a dropped record: the lowest comes back with the checkpoint, and an
+entry applied after it is replayed by Raft. A segment that is only partly below the lowest
+stays on disk (its records below are never served). The snapshot head carries the lowest
+too (``"lowest_offset"``; ``"lowest"`` in format 1), so a replica restored from a snapshot
+taken after retention agrees.
 """
 
 from __future__ import annotations
@@ -80,6 +109,9 @@ BATCH_TAG = b"B"
 #: First byte of an entry that holds an idempotent producer's batch.
 IDEMPOTENT_TAG = b"I"
 _IDEMPOTENT_VERSION = 1
+#: First byte of a retention entry: drop every record below an offset (see module docs).
+RETENTION_TAG = b"T"
+_RETENTION_VERSION = 1
 #: Head of a snapshot stream that carries the producer table before the commit log.
 SNAPSHOT_MAGIC = b"RLFSMSN1"
 #: Head of a snapshot by reference (format 2): metadata, then only the records the
@@ -117,6 +149,21 @@ def encode_idempotent_batch(
     return IDEMPOTENT_TAG + packed
 
 
+def encode_retention(lowest: int, stamp_ms: int) -> bytes:
+    """One Raft entry that moves every replica's lowest offset up to ``lowest``, stamped
+    with the proposer's wall clock ``stamp_ms`` (Unix milliseconds, for the record)."""
+    packed: bytes = msgpack.packb([_RETENTION_VERSION, lowest, stamp_ms], use_bin_type=True)
+    return RETENTION_TAG + packed
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """A decoded retention entry: drop every record below ``lowest``."""
+
+    lowest: int
+    stamp_ms: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """A decoded batch entry; ``producer_id`` is "" for a plain (not idempotent) batch."""
@@ -140,8 +187,9 @@ def _check_records(records: Any) -> list[bytes]:
     return records
 
 
-def decode_entry(data: bytes) -> Batch:
-    """Either kind of batch entry; FSMError if it is neither or malformed."""
+def decode_entry(data: bytes) -> Batch | Retention:
+    """A batch entry of either kind or a retention entry; FSMError if it is none of them
+    or malformed."""
     tag = data[:1]
     if tag == BATCH_TAG:
         return Batch(_check_records(_unpack(data)))
@@ -153,19 +201,30 @@ def decode_entry(data: bytes) -> Batch:
         if not isinstance(stamp, int) or not isinstance(pid, str) or not isinstance(seq, int):
             raise FSMError("malformed idempotent batch entry: bad stamp, producer or sequence")
         return Batch(_check_records(records), pid, seq, stamp)
+    if tag == RETENTION_TAG:
+        body = _unpack(data)
+        if not isinstance(body, list) or len(body) != 3 or body[0] != _RETENTION_VERSION:
+            raise FSMError("malformed retention entry (or an unknown version)")
+        _, lowest, stamp = body
+        if not isinstance(lowest, int) or lowest < 0 or not isinstance(stamp, int):
+            raise FSMError("malformed retention entry: bad offset or stamp")
+        return Retention(lowest, stamp)
     raise FSMError(f"unknown entry kind {tag!r}")
 
 
 def decode_batch(data: bytes) -> list[bytes]:
     """The records of a batch entry of either kind; FSMError if it is not one."""
-    return decode_entry(data).records
+    entry = decode_entry(data)
+    if isinstance(entry, Retention):
+        raise FSMError("a retention entry holds no records")
+    return entry.records
 
 
 def _write_checkpoint(
-    directory: Path, index: int, next_offset: int, producers: dict[str, Any]
+    directory: Path, index: int, next_offset: int, producers: dict[str, Any], lowest: int
 ) -> None:
     """Atomically and durably replace the checkpoint file (see :func:`atomic_write`)."""
-    state = {"index": index, "next_offset": next_offset, "producers": producers}
+    state = {"index": index, "next_offset": next_offset, "producers": producers, "lowest": lowest}
     atomic_write(directory / CHECKPOINT_FILE, json.dumps(state, separators=(",", ":")).encode())
 
 
@@ -211,6 +270,20 @@ def _decode_head(data: bytes) -> dict[str, Any] | None:
     return _unpack_state(data[_SNAPSHOT_HEAD.size : _SNAPSHOT_HEAD.size + size])
 
 
+def _checkpoint_lowest(directory: Path) -> int:
+    """The lowest offset the checkpoint recorded (0: none, or written before retention)."""
+    try:
+        return int(json.loads((directory / CHECKPOINT_FILE).read_bytes()).get("lowest", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
+
+
+def _remove_segments(segments: Sequence[Any]) -> None:
+    """Close and delete segments taken out of a log (worker thread)."""
+    for seg in segments:
+        seg.remove()
+
+
 def _read_exact(source: SnapshotSource, n: int) -> bytes:
     out = b""
     while len(out) < n:
@@ -238,8 +311,16 @@ class CommitLogFSM:
         applied: int,
         config: LogConfig,
         producers: ProducerTable | None = None,
+        *,
+        lowest: int | None = None,
     ) -> None:
         self.directory = directory
+        #: The lowest offset readers may see (retention; the same on every replica).
+        self.lowest_offset = commit_log.lowest_offset if lowest is None else lowest
+        self._prune_task: asyncio.Task[None] | None = None
+        #: (generation, index, lowest) of the newest checkpoint written: checkpoints never
+        #: go back, and segments go only below a checkpointed lowest.
+        self._checkpointed = (0, 0, 0)
         #: The idempotent producers' recent sequences, as of :attr:`applied`.
         self.producers = producers if producers is not None else ProducerTable()
         self._log: Log | None = commit_log
@@ -249,9 +330,9 @@ class CommitLogFSM:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._generation = 0
         self._checkpoint_task: asyncio.Task[None] | None = None
-        #: (index, next offset) of the newest durable checkpoint (what a restart resumes
-        #: from; after open the log ends exactly there).
-        self._checkpointed = (applied, commit_log.next_offset)
+        #: The next offset of the newest durable checkpoint (what a restart resumes from;
+        #: after open the log ends exactly there): a follower's resume point.
+        self._checkpointed_next = commit_log.next_offset
         self.on_apply: Callable[[], None] | None = None
         #: Highest offset readers may see (every record in the log is committed).
         self.highest_offset = commit_log.highest_offset
@@ -306,17 +387,28 @@ class CommitLogFSM:
         commit_log = Log.open(base / LOG_DIR, config, trusted_below=trusted)
         applied = 0
         table = ProducerTable(producer_config)
-        if checkpoint is not None and commit_log.next_offset >= checkpoint[1]:
+        lowest = commit_log.lowest_offset
+        if (
+            checkpoint is not None
+            and commit_log.lowest_offset <= checkpoint[1] <= commit_log.next_offset
+        ):
             index, nxt, table = checkpoint
             if nxt - 1 < commit_log.highest_offset:
                 commit_log.truncate_after(nxt - 1)
             applied = index
+            saved = max(_checkpoint_lowest(base), commit_log.lowest_offset)
+            lowest = min(saved, commit_log.next_offset)
+            _remove_segments(commit_log.detach_below(lowest))  # a crash before they went
         elif commit_log.next_offset != commit_log.lowest_offset or checkpoint is not None:
             log.info("commit log in %s has no usable checkpoint: emptied, Raft replays it", base)
             commit_log.reset(config.initial_offset)
             with contextlib.suppress(FileNotFoundError):
                 (base / CHECKPOINT_FILE).unlink()
-        return cls(base, commit_log, applied, config, table)
+            lowest = commit_log.lowest_offset
+        fsm = cls(base, commit_log, applied, config, table, lowest=lowest)
+        fsm._checkpointed = (0, applied, lowest)
+        fsm._checkpointed_next = commit_log.next_offset
+        return fsm
 
     # -- reads (event loop) ----------------------------------------------------------------
 
@@ -342,8 +434,9 @@ class CommitLogFSM:
     def apply(self, entries: Sequence[Entry]) -> Sequence[Any]:
         """Append every batch (one write for all of them). Result per entry: a plain
         batch's first offset (int); for an idempotent batch an :class:`Appended` (first,
-        last, duplicate) or a :class:`SequenceTooOldError` (nothing appended); None for an
-        entry applied before a restart (replayed: nothing appended)."""
+        last, duplicate) or a :class:`SequenceTooOldError` (nothing appended); for a
+        retention entry the lowest offset after it (int); None for an entry applied before
+        a restart (replayed: nothing appended)."""
         windows = self._apply_windows
         started = time.time_ns() if windows is not None else 0
         commit_log = self.log
@@ -353,14 +446,18 @@ class CommitLogFSM:
         # All or nothing: if the append fails (a full disk), the producer table is as it was
         # and the runtime can apply the same entries again once there is room.
         table.begin()
+        lowest = [self.lowest_offset]
         try:
-            out = self._apply_batches(batches, commit_log, table)
+            out = self._apply_batches(batches, commit_log, table, lowest)
         except BaseException:
             table.rollback()
             raise
         table.commit()
         self._applied = max(self._applied, entries[-1].index)
         self.highest_offset = commit_log.highest_offset
+        if lowest[0] > self.lowest_offset:
+            self.lowest_offset = lowest[0]
+            self._schedule_prune()
         if windows is not None:
             windows.append((entries[0].index, entries[-1].index, started, time.time_ns()))
         if self.on_apply is not None:
@@ -368,13 +465,19 @@ class CommitLogFSM:
         return out
 
     @staticmethod
-    def _apply_batches(batches: Sequence[Any], commit_log: Log, table: ProducerTable) -> list[Any]:
+    def _apply_batches(
+        batches: Sequence[Any], commit_log: Log, table: ProducerTable, lowest: list[int]
+    ) -> list[Any]:
         records: list[bytes] = []
         out: list[Any] = []
         start = at = commit_log.next_offset
         for batch in batches:
             if batch is None:
                 out.append(None)  # already applied before a restart: no duplicate
+                continue
+            if isinstance(batch, Retention):  # never past the records applied so far
+                lowest[0] = max(lowest[0], min(batch.lowest, at))
+                out.append(lowest[0])
                 continue
             n = len(batch.records)
             pid = batch.producer_id
@@ -408,19 +511,19 @@ class CommitLogFSM:
         this very state is durable, so the snapshot (and the Raft log compaction behind it)
         never outruns what a restart finds in the commit log."""
         commit_log = self.log
-        index, nxt = self._applied, commit_log.next_offset
+        index, nxt, lowest = self._applied, commit_log.next_offset, self.lowest_offset
         producers = self.producers.dump()
         state = {
             "v": 2,
             "producers": producers,
             "next_offset": nxt,
-            "lowest_offset": commit_log.lowest_offset,
+            "lowest_offset": self.lowest_offset,  # retention's lowest, the same everywhere
             "from": nxt,
         }
         head = _encode_head(state)
 
         def chunks() -> Iterator[bytes]:
-            self._durable_checkpoint(index, nxt, producers)
+            self._durable_checkpoint(index, nxt, producers, lowest)
             yield head
 
         return chunks()
@@ -432,23 +535,27 @@ class CommitLogFSM:
         ``resume`` to the snapshot's end, read from the commit log in chunks (bounded
         memory). None for a snapshot of another format (sent as stored). On the loop."""
         state = _decode_head(data)
-        if state is None or state.get("v") != 2 or state["from"] != state["next_offset"]:
-            return None
+        if state is None or state.get("v") != 2:
+            return None  # (a snapshot received with records is served from the log too)
         commit_log = self.log
         nxt = int(state["next_offset"])
-        lowest = commit_log.lowest_offset
-        if nxt > commit_log.next_offset or nxt < lowest:
+        # retention's lowest: nothing below it is sent (the follower starts there)
+        lowest = max(self.lowest_offset, commit_log.lowest_offset)
+        if nxt > commit_log.next_offset:
             raise FSMError(
-                f"snapshot ends at offset {nxt}, the commit log holds "
-                f"{lowest}..{commit_log.next_offset}"
+                f"snapshot ends at offset {nxt}, the commit log ends at {commit_log.next_offset}"
             )
+        # Records below ``lowest`` are gone (retention, decided by an entry after the
+        # snapshot): the follower starts at ``lowest`` (or at the snapshot's end when
+        # retention passed it; it appends the entries after the snapshot from there and
+        # applies the same retention entry).
         first = min(max(resume, lowest), nxt)
-        reader = commit_log.range_reader(first, nxt)
-        out = dict(state, lowest_offset=lowest, **{"from": first})
+        reader = commit_log.range_reader(first, nxt) if first < nxt else None
+        total = reader.frame_bytes if reader is not None else 0
+        out = dict(state, lowest_offset=min(lowest, nxt), **{"from": first})
         out["records"] = nxt - first
-        out["bytes"] = reader.frame_bytes
+        out["bytes"] = total
         head = _encode_head(out)
-        total = reader.frame_bytes
         log.info(
             "catch-up of %s: sending offsets %d..%d (%d records, %d bytes; it holds up to %d)",
             peer or "a follower",
@@ -460,8 +567,10 @@ class CommitLogFSM:
         )
 
         def chunks() -> Iterator[bytes]:
+            yield head
+            if reader is None:
+                return
             with reader:
-                yield head
                 if first < nxt:
                     sent, mark = 0, _PROGRESS_BYTES
                     for chunk in reader.chunks():
@@ -483,7 +592,7 @@ class CommitLogFSM:
         checkpoint): a leader sends a catch-up only from there. Every record below it is
         committed (the commit log holds only applied records) and fsynced."""
         await self.checkpoint()
-        return self._checkpointed[1]
+        return self._checkpointed_next
 
     def restore(self, source: SnapshotSource, meta: SnapshotMeta) -> None:
         """Make the commit log the snapshot's (worker thread). A snapshot by reference keeps
@@ -507,6 +616,7 @@ class CommitLogFSM:
             table.load(state["producers"])
             nxt, lowest = int(state["next_offset"]), int(state["lowest_offset"])
             start = int(state["from"])
+            snap_lowest = lowest
         except (ValueError, KeyError, TypeError) as exc:
             raise FSMError(f"malformed snapshot metadata: {exc}") from exc
         total_records = nxt - start
@@ -553,13 +663,18 @@ class CommitLogFSM:
                     f"after the snapshot at index {meta.index} the commit log ends at "
                     f"{current.next_offset}, expected {nxt}"
                 )
+            lowest = min(max(snap_lowest, current.lowest_offset), nxt)
             current.sync_blocking()
             with self._lock:
-                _write_checkpoint(self.directory, meta.index, nxt, table.dump())
-                self._checkpointed = (meta.index, nxt)
+                _write_checkpoint(self.directory, meta.index, nxt, table.dump(), lowest)
+                self._checkpointed = (self._generation, meta.index, lowest)
+                self._checkpointed_next = nxt
+            # segments wholly below the retention lowest go once it is checkpointed
+            _remove_segments(current.detach_below(lowest))
             self._applied = meta.index
             self.producers = table
             self.highest_offset = current.highest_offset
+            self.lowest_offset = lowest
         finally:
             self._attach(current)
         log.info(
@@ -582,12 +697,14 @@ class CommitLogFSM:
         )
 
         table = ProducerTable(self.producers.config)
+        snap_lowest = 0
         if first[: len(SNAPSHOT_MAGIC)] == SNAPSHOT_MAGIC and len(first) == _SNAPSHOT_HEAD.size:
             _, size = _SNAPSHOT_HEAD.unpack(first)
             packed = _read_exact(source, size)
             try:
                 state = msgpack.unpackb(packed, use_list=True, raw=False)
                 table.load(state["producers"])
+                snap_lowest = int(state.get("lowest", 0))
             except (ValueError, KeyError, TypeError, msgpack.ExtraData) as exc:
                 raise FSMError(f"malformed producer table in the snapshot: {exc}") from exc
             first = b""
@@ -610,16 +727,20 @@ class CommitLogFSM:
             shutil.rmtree(self.directory / LOG_DIR, ignore_errors=True)
             os.replace(restoring, self.directory / LOG_DIR)
             new = Log.open(self.directory / LOG_DIR, self._config)
-            _write_checkpoint(self.directory, meta.index, new.next_offset, table.dump())
-            self._checkpointed = (meta.index, new.next_offset)
+            lowest = min(max(snap_lowest, new.lowest_offset), new.next_offset)
+            _remove_segments(new.detach_below(lowest))
+            _write_checkpoint(self.directory, meta.index, new.next_offset, table.dump(), lowest)
+            self._checkpointed = (self._generation, meta.index, lowest)
+            self._checkpointed_next = new.next_offset
             self._applied = meta.index
             self.producers = table
             self.highest_offset = new.highest_offset
+            self.lowest_offset = lowest
             self._attach(new)
         log.info(
             "commit log restored from the snapshot at index %d: offsets %d..%d",
             meta.index,
-            new.lowest_offset,
+            lowest,
             new.highest_offset,
         )
 
@@ -655,67 +776,143 @@ class CommitLogFSM:
         if loop is not None and loop.is_running() and self.on_apply is not None:
             loop.call_soon_threadsafe(self.on_apply)
 
+    # -- retention --------------------------------------------------------------------------
+
+    def _schedule_prune(self) -> None:
+        """Persist the new lowest offset, then delete the segments below it, off the loop."""
+        loop = self._loop
+        if loop is None:  # not bound yet (Raft replays before DistributedLog starts)
+            with contextlib.suppress(RuntimeError):
+                loop = asyncio.get_running_loop()
+        if loop is None or not loop.is_running():
+            self._prune_now()  # no loop (tools, tests): do it here
+            return
+        if self._prune_task is None or self._prune_task.done():
+            self._prune_task = loop.create_task(self._prune(), name="fsm-retention")
+
+    def _prune_now(self) -> None:
+        current = self._log
+        if current is None or current.closed:
+            return
+        current.sync_blocking()
+        lowest = self.lowest_offset
+        producers = self.producers.dump()
+        _write_checkpoint(self.directory, self._applied, current.next_offset, producers, lowest)
+        self._checkpointed = (self._generation, self._applied, lowest)
+        self._checkpointed_next = current.next_offset
+        _remove_segments(current.detach_below(lowest))
+
+    async def _prune(self) -> None:
+        while True:
+            lowest = self.lowest_offset
+            await self.checkpoint()  # the lowest durable before any segment below it goes
+            generation, _, durable_lowest = self._checkpointed
+            current = self._log
+            if current is None or current.closed or generation != self._generation:
+                return
+            try:
+                dropped = current.detach_below(durable_lowest)  # on the loop: no read runs
+                if dropped:
+                    await asyncio.to_thread(_remove_segments, dropped)
+                    log.info(
+                        "retention: lowest offset %d, %d segment(s) deleted",
+                        durable_lowest,
+                        len(dropped),
+                        extra={"offset": durable_lowest},
+                    )
+            except Exception as exc:  # the next retention entry or a restart does it
+                log.warning("retention at offset %d: deleting segments failed: %s", lowest, exc)
+                return
+            if durable_lowest < lowest:
+                return  # the checkpoint failed (logged): the next retention entry retries
+            if self.lowest_offset == lowest:
+                return
+
     # -- checkpoints ------------------------------------------------------------------------
 
     def bind_loop(self) -> None:
         """Remember the running loop (restore runs in a thread and must reach it)."""
         self._loop = asyncio.get_running_loop()
 
-    def _durable_checkpoint(self, index: int, nxt: int, producers: dict[str, Any]) -> None:
+    def _durable_checkpoint(
+        self, index: int, nxt: int, producers: dict[str, Any], lowest: int
+    ) -> None:
         """Blocking (the snapshot's worker thread): fsync the commit log and checkpoint
-        (index, nxt, producers); raises if that failed, so the snapshot fails with it."""
+        (index, nxt, producers, lowest); raises if that failed, so the snapshot fails with
+        it."""
         loop = self._loop
         on_loop = False
         with contextlib.suppress(RuntimeError):
             on_loop = asyncio.get_running_loop() is loop
         if loop is not None and loop.is_running() and not on_loop:
             future = asyncio.run_coroutine_threadsafe(
-                self._checkpoint_at(index, nxt, producers), loop
+                self._checkpoint_at(index, nxt, producers, lowest, strict=True), loop
             )
             future.result(timeout=self._config.sync_timeout_s * 2)
             return
         # no loop, or consumed on the loop itself (an in-memory snapshot store): at once
         current = self.log
         current.sync_blocking()
-        self._write_if_newer(index, nxt, producers, self._generation)
+        self._write_if_newer(index, nxt, producers, lowest, self._generation, strict=True)
 
     def _write_if_newer(
-        self, index: int, nxt: int, producers: dict[str, Any], generation: int
+        self,
+        index: int,
+        nxt: int,
+        producers: dict[str, Any],
+        lowest: int,
+        generation: int,
+        *,
+        strict: bool,
     ) -> None:
+        """Write the checkpoint unless a newer one is durable already (checkpoints never go
+        back, nor does their lowest). ``strict``: FSMError if the commit log was replaced
+        by a snapshot meanwhile (else nothing is written)."""
         with self._lock:
             if generation != self._generation:
-                raise FSMError("the commit log was replaced by a snapshot meanwhile")
-            if index < self._checkpointed[0]:
-                return  # a newer checkpoint is durable already: never go back
-            _write_checkpoint(self.directory, index, nxt, producers)
-            self._checkpointed = (index, nxt)
+                if strict:
+                    raise FSMError("the commit log was replaced by a snapshot meanwhile")
+                return
+            done = self._checkpointed
+            if (generation, index) < done[:2]:
+                return
+            lowest = max(lowest, done[2]) if generation == done[0] else lowest
+            _write_checkpoint(self.directory, index, nxt, producers, lowest)
+            self._checkpointed = (generation, index, lowest)
+            self._checkpointed_next = nxt
 
-    async def _checkpoint_at(self, index: int, nxt: int, producers: dict[str, Any]) -> None:
+    async def _checkpoint_at(
+        self, index: int, nxt: int, producers: dict[str, Any], lowest: int, *, strict: bool
+    ) -> None:
         """fsync the commit log (everything written so far, so at least up to ``nxt``),
-        then record (index, nxt, producers) durably. Raises on failure."""
+        then record (index, nxt, producers, lowest) durably. Raises on failure."""
         current = self.log
         generation = self._generation
         await current.sync()
-        await asyncio.to_thread(self._write_if_newer, index, nxt, producers, generation)
+        await asyncio.to_thread(
+            self._write_if_newer, index, nxt, producers, lowest, generation, strict=strict
+        )
 
     async def checkpoint(self) -> None:
-        """fsync the commit log, then record (applied index, next offset) durably."""
+        """fsync the commit log, then record (applied index, next offset, producer table,
+        lowest offset) durably."""
         current = self._log
         if current is None:
             return
         index, nxt = self._applied, current.next_offset
         producers = self.producers.dump()  # the table as of ``index``, taken at once
+        lowest = self.lowest_offset
         try:
-            await self._checkpoint_at(index, nxt, producers)
+            await self._checkpoint_at(index, nxt, producers, lowest, strict=False)
         except Exception as exc:  # a later checkpoint or the close one will do
             log.warning("fsm checkpoint at index %d failed: %s", index, exc)
 
     async def close(self) -> None:
         """Write a last checkpoint and close the log. Idempotent."""
-        task = self._checkpoint_task
-        if task is not None and not task.done():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(task), 10.0)
+        for task in (self._checkpoint_task, self._prune_task):
+            if task is not None and not task.done():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(task), 10.0)
         current = self._log
         if current is None or current.closed:
             return

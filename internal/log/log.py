@@ -500,6 +500,25 @@ class Log:
         self._bases = [s.base_offset for s in keep]
         self._dir_dirty = True
 
+    def detach_below(self, lowest: int) -> list[Segment]:
+        """Retention without blocking: take every sealed segment whose records are all
+        below ``lowest`` out of the log and hand them to the caller, who closes and deletes
+        them (:meth:`Segment.remove`, in a worker thread). The active segment always stays.
+        """
+        self._check_open()
+        drop: list[Segment] = []
+        for seg in self._segments[:-1]:
+            if seg.next_offset > lowest:
+                break
+            drop.append(seg)
+        if drop:
+            for seg in drop:
+                self._dirty.pop(id(seg), None)
+            del self._segments[: len(drop)]
+            del self._bases[: len(drop)]
+            self._dir_dirty = True
+        return drop
+
     def truncate_after(self, offset: int) -> None:
         """Remove every record above ``offset`` (Raft's conflicting suffix).
 

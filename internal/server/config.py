@@ -38,7 +38,9 @@ class ServerConfig:
         produce_stream_max_requests: most ProduceStream requests gathered into one append
             (one group commit). Default 1024.
         produce_stream_max_batch_bytes: a ProduceStream stops gathering requests into one
-            append once their payload reaches this many bytes. Default 8 MiB.
+            append once their payload reaches this many bytes. Default 8 MiB. One append
+            never holds more than one Produce may carry (``max_message_bytes`` of payload,
+            ``transport_limit_bytes`` encoded), since a follower forwards it whole.
         produce_stream_window_bytes: most bytes of one ProduceStream read ahead of their
             append (payload + 256 bytes per request; back-pressure on a fast producer, and a
             bound on the memory one stream can hold). A single request always fits.

@@ -19,6 +19,13 @@ The mark reaches :class:`~raftlog.distributed.DistributedLog` through the contex
 :data:`raftlog.distributed.forwarding.forwarded_call`, set by :class:`ForwardMarkInterceptor`
 inside the call (the servicer only passes the records).
 
+A forwarded Produce never exceeds what the leader accepts: the ProduceStream servicer
+gathers at most one Produce's worth of requests into one append (see
+:mod:`raftlog.server.service`), the HTTP API refuses a batch whose Produce would be too
+large, and :class:`GrpcForwarder` checks the encoded size before sending
+(``max_request_bytes``, the transport limit every node shares): a batch above it fails
+with RECORD_TOO_LARGE instead of a RESOURCE_EXHAUSTED from the leader's gRPC.
+
 This is the gRPC side of forwarding, so it lives in the server layer: ``raftlog.distributed``
 declares the :class:`~raftlog.distributed.forwarding.Forwarder` it needs, and the agent
 injects a :class:`GrpcForwarder`.
@@ -47,6 +54,21 @@ from raftlog.telemetry import inject_context
 
 #: The logger forwarding always used (it was part of raftlog.distributed).
 log = logging.getLogger("raftlog.distributed")
+
+
+def _varint_bytes(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7)
+
+
+def produce_request_bytes(records: Sequence[bytes]) -> int:
+    """Encoded size of ``ProduceRequest(records=[Record(value=r) ...])`` (no producer
+    fields), computed without building it."""
+    total = 0
+    for r in records:
+        n = len(r)
+        inner = 1 + _varint_bytes(n) + n if n else 0
+        total += 1 + _varint_bytes(inner) + inner
+    return total
 
 
 class ForwardMarkInterceptor(grpc.aio.ServerInterceptor):
@@ -96,8 +118,16 @@ class GrpcForwarder:
     ``tls=None`` dials without TLS (insecure development mode only).
     """
 
-    def __init__(self, tls: TLSConfig | None, *, server_hostname: str | None = None) -> None:
+    def __init__(
+        self,
+        tls: TLSConfig | None,
+        *,
+        server_hostname: str | None = None,
+        max_request_bytes: int = 0,
+    ) -> None:
         self._tls = tls
+        #: Largest encoded Produce sent to a leader (0: unchecked).
+        self.max_request_bytes = max_request_bytes
         self._credentials = grpc_channel_credentials(tls) if tls is not None else None
         self._server_hostname = server_hostname
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -136,6 +166,16 @@ class GrpcForwarder:
             producer_id=producer_id,
             sequence=sequence,
         )
+        limit = self.max_request_bytes
+        size = request.ByteSize() if limit else 0
+        if size > limit:
+            raise ForwardError(
+                f"forward to {address}: a Produce of {size} bytes is more than the {limit} "
+                "bytes a leader accepts",
+                not_applied=True,
+                reason=Reason.RECORD_TOO_LARGE,
+                metadata={Key.SIZE: str(size), Key.LIMIT: str(limit)},
+            )
         # the trace context (if a span is current) rides along: one trace across the hop
         metadata = inject_context(((FORWARDED_KEY, "1"),))
         call = stub.Produce(request, timeout=timeout_s, metadata=metadata)

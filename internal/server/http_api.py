@@ -60,6 +60,7 @@ from raftlog.domain.protocols import Authorizer, CommitLog, IdempotentLog, Serve
 from raftlog.security import TLSConfig
 from raftlog.security.tls import peer_common_name, server_ssl_context
 from raftlog.server.config import ServerConfig
+from raftlog.server.forward import produce_request_bytes
 from raftlog.server.service import to_api_error
 
 logger = logging.getLogger("raftlog.server.http")
@@ -345,6 +346,14 @@ class HttpApi:
             if biggest > limit:
                 raise RecordTooLargeError(biggest, limit)
             raise RecordTooLargeError(total, limit, what=f"batch of {len(records)} records")
+        # what a gRPC client could not send in one Produce is not forwarded either
+        wire_limit = self.config.transport_limit_bytes
+        if total + 12 * len(records) > wire_limit:
+            wire = produce_request_bytes(records)
+            if wire > wire_limit:
+                raise RecordTooLargeError(
+                    wire, wire_limit, what=f"batch of {len(records)} records as a Produce"
+                )
         producer_id = request.headers.get(PRODUCER_ID_HEADER, "")
         raw_sequence = request.headers.get(SEQUENCE_HEADER, "")
         if producer_id or raw_sequence:

@@ -12,6 +12,12 @@ everything that arrived meanwhile: one fsync for many requests. Responses keep t
 the requests. A bad request ends the stream with its status after every earlier request
 was appended and answered.
 
+One gathered append is never more than one Produce may carry (``max_message_bytes`` of
+payload, and the transport limit on the wire, counted with each request's encoded size):
+on a follower the append is forwarded whole to the leader as one Produce, and leadership
+may change between gathering and appending, so the bound holds on every node. (Every node
+of a cluster must run with the same ``max_message_bytes``.)
+
 Idempotent producer: a request with ``producer_id`` (1..64 bytes) and ``sequence`` (>= 1)
 goes to ``append_idempotent`` of the log (:class:`IdempotentLog`); a retry of an appended
 pair is answered with the first offsets and ``duplicate = true``. On a ProduceStream such
@@ -67,9 +73,12 @@ _BOOK_READ_RECORDS = 256
 _MAX_RECORDS_PER_MESSAGE = 65536
 
 #: What the ProduceStream reader hands the appender: (records, bytes counted against the
-#: window, producer id, sequence) of one checked request, the end of the stream (None), or
-#: an error.
-_Request = tuple[list[bytes], int, str, int]
+#: window, producer id, sequence, encoded size of the request) of one checked request, the
+#: end of the stream (None), or an error.
+_Request = tuple[list[bytes], int, str, int, int]
+#: Room kept below the transport limit for what a forwarded Produce adds to the requests'
+#: records (its producer fields), bytes.
+_FORWARD_HEADROOM_BYTES = 1024
 _Item = _Request | Exception | None
 
 
@@ -348,6 +357,9 @@ class LogService(log_pb2_grpc.LogServicer):
         reader = asyncio.create_task(self._read_into(request_iterator, queue, window))
         max_requests = config.produce_stream_max_requests
         max_bytes = config.produce_stream_max_batch_bytes
+        # one append must fit in one Produce to the leader (module docs)
+        max_payload = config.max_message_bytes
+        max_wire = config.transport_limit_bytes - _FORWARD_HEADROOM_BYTES
         ProduceResponse = log_pb2.ProduceResponse
         held: _Request | None = None  # an idempotent request met while gathering
         try:
@@ -362,7 +374,7 @@ class LogService(log_pb2_grpc.LogServicer):
                     break
                 if isinstance(item, Exception):
                     raise item
-                records, size, producer_id, sequence = item
+                records, size, producer_id, sequence, wire = item
                 if producer_id:
                     done = await self._append_idempotent(records, producer_id, sequence)
                     if not done.duplicate:
@@ -375,18 +387,22 @@ class LogService(log_pb2_grpc.LogServicer):
                 # Gather what is queued already: one append, one fsync for all of it.
                 counts = [len(records)]
                 taken = size
+                payload = size - _REQUEST_OVERHEAD_BYTES
                 pending: Exception | None = None
                 while len(counts) < max_requests and taken < max_bytes and not queue.empty():
                     nxt = queue.get_nowait()
                     if nxt is None or isinstance(nxt, Exception):
                         ended, pending = True, nxt
                         break
-                    if nxt[2]:
-                        held = nxt  # appended on its own, next
+                    more = nxt[1] - _REQUEST_OVERHEAD_BYTES
+                    if nxt[2] or payload + more > max_payload or wire + nxt[4] > max_wire:
+                        held = nxt  # appended on its own or heads the next append
                         break
                     records.extend(nxt[0])  # a fresh list per request: ours to extend
                     counts.append(len(nxt[0]))
                     taken += nxt[1]
+                    payload += more
+                    wire += nxt[4]
                 first, _ = await self._log.append(records)
                 self._count_produced(records)
                 window.release(taken)
@@ -419,7 +435,7 @@ class LogService(log_pb2_grpc.LogServicer):
                 producer_id, sequence = self._producer_of(request)
                 size = _REQUEST_OVERHEAD_BYTES + sum(map(len, records))
                 await window.acquire(size)
-                queue.put_nowait((records, size, producer_id, sequence))
+                queue.put_nowait((records, size, producer_id, sequence, request.ByteSize()))
         except Exception as exc:
             queue.put_nowait(exc)
             return

@@ -24,6 +24,7 @@ from raftlog.api.v1 import log_pb2
 from raftlog.security import CertFiles
 from raftlog.server import interceptors
 from support.api_node import Node, running_node
+from support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -77,7 +78,12 @@ async def test_undecodable_unary_request_is_invalid_argument(
         "message_type": message_type,
         "size": str(len(JUNK)),
     }
-    assert node.server.observability.counts[f"/log.v1.Log/{method}", "INVALID_ARGUMENT"] == 1
+    # the interceptor counts the call once its handler has returned, which may be after the
+    # client already holds the status: wait for the count, then check it is exactly one
+    key = (f"/log.v1.Log/{method}", "INVALID_ARGUMENT")
+    counts = node.server.observability.counts
+    await wait_until(lambda: counts[key] >= 1, timeout=10, what=f"the count of {key}")
+    assert counts[key] == 1
     # the node still serves well-formed calls
     async with node.channel() as ch:
         resp = await node.stub(ch).Produce(
