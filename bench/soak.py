@@ -211,12 +211,16 @@ async def first_ack(cluster: DevCluster, tls: TLSConfig, timeout_s: float) -> tu
     raise TimeoutError(f"no write acknowledged within {timeout_s} s of the restart")
 
 
-async def check_all(cluster: DevCluster, tls: TLSConfig, name: str, records: int, per: int) -> int:
-    """Read every record back from ``name``; AssertionError on a gap or a wrong marker."""
-    got = 0
+async def check_all(
+    cluster: DevCluster, tls: TLSConfig, name: str, records: int, per: int
+) -> tuple[int, int]:
+    """Read every record back from ``name``, from its lowest offset (retention may have
+    dropped a prefix); AssertionError on a gap or a wrong marker. (lowest, records read)."""
     async with cluster.channel(name, tls) as ch:
         stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
-        call = stub.ConsumeStream(log_pb2.ConsumeRequest(offset=0, max_records=5000))
+        offsets = await stub.GetOffsets(log_pb2.GetOffsetsRequest(), timeout=5)
+        lowest = got = int(offsets.lowest_offset)
+        call = stub.ConsumeStream(log_pb2.ConsumeRequest(offset=lowest, max_records=5000))
         async for response in call:
             for r in response.records:
                 if r.offset != got:
@@ -230,7 +234,7 @@ async def check_all(cluster: DevCluster, tls: TLSConfig, name: str, records: int
             if got >= records:
                 break
         call.cancel()
-    return got
+    return lowest, got - lowest
 
 
 def wait_gone(cluster: DevCluster) -> None:
@@ -295,7 +299,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         out["restart_s"] = await kill_all_and_restart(cluster, tls, args.restart_timeout)
         if args.check:
             leader = await cluster.wait_for(tls, members=3, timeout_s=60)
-            out["read_back"] = await check_all(cluster, tls, leader, args.records, args.batch)
+            lowest, count = await check_all(cluster, tls, leader, args.records, args.batch)
+            out["lowest_offset"], out["read_back"] = lowest, count
     finally:
         cluster.stop_all()
     out["dir"] = str(root)
@@ -378,6 +383,12 @@ def main(argv: list[str]) -> int:
         result = asyncio.run(run(one))
         results.append(result)
         print(table([result]), flush=True)
+        if "read_back" in result:
+            print(
+                f"read back after the restart: {result['read_back']:,} records from offset "
+                f"{result['lowest_offset']:,} (lowest), dense and in order",
+                flush=True,
+            )
         if args.keep or args.dir:
             print(f"data: {result['dir']}", flush=True)
         else:
