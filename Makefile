@@ -20,7 +20,7 @@ CERTS  := certs/ca.pem certs/server.pem certs/root-client.pem certs/nobody-clien
 PYTEST_ARGS ?=
 
 .PHONY: help install run cluster test test-shuffle test-alone lint fmt proto certs bench chaos \
-        clean typeroot prometheus
+        clean typeroot prometheus soak
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -141,6 +141,14 @@ test-alone: install $(PROMETHEUS) ## each test file in its own pytest run (TESTS
 
 bench: install certs ## benchmarks, printed as ratios against baselines measured in the same run
 	$(PY) bench/run.py
+
+# The long-run storage scenario of issue 12 (not part of `make test`): 3 agents, RECORDS
+# records of 100 B in batches of 1000, kill -9 all, restart; AGENT_ARGS adds agent flags
+# (a retention run: AGENT_ARGS='--retention-bytes 500000000').
+RECORDS ?= 10000000
+AGENT_ARGS ?=
+soak: install ## soak: memory, disk, restart time at RECORDS records (docs/commitlog.md)
+	RECORDS=$(RECORDS) AGENT_ARGS="$(AGENT_ARGS)" $(PY) bench/soak.py
 
 # Fault injection against a real cluster (docs/reliability.md): every scenario, including
 # the 5-node one, for DURATION seconds of faults each; the table in docs/reliability.md

@@ -83,7 +83,7 @@ TRANSFER_TIMEOUT = 3.0
 
 def segment_config(segment_bytes: int) -> LogConfig:
     """The commit log's settings for ``--segment-bytes``: stores roll at that size; the
-    index holds one entry per 16 bytes of store (the default's ratio: 64 MiB -> 48 MiB)."""
+    index holds one entry per 16 bytes of store (the default's ratio: 64 MiB -> 32 MiB)."""
     entries = max(1, segment_bytes // 16)
     return LogConfig(max_store_bytes=segment_bytes, max_index_bytes=INDEX_ENTRY_BYTES * entries)
 
@@ -245,8 +245,17 @@ class ClusterNode:
                         # keep up to half a snapshot interval (at most 1024) of entries behind
                         # a snapshot, so a slightly late follower catches up from the log
                         snapshot_trailing_entries=min(1024, config.snapshot_threshold // 2),
+                        # memory and the Raft log on disk are bounded in bytes too: a
+                        # snapshot every snapshot_bytes, a quarter of that (at most 8 MiB)
+                        # kept behind it for slow followers
+                        snapshot_bytes=config.snapshot_bytes,
+                        snapshot_trailing_bytes=min(8 << 20, config.snapshot_bytes // 4),
                     ),
                     data_dir=config.data_dir / "raft",
+                    # a snapshot only references the commit log: one is enough, and a
+                    # received catch-up (which carries records) goes as soon as a local
+                    # snapshot replaces it
+                    snapshot_retain=1,
                     # interval: rounds do not wait for fsync; _interval_sync flushes the Raft log
                     fsync=config.sync == "always",
                     request_timeout=10.0,

@@ -195,6 +195,16 @@ class AgentConfig:
             "count",
         ),
     )
+    snapshot_bytes: int = field(
+        default=32 << 20,
+        metadata=_doc(
+            "bytes of Raft entries applied between two snapshots, whichever of this and "
+            "snapshot_threshold comes first (cluster mode): bounds the memory the Raft log "
+            "holds and its size on disk; a snapshot only references the commit log, so it "
+            "is cheap; 0 = count entries only",
+            "size",
+        ),
+    )
     retention_bytes: int = field(
         default=0,
         metadata=_doc(
@@ -410,6 +420,8 @@ class AgentConfig:
             raise ConfigError(
                 f"snapshot_threshold: must be >= 0 entries, got {self.snapshot_threshold}"
             )
+        if self.snapshot_bytes < 0:
+            raise ConfigError(f"snapshot_bytes: must be >= 0 bytes, got {self.snapshot_bytes}")
         self._validate_retention()
         _split_addr(self.bind_addr, "bind_addr")
         self._validate_dns()

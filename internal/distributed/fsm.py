@@ -9,16 +9,28 @@ Durability comes from the Raft log (fsynced before anything is acknowledged), so
 log here is written to the page cache only (``SyncPolicy.NEVER``). To avoid replaying the
 whole Raft log after every restart, the machine keeps a small checkpoint file
 (``fsm-state``: Raft index, next offset) that is written only after the commit log was
-fsynced up to that offset. On start:
+fsynced up to that offset (at every snapshot, on a follower's catch-up, after a restore,
+for retention and at a clean shutdown). On start:
 
-- a checkpoint whose offset the commit log still reaches: the log is cut back to it (records
-  after it may be torn or unaccounted) and Raft resumes after its index;
+- a checkpoint whose offset the commit log still reaches: the commit log opens with that
+  offset as its recovery point (segments below it are not scanned), is cut back to it
+  (records after it may be torn or unaccounted) and Raft resumes after its index;
 - no usable checkpoint: the commit log is emptied and Raft restores the newest snapshot
   and/or replays its log from the start (the applied index is then 0).
 
-Snapshots stream the commit log itself (:meth:`raftlog.log.Log.reader`, bounded to the
-current end, so later appends do not leak in); restoring builds a new log from the stream
-in a side directory and swaps it in.
+Snapshots reference the commit log instead of copying it (format 2, issue 12)::
+
+    b"RLFSMSN2" | u64 length | msgpack {"v": 2, "producers": ProducerTable.dump(),
+        "next_offset": N, "lowest_offset": L, "from": F[, "records", "bytes"]}
+    | the records F..N-1 as the commit log's stream (b"RLOGSNP1" ..., Log.range_reader)
+
+A snapshot taken here has ``F = N`` (no records: a few hundred bytes); its first byte is
+produced only after the commit log is fsynced up to ``N`` and a checkpoint of that very
+state is durable, so Raft compacts its log behind a state a restart always finds. What a
+follower receives (:meth:`CommitLogFSM.snapshot_stream`) starts at its own resume point
+(:meth:`CommitLogFSM.resume_point`, its durable checkpoint): only the records it lacks.
+Restoring keeps the follower's log below ``F`` and appends the rest. Format 1 (below: the
+whole commit log copied) still restores, by building a new log beside the old one.
 
 The idempotent producer. Two kinds of entries exist (the first byte says which):
 
@@ -36,7 +48,7 @@ batch is appended and remembered. Every replica applies the same entries in the 
 order with the same stamps, so the table is the same everywhere (expiry uses the stamps,
 never the replica's clock) and survives failover; two retries of one request that both
 reach Raft are deduplicated here too. The table is saved with the checkpoint (same
-moment as its index and offset) and travels at the head of every snapshot::
+moment as its index and offset) and travels at the head of every snapshot (format 1)::
 
     b"RLFSMSN1" | u64 length | msgpack {"v": 1, "producers": ProducerTable.dump()}
     | the commit log's own snapshot stream (b"RLOGSNP1" ...)
@@ -59,7 +71,8 @@ restart never finds a checkpoint older than a deletion (it could not cut the log
 it) and never serves a dropped record: the lowest comes back with the checkpoint, and an
 entry applied after it is replayed by Raft. A segment that is only partly below the lowest
 stays on disk (its records below are never served). The snapshot head carries the lowest
-too (``"lowest"``), so a replica restored from a snapshot taken after retention agrees.
+too (``"lowest_offset"``; ``"lowest"`` in format 1), so a replica restored from a snapshot
+taken after retention agrees.
 """
 
 from __future__ import annotations
@@ -101,6 +114,11 @@ RETENTION_TAG = b"T"
 _RETENTION_VERSION = 1
 #: Head of a snapshot stream that carries the producer table before the commit log.
 SNAPSHOT_MAGIC = b"RLFSMSN1"
+#: Head of a snapshot by reference (format 2): metadata, then only the records the
+#: receiver lacks (none in a snapshot kept locally).
+SNAPSHOT_MAGIC_REF = b"RLFSMSN2"
+#: Log a catch-up's progress every this many bytes.
+_PROGRESS_BYTES = 64 << 20
 _SNAPSHOT_HEAD = struct.Struct("<8sQ")
 CHECKPOINT_FILE = "fsm-state"
 LOG_DIR = "log"
@@ -229,6 +247,29 @@ def _read_checkpoint(
     return index, nxt, table
 
 
+def _encode_head(state: dict[str, Any]) -> bytes:
+    packed: bytes = msgpack.packb(state, use_bin_type=True)
+    return _SNAPSHOT_HEAD.pack(SNAPSHOT_MAGIC_REF, len(packed)) + packed
+
+
+def _unpack_state(packed: bytes) -> dict[str, Any]:
+    try:
+        state = msgpack.unpackb(packed, use_list=True, raw=False)
+    except (ValueError, msgpack.ExtraData) as exc:
+        raise FSMError(f"malformed snapshot metadata: {exc}") from exc
+    if not isinstance(state, dict):
+        raise FSMError("malformed snapshot metadata: not a map")
+    return state
+
+
+def _decode_head(data: bytes) -> dict[str, Any] | None:
+    """The metadata of a snapshot by reference, or None for another format."""
+    if not data.startswith(SNAPSHOT_MAGIC_REF) or len(data) < _SNAPSHOT_HEAD.size:
+        return None
+    _, size = _SNAPSHOT_HEAD.unpack_from(data)
+    return _unpack_state(data[_SNAPSHOT_HEAD.size : _SNAPSHOT_HEAD.size + size])
+
+
 def _checkpoint_lowest(directory: Path) -> int:
     """The lowest offset the checkpoint recorded (0: none, or written before retention)."""
     try:
@@ -289,6 +330,9 @@ class CommitLogFSM:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._generation = 0
         self._checkpoint_task: asyncio.Task[None] | None = None
+        #: The next offset of the newest durable checkpoint (what a restart resumes from;
+        #: after open the log ends exactly there): a follower's resume point.
+        self._checkpointed_next = commit_log.next_offset
         self.on_apply: Callable[[], None] | None = None
         #: Highest offset readers may see (every record in the log is committed).
         self.highest_offset = commit_log.highest_offset
@@ -336,8 +380,11 @@ class CommitLogFSM:
             sync_timeout_s=config.sync_timeout_s,
         )
         shutil.rmtree(base / _RESTORE_DIR, ignore_errors=True)
-        commit_log = Log.open(base / LOG_DIR, config)
         checkpoint = _read_checkpoint(base, producer_config)
+        # The checkpoint is written only after an fsync of the commit log up to its offset:
+        # segments below it are trusted (no store scan); the tail after it is verified.
+        trusted = checkpoint[1] if checkpoint is not None else 0
+        commit_log = Log.open(base / LOG_DIR, config, trusted_below=trusted)
         applied = 0
         table = ProducerTable(producer_config)
         lowest = commit_log.lowest_offset
@@ -360,6 +407,7 @@ class CommitLogFSM:
             lowest = commit_log.lowest_offset
         fsm = cls(base, commit_log, applied, config, table, lowest=lowest)
         fsm._checkpointed = (0, applied, lowest)
+        fsm._checkpointed_next = commit_log.next_offset
         return fsm
 
     # -- reads (event loop) ----------------------------------------------------------------
@@ -456,23 +504,190 @@ class CommitLogFSM:
         return out
 
     def snapshot(self) -> Iterable[bytes]:
-        """The producer table, then the commit log as it is now, streamed (see the module
-        docs for the format); a checkpoint is written meanwhile."""
-        reader = self.log.reader()
-        state = {"v": 1, "producers": self.producers.dump(), "lowest": self.lowest_offset}
-        packed: bytes = msgpack.packb(state, use_bin_type=True)
-        head = _SNAPSHOT_HEAD.pack(SNAPSHOT_MAGIC, len(packed)) + packed
-        self._schedule_checkpoint()
+        """A snapshot by reference (format 2, see docs/commitlog.md): the producer table and
+        where the commit log ends (``next_offset``), with no records at all, since the
+        commit log itself holds them. Captured now, on the loop; the first chunk is
+        produced only once the commit log is fsynced up to that offset and a checkpoint of
+        this very state is durable, so the snapshot (and the Raft log compaction behind it)
+        never outruns what a restart finds in the commit log."""
+        commit_log = self.log
+        index, nxt, lowest = self._applied, commit_log.next_offset, self.lowest_offset
+        producers = self.producers.dump()
+        state = {
+            "v": 2,
+            "producers": producers,
+            "next_offset": nxt,
+            "lowest_offset": self.lowest_offset,  # retention's lowest, the same everywhere
+            "from": nxt,
+        }
+        head = _encode_head(state)
 
         def chunks() -> Iterator[bytes]:
-            with reader:
-                yield head
-                yield from reader.chunks()
+            self._durable_checkpoint(index, nxt, producers, lowest)
+            yield head
 
         return chunks()
 
+    def snapshot_stream(self, data: bytes, resume: int, peer: str = "") -> Iterator[bytes] | None:
+        """What to send a follower for the stored snapshot ``data`` (taken by
+        :meth:`snapshot`) when the follower's commit log already holds every record below
+        ``resume`` (its :meth:`resume_point`): the metadata, then only the records from
+        ``resume`` to the snapshot's end, read from the commit log in chunks (bounded
+        memory). None for a snapshot of another format (sent as stored). On the loop."""
+        state = _decode_head(data)
+        if state is None or state.get("v") != 2:
+            return None  # (a snapshot received with records is served from the log too)
+        commit_log = self.log
+        nxt = int(state["next_offset"])
+        # retention's lowest: nothing below it is sent (the follower starts there)
+        lowest = max(self.lowest_offset, commit_log.lowest_offset)
+        if nxt > commit_log.next_offset:
+            raise FSMError(
+                f"snapshot ends at offset {nxt}, the commit log ends at {commit_log.next_offset}"
+            )
+        # Records below ``lowest`` are gone (retention, decided by an entry after the
+        # snapshot): the follower starts at ``lowest`` (or at the snapshot's end when
+        # retention passed it; it appends the entries after the snapshot from there and
+        # applies the same retention entry).
+        first = min(max(resume, lowest), nxt)
+        reader = commit_log.range_reader(first, nxt) if first < nxt else None
+        total = reader.frame_bytes if reader is not None else 0
+        out = dict(state, lowest_offset=min(lowest, nxt), **{"from": first})
+        out["records"] = nxt - first
+        out["bytes"] = total
+        head = _encode_head(out)
+        log.info(
+            "catch-up of %s: sending offsets %d..%d (%d records, %d bytes; it holds up to %d)",
+            peer or "a follower",
+            first,
+            nxt - 1,
+            nxt - first,
+            total,
+            resume,
+        )
+
+        def chunks() -> Iterator[bytes]:
+            yield head
+            if reader is None:
+                return
+            with reader:
+                if first < nxt:
+                    sent, mark = 0, _PROGRESS_BYTES
+                    for chunk in reader.chunks():
+                        sent += len(chunk)
+                        if sent >= mark:
+                            mark += _PROGRESS_BYTES
+                            log.info(
+                                "catch-up of %s: %d of %d bytes sent",
+                                peer or "a follower",
+                                sent,
+                                total,
+                            )
+                        yield chunk
+
+        return chunks()
+
+    async def resume_point(self) -> int:
+        """The offset from which this replica lacks records, made durable first (a
+        checkpoint): a leader sends a catch-up only from there. Every record below it is
+        committed (the commit log holds only applied records) and fsynced."""
+        await self.checkpoint()
+        return self._checkpointed_next
+
     def restore(self, source: SnapshotSource, meta: SnapshotMeta) -> None:
-        """Replace the commit log with the snapshot's (worker thread)."""
+        """Make the commit log the snapshot's (worker thread). A snapshot by reference keeps
+        what this log already holds below its ``from`` and appends the records that
+        follow; the older formats replace the whole log."""
+        first = _read_exact(source, _SNAPSHOT_HEAD.size)
+        if first[: len(SNAPSHOT_MAGIC_REF)] == SNAPSHOT_MAGIC_REF and len(first) == len(
+            _SNAPSHOT_HEAD.pack(SNAPSHOT_MAGIC_REF, 0)
+        ):
+            _, size = _SNAPSHOT_HEAD.unpack(first)
+            state = _unpack_state(_read_exact(source, size))
+            self._restore_ref(source, meta, state)
+            return
+        self._restore_copy(source, meta, first)
+
+    def _restore_ref(
+        self, source: SnapshotSource, meta: SnapshotMeta, state: dict[str, Any]
+    ) -> None:
+        table = ProducerTable(self.producers.config)
+        try:
+            table.load(state["producers"])
+            nxt, lowest = int(state["next_offset"]), int(state["lowest_offset"])
+            start = int(state["from"])
+            snap_lowest = lowest
+        except (ValueError, KeyError, TypeError) as exc:
+            raise FSMError(f"malformed snapshot metadata: {exc}") from exc
+        total_records = nxt - start
+        total_bytes = int(state.get("bytes", 0))
+        with self._lock:
+            self._generation += 1
+            current = self._detach()
+        if current is None:
+            raise FSMError("a restore is already in progress")
+        try:
+            if start < current.lowest_offset or start > current.next_offset:
+                if start != lowest:
+                    raise FSMError(
+                        f"the snapshot at index {meta.index} needs the records below {start}, "
+                        f"but the commit log holds {current.lowest_offset}.."
+                        f"{current.next_offset - 1}"
+                    )
+                current.reset(start)  # the leader holds nothing below ``start`` either
+            elif start <= current.highest_offset:
+                current.truncate_after(start - 1)
+            if start < nxt:
+                mark = [_PROGRESS_BYTES]
+
+                def progress(records: int, done: int) -> None:
+                    if done >= mark[0] or records == total_records:
+                        mark[0] = done + _PROGRESS_BYTES
+                        log.info(
+                            "catch-up from the snapshot at index %d: %d of %d bytes, "
+                            "%d of %d records",
+                            meta.index,
+                            done,
+                            total_bytes,
+                            records,
+                            total_records,
+                        )
+
+                def rest() -> Iterator[bytes]:
+                    while chunk := source.read(1 << 20):
+                        yield chunk
+
+                current.append_stream(rest(), progress)
+            if current.next_offset != nxt:
+                raise FSMError(
+                    f"after the snapshot at index {meta.index} the commit log ends at "
+                    f"{current.next_offset}, expected {nxt}"
+                )
+            lowest = min(max(snap_lowest, current.lowest_offset), nxt)
+            current.sync_blocking()
+            with self._lock:
+                _write_checkpoint(self.directory, meta.index, nxt, table.dump(), lowest)
+                self._checkpointed = (self._generation, meta.index, lowest)
+                self._checkpointed_next = nxt
+            # segments wholly below the retention lowest go once it is checkpointed
+            _remove_segments(current.detach_below(lowest))
+            self._applied = meta.index
+            self.producers = table
+            self.highest_offset = current.highest_offset
+            self.lowest_offset = lowest
+        finally:
+            self._attach(current)
+        log.info(
+            "commit log restored from the snapshot at index %d: offsets %d..%d (%d records "
+            "received)",
+            meta.index,
+            current.lowest_offset,
+            current.highest_offset,
+            total_records,
+        )
+
+    def _restore_copy(self, source: SnapshotSource, meta: SnapshotMeta, first: bytes) -> None:
+        """Restore a snapshot of format 1 (or older): a copy of the whole commit log."""
         restoring = self.directory / _RESTORE_DIR
         shutil.rmtree(restoring, ignore_errors=True)
         config = LogConfig(
@@ -483,7 +698,6 @@ class CommitLogFSM:
 
         table = ProducerTable(self.producers.config)
         snap_lowest = 0
-        first = _read_exact(source, _SNAPSHOT_HEAD.size)
         if first[: len(SNAPSHOT_MAGIC)] == SNAPSHOT_MAGIC and len(first) == _SNAPSHOT_HEAD.size:
             _, size = _SNAPSHOT_HEAD.unpack(first)
             packed = _read_exact(source, size)
@@ -517,6 +731,7 @@ class CommitLogFSM:
             _remove_segments(new.detach_below(lowest))
             _write_checkpoint(self.directory, meta.index, new.next_offset, table.dump(), lowest)
             self._checkpointed = (self._generation, meta.index, lowest)
+            self._checkpointed_next = new.next_offset
             self._applied = meta.index
             self.producers = table
             self.highest_offset = new.highest_offset
@@ -532,7 +747,10 @@ class CommitLogFSM:
     def _detach(self) -> Log | None:
         """Take the log away from readers, on the loop (so that no read is in progress)."""
         loop = self._loop
-        if loop is None or not loop.is_running():
+        on_loop = False
+        with contextlib.suppress(RuntimeError):
+            on_loop = asyncio.get_running_loop() is loop
+        if loop is None or not loop.is_running() or on_loop:
             old, self._log = self._log, None
             return old
         box: list[Log | None] = []
@@ -581,6 +799,7 @@ class CommitLogFSM:
         producers = self.producers.dump()
         _write_checkpoint(self.directory, self._applied, current.next_offset, producers, lowest)
         self._checkpointed = (self._generation, self._applied, lowest)
+        self._checkpointed_next = current.next_offset
         _remove_segments(current.detach_below(lowest))
 
     async def _prune(self) -> None:
@@ -615,32 +834,76 @@ class CommitLogFSM:
         """Remember the running loop (restore runs in a thread and must reach it)."""
         self._loop = asyncio.get_running_loop()
 
-    def _schedule_checkpoint(self) -> None:
-        if self._loop is None or (
-            self._checkpoint_task is not None and not self._checkpoint_task.done()
-        ):
+    def _durable_checkpoint(
+        self, index: int, nxt: int, producers: dict[str, Any], lowest: int
+    ) -> None:
+        """Blocking (the snapshot's worker thread): fsync the commit log and checkpoint
+        (index, nxt, producers, lowest); raises if that failed, so the snapshot fails with
+        it."""
+        loop = self._loop
+        on_loop = False
+        with contextlib.suppress(RuntimeError):
+            on_loop = asyncio.get_running_loop() is loop
+        if loop is not None and loop.is_running() and not on_loop:
+            future = asyncio.run_coroutine_threadsafe(
+                self._checkpoint_at(index, nxt, producers, lowest, strict=True), loop
+            )
+            future.result(timeout=self._config.sync_timeout_s * 2)
             return
-        self._checkpoint_task = self._loop.create_task(self.checkpoint(), name="fsm-checkpoint")
+        # no loop, or consumed on the loop itself (an in-memory snapshot store): at once
+        current = self.log
+        current.sync_blocking()
+        self._write_if_newer(index, nxt, producers, lowest, self._generation, strict=True)
+
+    def _write_if_newer(
+        self,
+        index: int,
+        nxt: int,
+        producers: dict[str, Any],
+        lowest: int,
+        generation: int,
+        *,
+        strict: bool,
+    ) -> None:
+        """Write the checkpoint unless a newer one is durable already (checkpoints never go
+        back, nor does their lowest). ``strict``: FSMError if the commit log was replaced
+        by a snapshot meanwhile (else nothing is written)."""
+        with self._lock:
+            if generation != self._generation:
+                if strict:
+                    raise FSMError("the commit log was replaced by a snapshot meanwhile")
+                return
+            done = self._checkpointed
+            if (generation, index) < done[:2]:
+                return
+            lowest = max(lowest, done[2]) if generation == done[0] else lowest
+            _write_checkpoint(self.directory, index, nxt, producers, lowest)
+            self._checkpointed = (generation, index, lowest)
+            self._checkpointed_next = nxt
+
+    async def _checkpoint_at(
+        self, index: int, nxt: int, producers: dict[str, Any], lowest: int, *, strict: bool
+    ) -> None:
+        """fsync the commit log (everything written so far, so at least up to ``nxt``),
+        then record (index, nxt, producers, lowest) durably. Raises on failure."""
+        current = self.log
+        generation = self._generation
+        await current.sync()
+        await asyncio.to_thread(
+            self._write_if_newer, index, nxt, producers, lowest, generation, strict=strict
+        )
 
     async def checkpoint(self) -> None:
-        """fsync the commit log, then record (applied index, next offset) durably."""
+        """fsync the commit log, then record (applied index, next offset, producer table,
+        lowest offset) durably."""
         current = self._log
         if current is None:
             return
-        index, nxt, generation = self._applied, current.next_offset, self._generation
+        index, nxt = self._applied, current.next_offset
         producers = self.producers.dump()  # the table as of ``index``, taken at once
         lowest = self.lowest_offset
         try:
-            await current.sync()
-
-            def write() -> None:
-                with self._lock:
-                    done = self._checkpointed
-                    if generation == self._generation and (generation, index) >= done[:2]:
-                        _write_checkpoint(self.directory, index, nxt, producers, lowest)
-                        self._checkpointed = (generation, index, lowest)
-
-            await asyncio.to_thread(write)
+            await self._checkpoint_at(index, nxt, producers, lowest, strict=False)
         except Exception as exc:  # a later checkpoint or the close one will do
             log.warning("fsm checkpoint at index %d failed: %s", index, exc)
 

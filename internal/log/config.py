@@ -10,8 +10,12 @@ from raftlog.log.errors import ConfigError
 
 #: Size of one frame header in the store: u32 payload length + u32 checksum (bytes).
 FRAME_HEADER_BYTES = 8
-#: Size of one index entry: u32 relative offset + u64 store position (bytes).
-INDEX_ENTRY_BYTES = 12
+#: Size of one index entry: u32 relative offset + u32 store position (bytes). A position
+#: fits in 32 bits because a record starts only in a store smaller than
+#: ``max_store_bytes``, which is at most :data:`MAX_STORE_BYTES`.
+INDEX_ENTRY_BYTES = 8
+#: Largest ``max_store_bytes``: store positions are u32 in the index.
+MAX_STORE_BYTES = 1 << 32
 
 MIB = 1 << 20
 
@@ -39,11 +43,12 @@ class LogConfig:
     Attributes:
         max_store_bytes: most bytes (frame headers included) one segment's store file
             holds; a batch that does not fit is split and the rest goes to a new segment.
-            A single record larger than this gets a segment of its own. Default 64 MiB.
+            A single record larger than this gets a segment of its own. Default 64 MiB;
+            at most 4 GiB (index positions are 32-bit).
         max_index_bytes: size of a segment's preallocated index file, in bytes; a multiple
-            of 12 (one entry per record). A segment is also sealed when its index is full.
+            of 8 (one entry per record). A segment is also sealed when its index is full.
             The file is sparse while the segment is active and cut to its real size when
-            the segment is closed. Default 48 MiB = 4,194,304 entries, enough for a full
+            the segment is closed. Default 32 MiB = 4,194,304 entries, enough for a full
             64 MiB store of 8-byte records.
         initial_offset: offset of the first record of a new, empty log. Default 0.
         sync: durability policy, see :class:`SyncPolicy`. Default ``ALWAYS``.
@@ -70,6 +75,11 @@ class LogConfig:
         if not isinstance(self.max_store_bytes, int) or self.max_store_bytes <= 0:
             raise ConfigError(
                 f"max_store_bytes must be a positive number of bytes, got {self.max_store_bytes!r}"
+            )
+        if self.max_store_bytes > MAX_STORE_BYTES:
+            raise ConfigError(
+                f"max_store_bytes must be at most {MAX_STORE_BYTES} bytes (4 GiB: index "
+                f"positions are 32-bit), got {self.max_store_bytes}"
             )
         if not isinstance(self.max_index_bytes, int) or self.max_index_bytes < INDEX_ENTRY_BYTES:
             raise ConfigError(

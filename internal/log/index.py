@@ -2,11 +2,13 @@
 
 ::
 
-    entry = | relative offset: u32 LE | position: u64 LE |     (12 bytes, packed)
+    entry = | relative offset: u32 LE | position: u32 LE |     (8 bytes, packed)
 
 The file of the active segment is preallocated (sparse) to ``max_index_bytes`` and mapped
 with :class:`numpy.memmap`; a batch of positions is one vectorised slice assignment. On a
-clean close (or when the segment is sealed) the file is cut to ``count * 12`` bytes.
+clean close (or when the segment is sealed) the file is cut to ``count * 8`` bytes.
+(Format before issue 12: 12-byte entries with a u64 position; such an index no longer
+matches its store, so recovery rebuilds it from the store once.)
 
 The number of entries is never read from the file's size: a crash leaves the preallocated
 size behind, full of zeros. Recovery (:mod:`raftlog.log.segment`) accepts an entry only if
@@ -26,16 +28,16 @@ import numpy.typing as npt
 
 from raftlog.log.config import INDEX_ENTRY_BYTES
 
-ENTRY_DTYPE = np.dtype([("rel", "<u4"), ("pos", "<u8")])
+ENTRY_DTYPE = np.dtype([("rel", "<u4"), ("pos", "<u4")])
 assert ENTRY_DTYPE.itemsize == INDEX_ENTRY_BYTES
 
 EntryArray = np.ndarray[Any, np.dtype[np.void]]
 
-_ENTRY = struct.Struct("<IQ")
-_POS = struct.Struct("<Q")
+_ENTRY = struct.Struct("<II")
+_POS = struct.Struct("<I")
 #: The index file's blocks are allocated ahead of the entries written into them, this many
-#: bytes at a time (a multiple of 12 and of the page size).
-BACKING_STEP = 12 * 4096 * 4
+#: bytes at a time (a multiple of the entry size and of the page size).
+BACKING_STEP = INDEX_ENTRY_BYTES * 4096 * 4
 
 
 class Index:

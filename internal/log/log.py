@@ -12,7 +12,7 @@ import fcntl
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -35,7 +35,7 @@ from raftlog.log.segment import (
     Segment,
     remove_files,
 )
-from raftlog.log.snapshot import LogReader, restore_log
+from raftlog.log.snapshot import LogReader, append_stream, restore_log
 
 logger = logging.getLogger("raftlog.log")
 
@@ -114,12 +114,21 @@ class Log:
     # -- opening -------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, directory: str | Path, config: LogConfig | None = None) -> Log:
+    def open(
+        cls, directory: str | Path, config: LogConfig | None = None, *, trusted_below: int = 0
+    ) -> Log:
         """Open (creating if needed) the log in ``directory``, recovering it from a crash.
 
         Blocking: it reads and verifies the active segment. A torn or corrupt tail is cut
         and logged; an index that does not match its store is rebuilt; segments after a
         hole are removed so that offsets stay dense.
+
+        ``trusted_below`` is a recovery point: every record below it was fsynced (the
+        caller checkpointed it durably after an fsync). A sealed segment that ends at or
+        below it, whose index file holds exactly its records, is opened without reading
+        its store (Kafka's recovery-point checkpoint): recovery work is bounded by what
+        was written since the checkpoint, not by the size of the log. Everything after
+        the point is verified as without one.
         """
         config = config or LogConfig()
         config.validate()
@@ -127,7 +136,7 @@ class Log:
         path.mkdir(parents=True, exist_ok=True)
         lock_fd = _lock_directory(path)
         try:
-            log = cls._recover(path, config)
+            log = cls._recover(path, config, trusted_below)
         except BaseException:
             os.close(lock_fd)
             raise
@@ -135,7 +144,7 @@ class Log:
         return log
 
     @classmethod
-    def _recover(cls, path: Path, config: LogConfig) -> Log:
+    def _recover(cls, path: Path, config: LogConfig, trusted_below: int = 0) -> Log:
         stores: set[int] = set()
         for entry in path.iterdir():
             stem, suffix = entry.stem, entry.suffix
@@ -154,7 +163,8 @@ class Log:
         changed = False
         for i, base in enumerate(bases):
             expected = bases[i + 1] - base if i + 1 < len(bases) else None
-            seg, report = Segment.recover(path, base, config, expected)
+            trusted = expected is not None and bases[i + 1] <= trusted_below
+            seg, report = Segment.recover(path, base, config, expected, trusted=trusted)
             segments.append(seg)
             reports.append(report)
             changed |= bool(report.cut_bytes or report.index_rebuilt)
@@ -546,6 +556,46 @@ class Log:
         """A byte stream over the whole log, as it is now (for snapshots)."""
         self._check_open()
         return LogReader(self.lowest_offset, [(s.store.path, s.store.size) for s in self._segments])
+
+    def range_reader(self, first: int, end: int) -> LogReader:
+        """A byte stream (the :meth:`reader` format) over the records ``first..end-1`` only,
+        as they are now: what a follower that holds everything below ``first`` lacks.
+
+        The positions are taken here (call it on the log's thread); reading it later in
+        another thread is safe (its own descriptors, never past ``end``).
+        """
+        self._check_open()
+        if not self.lowest_offset <= first <= end <= self.next_offset:
+            raise LogError(
+                f"range {first}..{end} is not within the log's {self.lowest_offset}.."
+                f"{self.next_offset}"
+            )
+        stores: list[tuple[Path, int]] = []
+        starts: list[int] = []
+        for seg in self._segments:
+            lo, hi = max(first, seg.base_offset), min(end, seg.next_offset)
+            if lo >= hi:
+                continue
+            start = seg.index.position(lo - seg.base_offset)
+            stop = (
+                seg.index.position(hi - seg.base_offset)
+                if hi < seg.next_offset
+                else (seg.store.size)
+            )
+            stores.append((seg.store.path, stop - start))
+            starts.append(start)
+        return LogReader(first, stores, starts)
+
+    def append_stream(
+        self,
+        source: BinaryIO | Iterable[bytes],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> tuple[int, int]:
+        """Append the records of a :meth:`range_reader` stream that starts at
+        :attr:`next_offset` (checksums verified, bounded memory, not fsynced); return (first
+        offset, records appended). ``progress(records, frame_bytes)`` after each batch."""
+        self._check_open()
+        return append_stream(self, source, progress)
 
     @classmethod
     def restore(

@@ -293,16 +293,30 @@ class ChunkAck:
     term: int
     next_offset: int
     ok: bool
+    #: The receiver's resume point (what its state machine already holds, see
+    #: ``StateMachine.resume_point``), -1 when it has none: the sender of a snapshot by
+    #: reference sends only what lies after it. Encoded only when set (older peers).
+    resume: int = -1
 
 
 def encode_chunk_ack(ack: ChunkAck) -> bytes:
     """Encode a chunk acknowledgement (without its payload kind byte)."""
-    return _pack([VERSION, ack.src, ack.dst, ack.index, ack.term, ack.next_offset, ack.ok])
+    fields = [ack.src, ack.dst, ack.index, ack.term, ack.next_offset, ack.ok]
+    if ack.resume >= 0:
+        fields.append(ack.resume)
+    return _pack([VERSION, *fields])
 
 
 def decode_chunk_ack(data: bytes) -> ChunkAck:
     """Decode :func:`encode_chunk_ack`'s bytes; CodecError on anything else."""
-    src, dst, index, term, nxt, ok = _list(_unpack(data, "chunk ack"), 6, "chunk ack")
+    raw = _unpack(data, "chunk ack")
+    resume = -1
+    if isinstance(raw, list) and len(raw) == 7:
+        resume = _int(raw[6], "resume")
+        if resume < 0:
+            raise CodecError("chunk ack: resume must be >= 0")
+        raw = raw[:6]
+    src, dst, index, term, nxt, ok = _list(raw, 6, "chunk ack")
     if not isinstance(ok, bool):
         raise CodecError("chunk ack: ok must be a boolean")
     return ChunkAck(
@@ -312,4 +326,5 @@ def decode_chunk_ack(data: bytes) -> ChunkAck:
         _int(term, "term"),
         _int(nxt, "next_offset"),
         ok,
+        resume,
     )

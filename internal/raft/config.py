@@ -36,6 +36,13 @@ class RaftConfig:
         snapshot_threshold: once this many entries have been applied since the last
             snapshot, ``RaftCore.should_snapshot()`` becomes true and the runtime should take
             a snapshot. 0 disables the hint. Default 8192 entries.
+        snapshot_bytes: once entries holding this many bytes (``Entry.size()``) have been
+            applied since the last snapshot, ``should_snapshot()`` becomes true too,
+            whatever their number: the log the core holds in memory is bounded in bytes
+            (an entry may carry a whole produce batch). 0 disables it. Default 32 MiB.
+        snapshot_trailing_bytes: at most this many bytes of entries are kept below a new
+            snapshot, even when ``snapshot_trailing_entries`` would keep more. 0 for no
+            byte bound. Default 8 MiB.
         snapshot_trailing_entries: entries kept in the log below a new snapshot, so that a
             follower lagging only slightly still catches up from the log, not from a
             snapshot. Default 1024 entries.
@@ -54,6 +61,8 @@ class RaftConfig:
     check_quorum: bool = True
     snapshot_threshold: int = 8192
     snapshot_trailing_entries: int = 1024
+    snapshot_bytes: int = 32 << 20
+    snapshot_trailing_bytes: int = 8 << 20
     snapshot_chunk_bytes: int = 1 << 20
     max_committed_per_ready: int = 4096
 
@@ -79,6 +88,15 @@ class RaftConfig:
         if self.snapshot_trailing_entries < 0:
             raise ConfigError(
                 f"snapshot_trailing_entries must be >= 0, got {self.snapshot_trailing_entries}"
+            )
+        if self.snapshot_bytes < 0:
+            raise ConfigError(
+                f"snapshot_bytes must be >= 0 (0 disables), got {self.snapshot_bytes}"
+            )
+        if self.snapshot_trailing_bytes < 0:
+            raise ConfigError(
+                f"snapshot_trailing_bytes must be >= 0 (0: no byte bound), got "
+                f"{self.snapshot_trailing_bytes}"
             )
         if self.snapshot_chunk_bytes < 1:
             raise ConfigError(

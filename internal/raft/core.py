@@ -290,14 +290,21 @@ class RaftCore:
     # -- snapshots ------------------------------------------------------------------------
 
     def should_snapshot(self) -> bool:
-        """True once ``snapshot_threshold`` entries were applied since the last snapshot.
+        """True once ``snapshot_threshold`` entries, or ``snapshot_bytes`` bytes of entries,
+        were applied since the last snapshot (whichever comes first: memory held by the log
+        is bounded in bytes whatever the size of an entry).
 
         The runtime checks this after ``advance``; it then snapshots the state machine at the
         applied index, stores it under ``snapshot_meta()``, and calls ``compact(meta)``.
         """
         t = self.config.snapshot_threshold
         base = self.log.snapshot.index if self.log.snapshot else 0
-        return t > 0 and self.log.applied - base >= t
+        if self.log.applied <= base:
+            return False
+        if t > 0 and self.log.applied - base >= t:
+            return True
+        b = self.config.snapshot_bytes
+        return b > 0 and self.log.bytes_between(base + 1, self.log.applied) >= b
 
     def snapshot_meta(self, index: int | None = None) -> SnapshotMeta:
         """Metadata for a snapshot of the state machine at ``index`` (default: applied)."""
@@ -314,7 +321,8 @@ class RaftCore:
 
     def compact(self, meta: SnapshotMeta) -> int:
         """A snapshot described by ``meta`` is durably stored: make it the newest snapshot
-        and drop log entries below it (keeping ``snapshot_trailing_entries``).
+        and drop log entries below it (keeping at most ``snapshot_trailing_entries`` entries
+        and at most ``snapshot_trailing_bytes`` bytes of them).
 
         Returns the highest index the runtime may now delete from its log store.
         """
@@ -329,6 +337,9 @@ class RaftCore:
         self._base_conf = (meta.index, meta.membership)
         self._confs = [c for c in self._confs if c[0] > meta.index]
         target = meta.index - self.config.snapshot_trailing_entries
+        if self.config.snapshot_trailing_bytes > 0:
+            by_bytes = self.log.index_keeping(meta.index, self.config.snapshot_trailing_bytes)
+            target = max(target, min(by_bytes, meta.index))
         if target > self.log.offset:
             self.log.compact(target)
         return self.log.offset

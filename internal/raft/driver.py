@@ -36,7 +36,7 @@ from raftlog.raft.codec import (
 from raftlog.raft.config import NodeConfig
 from raftlog.raft.core import RaftCore, Ready, check_can_bootstrap
 from raftlog.raft.errors import BootstrapError, NodeClosedError, OutcomeUnknownError, RaftError
-from raftlog.raft.fsm import StateMachine
+from raftlog.raft.fsm import CatchUpStateMachine, StateMachine
 from raftlog.raft.observer import NO_METRICS, RaftMetrics
 from raftlog.raft.proposals import ProposalTracker
 from raftlog.raft.reads import ReadBarriers
@@ -231,6 +231,16 @@ class Driver:
             and self._clock.now() >= self._snap_retry_at
         ):
             self._start_snapshot(core)
+        elif (
+            rd.snapshot is not None
+            and self._snap_task is None
+            and self._snap_done is None
+            and isinstance(self._fsm, CatchUpStateMachine)
+        ):
+            # The snapshot just installed came with the records this node lacked, and sits
+            # in the snapshot store as received: take one by reference at the same index,
+            # so that retention drops the received copy (one copy of a record on disk).
+            self._start_snapshot(core, again=True)
 
     async def _until_written(self, attempt: Callable[[], Awaitable[None]]) -> None:
         """Run ``attempt`` (persist a Ready, or apply its entries) until it succeeds.
@@ -346,9 +356,14 @@ class Driver:
         self._start_snapshot(core)
         return self._snap_task is not None
 
-    def _start_snapshot(self, core: RaftCore) -> None:
+    def _start_snapshot(self, core: RaftCore, *, again: bool = False) -> None:
+        """Snapshot what is applied now, unless the newest snapshot covers it already
+        (``again``: also when it is at the same index, to replace that one)."""
         meta = core.snapshot_meta()
-        if self.snapshot_meta is not None and meta.index <= self.snapshot_meta.index:
+        newest = self.snapshot_meta
+        if newest is not None and (
+            meta.index < newest.index or (meta.index == newest.index and not again)
+        ):
             return
         source = self._fsm.snapshot()
         self._snap_task = asyncio.create_task(

@@ -25,7 +25,7 @@ with :class:`~raftlog.raft.node.NodeFailedError`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from raftlog.raft.types import Entry, SnapshotMeta
@@ -77,3 +77,22 @@ class StateMachine(Protocol):
         """Replace the whole state with the snapshot in ``source`` (covering the log up to
         ``meta.index``). Runs in a worker thread; may block."""
         ...
+
+
+@runtime_checkable
+class CatchUpStateMachine(Protocol):
+    """Optional: a state machine whose snapshots reference durable state it already holds
+    (the commit log), so that a follower receives only what it lacks.
+
+    - :meth:`resume_point` (follower side, on the loop): how much this replica holds,
+      made durable first; sent back in the acknowledgement of a snapshot's first chunk.
+    - :meth:`snapshot_stream` (leader side, on the loop): the bytes to send for the stored
+      snapshot whose data starts with ``head`` to a follower at ``resume``; iterated in a
+      worker thread. None: send the stored data as it is.
+    """
+
+    async def resume_point(self) -> int: ...
+
+    def snapshot_stream(
+        self, head: bytes, resume: int, peer: str = ""
+    ) -> Iterator[bytes] | None: ...

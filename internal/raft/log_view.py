@@ -11,6 +11,7 @@ This class does no I/O; the runtime's log store holds the durable copy.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections.abc import Callable, Sequence
 
@@ -65,6 +66,12 @@ class RaftLog:
             self.offset = snap_index
             self.offset_term = snapshot.term if snapshot else 0
         self._entries: list[Entry] = ents
+        # Running byte sizes (Entry.size()) of the entries held: ``_cum[i]`` is the total up
+        # to and including ``_entries[i]``, ``_base_cum`` the total before the first one, so
+        # the bytes of any range are one subtraction (the byte-based snapshot trigger and
+        # trailing window use them; a sum over the entries would cost O(entries) a round).
+        self._base_cum = 0
+        self._cum: list[int] = list(itertools.accumulate(e.size() for e in ents))
         self.stable = self.last_index
         self.in_progress = self.last_index
         self.committed = min(max(commit, snap_index), self.last_index)
@@ -99,6 +106,30 @@ class RaftLog:
         if self.offset < index <= self.last_index:
             return self._entries[index - self.offset - 1].term
         return None
+
+    def _cum_at(self, index: int) -> int:
+        """Running byte total through ``index`` (``offset <= index <= last_index``)."""
+        return self._base_cum if index <= self.offset else self._cum[index - self.offset - 1]
+
+    def bytes_between(self, lo: int, hi: int) -> int:
+        """Bytes (``Entry.size()``) of the entries held in ``lo..hi`` (inclusive; indexes
+        outside what is held count nothing)."""
+        lo = max(lo, self.offset + 1)
+        hi = min(hi, self.last_index)
+        if hi < lo:
+            return 0
+        return self._cum_at(hi) - self._cum_at(lo - 1)
+
+    def index_keeping(self, upto: int, max_bytes: int) -> int:
+        """The lowest index ``t >= offset`` such that the entries ``t+1..upto`` hold at
+        most ``max_bytes`` (compacting through ``t`` keeps a trailing window of that size)."""
+        upto = min(upto, self.last_index)
+        if upto <= self.offset:
+            return self.offset
+        target = self._cum_at(upto) - max_bytes
+        if self._base_cum >= target:
+            return self.offset
+        return self.offset + 1 + bisect.bisect_left(self._cum, target)
 
     def match_term(self, index: int, term: int) -> bool:
         t = self.term(index)
@@ -184,7 +215,13 @@ class RaftLog:
         if after > self.last_index:
             raise LogInvariantError(f"gap: appending {after + 1} after {self.last_index}")
         del self._entries[after - self.offset :]
+        del self._cum[after - self.offset :]
         self._entries.extend(entries)
+        total = self._cum[-1] if self._cum else self._base_cum
+        cum = self._cum
+        for e in entries:
+            total += e.size()
+            cum.append(total)
         self.stable = min(self.stable, after)
         self.in_progress = min(self.in_progress, after)
         if self.listener is not None:
@@ -223,12 +260,17 @@ class RaftLog:
             raise LogInvariantError(f"cannot compact to {index} beyond applied/persisted")
         t = self.term(index)
         assert t is not None
-        del self._entries[: index - self.offset]
+        k = index - self.offset
+        self._base_cum = self._cum[k - 1]
+        del self._entries[:k]
+        del self._cum[:k]
         self.offset, self.offset_term = index, t
 
     def restore(self, snapshot: SnapshotMeta) -> None:
         """Replace the whole log by a snapshot received from the leader."""
         self._entries = []
+        self._cum = []
+        self._base_cum = 0
         self.offset, self.offset_term = snapshot.index, snapshot.term
         self.committed = snapshot.index
         self.stable = self.in_progress = snapshot.index

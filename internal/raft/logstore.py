@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from raftlog.log import Log, LogConfig, SyncPolicy
+from raftlog.log.config import INDEX_ENTRY_BYTES
 from raftlog.raft.errors import CodecError
 from raftlog.raft.types import Entry, EntryType
 
@@ -70,9 +71,24 @@ def decode_record(index: int, record: bytes) -> Entry:
     return Entry(term, index, etype, record[HEADER_BYTES:])
 
 
+#: Segment size of a Raft log: compaction drops whole segments, so small ones keep the
+#: Raft log near what Raft still needs (the entries since the last snapshot plus the
+#: trailing window), not up to a 64 MiB segment more: with snapshots by reference the
+#: commit log is the only long-lived copy of a record.
+RAFT_SEGMENT_BYTES = 8 << 20
+#: Index slots per Raft log segment.
+RAFT_SEGMENT_ENTRIES = 1 << 16
+
+
 def default_log_config() -> LogConfig:
-    """Engine settings for a Raft log: starts at index 1, fsyncs only on request."""
-    return LogConfig(initial_offset=1, sync=SyncPolicy.NEVER)
+    """Engine settings for a Raft log: starts at index 1, fsyncs only on request, small
+    segments (see :data:`RAFT_SEGMENT_BYTES`)."""
+    return LogConfig(
+        max_store_bytes=RAFT_SEGMENT_BYTES,
+        max_index_bytes=INDEX_ENTRY_BYTES * RAFT_SEGMENT_ENTRIES,
+        initial_offset=1,
+        sync=SyncPolicy.NEVER,
+    )
 
 
 class RaftLogStore:

@@ -67,7 +67,7 @@ from raftlog.raft.errors import (
     TransferError,
     WaitTimeoutError,
 )
-from raftlog.raft.fsm import StateMachine
+from raftlog.raft.fsm import CatchUpStateMachine, StateMachine
 from raftlog.raft.observer import NO_METRICS, RaftMetrics
 from raftlog.raft.peers import PeerTable
 from raftlog.raft.proposals import ApplyResult, Proposal, ProposalTracker
@@ -166,6 +166,7 @@ class RaftNode:
             chunk_bytes=config.raft.snapshot_chunk_bytes,
             ack_timeout=config.snapshot_ack_timeout,
             attempts=config.snapshot_send_attempts,
+            stream_for=fsm.snapshot_stream if isinstance(fsm, CatchUpStateMachine) else None,
         )
         self._receiver = SnapshotReceiver(
             self.id,
@@ -176,6 +177,7 @@ class RaftNode:
             stopping=lambda: self._stopping,
             idle_timeout=config.snapshot_idle_timeout,
             admit=self._admit_chunk,
+            resume=fsm.resume_point if isinstance(fsm, CatchUpStateMachine) else None,
         )
         self._driver = Driver(
             config,

@@ -38,7 +38,10 @@ class ApplyResult:
 class Proposal:
     """A proposal waiting for its entries ``first..last`` (of ``term``) to be applied.
 
-    Until it is handed to the core, ``items`` holds its data and ``first`` is 0.
+    Until it is handed to the core, ``items`` holds its data and ``first`` is 0. Once
+    placed, ``items`` is dropped (the core and the log store hold the entries; a proposal
+    waiting for its answer, or sitting in the deadline FIFO after its answer, must not keep
+    a second copy of a whole batch alive).
     """
 
     __slots__ = ("deadline", "first", "future", "items", "last", "results", "term")
@@ -61,6 +64,7 @@ class Proposal:
         self.term = ticket.term
         self.first = first
         self.last = first + len(self.items) - 1
+        self.items = ()
 
     def __lt__(self, other: Proposal) -> bool:  # for the deadline heap
         return self.deadline < other.deadline

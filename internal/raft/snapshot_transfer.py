@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass
 
 from raftlog.raft.codec import (
@@ -39,6 +39,14 @@ from raftlog.raft.transport import Transport
 from raftlog.raft.types import Message, NodeId, SnapshotChunk, SnapshotMeta
 
 log = logging.getLogger("raftlog.raft.node")
+
+#: Bytes of a stored snapshot's data handed to ``stream_for`` (its head, where a snapshot
+#: by reference keeps its metadata).
+HEAD_BYTES = 1 << 20
+
+#: ``stream_for(head, resume, peer)``: what to send instead of the stored data (see
+#: ``raftlog.raft.fsm.CatchUpStateMachine.snapshot_stream``).
+StreamFor = Callable[[bytes, int, NodeId], Iterator[bytes] | None]
 
 
 class SnapshotSender:
@@ -59,8 +67,10 @@ class SnapshotSender:
         chunk_bytes: int,
         ack_timeout: float,
         attempts: int,
+        stream_for: StreamFor | None = None,
     ) -> None:
         self.id = node_id
+        self._stream_for = stream_for
         self._transport = transport
         self._store = store
         self._stats = stats
@@ -69,7 +79,7 @@ class SnapshotSender:
         self._ack_timeout = ack_timeout
         self._attempts = attempts
         self._senders: dict[NodeId, asyncio.Task[None]] = {}
-        self._ack_waiters: dict[NodeId, tuple[int, asyncio.Future[tuple[int, bool]]]] = {}
+        self._ack_waiters: dict[NodeId, tuple[int, asyncio.Future[tuple[int, bool, int]]]] = {}
 
     def tasks(self) -> set[asyncio.Task[None]]:
         """Streams running now (the node cancels them on close)."""
@@ -94,7 +104,7 @@ class SnapshotSender:
             return
         waiter = self._ack_waiters.get(ack.src)
         if waiter is not None and waiter[0] == ack.index and not waiter[1].done():
-            waiter[1].set_result((ack.next_offset, ack.ok))
+            waiter[1].set_result((ack.next_offset, ack.ok, ack.resume))
 
     async def _stream(self, to: NodeId, meta: SnapshotMeta, term: int) -> None:
         ok = False
@@ -119,44 +129,96 @@ class SnapshotSender:
         if stored is None:
             log.warning("raft node %s: no stored snapshot at %d for %s", self.id, meta.index, to)
             return False
+        if self._stream_for is not None:
+            reader = await self._store.open_chunks(stored.id)
+            try:
+                head = await reader.read(HEAD_BYTES)
+            finally:
+                await reader.close()
+            # A first, empty chunk: the follower answers with its resume point.
+            hello = SnapshotChunk(self.id, to, term, meta, 0, b"", False)
+            answer = await self._send_chunk(to, meta, hello, 0)
+            if answer is None:
+                return False
+            stream = self._stream_for(head, max(answer, 0), to)
+            if stream is not None:
+                return await self._stream_iter(to, meta, term, stream)
         reader = await self._store.open_chunks(stored.id)
-        loop = asyncio.get_running_loop()
         try:
             offset = 0
             while True:
                 data = await reader.read(self._chunk_bytes)
                 done = offset + len(data) >= stored.size
                 chunk = SnapshotChunk(self.id, to, term, meta, offset, data, done)
-                payload = bytes([KIND_CHUNK]) + encode_snapshot_chunk(chunk)
-                want = offset + len(data)
-                acked = False
-                for _attempt in range(self._attempts):
-                    fut: asyncio.Future[tuple[int, bool]] = loop.create_future()
-                    self._ack_waiters[to] = (meta.index, fut)
-                    self._transport.send(to, payload)
-                    try:
-                        async with asyncio.timeout(self._ack_timeout):
-                            nxt, good = await fut
-                    except TimeoutError:
-                        continue
-                    if not good or nxt != want:
-                        log.info(
-                            "raft node %s: %s refused snapshot chunk at %d (expects %d)",
-                            self.id,
-                            to,
-                            offset,
-                            nxt,
-                        )
-                        return False
-                    acked = True
-                    break
-                if not acked:
+                if await self._send_chunk(to, meta, chunk, offset + len(data)) is None:
                     return False
-                offset = want
+                self._stats.snapshot_bytes_sent += len(data)
+                offset += len(data)
                 if done:
                     return True
         finally:
             await reader.close()
+
+    async def _stream_iter(
+        self, to: NodeId, meta: SnapshotMeta, term: int, stream: Iterator[bytes]
+    ) -> bool:
+        """Send what ``stream`` yields (read in a worker thread, a chunk at a time), cut to
+        ``chunk_bytes``; the last chunk is marked done."""
+
+        def pieces() -> Generator[bytes, None, None]:
+            for block in stream:
+                view = memoryview(block)
+                for at in range(0, len(view), self._chunk_bytes):
+                    yield bytes(view[at : at + self._chunk_bytes])
+
+        it = pieces()
+        try:
+            ahead = await asyncio.to_thread(next, it, None)
+            offset = 0
+            while True:
+                data = ahead if ahead is not None else b""
+                ahead = await asyncio.to_thread(next, it, None) if ahead is not None else None
+                done = ahead is None
+                chunk = SnapshotChunk(self.id, to, term, meta, offset, data, done)
+                if await self._send_chunk(to, meta, chunk, offset + len(data)) is None:
+                    return False
+                self._stats.snapshot_bytes_sent += len(data)
+                offset += len(data)
+                if done:
+                    return True
+        finally:
+            await asyncio.to_thread(it.close)
+            close = getattr(stream, "close", None)
+            if close is not None:
+                await asyncio.to_thread(close)
+
+    async def _send_chunk(
+        self, to: NodeId, meta: SnapshotMeta, chunk: SnapshotChunk, want: int
+    ) -> int | None:
+        """Send ``chunk`` until acknowledged at ``want`` (up to ``attempts`` sends); the
+        follower's resume point (-1 if none), or None when it refused or never answered."""
+        loop = asyncio.get_running_loop()
+        payload = bytes([KIND_CHUNK]) + encode_snapshot_chunk(chunk)
+        for _attempt in range(self._attempts):
+            fut: asyncio.Future[tuple[int, bool, int]] = loop.create_future()
+            self._ack_waiters[to] = (meta.index, fut)
+            self._transport.send(to, payload)
+            try:
+                async with asyncio.timeout(self._ack_timeout):
+                    nxt, good, resume = await fut
+            except TimeoutError:
+                continue
+            if not good or nxt != want:
+                log.info(
+                    "raft node %s: %s refused snapshot chunk at %d (expects %d)",
+                    self.id,
+                    to,
+                    chunk.offset,
+                    nxt,
+                )
+                return None
+            return resume
+        return None
 
 
 @dataclass
@@ -186,8 +248,11 @@ class SnapshotReceiver:
         stopping: Callable[[], bool],
         idle_timeout: float,
         admit: Callable[[SnapshotChunk], bool] = lambda _c: True,
+        resume: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         self.id = node_id
+        #: The state machine's resume point, sent back with every acknowledgement.
+        self._resume = resume
         #: Whether a chunk may start or feed a stream: the node refuses chunks of a stale
         #: term or of a snapshot it already holds (else such a peer could make it commit a
         #: snapshot to its store, which a restart would restore from).
@@ -219,15 +284,27 @@ class SnapshotReceiver:
         with contextlib.suppress(asyncio.QueueFull):
             rx.queue.put_nowait(c)
 
-    def _ack(self, src: NodeId, meta: SnapshotMeta, next_offset: int, ok: bool) -> None:
-        ack = ChunkAck(self.id, src, meta.index, meta.term, next_offset, ok)
+    def _ack(
+        self, src: NodeId, meta: SnapshotMeta, next_offset: int, ok: bool, resume: int = -1
+    ) -> None:
+        ack = ChunkAck(self.id, src, meta.index, meta.term, next_offset, ok, resume)
         self._transport.send(src, bytes([KIND_CHUNK_ACK]) + encode_chunk_ack(ack))
+
+    async def _resume_point(self) -> int:
+        if self._resume is None:
+            return -1
+        try:
+            return max(-1, await self._resume())
+        except Exception as exc:  # the leader then sends everything
+            log.warning("raft node %s: no resume point for a snapshot: %s", self.id, exc)
+            return -1
 
     async def _receive(self, src: NodeId, rx: _Receiving) -> None:
         store = self._store
         sink: IncomingSnapshot | None = None
         key: tuple[int, int, int] | None = None
         expected = 0
+        resume = -1
         try:
             while not self._stopping():
                 try:
@@ -243,21 +320,24 @@ class SnapshotReceiver:
                         c.meta.index, c.meta.term, encode_snapshot_meta(c.meta)
                     )
                     key, expected = ckey, 0
+                    resume = await self._resume_point()
                 if ckey != key or sink is None or c.offset > expected:
                     self._ack(src, c.meta, expected, False)
                     continue
                 if c.offset < expected:  # a resend of a chunk we have: acknowledge again
-                    self._ack(src, c.meta, expected, True)
+                    self._ack(src, c.meta, expected, True, resume)
                     continue
-                await sink.write(c.data)
+                if c.data:
+                    await sink.write(c.data)
                 expected += len(c.data)
+                self._stats.snapshot_bytes_received += len(c.data)
                 if c.done:
                     done_sink, sink, key = sink, None, None
                     await done_sink.commit()
                     self._stats.snapshots_received += 1
                     if not self._stopping():
                         self._installed(src, c.term, c.meta)
-                self._ack(src, c.meta, expected, True)
+                self._ack(src, c.meta, expected, True, resume)
                 if c.done:
                     expected = 0
         except asyncio.CancelledError:

@@ -27,6 +27,9 @@ class NodeStats:
     snapshots_received: int = 0
     #: Snapshot streams that failed (sender side).
     snapshot_send_failures: int = 0
+    #: Bytes of snapshot data sent to followers and received from leaders (chunk data).
+    snapshot_bytes_sent: int = 0
+    snapshot_bytes_received: int = 0
 
 
 __all__ = ["NodeStats"]

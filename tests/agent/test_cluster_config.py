@@ -56,6 +56,7 @@ def test_cluster_keys_parse_and_validate(tmp_path: Path) -> None:
             "data_dir": str(tmp_path),
             "peers": ["n1=127.0.0.1:9400,n2=127.0.0.1:9410"],
             "snapshot_threshold": "64",
+            "snapshot_bytes": "1048576",
             "serf_profile": "local",
             "failed_grace_s": "2.5",
             "bind_addr": "127.0.0.1:9401",
@@ -68,12 +69,16 @@ def test_cluster_keys_parse_and_validate(tmp_path: Path) -> None:
         "local",
         2.5,
     )
+    assert config.snapshot_bytes == 1 << 20
+    assert AgentConfig().snapshot_bytes == 32 << 20  # the default bounds the Raft log in bytes
     assert config.serf_rpc == "127.0.0.1:9402"  # gossip port + 1 by default
     bad = [
         ({"peers": ["127.0.0.1:9400"]}, "expected ID=HOST:PORT"),
         ({"serf_rpc_addr": "10.0.0.1:9402"}, "loopback"),
         ({"serf_profile": "fast"}, "serf_profile"),
         ({"snapshot_threshold": "-1"}, "snapshot_threshold"),
+        ({"snapshot_bytes": "-5"}, "snapshot_bytes"),
+        ({"snapshot_bytes": "lots"}, "snapshot_bytes"),
     ]
     for flags, message in bad:
         with pytest.raises(ConfigError) as err:

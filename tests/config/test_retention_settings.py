@@ -19,7 +19,8 @@ def test_defaults_are_no_limit_and_64_mib_segments() -> None:
     c = AgentConfig()
     assert (c.retention_bytes, c.retention_age, c.segment_bytes) == (0, 0.0, 64 << 20)
     log = segment_config(c.segment_bytes)
-    assert log.max_store_bytes == 64 << 20 and log.max_index_bytes == 48 << 20  # as before
+    # the default LogConfig's: 4 M entries of 8 bytes (48 MiB with the 12-byte entries before)
+    assert log.max_store_bytes == 64 << 20 and log.max_index_bytes == 32 << 20
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from raftlog.distributed import (
     encode_batch,
     encode_idempotent_batch,
 )
-from raftlog.distributed.fsm import CHECKPOINT_FILE, SNAPSHOT_MAGIC
+from raftlog.distributed.fsm import CHECKPOINT_FILE, SNAPSHOT_MAGIC, SNAPSHOT_MAGIC_REF
 from raftlog.domain.errors import SequenceTooOldError
 from raftlog.domain.producers import ProducerConfig
 from raftlog.domain.protocols import Appended
@@ -80,7 +80,11 @@ def test_without_a_checkpoint_the_log_is_rebuilt_by_raft(tmp_path: Path) -> None
 def test_snapshot_restores_an_identical_log_elsewhere(tmp_path: Path) -> None:
     src = CommitLogFSM.open(tmp_path / "src")
     src.apply(entries(1, [[b"r%d" % i for i in range(50)], [b"x" * 3000], [b"tail"]]))
-    data = b"".join(src.snapshot())
+    stored = b"".join(src.snapshot())  # by reference: metadata only
+    assert len(stored) < 200
+    stream = src.snapshot_stream(stored, 0)  # what a follower holding nothing receives
+    assert stream is not None
+    data = b"".join(stream)
     src.apply(entries(4, [[b"after-the-snapshot"]]))  # not in the captured stream
     dst = CommitLogFSM.open(tmp_path / "dst")
     dst.apply(entries(1, [[b"stale"]]))
@@ -184,8 +188,11 @@ async def test_the_table_survives_a_checkpoint_and_a_restart(tmp_path: Path) -> 
 def test_the_table_travels_in_snapshots_and_old_snapshots_still_restore(tmp_path: Path) -> None:
     src = CommitLogFSM.open(tmp_path / "src")
     src.apply([idem(1, "p", 1, [b"a", b"b"]), Entry(1, 2, data=encode_batch([b"c"]))])
-    data = b"".join(src.snapshot())
-    assert data.startswith(SNAPSHOT_MAGIC)
+    stored = b"".join(src.snapshot())
+    assert stored.startswith(SNAPSHOT_MAGIC_REF)
+    stream = src.snapshot_stream(stored, 0)
+    assert stream is not None
+    data = b"".join(stream)
     meta = SnapshotMeta(2, 1, Membership.of([Server("n1", "a")]))
     dst = CommitLogFSM.open(tmp_path / "dst")
     dst.apply([idem(1, "p", 1, [b"stale"])])
@@ -264,3 +271,85 @@ def test_an_apply_whose_append_fails_changes_nothing_and_can_be_applied_again(
     assert [full.log.read(o) for o in range(full.log.next_offset)] == [
         healthy.log.read(o) for o in range(healthy.log.next_offset)
     ]
+
+
+# -- snapshots by reference, catch-up, recovery point ---------------------------------------
+
+
+async def test_a_snapshot_by_reference_checkpoints_before_it_is_handed_out(tmp_path: Path) -> None:
+    fsm = CommitLogFSM.open(tmp_path)
+    fsm.bind_loop()
+    fsm.apply(entries(1, [[b"r%d" % i for i in range(30)], [b"x"]]))
+    chunks = iter(fsm.snapshot())
+    fsm.apply(entries(3, [[b"after"]]))  # applied after the capture: not in this snapshot
+    head = next(chunks)  # produced only once the commit log is fsynced and checkpointed
+    state = json.loads((tmp_path / CHECKPOINT_FILE).read_bytes())
+    assert (state["index"], state["next_offset"]) == (2, 31)
+    assert head.startswith(SNAPSHOT_MAGIC_REF) and len(head) < 200
+    fsm.log.close_sync()  # a crash: the records of the snapshot survive, Raft needs no replay
+    again = CommitLogFSM.open(tmp_path)
+    assert again.applied_index() == 2 and again.highest_offset == 30
+    # restoring our own snapshot (a restart that found it newer) keeps the log as it is
+    again.restore(io.BytesIO(head), SnapshotMeta(2, 1, Membership.of([Server("n1", "a")])))
+    assert again.highest_offset == 30
+    again.log.close_sync()
+
+
+async def test_catch_up_sends_only_the_records_the_follower_lacks(tmp_path: Path) -> None:
+    batches = [[b"%03d-" % b + b"y" * 95 for _ in range(10)] for b in range(20)]
+    src = CommitLogFSM.open(tmp_path / "src")
+    src.apply(entries(1, batches))
+    stored = b"".join(src.snapshot())
+    dst = CommitLogFSM.open(tmp_path / "dst")
+    dst.bind_loop()
+    dst.apply(entries(1, batches[:12]))  # the follower holds the first 12 batches
+    resume = await dst.resume_point()
+    assert resume == 120
+    stream = src.snapshot_stream(stored, resume)
+    assert stream is not None
+    data = b"".join(stream)
+    lacked = sum(len(r) + 8 for b in batches[12:] for r in b)  # records + their framing
+    assert lacked <= len(data) < lacked + 300
+    dst.restore(io.BytesIO(data), SnapshotMeta(20, 1, Membership.of([Server("n1", "a")])))
+    assert all_records(dst) == all_records(src)
+    assert dst.applied_index() == 20
+    # a follower that holds nothing gets everything
+    empty = CommitLogFSM.open(tmp_path / "empty")
+    stream = src.snapshot_stream(stored, 0)
+    assert stream is not None
+    empty.restore(io.BytesIO(b"".join(stream)), SnapshotMeta(20, 1, Membership.of([])))
+    assert all_records(empty) == all_records(src)
+    for f in (src, dst, empty):
+        f.log.close_sync()
+
+
+def test_a_snapshot_of_format_1_still_restores(tmp_path: Path) -> None:
+    src = CommitLogFSM.open(tmp_path / "src")
+    src.apply([idem(1, "p", 1, [b"a", b"b"])])
+    packed = msgpack.packb({"v": 1, "producers": src.producers.dump()}, use_bin_type=True)
+    import struct
+
+    v1 = struct.pack("<8sQ", SNAPSHOT_MAGIC, len(packed)) + packed
+    v1 += b"".join(src.log.reader().chunks())
+    dst = CommitLogFSM.open(tmp_path / "dst")
+    dst.restore(io.BytesIO(v1), SnapshotMeta(1, 1, Membership.of([])))
+    assert all_records(dst) == [b"a", b"b"] and dst.producers.lookup("p", 1) == (0, 1)
+    src.log.close_sync()
+    dst.log.close_sync()
+
+
+async def test_reopening_trusts_the_segments_below_the_checkpoint(tmp_path: Path) -> None:
+    from raftlog.log import LogConfig
+
+    cfg = LogConfig(max_store_bytes=2000, max_index_bytes=8 * 64)
+    fsm = CommitLogFSM.open(tmp_path, cfg)
+    fsm.bind_loop()
+    fsm.apply(entries(1, [[b"z" * 50 for _ in range(10)] for _ in range(20)]))
+    await fsm.checkpoint()
+    fsm.apply(entries(21, [[b"w" * 50 for _ in range(10)]]))  # after the checkpoint
+    fsm.log.close_sync()
+    again = CommitLogFSM.open(tmp_path, cfg)
+    reports = again.log.recovery
+    assert sum(r.trusted for r in reports) >= len(reports) - 2
+    assert again.applied_index() == 20 and again.highest_offset == 199
+    again.log.close_sync()

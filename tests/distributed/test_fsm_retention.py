@@ -97,10 +97,18 @@ async def test_lowest_offset_survives_a_restart_and_a_crash(tmp_path: Path) -> N
     third.log.close_sync()
 
 
+def sent(fsm: CommitLogFSM, resume: int = 0) -> bytes:
+    """What a follower that holds everything below ``resume`` receives for a snapshot taken
+    now (a snapshot by reference, streamed with the records it lacks)."""
+    stream = fsm.snapshot_stream(b"".join(fsm.snapshot()), resume)
+    assert stream is not None
+    return b"".join(stream)
+
+
 def test_a_snapshot_carries_the_lowest_offset(tmp_path: Path) -> None:
     src = CommitLogFSM.open(tmp_path / "src", SMALL)
     src.apply([batch(1, 0, 35), cut(2, 17)])
-    data = b"".join(src.snapshot())
+    data = sent(src)
     dst = CommitLogFSM.open(tmp_path / "dst", SMALL)
     dst.restore(io.BytesIO(data), SnapshotMeta(2, 1, Membership.of([Server("n1", "a")])))
     assert dst.lowest_offset == 17 and dst.highest_offset == 34
@@ -123,7 +131,7 @@ def test_the_producer_table_stays_right_across_retention(tmp_path: Path) -> None
     assert fsm.apply([retry]) == [Appended(0, 14, duplicate=True)]
     assert fsm.highest_offset == 34
     # and a follower restored from a snapshot taken now agrees on both
-    data = b"".join(fsm.snapshot())
+    data = sent(fsm)
     other = CommitLogFSM.open(tmp_path / "b", SMALL)
     other.restore(io.BytesIO(data), SnapshotMeta(4, 1, Membership.of([Server("n1", "a")])))
     assert other.lowest_offset == 30

@@ -24,7 +24,7 @@ import pytest
 from raftlog.log import CorruptRecordError, Log, LogConfig, SyncPolicy
 from support.log_crash import cut_file, flip_bytes, power_loss_image
 
-SMALL = LogConfig(max_store_bytes=2000, max_index_bytes=12 * 64)
+SMALL = LogConfig(max_store_bytes=2000, max_index_bytes=8 * 64)
 
 
 def make_record(offset: int) -> bytes:
@@ -71,7 +71,7 @@ WRITER = textwrap.dedent(
     from raftlog.log import Log, LogConfig, SyncPolicy
 
     async def main():
-        log = Log.open(sys.argv[1], LogConfig(max_store_bytes=2000, max_index_bytes=12 * 64,
+        log = Log.open(sys.argv[1], LogConfig(max_store_bytes=2000, max_index_bytes=8 * 64,
                                               sync=SyncPolicy.ALWAYS))
         i = 0
         while True:
@@ -170,7 +170,7 @@ def test_random_bytes_flipped_in_stores_and_indexes(tmp_path: Path, seed: int) -
 @pytest.mark.parametrize("seed", range(8))
 async def test_power_loss_keeps_everything_acknowledged(tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
-    config = LogConfig(max_store_bytes=1500, max_index_bytes=12 * 40, sync=SyncPolicy.ALWAYS)
+    config = LogConfig(max_store_bytes=1500, max_index_bytes=8 * 40, sync=SyncPolicy.ALWAYS)
     src = tmp_path / "src"
     log = Log.open(src, config)
     acked: dict[int, bytes] = {}

@@ -24,7 +24,7 @@ from raftlog.log import (
 from raftlog.log import log as log_module
 from support.wait import wait_until
 
-SMALL = LogConfig(max_store_bytes=200, max_index_bytes=12 * 16)
+SMALL = LogConfig(max_store_bytes=200, max_index_bytes=8 * 16)
 
 
 def recs(n: int, start: int = 0) -> list[bytes]:
@@ -76,7 +76,7 @@ async def test_rollover_across_many_segments_and_reopen(tmp_path: Path) -> None:
     assert len(log.segments) > 10
     for seg in log.segments[:-1]:
         assert seg.is_maxed and seg.sealed
-        assert seg.index.path.stat().st_size == seg.count * 12  # sealed index cut to size
+        assert seg.index.path.stat().st_size == seg.count * 8  # sealed index cut to size
     await log.close()
     names = sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".store", ".index"))
     assert len(names) == 2 * len(log.segments)

@@ -45,7 +45,7 @@ class LogModel(RuleBasedStateMachine):
         self.config = LogConfig(
             initial_offset=initial,
             max_store_bytes=max_store,
-            max_index_bytes=12 * entries,
+            max_index_bytes=8 * entries,
             sync=sync,
         )
         self.log = Log.open(self.dir, self.config)

@@ -35,7 +35,7 @@ def test_is_maxed_by_store_bytes_and_by_index_entries(tmp_path: Path) -> None:
     assert not by_bytes.is_maxed
     _append(by_bytes, [b"x" * 50])
     assert by_bytes.is_maxed
-    by_entries = Segment.create(tmp_path, 10, LogConfig(max_index_bytes=36))
+    by_entries = Segment.create(tmp_path, 10, LogConfig(max_index_bytes=24))
     _append(by_entries, [b"a", b"b"])
     assert not by_entries.is_maxed
     _append(by_entries, [b"c"])
@@ -127,14 +127,14 @@ def test_recover_repairs_a_damaged_index(tmp_path: Path, damage: str) -> None:
     kept = records
     if damage == "short":
         with index.open("r+b") as f:
-            f.truncate(12 * 7 + 5)  # 7 whole entries and part of an eighth
+            f.truncate(8 * 7 + 5)  # 7 whole entries and part of an eighth
     elif damage == "longer_than_store":
         with store.open("r+b") as f:
             f.truncate(frame * 15)  # the store lost its last 5 frames
         kept = records[:15]
     else:
         raw = bytearray(index.read_bytes())
-        raw[12 * 9 + 4 : 12 * 9 + 12] = (frame * 3).to_bytes(8, "little")  # entry 9 -> frame 3
+        raw[8 * 9 + 4 : 8 * 9 + 8] = (frame * 3).to_bytes(4, "little")  # entry 9 -> frame 3
         index.write_bytes(bytes(raw))
     seg, report = Segment.recover(tmp_path, 0, LogConfig(), None)
     if damage == "longer_than_store":  # the valid prefix stays, the stale entries go
@@ -154,12 +154,12 @@ def test_recover_repairs_a_damaged_index(tmp_path: Path, damage: str) -> None:
 
 
 def test_recover_ignores_a_preallocated_zero_index(tmp_path: Path) -> None:
-    config = LogConfig(max_index_bytes=12 * 1000)
+    config = LogConfig(max_index_bytes=8 * 1000)
     seg = Segment.create(tmp_path, 0, config)
     _append(seg, [b"one", b"two"])
     # Simulate a crash: the index stays preallocated and the store grew past it.
     seg.store.append(encode_batch([b"three"])[0])
-    assert seg.index.path.stat().st_size == 12 * 1000
+    assert seg.index.path.stat().st_size == 8 * 1000
     seg, report = Segment.recover(tmp_path, 0, config, None)
     assert report.records == 3
     assert [seg.read(i) for i in range(3)] == [b"one", b"two", b"three"]

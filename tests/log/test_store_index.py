@@ -62,7 +62,7 @@ def test_index_batch_insert_lookup_and_cut_on_close(tmp_path: Path) -> None:
     path = tmp_path / "i"
     index = Index(path, capacity=100)
     index.reserve()
-    assert path.stat().st_size == 100 * 12  # preallocated (sparse)
+    assert path.stat().st_size == 100 * 8  # preallocated (sparse)
     index.append(np.array([0, 10, 25], dtype=np.uint64))
     index.append(np.array([40], dtype=np.uint64))
     assert index.count == 4
@@ -72,7 +72,7 @@ def test_index_batch_insert_lookup_and_cut_on_close(tmp_path: Path) -> None:
     index.truncate(2)
     assert index.raw()["pos"][2:4].tolist() == [0, 0]  # cleared, never misread
     index.close()
-    assert path.stat().st_size == 2 * 12
+    assert path.stat().st_size == 2 * 8
     reopened = Index(path, capacity=100)
     assert reopened.raw()["pos"].tolist() == [0, 10]
 

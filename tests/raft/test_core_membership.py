@@ -352,3 +352,48 @@ def test_stale_or_matching_snapshot_is_not_installed() -> None:
     rd = b.ready()
     assert rd.snapshot is None and b.commit_index == b_last
     b.advance(rd)
+
+
+def test_should_snapshot_by_bytes_whatever_the_number_of_entries() -> None:
+    """Big entries: a snapshot comes once ``snapshot_bytes`` of them are applied (the entry
+    threshold is off), and compaction keeps at most ``snapshot_trailing_bytes`` below it,
+    so the log held in memory is bounded in bytes (issue 12)."""
+    entry = b"x" * 1000  # Entry.size() = 1016
+    c = MemCluster(
+        ["a"],
+        config=raft_config(
+            snapshot_threshold=0,
+            snapshot_bytes=10_000,
+            snapshot_trailing_bytes=2_500,
+            snapshot_trailing_entries=1000,
+        ),
+    )
+    lead = c.elect("a")
+    for _ in range(60):
+        lead.propose([entry])
+        c.stabilize()
+        status = lead.c.status()
+        held = status.last_index - status.first_index + 1
+        assert held <= (10_000 + 2_500) // 1016 + 3, held
+    snap = lead.disk.snapshot
+    assert snap is not None and snap.index > 40
+    assert lead.c.status().first_index >= snap.index - 2  # 2 entries (2,032 B) kept below
+
+
+def test_raft_log_byte_sums_follow_appends_truncations_and_compaction() -> None:
+    from raftlog.raft import Entry
+    from raftlog.raft.log_view import RaftLog
+
+    lg = RaftLog(entries=[Entry(1, i, data=b"a" * i) for i in range(1, 6)])
+    size = {i: i + 16 for i in range(1, 6)}  # Entry.size(): data + 16
+    assert lg.bytes_between(1, 5) == sum(size.values())
+    assert lg.bytes_between(2, 3) == size[2] + size[3]
+    lg.append([Entry(2, 4, data=b"b" * 100)])  # a new leader cut 4..5
+    assert lg.bytes_between(4, 4) == 116 and lg.bytes_between(1, 9) == 17 + 18 + 19 + 116
+    lg.stable_to(4, 2)
+    lg.commit_to(4)
+    lg.applied = 4
+    lg.compact(2)
+    assert lg.bytes_between(1, 4) == 19 + 116  # compacted entries count nothing
+    assert lg.index_keeping(4, 116) == 3  # keep only entry 4
+    assert lg.index_keeping(4, 1000) == 2  # everything held fits

@@ -164,7 +164,7 @@ async def test_store_refuses_gaps_and_compacted_starts(tmp_path: Path) -> None:
 
 
 async def test_compact_drops_whole_segments_below_a_snapshot(tmp_path: Path) -> None:
-    cfg = LogConfig(initial_offset=1, max_store_bytes=400, max_index_bytes=12 * 10)
+    cfg = LogConfig(initial_offset=1, max_store_bytes=400, max_index_bytes=8 * 10)
     store = RaftLogStore.open(tmp_path, config=cfg)
     store.store(_entries(1, 50, 3))
     await store.sync()

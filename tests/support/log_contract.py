@@ -23,7 +23,7 @@ from raftlog.log import LogConfig, OffsetOutOfRangeError, SyncPolicy
 
 StoreFactory = Callable[[Path, LogConfig], Any]
 
-SMALL = LogConfig(max_store_bytes=256, max_index_bytes=12 * 8, sync=SyncPolicy.ALWAYS)
+SMALL = LogConfig(max_store_bytes=256, max_index_bytes=8 * 8, sync=SyncPolicy.ALWAYS)
 
 
 def records(n: int, start: int = 0, size: int = 10) -> list[bytes]:
