@@ -493,16 +493,22 @@ class DistributedLog:
     # -- servers / membership --------------------------------------------------------------
 
     async def get_servers(self) -> list[ServerInfo]:
-        """Every member (voters and learners) with its rpc address; the leader by id."""
+        """The servers clients may use: every voter with its rpc address, the leader by id.
+
+        A learner is left out: it is still catching up (the leader promotes it once it
+        has), so its log may be far behind, and a client of the book's proto cannot tell
+        it apart. Only members the leader authenticated are in Raft at all
+        (docs/security.md); :meth:`members` lists every member, learners included."""
         leader = self.node.leader_id
         return [
             ServerInfo(
                 id=s.id,
                 rpc_addr=s.address,
                 is_leader=bool(leader) and s.id == leader,
-                is_learner=not s.is_voter,
+                is_learner=False,
             )
             for s in self.node.membership
+            if s.is_voter
         ]
 
     def is_leader(self) -> bool:

@@ -32,6 +32,7 @@ share is :mod:`raftlog.raft.tcp_common`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -339,6 +340,27 @@ class TcpTransport:
     def connected_peers(self) -> set[str]:
         """Ids of peers with an established outbound connection right now."""
         return {k for k, p in self._peers.items() if p.connected}
+
+    async def probe(self, node_id: str, address: str) -> dict[str, object]:
+        """Dial ``address`` once as this transport would for peer ``node_id`` (marker, mutual
+        TLS against the peer CA, the listener's subject authorized, hello answered by
+        ``node_id``), close, and return the listener's certificate (``getpeercert()``).
+
+        Raises :class:`HandshakeError` (the listener is not ``node_id``, or its subject is
+        not authorized), ``ssl.SSLError`` or ``OSError`` (no TLS peer with a certificate
+        of the cluster's CA, nothing listening), or ``TimeoutError``; the message says
+        which. The membership check runs this before a member is added (docs/security.md).
+        """
+        reader, writer = await self._dialer.dial(node_id, address)
+        del reader
+        try:
+            cert = writer.get_extra_info("peercert")
+            return dict(cert) if cert else {}
+        finally:
+            writer.close()
+            with contextlib.suppress(*CONNECTION_ERRORS, TimeoutError):
+                async with asyncio.timeout(self.config.handshake_timeout):
+                    await writer.wait_closed()
 
     def inbound_connections(self) -> int:
         """Accepted connections currently open (marker, handshake or streaming)."""

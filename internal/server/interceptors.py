@@ -48,6 +48,7 @@ from raftlog.domain.errors import (
 )
 from raftlog.domain.protocols import Authorizer
 from raftlog.server.errors import status_for
+from raftlog.telemetry.audit import NO_AUDIT, AuditSink
 
 logger = logging.getLogger("raftlog.server.calls")
 
@@ -270,6 +271,11 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
             raise PermissionDeniedError(subject, action, OBJECT_WILDCARD)
 
 
+#: Status codes the audit log records as refused calls.
+_DENIED = frozenset({grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED})
+_ADMIN_PREFIX = f"/{ADMIN_SERVICE}/"
+
+
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     """Logs every call (method, subject, status code, duration) and counts them.
 
@@ -281,9 +287,12 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     timed there, once per call.
     """
 
-    def __init__(self, metrics: CallMetrics | None = None) -> None:
+    def __init__(self, metrics: CallMetrics | None = None, audit: AuditSink | None = None) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
         self.metrics = metrics
+        #: The audit log (docs/security.md): every refused call (UNAUTHENTICATED,
+        #: PERMISSION_DENIED) and every call of the admin service, allowed or not.
+        self.audit = audit if audit is not None else NO_AUDIT
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -301,6 +310,16 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         elapsed = time.perf_counter() - started
         if self.metrics is not None:
             self.metrics.observe_call(method, name, elapsed)
+        denied = code in _DENIED
+        if denied or method.startswith(_ADMIN_PREFIX):
+            self.audit.record(
+                "call",
+                subject=who[0],
+                peer=who[1],
+                method=method,
+                decision="denied" if denied else "allowed",
+                code=name,
+            )
         if code in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
             level = logging.DEBUG  # success, or the client's own choice to stop
         elif code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
