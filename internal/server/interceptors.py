@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -91,6 +92,20 @@ Context = grpc.aio.ServicerContext[Any, Any]
 Handler = Any
 #: A check run inside the call before the method; raises DomainError to refuse it.
 Check = Callable[[str, Context], None]
+
+
+#: What ``context.peer()`` looks like for a connection relayed by the mux, whose upstream
+#: socket is bound to an abstract name carrying the client's address
+#: (raftlog.mux.mux.PEER_NAME_PREFIX; the server may not import the mux, a sibling).
+_RELAYED_PEER = "unix-abstract:raftlog-peer%20"
+
+
+def peer_of(peer: str) -> str:
+    """The client's address of a call: ``context.peer()``, or for a call relayed by the
+    mux the TCP client's ``HOST:PORT`` it passed along."""
+    if peer.startswith(_RELAYED_PEER):
+        return urllib.parse.unquote(peer[len(_RELAYED_PEER) :]).split(" ", 1)[0]
+    return peer
 
 
 def subject_of(context: Context) -> str | None:
@@ -348,7 +363,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     def _who(context: Context) -> tuple[str, str]:
         # Read while the call is alive: grpc.aio's auth context and peer must not be touched
         # after a client cancelled (the call's core object is gone; it can crash the process).
-        return subject_of(context) or "-", context.peer()
+        return subject_of(context) or "-", peer_of(context.peer())
 
     @staticmethod
     def _code(context: Context, exc: BaseException | None) -> grpc.StatusCode:
