@@ -246,6 +246,7 @@ class Agent:
             servers=self.local_log,
             authorizer=self._authorizer(),
             tls=self.server.tls,
+            audit=self.audit,
         )
         return stop
 

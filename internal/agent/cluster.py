@@ -445,6 +445,7 @@ class ClusterNode:
             authorizer=self.authorizer,
             tls=self.server_tls,
             peer_http_addrs=self.peer_http_addrs,
+            audit=self.audit,
         )
         return stop
 
