@@ -291,3 +291,29 @@ async def test_the_audit_log_records_denied_and_admin_calls_and_membership_witho
         assert "PRIVATE KEY" not in text
         assert s.gossip_key not in c.log_text(name)
     assert not has(event="call", method="/log.v1.Log/Produce", subject="root")
+
+
+UNAUTHENTICATED_GOSSIP = "gossip is neither encrypted nor authenticated"
+
+
+async def test_a_node_without_a_gossip_key_starts_and_warns_once(setup: Setup) -> None:
+    s = setup
+    for name in FOUNDERS:  # they have the key: no warning
+        assert UNAUTHENTICATED_GOSSIP not in s.cluster.log_text(name)
+    solo = DevCluster(
+        s.root / "keyless",
+        dataclasses.replace(s.cluster.files, gossip_key=None),
+        agent_args=AGENT_ARGS,
+    )
+    solo.client_tls = s.cluster.client_tls
+    solo.add_node("solo")
+    try:
+        solo.start("solo", bootstrap=True, join=[])
+        assert solo.client_tls is not None
+        await solo.wait_for(solo.client_tls, members=1, timeout_s=30)
+        await wait_until(
+            lambda: "serf agent solo: gossip" in solo.log_text("solo"), 10, "solo's Serf agent"
+        )
+        assert solo.log_text("solo").count(UNAUTHENTICATED_GOSSIP) == 1
+    finally:
+        solo.stop_all()
