@@ -294,6 +294,10 @@ class Membership(_Base):
         self.refused = 0
         #: The last refusal per member: (rpc_addr, reason); logged and audited once each.
         self.refusals: dict[str, tuple[str, str]] = {}
+        #: When each member was last refused, at which address: a refused member is not
+        #: probed again at that address within ``reconcile_interval`` (a rogue's events
+        #: cannot keep the leader busy dialling it).
+        self._refused_at: dict[str, tuple[str, float]] = {}
         #: Where membership changes and refusals are audited (off: NO_AUDIT).
         self.audit: AuditSink = NO_AUDIT
 
@@ -487,11 +491,16 @@ class Membership(_Base):
         member, address and reason; repeats at DEBUG) and the member is not added."""
         if self.authenticate is None:
             return True
+        now = asyncio.get_running_loop().time()
+        last = self._refused_at.get(name)
+        if last is not None and last[0] == addr and now - last[1] < self.config.reconcile_interval:
+            return False
         try:
             await self._bounded("authenticate", self.authenticate(name, addr))
         except Exception as exc:
             reason = str(exc) or type(exc).__name__
             self.refused += 1
+            self._refused_at[name] = (addr, asyncio.get_running_loop().time())
             if self.refusals.get(name) != (addr, reason):
                 self.refusals[name] = (addr, reason)
                 log.warning(
@@ -505,6 +514,7 @@ class Membership(_Base):
             else:
                 log.debug("membership: %s at %s still refused: %s", name, addr, reason)
             return False
+        self._refused_at.pop(name, None)
         if self.refusals.pop(name, None) is not None:
             log.info("membership: %s at %s is now authenticated", name, addr)
         return True
