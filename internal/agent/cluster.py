@@ -302,6 +302,7 @@ class ClusterNode:
             tracer=self.tracer,
         )
         self.dlog = dlog
+        dlog.audit = self.audit
         dlog.start()
         syncer = None
         if config.sync == "interval":

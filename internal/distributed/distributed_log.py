@@ -93,6 +93,7 @@ from raftlog.raft.node import (
     RaftNode,
     WaitTimeoutError,
 )
+from raftlog.telemetry.audit import NO_AUDIT, AuditSink
 
 log = logging.getLogger("raftlog.distributed")
 
@@ -205,6 +206,8 @@ class DistributedLog:
             fsm.keep_apply_windows(True)
         self.fsm = fsm
         self.forwarder = forwarder
+        #: Where learner promotions are audited (docs/security.md); off: NO_AUDIT.
+        self.audit: AuditSink = NO_AUDIT
         self.config = (config or DistributedConfig()).validate()
         self._changed: asyncio.Future[None] | None = None
         self._closing = False
@@ -613,6 +616,13 @@ class DistributedLog:
                             extra={"peer": server.id, "index": last},
                         )
                         await node.promote_learner(server.id, timeout=self.config.change_timeout)
+                    self.audit.record(
+                        "membership",
+                        subject=server.id,
+                        peer=server.address,
+                        method="promote",
+                        decision="promoted",
+                    )
                 except (RaftError, TimeoutError) as exc:
                     log.info("promotion of %s not done yet: %s", server.id, exc)
                 break

@@ -283,6 +283,12 @@ async def test_the_audit_log_records_denied_and_admin_calls_and_membership_witho
         if e["event"] == "membership" and e["decision"] == "added"
     }
     assert added >= {"n2", "n3"}
+    promoted = {
+        e["subject"]
+        for e in s.audit(first)
+        if e["event"] == "membership" and e["decision"] == "promoted"
+    }
+    assert promoted >= {"n2", "n3"}
     # an allowed data call is not audited; never a payload, never a key
     for name in FOUNDERS:
         text = s.audit_path(name).read_text() if s.audit_path(name).exists() else ""
