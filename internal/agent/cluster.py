@@ -252,6 +252,7 @@ class ClusterNode:
             authorize=self._authorize_peer,
         )
         self.transport = transport
+        transport.audit = self.audit
         try:  # opening the disk stores may fail (as start() may): close the FSM then
             node = await RaftNode.on_disk(
                 NodeConfig(

@@ -73,6 +73,7 @@ from raftlog.security.tls import (
     peer_common_name,
     server_ssl_context,
 )
+from raftlog.telemetry.audit import NO_AUDIT, AuditSink
 
 log = logging.getLogger("raftlog.raft.transport")
 
@@ -200,6 +201,8 @@ class TcpTransport:
         self._started = False
         self._closed = False
         self._dialer = Dialer(config, self._client_ctx, self._authorize_peer, self._stats)
+        #: Where refused inbound connections are audited (docs/security.md); off: NO_AUDIT.
+        self.audit: AuditSink = NO_AUDIT
 
     def _authorize_peer(self, subject: str) -> bool:
         # Looked up at each call, so that replacing _authorize takes effect on both sides.
@@ -606,12 +609,26 @@ class TcpTransport:
 
     def _refuse(self, writer: asyncio.StreamWriter, subject: str | None, why: str) -> None:
         self._stats.refused += 1
+        peername = writer.get_extra_info("peername")
         log.warning(
             "raft transport %s: refused connection from %s (subject %r): %s",
             self.node_id,
-            writer.get_extra_info("peername"),
+            peername,
             subject,
             why,
+        )
+        peer = (
+            f"{peername[0]}:{peername[1]}"
+            if isinstance(peername, tuple) and len(peername) >= 2
+            else "-"
+        )
+        self.audit.record(
+            "raft",
+            subject=subject or "-",
+            peer=peer,
+            method="connect",
+            decision="denied",
+            reason=why,
         )
         abort(writer)
 

@@ -2,12 +2,14 @@
 
 Off by default. What it records (``event``):
 
-- ``call``: every gRPC call the node refused (``decision`` ``denied``: the ACL said no,
-  or the client had no certificate subject) and every call of the admin service, allowed
-  or not;
-- ``membership``: every change the leader made to Raft membership (``decision`` ``added``
-  or ``removed``) and every member it refused to add (``decision`` ``refused``, with the
-  ``reason``).
+- ``call``: every gRPC call and HTTP API request the node refused (``decision``
+  ``denied``: the ACL said no, or the client had no certificate subject) and every call of
+  the admin service, allowed or not;
+- ``raft``: every Raft connection the transport refused after the TLS handshake (the
+  subject may not replicate, a bad hello), with the ``reason``;
+- ``membership``: every change the leader made to Raft membership (``decision`` ``added``,
+  ``promoted`` or ``removed``) and every member it refused to add (``decision``
+  ``refused``, with the ``reason``).
 
 Each line carries ``time`` (UTC, ISO 8601 with microseconds), ``event``, ``subject`` (the
 certificate common name, ``-`` when there is none), ``peer`` (the remote address),

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import json
 import signal
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,14 @@ from raftlog.agent.devcluster import DevCluster, free_port
 from raftlog.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.discovery import SerfAgent, SerfAgentConfig, SerfRPCError
-from raftlog.security import CertFiles, CertPair, issue_cert, write_gossip_key
+from raftlog.raft.transport import HELLO_MAGIC, RAFT_MARKER, encode_frame, encode_hello
+from raftlog.security import (
+    CertFiles,
+    CertPair,
+    client_ssl_context,
+    issue_cert,
+    write_gossip_key,
+)
 from support.client_nodes import tls_of
 from support.cluster import AGENT_ARGS, new_cluster, start_cluster
 from support.wait import wait_until
@@ -323,3 +331,33 @@ async def test_a_node_without_a_gossip_key_starts_and_warns_once(setup: Setup) -
         assert solo.log_text("solo").count(UNAUTHENTICATED_GOSSIP) == 1
     finally:
         solo.stop_all()
+
+
+async def test_raft_traffic_the_acl_refuses_is_audited(setup: Setup) -> None:
+    """A client certificate of the cluster's CA (``root``: produce, consume, admin; no
+    replicate) speaking Raft to a node: refused, and audited there."""
+    s = setup
+    node = s.cluster.nodes["n2"]
+    ctx = client_ssl_context(tls_of(s.certs["root"]))
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.rpc_port)
+    local = f"127.0.0.1:{writer.get_extra_info('sockname')[1]}"
+    try:
+        writer.write(RAFT_MARKER)
+        await writer.drain()
+        await asyncio.wait_for(writer.start_tls(ctx, server_hostname="127.0.0.1"), 5)
+        writer.write(encode_frame(encode_hello(HELLO_MAGIC, "intruder")))
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(4096), 10) == b""
+    except (ConnectionError, ssl.SSLError):
+        pass  # closed during or right after the handshake: refused as well
+    finally:
+        writer.close()
+
+    def refused() -> list[dict[str, Any]]:
+        return [e for e in s.audit("n2") if e["event"] == "raft" and e["subject"] == "root"]
+
+    await wait_until(lambda: bool(refused()), 10, "n2 to audit the refused Raft connection")
+    [entry] = refused()
+    assert entry["decision"] == "denied" and entry["method"] == "connect"
+    assert entry["peer"] == local
+    assert "not authorized" in entry["reason"]
