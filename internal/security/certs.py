@@ -186,6 +186,23 @@ def _write(path: Path, data: bytes, *, secret: bool) -> None:
     os.replace(tmp, path)
 
 
+def decoded_names(cert_pem: bytes) -> dict[str, object]:
+    """The names of a PEM certificate in the shape of ``ssl.getpeercert()`` (``subject``
+    common name, ``subjectAltName`` DNS names), for
+    :func:`raftlog.security.peer_identity.names_node` before any handshake."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    cns = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = san.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        dns = []
+    return {
+        "subject": tuple((("commonName", cn),) for cn in cns),
+        "subjectAltName": tuple(("DNS", name) for name in dns),
+    }
+
+
 def write_gossip_key(out_dir: str | Path, *, overwrite: bool = False) -> Path:
     """Write ``gossip.key`` (mode 0600): a base64 32-byte Serf keyring key (what ``serf
     keygen`` prints), unless the file exists (``overwrite`` makes a new one). Every node of

@@ -219,3 +219,21 @@ async def test_make_run_cluster_serves_the_printed_commands_and_restarts(
         assert serf_of(base) == []
     finally:
         await first.kill()
+
+
+async def test_dev_cluster_refuses_a_certificate_that_names_no_node(tmp_path: Path) -> None:
+    """Certificates made before the membership check (no name for the nodes): the leader
+    would refuse every node, so dev-cluster says so at once instead of timing out."""
+    from raftlog.security.certs import CertPair, issue_cert
+
+    code, _, err = await run_raftlog("cert", "--out-dir", "certs", cwd=tmp_path)
+    assert code == 0, err
+    certs = tmp_path / "certs"
+    ca = CertPair((certs / "ca.pem").read_bytes(), (certs / "ca-key.pem").read_bytes())
+    old = issue_cert(ca, "server", hosts=["localhost", "127.0.0.1"])
+    (certs / "server.pem").write_bytes(old.cert_pem)
+    (certs / "server-key.pem").write_bytes(old.key_pem)
+    code, _, err = await run_raftlog("dev-cluster", "--certs-dir", "certs", cwd=tmp_path)
+    assert code == 2, err
+    assert "does not name node-0, node-1, node-2" in err, err
+    assert not (tmp_path / ".data").exists()

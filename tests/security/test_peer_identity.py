@@ -6,6 +6,7 @@ import ssl
 from pathlib import Path
 
 from raftlog.security import generate_ca, issue_cert
+from raftlog.security.certs import decoded_names
 from raftlog.security.peer_identity import DEV_NODES_WILDCARD, names_node
 
 
@@ -36,3 +37,15 @@ def test_a_wildcard_names_every_node_without_a_dot_and_nothing_else(tmp_path: Pa
     assert not names_node(plain, "rogue")
     assert not names_node(None, "n1")
     assert not names_node({}, "n1")
+
+
+def test_decoded_names_match_what_a_handshake_sees(tmp_path: Path) -> None:
+    pair = issue_cert(generate_ca(), "server", hosts=["127.0.0.1", DEV_NODES_WILDCARD])
+    pem = tmp_path / "c.pem"
+    pem.write_bytes(pair.cert_pem)
+    seen = ssl._ssl._test_decode_cert(str(pem))  # type: ignore[attr-defined]
+    decoded = decoded_names(pair.cert_pem)
+    for node in ("n1", "node-0", "a.b"):
+        assert names_node(decoded, node) == names_node(seen, node)
+    bare = decoded_names(issue_cert(generate_ca(), "node-7").cert_pem)
+    assert names_node(bare, "node-7") and not names_node(bare, "node-8")
