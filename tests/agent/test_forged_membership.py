@@ -361,3 +361,21 @@ async def test_raft_traffic_the_acl_refuses_is_audited(setup: Setup) -> None:
     assert entry["decision"] == "denied" and entry["method"] == "connect"
     assert entry["peer"] == local
     assert "not authorized" in entry["reason"]
+
+
+async def test_a_rogue_advertising_an_address_where_nothing_listens_is_refused(
+    setup: Setup,
+) -> None:
+    s = setup
+    leader = await _leader(s)
+    nowhere = f"127.0.0.1:{free_port()}"  # nothing listens there
+    async with _rogue_serf(s.root, "rogue-nowhere", nowhere, s.gossip_key) as rogue:
+        assert await rogue.join([s.cluster.nodes[leader].gossip_addr], timeout=10) >= 1
+        await wait_until(
+            lambda: bool(_refusals(s, leader, "rogue-nowhere")),
+            30,
+            "the leader to audit its refusal of rogue-nowhere",
+        )
+        reason = _refusals(s, leader, "rogue-nowhere")[0]["reason"]
+        assert reason.startswith(f"peer handshake with {nowhere} failed"), reason
+        await _assert_unchanged(s, leader)
