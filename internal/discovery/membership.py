@@ -10,6 +10,9 @@ Rules (per member, the local node always excluded):
 - ``member-join`` / ``member-update`` (status alive): ``handler.join(id, rpc_addr)`` unless
   the handler already lists the id with that address. ``rpc_addr`` is the member's Serf tag
   :data:`~raftlog.discovery.serf_agent.RPC_ADDR_TAG`; a member without it is ignored (logged).
+  With :attr:`Membership.authenticate` set (the agent sets it), the member must pass that
+  check first: a refused member is never joined; it is logged, audited and counted, and
+  tried again once ``reconcile_interval`` has passed (docs/security.md).
 - ``member-leave`` (graceful) and ``member-reap``: ``handler.leave(id)`` if the handler lists
   it.
 - ``member-failed``: ``handler.leave(id)`` once the member has stayed failed for
