@@ -16,7 +16,7 @@ PROTO  := api/v1/log.proto
 GEN    := api/v1/log_pb2.py api/v1/log_pb2_grpc.py api/v1/log_pb2.pyi
 ADMIN_PROTO := api/admin/v1/admin.proto
 ADMIN_GEN   := api/admin/v1/admin_pb2.py api/admin/v1/admin_pb2_grpc.py api/admin/v1/admin_pb2.pyi
-CERTS  := certs/ca.pem certs/server.pem certs/root-client.pem certs/nobody-client.pem
+CERTS  := certs/ca.pem certs/server.pem certs/root-client.pem certs/nobody-client.pem certs/gossip.key
 PYTEST_ARGS ?=
 
 .PHONY: help install run cluster test test-shuffle test-alone lint fmt proto certs bench chaos \
@@ -98,7 +98,7 @@ $(PROMETHEUS):
 	fi
 	@$(PROMETHEUS) --version 2>&1 | head -1
 
-certs: $(CERTS) ## development CA, server/peer and client certificates in certs/
+certs: $(CERTS) ## development CA, server/peer and client certificates, gossip key in certs/
 $(CERTS) &: | $(STAMP) $(GEN)
 	$(VENV)/bin/raftlog cert --out-dir certs
 

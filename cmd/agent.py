@@ -110,6 +110,20 @@ def run_dev_cluster(args: argparse.Namespace) -> int:
         if not path.is_file():
             print(f"raftlog dev-cluster: no such file: {path} (run `make certs`)", file=sys.stderr)
             return 2
+    from raftlog.security.certs import decoded_names
+    from raftlog.security.peer_identity import names_node
+
+    names = [f"node-{i}" for i in range(args.nodes)]
+    server_names = decoded_names(files.server_cert.read_bytes())
+    unnamed = [name for name in names if not names_node(server_names, name)]
+    if unnamed:
+        print(
+            f"raftlog dev-cluster: {files.server_cert} does not name {', '.join(unnamed)}, so "
+            "the leader would refuse them (docs/security.md); make it again: `raftlog cert "
+            f"--out-dir {args.certs_dir}` (or `make certs` after deleting it)",
+            file=sys.stderr,
+        )
+        return 2
     root = Path(args.data_dir).resolve()
     cluster = DevCluster(root, files, agent_args=("--serf-profile", "local", *args.agent_arg))
     from raftlog.security import TLSConfig
@@ -117,7 +131,6 @@ def run_dev_cluster(args: argparse.Namespace) -> int:
     client = TLSConfig(
         files.ca.parent / "root-client.pem", files.ca.parent / "root-client-key.pem", files.ca
     )
-    names = [f"node-{i}" for i in range(args.nodes)]
     for i, name in enumerate(names):
         base = args.base_port + 10 * i
         cluster.add_node(name, (base, base + 1, base + 2))

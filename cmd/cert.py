@@ -18,8 +18,9 @@ def register(sub: Any) -> None:
             "Write a development CA (ca.pem), a server/peer certificate (server.pem, CN "
             "'server') valid for the given hosts, and a client certificate "
             "(<name>-client.pem, CN <name>) for each client, plus model.conf and "
-            "policy.csv when the directory has none. Keys are written mode 0600. An "
-            "existing CA is reused unless --overwrite is given."
+            "policy.csv when the directory has none, and a Serf gossip encryption key "
+            "(gossip.key, base64, for --serf-encrypt-key-file). Keys are written mode "
+            "0600. An existing CA and gossip key are reused unless --overwrite is given."
         ),
     )
     parser.add_argument("--out-dir", default="certs", help="directory to write (default certs)")
@@ -46,7 +47,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Write the files and list them."""
     from raftlog.auth.example import write_example_acl
-    from raftlog.security import write_dev_certs
+    from raftlog.security import write_dev_certs, write_gossip_key
 
     try:
         files = write_dev_certs(
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
         )
         acl = write_example_acl(args.out_dir)
+        gossip = write_gossip_key(args.out_dir, overwrite=args.overwrite)
     except OSError as exc:
         print(f"raftlog cert: cannot write to {args.out_dir}: {exc}", file=sys.stderr)
         return 1
@@ -63,4 +65,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"{role}: {cert.cert_file} (key {cert.key_file}, CA {cert.ca_file})")
     for path in acl:
         print(f"acl: {path}")
+    print(f"gossip key: {gossip} (pass it with --serf-encrypt-key-file)")
     return 0

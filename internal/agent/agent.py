@@ -30,6 +30,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -49,6 +50,7 @@ from raftlog.log import Log, SyncPolicy
 from raftlog.security import TLSConfig
 from raftlog.server import LocalLog, LogServer, ServerConfig
 from raftlog.server.http_api import HttpApi
+from raftlog.telemetry import AuditLog
 
 logger = logging.getLogger("raftlog.agent")
 
@@ -120,6 +122,10 @@ class Agent:
             # first up, last down: /healthz answers during a long start (recovery), and
             # the spans of the shutdown itself are flushed
             self.steps.insert(0, Step("telemetry", self._setup_telemetry))
+        #: The audit log (--audit-log; None: off), open from the first step to the last.
+        self.audit: AuditLog | None = None
+        if config.audit_log:
+            self.steps.insert(0, Step("audit", self._setup_audit))
 
     @property
     def rpc_addr(self) -> str:
@@ -156,6 +162,18 @@ class Agent:
     async def _setup_telemetry(self) -> Teardown:
         await self.telemetry.start()
         return self.telemetry.close
+
+    async def _setup_audit(self) -> Teardown:
+        audit = await asyncio.to_thread(AuditLog, Path(self.config.audit_log))
+        self.audit = audit
+        if self.cluster is not None:
+            self.cluster.audit = audit
+        logger.info("audit log: %s", audit.path)
+
+        async def stop() -> None:
+            await asyncio.to_thread(audit.close)
+
+        return stop
 
     async def _setup_log(self) -> Teardown:
         log_config = dataclasses.replace(
@@ -201,6 +219,7 @@ class Agent:
             config=ServerConfig(max_message_bytes=config.max_message_bytes),
             metrics=self._metrics,
             tracer=self.telemetry.tracer,
+            audit=self.audit,
         )
         server.bind(config.bind_host, config.rpc_port)
         self.server = server
@@ -227,6 +246,7 @@ class Agent:
             servers=self.local_log,
             authorizer=self._authorizer(),
             tls=self.server.tls,
+            audit=self.audit,
         )
         return stop
 

@@ -61,13 +61,14 @@ from raftlog.mux import RAFT_MARKER, Mux, MuxConfig, PrivateSocketDir, remove_st
 from raftlog.raft import NO_METRICS, RaftConfig, RaftError, Server
 from raftlog.raft.node import NodeClosedError, NodeConfig, RaftNode, WaitTimeoutError
 from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
-from raftlog.security import TLSConfig
+from raftlog.security import TLSConfig, peer_common_name
 from raftlog.security.grpc_tls import grpc_server_credentials
+from raftlog.security.peer_identity import names_node
 from raftlog.server import LogServer, ServerConfig
 from raftlog.server.admin import AdminService
 from raftlog.server.forward import ForwardMarkInterceptor, GrpcForwarder
 from raftlog.server.http_api import HttpApi
-from raftlog.telemetry import NodeMetrics
+from raftlog.telemetry import NO_AUDIT, AuditSink, NodeMetrics
 
 logger = logging.getLogger("raftlog.agent")
 
@@ -100,6 +101,16 @@ def _same_pem(a: Path, b: Path) -> bool:
 
 async def _no_disk_usage() -> int:
     return 0
+
+
+def gossip_key(config: AgentConfig) -> str | None:
+    """The Serf gossip key: --serf-encrypt-key, else the content of
+    --serf-encrypt-key-file, else None (gossip in clear text)."""
+    if config.serf_encrypt_key:
+        return config.serf_encrypt_key
+    if config.serf_encrypt_key_file:
+        return Path(config.serf_encrypt_key_file).read_text().strip() or None
+    return None
 
 
 def _host_port(host: str, port: int) -> str:
@@ -160,6 +171,10 @@ class ClusterNode:
         self.identity = Identity(config.node_name)
         self.http_api: HttpApi | None = None
         self._dns_join: asyncio.Task[bool] | None = None
+        self.transport: TcpTransport | None = None
+        #: The audit log (docs/security.md); the agent's audit step sets it when
+        #: --audit-log is given, before the server and membership steps run.
+        self.audit: AuditSink = NO_AUDIT
 
     def serf_view(self) -> Mapping[str, Member] | None:
         """Serf's view of the members (None without Serf: static peers, or not started)."""
@@ -236,6 +251,8 @@ class ClusterNode:
             ),
             authorize=self._authorize_peer,
         )
+        self.transport = transport
+        transport.audit = self.audit
         try:  # opening the disk stores may fail (as start() may): close the FSM then
             node = await RaftNode.on_disk(
                 NodeConfig(
@@ -295,6 +312,7 @@ class ClusterNode:
             tracer=self.tracer,
         )
         self.dlog = dlog
+        dlog.audit = self.audit
         dlog.start()
         syncer = None
         if config.sync == "interval":
@@ -382,6 +400,7 @@ class ClusterNode:
             metrics=self.metrics,
             tracer=self.tracer,
             admin=AdminService(self.dlog, lambda: self.rpc_addr, self.disk_usage),
+            audit=self.audit,
         )
         bound = server.server.add_secure_port(
             self.sockdir.address, grpc_server_credentials(self.server_tls)
@@ -437,6 +456,7 @@ class ClusterNode:
             authorizer=self.authorizer,
             tls=self.server_tls,
             peer_http_addrs=self.peer_http_addrs,
+            audit=self.audit,
         )
         return stop
 
@@ -479,6 +499,13 @@ class ClusterNode:
             await static.start()
             self._watch = asyncio.create_task(self._watch_leadership(), name="membership-watch")
             return self._stop_membership
+        encrypt_key = await asyncio.to_thread(gossip_key, config)
+        if encrypt_key is None:
+            logger.warning(
+                "gossip is neither encrypted nor authenticated: no --serf-encrypt-key or "
+                "--serf-encrypt-key-file (`raftlog cert` writes gossip.key). Members are still "
+                "added only after a peer mTLS handshake (docs/security.md)"
+            )
         serf = SerfAgent(
             SerfAgentConfig(
                 node_name=config.node_name,
@@ -486,7 +513,7 @@ class ClusterNode:
                 rpc_addr=config.serf_rpc,
                 advertise_rpc_addr=self.rpc_addr,
                 tags=self._serf_tags(),
-                encrypt_key=config.serf_encrypt_key or None,
+                encrypt_key=encrypt_key,
                 start_join_addrs=config.start_join_addrs,
                 profile=config.serf_profile,
                 log_level="warn" if config.log_level in ("warning", "error") else "info",
@@ -502,6 +529,8 @@ class ClusterNode:
         membership = Membership(mconfig, self.dlog, SerfMemberSource(serf.connect))
         membership.cluster_id = self.identity.cluster_id
         membership.cluster_tag = CLUSTER_ID_TAG
+        membership.authenticate = self.authenticate_member
+        membership.audit = self.audit
         self.membership = membership
         try:
             await membership.start()
@@ -521,6 +550,26 @@ class ClusterNode:
             f", joining {', '.join(config.start_join_addrs)}" if config.start_join_addrs else "",
         )
         return self._stop_membership
+
+    async def authenticate_member(self, node_id: str, rpc_addr: str) -> None:
+        """The membership check: a peer mTLS handshake with ``rpc_addr`` (the peer CA, the
+        ``replicate`` permission, the hello answered by ``node_id``) whose certificate
+        names ``node_id`` (:func:`raftlog.security.peer_identity.names_node`). Returns, or
+        raises PermissionError saying why the member must not be added."""
+        transport = self.transport
+        if transport is None:
+            raise PermissionError("the Raft transport is not up")
+        try:
+            cert = await transport.probe(node_id, rpc_addr)
+        except Exception as exc:
+            raise PermissionError(
+                f"peer handshake with {rpc_addr} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not names_node(cert, node_id):
+            raise PermissionError(
+                f"the certificate at {rpc_addr} (subject {peer_common_name(cert)!r}) does not "
+                f"name node {node_id!r}"
+            )
 
     async def _check_cluster(self, serf: SerfAgent) -> None:
         """Refuse to go on when the members this node joined belong to another cluster

@@ -35,23 +35,27 @@ class DevClusterError(RuntimeError):
 
 @dataclass(frozen=True)
 class ClusterFiles:
-    """Certificates and ACL every node uses (peer certificate = server certificate)."""
+    """Certificates and ACL every node uses (peer certificate = server certificate), and
+    the gossip key file (None: gossip in clear text)."""
 
     server_cert: Path
     server_key: Path
     ca: Path
     acl_model: Path
     acl_policy: Path
+    gossip_key: Path | None = None
 
     @classmethod
     def from_dir(cls, certs: Path) -> ClusterFiles:
-        """The layout ``make certs`` / ``raftlog cert`` writes."""
+        """The layout ``make certs`` / ``raftlog cert`` writes (``gossip.key`` when there)."""
+        gossip = certs / "gossip.key"
         return cls(
             certs / "server.pem",
             certs / "server-key.pem",
             certs / "ca.pem",
             certs / "model.conf",
             certs / "policy.csv",
+            gossip if gossip.is_file() else None,
         )
 
 
@@ -177,6 +181,7 @@ class DevCluster:
             str(f.acl_model),
             "--acl-policy-file",
             str(f.acl_policy),
+            *(["--serf-encrypt-key-file", str(f.gossip_key)] if f.gossip_key else []),
             *self.agent_args,
             *node.extra,
         ]

@@ -16,6 +16,7 @@ from raftlog.domain.protocols import Authorizer, CommitLog, ServerLister
 from raftlog.security import TLSConfig
 from raftlog.server import ServerConfig
 from raftlog.server.http_api import HttpApi, HttpApiConfig
+from raftlog.telemetry.audit import AuditSink
 
 logger = logging.getLogger("raftlog.agent")
 
@@ -36,6 +37,7 @@ async def start_http_api(
     authorizer: Authorizer,
     tls: TLSConfig | None,
     peer_http_addrs: Callable[[], Mapping[str, str]] = dict,
+    audit: AuditSink | None = None,
 ) -> tuple[HttpApi, Callable[[], Awaitable[None]]]:
     """Bind and start the HTTP API on the bind host at ``config.http_port``; its teardown."""
     api = HttpApi(
@@ -47,6 +49,7 @@ async def start_http_api(
         config=ServerConfig(max_message_bytes=config.max_message_bytes),
         http_config=HttpApiConfig(shutdown_grace_s=max(config.shutdown_timeout_s / 2, 0.1)),
         peer_http_addrs=peer_http_addrs,
+        audit=audit,
     )
     port = await api.start(config.bind_host, config.http_port)
     logger.info(

@@ -170,6 +170,22 @@ class AgentConfig:
             "str",
         ),
     )
+    serf_encrypt_key_file: str = field(
+        default="",
+        metadata=_doc(
+            "file holding the base64 gossip key (what `raftlog cert` writes as gossip.key; "
+            "kept off the command line); used when serf_encrypt_key is empty; empty = none",
+            "path_or_empty",
+        ),
+    )
+    audit_log: str = field(
+        default="",
+        metadata=_doc(
+            "append an audit trail (JSON lines: denied calls, admin calls, membership "
+            "changes and refused members; never a payload or a key) to this file; empty = off",
+            "path_or_empty",
+        ),
+    )
     failed_grace_s: float = field(
         default=30.0,
         metadata=_doc(
@@ -464,6 +480,13 @@ class AgentConfig:
             )
         if self.data_dir.exists() and not self.data_dir.is_dir():
             raise ConfigError(f"data_dir: {self.data_dir} exists and is not a directory")
+        if self.serf_encrypt_key_file and not Path(self.serf_encrypt_key_file).is_file():
+            raise ConfigError(
+                f"serf_encrypt_key_file: no such file: {self.serf_encrypt_key_file} "
+                "(`raftlog cert` writes gossip.key)"
+            )
+        if self.audit_log and Path(self.audit_log).is_dir():
+            raise ConfigError(f"audit_log: {self.audit_log} is a directory, not a file")
         if self.insecure:
             return
         needed = [
@@ -612,6 +635,14 @@ def _parse(key: str, value: Any, source: str, base: Path | None) -> Any:
             raise ConfigError(f"{where}: expected a path, got {value!r}")
         path = Path(os.path.expanduser(str(value)))
         return base / path if base is not None and not path.is_absolute() else path
+    if kind == "path_or_empty":
+        if not isinstance(value, str | Path):
+            raise ConfigError(f"{where}: expected a path or nothing, got {value!r}")
+        text = str(value).strip()
+        if not text:
+            return ""
+        path = Path(os.path.expanduser(text))
+        return str(base / path if base is not None and not path.is_absolute() else path)
     if kind == "bool":
         if isinstance(value, bool):
             return value

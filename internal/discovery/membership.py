@@ -10,6 +10,9 @@ Rules (per member, the local node always excluded):
 - ``member-join`` / ``member-update`` (status alive): ``handler.join(id, rpc_addr)`` unless
   the handler already lists the id with that address. ``rpc_addr`` is the member's Serf tag
   :data:`~raftlog.discovery.serf_agent.RPC_ADDR_TAG`; a member without it is ignored (logged).
+  With :attr:`Membership.authenticate` set (the agent sets it), the member must pass that
+  check first: a refused member is never joined; it is logged, audited and counted, and
+  tried again once ``reconcile_interval`` has passed (docs/security.md).
 - ``member-leave`` (graceful) and ``member-reap``: ``handler.leave(id)`` if the handler lists
   it.
 - ``member-failed``: ``handler.leave(id)`` once the member has stayed failed for
@@ -43,8 +46,10 @@ from raftlog.discovery.serf_rpc import (
     SerfRPCClient,
     SerfRPCError,
 )
+from raftlog.telemetry.audit import NO_AUDIT, AuditSink
 
 __all__ = [
+    "Authenticate",
     "Handler",
     "MemberSource",
     "Membership",
@@ -92,6 +97,11 @@ class Handler(Protocol):
     def is_leader(self) -> bool: ...
 
     async def members(self) -> Mapping[str, str]: ...
+
+
+#: The membership check: ``await authenticate(node_id, rpc_addr)`` returns when the node
+#: at ``rpc_addr`` proved it is ``node_id``, and raises (its message says why) otherwise.
+Authenticate = Callable[[str, str], Awaitable[None]]
 
 
 class Subscription(Protocol):
@@ -279,6 +289,20 @@ class Membership(_Base):
         #: Member events the event loop has finished applying (observable progress: a
         #: caller can tell an event that changed nothing from one not yet processed).
         self.events_handled = 0
+        #: The membership check (docs/security.md): ``authenticate(id, rpc_addr)`` must
+        #: return before a member is added, and raise (saying why) when the member at that
+        #: address cannot prove it is that node. None: no check (tests of the event logic).
+        self.authenticate: Authenticate | None = None
+        #: Members refused by the check, counted at every attempt (observable by tests).
+        self.refused = 0
+        #: The last refusal per member: (rpc_addr, reason); logged and audited once each.
+        self.refusals: dict[str, tuple[str, str]] = {}
+        #: When each member was last refused, at which address: a refused member is not
+        #: probed again at that address within ``reconcile_interval`` (a rogue's events
+        #: cannot keep the leader busy dialling it).
+        self._refused_at: dict[str, tuple[str, float]] = {}
+        #: Where membership changes and refusals are audited (off: NO_AUDIT).
+        self.audit: AuditSink = NO_AUDIT
 
     @property
     def view(self) -> Mapping[str, Member]:
@@ -445,11 +469,15 @@ class Membership(_Base):
                     current = await self._bounded("members", self.handler.members())
                 action, addr = desired
                 if action == "join" and current.get(name) != addr:
+                    if not await self._authenticated(name, addr):
+                        return True  # refused: not a handler failure, nothing to retry now
                     log.info("membership: adding %s at %s", name, addr)
                     await self._bounded("join", self.handler.join(name, addr))
+                    self._audit(name, addr, "join", "added")
                 elif action == "leave" and name in current:
                     log.info("membership: removing %s (%s)", name, self._view[name].status)
                     await self._bounded("leave", self.handler.leave(name))
+                    self._audit(name, current.get(name, ""), "leave", "removed")
             except Exception as exc:
                 self.errors += 1
                 log.warning(
@@ -460,6 +488,52 @@ class Membership(_Base):
                 )
                 return False
         return True
+
+    async def _authenticated(self, name: str, addr: str) -> bool:
+        """Run the membership check; a refusal is counted, logged and audited (once per
+        member, address and reason; repeats at DEBUG) and the member is not added."""
+        if self.authenticate is None:
+            return True
+        now = asyncio.get_running_loop().time()
+        last = self._refused_at.get(name)
+        if last is not None and last[0] == addr and now - last[1] < self.config.reconcile_interval:
+            return False
+        try:
+            await self._bounded("authenticate", self.authenticate(name, addr))
+        except Exception as exc:
+            reason = str(exc) or type(exc).__name__
+            self.refused += 1
+            self._refused_at[name] = (addr, asyncio.get_running_loop().time())
+            if self.refusals.get(name) != (addr, reason):
+                self.refusals[name] = (addr, reason)
+                log.warning(
+                    "membership: refused member %s at %s: %s (it is not added to Raft)",
+                    name,
+                    addr,
+                    reason,
+                    extra={"peer": name},
+                )
+                self._audit(name, addr, "join", "refused", reason=reason)
+            else:
+                log.debug("membership: %s at %s still refused: %s", name, addr, reason)
+            return False
+        self._refused_at.pop(name, None)
+        if self.refusals.pop(name, None) is not None:
+            log.info("membership: %s at %s is now authenticated", name, addr)
+        return True
+
+    def _audit(self, name: str, addr: str, method: str, decision: str, **details: str) -> None:
+        member = self._view.get(name)
+        gossip = f"{member.addr}:{member.port}" if member is not None else ""
+        self.audit.record(
+            "membership",
+            subject=name,
+            peer=addr or "-",
+            method=method,
+            decision=decision,
+            gossip_addr=gossip,
+            **details,
+        )
 
     async def reconcile(self) -> None:
         """Compare Serf's members with the handler's and fix differences (leader only).

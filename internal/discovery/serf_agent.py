@@ -2,7 +2,8 @@
 
 :class:`SerfAgent` starts ``serf agent`` with the node's name, its gossip address
 (``-bind``), an RPC address on 127.0.0.1 (``-rpc-addr``), a tag carrying the node's own RPC
-address (:data:`RPC_ADDR_TAG`), the gossip key (``-encrypt``) when one is configured and the
+address (:data:`RPC_ADDR_TAG`), the gossip key (in a 0600 Serf config file, never on the
+command line) when one is configured and the
 addresses to join (``-retry-join``: unlike ``-join``, a peer that is not up yet does not make
 the agent exit). It waits, bounded, until the agent answers RPC; it restarts an agent that
 dies (with a bounded, growing backoff) and stops it gracefully: an RPC ``leave``, then
@@ -27,10 +28,12 @@ import base64
 import binascii
 import collections
 import contextlib
+import json
 import logging
 import os
 import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -175,8 +178,12 @@ class SerfAgentConfig:
             if not isinstance(tag_value, str):
                 raise SerfConfigError(f"tags: value of {tag_name!r} must be a string")
 
-    def command(self, binary: str | Path) -> list[str]:
-        """The argument vector that starts this agent with ``binary``."""
+    def command(self, binary: str | Path, key_file: Path | None = None) -> list[str]:
+        """The argument vector that starts this agent with ``binary``.
+
+        With ``key_file`` (a Serf config file holding ``encrypt_key``), the gossip key is
+        read from there and stays off the command line (``ps``, ``/proc/PID/cmdline``,
+        the start log line); without it, ``-encrypt`` carries the key."""
         argv = [
             str(binary),
             "agent",
@@ -190,7 +197,9 @@ class SerfAgentConfig:
         tags[RPC_ADDR_TAG] = self.advertise_rpc_addr
         for key, value in sorted(tags.items()):
             argv += ["-tag", f"{key}={value}"]
-        if self.encrypt_key:
+        if self.encrypt_key and key_file is not None:
+            argv.append(f"-config-file={key_file}")
+        elif self.encrypt_key:
             argv.append(f"-encrypt={self.encrypt_key}")
         for addr in self.start_join_addrs:
             argv.append(f"-retry-join={addr}")
@@ -260,6 +269,9 @@ class SerfAgent:
         self._tail: collections.deque[str] = collections.deque(maxlen=20)
         #: How many times the agent was restarted after exiting on its own.
         self.restarts = 0
+        #: A private directory (0700) holding the gossip key as a Serf config file (0600)
+        #: while the agent may run (restarts read it again); removed by stop().
+        self._key_dir: Path | None = None
 
     # --- public ------------------------------------------------------------------------
     @property
@@ -287,6 +299,7 @@ class SerfAgent:
             await self._wait_ready()
         except BaseException:
             await self._terminate(graceful=False)
+            self._remove_key_file()
             raise
         self._supervisor = asyncio.create_task(
             self._supervise(), name=f"serf-supervisor:{self.config.node_name}"
@@ -324,7 +337,10 @@ class SerfAgent:
             supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await supervisor
-        await self._terminate(graceful=True)
+        try:
+            await self._terminate(graceful=True)
+        finally:
+            self._remove_key_file()
 
     async def __aenter__(self) -> SerfAgent:
         await self.start()
@@ -334,9 +350,27 @@ class SerfAgent:
         await self.stop()
 
     # --- process management ------------------------------------------------------------
+    def _key_file(self) -> Path | None:
+        """The Serf config file with the gossip key (written once), or None without a key."""
+        if not self.config.encrypt_key:
+            return None
+        if self._key_dir is None:
+            self._key_dir = Path(tempfile.mkdtemp(prefix="raftlog-serf-key-"))
+        path = self._key_dir / "gossip-key.json"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"encrypt_key": self.config.encrypt_key}, f)
+        return path
+
+    def _remove_key_file(self) -> None:
+        key_dir, self._key_dir = self._key_dir, None
+        if key_dir is not None:
+            shutil.rmtree(key_dir, ignore_errors=True)
+
     async def _spawn(self) -> None:
         assert self._binary is not None
-        argv = self.config.command(self._binary)
+        argv = self.config.command(self._binary, await asyncio.to_thread(self._key_file))
         self._ready.clear()
         self._tail.clear()
         if self.config.log_file is not None and self._log_fh is None:

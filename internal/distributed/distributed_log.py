@@ -93,6 +93,7 @@ from raftlog.raft.node import (
     RaftNode,
     WaitTimeoutError,
 )
+from raftlog.telemetry.audit import NO_AUDIT, AuditSink
 
 log = logging.getLogger("raftlog.distributed")
 
@@ -205,6 +206,8 @@ class DistributedLog:
             fsm.keep_apply_windows(True)
         self.fsm = fsm
         self.forwarder = forwarder
+        #: Where learner promotions are audited (docs/security.md); off: NO_AUDIT.
+        self.audit: AuditSink = NO_AUDIT
         self.config = (config or DistributedConfig()).validate()
         self._changed: asyncio.Future[None] | None = None
         self._closing = False
@@ -493,16 +496,22 @@ class DistributedLog:
     # -- servers / membership --------------------------------------------------------------
 
     async def get_servers(self) -> list[ServerInfo]:
-        """Every member (voters and learners) with its rpc address; the leader by id."""
+        """The servers clients may use: every voter with its rpc address, the leader by id.
+
+        A learner is left out: it is still catching up (the leader promotes it once it
+        has), so its log may be far behind, and a client of the book's proto cannot tell
+        it apart. Only members the leader authenticated are in Raft at all
+        (docs/security.md); :meth:`members` lists every member, learners included."""
         leader = self.node.leader_id
         return [
             ServerInfo(
                 id=s.id,
                 rpc_addr=s.address,
                 is_leader=bool(leader) and s.id == leader,
-                is_learner=not s.is_voter,
+                is_learner=False,
             )
             for s in self.node.membership
+            if s.is_voter
         ]
 
     def is_leader(self) -> bool:
@@ -607,6 +616,13 @@ class DistributedLog:
                             extra={"peer": server.id, "index": last},
                         )
                         await node.promote_learner(server.id, timeout=self.config.change_timeout)
+                    self.audit.record(
+                        "membership",
+                        subject=server.id,
+                        peer=server.address,
+                        method="promote",
+                        decision="promoted",
+                    )
                 except (RaftError, TimeoutError) as exc:
                     log.info("promotion of %s not done yet: %s", server.id, exc)
                 break

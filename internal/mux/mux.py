@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
@@ -169,6 +171,28 @@ class _PausedStreamProtocol(asyncio.StreamReaderProtocol):
         reader = self._stream_reader  # type: ignore[attr-defined]
         if reader is not None:
             reader._paused = True  # the first read resumes the transport
+
+
+#: Prefix of the abstract unix-socket name a relayed connection is bound to; the gRPC
+#: server reads the client's address back from it (``context.peer()`` is then
+#: ``unix-abstract:raftlog-peer%20HOST:PORT%20...``; raftlog.server.interceptors.peer_of).
+PEER_NAME_PREFIX: Final = "raftlog-peer"
+_relayed = itertools.count()
+
+
+def _upstream_socket(conn: socket.socket) -> socket.socket:
+    """A non-blocking unix socket for the relay to the gRPC server, bound (Linux abstract
+    namespace) to a name that carries the TCP client's address, so that the server can
+    log and audit who called. Unbound (the server then sees ``unix:``) where that fails."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        host, port = conn.getpeername()[:2]
+        addr = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        sock.bind(f"\0{PEER_NAME_PREFIX} {addr} {os.getpid()}-{next(_relayed)}")
+    except (OSError, ValueError, TypeError):
+        pass  # not Linux, or the peer is already gone: relay without the name
+    return sock
 
 
 class Mux:
@@ -411,18 +435,23 @@ class Mux:
             writer.close()
 
     async def _relay(self, conn: socket.socket, first: bytes) -> bool:
+        """Hand a gRPC connection to the server's unix socket (the client's address rides
+        along in the name the upstream socket is bound to: :func:`_upstream_socket`)."""
         if self.grpc_socket is None:
             self.metrics.upstream_errors += 1
             log.warning("mux: no gRPC socket configured; closing a gRPC connection")
             return False
         loop = asyncio.get_running_loop()
         high, low = self.config.write_buffer_high, self.config.write_buffer_low
+        sock = _upstream_socket(conn)
         try:
             async with asyncio.timeout(self.config.upstream_connect_timeout):
+                await loop.sock_connect(sock, str(self.grpc_socket))
                 up_transport, up = await loop.create_unix_connection(
-                    lambda: RelaySide(self, upstream=True, high=high, low=low), self.grpc_socket
+                    lambda: RelaySide(self, upstream=True, high=high, low=low), sock=sock
                 )
         except (OSError, TimeoutError) as exc:
+            sock.close()
             self.metrics.upstream_errors += 1
             log.warning("mux: cannot reach the gRPC server at %s: %r", self.grpc_socket, exc)
             return False

@@ -32,6 +32,7 @@ share is :mod:`raftlog.raft.tcp_common`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -72,6 +73,7 @@ from raftlog.security.tls import (
     peer_common_name,
     server_ssl_context,
 )
+from raftlog.telemetry.audit import NO_AUDIT, AuditSink
 
 log = logging.getLogger("raftlog.raft.transport")
 
@@ -199,6 +201,8 @@ class TcpTransport:
         self._started = False
         self._closed = False
         self._dialer = Dialer(config, self._client_ctx, self._authorize_peer, self._stats)
+        #: Where refused inbound connections are audited (docs/security.md); off: NO_AUDIT.
+        self.audit: AuditSink = NO_AUDIT
 
     def _authorize_peer(self, subject: str) -> bool:
         # Looked up at each call, so that replacing _authorize takes effect on both sides.
@@ -339,6 +343,27 @@ class TcpTransport:
     def connected_peers(self) -> set[str]:
         """Ids of peers with an established outbound connection right now."""
         return {k for k, p in self._peers.items() if p.connected}
+
+    async def probe(self, node_id: str, address: str) -> dict[str, object]:
+        """Dial ``address`` once as this transport would for peer ``node_id`` (marker, mutual
+        TLS against the peer CA, the listener's subject authorized, hello answered by
+        ``node_id``), close, and return the listener's certificate (``getpeercert()``).
+
+        Raises :class:`HandshakeError` (the listener is not ``node_id``, or its subject is
+        not authorized), ``ssl.SSLError`` or ``OSError`` (no TLS peer with a certificate
+        of the cluster's CA, nothing listening), or ``TimeoutError``; the message says
+        which. The membership check runs this before a member is added (docs/security.md).
+        """
+        reader, writer = await self._dialer.dial(node_id, address)
+        del reader
+        try:
+            cert = writer.get_extra_info("peercert")
+            return dict(cert) if cert else {}
+        finally:
+            writer.close()
+            with contextlib.suppress(*CONNECTION_ERRORS, TimeoutError):
+                async with asyncio.timeout(self.config.handshake_timeout):
+                    await writer.wait_closed()
 
     def inbound_connections(self) -> int:
         """Accepted connections currently open (marker, handshake or streaming)."""
@@ -584,12 +609,26 @@ class TcpTransport:
 
     def _refuse(self, writer: asyncio.StreamWriter, subject: str | None, why: str) -> None:
         self._stats.refused += 1
+        peername = writer.get_extra_info("peername")
         log.warning(
             "raft transport %s: refused connection from %s (subject %r): %s",
             self.node_id,
-            writer.get_extra_info("peername"),
+            peername,
             subject,
             why,
+        )
+        peer = (
+            f"{peername[0]}:{peername[1]}"
+            if isinstance(peername, tuple) and len(peername) >= 2
+            else "-"
+        )
+        self.audit.record(
+            "raft",
+            subject=subject or "-",
+            peer=peer,
+            method="connect",
+            decision="denied",
+            reason=why,
         )
         abort(writer)
 

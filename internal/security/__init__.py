@@ -32,10 +32,13 @@ if TYPE_CHECKING:
         generate_ca,
         issue_cert,
         write_dev_certs,
+        write_gossip_key,
     )
 
 #: Names served from :mod:`raftlog.security.certs`, imported when first asked for.
-_CERTS_NAMES = frozenset({"CertFiles", "CertPair", "generate_ca", "issue_cert", "write_dev_certs"})
+_CERTS_NAMES = frozenset(
+    {"CertFiles", "CertPair", "generate_ca", "issue_cert", "write_dev_certs", "write_gossip_key"}
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -57,4 +60,5 @@ __all__ = [
     "peer_common_name",
     "server_ssl_context",
     "write_dev_certs",
+    "write_gossip_key",
 ]

@@ -9,6 +9,7 @@ The subject used for authorization is the certificate's common name (CN).
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
 import os
@@ -21,6 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from raftlog.security.peer_identity import DEV_NODES_WILDCARD
+
 #: Default validity of generated certificates, in days.
 DEFAULT_VALID_DAYS = 365
 #: Hosts the development server certificate is valid for, by default.
@@ -31,6 +34,8 @@ DEFAULT_CLIENTS: tuple[str, ...] = ("root", "nobody")
 #: Common name of the development server certificate, which also serves as the peer
 #: certificate (Raft and forwarding); the example policy grants it ``replicate``.
 SERVER_SUBJECT = "server"
+#: File name of the development gossip (Serf keyring) key.
+GOSSIP_KEY_FILE = "gossip.key"
 
 
 @dataclass(frozen=True)
@@ -181,6 +186,34 @@ def _write(path: Path, data: bytes, *, secret: bool) -> None:
     os.replace(tmp, path)
 
 
+def decoded_names(cert_pem: bytes) -> dict[str, object]:
+    """The names of a PEM certificate in the shape of ``ssl.getpeercert()`` (``subject``
+    common name, ``subjectAltName`` DNS names), for
+    :func:`raftlog.security.peer_identity.names_node` before any handshake."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    cns = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = san.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        dns = []
+    return {
+        "subject": tuple((("commonName", cn),) for cn in cns),
+        "subjectAltName": tuple(("DNS", name) for name in dns),
+    }
+
+
+def write_gossip_key(out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``gossip.key`` (mode 0600): a base64 32-byte Serf keyring key (what ``serf
+    keygen`` prints), unless the file exists (``overwrite`` makes a new one). Every node of
+    a cluster must use the same key (``--serf-encrypt-key-file``)."""
+    path = Path(out_dir) / GOSSIP_KEY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if overwrite or not path.exists():
+        _write(path, base64.b64encode(os.urandom(32)) + b"\n", secret=True)
+    return path
+
+
 def write_dev_certs(
     out_dir: str | Path,
     *,
@@ -206,7 +239,11 @@ def write_dev_certs(
         _write(ca_key_file, ca.key_pem, secret=True)
         _write(ca_file, ca.cert_pem, secret=False)
     result: dict[str, CertFiles] = {}
-    server = issue_cert(ca, SERVER_SUBJECT, hosts=hosts, valid_days=valid_days)
+    # The wildcard names every node (raftlog.security.peer_identity): one shared
+    # development certificate serves every node of a dev cluster.
+    server = issue_cert(
+        ca, SERVER_SUBJECT, hosts=[*hosts, DEV_NODES_WILDCARD], valid_days=valid_days
+    )
     _write(out / "server-key.pem", server.key_pem, secret=True)
     _write(out / "server.pem", server.cert_pem, secret=False)
     result["server"] = CertFiles(out / "server.pem", out / "server-key.pem", ca_file)

@@ -62,6 +62,7 @@ from raftlog.security.tls import peer_common_name, server_ssl_context
 from raftlog.server.config import ServerConfig
 from raftlog.server.forward import produce_request_bytes
 from raftlog.server.service import to_api_error
+from raftlog.telemetry.audit import NO_AUDIT, AuditSink
 
 logger = logging.getLogger("raftlog.server.http")
 
@@ -211,9 +212,12 @@ class HttpApi:
         http_config: HttpApiConfig | None = None,
         insecure: bool = False,
         peer_http_addrs: Callable[[], Mapping[str, str]] = dict,
+        audit: AuditSink | None = None,
     ) -> None:
         if tls is None and not insecure:
             raise ValueError("an HTTP API without TLS needs insecure=True, explicitly")
+        #: The audit log of refused requests (docs/security.md); None: off.
+        self._audit = audit if audit is not None else NO_AUDIT
         self.config = config or ServerConfig()
         self.config.validate()
         self.http_config = http_config or HttpApiConfig()
@@ -304,14 +308,33 @@ class HttpApi:
         transport = request.transport
         peercert = transport.get_extra_info("peercert") if transport is not None else None
         subject = peer_common_name(peercert)
-        if not subject:
-            raise UnauthenticatedError("the connection carries no client certificate subject")
         resource = request.match_info.route.resource
         path = resource.canonical if resource is not None else request.path
+        if not subject:
+            self._audit_denied(request, "-", path, "UNAUTHENTICATED")
+            raise UnauthenticatedError("the connection carries no client certificate subject")
         action = ROUTE_ACTIONS.get((request.method, path))
         if action is not None and not self._authorizer.authorize(subject, "*", action):
+            self._audit_denied(request, subject, path, "PERMISSION_DENIED")
             raise PermissionDeniedError(subject, action)
         return await handler(request)
+
+    def _audit_denied(self, request: web.Request, subject: str, path: str, code: str) -> None:
+        transport = request.transport
+        peername = transport.get_extra_info("peername") if transport is not None else None
+        peer = (
+            f"{peername[0]}:{peername[1]}"
+            if isinstance(peername, tuple) and len(peername) >= 2
+            else str(request.remote or "-")
+        )
+        self._audit.record(
+            "call",
+            subject=subject,
+            peer=peer,
+            method=f"HTTP {request.method} {path}",
+            decision="denied",
+            code=code,
+        )
 
     def _error_response(self, error: DomainError, status: int | None = None) -> web.Response:
         body: dict[str, Any] = {

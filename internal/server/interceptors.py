@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from raftlog.domain.errors import (
 )
 from raftlog.domain.protocols import Authorizer
 from raftlog.server.errors import status_for
+from raftlog.telemetry.audit import NO_AUDIT, AuditSink
 
 logger = logging.getLogger("raftlog.server.calls")
 
@@ -90,6 +92,20 @@ Context = grpc.aio.ServicerContext[Any, Any]
 Handler = Any
 #: A check run inside the call before the method; raises DomainError to refuse it.
 Check = Callable[[str, Context], None]
+
+
+#: What ``context.peer()`` looks like for a connection relayed by the mux, whose upstream
+#: socket is bound to an abstract name carrying the client's address
+#: (raftlog.mux.mux.PEER_NAME_PREFIX; the server may not import the mux, a sibling).
+_RELAYED_PEER = "unix-abstract:raftlog-peer%20"
+
+
+def peer_of(peer: str) -> str:
+    """The client's address of a call: ``context.peer()``, or for a call relayed by the
+    mux the TCP client's ``HOST:PORT`` it passed along."""
+    if peer.startswith(_RELAYED_PEER):
+        return urllib.parse.unquote(peer[len(_RELAYED_PEER) :]).split(" ", 1)[0]
+    return peer
 
 
 def subject_of(context: Context) -> str | None:
@@ -270,6 +286,11 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
             raise PermissionDeniedError(subject, action, OBJECT_WILDCARD)
 
 
+#: Status codes the audit log records as refused calls.
+_DENIED = frozenset({grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED})
+_ADMIN_PREFIX = f"/{ADMIN_SERVICE}/"
+
+
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     """Logs every call (method, subject, status code, duration) and counts them.
 
@@ -281,9 +302,12 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     timed there, once per call.
     """
 
-    def __init__(self, metrics: CallMetrics | None = None) -> None:
+    def __init__(self, metrics: CallMetrics | None = None, audit: AuditSink | None = None) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
         self.metrics = metrics
+        #: The audit log (docs/security.md): every refused call (UNAUTHENTICATED,
+        #: PERMISSION_DENIED) and every call of the admin service, allowed or not.
+        self.audit = audit if audit is not None else NO_AUDIT
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -301,6 +325,16 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         elapsed = time.perf_counter() - started
         if self.metrics is not None:
             self.metrics.observe_call(method, name, elapsed)
+        denied = code in _DENIED
+        if denied or method.startswith(_ADMIN_PREFIX):
+            self.audit.record(
+                "call",
+                subject=who[0],
+                peer=who[1],
+                method=method,
+                decision="denied" if denied else "allowed",
+                code=name,
+            )
         if code in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
             level = logging.DEBUG  # success, or the client's own choice to stop
         elif code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
@@ -329,7 +363,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     def _who(context: Context) -> tuple[str, str]:
         # Read while the call is alive: grpc.aio's auth context and peer must not be touched
         # after a client cancelled (the call's core object is gone; it can crash the process).
-        return subject_of(context) or "-", context.peer()
+        return subject_of(context) or "-", peer_of(context.peer())
 
     @staticmethod
     def _code(context: Context, exc: BaseException | None) -> grpc.StatusCode:

@@ -33,6 +33,7 @@ from raftlog.server.interceptors import (
 )
 from raftlog.server.service import LogService, RecordMetrics
 from raftlog.server.tracing import TracingInterceptor
+from raftlog.telemetry.audit import AuditSink
 
 logger = logging.getLogger("raftlog.server")
 
@@ -64,6 +65,7 @@ class LogServer:
     ``tracer`` (None = tracing off, no interceptor at all) puts a span around every call.
     ``admin``: the admin service ``raftlog.admin.v1.Admin``, served beside ``log.v1.Log``
     behind the same TLS and interceptors (its rpcs need the ACL action ``admin``).
+    ``audit``: the audit log of refused and admin calls (None: off).
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class LogServer:
         metrics: _ServerMetrics | None = None,
         tracer: trace.Tracer | None = None,
         admin: AdminService | None = None,
+        audit: AuditSink | None = None,
     ) -> None:
         if tls is None and not insecure:
             raise ValueError("a server without TLS needs insecure=True, explicitly")
@@ -88,7 +91,7 @@ class LogServer:
         self.tls = tls
         self.insecure = tls is None
         self.service = LogService(commit_log, servers, self.config, metrics=metrics)
-        self.observability = ObservabilityInterceptor(metrics)
+        self.observability = ObservabilityInterceptor(metrics, audit)
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if tracer is not None:
             interceptors.append(TracingInterceptor(tracer))  # outermost: spans see it all

@@ -7,6 +7,7 @@ it reports through callbacks (read at scrape time, so most gauges and counters c
 hot path nothing) or call its few hot-path instruments once per request or per batch.
 """
 
+from raftlog.telemetry.audit import NO_AUDIT, AuditLog, AuditSink, NoAudit
 from raftlog.telemetry.collect import CallbackCollector, Sample
 from raftlog.telemetry.http import HealthCheck, MetricsServer
 from raftlog.telemetry.jsonlog import JsonFormatter, NodeIdFilter
@@ -19,10 +20,14 @@ from raftlog.telemetry.tracing import (
 )
 
 __all__ = [
+    "NO_AUDIT",
+    "AuditLog",
+    "AuditSink",
     "CallbackCollector",
     "HealthCheck",
     "JsonFormatter",
     "MetricsServer",
+    "NoAudit",
     "NodeIdFilter",
     "NodeMetrics",
     "Sample",

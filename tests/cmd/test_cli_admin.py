@@ -12,6 +12,7 @@ is forwarded) with an idempotent producer id and reads it back.
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 from pathlib import Path
@@ -201,3 +202,11 @@ async def test_cert_writes_a_policy_that_grants_admin_to_root_only(tmp_path: Pat
     assert code == 0, err
     lines = (tmp_path / "c" / "policy.csv").read_text().splitlines()
     assert [line for line in lines if line.endswith(", admin")] == ["p, root, *, admin"]
+    # and a Serf gossip key: base64 of 32 bytes, private, kept on a second run
+    key_file = tmp_path / "c" / "gossip.key"
+    key = key_file.read_text().strip()
+    assert len(base64.b64decode(key, validate=True)) == 32
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    code, _, err = await run_raftlog("cert", "--out-dir", str(tmp_path / "c"), cwd=tmp_path)
+    assert code == 0, err
+    assert key_file.read_text().strip() == key

@@ -165,6 +165,15 @@ async def test_make_run_cluster_serves_the_printed_commands_and_restarts(
         for i in range(NODES):
             assert any(f"node-{i}: rpc 127.0.0.1:{base + 10 * i} " in x for x in first.banner)
 
+        # make run's gossip is encrypted: each Serf agent reads certs/gossip.key from a
+        # private config file (never from its command line)
+        key = (tmp_path / "certs" / "gossip.key").read_text().strip()
+        agents = serf_of(base)
+        assert len(agents) == NODES
+        for pid in agents:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+            assert "-config-file=" in argv and key not in argv, argv
+
         # The commands exactly as printed, run from the same directory.
         servers = await run(first.command("servers"), tmp_path)
         assert all(f"node-{i}" in servers for i in range(NODES)), servers
@@ -205,6 +214,26 @@ async def test_make_run_cluster_serves_the_printed_commands_and_restarts(
             await second.kill()
         logs = "".join(p.read_text() for p in (tmp_path / ".data" / "cluster").glob("*.log"))
         assert logs.count("bootstrapped a new cluster") == 1, "bootstrapped twice (or never)"
+        # make run's gossip is encrypted with certs/gossip.key (raftlog cert wrote it)
+        assert "gossip is neither encrypted nor authenticated" not in logs
         assert serf_of(base) == []
     finally:
         await first.kill()
+
+
+async def test_dev_cluster_refuses_a_certificate_that_names_no_node(tmp_path: Path) -> None:
+    """Certificates made before the membership check (no name for the nodes): the leader
+    would refuse every node, so dev-cluster says so at once instead of timing out."""
+    from raftlog.security.certs import CertPair, issue_cert
+
+    code, _, err = await run_raftlog("cert", "--out-dir", "certs", cwd=tmp_path)
+    assert code == 0, err
+    certs = tmp_path / "certs"
+    ca = CertPair((certs / "ca.pem").read_bytes(), (certs / "ca-key.pem").read_bytes())
+    old = issue_cert(ca, "server", hosts=["localhost", "127.0.0.1"])
+    (certs / "server.pem").write_bytes(old.cert_pem)
+    (certs / "server-key.pem").write_bytes(old.key_pem)
+    code, _, err = await run_raftlog("dev-cluster", "--certs-dir", "certs", cwd=tmp_path)
+    assert code == 2, err
+    assert "does not name node-0, node-1, node-2" in err, err
+    assert not (tmp_path / ".data").exists()

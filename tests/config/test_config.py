@@ -93,3 +93,18 @@ def test_agent_help_lists_every_flag_and_marks_cluster_ones(
     assert "RAFTLOG_RPC_PORT" in text
     flat = " ".join(text.split())
     assert flat.count("[used in cluster mode only]") == 10
+
+
+def test_audit_log_and_gossip_key_file_are_paths_off_by_default(tmp_path: Path) -> None:
+    assert AgentConfig().audit_log == "" and AgentConfig().serf_encrypt_key_file == ""
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text("audit_log: audit/node.jsonl\nserf_encrypt_key_file: gossip.key\n")
+    (tmp_path / "gossip.key").write_text("cg8StVXbQJ0gPvMd9o7yrg==\n")
+    c = load_config({}, env={"RAFTLOG_INSECURE": "yes"}, config_file=cfg)
+    assert c.audit_log == str(tmp_path / "audit" / "node.jsonl")  # relative to the file
+    assert c.serf_encrypt_key_file == str(tmp_path / "gossip.key")
+    env = {"RAFTLOG_AUDIT_LOG": str(tmp_path / "a.jsonl"), "RAFTLOG_INSECURE": "yes"}
+    assert load_config({}, env=env).audit_log == str(tmp_path / "a.jsonl")
+    missing = AgentConfig(insecure=True, serf_encrypt_key_file=str(tmp_path / "nope.key"))
+    with pytest.raises(ConfigError, match="serf_encrypt_key_file: no such file"):
+        missing.validate()

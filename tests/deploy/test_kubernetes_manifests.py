@@ -130,9 +130,12 @@ def test_the_agent_settings_match_the_ports_the_join_name_and_the_mounts() -> No
     assert env["RAFTLOG_DATA_DIR"] == mounts["data"]
     for key, value in env.items():
         if key.endswith("_FILE"):
-            mount = "tls" if "TLS" in key else "acl"
+            mount = "tls" if "TLS" in key else "gossip" if "SERF" in key else "acl"
             assert value.startswith(mounts[mount] + "/"), key
     assert volumes["tls"]["secret"]["secretName"] == server["spec"]["secretName"]
+    # gossip is encrypted with the key of the Secret raftlog-gossip (docs/deploy.md)
+    assert env["RAFTLOG_SERF_ENCRYPT_KEY_FILE"] == mounts["gossip"] + "/gossip.key"
+    assert volumes["gossip"]["secret"]["secretName"] == "raftlog-gossip"
     assert find(docs, "ConfigMap", volumes["acl"]["configMap"]["name"])
 
 

@@ -34,7 +34,7 @@ import pytest
 
 from raftlog.agent.devcluster import default_raftlog, free_port
 from raftlog.discovery.spawn import spawn
-from raftlog.security import CertFiles, write_dev_certs
+from raftlog.security import CertFiles, write_dev_certs, write_gossip_key
 from raftlog.security.tls import client_ssl_context
 from support.client_nodes import tls_of
 from support.dns_server import Zone, dns_server
@@ -140,7 +140,9 @@ async def test_three_pods_form_one_cluster_and_survive_a_rolling_restart(
     for name, text in find(docs, "ConfigMap", "raftlog-acl")["data"].items():
         (acl / name).write_text(text)
     server = certs["server"]
+    gossip_key = write_gossip_key(tmp_path / "certs")  # the Secret raftlog-gossip
     files = {
+        "gossip.key": str(gossip_key),
         "tls.crt": str(server.cert_file),
         "tls.key": str(server.key_file),
         "ca.crt": str(server.ca_file),

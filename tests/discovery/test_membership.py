@@ -385,3 +385,48 @@ async def test_membership_resubscribes_after_agent_restart(make_agent: AgentFact
         assert handler.cluster["b"] == b.config.advertise_rpc_addr
     finally:
         await m.close()
+
+
+async def test_a_member_is_joined_only_once_authenticated(caplog: pytest.LogCaptureFixture) -> None:
+    """The membership check runs before every join; a refusal is counted, logged and
+    audited once, and the member is added as soon as it passes (docs/security.md)."""
+    handler, source = RecordingHandler(), FakeSource()
+    genuine: set[str] = set()
+    probes: list[tuple[str, str]] = []
+    audited: list[dict[str, object]] = []
+
+    async def authenticate(node_id: str, rpc_addr: str) -> None:
+        probes.append((node_id, rpc_addr))
+        if node_id not in genuine:
+            raise PermissionError(f"{rpc_addr} is node 'x', not {node_id!r}")
+
+    class Audit:
+        def record(self, event: str, **fields: object) -> None:
+            audited.append({"event": event, **fields})
+
+    m = Membership(config(reconcile_interval=0.2), handler, source)
+    m.authenticate = authenticate
+    m.audit = Audit()  # type: ignore[assignment]
+    await m.start()
+    await m.wait_subscribed(2.0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="raftlog.discovery.membership"):
+            source.emit("member-join", member("rogue", "127.0.0.1:1"))
+            await drain(m, source)
+            assert m.refused == 1 and handler.calls == []
+            source.emit("member-update", member("rogue", "127.0.0.1:1"))  # within the pause
+            await drain(m, source)
+            assert probes == [("rogue", "127.0.0.1:1")]  # not probed again at once
+            await wait_until(lambda: m.refused >= 2, 5.0, "a reconcile to probe it again")
+        assert handler.calls == []
+        assert [r.getMessage() for r in caplog.records].count(
+            "membership: refused member rogue at 127.0.0.1:1: 127.0.0.1:1 is node 'x', not "
+            "'rogue' (it is not added to Raft)"
+        ) == 1
+        assert [(a["subject"], a["decision"]) for a in audited] == [("rogue", "refused")]
+        genuine.add("rogue")  # it proves itself now (its port came up, say)
+        await wait_until(lambda: bool(handler.calls), 5.0, "the join once it passes")
+        assert handler.calls == [("join", "rogue", "127.0.0.1:1")]
+        assert audited[-1]["decision"] == "added" and m.refusals == {}
+    finally:
+        await m.close()

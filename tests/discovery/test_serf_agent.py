@@ -166,6 +166,17 @@ async def test_encrypted_agents_join(make_agent: AgentFactory) -> None:
 
         await wait_until(both_alive, 10.0, "retry-join to bring eb in", interval=0.1)
     assert b.running
+    # the key never shows on the command line (ps, /proc/PID/cmdline): a 0600 config file
+    # in a private directory carries it, removed when the agent stops
+    assert a.pid is not None
+    cmdline = Path(f"/proc/{a.pid}/cmdline").read_bytes().decode()
+    assert key not in cmdline
+    key_files = [Path(arg.removeprefix("-config-file=")) for arg in cmdline.split("\0")]
+    key_file = next(p for p in key_files if p.name == "gossip-key.json")
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert key_file.parent.stat().st_mode & 0o777 == 0o700
+    await a.stop()
+    assert not key_file.parent.exists()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")

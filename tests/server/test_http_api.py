@@ -29,6 +29,7 @@ from raftlog.server.http_api import (
     SEQUENCE_HEADER,
     HttpApi,
 )
+from raftlog.telemetry import AuditLog
 from support.wait import wait_until
 
 OPENAPI = Path(__file__).resolve().parents[2] / "api" / "openapi.yaml"
@@ -52,7 +53,10 @@ class HttpNode:
 
 @contextlib.asynccontextmanager
 async def http_node(
-    tmp_path: Path, certs: dict[str, CertFiles], config: ServerConfig | None = None
+    tmp_path: Path,
+    certs: dict[str, CertFiles],
+    config: ServerConfig | None = None,
+    audit: AuditLog | None = None,
 ) -> AsyncIterator[HttpNode]:
     acl = tmp_path / "acl"
     write_example_acl(acl)
@@ -66,6 +70,7 @@ async def http_node(
         tls=TLSConfig(files.cert_file, files.key_file, files.ca_file),
         config=config,
         peer_http_addrs=lambda: {"n0": "127.0.0.1:9"},
+        audit=audit,
     )
     port = await api.start("127.0.0.1", 0)
     try:
@@ -149,6 +154,23 @@ async def test_follow_streams_new_records_and_ends_on_shutdown(node: HttpNode) -
         # the open stream ends (EOF) when the server shuts down, within the bound
         assert await asyncio.wait_for(r.content.read(), 5) == b""
         await asyncio.wait_for(stopping, 10)
+
+
+async def test_refused_requests_are_audited_without_their_body(
+    tmp_path: Path, dev_certs: dict[str, CertFiles]
+) -> None:
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    async with http_node(tmp_path, dev_certs, audit=audit) as n, n.session("nobody") as s:
+        assert (await s.post("/v1/records", json=utf8("secret-body"))).status == 403
+        assert (await s.get("/v1/servers")).status == 200  # allowed: not audited
+    audit.close()
+    text = (tmp_path / "audit.jsonl").read_text()
+    assert "secret-body" not in text
+    [entry] = [json.loads(line) for line in text.splitlines()]
+    assert entry["event"] == "call" and entry["decision"] == "denied"
+    assert entry["subject"] == "nobody" and entry["code"] == "PERMISSION_DENIED"
+    assert entry["method"] == "HTTP POST /v1/records"
+    assert entry["peer"].startswith("127.0.0.1:")
 
 
 async def test_acl_and_client_certificate(node: HttpNode) -> None:
