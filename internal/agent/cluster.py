@@ -62,11 +62,14 @@ from raftlog.raft import NO_METRICS, RaftConfig, RaftError, Server
 from raftlog.raft.node import NodeClosedError, NodeConfig, RaftNode, WaitTimeoutError
 from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
 from raftlog.security import TLSConfig
-from raftlog.security.grpc_tls import grpc_server_credentials
+from raftlog.security.denylist import DenyList
+from raftlog.security.grpc_tls import grpc_dynamic_server_credentials
+from raftlog.security.reload import ReloadableTLS
 from raftlog.server import LogServer, ServerConfig
 from raftlog.server.admin import AdminService
 from raftlog.server.forward import ForwardMarkInterceptor, GrpcForwarder
 from raftlog.server.http_api import HttpApi
+from raftlog.server.revocation import RevocationInterceptor
 from raftlog.telemetry import NodeMetrics
 
 logger = logging.getLogger("raftlog.agent")
@@ -121,6 +124,7 @@ class ClusterNode:
         metrics: NodeMetrics | None = None,
         tracer: trace.Tracer | None = None,
         disk_usage: Callable[[], Awaitable[int]] | None = None,
+        deny_list: DenyList | None = None,
     ) -> None:
         if config.insecure:
             raise ValueError(
@@ -148,6 +152,12 @@ class ClusterNode:
         self.forward_tls = dataclasses.replace(
             self.peer_tls, extra_ca_files=(server_ca,) if distinct else ()
         )
+        #: Revocation (checked on Raft handshakes, gRPC calls and HTTP requests).
+        self.deny_list = deny_list or DenyList()
+        #: The reloadable TLS material by role ("server", "peer", "forward"), loaded by
+        #: the mux step (see :meth:`reload_tls`).
+        self.materials: dict[str, ReloadableTLS] = {}
+        self.forwarder: GrpcForwarder | None = None
         self.sockdir: PrivateSocketDir | None = None
         self.mux: Mux | None = None
         self.fsm: CommitLogFSM | None = None
@@ -173,6 +183,31 @@ class ClusterNode:
             return self.config.rpc_addr
         return _host_port(self.config.bind_host, self.mux.port)
 
+    # -- TLS reload --------------------------------------------------------------------
+
+    def load_tls(self) -> None:
+        """Load and check the TLS files of every role (raises TLSReloadError if bad)."""
+        self.materials = {
+            "server": ReloadableTLS(self.server_tls, "server"),
+            "peer": ReloadableTLS(self.peer_tls, "peer"),
+            "forward": ReloadableTLS(self.forward_tls, "forward"),
+        }
+
+    def reload_tls(self) -> list[str]:
+        """Read every role's TLS files again (SIGHUP); the roles now on new material.
+
+        New handshakes of the gRPC server, the mux (Raft), the HTTP API, the Raft dialer
+        and the forwarder use it; open connections stay. Bad files change nothing."""
+        return [name for name, material in self.materials.items() if material.reload()]
+
+    def certificate_expiry(self) -> dict[str, float]:
+        """Seconds until expiry of each certificate this node presents and of its CAs."""
+        found: dict[str, float] = {}
+        for name in ("server", "peer"):
+            if name in self.materials:
+                found.update(self.materials[name].expiry_seconds())
+        return found
+
     # -- mux ---------------------------------------------------------------------------
 
     async def setup_mux(self) -> Teardown:
@@ -180,6 +215,7 @@ class ClusterNode:
 
         First removes the socket directories that SIGKILLed agents left behind (only
         those whose owner process is gone: :func:`remove_stale_socket_dirs`)."""
+        self.load_tls()
         stale = await asyncio.to_thread(remove_stale_socket_dirs)
         if stale:
             logger.info(
@@ -236,6 +272,10 @@ class ClusterNode:
             ),
             authorize=self._authorize_peer,
         )
+        peer = self.materials["peer"]
+        transport.check_certificate = self.deny_list.refuses_peercert
+        transport.set_contexts(server=peer.server_context, client=peer.client_context())
+        peer.on_reload(lambda new: transport.set_contexts(client=new.client))
         try:  # opening the disk stores may fail (as start() may): close the FSM then
             node = await RaftNode.on_disk(
                 NodeConfig(
@@ -269,16 +309,19 @@ class ClusterNode:
             await fsm.close()
             raise
         self.node = node
+        forwarder = GrpcForwarder(
+            self.forward_tls,
+            server_hostname=config.peer_tls_server_name or None,
+            max_request_bytes=ServerConfig(
+                max_message_bytes=config.max_message_bytes
+            ).transport_limit_bytes,
+        )
+        self.forwarder = forwarder
+        self.materials["forward"].on_reload(lambda _new: forwarder.reload_tls())
         dlog = DistributedLog(
             node,
             fsm,
-            forwarder=GrpcForwarder(
-                self.forward_tls,
-                server_hostname=config.peer_tls_server_name or None,
-                max_request_bytes=ServerConfig(
-                    max_message_bytes=config.max_message_bytes
-                ).transport_limit_bytes,
-            ),
+            forwarder=forwarder,
             config=DistributedConfig(
                 retention_bytes=config.retention_bytes, retention_age_s=config.retention_age
             ),
@@ -369,13 +412,17 @@ class ClusterNode:
             self.authorizer,
             tls=self.server_tls,
             config=ServerConfig(max_message_bytes=self.config.max_message_bytes),
-            extra_interceptors=[ForwardMarkInterceptor(self.authorizer)],
+            extra_interceptors=[
+                RevocationInterceptor(self.deny_list),
+                ForwardMarkInterceptor(self.authorizer),
+            ],
             metrics=self.metrics,
             tracer=self.tracer,
             admin=AdminService(self.dlog, lambda: self.rpc_addr, self.disk_usage),
         )
         bound = server.server.add_secure_port(
-            self.sockdir.address, grpc_server_credentials(self.server_tls)
+            self.sockdir.address,
+            grpc_dynamic_server_credentials(self.materials["server"].grpc_material),
         )
         if bound == 0:
             raise OSError(f"cannot listen on {self.sockdir.address}")
@@ -428,6 +475,8 @@ class ClusterNode:
             authorizer=self.authorizer,
             tls=self.server_tls,
             peer_http_addrs=self.peer_http_addrs,
+            ssl_context=self.materials["server"].server_context,
+            check_certificate=self.deny_list.refuses_peercert,
         )
         return stop
 

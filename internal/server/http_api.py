@@ -234,6 +234,12 @@ class HttpApi:
         self.app.router.add_get("/v1/offsets", self.get_offsets, allow_head=False)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        #: Listen with this context instead of one built from ``tls`` (set before
+        #: :meth:`start`; the agent passes one that follows TLS reloads).
+        self.ssl_context: ssl.SSLContext | None = None
+        #: Revocation: the reason to refuse a client certificate (as ``getpeercert()``
+        #: decodes it), or None; asked on every request.
+        self.check_certificate: Callable[[dict[str, Any] | None], str | None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -241,7 +247,7 @@ class HttpApi:
         """Listen on ``host:port`` (0 = any free port); returns the bound port."""
         ssl_context: ssl.SSLContext | None = None
         if self.tls is not None:
-            ssl_context = server_ssl_context(self.tls)
+            ssl_context = self.ssl_context or server_ssl_context(self.tls)
         runner = web.AppRunner(
             self.app,
             handle_signals=False,
@@ -306,6 +312,9 @@ class HttpApi:
         subject = peer_common_name(peercert)
         if not subject:
             raise UnauthenticatedError("the connection carries no client certificate subject")
+        revoked = self.check_certificate(peercert) if self.check_certificate else None
+        if revoked is not None:
+            raise UnauthenticatedError(f"{revoked} (revoked)")
         resource = request.match_info.route.resource
         path = resource.canonical if resource is not None else request.path
         action = ROUTE_ACTIONS.get((request.method, path))
