@@ -32,8 +32,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from raftlog.security.tls import TLSConfig, client_ssl_context, server_ssl_context
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 logger = logging.getLogger("raftlog.security")
 
@@ -85,7 +89,7 @@ def load_tls(tls: TLSConfig, *, generation: int = 0, now: dt.datetime | None = N
         raise TLSReloadError(
             f"{tls.cert_file}: certificate not valid before {leaf.not_valid_before_utc.isoformat()}"
         )
-    if all(ca.subject != leaf.issuer for ca in cas):
+    if not any(_issued_by(leaf, ca) for ca in cas):
         raise TLSReloadError(
             f"{tls.cert_file}: issuer {leaf.issuer.rfc4514_string()!r} is not in the CA "
             f"bundle ({', '.join(str(p) for p in tls.ca_files())})"
@@ -108,6 +112,17 @@ def load_tls(tls: TLSConfig, *, generation: int = 0, now: dt.datetime | None = N
         cert_not_after=leaf.not_valid_after_utc,
         ca_not_after=min(ca.not_valid_after_utc for ca in cas),
     )
+
+
+def _issued_by(leaf: x509.Certificate, ca: x509.Certificate) -> bool:
+    """Whether ``ca`` signed ``leaf`` (issuer name and signature)."""
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        leaf.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 class ReloadableTLS:
