@@ -21,8 +21,6 @@ import contextlib
 import datetime as dt
 import signal
 import socket
-import ssl
-import time
 from pathlib import Path
 
 import pytest
