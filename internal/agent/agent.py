@@ -278,6 +278,8 @@ class Agent:
             changed["acl"] = [str(self.config.acl_policy_file)]
         if self.deny_list.reload():
             changed["deny_list"] = [str(self.config.deny_list_file)]
+        if self.cluster is not None and (changed["acl"] or changed["deny_list"]):
+            self.cluster.recheck_peers()
         logger.info(
             "reload done: TLS %s, ACL %s, deny list %s",
             ", ".join(changed["tls"]) or "unchanged",

@@ -158,6 +158,7 @@ class ClusterNode:
         #: the mux step (see :meth:`reload_tls`).
         self.materials: dict[str, ReloadableTLS] = {}
         self.forwarder: GrpcForwarder | None = None
+        self.transport: TcpTransport | None = None
         self.sockdir: PrivateSocketDir | None = None
         self.mux: Mux | None = None
         self.fsm: CommitLogFSM | None = None
@@ -199,6 +200,11 @@ class ClusterNode:
         New handshakes of the gRPC server, the mux (Raft), the HTTP API, the Raft dialer
         and the forwarder use it; open connections stay. Bad files change nothing."""
         return [name for name, material in self.materials.items() if material.reload()]
+
+    def recheck_peers(self) -> int:
+        """After an ACL or deny list reload: close the open Raft connections whose peer
+        is now refused (they redial, and the handshake refuses them); how many."""
+        return self.transport.recheck() if self.transport is not None else 0
 
     def certificate_expiry(self) -> dict[str, float]:
         """Seconds until expiry of each certificate this node presents and of its CAs."""
@@ -272,6 +278,7 @@ class ClusterNode:
             ),
             authorize=self._authorize_peer,
         )
+        self.transport = transport
         peer = self.materials["peer"]
         transport.check_certificate = self.deny_list.refuses_peercert
         transport.set_contexts(server=peer.server_context, client=peer.client_context())

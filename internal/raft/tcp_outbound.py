@@ -58,6 +58,8 @@ class OutboundPeer:
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.connected = False
+        #: The open connection's writer (None while not connected).
+        self.writer: asyncio.StreamWriter | None = None
 
     def drop_queue(self) -> int:
         n = len(self.queue)
@@ -129,6 +131,7 @@ class Dialer:
             backoff = cfg.backoff_initial
             self._stats.connects += 1
             peer.connected = True
+            peer.writer = writer
             try:
                 await self.pump(peer, reader, writer)
             except Exception as exc:
@@ -143,6 +146,7 @@ class Dialer:
                 )
             finally:
                 peer.connected = False
+                peer.writer = None
                 abort(writer)
 
     async def dial(

@@ -216,6 +216,29 @@ class TcpTransport:
     #: The agent checks the deny list here (revocation).
     check_certificate: Callable[[dict[str, object] | None], str | None] | None = None
 
+    def recheck(self) -> int:
+        """Ask the certificate check and ``authorize`` again about every open connection
+        (after a deny list or ACL reload) and close those now refused; how many. A closed
+        peer connection is redialled, and that handshake is checked as usual."""
+        writers = [
+            conn.writer for conn in self._inbound if conn.handshake is None or conn.handshake.done()
+        ]
+        writers += [p.writer for p in self._peers.values() if p.writer is not None]
+        closed = 0
+        for writer in writers:
+            peercert = writer.get_extra_info("peercert")
+            subject = peer_common_name(peercert)
+            if subject is not None and self._authorize_peer(subject, peercert):
+                continue
+            log.warning(
+                "raft transport %s: closing a connection with %r: no longer allowed",
+                self.node_id,
+                subject,
+            )
+            abort(writer)
+            closed += 1
+        return closed
+
     def set_contexts(
         self, *, server: ssl.SSLContext | None = None, client: ssl.SSLContext | None = None
     ) -> None:
