@@ -191,7 +191,8 @@ class ClusterNode:
         self.materials = {
             "server": ReloadableTLS(self.server_tls, "server"),
             "peer": ReloadableTLS(self.peer_tls, "peer"),
-            "forward": ReloadableTLS(self.forward_tls, "forward"),
+            # the peer certificate again (with the server CA): reported as "peer"
+            "forward": ReloadableTLS(self.forward_tls, "forward", warn=False),
         }
 
     def reload_tls(self) -> list[str]:

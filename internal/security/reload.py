@@ -129,12 +129,14 @@ class ReloadableTLS:
     """The TLS material of one role (``name``: "server", "peer", ...), reloadable.
 
     The constructor loads the files and raises :class:`TLSReloadError` if they are bad (a
-    node does not start on bad material); :meth:`reload` never raises.
+    node does not start on bad material); :meth:`reload` never raises. ``warn=False``: no
+    expiry warnings (a role that reuses another role's certificate, already reported).
     """
 
-    def __init__(self, tls: TLSConfig, name: str) -> None:
+    def __init__(self, tls: TLSConfig, name: str, *, warn: bool = True) -> None:
         self.tls = tls
         self.name = name
+        self.warn = warn
         self._lock = threading.Lock()
         self._current = load_tls(tls)
         self._listeners: list[Callable[[LoadedTLS], None]] = []
@@ -217,7 +219,9 @@ class ReloadableTLS:
 
     def warn_expiry(self, now: dt.datetime | None = None) -> list[str]:
         """Log a warning for each certificate expiring within 14 days; their names."""
-        warned = []
+        warned: list[str] = []
+        if not self.warn:
+            return warned
         for which, left in self.expiry_seconds(now).items():
             if left < EXPIRY_WARNING_S:
                 warned.append(which)
