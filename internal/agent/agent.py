@@ -98,13 +98,15 @@ class Agent:
         self.http_api: HttpApi | None = None
         #: One ACL and one deny list for every part of the node, reloaded on SIGHUP.
         self.deny_list = DenyList(None if config.insecure else config.deny_list_file)
-        self.authorizer = self._authorizer()
+        #: Made on first use (a single node: by its server step, so a bad ACL fails the
+        #: start and undoes the log step).
+        self._acl: Authorizer | None = None
         #: Single node: the server's reloadable TLS material (cluster: ClusterNode's).
         self.server_material: ReloadableTLS | None = None
         if config.cluster_mode:
             cluster = ClusterNode(
                 config,
-                self.authorizer,
+                self._authorizer(),
                 deny_list=self.deny_list,
                 metrics=metrics,
                 tracer=telemetry.tracer,
@@ -197,12 +199,15 @@ class Agent:
         return local_log.close
 
     def _authorizer(self) -> Authorizer:
-        existing: Authorizer | None = getattr(self, "authorizer", None)
-        if existing is not None:
-            return existing
-        if self.config.insecure:
-            return AllowAll()
-        return CasbinAuthorizer(self.config.acl_model_file, self.config.acl_policy_file)
+        """The node's one ACL (every part asks the same one, so one reload reaches all)."""
+        if self._acl is None:
+            if self.config.insecure:
+                self._acl = AllowAll()
+            else:
+                self._acl = CasbinAuthorizer(
+                    self.config.acl_model_file, self.config.acl_policy_file
+                )
+        return self._acl
 
     async def _setup_server(self) -> Teardown:
         assert self.local_log is not None, "the log step runs first"
@@ -273,7 +278,7 @@ class Agent:
             changed["tls"] = self.cluster.reload_tls()
         elif self.server_material is not None and self.server_material.reload():
             changed["tls"] = ["server"]
-        reload_acl = getattr(self.authorizer, "reload", None)
+        reload_acl = getattr(self._acl, "reload", None)
         if reload_acl is not None and reload_acl():
             changed["acl"] = [str(self.config.acl_policy_file)]
         if self.deny_list.reload():
