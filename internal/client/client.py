@@ -32,6 +32,7 @@ import enum
 import logging
 import os
 import random
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ from raftlog.client.errors import (
 from raftlog.client.picker import Picker
 from raftlog.client.resolver import Resolver, ServerInfo
 from raftlog.security.grpc_tls import grpc_channel_credentials
-from raftlog.security.tls import TLSConfig
+from raftlog.security.tls import TLSConfig, client_ssl_context
 
 logger = logging.getLogger("raftlog.client")
 
@@ -214,10 +215,12 @@ class LogClient:
         if stamp == self._tls_stamp:
             return False
         try:
-            self._credentials = grpc_channel_credentials(tls)
-        except OSError as exc:
-            logger.warning("client TLS files changed but cannot be read, keeping the old: %s", exc)
+            client_ssl_context(tls)  # the same checks a handshake would make: key matches
+            credentials = grpc_channel_credentials(tls)
+        except (OSError, ssl.SSLError) as exc:
+            logger.warning("client TLS files changed but are refused, keeping the old: %s", exc)
             return False
+        self._credentials = credentials
         self._tls_stamp = stamp
         logger.info("client TLS files changed: new connections use them")
         return True
