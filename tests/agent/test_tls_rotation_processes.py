@@ -23,10 +23,12 @@ import signal
 import socket
 from pathlib import Path
 
+import grpc
 import pytest
 from cryptography import x509
 
 from raftlog.agent.devcluster import ClusterFiles, DevCluster
+from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.auth import write_example_acl
 from raftlog.client import LogClient
 from raftlog.security import CertPair, TLSConfig, client_ssl_context, generate_ca, issue_cert
@@ -238,4 +240,61 @@ async def test_rotation_of_certificates_and_ca_under_load(tmp_path: Path) -> Non
                 await load.stop()
         if client is not None:
             await client.close()
+        await asyncio.to_thread(c.stop_all)
+
+
+@pytest.mark.slow
+async def test_a_revoked_peer_is_cut_off_at_sighup(tmp_path: Path) -> None:
+    """n3's certificate serial goes on the deny list of a running cluster: after SIGHUP
+    its open Raft connections are closed, its redials refused, and the two others go on
+    committing without it."""
+    ca = generate_ca()
+    nodes = {name: TlsDir(tmp_path / "tls" / name) for name in NAMES}
+    certs = {name: _node_cert(ca) for name in NAMES}
+    for name in NAMES:
+        nodes[name].write(certs[name], ca)
+    client_files = TlsDir(tmp_path / "tls" / "client")
+    client_files.write(issue_cert(ca, "root", server=False), ca)
+    deny = tmp_path / "deny.txt"
+    deny.write_text("")
+    acl = write_example_acl(tmp_path / "acl")
+    first = nodes["n1"].tls
+    c = DevCluster(
+        tmp_path,
+        ClusterFiles(first.cert_file, first.key_file, first.ca_file, acl[0], acl[1]),
+        agent_args=(*AGENT_ARGS, "--deny-list-file", str(deny)),
+    )
+    c.client_tls = client_files.tls
+    for name in NAMES:
+        c.add_node(name).extra = nodes[name].flags
+    try:
+        await start_cluster(c)
+        async with LogClient(
+            [c.nodes[n].rpc_addr for n in ("n1", "n2")], tls=client_files.tls, config=FAST
+        ) as client:
+            await client.produce(b"before")
+            revoked = _serial(certs["n3"].cert_pem)
+            deny.write_text(f"serial:{revoked:X}  # n3's key leaked\n")
+            for name in NAMES:
+                c.signal(name, signal.SIGHUP)
+            for name in NAMES:
+                await wait_until(
+                    lambda name=name: "deny list reloaded" in c.log_text(name),  # type: ignore[misc]
+                    20,
+                    f"{name} to reload its deny list",
+                )
+            # the leader (followers do not talk to each other) refuses n3 from then on
+            refused = f"certificate serial {revoked:X} is on the deny list"
+            await wait_until(
+                lambda: any(refused in c.log_text(n) for n in ("n1", "n2")), 20, "n3 refused"
+            )
+            # the two others still make a quorum
+            offsets = [await client.produce(b"after-%d" % i) for i in range(5)]
+            async with c.channel("n3", client_files.tls) as channel:
+                stub = log_pb2_grpc.LogStub(channel)  # type: ignore[no-untyped-call]
+                with pytest.raises(grpc.aio.AioRpcError) as missing:
+                    await stub.Consume(log_pb2.ConsumeRequest(offset=offsets[-1]), timeout=5)
+            # n3 serves what it has: nothing after its revocation
+            assert missing.value.code() == grpc.StatusCode.OUT_OF_RANGE, missing.value
+    finally:
         await asyncio.to_thread(c.stop_all)
