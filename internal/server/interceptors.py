@@ -188,9 +188,9 @@ def _checked(
             stream = requests
             if generation is not None:
                 stream = _rechecked(check, method, context, generation, requests, refused=refused)
+            # responses to the messages admitted before a refusal still go out (the
+            # handler ends once the checked stream has ended)
             async for response in inner_ss(stream, context):
-                if refused:
-                    break
                 yield response
             if refused:
                 await _drain(requests)
