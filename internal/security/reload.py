@@ -225,11 +225,16 @@ class ReloadableTLS:
         for which, left in self.expiry_seconds(now).items():
             if left < EXPIRY_WARNING_S:
                 warned.append(which)
+                when = (
+                    f"expires in {left / 86400.0:.1f} days"
+                    if left >= 0
+                    else f"expired {-left / 86400.0:.1f} days ago"
+                )
                 logger.warning(
-                    "TLS certificate %s (%s) expires in %.1f days: renew it and send SIGHUP",
+                    "TLS certificate %s (%s) %s: renew it and send SIGHUP",
                     which,
                     self.tls.ca_file if which.endswith("_ca") else self.tls.cert_file,
-                    left / 86400.0,
+                    when,
                 )
         return warned
 
