@@ -305,8 +305,14 @@ class HttpApi:
     async def _guard(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        self._admit(request)
+        return await handler(request)
+
+    def _admit(self, request: web.Request) -> None:
+        """Authentication, revocation and the ACL for ``request``; raises to refuse it.
+        Asked again before each write of a follow stream (a reload applies to it too)."""
         if self.tls is None:
-            return await handler(request)
+            return
         transport = request.transport
         peercert = transport.get_extra_info("peercert") if transport is not None else None
         subject = peer_common_name(peercert)
@@ -320,7 +326,6 @@ class HttpApi:
         action = ROUTE_ACTIONS.get((request.method, path))
         if action is not None and not self._authorizer.authorize(subject, "*", action):
             raise PermissionDeniedError(subject, action)
-        return await handler(request)
 
     def _error_response(self, error: DomainError, status: int | None = None) -> web.Response:
         body: dict[str, Any] = {
@@ -425,6 +430,7 @@ class HttpApi:
                 if transport is None or transport.is_closing():
                     break  # the client went away while we waited
                 if offset <= log.highest_offset:
+                    self._admit(request)  # an ACL or deny list reloaded since: from now on
                     values = log.read_batch(offset, budget, max_records)
                     lines = []
                     for value in values:

@@ -16,7 +16,14 @@ from raftlog.agent import Agent
 from raftlog.agent.devcluster import free_port
 from raftlog.auth import write_example_acl
 from raftlog.config import AgentConfig
-from raftlog.security import CertPair, TLSConfig, client_ssl_context, generate_ca, issue_cert
+from raftlog.security import (
+    CertFiles,
+    CertPair,
+    TLSConfig,
+    client_ssl_context,
+    generate_ca,
+    issue_cert,
+)
 
 DAY = 86400.0
 
@@ -102,5 +109,55 @@ async def test_reload_rotates_grpc_and_http_and_the_expiry_gauge_follows(
         (tmp_path / "cert.pem").write_bytes(b"garbage")  # refused: nothing changes
         assert agent.reload()["tls"] == []
         assert await asyncio.to_thread(_presented, grpc_port, client_tls, "h2") == serial
+    finally:
+        await agent.shutdown()
+
+
+async def test_an_open_http_follow_stream_is_refused_after_the_acl_drops_its_subject(
+    tmp_path: Path, dev_certs: dict[str, CertFiles]
+) -> None:
+    import json
+
+    import aiohttp
+
+    acl = write_example_acl(tmp_path / "acl")
+    server, root = dev_certs["server"], dev_certs["root"]
+    agent = Agent(
+        AgentConfig(
+            data_dir=tmp_path / "data",
+            rpc_port=0,
+            http_port=free_port(),
+            acl_model_file=acl[0],
+            acl_policy_file=acl[1],
+            shutdown_timeout_s=5,
+            server_tls_cert_file=server.cert_file,
+            server_tls_key_file=server.key_file,
+            server_tls_ca_file=server.ca_file,
+            peer_tls_cert_file=server.cert_file,
+            peer_tls_key_file=server.key_file,
+            peer_tls_ca_file=server.ca_file,
+        )
+    )
+    await agent.start()
+
+    def session(files: CertFiles) -> aiohttp.ClientSession:
+        ctx = client_ssl_context(TLSConfig(files.cert_file, files.key_file, files.ca_file))
+        return aiohttp.ClientSession(
+            f"https://{agent.http_addr}", connector=aiohttp.TCPConnector(ssl=ctx)
+        )
+
+    try:
+        async with session(root) as s, session(server) as producer:
+            record = {"records": [{"value": "a", "encoding": "utf8"}]}
+            assert (await producer.post("/v1/records", json=record)).status == 200
+            follow = await s.get("/v1/records?offset=0&follow=true&encoding=utf8")
+            assert json.loads(await asyncio.wait_for(follow.content.readline(), 10))["offset"] == 0
+            policy = acl[1].read_text()
+            acl[1].write_text(policy.replace("p, root, *, consume\n", ""))
+            assert agent.reload()["acl"]
+            assert (await producer.post("/v1/records", json=record)).status == 200
+            line = json.loads(await asyncio.wait_for(follow.content.readline(), 10))
+            assert line["error"]["reason"] == "PERMISSION_DENIED", line
+            assert (await s.get("/v1/records?offset=0")).status == 403
     finally:
         await agent.shutdown()
