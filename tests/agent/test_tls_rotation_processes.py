@@ -232,6 +232,34 @@ async def test_rotation_of_certificates_and_ca_under_load(tmp_path: Path) -> Non
         await load.stop()
         assert load.failures == [], load.failures[:5]
         assert load.done >= 40
+
+        # 6. new Raft connections after the first certificates expired: a follower restarts
+        #    and the leader dials it with its reloaded client context (the certificate of
+        #    its old context has expired: the follower would refuse it)
+        leader = await c.wait_for(new_client.tls, members=3, timeout_s=20, every=True)
+        follower = next(n for n in NAMES if n != leader)
+        c.signal(follower, signal.SIGTERM)
+        assert await asyncio.to_thread(c.wait_exit, follower, 20) == 0
+        c.start(follower)
+        await c.wait_for(new_client.tls, members=3, timeout_s=40, every=True)
+        fresh = await LogClient([c.nodes[leader].rpc_addr], tls=new_client.tls, config=FAST).start()
+        try:
+            offset = await fresh.produce(b"after the restart")
+        finally:
+            await fresh.close()
+        async with c.channel(follower, new_client.tls) as channel:
+            stub = log_pb2_grpc.LogStub(channel)  # type: ignore[no-untyped-call]
+
+            async def replicated() -> bool:
+                try:
+                    reply = await stub.Consume(log_pb2.ConsumeRequest(offset=offset), timeout=2)
+                except grpc.aio.AioRpcError:
+                    return False
+                return bool(reply.record.value == b"after the restart")
+
+            await wait_until(
+                replicated, 30, "the restarted follower to get the record", interval=0.2
+            )
         for name in NAMES:
             assert "Traceback" not in c.log_text(name)
     finally:
