@@ -41,19 +41,52 @@ def register(sub: Any) -> None:
         f"{', '.join(DEFAULT_CLIENTS)})",
     )
     parser.add_argument("--overwrite", action="store_true", help="make a new CA even if one exists")
+    parser.add_argument(
+        "--renew",
+        action="append",
+        metavar="NAME",
+        help="renew leaf NAME ('server' or a client subject) from the CA in --out-dir: same "
+        "subject, hosts and usages, new key, valid from now; nothing else is written "
+        "(repeatable). Then send the nodes SIGHUP",
+    )
+    parser.add_argument(
+        "--valid-days",
+        type=int,
+        default=None,
+        help="validity of the certificates written, days (default 365)",
+    )
     parser.set_defaults(handler=run)
+
+
+def renew(args: argparse.Namespace) -> int:
+    """``--renew``: issue the named leaves again from the development CA."""
+    from raftlog.security.certs import DEFAULT_VALID_DAYS, renew_leaf
+
+    days = args.valid_days or DEFAULT_VALID_DAYS
+    for name in args.renew:
+        try:
+            files = renew_leaf(args.out_dir, name, valid_days=days)
+        except (OSError, ValueError) as exc:
+            print(f"raftlog cert --renew {name}: {exc}", file=sys.stderr)
+            return 1
+        print(f"renewed {name}: {files.cert_file} (key {files.key_file}, valid {days} days)")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     """Write the files and list them."""
     from raftlog.auth.example import write_example_acl
     from raftlog.security import write_dev_certs, write_gossip_key
+    from raftlog.security.certs import DEFAULT_VALID_DAYS
 
+    if args.renew:
+        return renew(args)
     try:
         files = write_dev_certs(
             args.out_dir,
             hosts=tuple(args.hosts or DEFAULT_HOSTS),
             clients=tuple(args.clients or DEFAULT_CLIENTS),
+            valid_days=args.valid_days or DEFAULT_VALID_DAYS,
             overwrite=args.overwrite,
         )
         acl = write_example_acl(args.out_dir)

@@ -170,6 +170,8 @@ def _unreachable(addr: str, args: argparse.Namespace) -> str:
 def describe(exc: ClientError, args: argparse.Namespace) -> str:
     """One line for a failed call."""
     if isinstance(exc, NoServersError):
+        if "(revoked)" in exc.message:  # a server answered: this certificate is denied
+            return f"not authenticated: {exc.message}"
         # gRPC's details are long and cryptic; probe the addresses for a plain reason.
         return "; ".join(_unreachable(addr, args) for addr in addrs_of(args))
     if isinstance(exc, PermissionDeniedError):

@@ -42,19 +42,27 @@ from raftlog.agent.telemetry import (
     leader_readiness,
     register_cluster_metrics,
     register_local_metrics,
+    register_tls_metrics,
 )
 from raftlog.auth import AllowAll, CasbinAuthorizer
 from raftlog.config import AgentConfig
 from raftlog.domain.protocols import Authorizer
 from raftlog.log import Log, SyncPolicy
 from raftlog.security import TLSConfig
+from raftlog.security.denylist import DenyList
+from raftlog.security.grpc_tls import grpc_dynamic_server_credentials
+from raftlog.security.reload import ReloadableTLS
 from raftlog.server import LocalLog, LogServer, ServerConfig
 from raftlog.server.http_api import HttpApi
+from raftlog.server.revocation import RevocationInterceptor
 from raftlog.telemetry import AuditLog
 
 logger = logging.getLogger("raftlog.agent")
 
 Teardown = Callable[[], Awaitable[None]]
+
+#: How often a running node logs again about certificates close to expiry (s).
+EXPIRY_CHECK_INTERVAL_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -90,10 +98,18 @@ class Agent:
         metrics = telemetry.metrics if config.metrics_addr else None
         self._metrics = metrics
         self.http_api: HttpApi | None = None
+        #: One ACL and one deny list for every part of the node, reloaded on SIGHUP.
+        self.deny_list = DenyList(None if config.insecure else config.deny_list_file)
+        #: Made on first use (a single node: by its server step, so a bad ACL fails the
+        #: start and undoes the log step).
+        self._acl: Authorizer | None = None
+        #: Single node: the server's reloadable TLS material (cluster: ClusterNode's).
+        self.server_material: ReloadableTLS | None = None
         if config.cluster_mode:
             cluster = ClusterNode(
                 config,
                 self._authorizer(),
+                deny_list=self.deny_list,
                 metrics=metrics,
                 tracer=telemetry.tracer,
                 disk_usage=telemetry.disk.measure,
@@ -102,6 +118,8 @@ class Agent:
             if metrics is not None:
                 register_cluster_metrics(metrics, cluster)
             telemetry.set_readiness(leader_readiness(cluster))
+            if metrics is not None:
+                register_tls_metrics(metrics, self.certificate_expiry)
             self.steps: list[Step] = [
                 Step("mux", cluster.setup_mux),
                 Step("raft", cluster.setup_raft),
@@ -112,6 +130,7 @@ class Agent:
         else:
             if metrics is not None:
                 register_local_metrics(metrics, lambda: self.local_log)
+                register_tls_metrics(metrics, self.certificate_expiry)
             telemetry.set_readiness(self._local_ready)
             self.steps = [
                 Step("log", self._setup_log),
@@ -198,9 +217,15 @@ class Agent:
         return local_log.close
 
     def _authorizer(self) -> Authorizer:
-        if self.config.insecure:
-            return AllowAll()
-        return CasbinAuthorizer(self.config.acl_model_file, self.config.acl_policy_file)
+        """The node's one ACL (every part asks the same one, so one reload reaches all)."""
+        if self._acl is None:
+            if self.config.insecure:
+                self._acl = AllowAll()
+            else:
+                self._acl = CasbinAuthorizer(
+                    self.config.acl_model_file, self.config.acl_policy_file
+                )
+        return self._acl
 
     async def _setup_server(self) -> Teardown:
         assert self.local_log is not None, "the log step runs first"
@@ -210,18 +235,23 @@ class Agent:
             tls = TLSConfig(
                 config.server_tls_cert_file, config.server_tls_key_file, config.server_tls_ca_file
             )
+        credentials = None
+        if tls is not None:
+            self.server_material = ReloadableTLS(tls, "server")
+            credentials = grpc_dynamic_server_credentials(self.server_material.grpc_material)
         server = LogServer(
             self.local_log,
             self.local_log,
             self._authorizer(),
             tls=tls,
             insecure=config.insecure,
+            extra_interceptors=[RevocationInterceptor(self.deny_list)] if tls else [],
             config=ServerConfig(max_message_bytes=config.max_message_bytes),
             metrics=self._metrics,
             tracer=self.telemetry.tracer,
             audit=self.audit,
         )
-        server.bind(config.bind_host, config.rpc_port)
+        server.bind(config.bind_host, config.rpc_port, credentials)
         self.server = server
         self.local_log.rpc_addr = self.rpc_addr
         await server.start()
@@ -247,8 +277,60 @@ class Agent:
             authorizer=self._authorizer(),
             tls=self.server.tls,
             audit=self.audit,
+            ssl_context=self.server_material.server_context if self.server_material else None,
+            check_certificate=self.deny_list.refuses_peercert,
         )
         return stop
+
+    # -- reload (SIGHUP) -----------------------------------------------------------------
+
+    def reload(self) -> dict[str, list[str]]:
+        """Read the TLS files, the ACL and the deny list again (SIGHUP does this).
+
+        New connections and calls use what changed; open connections stay; each bad file
+        is refused with an error log line and what was loaded before stays in use. Returns
+        what changed: ``{"tls": [roles], "acl": [...], "deny_list": [...]}``."""
+        changed: dict[str, list[str]] = {"tls": [], "acl": [], "deny_list": []}
+        if self.config.insecure:
+            logger.info("reload: insecure mode has no TLS, ACL or deny list to reload")
+            return changed
+        if self.cluster is not None:
+            changed["tls"] = self.cluster.reload_tls()
+        elif self.server_material is not None and self.server_material.reload():
+            changed["tls"] = ["server"]
+        reload_acl = getattr(self._acl, "reload", None)
+        if reload_acl is not None and reload_acl():
+            changed["acl"] = [str(self.config.acl_policy_file)]
+        if self.deny_list.reload():
+            changed["deny_list"] = [str(self.config.deny_list_file)]
+        if self.cluster is not None and (changed["acl"] or changed["deny_list"]):
+            self.cluster.recheck_peers()
+        logger.info(
+            "reload done: TLS %s, ACL %s, deny list %s",
+            ", ".join(changed["tls"]) or "unchanged",
+            "reloaded" if changed["acl"] else "unchanged",
+            "reloaded" if changed["deny_list"] else "unchanged",
+        )
+        return changed
+
+    def _materials(self) -> list[ReloadableTLS]:
+        if self.cluster is not None:
+            return list(self.cluster.materials.values())
+        return [self.server_material] if self.server_material is not None else []
+
+    def certificate_expiry(self) -> dict[str, float]:
+        """Seconds until each certificate of this node expires (its own, its CAs')."""
+        if self.cluster is not None:
+            return self.cluster.certificate_expiry()
+        material = self.server_material
+        return material.expiry_seconds() if material is not None else {}
+
+    async def _watch_expiry(self) -> None:
+        """Log again, every EXPIRY_CHECK_INTERVAL_S, about certificates close to expiry."""
+        while True:
+            await asyncio.sleep(EXPIRY_CHECK_INTERVAL_S)
+            for material in self._materials():
+                material.warn_expiry()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -284,7 +366,9 @@ class Agent:
         logger.info("node %s stopped", self.config.node_name)
 
     async def run_until_signalled(self, on_started: Callable[[Agent], None] | None = None) -> None:
-        """Start, call ``on_started``, serve until SIGINT/SIGTERM, then shut down."""
+        """Start, call ``on_started``, serve until SIGINT/SIGTERM, then shut down.
+
+        SIGHUP reloads the TLS files, the ACL and the deny list (:meth:`reload`)."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
 
@@ -295,15 +379,28 @@ class Agent:
             logger.info("%s received: shutting down", sig.name)
             stop.set()
 
+        def request_reload() -> None:
+            logger.info("SIGHUP received: reloading TLS files, ACL and deny list")
+            try:
+                self.reload()
+            except Exception:
+                logger.exception("reload failed; the node keeps what it had")
+
         signals = (signal.SIGINT, signal.SIGTERM)
         for sig in signals:
             loop.add_signal_handler(sig, request_stop, sig)
+        # installed before start: a SIGHUP during a long start must not kill the node
+        loop.add_signal_handler(signal.SIGHUP, request_reload)
+        expiry: asyncio.Task[None] | None = None
         try:
             await self.start()
+            expiry = asyncio.create_task(self._watch_expiry(), name="tls-expiry-watch")
             if on_started is not None:
                 on_started(self)
             await stop.wait()
         finally:
+            if expiry is not None:
+                expiry.cancel()
             await self.shutdown()
-            for sig in signals:
+            for sig in (*signals, signal.SIGHUP):
                 loop.remove_signal_handler(sig)

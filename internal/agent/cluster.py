@@ -62,12 +62,15 @@ from raftlog.raft import NO_METRICS, RaftConfig, RaftError, Server
 from raftlog.raft.node import NodeClosedError, NodeConfig, RaftNode, WaitTimeoutError
 from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
 from raftlog.security import TLSConfig, peer_common_name
-from raftlog.security.grpc_tls import grpc_server_credentials
+from raftlog.security.denylist import DenyList
+from raftlog.security.grpc_tls import grpc_dynamic_server_credentials
 from raftlog.security.peer_identity import names_node
+from raftlog.security.reload import ReloadableTLS
 from raftlog.server import LogServer, ServerConfig
 from raftlog.server.admin import AdminService
 from raftlog.server.forward import ForwardMarkInterceptor, GrpcForwarder
 from raftlog.server.http_api import HttpApi
+from raftlog.server.revocation import RevocationInterceptor
 from raftlog.telemetry import NO_AUDIT, AuditSink, NodeMetrics
 
 logger = logging.getLogger("raftlog.agent")
@@ -132,6 +135,7 @@ class ClusterNode:
         metrics: NodeMetrics | None = None,
         tracer: trace.Tracer | None = None,
         disk_usage: Callable[[], Awaitable[int]] | None = None,
+        deny_list: DenyList | None = None,
     ) -> None:
         if config.insecure:
             raise ValueError(
@@ -159,6 +163,13 @@ class ClusterNode:
         self.forward_tls = dataclasses.replace(
             self.peer_tls, extra_ca_files=(server_ca,) if distinct else ()
         )
+        #: Revocation (checked on Raft handshakes, gRPC calls and HTTP requests).
+        self.deny_list = deny_list or DenyList()
+        #: The reloadable TLS material by role ("server", "peer", "forward"), loaded by
+        #: the mux step (see :meth:`reload_tls`).
+        self.materials: dict[str, ReloadableTLS] = {}
+        self.forwarder: GrpcForwarder | None = None
+        self.transport: TcpTransport | None = None
         self.sockdir: PrivateSocketDir | None = None
         self.mux: Mux | None = None
         self.fsm: CommitLogFSM | None = None
@@ -171,7 +182,6 @@ class ClusterNode:
         self.identity = Identity(config.node_name)
         self.http_api: HttpApi | None = None
         self._dns_join: asyncio.Task[bool] | None = None
-        self.transport: TcpTransport | None = None
         #: The audit log (docs/security.md); the agent's audit step sets it when
         #: --audit-log is given, before the server and membership steps run.
         self.audit: AuditSink = NO_AUDIT
@@ -188,6 +198,37 @@ class ClusterNode:
             return self.config.rpc_addr
         return _host_port(self.config.bind_host, self.mux.port)
 
+    # -- TLS reload --------------------------------------------------------------------
+
+    def load_tls(self) -> None:
+        """Load and check the TLS files of every role (raises TLSReloadError if bad)."""
+        self.materials = {
+            "server": ReloadableTLS(self.server_tls, "server"),
+            "peer": ReloadableTLS(self.peer_tls, "peer"),
+            # the peer certificate again (with the server CA): reported as "peer"
+            "forward": ReloadableTLS(self.forward_tls, "forward", warn=False),
+        }
+
+    def reload_tls(self) -> list[str]:
+        """Read every role's TLS files again (SIGHUP); the roles now on new material.
+
+        New handshakes of the gRPC server, the mux (Raft), the HTTP API, the Raft dialer
+        and the forwarder use it; open connections stay. Bad files change nothing."""
+        return [name for name, material in self.materials.items() if material.reload()]
+
+    def recheck_peers(self) -> int:
+        """After an ACL or deny list reload: close the open Raft connections whose peer
+        is now refused (they redial, and the handshake refuses them); how many."""
+        return self.transport.recheck() if self.transport is not None else 0
+
+    def certificate_expiry(self) -> dict[str, float]:
+        """Seconds until expiry of each certificate this node presents and of its CAs."""
+        found: dict[str, float] = {}
+        for name in ("server", "peer"):
+            if name in self.materials:
+                found.update(self.materials[name].expiry_seconds())
+        return found
+
     # -- mux ---------------------------------------------------------------------------
 
     async def setup_mux(self) -> Teardown:
@@ -195,6 +236,7 @@ class ClusterNode:
 
         First removes the socket directories that SIGKILLed agents left behind (only
         those whose owner process is gone: :func:`remove_stale_socket_dirs`)."""
+        self.load_tls()
         stale = await asyncio.to_thread(remove_stale_socket_dirs)
         if stale:
             logger.info(
@@ -253,6 +295,10 @@ class ClusterNode:
         )
         self.transport = transport
         transport.audit = self.audit
+        peer = self.materials["peer"]
+        transport.check_certificate = self.deny_list.refuses_peercert
+        transport.set_contexts(server=peer.server_context, client=peer.client_context())
+        peer.on_reload(lambda new: transport.set_contexts(client=new.client))
         try:  # opening the disk stores may fail (as start() may): close the FSM then
             node = await RaftNode.on_disk(
                 NodeConfig(
@@ -295,16 +341,19 @@ class ClusterNode:
             await fsm.close()
             raise
         self.node = node
+        forwarder = GrpcForwarder(
+            self.forward_tls,
+            server_hostname=config.peer_tls_server_name or None,
+            max_request_bytes=ServerConfig(
+                max_message_bytes=config.max_message_bytes
+            ).transport_limit_bytes,
+        )
+        self.forwarder = forwarder
+        self.materials["forward"].on_reload(lambda _new: forwarder.reload_tls())
         dlog = DistributedLog(
             node,
             fsm,
-            forwarder=GrpcForwarder(
-                self.forward_tls,
-                server_hostname=config.peer_tls_server_name or None,
-                max_request_bytes=ServerConfig(
-                    max_message_bytes=config.max_message_bytes
-                ).transport_limit_bytes,
-            ),
+            forwarder=forwarder,
             config=DistributedConfig(
                 retention_bytes=config.retention_bytes, retention_age_s=config.retention_age
             ),
@@ -396,14 +445,18 @@ class ClusterNode:
             self.authorizer,
             tls=self.server_tls,
             config=ServerConfig(max_message_bytes=self.config.max_message_bytes),
-            extra_interceptors=[ForwardMarkInterceptor(self.authorizer)],
+            extra_interceptors=[
+                RevocationInterceptor(self.deny_list),
+                ForwardMarkInterceptor(self.authorizer),
+            ],
             metrics=self.metrics,
             tracer=self.tracer,
             admin=AdminService(self.dlog, lambda: self.rpc_addr, self.disk_usage),
             audit=self.audit,
         )
         bound = server.server.add_secure_port(
-            self.sockdir.address, grpc_server_credentials(self.server_tls)
+            self.sockdir.address,
+            grpc_dynamic_server_credentials(self.materials["server"].grpc_material),
         )
         if bound == 0:
             raise OSError(f"cannot listen on {self.sockdir.address}")
@@ -457,6 +510,8 @@ class ClusterNode:
             tls=self.server_tls,
             peer_http_addrs=self.peer_http_addrs,
             audit=self.audit,
+            ssl_context=self.materials["server"].server_context,
+            check_certificate=self.deny_list.refuses_peercert,
         )
         return stop
 

@@ -9,7 +9,9 @@ reads its peers' tags to name the leader's HTTP address in a 503 and in ``/v1/se
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from raftlog.config import AgentConfig
 from raftlog.domain.protocols import Authorizer, CommitLog, ServerLister
@@ -38,6 +40,8 @@ async def start_http_api(
     tls: TLSConfig | None,
     peer_http_addrs: Callable[[], Mapping[str, str]] = dict,
     audit: AuditSink | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    check_certificate: Callable[[dict[str, Any] | None], str | None] | None = None,
 ) -> tuple[HttpApi, Callable[[], Awaitable[None]]]:
     """Bind and start the HTTP API on the bind host at ``config.http_port``; its teardown."""
     api = HttpApi(
@@ -51,6 +55,8 @@ async def start_http_api(
         peer_http_addrs=peer_http_addrs,
         audit=audit,
     )
+    api.ssl_context = ssl_context
+    api.check_certificate = check_certificate
     port = await api.start(config.bind_host, config.http_port)
     logger.info(
         "node %s serving the HTTP/JSON API on %s (%s)",

@@ -137,6 +137,23 @@ class NodeTelemetry:
                 logger.warning("spans not flushed within %.0f s", TRACE_FLUSH_TIMEOUT_S)
 
 
+def register_tls_metrics(metrics: NodeMetrics, expiry: Callable[[], Mapping[str, float]]) -> None:
+    """``raftlog_tls_certificate_expiry_seconds{certificate}``: seconds until each
+    certificate of the node expires (``server``, ``peer``, and ``server_ca``/``peer_ca``
+    for the first CA of each bundle to expire); negative once expired."""
+
+    def read() -> Mapping[tuple[str, ...], float] | None:
+        found = expiry()
+        return {(name,): left for name, left in found.items()} or None
+
+    metrics.callbacks.gauge(
+        "raftlog_tls_certificate_expiry_seconds",
+        "Seconds until each TLS certificate of this node expires (reloaded on SIGHUP).",
+        read,
+        labels=("certificate",),
+    )
+
+
 def register_cluster_metrics(metrics: NodeMetrics, cluster: ClusterNode) -> None:
     """Add the scrape-time metrics of a cluster member (see the module docstring)."""
     cb = metrics.callbacks

@@ -35,6 +35,24 @@ class CasbinAuthorizer:
                 f"cannot load the ACL (acl_model_file={model}, acl_policy_file={policy}): {exc}"
             ) from exc
         self.model_file, self.policy_file = model, policy
+        #: Grows with each reload that put a new policy in place (callers that cache
+        #: decisions drop their cache when it changes).
+        self.generation = 0
+
+    def reload(self) -> bool:
+        """Load the model and policy files again; True when the new ACL is in place.
+
+        A missing or malformed file is refused with an error log line and the ACL loaded
+        before stays in force (a reload never leaves the node without an ACL)."""
+        try:
+            fresh = CasbinAuthorizer(self.model_file, self.policy_file)
+        except AuthConfigError as exc:
+            logger.error("ACL reload refused, keeping the loaded ACL: %s", exc)
+            return False
+        self._enforcer = fresh._enforcer
+        self.generation += 1
+        logger.info("ACL reloaded from %s and %s", self.model_file, self.policy_file)
+        return True
 
     def authorize(self, subject: str, obj: str, action: str) -> bool:
         """True when the policy allows ``subject`` to do ``action`` on ``obj``."""

@@ -29,7 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
+import os
 import random
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -56,7 +59,9 @@ from raftlog.client.errors import (
 from raftlog.client.picker import Picker
 from raftlog.client.resolver import Resolver, ServerInfo
 from raftlog.security.grpc_tls import grpc_channel_credentials
-from raftlog.security.tls import TLSConfig
+from raftlog.security.tls import TLSConfig, client_ssl_context
+
+logger = logging.getLogger("raftlog.client")
 
 T = TypeVar("T")
 #: One attempt of an operation: (stub, server address, attempt timeout in seconds) -> result.
@@ -126,6 +131,20 @@ def parse_addrs(addrs: str | Sequence[str]) -> list[str]:
     return out
 
 
+def _stamp(tls: TLSConfig | None) -> tuple[tuple[int, int], ...]:
+    """(mtime in ns, size) of each file of ``tls`` ((-1, -1) for one that is missing)."""
+    if tls is None:
+        return ()
+    stamps = []
+    for path in (tls.cert_file, tls.key_file, *tls.ca_files()):
+        try:
+            st = os.stat(path)
+            stamps.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            stamps.append((-1, -1))
+    return tuple(stamps)
+
+
 class LogClient:
     """An asyncio client of a raftlog cluster (or a single node).
 
@@ -158,6 +177,8 @@ class LogClient:
         self.config = config or ClientConfig()
         self.config.validate()
         cfg = self.config
+        self._tls = tls
+        self._tls_stamp = _stamp(tls)
         self._credentials = grpc_channel_credentials(tls) if tls is not None else None
         options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", cfg.max_message_bytes),
@@ -182,7 +203,30 @@ class LogClient:
         self._started = False
         self._closed = False
 
+    def reload_tls(self) -> bool:
+        """Read the TLS files again if they changed since they were read (modification
+        time and size); channels opened from then on use them (open channels stay). Also
+        done before each new channel. True when new files are in use; files that cannot
+        be read are logged and the ones loaded before stay."""
+        tls = self._tls
+        if tls is None:
+            return False
+        stamp = _stamp(tls)
+        if stamp == self._tls_stamp:
+            return False
+        try:
+            client_ssl_context(tls)  # the same checks a handshake would make: key matches
+            credentials = grpc_channel_credentials(tls)
+        except (OSError, ssl.SSLError) as exc:
+            logger.warning("client TLS files changed but are refused, keeping the old: %s", exc)
+            return False
+        self._credentials = credentials
+        self._tls_stamp = stamp
+        logger.info("client TLS files changed: new connections use them")
+        return True
+
     def _channel(self, addr: str) -> grpc.aio.Channel:
+        self.reload_tls()
         interceptors = self._interceptors or None
         if self._credentials is None:
             return grpc.aio.insecure_channel(addr, options=self._options, interceptors=interceptors)

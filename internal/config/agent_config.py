@@ -256,6 +256,14 @@ class AgentConfig:
         default=Path("certs/policy.csv"),
         metadata=_doc("Casbin ACL policy file (CSV)", "path"),
     )
+    deny_list_file: Path | None = field(
+        default=None,
+        metadata=_doc(
+            "revocation deny list: one 'serial:<hex>' or 'subject:<name>' a line, checked "
+            "at each handshake and call, re-read on SIGHUP (docs/security.md); unset = none",
+            "path",
+        ),
+    )
     server_tls_cert_file: Path = field(
         default=Path("certs/server.pem"),
         metadata=_doc("PEM certificate the gRPC server presents", "path"),
@@ -499,6 +507,8 @@ class AgentConfig:
             "peer_tls_key_file",
             "peer_tls_ca_file",
         ]
+        if self.deny_list_file is not None:
+            needed.append("deny_list_file")
         for key in needed:
             path: Path = getattr(self, key)
             if not path.is_file():

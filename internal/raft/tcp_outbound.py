@@ -42,7 +42,7 @@ from raftlog.raft.transport import (
 from raftlog.security.tls import peer_common_name
 
 if TYPE_CHECKING:
-    from raftlog.raft.transport_tcp import Authorizer, TcpTransportConfig
+    from raftlog.raft.transport_tcp import PeerAuthorizer, TcpTransportConfig
 
 log = logging.getLogger("raftlog.raft.transport")
 
@@ -58,6 +58,8 @@ class OutboundPeer:
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.connected = False
+        #: The open connection's writer (None while not connected).
+        self.writer: asyncio.StreamWriter | None = None
 
     def drop_queue(self) -> int:
         n = len(self.queue)
@@ -73,12 +75,12 @@ class Dialer:
         self,
         config: TcpTransportConfig,
         client_ctx: ssl.SSLContext,
-        authorize: Authorizer,
+        authorize: PeerAuthorizer,
         stats: TransportStats,
     ) -> None:
         self.config = config
         self.node_id = config.node_id
-        self._client_ctx = client_ctx
+        self.client_ctx = client_ctx
         self._authorize = authorize
         self._stats = stats
         self._random = random.Random()
@@ -129,6 +131,7 @@ class Dialer:
             backoff = cfg.backoff_initial
             self._stats.connects += 1
             peer.connected = True
+            peer.writer = writer
             try:
                 await self.pump(peer, reader, writer)
             except Exception as exc:
@@ -143,6 +146,7 @@ class Dialer:
                 )
             finally:
                 peer.connected = False
+                peer.writer = None
                 abort(writer)
 
     async def dial(
@@ -156,11 +160,10 @@ class Dialer:
             set_keepalive(writer)
             async with asyncio.timeout(cfg.handshake_timeout):
                 writer.write(RAFT_MARKER)
-                await writer.start_tls(
-                    self._client_ctx, server_hostname=cfg.server_hostname or host
-                )
-                subject = peer_common_name(writer.get_extra_info("peercert"))
-                if subject is None or not self._authorize(subject):
+                await writer.start_tls(self.client_ctx, server_hostname=cfg.server_hostname or host)
+                peercert = writer.get_extra_info("peercert")
+                subject = peer_common_name(peercert)
+                if subject is None or not self._authorize(subject, peercert):
                     raise HandshakeError(
                         f"{address} presented certificate subject {subject!r}, "
                         "which is not authorized for Raft"

@@ -79,6 +79,8 @@ log = logging.getLogger("raftlog.raft.transport")
 
 #: Decides whether a peer may speak Raft to us, by the common name of its certificate.
 Authorizer = Callable[[str], bool]
+#: What the dialer asks after its handshake: (subject, decoded peer certificate) -> allowed.
+PeerAuthorizer = Callable[[str, "dict[str, object] | None"], bool]
 
 
 @dataclass(frozen=True)
@@ -204,9 +206,53 @@ class TcpTransport:
         #: Where refused inbound connections are audited (docs/security.md); off: NO_AUDIT.
         self.audit: AuditSink = NO_AUDIT
 
-    def _authorize_peer(self, subject: str) -> bool:
+    def _authorize_peer(self, subject: str, peercert: dict[str, object] | None = None) -> bool:
         # Looked up at each call, so that replacing _authorize takes effect on both sides.
+        if self.check_certificate is not None:
+            refused = self.check_certificate(peercert)
+            if refused is not None:
+                log.warning("refused Raft traffic from %r: %s", subject, refused)
+                return False
         return self._authorize(subject)
+
+    #: Optional check of the whole peer certificate (as ``getpeercert()`` decodes it), on
+    #: both sides of every handshake after the subject: the reason to refuse it, or None.
+    #: The agent checks the deny list here (revocation).
+    check_certificate: Callable[[dict[str, object] | None], str | None] | None = None
+
+    def recheck(self) -> int:
+        """Ask the certificate check and ``authorize`` again about every open connection
+        (after a deny list or ACL reload) and close those now refused; how many. A closed
+        peer connection is redialled, and that handshake is checked as usual."""
+        writers = [
+            conn.writer for conn in self._inbound if conn.handshake is None or conn.handshake.done()
+        ]
+        writers += [p.writer for p in self._peers.values() if p.writer is not None]
+        closed = 0
+        for writer in writers:
+            peercert = writer.get_extra_info("peercert")
+            subject = peer_common_name(peercert)
+            if subject is not None and self._authorize_peer(subject, peercert):
+                continue
+            log.warning(
+                "raft transport %s: closing a connection with %r: no longer allowed",
+                self.node_id,
+                subject,
+            )
+            abort(writer)
+            closed += 1
+        return closed
+
+    def set_contexts(
+        self, *, server: ssl.SSLContext | None = None, client: ssl.SSLContext | None = None
+    ) -> None:
+        """Use these TLS contexts for the handshakes from now on (TLS reload): ``server``
+        for accepted connections, ``client`` for dialled ones. Open connections stay."""
+        if server is not None:
+            self._server_ctx = server
+        if client is not None:
+            self._client_ctx = client
+            self._dialer.client_ctx = client
 
     # ---------------------------------------------------------------- protocol
 
@@ -541,8 +587,9 @@ class TcpTransport:
             async with asyncio.timeout(self.config.handshake_timeout):
                 if writer.get_extra_info("ssl_object") is None:
                     await writer.start_tls(self._server_ctx)
-                subject = peer_common_name(writer.get_extra_info("peercert"))
-                if subject is None or not self._authorize(subject):
+                peercert = writer.get_extra_info("peercert")
+                subject = peer_common_name(peercert)
+                if subject is None or not self._authorize_peer(subject, peercert):
                     self._refuse(writer, subject, "certificate subject is not authorized")
                     return None
                 hello = await read_frame(reader, HANDSHAKE_FRAME_MAX)

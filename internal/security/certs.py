@@ -254,3 +254,48 @@ def write_dev_certs(
         _write(cert_file, pair.cert_pem, secret=False)
         result[subject] = CertFiles(cert_file, key_file, ca_file)
     return result
+
+
+def leaf_files(out_dir: str | Path, name: str) -> tuple[Path, Path]:
+    """(certificate, key) paths of leaf ``name`` in a ``write_dev_certs`` directory:
+    ``server.pem`` for ``"server"``, ``<name>-client.pem`` for a client subject."""
+    out = Path(out_dir)
+    if name == SERVER_SUBJECT:
+        return out / "server.pem", out / "server-key.pem"
+    return out / f"{name}-client.pem", out / f"{name}-client-key.pem"
+
+
+def renew_leaf(
+    out_dir: str | Path, name: str, *, valid_days: int = DEFAULT_VALID_DAYS
+) -> CertFiles:
+    """Issue leaf ``name`` again from the development CA in ``out_dir`` (``ca.pem``,
+    ``ca-key.pem``): same subject, hosts and key usages, a new key and serial, valid from
+    now for ``valid_days``. Key then certificate are each replaced atomically; send the
+    node SIGHUP afterwards (a reload refuses a certificate and key that do not match, so
+    a reload between the two writes changes nothing)."""
+    out = Path(out_dir)
+    cert_file, key_file = leaf_files(out, name)
+    ca = CertPair((out / "ca.pem").read_bytes(), (out / "ca-key.pem").read_bytes())
+    old = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    names = old.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    common_name = str(names[0].value) if names else name
+    hosts: list[str] = []
+    try:
+        san = old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        hosts += [str(general.value) for general in san]  # in their order
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        eku = old.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        server, client = (
+            ExtendedKeyUsageOID.SERVER_AUTH in eku,
+            ExtendedKeyUsageOID.CLIENT_AUTH in eku,
+        )
+    except x509.ExtensionNotFound:
+        server, client = True, True
+    pair = issue_cert(
+        ca, common_name, hosts=hosts, server=server, client=client, valid_days=valid_days
+    )
+    _write(key_file, pair.key_pem, secret=True)
+    _write(cert_file, pair.cert_pem, secret=False)
+    return CertFiles(cert_file, key_file, out / "ca.pem")

@@ -131,7 +131,20 @@ class GrpcForwarder:
         self._credentials = grpc_channel_credentials(tls) if tls is not None else None
         self._server_hostname = server_hostname
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._retiring: set[asyncio.Future[None]] = set()
         self._closed = False
+
+    def reload_tls(self, grace_s: float = 30.0) -> None:
+        """Read the TLS files again (after the agent checked them): new channels present
+        the new certificate; the old channels finish their calls (up to ``grace_s``)."""
+        if self._tls is None or self._closed:
+            return
+        self._credentials = grpc_channel_credentials(self._tls)
+        old, self._channels = self._channels, {}
+        for channel in old.values():
+            task = asyncio.ensure_future(channel.close(grace=grace_s))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
 
     def _stub(self, address: str) -> log_pb2_grpc.LogStub:
         channel = self._channels.get(address)
@@ -214,6 +227,8 @@ class GrpcForwarder:
         """Close every channel. Idempotent."""
         self._closed = True
         channels, self._channels = list(self._channels.values()), {}
+        for task in list(self._retiring):
+            task.cancel()
         for channel in channels:
             try:
                 await asyncio.wait_for(channel.close(), 2.0)

@@ -238,6 +238,12 @@ class HttpApi:
         self.app.router.add_get("/v1/offsets", self.get_offsets, allow_head=False)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        #: Listen with this context instead of one built from ``tls`` (set before
+        #: :meth:`start`; the agent passes one that follows TLS reloads).
+        self.ssl_context: ssl.SSLContext | None = None
+        #: Revocation: the reason to refuse a client certificate (as ``getpeercert()``
+        #: decodes it), or None; asked on every request.
+        self.check_certificate: Callable[[dict[str, Any] | None], str | None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -245,7 +251,7 @@ class HttpApi:
         """Listen on ``host:port`` (0 = any free port); returns the bound port."""
         ssl_context: ssl.SSLContext | None = None
         if self.tls is not None:
-            ssl_context = server_ssl_context(self.tls)
+            ssl_context = self.ssl_context or server_ssl_context(self.tls)
         runner = web.AppRunner(
             self.app,
             handle_signals=False,
@@ -303,8 +309,14 @@ class HttpApi:
     async def _guard(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        self._admit(request)
+        return await handler(request)
+
+    def _admit(self, request: web.Request) -> None:
+        """Authentication, revocation and the ACL for ``request``; raises to refuse it.
+        Asked again before each write of a follow stream (a reload applies to it too)."""
         if self.tls is None:
-            return await handler(request)
+            return
         transport = request.transport
         peercert = transport.get_extra_info("peercert") if transport is not None else None
         subject = peer_common_name(peercert)
@@ -313,11 +325,14 @@ class HttpApi:
         if not subject:
             self._audit_denied(request, "-", path, "UNAUTHENTICATED")
             raise UnauthenticatedError("the connection carries no client certificate subject")
+        revoked = self.check_certificate(peercert) if self.check_certificate else None
+        if revoked is not None:
+            self._audit_denied(request, subject, path, "UNAUTHENTICATED")
+            raise UnauthenticatedError(f"{revoked} (revoked)")
         action = ROUTE_ACTIONS.get((request.method, path))
         if action is not None and not self._authorizer.authorize(subject, "*", action):
             self._audit_denied(request, subject, path, "PERMISSION_DENIED")
             raise PermissionDeniedError(subject, action)
-        return await handler(request)
 
     def _audit_denied(self, request: web.Request, subject: str, path: str, code: str) -> None:
         transport = request.transport
@@ -439,6 +454,7 @@ class HttpApi:
                 if transport is None or transport.is_closing():
                     break  # the client went away while we waited
                 if offset <= log.highest_offset:
+                    self._admit(request)  # an ACL or deny list reloaded since: from now on
                     values = log.read_batch(offset, budget, max_records)
                     lines = []
                     for value in values:

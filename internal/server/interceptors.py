@@ -161,15 +161,56 @@ async def _admit_stream(
         await _refuse(context, exc)
 
 
-def _checked(handler: Handler, method: str, check: Check) -> Handler:
-    """``handler`` with ``check`` run at the start of each call."""
+def _rechecked(
+    check: Check,
+    method: str,
+    context: Context,
+    generation: Callable[[], int],
+    requests: AsyncIterator[Any],
+    *,
+    refused: list[DomainError],
+) -> AsyncIterator[Any]:
+    """The request stream, with ``check`` run again before a message when ``generation()``
+    moved since the last check (a reloaded ACL or deny list). A refusal ends the stream for
+    the handler (as a half-close would) and is left in ``refused`` for the caller."""
+
+    async def gen() -> AsyncIterator[Any]:
+        seen = generation()
+        async for message in requests:
+            now = generation()
+            if now != seen:
+                seen = now
+                try:
+                    check(method, context)
+                except DomainError as exc:
+                    refused.append(exc)
+                    return
+            yield message
+
+    return gen()
+
+
+def _checked(
+    handler: Handler, method: str, check: Check, generation: Callable[[], int] | None = None
+) -> Handler:
+    """``handler`` with ``check`` run at the start of each call and, with ``generation``,
+    again at the next message of an open stream (either way) once it has changed."""
     if handler.request_streaming and handler.response_streaming:
         inner_ss = handler.stream_stream
 
         async def stream_stream(requests: Any, context: Context) -> AsyncIterator[Any]:
             await _admit_stream(check, method, context, requests)
-            async for response in inner_ss(requests, context):
+            refused: list[DomainError] = []
+            stream = requests
+            if generation is not None:
+                stream = _rechecked(check, method, context, generation, requests, refused=refused)
+            # responses to the messages admitted before a refusal still go out (the
+            # handler ends once the checked stream has ended)
+            async for response in inner_ss(stream, context):
                 yield response
+            if refused:
+                await _drain(requests)
+                await _refuse(context, refused[0])
 
         return grpc.stream_stream_rpc_method_handler(
             stream_stream, handler.request_deserializer, handler.response_serializer
@@ -179,7 +220,11 @@ def _checked(handler: Handler, method: str, check: Check) -> Handler:
 
         async def unary_stream(request: Any, context: Context) -> AsyncIterator[Any]:
             await _admit(check, method, context)
+            seen = generation() if generation is not None else 0
             async for response in inner_us(request, context):
+                if generation is not None and generation() != seen:
+                    seen = generation()
+                    await _admit(check, method, context)
                 yield response
 
         return grpc.unary_stream_rpc_method_handler(
@@ -190,7 +235,15 @@ def _checked(handler: Handler, method: str, check: Check) -> Handler:
 
         async def stream_unary(requests: Any, context: Context) -> Any:
             await _admit_stream(check, method, context, requests)
-            return await inner_su(requests, context)
+            refused: list[DomainError] = []
+            stream = requests
+            if generation is not None:
+                stream = _rechecked(check, method, context, generation, requests, refused=refused)
+            response = await inner_su(stream, context)
+            if refused:
+                await _drain(requests)
+                await _refuse(context, refused[0])
+            return response
 
         return grpc.stream_unary_rpc_method_handler(
             stream_unary, handler.request_deserializer, handler.response_serializer
@@ -243,14 +296,16 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
 
     ``actions`` maps full method names to actions; unlisted methods of other services and
     :data:`OPEN_METHODS` pass (authentication still applies); unlisted methods of
-    :data:`GUARDED_SERVICE` are refused. Decisions are cached per (subject, action): the
-    policy is static for the life of the server.
+    :data:`GUARDED_SERVICE` are refused. Decisions are cached per (subject, action) until
+    the authorizer's ``generation`` (if it has one) moves: a reloaded ACL applies from the
+    next call, and from the next message of a stream already open.
     """
 
     def __init__(self, authorizer: Authorizer, actions: Mapping[str, str] | None = None) -> None:
         self._authorizer = authorizer
         self._actions = dict(DEFAULT_ACTIONS if actions is None else actions)
         self._cache: dict[tuple[str, str], bool] = {}
+        self._cache_generation = self._generation()
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -260,7 +315,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method in OPEN_METHODS:
             return handler
         if method in self._actions:
-            return _checked(handler, method, self._check)
+            return _checked(handler, method, self._check, self._generation)
         if method.startswith(GUARDED_SERVICES):
             return _checked(handler, method, self._refuse_undeclared)
         return handler
@@ -272,11 +327,17 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
             raise UnauthenticatedError(f"{method}: no client certificate subject")
         raise PermissionDeniedError(subject, UNDECLARED_ACTION, method)
 
+    def _generation(self) -> int:
+        return int(getattr(self._authorizer, "generation", 0))
+
     def _check(self, method: str, context: Context) -> None:
         action = self._actions[method]
         subject = subject_of(context)
         if subject is None:
             raise UnauthenticatedError(f"{method}: no client certificate subject")
+        if self._cache_generation != self._generation():
+            self._cache_generation = self._generation()
+            self._cache.clear()
         key = (subject, action)
         allowed = self._cache.get(key)
         if allowed is None:

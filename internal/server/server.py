@@ -128,14 +128,18 @@ class LogServer:
         self._started = False
         self._stopped = False
 
-    def bind(self, host: str, port: int) -> int:
-        """Listen on ``host:port`` (0 = any free port); returns the bound port."""
+    def bind(self, host: str, port: int, credentials: grpc.ServerCredentials | None = None) -> int:
+        """Listen on ``host:port`` (0 = any free port); returns the bound port.
+
+        ``credentials`` replace the ones built from ``tls`` (the agent passes credentials
+        that follow TLS reloads)."""
         address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
         try:
             if self.tls is None:
                 bound = self.server.add_insecure_port(address)
             else:
-                bound = self.server.add_secure_port(address, grpc_server_credentials(self.tls))
+                creds = credentials or grpc_server_credentials(self.tls)
+                bound = self.server.add_secure_port(address, creds)
         except RuntimeError as exc:
             raise BindError(f"cannot listen on {address}: {exc}") from exc
         if bound == 0:
