@@ -32,12 +32,15 @@ from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.auth import write_example_acl
 from raftlog.client import LogClient
 from raftlog.security import CertPair, TLSConfig, client_ssl_context, generate_ca, issue_cert
+from raftlog.security.peer_identity import DEV_NODES_WILDCARD
 from support.client_nodes import FAST
 from support.cluster import AGENT_ARGS, start_cluster
 from support.wait import wait_until
 
 NAMES = ("n1", "n2", "n3")
-HOSTS = ("127.0.0.1", "localhost")
+#: The node certificates name every node (the membership check refuses a member whose
+#: certificate does not name it), as the development certificate does.
+HOSTS = ("127.0.0.1", "localhost", DEV_NODES_WILDCARD)
 #: Lifetime of the first node certificates (s): enough for the bring-up and the rotation.
 FIRST_LIFETIME_S = 75
 RELOADED = "TLS reload (server): new material in use"
