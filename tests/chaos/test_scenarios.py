@@ -1,9 +1,9 @@
 """Jepsen-style scenarios: a real cluster of ``raftlog agent`` processes under faults.
 
 Each scenario boots a cluster, runs producers (load-balancing client and raw single-node
-calls) and consumers while a nemesis injects faults for ``CHAOS_DURATION`` seconds (20 in
-the CI profile), heals everything, waits for the replicas to converge and checks the
-history (support/chaos_checker.py). On failure the history and the nemesis timeline are
+calls) and consumers while a nemesis injects faults for ``CHAOS_DURATION`` seconds (10 in
+``make test``: ``CI_FAULT_S``), heals everything, waits for the replicas to converge and
+checks the history (support/chaos_checker.py). On failure the history and the nemesis timeline are
 written to ``.build/chaos/<scenario>-seed<seed>-history.json`` and the seed is printed.
 ``CHAOS_PROFILE=full`` (``make chaos``) adds a 5-node scenario with every nemesis and a
 disk-fault scenario.
@@ -21,16 +21,22 @@ from support.chaos_run import Scenario, duration_s, profile, run_scenario, seed_
 # boot + faults + heal + convergence + teardown, bounded whatever CHAOS_DURATION says
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(240 + 2 * duration_s())]
 
+#: Seconds of random faults per scenario in ``make test`` (CHAOS_DURATION unset): a few
+#: faults each, to keep the suite within its budget; ``make chaos`` runs DURATION.
+CI_FAULT_S = 10.0
+
 PROCESS = Scenario(
     "process-3",
     3,
     ("kill", "kill-leader", "pause", "pause-leader"),
+    ci_duration_s=CI_FAULT_S,
     description="SIGKILL (random node or leader) + restart, SIGSTOP/SIGCONT; 127.0.0.1",
 )
 POWER = Scenario(
     "power-loss-3",
     3,
     ("power-loss", "power-loss", "kill-leader"),
+    ci_duration_s=CI_FAULT_S,
     description="SIGKILL, files cut back to their last fsync (journaled), restart; 127.0.0.1",
 )
 MEMBERSHIP = Scenario(
@@ -52,6 +58,7 @@ NETWORK = Scenario(
     ("partition", "isolate-leader", "isolate-leader", "bridge", "slow", "flap", "loss", "delay"),
     network=True,
     opening=("loss",),  # random loss at least once in every run (it counts in the duration)
+    ci_duration_s=CI_FAULT_S,
     description="majority/minority partitions, isolated leader, bridge, slow link, link "
     "flap, random packet loss, delay; one network namespace per node",
 )

@@ -2,7 +2,8 @@
 
 Settings (environment variables, read when a scenario runs):
 
-- ``CHAOS_DURATION``: seconds of faults per scenario (default 20: the CI profile).
+- ``CHAOS_DURATION``: seconds of faults per scenario (default 20; unset in the CI profile,
+  a scenario's ``ci_duration_s`` applies when it has one).
 - ``CHAOS_PROFILE``: ``ci`` (default: 3-node scenarios) or ``full`` (adds the 5-node one).
 - ``CHAOS_SEED``: the seed of every scenario (default: a fresh one, printed).
 - ``CHAOS_RESULTS``: directory of the results (default ``<repo>/.build/chaos``); one
