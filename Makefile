@@ -18,6 +18,9 @@ ADMIN_PROTO := api/admin/v1/admin.proto
 ADMIN_GEN   := api/admin/v1/admin_pb2.py api/admin/v1/admin_pb2_grpc.py api/admin/v1/admin_pb2.pyi
 CERTS  := certs/ca.pem certs/server.pem certs/root-client.pem certs/nobody-client.pem certs/gossip.key
 PYTEST_ARGS ?=
+# pytest workers of `make test` (pytest-xdist; 0 runs in this process). Most of the suite's
+# time is spent waiting on agent processes, so 2 workers halve it on this 2-core machine.
+TEST_JOBS ?= 2
 
 .PHONY: help install run cluster test test-shuffle test-alone lint fmt proto certs bench chaos \
         clean typeroot prometheus soak
@@ -123,8 +126,8 @@ fmt: install ## format and auto-fix with ruff
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: install lint $(PROMETHEUS) ## the whole test suite (includes lint)
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+test: install lint $(PROMETHEUS) ## the whole test suite (includes lint; TEST_JOBS=n workers, default 2)
+	$(VENV)/bin/pytest -n $(TEST_JOBS) --dist worksteal $(PYTEST_ARGS)
 
 # pytest-randomly is off by default (addopts: -p no:randomly); -p randomly turns it on.
 # The seed is drawn here and printed first (pytest -q would hide pytest-randomly's own

@@ -90,13 +90,25 @@ def probe() -> str | None:
     return None
 
 
+def _free_subnet(pid: int) -> str:
+    """A ``10.213.K`` subnet no interface of this host uses: tests run in parallel
+    (pytest-xdist workers), each with its own bridge; K starts at the process id mod 250."""
+    listed = _run("ip", "-o", "-4", "addr", "show", check=False).stdout
+    used = {int(m) for m in re.findall(r"\binet 10\.213\.(\d+)\.", listed)}
+    for step in range(250):
+        k = (pid + step) % 250 + 1
+        if k not in used:
+            return f"10.213.{k}"
+    raise NetworkError("every 10.213.K subnet (K = 1..250) is in use")
+
+
 class NetnsNetwork:
     """Namespaces for ``names`` on one bridge; addresses ``10.213.K.11``, ``.12``, ..."""
 
     def __init__(self, names: Iterable[str]) -> None:
         pid = os.getpid()
         self.names = list(names)
-        self.subnet = f"10.213.{pid % 250 + 1}"
+        self.subnet = _free_subnet(pid)
         self.gateway = f"{self.subnet}.1"
         self.bridge = f"{PREFIX}b{pid}"
         self.ns = {n: f"{PREFIX}{pid}-{n}" for n in self.names}
