@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +37,11 @@ from raftlog.raft.node import (
 )
 from raftlog.raft.stable import StableStore
 from raftlog.raft.testing import ListFSM
-from raftlog.raft.transport import Handler, Transport, TransportStats
+from raftlog.raft.transport import Transport
 from raftlog.raft.transport_inmem import Faults, InmemNetwork
 from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
 from raftlog.security import CertFiles, TLSConfig
+from support.raft_transport import TransportWrapper
 from support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -56,38 +57,19 @@ def _check_fsm(_: StateMachine) -> None:
 _check_fsm(ListFSM())
 
 
-class PersistBeforeSend:
+class PersistBeforeSend(TransportWrapper):
     """Wraps a transport and checks, for every message a node sends, that what it
     promises is already durable on its disk: an acknowledged AppendEntries index is below
     the log store's fsynced offset, a granted vote is in the stable store's file."""
 
     def __init__(self, inner: Transport, data_dir: Path) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.data_dir = data_dir
         self.node: RaftNode | None = None
         self.acks_checked = 0
         self.votes_checked = 0
         #: Broken promises (not raised here: the node logs and survives transport errors).
         self.violations: list[str] = []
-
-    @property
-    def node_id(self) -> str:
-        return self.inner.node_id
-
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    def set_handler(self, handler: Handler) -> None:
-        self.inner.set_handler(handler)
-
-    def update_peers(self, addresses: Mapping[str, str]) -> None:
-        self.inner.update_peers(addresses)
-
-    def stats(self) -> TransportStats:
-        return self.inner.stats()
 
     def send(self, to: str, payload: bytes) -> None:
         if payload[:1] == b"M" and self.node is not None:

@@ -24,7 +24,6 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,8 +36,9 @@ from raftlog.raft.inmem import InmemLogStore, InmemSnapshotStore, InmemStableSto
 from raftlog.raft.node import RaftNode
 from raftlog.raft.simloop import run
 from raftlog.raft.testing import ListFSM
-from raftlog.raft.transport import Handler, Transport, TransportStats
+from raftlog.raft.transport import Transport
 from raftlog.raft.transport_inmem import Faults, InmemNetwork
+from support.raft_transport import TransportWrapper
 
 SEEDS = (
     [int(os.environ["RAFTLOG_RUNTIME_SEED"])]
@@ -71,34 +71,15 @@ class Disk:
     snapshots: InmemSnapshotStore = field(default_factory=InmemSnapshotStore)
 
 
-class CheckedTransport:
+class CheckedTransport(TransportWrapper):
     """Checks persist-before-send on every message a node sends: an acknowledged
     AppendEntries index is durable in its log store, a granted vote is in its stable
     store. Broken promises are collected (a transport must not raise)."""
 
     def __init__(self, inner: Transport, disk: Disk, violations: list[str]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.disk = disk
         self.violations = violations
-
-    @property
-    def node_id(self) -> str:
-        return self.inner.node_id
-
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    def set_handler(self, handler: Handler) -> None:
-        self.inner.set_handler(handler)
-
-    def update_peers(self, addresses: Mapping[str, str]) -> None:
-        self.inner.update_peers(addresses)
-
-    def stats(self) -> TransportStats:
-        return self.inner.stats()
 
     def send(self, to: str, payload: bytes) -> None:
         if payload[:1] == bytes([KIND_MESSAGE]):
@@ -356,7 +337,8 @@ def test_a_seed_replays_exactly() -> None:
 
 
 _REPLAY = """
-import importlib.util, sys
+import importlib.util, pathlib, sys
+sys.path.insert(0, str(pathlib.Path(sys.argv[1]).parents[1]))  # tests/: the support package
 spec = importlib.util.spec_from_file_location("runtime_sim", sys.argv[1])
 mod = importlib.util.module_from_spec(spec)
 sys.modules["runtime_sim"] = mod
