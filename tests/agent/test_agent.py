@@ -24,7 +24,7 @@ from raftlog.log import Log
 from raftlog.mux.sockdir import socket_dirs_of
 from raftlog.security import CertFiles, TLSConfig
 from raftlog.security.grpc_tls import grpc_channel_credentials
-from support.cluster_files import dev_cluster_files
+from support.cluster_files import agent_tls, dev_cluster_files
 from support.procs import locks_free, pid_gone
 from support.wait import wait_until
 
@@ -38,12 +38,7 @@ def _config(tmp_path: Path, certs: dict[str, CertFiles]) -> AgentConfig:
         rpc_port=0,
         acl_model_file=tmp_path / "acl" / "model.conf",
         acl_policy_file=tmp_path / "acl" / "policy.csv",
-        server_tls_cert_file=server.cert_file,
-        server_tls_key_file=server.key_file,
-        server_tls_ca_file=server.ca_file,
-        peer_tls_cert_file=server.cert_file,
-        peer_tls_key_file=server.key_file,
-        peer_tls_ca_file=server.ca_file,
+        **agent_tls(server),
         shutdown_timeout_s=5,
     )
 

@@ -24,6 +24,7 @@ from raftlog.security import (
     generate_ca,
     issue_cert,
 )
+from support.cluster_files import agent_tls
 
 DAY = 86400.0
 
@@ -130,12 +131,7 @@ async def test_an_open_http_follow_stream_is_refused_after_the_acl_drops_its_sub
             acl_model_file=acl[0],
             acl_policy_file=acl[1],
             shutdown_timeout_s=5,
-            server_tls_cert_file=server.cert_file,
-            server_tls_key_file=server.key_file,
-            server_tls_ca_file=server.ca_file,
-            peer_tls_cert_file=server.cert_file,
-            peer_tls_key_file=server.key_file,
-            peer_tls_ca_file=server.ca_file,
+            **agent_tls(server),
         )
     )
     await agent.start()

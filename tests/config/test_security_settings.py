@@ -10,6 +10,7 @@ import pytest
 from raftlog.cmd.main import build_parser
 from raftlog.config import AgentConfig, ConfigError, load_config
 from raftlog.security import CertFiles
+from support.cluster_files import agent_tls
 
 INSECURE = {"insecure": "true"}
 
@@ -34,12 +35,7 @@ def test_a_missing_deny_list_is_refused(tmp_path: Path, dev_certs: dict[str, Cer
     server = dev_certs["server"]
     config = AgentConfig(
         data_dir=tmp_path / "data",
-        server_tls_cert_file=server.cert_file,
-        server_tls_key_file=server.key_file,
-        server_tls_ca_file=server.ca_file,
-        peer_tls_cert_file=server.cert_file,
-        peer_tls_key_file=server.key_file,
-        peer_tls_ca_file=server.ca_file,
+        **agent_tls(server),
         acl_model_file=server.cert_file,  # any file: only existence is checked here
         acl_policy_file=server.cert_file,
         deny_list_file=tmp_path / "nope.txt",

@@ -25,6 +25,7 @@ from raftlog.config import AgentConfig
 from raftlog.security import CertFiles, TLSConfig
 from raftlog.security.grpc_tls import grpc_channel_credentials
 from raftlog.telemetry import build_tracer_provider
+from support.cluster_files import agent_tls
 from support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -43,12 +44,7 @@ def _config(
         peers=tuple(peers.split(",")),
         acl_model_file=root / "acl" / "model.conf",
         acl_policy_file=root / "acl" / "policy.csv",
-        server_tls_cert_file=server.cert_file,
-        server_tls_key_file=server.key_file,
-        server_tls_ca_file=server.ca_file,
-        peer_tls_cert_file=server.cert_file,
-        peer_tls_key_file=server.key_file,
-        peer_tls_ca_file=server.ca_file,
+        **agent_tls(server),
         sync="never",
         **kw,  # type: ignore[arg-type]
     )
