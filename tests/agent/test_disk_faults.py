@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import signal
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -32,6 +29,7 @@ from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.security import CertFiles
 from support import chaos_fsync
 from support.cluster import FAULTY_DISK_LAUNCHER, new_cluster, start_cluster
+from support.mounts import tmpfs
 from support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -43,25 +41,6 @@ AGENT_ARGS = ("--serf-profile", "local", "--sync", "always", "--log-level", "inf
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def tmpfs(directory: Path, size: str) -> Iterator[None]:
-    directory.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
-    try:
-        yield
-    finally:
-        subprocess.run(["umount", "-l", str(directory)], capture_output=True, check=False)
 
 
 def fill(directory: Path) -> Path:

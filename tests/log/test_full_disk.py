@@ -11,13 +11,12 @@ The log runs in a child process: a SIGBUS there fails the test instead of killin
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-import pytest
+from support.mounts import tmpfs
 
 CHILD = textwrap.dedent(
     """
@@ -64,19 +63,7 @@ CHILD = textwrap.dedent(
 
 
 def test_a_full_disk_fails_the_append_never_the_process(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
-    try:
+    with tmpfs(tmp_path / "small", "1m") as mount:
         child = subprocess.run(
             [sys.executable, "-c", CHILD, str(mount)],
             capture_output=True,
@@ -84,7 +71,5 @@ def test_a_full_disk_fails_the_append_never_the_process(tmp_path: Path) -> None:
             timeout=60,
             check=False,
         )
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
     assert child.returncode == 0, f"exit {child.returncode}:\n{child.stdout}\n{child.stderr}"
     assert child.stdout.startswith("ok ")
