@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -67,19 +68,47 @@ def default_raftlog() -> tuple[str, ...]:
     return (sys.executable, "-m", "raftlog.cmd")
 
 
+#: Where the kernel picks the local ports of outgoing connections (and of ``bind(0)``).
+_EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def unassigned_ports() -> range:
+    """Ports the kernel never hands out on its own: below the ephemeral range (where
+    outgoing connections take their local port), from 10000. A port chosen there and
+    released stays free until a process binds it on purpose, even while other tests (or
+    pytest workers) open connections; a port from ``bind(0)`` can be taken by any outgoing
+    connection in between. Falls back to the whole ephemeral range where it cannot tell."""
+    try:
+        low, high = (int(x) for x in _EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        return range(32768, 61000)
+    if low - 10000 >= 2000:
+        return range(10000, low)
+    if 65535 - high >= 2000:
+        return range(high + 1, 65536)
+    return range(low, high + 1)
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Nothing holds ``port`` for TCP or UDP on ``host`` now (Serf gossip uses both)."""
+    try:
+        with contextlib.ExitStack() as stack:
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                sock = stack.enter_context(socket.socket(socket.AF_INET, kind))
+                sock.bind((host, port))
+    except OSError:
+        return False
+    return True
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for TCP and UDP now (Serf gossip uses both)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port: int = s.getsockname()[1]
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                u.bind((host, port))
-        except OSError:
-            continue
-        return port
-    raise DevClusterError("no free port found")
+    """A port free for TCP and UDP now, drawn at random from :func:`unassigned_ports`."""
+    ports = unassigned_ports()
+    for _ in range(200):
+        port = random.choice(ports)
+        if port_is_free(port, host):
+            return port
+    raise DevClusterError(f"no free port found in {ports.start}-{ports.stop - 1}")
 
 
 @dataclass

@@ -11,14 +11,15 @@ import asyncio
 import contextlib
 import os
 import pty
+import random
 import re
 import shlex
 import signal
-import socket
 from pathlib import Path
 
 import pytest
 
+from raftlog.agent.devcluster import port_is_free, unassigned_ports
 from support.cli import RAFTLOG, run_raftlog
 from support.procs import serf_pids
 
@@ -27,23 +28,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 def free_base_port() -> int:
-    """A base port whose node ports (base + 10 i + 0..2) are all free right now."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1] // 10 * 10
-        if base + 10 * NODES > 65535:
-            continue
-        ports = [base + 10 * i + k for i in range(NODES) for k in range(3)]
-        try:
-            with contextlib.ExitStack() as stack:
-                for port in ports:
-                    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):  # Serf uses both
-                        sock = stack.enter_context(socket.socket(socket.AF_INET, kind))
-                        sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
+    """A base port whose node ports (base + 10 i + 0..2) are all free right now, outside
+    the range the kernel hands out to outgoing connections (see ``unassigned_ports``)."""
+    ports = unassigned_ports()
+    for _ in range(100):
+        base = random.randrange(ports.start, ports.stop - 10 * NODES) // 10 * 10
+        if all(port_is_free(base + 10 * i + k) for i in range(NODES) for k in range(3)):
+            return base
     raise AssertionError("no free block of ports found")
 
 

@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
+from raftlog.agent.devcluster import free_port as _free_port
 from raftlog.discovery import SerfAgent, SerfAgentConfig, find_serf_binary
 from support.procs import pid_reaped
-
-
-def _free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 (Serf gossips over both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
 
 
 @pytest.fixture
