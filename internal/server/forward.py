@@ -216,6 +216,44 @@ class GrpcForwarder:
         first = int(response.offset)
         return Appended(first, first + len(records) - 1, bool(response.duplicate))
 
+    async def fetch(
+        self, address: str, offset: int, count: int, *, timeout_s: float
+    ) -> list[bytes]:
+        """Up to ``count`` committed records from ``offset`` on the node at ``address``,
+        read with ``log.v1.Log/Consume`` (one record) or ``ConsumeStream`` with
+        ``max_records`` (more), presenting the peer certificate (its subject needs
+        ``consume``): the repair source of :mod:`raftlog.distributed.scrub`. Raises
+        ForwardError on any failure (the peer's own copy damaged: its DATA_LOSS)."""
+        if self._closed:
+            raise ForwardError("forwarder is closed", not_applied=True)
+        stub = self._stub(address)
+        try:
+            if count <= 1:
+                response = await stub.Consume(
+                    log_pb2.ConsumeRequest(offset=offset), timeout=timeout_s
+                )
+                return [response.record.value]
+            out: list[bytes] = []
+            call = stub.ConsumeStream(
+                log_pb2.ConsumeRequest(offset=offset, max_records=count), timeout=timeout_s
+            )
+            try:
+                async for message in call:
+                    out.extend(r.value for r in message.records)
+                    if len(out) >= count:
+                        break
+            finally:
+                call.cancel()
+            return out[:count]
+        except grpc.aio.AioRpcError as exc:
+            info = error_info_from_metadata(exc.trailing_metadata())
+            raise ForwardError(
+                f"read from {address} at offset {offset}: {exc.code().name}: {exc.details()}",
+                not_applied=True,
+                reason=info.reason if info is not None else "",
+                metadata=dict(info.metadata) if info is not None else None,
+            ) from None
+
     def forget(self, address: str) -> None:
         """Drop the channel to ``address`` (a node that left)."""
         channel = self._channels.pop(address, None)

@@ -1,0 +1,578 @@
+"""Scrub and self-repair: find damaged or diverging records, repair them from replicas.
+
+Three ways a damaged record is found on a node (docs/reliability.md, "Scrub and
+self-repair"):
+
+- the **scrubber** re-reads every sealed segment at a bounded rate
+  (``rate_bytes_s``; a pass starts again ``pass_interval_s`` after the previous one
+  started) and verifies each record's length and CRC-32C, in a worker thread;
+- a **read** of the record fails its checksum (the commit log checks every read);
+- a **checkpoint hash** disagrees: the leader proposes the content hash of a range of
+  sealed records (:func:`~raftlog.distributed.fsm.encode_checkpoint_hash`); every replica
+  computes its own after applying the entry (off the apply path) and, on a mismatch,
+  compares the range record by record with its peers: where a majority of the copies
+  agrees and this node's differs, its copy diverged (with a valid checksum).
+
+A damaged record is kept in :attr:`Scrubber.damaged` (in memory: the next pass finds it
+again after a restart) and reads of it answer DATA_LOSS, never its bytes. The repair task
+fetches it from a peer over the authenticated gRPC API (``Consume`` with the node's peer
+certificate, :class:`RecordFetcher`), verifies it (the CRC stored in the damaged frame's
+intact header, or a second peer returning the same bytes, or the majority of a vote),
+writes it back over the damaged frame in place (same length; fsynced; read back) and logs
+``repaired offset N from peer X``. Nothing here blocks the loop: file work runs in
+threads, and every network call is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+import math
+import os
+import struct
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from raftlog.distributed.fsm import CheckpointHash, CommitLogFSM, RestoringError
+from raftlog.log import Log
+from raftlog.log.framing import checksum
+from raftlog.log.scrub import Span, pace_delay, range_digest, read_span, rewrite_frame, spans_of
+from raftlog.log.segment import segment_name
+
+log = logging.getLogger("raftlog.scrub")
+
+_HEADER = struct.Struct("<II")
+#: Records asked of a peer per fetch when a diverging range is compared.
+_FETCH_RECORDS = 4096
+
+
+class RecordFetcher(Protocol):
+    """Reads committed records from another node (the agent injects the gRPC forwarder)."""
+
+    async def fetch(
+        self, address: str, offset: int, count: int, *, timeout_s: float
+    ) -> list[bytes]:
+        """Up to ``count`` consecutive records from ``offset`` on the node at ``address``
+        (at least one); raises on any failure, within ``timeout_s`` seconds."""
+        ...
+
+
+class ScrubConfigError(ValueError):
+    """A ScrubConfig field is unusable; the message names it."""
+
+
+@dataclass(frozen=True)
+class ScrubConfig:
+    """Settings of the :class:`Scrubber`.
+
+    Attributes:
+        rate_bytes_s: most bytes per second the scrubber reads, averaged over a pass
+            (bursts of one ``chunk_bytes`` read); 0 = no scrubbing (reads and checkpoint
+            hashes still find damage, and repairs still run). Default 1 MB/s.
+        pass_interval_s: a full pass over the sealed segments starts again this many
+            seconds after the previous one started (at once if the pass took longer).
+            Default 3600 s.
+        chunk_bytes: bytes read from disk at a time. Default 1 MiB (less when the rate is
+            below 1 MiB/s: a chunk is at most one second's worth, at least 4 KiB).
+        repair_retry_s: pause between two repair rounds while damage remains. Default 1 s.
+        fetch_timeout_s: bound of one fetch from a peer. Default 5 s.
+        checkpoint_max_bytes: most bytes of sealed segments one checkpoint hash covers (at
+            least one segment). Default 64 MiB.
+    """
+
+    rate_bytes_s: float = 1_000_000.0
+    pass_interval_s: float = 3600.0
+    chunk_bytes: int = 1 << 20
+    repair_retry_s: float = 1.0
+    fetch_timeout_s: float = 5.0
+    checkpoint_max_bytes: int = 64 << 20
+
+    def validate(self) -> ScrubConfig:
+        for name in ("rate_bytes_s", "pass_interval_s"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ScrubConfigError(f"{name} must be a number >= 0, got {value!r}")
+        for name in ("repair_retry_s", "fetch_timeout_s"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise ScrubConfigError(f"{name} must be a positive number of seconds: {value!r}")
+        for name in ("chunk_bytes", "checkpoint_max_bytes"):
+            if getattr(self, name) < 4096:
+                raise ScrubConfigError(f"{name} must be >= 4096 bytes, got {getattr(self, name)}")
+        return self
+
+    @property
+    def read_bytes(self) -> int:
+        """Bytes of one paced read."""
+        if self.rate_bytes_s <= 0:
+            return self.chunk_bytes
+        return max(4096, min(self.chunk_bytes, int(self.rate_bytes_s)))
+
+
+@dataclass
+class ScrubStats:
+    """Counters of one node's scrubber (read by the metrics at scrape time)."""
+
+    #: Bytes of sealed segments the scrubber read and verified.
+    scrubbed_bytes: int = 0
+    #: Full passes over the sealed segments finished.
+    passes: int = 0
+    #: Damaged records found (by a pass, a read or a checkpoint-hash vote).
+    corrupt_records: int = 0
+    #: Records rewritten from a peer's verified copy.
+    repaired_records: int = 0
+    #: Repair attempts that found no usable copy (retried).
+    repair_failures: int = 0
+    #: Checkpoint hashes this replica compared (equal or not).
+    checkpoint_hashes_checked: int = 0
+    #: Checkpoint hashes that differed from the proposer's.
+    checkpoint_hash_mismatches: int = 0
+    #: Checkpoint hashes not compared: this replica did not hold the whole range.
+    checkpoint_hashes_skipped: int = 0
+
+
+class Scrubber:
+    """Finds and repairs damaged records of one replica; see the module docs.
+
+    ``peers()`` lists (node id, rpc address) of the other members, the leader first.
+    ``fetcher`` None: damage is found and refused, never repaired (a node without peers).
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        fsm: CommitLogFSM,
+        peers: Callable[[], Sequence[tuple[str, str]]],
+        fetcher: RecordFetcher | None,
+        config: ScrubConfig | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.fsm = fsm
+        self._peers = peers
+        self.fetcher = fetcher
+        self.config = (config or ScrubConfig()).validate()
+        self.stats = ScrubStats()
+        #: offset -> why it is damaged; reads of these answer DATA_LOSS.
+        self.damaged: dict[int, str] = {}
+        #: Ranges [first, end) whose hash disagreed and are being compared: reads in them
+        #: answer DATA_LOSS until the comparison cleared or repaired them.
+        self.suspect: list[tuple[int, int]] = []
+        self._checks: list[CheckpointHash] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        fsm.on_checkpoint_hash = self.queue_check
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the scrub pass loop (when a rate is set) and the repair loop; both are
+        owned here and cancelled by :meth:`close`."""
+        if self._tasks:
+            return
+        self._tasks.append(asyncio.create_task(self._repair_loop(), name="scrub-repair"))
+        if self.config.rate_bytes_s > 0:
+            self._tasks.append(asyncio.create_task(self._scrub_loop(), name="scrub-pass"))
+
+    async def close(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # -- what reads consult ---------------------------------------------------------------
+
+    def refused(self, offset: int) -> str | None:
+        """Why a read of ``offset`` must answer DATA_LOSS now (None: it may be read)."""
+        reason = self.damaged.get(offset)
+        if reason is not None:
+            return reason
+        for first, end in self.suspect:
+            if first <= offset < end:
+                return "its range's checkpoint hash differs from the leader's"
+        return None
+
+    def readable(self, offset: int, count: int) -> int:
+        """How many records from ``offset`` (at most ``count``) may be read before the
+        first damaged or suspect one."""
+        stop = offset + count
+        for damaged in self.damaged:
+            if offset <= damaged < stop:
+                stop = damaged
+        for first, end in self.suspect:
+            if first < stop and end > offset:
+                stop = max(offset, first)
+        return stop - offset
+
+    def report(self, offset: int, reason: str, found_by: str) -> None:
+        """Record ``offset`` as damaged (once), log and count it, and wake the repair."""
+        if offset in self.damaged:
+            return
+        self.damaged[offset] = reason
+        self.stats.corrupt_records += 1
+        log.error(
+            "node %s: record at offset %d in segment %s is damaged (%s), found by %s; "
+            "reads of it answer DATA_LOSS until it is repaired from a replica",
+            self.node_id,
+            offset,
+            self._segment_of(offset),
+            reason,
+            found_by,
+            extra={"offset": offset},
+        )
+        self._wake.set()
+
+    def queue_check(self, checkpoint: CheckpointHash) -> None:
+        """A checkpoint-hash entry was applied: compare this replica's hash (later, in the
+        repair task; never on the apply path)."""
+        self._checks.append(checkpoint)
+        self._wake.set()
+
+    def _segment_of(self, offset: int) -> str:
+        try:
+            segments = self.fsm.log.segments
+        except RestoringError:
+            return "?"
+        bases = [s.base_offset for s in segments]
+        i = bisect.bisect_right(bases, offset) - 1
+        return segment_name(bases[i]) if i >= 0 else "?"
+
+    # -- the scrub pass --------------------------------------------------------------------
+
+    async def _scrub_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                await self.scrub_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a replaced log, a deleted file: the next pass
+                log.warning("node %s: scrub pass stopped: %s", self.node_id, exc)
+            wait = self.config.pass_interval_s - (loop.time() - started)
+            await asyncio.sleep(max(wait, 0.5))
+
+    async def scrub_pass(self) -> int:
+        """Verify every record of the sealed segments once, paced; the bytes read."""
+        loop = asyncio.get_running_loop()
+        started, done = loop.time(), 0
+        try:
+            bounds = [(s.base_offset, s.next_offset) for s in self.fsm.log.segments[:-1]]
+        except RestoringError:
+            return 0
+        for base, nxt in bounds:
+            try:
+                commit_log = self.fsm.log
+            except RestoringError:
+                return done
+            first = max(base, self.fsm.lowest_offset)
+            if first >= nxt or commit_log.closed:
+                continue
+            for span in spans_of(commit_log, first, nxt, sealed_only=True):
+                for part in span.split(self.config.read_bytes):
+                    try:
+                        _, damage = await asyncio.to_thread(read_span, part)
+                    except OSError:
+                        break  # retention deleted the segment meanwhile
+                    done += part.nbytes
+                    self.stats.scrubbed_bytes += part.nbytes
+                    for d in damage:
+                        if d.offset >= self.fsm.lowest_offset:
+                            self.report(d.offset, d.reason, "the scrubber")
+                    delay = pace_delay(done, loop.time() - started, self.config.rate_bytes_s)
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+        self.stats.passes += 1
+        log.info(
+            "node %s: scrub pass done: %d bytes of sealed segments verified in %.1f s",
+            self.node_id,
+            done,
+            loop.time() - started,
+        )
+        return done
+
+    # -- reading a range off the loop ------------------------------------------------------
+
+    async def read_range(self, first: int, end: int) -> list[bytes] | None:
+        """The records ``first..end-1`` of this replica, read in a thread; damaged ones are
+        reported and make the result None."""
+        commit_log = self.fsm.log
+        out: list[bytes] = []
+        ok = True
+        for span in spans_of(commit_log, first, end):
+            for part in span.split(self.config.chunk_bytes):
+                records, damage = await asyncio.to_thread(read_span, part)
+                for d in damage:
+                    self.report(d.offset, d.reason, "a checkpoint hash")
+                    ok = False
+                out.extend(r for r in records if r is not None)
+        if len(out) != end - first:
+            ok = False
+        return out if ok else None
+
+    def next_checkpoint_range(self) -> tuple[int, int] | None:
+        """On the leader: the sealed records the next checkpoint hash covers, from where
+        the last one ended, at most ``checkpoint_max_bytes`` (at least one segment)."""
+        try:
+            segments = self.fsm.log.segments
+        except RestoringError:
+            return None
+        first = max(self.fsm.hash_next, self.fsm.lowest_offset)
+        end, total = first, 0
+        for seg in segments[:-1]:
+            if seg.next_offset <= first:
+                continue
+            if total and total + seg.store.size > self.config.checkpoint_max_bytes:
+                break
+            total += seg.store.size
+            end = seg.next_offset
+        end = min(end, self.fsm.highest_offset + 1)
+        return (first, end) if end > first else None
+
+    # -- repair ---------------------------------------------------------------------------
+
+    async def _repair_loop(self) -> None:
+        while True:
+            if not self.damaged and not self._checks:
+                self._wake.clear()
+                await self._wake.wait()
+            try:
+                await self.repair_round()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("node %s: repair round failed: %s", self.node_id, exc)
+            if self.damaged or self._checks:
+                await asyncio.sleep(self.config.repair_retry_s)
+
+    async def repair_round(self) -> None:
+        """Try once to repair every damaged record, then compare every queued checkpoint
+        hash (a range that could not be settled stays queued)."""
+        for offset in sorted(self.damaged):
+            await self._repair_record(offset)
+        checks, self._checks = self._checks, []
+        for checkpoint in checks:
+            if not await self._check(checkpoint):
+                self._checks.append(checkpoint)
+
+    def _ordered_peers(self) -> list[tuple[str, str]]:
+        return [(p, a) for p, a in self._peers() if p != self.node_id and a]
+
+    async def _repair_record(self, offset: int) -> bool:
+        fsm = self.fsm
+        if offset < fsm.lowest_offset or offset > fsm.highest_offset:
+            self.damaged.pop(offset, None)  # retention dropped it (or it is not ours)
+            return True
+        commit_log = fsm.log
+        span = spans_of(commit_log, offset, offset + 1)[0]
+        position, size = span.frame(0)
+        header = await asyncio.to_thread(_read_header, span, position)
+        fetcher = self.fetcher
+        if fetcher is None:
+            return False
+        seen: list[bytes] = []
+        for peer, address in self._ordered_peers():
+            try:
+                got = await fetcher.fetch(address, offset, 1, timeout_s=self.config.fetch_timeout_s)
+            except Exception as exc:
+                log.info(
+                    "node %s: fetching offset %d from %s failed: %s",
+                    self.node_id,
+                    offset,
+                    peer,
+                    exc,
+                )
+                continue
+            if not got:
+                continue
+            payload = got[0]
+            if len(payload) + 8 != size:
+                log.warning(
+                    "node %s: peer %s holds %d bytes at offset %d, the damaged frame %d: "
+                    "not rewritten in place",
+                    self.node_id,
+                    peer,
+                    len(payload),
+                    offset,
+                    size - 8,
+                )
+                continue
+            intact_header = header == (len(payload), checksum(payload))
+            if intact_header or payload in seen:
+                how = "its stored checksum" if intact_header else "two peers agree"
+                if await self._rewrite(commit_log, span, offset, payload):
+                    log.warning(
+                        "node %s: repaired offset %d from peer %s (segment %s; verified: %s)",
+                        self.node_id,
+                        offset,
+                        peer,
+                        self._segment_of(offset),
+                        how,
+                        extra={"offset": offset, "peer": peer},
+                    )
+                    return True
+            seen.append(payload)
+        self.stats.repair_failures += 1
+        log.info(
+            "node %s: offset %d not repaired yet (no verified copy from %d peer(s)); retrying",
+            self.node_id,
+            offset,
+            len(seen),
+        )
+        return False
+
+    async def _rewrite(self, commit_log: Log, span: Span, offset: int, payload: bytes) -> bool:
+        position, size = span.frame(0)
+        try:
+            await asyncio.to_thread(rewrite_frame, span.path, position, size, payload)
+            if self.fsm.log is not commit_log or commit_log.read(offset) != payload:
+                return False
+        except Exception as exc:
+            log.error("node %s: rewriting offset %d failed: %s", self.node_id, offset, exc)
+            return False
+        self.damaged.pop(offset, None)
+        self.stats.repaired_records += 1
+        return True
+
+    async def _check(self, checkpoint: CheckpointHash) -> bool:
+        """Compare this replica's hash of the checkpoint's range; True when settled (equal,
+        skipped, or compared and repaired), False to try again later."""
+        first, end = checkpoint.first, checkpoint.end
+        fsm = self.fsm
+        if first < fsm.lowest_offset or end > fsm.highest_offset + 1 or first == end:
+            self.stats.checkpoint_hashes_skipped += 1
+            return True
+        if any(first <= o < end for o in self.damaged):
+            return False  # the record repair goes first; compare once it is done
+        try:
+            records = await self.read_range(first, end)
+        except (OSError, RestoringError) as exc:
+            log.info("node %s: checkpoint %d..%d not compared: %s", self.node_id, first, end, exc)
+            self.stats.checkpoint_hashes_skipped += 1
+            return True
+        if records is None:
+            return False
+        self.stats.checkpoint_hashes_checked += 1
+        mine = range_digest(records)
+        if mine == checkpoint.digest:
+            return True
+        self.stats.checkpoint_hash_mismatches += 1
+        log.error(
+            "node %s: checkpoint hash mismatch for offsets %d..%d: here %s, the leader's %s; "
+            "comparing the range with the replicas",
+            self.node_id,
+            first,
+            end - 1,
+            mine.hex(),
+            checkpoint.digest.hex(),
+            extra={"offset": first},
+        )
+        rng = (first, end)
+        self.suspect.append(rng)
+        try:
+            return await self._vote(first, end, records, checkpoint.digest)
+        finally:
+            with contextlib.suppress(ValueError):
+                self.suspect.remove(rng)
+
+    async def _vote(self, first: int, end: int, mine: list[bytes], digest: bytes) -> bool:
+        """Compare ``first..end-1`` record by record with every reachable peer; rewrite
+        the records where a majority of the copies agrees and this one differs."""
+        fetcher = self.fetcher
+        peers = self._ordered_peers()
+        if fetcher is None or not peers:
+            return False
+        copies: dict[str, list[bytes]] = {}
+        for peer, address in peers:
+            got: list[bytes] = []
+            try:
+                while len(got) < end - first:
+                    want = min(_FETCH_RECORDS, end - first - len(got))
+                    got += await fetcher.fetch(
+                        address, first + len(got), want, timeout_s=self.config.fetch_timeout_s
+                    )
+            except Exception as exc:
+                log.info(
+                    "node %s: fetching %d..%d from %s failed: %s",
+                    self.node_id,
+                    first,
+                    end - 1,
+                    peer,
+                    exc,
+                )
+                continue
+            copies[peer] = got[: end - first]
+        quorum = (len(peers) + 1) // 2 + 1
+        if len(copies) + 1 < quorum:
+            return False  # too few copies for a majority now: try again later
+        commit_log = self.fsm.log
+        undecided = 0
+        for i, local in enumerate(mine):
+            votes = Counter([local, *(c[i] for c in copies.values())])
+            best, count = votes.most_common(1)[0]
+            if best == local:
+                if count < quorum:
+                    undecided += 1
+                else:
+                    for peer, c in copies.items():
+                        if c[i] != local:
+                            log.error(
+                                "node %s: peer %s holds different bytes at offset %d than the "
+                                "majority; it repairs itself when it compares",
+                                self.node_id,
+                                peer,
+                                first + i,
+                            )
+                continue
+            if count < quorum:
+                undecided += 1
+                continue
+            offset = first + i
+            source = next(p for p, c in copies.items() if c[i] == best)
+            span = spans_of(commit_log, offset, offset + 1)[0]
+            if len(best) + 8 != span.frame(0)[1]:
+                self.report(offset, "diverged from the replicas with another length", "a vote")
+                continue
+            self.damaged[offset] = "diverged from the replicas"
+            self.stats.corrupt_records += 1
+            if await self._rewrite(commit_log, span, offset, best):
+                log.warning(
+                    "node %s: repaired offset %d from peer %s (it diverged from the majority "
+                    "with a valid checksum)",
+                    self.node_id,
+                    offset,
+                    source,
+                    extra={"offset": offset, "peer": source},
+                )
+        if undecided:
+            return False
+        records = await self.read_range(first, end)
+        if records is not None and range_digest(records) == digest:
+            log.info(
+                "node %s: offsets %d..%d match the leader's hash again",
+                self.node_id,
+                first,
+                end - 1,
+            )
+        return True
+
+
+def _read_header(span: Span, position: int) -> tuple[int, int] | None:
+    """The (length, check) stored at ``position`` of the span's file (a worker thread)."""
+    try:
+        fd = os.open(span.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        raw = os.pread(fd, _HEADER.size, position)
+    finally:
+        os.close(fd)
+    if len(raw) < _HEADER.size:
+        return None
+    length, check = _HEADER.unpack(raw)
+    return int(length), int(check)
