@@ -48,6 +48,9 @@ log = logging.getLogger("raftlog.scrub")
 _HEADER = struct.Struct("<II")
 #: Records asked of a peer per fetch when a diverging range is compared.
 _FETCH_RECORDS = 4096
+#: Repair rounds a checkpoint hash may stay unsettled (no majority reachable, damage not
+#: repaired) before it is given up (logged); later checkpoints cover later ranges only.
+CHECK_ATTEMPTS = 30
 
 
 class RecordFetcher(Protocol):
@@ -161,7 +164,8 @@ class Scrubber:
         #: Ranges [first, end) whose hash disagreed and are being compared: reads in them
         #: answer DATA_LOSS until the comparison cleared or repaired them.
         self.suspect: list[tuple[int, int]] = []
-        self._checks: list[CheckpointHash] = []
+        #: Checkpoint hashes to compare, with the rounds each one stayed unsettled.
+        self._checks: list[tuple[CheckpointHash, int]] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         fsm.on_checkpoint_hash = self.queue_check
@@ -230,7 +234,7 @@ class Scrubber:
     def queue_check(self, checkpoint: CheckpointHash) -> None:
         """A checkpoint-hash entry was applied: compare this replica's hash (later, in the
         repair task; never on the apply path)."""
-        self._checks.append(checkpoint)
+        self._checks.append((checkpoint, 0))
         self._wake.set()
 
     def _segment_of(self, offset: int) -> str:
@@ -288,7 +292,8 @@ class Scrubber:
                     if delay > 0:
                         await asyncio.sleep(delay)
         self.stats.passes += 1
-        log.info(
+        log.log(
+            logging.INFO if done else logging.DEBUG,
             "node %s: scrub pass done: %d bytes of sealed segments verified in %.1f s",
             self.node_id,
             done,
@@ -356,9 +361,22 @@ class Scrubber:
         for offset in sorted(self.damaged):
             await self._repair_record(offset)
         checks, self._checks = self._checks, []
-        for checkpoint in checks:
-            if not await self._check(checkpoint):
-                self._checks.append(checkpoint)
+        for checkpoint, attempts in checks:
+            if await self._check(checkpoint, attempts == 0):
+                continue
+            if attempts + 1 < CHECK_ATTEMPTS:
+                self._checks.append((checkpoint, attempts + 1))
+                continue
+            self._unsuspect((checkpoint.first, checkpoint.end))
+            log.error(
+                "node %s: gave up comparing offsets %d..%d with the leader's hash after %d "
+                "rounds (no majority of copies reachable, or damage left unrepaired); "
+                "serving them again",
+                self.node_id,
+                checkpoint.first,
+                checkpoint.end - 1,
+                CHECK_ATTEMPTS,
+            )
 
     def _ordered_peers(self) -> list[tuple[str, str]]:
         return [(p, a) for p, a in self._peers() if p != self.node_id and a]
@@ -439,9 +457,10 @@ class Scrubber:
         self.stats.repaired_records += 1
         return True
 
-    async def _check(self, checkpoint: CheckpointHash) -> bool:
+    async def _check(self, checkpoint: CheckpointHash, first_time: bool = True) -> bool:
         """Compare this replica's hash of the checkpoint's range; True when settled (equal,
-        skipped, or compared and repaired), False to try again later."""
+        skipped, or compared and repaired), False to try again later (a mismatch is
+        counted and logged the ``first_time`` only)."""
         first, end = checkpoint.first, checkpoint.end
         fsm = self.fsm
         if first < fsm.lowest_offset or end > fsm.highest_offset + 1 or first == end:
@@ -457,12 +476,14 @@ class Scrubber:
             return True
         if records is None:
             return False
-        self.stats.checkpoint_hashes_checked += 1
         mine = range_digest(records)
+        if first_time:
+            self.stats.checkpoint_hashes_checked += 1
         if mine == checkpoint.digest:
             return True
-        self.stats.checkpoint_hash_mismatches += 1
-        log.error(
+        if first_time:
+            self.stats.checkpoint_hash_mismatches += 1
+        (log.error if first_time else log.debug)(
             "node %s: checkpoint hash mismatch for offsets %d..%d: here %s, the leader's %s; "
             "comparing the range with the replicas",
             self.node_id,
@@ -473,12 +494,16 @@ class Scrubber:
             extra={"offset": first},
         )
         rng = (first, end)
-        self.suspect.append(rng)
-        try:
-            return await self._vote(first, end, records, checkpoint.digest)
-        finally:
-            with contextlib.suppress(ValueError):
-                self.suspect.remove(rng)
+        if rng not in self.suspect:  # refused until settled or given up
+            self.suspect.append(rng)
+        settled = await self._vote(first, end, records, checkpoint.digest)
+        if settled:
+            self._unsuspect(rng)
+        return settled
+
+    def _unsuspect(self, rng: tuple[int, int]) -> None:
+        with contextlib.suppress(ValueError):
+            self.suspect.remove(rng)
 
     async def _vote(self, first: int, end: int, mine: list[bytes], digest: bytes) -> bool:
         """Compare ``first..end-1`` record by record with every reachable peer; rewrite

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from raftlog.distributed import CommitLogFSM, DistributedConfig, DistributedLog
+from raftlog.distributed import scrub as scrub_module
 from raftlog.distributed.fsm import CheckpointHash, decode_entry, encode_checkpoint_hash
 from raftlog.distributed.scrub import ScrubConfig, ScrubConfigError
 from raftlog.domain.errors import DataLossError
@@ -226,6 +227,25 @@ async def test_a_replica_that_lacks_the_range_skips_it(nodes: Nodes) -> None:
         interval=TICK,
     )
     assert follower.scrubber.stats.checkpoint_hash_mismatches == 0
+
+
+async def test_a_mismatch_without_peers_is_refused_then_given_up(
+    nodes: Nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scrub_module, "CHECK_ATTEMPTS", 3)
+    await nodes.fill(40)
+    follower = await nodes.follower()
+    scrubber = follower.scrubber
+    scrubber.fetcher = None  # no copy to compare with: the range cannot be settled
+    scrubber.queue_check(CheckpointHash(0, 20, range_digest([b"other"])))
+    await wait_until(lambda: bool(scrubber.suspect), 5.0, "the range suspect", interval=0.001)
+    with pytest.raises(DataLossError, match="checkpoint hash"):
+        follower.read(5)  # never bytes a majority may disagree with
+    await wait_until(
+        lambda: not scrubber._checks and not scrubber.suspect, 5.0, "given up", interval=TICK
+    )
+    assert scrubber.stats.checkpoint_hash_mismatches == 1  # counted once, not per round
+    assert follower.read(5) == record(5)
 
 
 def test_the_checkpoint_hash_entry_round_trips() -> None:
