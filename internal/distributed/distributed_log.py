@@ -86,7 +86,6 @@ from raftlog.domain.errors import (
 from raftlog.domain.protocols import Appended, ServerInfo
 from raftlog.log import CorruptRecordError, OffsetOutOfRangeError
 from raftlog.log.errors import DurabilityError as LogDurabilityError
-from raftlog.log.scrub import range_digest
 from raftlog.raft import NO_NODE, Suffrage
 from raftlog.raft import NotLeaderError as RaftNotLeaderError
 from raftlog.raft.errors import (
@@ -241,7 +240,14 @@ class DistributedLog:
         #: Checkpoint-hash entries this node proposed as leader (for tests and stats).
         self.checkpoint_hash_proposals = 0
         #: Finds and repairs damaged records (owned here: started and closed with it).
-        self.scrubber = Scrubber(node.id, fsm, self._peer_addresses, fetcher, self.config.scrub)
+        self.scrubber = Scrubber(
+            node.id,
+            fsm,
+            self._peer_addresses,
+            fetcher,
+            self.config.scrub,
+            leader=lambda: self.leader_id,
+        )
         #: Retention entries this node proposed as leader (for tests and stats).
         self.retention_proposals = 0
         fsm.on_apply = self._notify
@@ -460,7 +466,7 @@ class DistributedLog:
         highest, lowest = self.fsm.highest_offset, self.fsm.lowest_offset
         if offset > highest or offset < lowest:
             raise OffsetOutOfRangeError(offset, lowest, highest)
-        refused = self.scrubber.refused(offset)
+        refused = self.scrubber.refused(offset, peer=forwarded_call.get())
         if refused is not None:
             raise DataLossError(offset, self.node.id, refused)
         try:
@@ -478,9 +484,11 @@ class DistributedLog:
         highest, lowest = self.fsm.highest_offset, self.fsm.lowest_offset
         if offset > highest or offset < lowest:
             raise OffsetOutOfRangeError(offset, lowest, highest)
-        limit = self.scrubber.readable(offset, min(max_records, highest - offset + 1))
+        peer = forwarded_call.get()
+        limit = self.scrubber.readable(offset, min(max_records, highest - offset + 1), peer=peer)
         if limit == 0:
-            raise DataLossError(offset, self.node.id, self.scrubber.refused(offset) or "")
+            reason = self.scrubber.refused(offset, peer=peer) or ""
+            raise DataLossError(offset, self.node.id, reason)
         try:
             return commit_log.read_batch(offset, max_bytes, limit)
         except CorruptRecordError as exc:
@@ -756,10 +764,9 @@ class DistributedLog:
         if span is None:
             return None
         first, end = span
-        records = await scrubber.read_range(first, end)
-        if records is None:
+        digest = await scrubber.digest_range(first, end)
+        if digest is None:
             return None  # a damaged record here: repaired first, hashed next time
-        digest = await asyncio.to_thread(range_digest, records)
         entry = encode_checkpoint_hash(first, end, digest, int(time.time() * 1000))
         await self.node.propose(entry, timeout=self.config.append_timeout)
         self.checkpoint_hash_proposals += 1

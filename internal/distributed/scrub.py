@@ -40,7 +40,15 @@ from typing import Protocol
 from raftlog.distributed.fsm import CheckpointHash, CommitLogFSM, RestoringError
 from raftlog.log import Log
 from raftlog.log.framing import checksum
-from raftlog.log.scrub import Span, pace_delay, range_digest, read_span, rewrite_frame, spans_of
+from raftlog.log.scrub import (
+    Span,
+    hash_span,
+    new_digest,
+    pace_delay,
+    read_span,
+    rewrite_frame,
+    spans_of,
+)
 from raftlog.log.segment import segment_name
 
 log = logging.getLogger("raftlog.scrub")
@@ -152,10 +160,13 @@ class Scrubber:
         peers: Callable[[], Sequence[tuple[str, str]]],
         fetcher: RecordFetcher | None,
         config: ScrubConfig | None = None,
+        *,
+        leader: Callable[[], str] = lambda: "",
     ) -> None:
         self.node_id = node_id
         self.fsm = fsm
         self._peers = peers
+        self._leader = leader
         self.fetcher = fetcher
         self.config = (config or ScrubConfig()).validate()
         self.stats = ScrubStats()
@@ -191,24 +202,28 @@ class Scrubber:
 
     # -- what reads consult ---------------------------------------------------------------
 
-    def refused(self, offset: int) -> str | None:
-        """Why a read of ``offset`` must answer DATA_LOSS now (None: it may be read)."""
+    def refused(self, offset: int, *, peer: bool = False) -> str | None:
+        """Why a read of ``offset`` must answer DATA_LOSS now (None: it may be read).
+        ``peer``: a peer's repair read, which also gets the records of a suspect range
+        (valid checksums; it votes on them) but never a damaged one."""
         reason = self.damaged.get(offset)
         if reason is not None:
             return reason
+        if peer:
+            return None
         for first, end in self.suspect:
             if first <= offset < end:
                 return "its range's checkpoint hash differs from the leader's"
         return None
 
-    def readable(self, offset: int, count: int) -> int:
+    def readable(self, offset: int, count: int, *, peer: bool = False) -> int:
         """How many records from ``offset`` (at most ``count``) may be read before the
-        first damaged or suspect one."""
+        first damaged or (unless ``peer``, see :meth:`refused`) suspect one."""
         stop = offset + count
         for damaged in self.damaged:
             if offset <= damaged < stop:
                 stop = damaged
-        for first, end in self.suspect:
+        for first, end in [] if peer else self.suspect:
             if first < stop and end > offset:
                 stop = max(offset, first)
         return stop - offset
@@ -303,6 +318,21 @@ class Scrubber:
 
     # -- reading a range off the loop ------------------------------------------------------
 
+    async def digest_range(self, first: int, end: int) -> bytes | None:
+        """This replica's content hash of ``first..end-1``, read and hashed in a thread a
+        chunk at a time (bounded memory, the loop never hashes); damaged records are
+        reported and make the result None."""
+        commit_log = self.fsm.log
+        h = new_digest()
+        ok = True
+        for span in spans_of(commit_log, first, end):
+            for part in span.split(self.config.chunk_bytes):
+                damage = await asyncio.to_thread(hash_span, part, h)
+                for d in damage:
+                    self.report(d.offset, d.reason, "a checkpoint hash")
+                    ok = False
+        return h.digest() if ok else None
+
     async def read_range(self, first: int, end: int) -> list[bytes] | None:
         """The records ``first..end-1`` of this replica, read in a thread; damaged ones are
         reported and make the result None."""
@@ -378,6 +408,10 @@ class Scrubber:
                 CHECK_ATTEMPTS,
             )
 
+    def leader_of_peers(self) -> str:
+        """The leader's id as the peer list names it ("" when unknown)."""
+        return self._leader()
+
     def _ordered_peers(self) -> list[tuple[str, str]]:
         return [(p, a) for p, a in self._peers() if p != self.node_id and a]
 
@@ -387,7 +421,11 @@ class Scrubber:
             self.damaged.pop(offset, None)  # retention dropped it (or it is not ours)
             return True
         commit_log = fsm.log
-        span = spans_of(commit_log, offset, offset + 1)[0]
+        spans = spans_of(commit_log, offset, offset + 1)
+        if not spans:
+            self.damaged.pop(offset, None)  # retention took its segment meanwhile
+            return True
+        span = spans[0]
         position, size = span.frame(0)
         header = await asyncio.to_thread(_read_header, span, position)
         fetcher = self.fetcher
@@ -469,14 +507,13 @@ class Scrubber:
         if any(first <= o < end for o in self.damaged):
             return False  # the record repair goes first; compare once it is done
         try:
-            records = await self.read_range(first, end)
+            mine = await self.digest_range(first, end)
         except (OSError, RestoringError) as exc:
             log.info("node %s: checkpoint %d..%d not compared: %s", self.node_id, first, end, exc)
             self.stats.checkpoint_hashes_skipped += 1
             return True
-        if records is None:
+        if mine is None:
             return False
-        mine = range_digest(records)
         if first_time:
             self.stats.checkpoint_hashes_checked += 1
         if mine == checkpoint.digest:
@@ -496,7 +533,7 @@ class Scrubber:
         rng = (first, end)
         if rng not in self.suspect:  # refused until settled or given up
             self.suspect.append(rng)
-        settled = await self._vote(first, end, records, checkpoint.digest)
+        settled = await self._vote(first, end, checkpoint.digest)
         if settled:
             self._unsuspect(rng)
         return settled
@@ -505,67 +542,102 @@ class Scrubber:
         with contextlib.suppress(ValueError):
             self.suspect.remove(rng)
 
-    async def _vote(self, first: int, end: int, mine: list[bytes], digest: bytes) -> bool:
-        """Compare ``first..end-1`` record by record with every reachable peer; rewrite
-        the records where a majority of the copies agrees and this one differs."""
+    async def _vote(self, first: int, end: int, digest: bytes) -> bool:
+        """Compare ``first..end-1`` record by record with every reachable peer, a chunk of
+        records at a time; rewrite the records where a majority of the copies agrees and
+        this one differs. True when every record was decided."""
         fetcher = self.fetcher
         peers = self._ordered_peers()
         if fetcher is None or not peers:
             return False
+        quorum = (len(peers) + 1) // 2 + 1
+        for lo in range(first, end, _FETCH_RECORDS):
+            hi = min(end, lo + _FETCH_RECORDS)
+            mine = await self.read_range(lo, hi)
+            if mine is None:
+                return False  # damaged meanwhile: repaired first, compared next round
+            copies = await self._fetch_copies(fetcher, peers, lo, hi)
+            if len(copies) + 1 < quorum:
+                return False  # too few copies for a majority now: try again later
+            if not await self._decide(lo, mine, copies, quorum):
+                return False
+        again = await self.digest_range(first, end)
+        log.info(
+            "node %s: offsets %d..%d compared with the replicas; %s the leader's hash now",
+            self.node_id,
+            first,
+            end - 1,
+            "they match" if again == digest else "they still differ from",
+        )
+        return True
+
+    async def _fetch_copies(
+        self, fetcher: RecordFetcher, peers: list[tuple[str, str]], lo: int, hi: int
+    ) -> dict[str, list[bytes]]:
+        """Every reachable peer's records ``lo..hi-1`` (peers that fail are left out)."""
         copies: dict[str, list[bytes]] = {}
         for peer, address in peers:
             got: list[bytes] = []
             try:
-                while len(got) < end - first:
-                    want = min(_FETCH_RECORDS, end - first - len(got))
+                while len(got) < hi - lo:
                     got += await fetcher.fetch(
-                        address, first + len(got), want, timeout_s=self.config.fetch_timeout_s
+                        address,
+                        lo + len(got),
+                        hi - lo - len(got),
+                        timeout_s=self.config.fetch_timeout_s,
                     )
             except Exception as exc:
                 log.info(
                     "node %s: fetching %d..%d from %s failed: %s",
                     self.node_id,
-                    first,
-                    end - 1,
+                    lo,
+                    hi - 1,
                     peer,
                     exc,
                 )
                 continue
-            copies[peer] = got[: end - first]
-        quorum = (len(peers) + 1) // 2 + 1
-        if len(copies) + 1 < quorum:
-            return False  # too few copies for a majority now: try again later
+            copies[peer] = got[: hi - lo]
+        return copies
+
+    async def _decide(
+        self, lo: int, mine: list[bytes], copies: dict[str, list[bytes]], quorum: int
+    ) -> bool:
+        """The per-record vote over ``lo..``; False if a record had no majority."""
         commit_log = self.fsm.log
-        undecided = 0
+        leader = self.leader_of_peers()
+        decided = True
         for i, local in enumerate(mine):
+            offset = lo + i
             votes = Counter([local, *(c[i] for c in copies.values())])
             best, count = votes.most_common(1)[0]
-            if best == local:
-                if count < quorum:
-                    undecided += 1
-                else:
-                    for peer, c in copies.items():
-                        if c[i] != local:
-                            log.error(
-                                "node %s: peer %s holds different bytes at offset %d than the "
-                                "majority; it repairs itself when it compares",
-                                self.node_id,
-                                peer,
-                                first + i,
-                            )
-                continue
             if count < quorum:
-                undecided += 1
+                decided = False
                 continue
-            offset = first + i
+            if best == local:
+                for peer, c in copies.items():
+                    if c[i] != local:
+                        log.error(
+                            "node %s: peer %s holds different bytes at offset %d than the "
+                            "majority%s",
+                            self.node_id,
+                            peer,
+                            offset,
+                            " (the leader: its copy is not repaired, see docs/reliability.md)"
+                            if peer == leader
+                            else "; it repairs itself when it compares",
+                            extra={"offset": offset, "peer": peer},
+                        )
+                continue
             source = next(p for p, c in copies.items() if c[i] == best)
-            span = spans_of(commit_log, offset, offset + 1)[0]
-            if len(best) + 8 != span.frame(0)[1]:
+            spans = spans_of(commit_log, offset, offset + 1)
+            if not spans:
+                continue  # retention took it meanwhile
+            if len(best) + 8 != spans[0].frame(0)[1]:
                 self.report(offset, "diverged from the replicas with another length", "a vote")
                 continue
             self.damaged[offset] = "diverged from the replicas"
             self.stats.corrupt_records += 1
-            if await self._rewrite(commit_log, span, offset, best):
+            if await self._rewrite(commit_log, spans[0], offset, best):
                 log.warning(
                     "node %s: repaired offset %d from peer %s (it diverged from the majority "
                     "with a valid checksum)",
@@ -574,17 +646,7 @@ class Scrubber:
                     source,
                     extra={"offset": offset, "peer": source},
                 )
-        if undecided:
-            return False
-        records = await self.read_range(first, end)
-        if records is not None and range_digest(records) == digest:
-            log.info(
-                "node %s: offsets %d..%d match the leader's hash again",
-                self.node_id,
-                first,
-                end - 1,
-            )
-        return True
+        return decided
 
 
 def _read_header(span: Span, position: int) -> tuple[int, int] | None:

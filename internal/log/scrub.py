@@ -148,14 +148,33 @@ def read_span(span: Span) -> tuple[list[bytes | None], list[Damage]]:
     return records, damage
 
 
-def range_digest(records: Iterable[bytes]) -> bytes:
-    """The content hash of consecutive records (see the module docs)."""
-    h = hashlib.blake2b(digest_size=DIGEST_BYTES)
+def new_digest() -> hashlib.blake2b:
+    """An empty content hash (feed it with :func:`digest_update`)."""
+    return hashlib.blake2b(digest_size=DIGEST_BYTES)
+
+
+def digest_update(h: hashlib.blake2b, records: Iterable[bytes]) -> None:
+    """Add consecutive records to the content hash ``h``."""
     pack = _LENGTH.pack
     for record in records:
         h.update(pack(len(record)))
         h.update(record)
+
+
+def range_digest(records: Iterable[bytes]) -> bytes:
+    """The content hash of consecutive records (see the module docs)."""
+    h = new_digest()
+    digest_update(h, records)
     return h.digest()
+
+
+def hash_span(span: Span, h: hashlib.blake2b) -> list[Damage]:
+    """Read ``span`` (:func:`read_span`) and add its records to ``h``; the damage found
+    (then ``h`` is left as it was). Blocking: a worker thread."""
+    records, damage = read_span(span)
+    if not damage:
+        digest_update(h, [r for r in records if r is not None])
+    return damage
 
 
 def rewrite_frame(path: Path, position: int, frame_bytes: int, payload: bytes) -> None:

@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 from raftlog.agent.devcluster import DevCluster
-from raftlog.api.contract import Key, Reason
+from raftlog.api.contract import FORWARDED_KEY, Key, Reason
 from raftlog.api.status import error_info_from_metadata
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.log.scrub import rewrite_frame
@@ -203,3 +203,17 @@ async def test_a_damaged_read_is_data_loss_and_a_diverging_replica_is_caught_by_
         assert "checkpoint hash of offsets" in c.log_text(leader)
         for name in (leader, one):
             assert "checkpoint hash mismatch" not in c.log_text(name)
+
+        # the peer mark on a read (which lets it see a range its node refuses to clients
+        # while comparing) needs `replicate`: a client certificate cannot use it
+        async with c.channel(one, c.client_tls) as ch:
+            stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
+            marked = ((FORWARDED_KEY, "1"),)
+            request = log_pb2.ConsumeRequest(offset=0, max_records=10)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                async for _ in stub.ConsumeStream(request, timeout=5, metadata=marked):
+                    pass
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Consume(log_pb2.ConsumeRequest(offset=0), timeout=5, metadata=marked)
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from raftlog.distributed import CommitLogFSM, DistributedConfig, DistributedLog
+from raftlog.distributed import CommitLogFSM, DistributedConfig, DistributedLog, forwarded_call
 from raftlog.distributed import scrub as scrub_module
 from raftlog.distributed.fsm import CheckpointHash, decode_entry, encode_checkpoint_hash
 from raftlog.distributed.scrub import ScrubConfig, ScrubConfigError
@@ -45,7 +45,11 @@ class PeerReads:
         self, address: str, offset: int, count: int, *, timeout_s: float
     ) -> list[bytes]:
         self.calls += 1
-        return self.logs[address].read_batch(offset, 1 << 20, count)
+        token = forwarded_call.set(True)  # what the peer-marked gRPC read sets there
+        try:
+            return self.logs[address].read_batch(offset, 1 << 20, count)
+        finally:
+            forwarded_call.reset(token)
 
 
 class Nodes:
@@ -193,9 +197,13 @@ async def test_a_diverging_record_with_a_valid_checksum_is_found_by_the_checkpoi
     assert proposed is not None and proposed[0] == 0 and proposed[1] > 12
     stats = follower.scrubber.stats
     await wait_until(
-        lambda: stats.checkpoint_hash_mismatches == 1 and stats.repaired_records == 1,
+        lambda: (
+            stats.checkpoint_hash_mismatches == 1
+            and stats.repaired_records == 1
+            and not follower.scrubber.suspect
+        ),  # refused until the comparison is done
         5.0,
-        "the mismatch reported and the record repaired",
+        "the mismatch reported, the record repaired, the comparison done",
         interval=TICK,
     )
     assert follower.read(12) == record(12)
@@ -213,6 +221,35 @@ async def test_a_diverging_record_with_a_valid_checksum_is_found_by_the_checkpoi
     # the next checkpoint starts where this one ended
     nxt = leader.scrubber.next_checkpoint_range()
     assert nxt is None or nxt[0] == proposed[1]
+
+
+async def test_a_diverging_leader_is_reported_by_every_follower_and_not_spread(
+    nodes: Nodes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The documented limit: the leader's hash is the reference, so a leader whose own
+    copy diverges (valid checksum) is named by the followers, which keep theirs."""
+    await nodes.fill(100)
+    leader = await nodes.leader()
+    span = spans_of(leader.fsm.log, 12, 13)[0]
+    position, size = span.frame(0)
+    rewrite_frame(span.path, position, size, b"L" * 100)
+    assert await leader.propose_checkpoint_hash() is not None
+    followers = [d for d in nodes.logs.values() if d is not leader]
+    await wait_until(
+        lambda: (
+            all(d.scrubber.stats.checkpoint_hash_mismatches == 1 for d in followers)
+            and all(not d.scrubber.suspect and not d.scrubber._checks for d in followers)
+        ),
+        5.0,
+        "both followers compared",
+        interval=TICK,
+    )
+    for d in followers:
+        assert d.read(12) == record(12)  # not overwritten with the leader's bytes
+        assert d.scrubber.stats.repaired_records == 0
+    assert leader.read(12) == b"L" * 100  # not repaired (see docs/reliability.md)
+    assert "(the leader: its copy is not repaired" in caplog.text
+    assert "gave up" not in caplog.text  # decided, not timed out
 
 
 async def test_a_replica_that_lacks_the_range_skips_it(nodes: Nodes) -> None:

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from raftlog.log import CorruptRecordError, Log, LogConfig, LogError, SyncPolicy
-from raftlog.log.scrub import pace_delay, range_digest, read_span, rewrite_frame, spans_of
+from raftlog.log.scrub import (
+    hash_span,
+    new_digest,
+    pace_delay,
+    range_digest,
+    read_span,
+    rewrite_frame,
+    spans_of,
+)
 
 SMALL = LogConfig(max_store_bytes=200, max_index_bytes=8 * 16, sync=SyncPolicy.NEVER)
 
@@ -88,6 +96,12 @@ def test_the_digest_is_on_payloads_whatever_the_segments(tmp_path: Path) -> None
         assert payloads == recs(50)[5:45]
         digests.append(range_digest(payloads))
     assert digests[0] == digests[1] == range_digest(recs(50)[5:45])
+    # streamed a chunk at a time (what a replica does, in a thread): the same digest
+    h = new_digest()
+    for span in spans_of(small, 5, 45):
+        for part in span.split(100):
+            assert hash_span(part, h) == []
+    assert h.digest() == digests[0]
     assert range_digest(recs(50)[5:45]) != range_digest([*recs(50)[5:44], b"record-00045"])
     # the length prefix keeps record boundaries in the digest
     assert range_digest([b"ab", b"c"]) != range_digest([b"a", b"bc"])
@@ -107,3 +121,15 @@ def test_the_digest_is_on_payloads_whatever_the_segments(tmp_path: Path) -> None
 )
 def test_pacing(done: int, elapsed: float, rate: float, delay: float) -> None:
     assert pace_delay(done, elapsed, rate) == pytest.approx(delay)
+
+
+def test_a_damaged_span_is_not_hashed(tmp_path: Path) -> None:
+    log = Log.open(tmp_path, SMALL)
+    log.append_batch_nosync(recs(20))
+    span = spans_of(log, 0, 5)[0]
+    flip(span.path, span.frame(3)[0] + 9)
+    h = new_digest()
+    empty = h.digest()
+    damage = hash_span(span, h)
+    assert [d.offset for d in damage] == [3] and h.digest() == empty
+    log.close_sync()
