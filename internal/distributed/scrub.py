@@ -219,6 +219,8 @@ class Scrubber:
     def readable(self, offset: int, count: int, *, peer: bool = False) -> int:
         """How many records from ``offset`` (at most ``count``) may be read before the
         first damaged or (unless ``peer``, see :meth:`refused`) suspect one."""
+        if not self.damaged and not self.suspect:
+            return count  # the read path's usual case: nothing to look through
         stop = offset + count
         for damaged in self.damaged:
             if offset <= damaged < stop:

@@ -7,6 +7,7 @@ it)."""
 from __future__ import annotations
 
 import asyncio
+import types
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from raftlog.distributed import CommitLogFSM, DistributedConfig, DistributedLog, forwarded_call
 from raftlog.distributed import scrub as scrub_module
 from raftlog.distributed.fsm import CheckpointHash, decode_entry, encode_checkpoint_hash
-from raftlog.distributed.scrub import ScrubConfig, ScrubConfigError
+from raftlog.distributed.scrub import Scrubber, ScrubConfig, ScrubConfigError
 from raftlog.domain.errors import DataLossError
 from raftlog.log import LogConfig
 from raftlog.log.scrub import range_digest, rewrite_frame, spans_of
@@ -309,3 +310,17 @@ def test_a_paced_read_is_at_most_one_second_of_the_rate() -> None:
     assert ScrubConfig(rate_bytes_s=1_000_000).read_bytes == 1_000_000
     assert ScrubConfig(rate_bytes_s=100_000_000).read_bytes == 1 << 20
     assert ScrubConfig(rate_bytes_s=10).read_bytes == 4096
+
+
+def test_reads_stop_before_damaged_records_and_suspect_ranges() -> None:
+    fsm = types.SimpleNamespace(on_checkpoint_hash=None)
+    s = Scrubber("n1", fsm, list, None, ScrubConfig(rate_bytes_s=0))  # type: ignore[arg-type]
+    assert s.readable(0, 100) == 100 and s.refused(7) is None
+    s.damaged[50] = "checksum mismatch"
+    s.suspect.append((20, 30))
+    assert s.readable(0, 100) == 20
+    assert s.readable(25, 100) == 0 and s.refused(25) is not None
+    assert s.readable(30, 100) == 20 and s.readable(51, 10) == 10
+    # a peer's repair read sees the suspect range, never the damaged record
+    assert s.readable(25, 100, peer=True) == 25 and s.refused(25, peer=True) is None
+    assert s.refused(50, peer=True) == "checksum mismatch"
