@@ -810,6 +810,9 @@ class DistributedLog:
             lowest_offset=self.lowest_offset,
             highest_offset=self.highest_offset,
             members=members_of(status),
+            damaged_records=len(self.scrubber.damaged),
+            repaired_records=self.scrubber.stats.repaired_records,
+            checkpoint_hash_mismatches=self.scrubber.stats.checkpoint_hash_mismatches,
         )
 
     async def transfer_leadership(self, to: str = "", timeout_s: float | None = None) -> str:

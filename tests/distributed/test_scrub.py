@@ -209,6 +209,9 @@ async def test_a_diverging_record_with_a_valid_checksum_is_found_by_the_checkpoi
     )
     assert follower.read(12) == record(12)
     assert nodes.identical(100)
+    status = follower.node_status()
+    assert (status.checkpoint_hash_mismatches, status.repaired_records) == (1, 1)
+    assert status.damaged_records == 0
     for d in nodes.logs.values():
         await wait_until(
             lambda d=d: d.scrubber.stats.checkpoint_hashes_checked >= 1,
