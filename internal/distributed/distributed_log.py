@@ -758,9 +758,11 @@ class DistributedLog:
 
     async def propose_checkpoint_hash(self) -> tuple[int, int] | None:
         """Hash the next range of sealed records here and propose it (leader only); the
-        range proposed, or None when there was nothing new (or a damaged record in it)."""
+        range proposed, or None when there was nothing new (or a damaged record in it).
+        A range where this node saw the previous leader's copy differ from the majority
+        goes first (:meth:`Scrubber.take_recheck`): the old leader then repairs itself."""
         scrubber = self.scrubber
-        span = scrubber.next_checkpoint_range()
+        span = scrubber.take_recheck() or scrubber.next_checkpoint_range()
         if span is None:
             return None
         first, end = span

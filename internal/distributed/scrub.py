@@ -175,6 +175,10 @@ class Scrubber:
         #: Ranges [first, end) whose hash disagreed and are being compared: reads in them
         #: answer DATA_LOSS until the comparison cleared or repaired them.
         self.suspect: list[tuple[int, int]] = []
+        #: Ranges where this replica saw the leader's copy differ from the majority: if it
+        #: leads one day, it proposes their hash again first, so the old leader compares
+        #: and repairs itself (:meth:`take_recheck`).
+        self.recheck: list[tuple[int, int]] = []
         #: Checkpoint hashes to compare, with the rounds each one stayed unsettled.
         self._checks: list[tuple[CheckpointHash, int]] = []
         self._wake = asyncio.Event()
@@ -351,6 +355,15 @@ class Scrubber:
         if len(out) != end - first:
             ok = False
         return out if ok else None
+
+    def take_recheck(self) -> tuple[int, int] | None:
+        """On a new leader: a range where the previous leader's copy differed from the
+        majority, to hash again (None when there is none, or it is gone by retention)."""
+        while self.recheck:
+            first, end = self.recheck.pop(0)
+            if first >= self.fsm.lowest_offset and end <= self.fsm.highest_offset + 1:
+                return first, end
+        return None
 
     def next_checkpoint_range(self) -> tuple[int, int] | None:
         """On the leader: the sealed records the next checkpoint hash covers, from where
@@ -617,6 +630,12 @@ class Scrubber:
                 continue
             if best == local:
                 for peer, c in copies.items():
+                    if (
+                        c[i] != local
+                        and peer == leader
+                        and (lo, lo + len(mine)) not in self.recheck
+                    ):
+                        self.recheck.append((lo, lo + len(mine)))
                     if c[i] != local:
                         log.error(
                             "node %s: peer %s holds different bytes at offset %d than the "
@@ -624,7 +643,8 @@ class Scrubber:
                             self.node_id,
                             peer,
                             offset,
-                            " (the leader: its copy is not repaired, see docs/reliability.md)"
+                            " (the leader: it is repaired once another node leads and hashes "
+                            "this range again)"
                             if peer == leader
                             else "; it repairs itself when it compares",
                             extra={"offset": offset, "peer": peer},

@@ -227,11 +227,12 @@ async def test_a_diverging_record_with_a_valid_checksum_is_found_by_the_checkpoi
     assert nxt is None or nxt[0] == proposed[1]
 
 
-async def test_a_diverging_leader_is_reported_by_every_follower_and_not_spread(
+async def test_a_diverging_leader_is_named_not_spread_and_repaired_after_it_leads_no_more(
     nodes: Nodes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The documented limit: the leader's hash is the reference, so a leader whose own
-    copy diverges (valid checksum) is named by the followers, which keep theirs."""
+    """The leader's hash is the reference, so a leader whose own copy diverges (valid
+    checksum) is named by the followers, which keep theirs; once another node leads, it
+    hashes that range again first, and the old leader repairs itself."""
     await nodes.fill(100)
     leader = await nodes.leader()
     span = spans_of(leader.fsm.log, 12, 13)[0]
@@ -251,9 +252,25 @@ async def test_a_diverging_leader_is_reported_by_every_follower_and_not_spread(
     for d in followers:
         assert d.read(12) == record(12)  # not overwritten with the leader's bytes
         assert d.scrubber.stats.repaired_records == 0
-    assert leader.read(12) == b"L" * 100  # not repaired (see docs/reliability.md)
-    assert "(the leader: its copy is not repaired" in caplog.text
+    assert leader.read(12) == b"L" * 100  # not repaired while it leads
+    assert "(the leader: it is repaired once another node leads" in caplog.text
     assert "gave up" not in caplog.text  # decided, not timed out
+    assert all(d.scrubber.recheck for d in followers)
+    again = followers[0].scrubber.recheck[0]
+    assert again[0] <= 12 < again[1]
+
+    new_id = await leader.transfer_leadership(followers[0].node.id, timeout_s=5.0)
+    new = nodes.logs[new_id]
+    await wait_until(lambda: new.node.is_leader, 5.0, "the new leader", interval=TICK)
+    assert await new.propose_checkpoint_hash() == again  # the range first, then new ones
+    await wait_until(
+        lambda: leader.scrubber.stats.repaired_records == 1 and not leader.scrubber.suspect,
+        5.0,
+        "the old leader repaired itself",
+        interval=TICK,
+    )
+    assert leader.scrubber.stats.checkpoint_hash_mismatches == 1
+    assert nodes.identical(100)
 
 
 async def test_a_replica_that_lacks_the_range_skips_it(nodes: Nodes) -> None:
