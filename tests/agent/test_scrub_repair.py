@@ -27,7 +27,7 @@ from raftlog.security import CertFiles
 from support.cluster import AGENT_ARGS, three_node_cluster_async
 from support.wait import wait_until
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 NAMES = ("n1", "n2", "n3")
 SEGMENT = 64 << 10
