@@ -344,3 +344,16 @@ def test_reads_stop_before_damaged_records_and_suspect_ranges() -> None:
     # a peer's repair read sees the suspect range, never the damaged record
     assert s.readable(25, 100, peer=True) == 25 and s.refused(25, peer=True) is None
     assert s.refused(50, peer=True) == "checksum mismatch"
+
+
+async def test_a_pass_keeps_to_its_rate(nodes: Nodes) -> None:
+    await nodes.fill(100)
+    follower = await nodes.follower()
+    rate = 20_000.0  # bytes/s: the ~9 KB of sealed segments take about half a second
+    follower.scrubber.config = ScrubConfig(rate_bytes_s=rate)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    done = await follower.scrubber.scrub_pass()
+    took = loop.time() - started
+    assert done > 4096 and follower.scrubber.stats.scrubbed_bytes == done
+    assert done / rate * 0.95 <= took < done / rate + 1.0, (done, took)
