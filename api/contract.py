@@ -63,6 +63,10 @@ class Reason:
     #: The node's disk failed (EIO): it takes no writes until restarted; metadata
     #: :attr:`Key.NODE_ID` and :attr:`Key.DIRECTORY`.
     DISK_FAILED: Final = "DISK_FAILED"
+    #: A stored record failed its checksum (or diverged from the other replicas) on this
+    #: node: it is never served until repaired from a replica. Metadata :attr:`Key.OFFSET`
+    #: and :attr:`Key.NODE_ID`; the same offset may be read from another node meanwhile.
+    DATA_LOSS: Final = "DATA_LOSS"
 
 
 class Key:

@@ -54,6 +54,7 @@ from raftlog.discovery import (
     parse_static_peers,
 )
 from raftlog.distributed import CommitLogFSM, DistributedConfig, DistributedLog
+from raftlog.distributed.scrub import ScrubConfig
 from raftlog.domain.protocols import Authorizer
 from raftlog.log import LogConfig
 from raftlog.log.config import INDEX_ENTRY_BYTES
@@ -355,10 +356,17 @@ class ClusterNode:
             fsm,
             forwarder=forwarder,
             config=DistributedConfig(
-                retention_bytes=config.retention_bytes, retention_age_s=config.retention_age
+                retention_bytes=config.retention_bytes,
+                retention_age_s=config.retention_age,
+                checkpoint_hash_interval=config.checkpoint_hash_interval,
+                scrub=ScrubConfig(
+                    rate_bytes_s=config.scrub_rate_mb_s * 1e6,
+                    pass_interval_s=config.scrub_interval,
+                ),
             ),
             observer=self.metrics,
             tracer=self.tracer,
+            fetcher=forwarder,
         )
         self.dlog = dlog
         dlog.audit = self.audit

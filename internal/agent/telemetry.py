@@ -222,6 +222,53 @@ def register_cluster_metrics(metrics: NodeMetrics, cluster: ClusterNode) -> None
         stats("entries_applied"),
     )
 
+    def scrub(attr: str) -> Callable[[], float | None]:
+        def value() -> float | None:
+            dlog = cluster.dlog
+            return None if dlog is None else float(getattr(dlog.scrubber.stats, attr))
+
+        return value
+
+    for name, attr, doc in (
+        (
+            "raftlog_scrub_bytes",
+            "scrubbed_bytes",
+            "Bytes of sealed segments the scrubber re-read and verified (bytes).",
+        ),
+        ("raftlog_scrub_passes", "passes", "Full scrub passes over the sealed segments."),
+        (
+            "raftlog_scrub_corrupt_records",
+            "corrupt_records",
+            "Damaged records found here (by the scrubber, a read or a checkpoint-hash vote).",
+        ),
+        (
+            "raftlog_repaired_records",
+            "repaired_records",
+            "Damaged records rewritten here from a replica's verified copy.",
+        ),
+        (
+            "raftlog_repair_failures",
+            "repair_failures",
+            "Repair attempts that found no verified copy yet (retried).",
+        ),
+        (
+            "raftlog_checkpoint_hashes_checked",
+            "checkpoint_hashes_checked",
+            "Checkpoint hashes this replica compared with its own content.",
+        ),
+        (
+            "raftlog_checkpoint_hash_mismatches",
+            "checkpoint_hash_mismatches",
+            "Checkpoint hashes that differed from this replica's content.",
+        ),
+    ):
+        cb.counter(name, doc, scrub(attr))
+    cb.gauge(
+        "raftlog_damaged_records",
+        "Records known damaged here now (reads of them answer DATA_LOSS until repaired).",
+        lambda: None if cluster.dlog is None else float(len(cluster.dlog.scrubber.damaged)),
+    )
+
     def follower_lag() -> Mapping[tuple[str, ...], float] | None:
         node = cluster.node
         if node is None or node.closed or not node.is_leader:

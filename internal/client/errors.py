@@ -192,8 +192,9 @@ def from_rpc_error(exc: grpc.RpcError, addr: str = "") -> ClientError:
         cls: type[ClientError] = NotLeaderError
     elif reason == Reason.SEQUENCE_TOO_OLD:
         cls = SequenceTooOldError
-    elif reason in (Reason.NO_SPACE, Reason.DISK_FAILED):
-        # that node's disk is full or failed: another node (a new leader) may take it
+    elif reason in (Reason.NO_SPACE, Reason.DISK_FAILED, Reason.DATA_LOSS):
+        # that node's disk is full or failed, or its copy of a record is damaged (until
+        # repaired): another node may take the call
         cls = UnavailableError
     elif code is None:
         cls = ServerError

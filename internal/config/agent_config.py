@@ -240,6 +240,34 @@ class AgentConfig:
             "duration",
         ),
     )
+    scrub_rate_mb_s: float = field(
+        default=1.0,
+        metadata=_doc(
+            "scrub rate (cluster mode): how fast the background scrubber re-reads sealed "
+            "segments to verify every record's checksum, in MB/s (10^6 bytes per second); "
+            "damaged records are repaired from a replica; 0 = no scrubbing (reads and "
+            "checkpoint hashes still find damage)",
+            "number",
+        ),
+    )
+    scrub_interval: float = field(
+        default=3600.0,
+        metadata=_doc(
+            "scrub pass interval (cluster mode): a full pass over the sealed segments starts "
+            "again this long after the previous one started (e.g. 1h, 30m, 90s; a bare "
+            "number is seconds); a pass that takes longer is followed at once",
+            "duration",
+        ),
+    )
+    checkpoint_hash_interval: float = field(
+        default=60.0,
+        metadata=_doc(
+            "checkpoint hash interval (cluster mode): how often the leader proposes the "
+            "content hash of the records sealed since the last one, which every replica "
+            "compares with its own (e.g. 60s, 5m; a bare number is seconds); 0 = never",
+            "duration",
+        ),
+    )
     segment_bytes: int = field(
         default=64 * MIB,
         metadata=_doc(
@@ -524,6 +552,19 @@ class AgentConfig:
             raise ConfigError(
                 f"retention_age: must be a duration >= 0 (0 = no limit), got {self.retention_age}"
             )
+        if not (math.isfinite(self.scrub_rate_mb_s) and self.scrub_rate_mb_s >= 0):
+            raise ConfigError(
+                f"scrub_rate_mb_s: must be >= 0 MB/s (0 = no scrubbing), got {self.scrub_rate_mb_s}"
+            )
+        if not (math.isfinite(self.scrub_interval) and self.scrub_interval > 0):
+            raise ConfigError(f"scrub_interval: must be a duration > 0, got {self.scrub_interval}")
+        if not (
+            math.isfinite(self.checkpoint_hash_interval) and self.checkpoint_hash_interval >= 0
+        ):
+            raise ConfigError(
+                "checkpoint_hash_interval: must be a duration >= 0 (0 = never), "
+                f"got {self.checkpoint_hash_interval}"
+            )
         if not MIN_SEGMENT_BYTES <= self.segment_bytes <= MAX_SEGMENT_BYTES:
             raise ConfigError(
                 f"segment_bytes: must be between {MIN_SEGMENT_BYTES} bytes (4 KiB) and "
@@ -672,6 +713,11 @@ def _parse(key: str, value: Any, source: str, base: Path | None) -> Any:
         return value
     if kind == "duration":
         return parse_duration(value, where)
+    if kind == "number":
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
     if kind == "seconds":
         try:
             return float(value)

@@ -33,6 +33,13 @@ dropped until the rest holds at most ``retention_bytes`` bytes (store files: rec
 modification time on the leader) is older than ``retention_age_s`` was dropped. It
 proposes that offset as a retention entry (:func:`~raftlog.distributed.fsm.encode_retention`);
 every replica applies it the same way (see :mod:`raftlog.distributed.fsm`).
+
+Scrub and self-repair (:mod:`raftlog.distributed.scrub`): a :class:`Scrubber` owned here
+re-reads the sealed segments at ``scrub.rate_bytes_s`` and repairs damaged records from
+peers (``fetcher``); a read of a damaged record answers DataLossError (DATA_LOSS), never
+its bytes. Every ``checkpoint_hash_interval`` seconds the leader proposes the content hash
+of the sealed records since the last one (:func:`~raftlog.distributed.fsm.encode_checkpoint_hash`);
+each replica compares its own after applying it.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from opentelemetry import trace
@@ -55,12 +62,15 @@ from raftlog.distributed.fsm import (
     CommitLogFSM,
     RestoringError,
     encode_batch,
+    encode_checkpoint_hash,
     encode_idempotent_batch,
     encode_retention,
 )
+from raftlog.distributed.scrub import RecordFetcher, Scrubber, ScrubConfig
 from raftlog.distributed.status import NodeStatus, members_of, role_of
 from raftlog.domain.errors import (
     AdminRefusedError,
+    DataLossError,
     DeadlineError,
     DiskFailedError,
     DomainError,
@@ -74,7 +84,7 @@ from raftlog.domain.errors import (
     UnavailableError,
 )
 from raftlog.domain.protocols import Appended, ServerInfo
-from raftlog.log import OffsetOutOfRangeError
+from raftlog.log import CorruptRecordError, OffsetOutOfRangeError
 from raftlog.log.errors import DurabilityError as LogDurabilityError
 from raftlog.raft import NO_NODE, Suffrage
 from raftlog.raft import NotLeaderError as RaftNotLeaderError
@@ -137,6 +147,9 @@ class DistributedConfig:
         retention_age_s: the leader drops every segment whose last write is older than
             this many seconds. 0 = no limit (the default).
         retention_interval: how often the leader checks retention, seconds. Default 1 s.
+        checkpoint_hash_interval: how often the leader proposes the content hash of the
+            sealed records since the last one, seconds; 0 = never. Default 60 s.
+        scrub: the scrubber's settings (:class:`~raftlog.distributed.scrub.ScrubConfig`).
     """
 
     append_timeout: float = 10.0
@@ -147,6 +160,8 @@ class DistributedConfig:
     retention_bytes: int = 0
     retention_age_s: float = 0.0
     retention_interval: float = 1.0
+    checkpoint_hash_interval: float = 60.0
+    scrub: ScrubConfig = field(default_factory=ScrubConfig)
 
     def validate(self) -> DistributedConfig:
         """Raise DistributedConfigError naming the first unusable field; return self."""
@@ -170,6 +185,12 @@ class DistributedConfig:
             raise DistributedConfigError(
                 f"retention_bytes must be >= 0 (0 = no limit), got {self.retention_bytes}"
             )
+        every = self.checkpoint_hash_interval
+        if not isinstance(every, int | float) or not math.isfinite(every) or every < 0:
+            raise DistributedConfigError(
+                f"checkpoint_hash_interval must be >= 0 seconds (0 = never), got {every!r}"
+            )
+        self.scrub.validate()
         age = self.retention_age_s
         if not isinstance(age, int | float) or not math.isfinite(age) or age < 0:
             raise DistributedConfigError(
@@ -196,6 +217,7 @@ class DistributedLog:
         config: DistributedConfig | None = None,
         observer: ProposalObserver | None = None,
         tracer: trace.Tracer | None = None,
+        fetcher: RecordFetcher | None = None,
     ) -> None:
         self.node = node
         #: Proposal latency goes here (None: not measured).
@@ -214,6 +236,18 @@ class DistributedLog:
         self._change_lock = asyncio.Lock()
         self._promoter: asyncio.Task[None] | None = None
         self._retainer: asyncio.Task[None] | None = None
+        self._hasher: asyncio.Task[None] | None = None
+        #: Checkpoint-hash entries this node proposed as leader (for tests and stats).
+        self.checkpoint_hash_proposals = 0
+        #: Finds and repairs damaged records (owned here: started and closed with it).
+        self.scrubber = Scrubber(
+            node.id,
+            fsm,
+            self._peer_addresses,
+            fetcher,
+            self.config.scrub,
+            leader=lambda: self.leader_id,
+        )
         #: Retention entries this node proposed as leader (for tests and stats).
         self.retention_proposals = 0
         fsm.on_apply = self._notify
@@ -231,6 +265,9 @@ class DistributedLog:
         config = self.config
         if self._retainer is None and (config.retention_bytes or config.retention_age_s):
             self._retainer = asyncio.create_task(self._retention_loop(), name="raft-retention")
+        if self._hasher is None and config.checkpoint_hash_interval > 0:
+            self._hasher = asyncio.create_task(self._checkpoint_hash_loop(), name="raft-hash")
+        self.scrubber.start()
 
     # -- writes --------------------------------------------------------------------------
 
@@ -429,7 +466,14 @@ class DistributedLog:
         highest, lowest = self.fsm.highest_offset, self.fsm.lowest_offset
         if offset > highest or offset < lowest:
             raise OffsetOutOfRangeError(offset, lowest, highest)
-        return commit_log.read(offset)
+        refused = self.scrubber.refused(offset, peer=forwarded_call.get())
+        if refused is not None:
+            raise DataLossError(offset, self.node.id, refused)
+        try:
+            return commit_log.read(offset)
+        except CorruptRecordError as exc:
+            self.scrubber.report(exc.offset, exc.reason, "a read")
+            raise DataLossError(exc.offset, self.node.id, exc.reason) from None
 
     def read_batch(self, offset: int, max_bytes: int, max_records: int) -> list[bytes]:
         """Consecutive committed records from ``offset`` on this replica."""
@@ -440,8 +484,16 @@ class DistributedLog:
         highest, lowest = self.fsm.highest_offset, self.fsm.lowest_offset
         if offset > highest or offset < lowest:
             raise OffsetOutOfRangeError(offset, lowest, highest)
-        limit = min(max_records, highest - offset + 1)
-        return commit_log.read_batch(offset, max_bytes, limit)
+        peer = forwarded_call.get()
+        limit = self.scrubber.readable(offset, min(max_records, highest - offset + 1), peer=peer)
+        if limit == 0:
+            reason = self.scrubber.refused(offset, peer=peer) or ""
+            raise DataLossError(offset, self.node.id, reason)
+        try:
+            return commit_log.read_batch(offset, max_bytes, limit)
+        except CorruptRecordError as exc:
+            self.scrubber.report(exc.offset, exc.reason, "a read")
+            raise DataLossError(exc.offset, self.node.id, exc.reason) from None
 
     async def read_barrier(self, timeout_s: float | None = None) -> int:
         """Linearizable barrier on the leader: after it, reads here see every write
@@ -680,6 +732,55 @@ class DistributedLog:
             self.retention_proposals += 1
             log.info("retention: proposed lowest offset %d", target, extra={"offset": target})
 
+    # -- checkpoint hashes --------------------------------------------------------------------
+
+    def _peer_addresses(self) -> list[tuple[str, str]]:
+        """(id, rpc address) of the other members: the leader, then voters, then learners."""
+        leader = self.node.leader_id
+        members = [s for s in self.node.membership if s.id != self.node.id]
+        members.sort(key=lambda s: (s.id != leader, not s.is_voter, s.id))
+        return [(s.id, s.address) for s in members]
+
+    async def _checkpoint_hash_loop(self) -> None:
+        """On the leader: propose the content hash of the sealed records since the last
+        checkpoint hash (every replica compares its own when it applies it)."""
+        interval = self.config.checkpoint_hash_interval
+        while True:
+            await asyncio.sleep(interval)
+            if self._closing or not self.node.is_leader:
+                continue
+            try:
+                await self.propose_checkpoint_hash()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # lost leadership, a replaced log...: the next one
+                log.info("checkpoint hash not proposed: %s", exc)
+
+    async def propose_checkpoint_hash(self) -> tuple[int, int] | None:
+        """Hash the next range of sealed records here and propose it (leader only); the
+        range proposed, or None when there was nothing new (or a damaged record in it).
+        A range where this node saw the previous leader's copy differ from the majority
+        goes first (:meth:`Scrubber.take_recheck`): the old leader then repairs itself."""
+        scrubber = self.scrubber
+        span = scrubber.take_recheck() or scrubber.next_checkpoint_range()
+        if span is None:
+            return None
+        first, end = span
+        digest = await scrubber.digest_range(first, end)
+        if digest is None:
+            return None  # a damaged record here: repaired first, hashed next time
+        entry = encode_checkpoint_hash(first, end, digest, int(time.time() * 1000))
+        await self.node.propose(entry, timeout=self.config.append_timeout)
+        self.checkpoint_hash_proposals += 1
+        log.info(
+            "checkpoint hash of offsets %d..%d proposed: %s",
+            first,
+            end - 1,
+            digest.hex(),
+            extra={"offset": first},
+        )
+        return span
+
     @property
     def leader_id(self) -> str:
         """The leader this node knows of ("" if none)."""
@@ -711,6 +812,9 @@ class DistributedLog:
             lowest_offset=self.lowest_offset,
             highest_offset=self.highest_offset,
             members=members_of(status),
+            damaged_records=len(self.scrubber.damaged),
+            repaired_records=self.scrubber.stats.repaired_records,
+            checkpoint_hash_mismatches=self.scrubber.stats.checkpoint_hash_mismatches,
         )
 
     async def transfer_leadership(self, to: str = "", timeout_s: float | None = None) -> str:
@@ -788,11 +892,12 @@ class DistributedLog:
     async def close(self) -> None:
         """Stop the promoter and the forwarder (the agent closes the node and the FSM)."""
         self.begin_close()
-        for task in (self._promoter, self._retainer):
+        for task in (self._promoter, self._retainer, self._hasher):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        self._promoter = self._retainer = None
+        self._promoter = self._retainer = self._hasher = None
+        await self.scrubber.close()
         if self.forwarder is not None:
             await self.forwarder.close()

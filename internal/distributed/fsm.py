@@ -18,6 +18,14 @@ for retention and at a clean shutdown). On start:
 - no usable checkpoint: the commit log is emptied and Raft restores the newest snapshot
   and/or replays its log from the start (the applied index is then 0).
 
+Checkpoint hashes. A fourth kind, ``H`` + msgpack ``[1, first, end, digest, stamp_ms]``
+(:func:`encode_checkpoint_hash`), is the leader's content hash of the records
+``first..end-1`` (:func:`raftlog.log.scrub.range_digest`, on payloads only). Applying it
+changes nothing in the commit log: it moves :attr:`CommitLogFSM.hash_next` (where the next
+checkpoint starts, the same on every replica) and hands the entry to
+:attr:`CommitLogFSM.on_checkpoint_hash` once the round's records are appended; the
+replica compares its own hash off the apply path (:mod:`raftlog.distributed.scrub`).
+
 Snapshots reference the commit log instead of copying it (format 2, issue 12)::
 
     b"RLFSMSN2" | u64 length | msgpack {"v": 2, "producers": ProducerTable.dump(),
@@ -112,6 +120,9 @@ _IDEMPOTENT_VERSION = 1
 #: First byte of a retention entry: drop every record below an offset (see module docs).
 RETENTION_TAG = b"T"
 _RETENTION_VERSION = 1
+#: First byte of a checkpoint-hash entry: the leader's content hash of a range of records.
+CHECKPOINT_HASH_TAG = b"H"
+_CHECKPOINT_HASH_VERSION = 1
 #: Head of a snapshot stream that carries the producer table before the commit log.
 SNAPSHOT_MAGIC = b"RLFSMSN1"
 #: Head of a snapshot by reference (format 2): metadata, then only the records the
@@ -156,6 +167,25 @@ def encode_retention(lowest: int, stamp_ms: int) -> bytes:
     return RETENTION_TAG + packed
 
 
+def encode_checkpoint_hash(first: int, end: int, digest: bytes, stamp_ms: int) -> bytes:
+    """One Raft entry with the proposer's content hash ``digest`` of the records
+    ``first..end-1``, stamped with its wall clock ``stamp_ms`` (Unix ms, for the record)."""
+    body = [_CHECKPOINT_HASH_VERSION, first, end, digest, stamp_ms]
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return CHECKPOINT_HASH_TAG + packed
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointHash:
+    """A decoded checkpoint-hash entry: the records ``first..end-1`` hash to ``digest``
+    on the proposer."""
+
+    first: int
+    end: int
+    digest: bytes
+    stamp_ms: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Retention:
     """A decoded retention entry: drop every record below ``lowest``."""
@@ -187,9 +217,9 @@ def _check_records(records: Any) -> list[bytes]:
     return records
 
 
-def decode_entry(data: bytes) -> Batch | Retention:
-    """A batch entry of either kind or a retention entry; FSMError if it is none of them
-    or malformed."""
+def decode_entry(data: bytes) -> Batch | Retention | CheckpointHash:
+    """A batch entry of either kind, a retention or a checkpoint-hash entry; FSMError if it
+    is none of them or malformed."""
     tag = data[:1]
     if tag == BATCH_TAG:
         return Batch(_check_records(_unpack(data)))
@@ -209,14 +239,28 @@ def decode_entry(data: bytes) -> Batch | Retention:
         if not isinstance(lowest, int) or lowest < 0 or not isinstance(stamp, int):
             raise FSMError("malformed retention entry: bad offset or stamp")
         return Retention(lowest, stamp)
+    if tag == CHECKPOINT_HASH_TAG:
+        body = _unpack(data)
+        if not isinstance(body, list) or len(body) != 5 or body[0] != _CHECKPOINT_HASH_VERSION:
+            raise FSMError("malformed checkpoint-hash entry (or an unknown version)")
+        _, first, end, digest, stamp = body
+        if (
+            not isinstance(first, int)
+            or not isinstance(end, int)
+            or not 0 <= first <= end
+            or not isinstance(digest, bytes)
+            or not isinstance(stamp, int)
+        ):
+            raise FSMError("malformed checkpoint-hash entry: bad range, digest or stamp")
+        return CheckpointHash(first, end, digest, stamp)
     raise FSMError(f"unknown entry kind {tag!r}")
 
 
 def decode_batch(data: bytes) -> list[bytes]:
     """The records of a batch entry of either kind; FSMError if it is not one."""
     entry = decode_entry(data)
-    if isinstance(entry, Retention):
-        raise FSMError("a retention entry holds no records")
+    if not isinstance(entry, Batch):
+        raise FSMError(f"a {type(entry).__name__} entry holds no records")
     return entry.records
 
 
@@ -334,6 +378,12 @@ class CommitLogFSM:
         #: after open the log ends exactly there): a follower's resume point.
         self._checkpointed_next = commit_log.next_offset
         self.on_apply: Callable[[], None] | None = None
+        #: Called on the loop with every checkpoint-hash entry applied (after the records
+        #: of its round are appended); the scrubber compares this replica's hash.
+        self.on_checkpoint_hash: Callable[[CheckpointHash], None] | None = None
+        #: Where the next checkpoint hash starts: the end of the last one applied (0: none
+        #: since this process started; the leader then starts at the lowest offset).
+        self.hash_next = 0
         #: Highest offset readers may see (every record in the log is committed).
         self.highest_offset = commit_log.highest_offset
         #: (first index, last index, start ns, end ns) of recent applies, for traces;
@@ -453,6 +503,7 @@ class CommitLogFSM:
             table.rollback()
             raise
         table.commit()
+        hashes = [b for b in batches if isinstance(b, CheckpointHash)]
         self._applied = max(self._applied, entries[-1].index)
         self.highest_offset = commit_log.highest_offset
         if lowest[0] > self.lowest_offset:
@@ -460,6 +511,10 @@ class CommitLogFSM:
             self._schedule_prune()
         if windows is not None:
             windows.append((entries[0].index, entries[-1].index, started, time.time_ns()))
+        for checkpoint in hashes:
+            self.hash_next = max(self.hash_next, checkpoint.end)
+            if self.on_checkpoint_hash is not None:
+                self.on_checkpoint_hash(checkpoint)
         if self.on_apply is not None:
             self.on_apply()
         return out
@@ -478,6 +533,9 @@ class CommitLogFSM:
             if isinstance(batch, Retention):  # never past the records applied so far
                 lowest[0] = max(lowest[0], min(batch.lowest, at))
                 out.append(lowest[0])
+                continue
+            if isinstance(batch, CheckpointHash):  # compared after the apply, off its path
+                out.append(batch.end)
                 continue
             n = len(batch.records)
             pid = batch.producer_id

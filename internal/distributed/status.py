@@ -50,6 +50,11 @@ class NodeStatus:
     lowest_offset: int
     highest_offset: int
     members: tuple[MemberStatus, ...] = field(default_factory=tuple)
+    #: Scrub and self-repair: records known damaged now, repaired, and checkpoint-hash
+    #: mismatches since the node started.
+    damaged_records: int = 0
+    repaired_records: int = 0
+    checkpoint_hash_mismatches: int = 0
 
     @property
     def empty(self) -> bool:

@@ -179,3 +179,23 @@ class DiskFailedError(DomainError):
     reason = Reason.DISK_FAILED
     retriable = True
     refresh_leader = True
+
+
+class DataLossError(DomainError):
+    """The record at ``offset`` is damaged on this node (it failed its checksum, or its
+    range diverged from the replicas'): its bytes are never served. The node repairs it
+    from a healthy replica (docs/reliability.md, "Scrub and self-repair"); until then this
+    answers every read of it. Retriable: on another node now, or here once repaired."""
+
+    reason = Reason.DATA_LOSS
+    retriable = True
+
+    def __init__(self, offset: int, node_id: str = "", detail: str = "") -> None:
+        where = f" on node {node_id}" if node_id else ""
+        why = f" ({detail})" if detail else ""
+        super().__init__(
+            f"record at offset {offset} is damaged{where}{why}; it is not served until it is "
+            "repaired from a replica: read it from another node or retry later",
+            {Key.OFFSET: str(offset), Key.NODE_ID: node_id},
+        )
+        self.offset, self.node_id = offset, node_id

@@ -216,11 +216,17 @@ class Segment:
         lengths, checks = parse_headers(arr, starts)
         bad_len = np.flatnonzero(lengths != ends - starts - np.uint64(FRAME_HEADER_BYTES))
         if len(bad_len):
-            raise CorruptRecordError(offset + int(bad_len[0]), "header length disagrees")
+            first_bad = int(bad_len[0])
+            if first_bad == 0:
+                raise CorruptRecordError(offset, "header length disagrees")
+            # serve the intact records before the damaged one; the next call raises
+            starts, ends, checks = starts[:first_bad], ends[:first_bad], checks[:first_bad]
         payloads = slices(buf, (starts + np.uint64(FRAME_HEADER_BYTES)).tolist(), ends.tolist())
         bad = bad_payload_checksums(payloads, checks)
         if len(bad):
-            raise CorruptRecordError(offset + int(bad[0]), "checksum mismatch")
+            if int(bad[0]) == 0:
+                raise CorruptRecordError(offset, "checksum mismatch")
+            return payloads[: int(bad[0])]
         return payloads
 
     # -- lifecycle -----------------------------------------------------------------------

@@ -66,6 +66,9 @@ def status_message(status: NodeStatus, disk_bytes: int) -> admin_pb2.StatusRespo
         empty=status.empty,
         disk_bytes=disk_bytes,
         snapshot_index=status.snapshot_index,
+        damaged_records=status.damaged_records,
+        repaired_records=status.repaired_records,
+        checkpoint_hash_mismatches=status.checkpoint_hash_mismatches,
         members=[
             admin_pb2.Member(
                 id=m.id,

@@ -25,6 +25,7 @@ from raftlog.api.contract import STATUS_DETAILS_KEY
 from raftlog.api.status import status_details
 from raftlog.domain.errors import (
     AdminRefusedError,
+    DataLossError,
     DeadlineError,
     DiskFailedError,
     DomainError,
@@ -59,6 +60,7 @@ STATUS_CODES: Mapping[type[DomainError], grpc.StatusCode] = {
     StorageError: grpc.StatusCode.INTERNAL,
     NoSpaceError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DiskFailedError: grpc.StatusCode.UNAVAILABLE,
+    DataLossError: grpc.StatusCode.DATA_LOSS,
 }
 
 

@@ -72,8 +72,9 @@ def produce_request_bytes(records: Sequence[bytes]) -> int:
 
 
 class ForwardMarkInterceptor(grpc.aio.ServerInterceptor):
-    """Sets :data:`forwarded_call` for unary calls that carry the forwarded mark, after
-    checking that the caller may ``replicate`` (peer traffic); refuses the call otherwise.
+    """Sets :data:`forwarded_call` for unary calls and server streams (a peer's repair
+    reads, ``ConsumeStream``) that carry the forwarded mark, after checking that the caller
+    may ``replicate`` (peer traffic); refuses the call otherwise.
     """
 
     def __init__(self, authorizer: Authorizer) -> None:
@@ -85,16 +86,14 @@ class ForwardMarkInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Any:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming or handler.response_streaming:
+        if handler is None or handler.request_streaming:
             return handler
         metadata = handler_call_details.invocation_metadata or ()
         if not any(k == FORWARDED_KEY for k, _ in metadata):
             return handler
-        inner = handler.unary_unary
-
         authorizer = self._authorizer
 
-        async def unary_unary(request: Any, context: Any) -> Any:
+        async def mark(context: Any) -> None:
             subject = subject_of(context) or ""
             if not authorizer.authorize(subject, OBJECT_WILDCARD, Action.REPLICATE):
                 code, message, trailing = status_for(
@@ -102,6 +101,22 @@ class ForwardMarkInterceptor(grpc.aio.ServerInterceptor):
                 )
                 await context.abort(code, message, trailing_metadata=trailing)
             forwarded_call.set(True)
+
+        if handler.response_streaming:
+            inner_stream = handler.unary_stream
+
+            async def unary_stream(request: Any, context: Any) -> Any:
+                await mark(context)
+                async for item in inner_stream(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, handler.request_deserializer, handler.response_serializer
+            )
+        inner = handler.unary_unary
+
+        async def unary_unary(request: Any, context: Any) -> Any:
+            await mark(context)
             return await inner(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
@@ -215,6 +230,51 @@ class GrpcForwarder:
             ) from None
         first = int(response.offset)
         return Appended(first, first + len(records) - 1, bool(response.duplicate))
+
+    async def fetch(
+        self, address: str, offset: int, count: int, *, timeout_s: float
+    ) -> list[bytes]:
+        """Up to ``count`` committed records from ``offset`` on the node at ``address``,
+        read with ``log.v1.Log/Consume`` (one record) or ``ConsumeStream`` with
+        ``max_records`` (more), presenting the peer certificate (its subject needs
+        ``consume`` and, for the forwarded mark the call carries, ``replicate``): the
+        repair source of :mod:`raftlog.distributed.scrub`. The mark lets a peer read a
+        range its own checkpoint hash made it refuse to clients (two replicas comparing
+        the same range must see each other's copies); a record that fails its checksum
+        there is still refused. Raises ForwardError on any failure (the peer's copy
+        damaged: its DATA_LOSS)."""
+        if self._closed:
+            raise ForwardError("forwarder is closed", not_applied=True)
+        stub = self._stub(address)
+        mark = ((FORWARDED_KEY, "1"),)
+        try:
+            if count <= 1:
+                response = await stub.Consume(
+                    log_pb2.ConsumeRequest(offset=offset), timeout=timeout_s, metadata=mark
+                )
+                return [response.record.value]
+            out: list[bytes] = []
+            call = stub.ConsumeStream(
+                log_pb2.ConsumeRequest(offset=offset, max_records=count),
+                timeout=timeout_s,
+                metadata=mark,
+            )
+            try:
+                async for message in call:
+                    out.extend(r.value for r in message.records)
+                    if len(out) >= count:
+                        break
+            finally:
+                call.cancel()
+            return out[:count]
+        except grpc.aio.AioRpcError as exc:
+            info = error_info_from_metadata(exc.trailing_metadata())
+            raise ForwardError(
+                f"read from {address} at offset {offset}: {exc.code().name}: {exc.details()}",
+                not_applied=True,
+                reason=info.reason if info is not None else "",
+                metadata=dict(info.metadata) if info is not None else None,
+            ) from None
 
     def forget(self, address: str) -> None:
         """Drop the channel to ``address`` (a node that left)."""

@@ -42,6 +42,7 @@ from aiohttp import web
 
 from raftlog.api.contract import Action, Key, Reason
 from raftlog.domain.errors import (
+    DataLossError,
     DeadlineError,
     DomainError,
     InvalidArgumentError,
@@ -108,6 +109,9 @@ HTTP_STATUS: Final[Mapping[type[DomainError], int]] = {
     SequenceTooOldError: 409,
     UnsupportedError: 501,
     StorageError: 500,
+    # gRPC's DATA_LOSS maps to 500 (google.rpc.Code): the server holds the record but
+    # cannot serve it intact; the body's reason DATA_LOSS says another node may.
+    DataLossError: 500,
 }
 
 

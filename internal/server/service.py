@@ -43,6 +43,7 @@ import grpc
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.distributed.forwarding import forwarded_call
 from raftlog.domain.errors import (
+    DataLossError,
     DeadlineError,
     DomainError,
     InvalidArgumentError,
@@ -92,7 +93,9 @@ def to_api_error(exc: BaseException) -> DomainError:
         return UnavailableError("the log is closed: the server is shutting down")
     if isinstance(exc, LogRecordTooLargeError):
         return InvalidArgumentError(str(exc))
-    if isinstance(exc, DurabilityError | CorruptRecordError | LogError):
+    if isinstance(exc, CorruptRecordError):
+        return DataLossError(exc.offset, detail=exc.reason)
+    if isinstance(exc, DurabilityError | LogError):
         return StorageError(f"storage error: {exc}")
     if isinstance(exc, TimeoutError):
         return DeadlineError(f"a bounded wait ran out: {exc or 'timeout'}")

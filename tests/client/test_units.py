@@ -71,6 +71,7 @@ def test_classification() -> None:
     for code, reason in (
         (grpc.StatusCode.RESOURCE_EXHAUSTED, "NO_SPACE"),
         (grpc.StatusCode.UNAVAILABLE, "DISK_FAILED"),
+        (grpc.StatusCode.DATA_LOSS, "DATA_LOSS"),
     ):
         e = from_rpc_error(FakeRpcError(code, "disk", info(reason, node_id="n1")))
         assert type(e) is UnavailableError and e.retriable and e.refresh_metadata, reason

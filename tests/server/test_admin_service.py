@@ -37,6 +37,9 @@ STATUS = NodeStatus(
     snapshot_index=32,
     lowest_offset=0,
     highest_offset=99,
+    damaged_records=2,
+    repaired_records=5,
+    checkpoint_hash_mismatches=1,
     members=(
         MemberStatus("a1", "127.0.0.1:1", "voter", 41, 0, True),
         MemberStatus("a2", "127.0.0.1:2", "learner", 30, 11, False),
@@ -110,6 +113,8 @@ async def test_root_reads_status_and_acts(tmp_path: Path, dev_certs: dict[str, C
             assert (got.commit_index, got.applied_index, got.last_index) == (40, 39, 41)
             assert (got.lowest_offset, got.highest_offset, got.empty) == (0, 99, False)
             assert (got.disk_bytes, got.snapshot_index) == (1234, 32)
+            assert (got.damaged_records, got.repaired_records) == (2, 5)
+            assert got.checkpoint_hash_mismatches == 1
             assert [(m.id, m.suffrage, m.lag, m.is_leader) for m in got.members] == [
                 ("a1", "voter", 0, True),
                 ("a2", "learner", 11, False),

@@ -333,3 +333,37 @@ async def test_produce_stream_with_a_tiny_window_still_answers_everything_in_ord
         offsets = [r.offset async for r in call]
         assert offsets == list(range(200))
         assert n.local_log.read(199) == bytes([199]) * 500
+
+
+def _flip_payload_byte(local_log: object, offset: int) -> None:
+    """Bit rot: flip one payload byte of the record at ``offset`` in its store file."""
+    commit_log = local_log._log  # type: ignore[attr-defined]
+    seg = commit_log.segments[-1]
+    pos = seg.index.position(offset - seg.base_offset) + 8
+    with open(seg.store.path, "r+b") as f:
+        f.seek(pos)
+        byte = f.read(1)
+        f.seek(pos)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+
+async def test_a_corrupt_record_is_data_loss_never_its_bytes(node: Node) -> None:
+    await node.local_log.append([b"alpha", b"bravo", b"charlie"])
+    _flip_payload_byte(node.local_log, 1)
+    async with node.channel() as ch:
+        stub = node.stub(ch)
+        assert (await stub.Consume(log_pb2.ConsumeRequest(offset=0))).record.value == b"alpha"
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Consume(log_pb2.ConsumeRequest(offset=1))
+        assert err.value.code() is grpc.StatusCode.DATA_LOSS
+        assert "offset 1" in (err.value.details() or "")
+        info = error_info_from_metadata(err.value.trailing_metadata())
+        assert info is not None and info.reason == "DATA_LOSS"
+        assert info.metadata["offset"] == "1"
+        # a stream serves the intact record before the damaged one, then ends with DATA_LOSS
+        got: list[bytes] = []
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for resp in stub.ConsumeStream(log_pb2.ConsumeRequest(offset=0)):
+                got.append(resp.record.value)
+        assert got == [b"alpha"]
+        assert err.value.code() is grpc.StatusCode.DATA_LOSS

@@ -381,3 +381,18 @@ async def test_insecure_mode_only_when_asked(tmp_path: Path) -> None:
             await api.stop()
     finally:
         await local.close()
+
+
+async def test_a_corrupt_record_is_500_data_loss(node: HttpNode) -> None:
+    async with node.session() as s:
+        await s.post("/v1/records", json=utf8("alpha", "bravo"))
+        seg = node.log._log.segments[-1]
+        pos = seg.index.position(1) + 8
+        with open(seg.store.path, "r+b") as f:
+            f.seek(pos)
+            f.write(b"X")
+        r = await s.get("/v1/records", params={"offset": "1"})
+        assert r.status == 500
+        error = (await r.json())["error"]
+        assert error["reason"] == "DATA_LOSS" and error["metadata"]["offset"] == "1"
+        assert error["retriable"] is True and "offset 1" in error["message"]

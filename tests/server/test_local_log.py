@@ -65,7 +65,7 @@ def test_errors_map_to_status_codes_with_retry_advice() -> None:
     import grpc
 
     from raftlog.domain.errors import NotLeaderError
-    from raftlog.log import DurabilityError, LogClosedError
+    from raftlog.log import CorruptRecordError, DurabilityError, LogClosedError
     from raftlog.log import OffsetOutOfRangeError as LogOutOfRange
     from raftlog.server.errors import code_of, status_for
     from raftlog.server.service import to_api_error
@@ -74,6 +74,7 @@ def test_errors_map_to_status_codes_with_retry_advice() -> None:
         (LogOutOfRange(9, 0, 3), grpc.StatusCode.OUT_OF_RANGE, False),
         (LogClosedError("closed"), grpc.StatusCode.UNAVAILABLE, True),
         (DurabilityError("fsync failed"), grpc.StatusCode.INTERNAL, False),
+        (CorruptRecordError(4, "checksum mismatch"), grpc.StatusCode.DATA_LOSS, True),
         (TimeoutError(), grpc.StatusCode.DEADLINE_EXCEEDED, True),
         (NotLeaderError("leader is n2", {"leader": "n2"}), grpc.StatusCode.UNAVAILABLE, True),
         (RuntimeError("boom"), grpc.StatusCode.INTERNAL, False),
