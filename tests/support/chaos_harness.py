@@ -422,6 +422,8 @@ class Nemesis:
             kind = opening.pop(0) if opening else self.rng.choice(self.kinds)
             await self.inject(kind)
             self.check_crashes()
+            if self.faults % 100 == 0:  # progress of a long run (shown with pytest -s)
+                print(f"nemesis: {self.faults} fault events after {self.history.now():.0f} s")
             await asyncio.sleep(self.rng.uniform(*self.gap_s))
 
     def check_crashes(self) -> None:
