@@ -73,6 +73,7 @@ from raftlog.raft.peers import PeerTable
 from raftlog.raft.proposals import ApplyResult, Proposal, ProposalTracker
 from raftlog.raft.reads import ReadBarriers
 from raftlog.raft.snapshot_transfer import SnapshotReceiver, SnapshotSender
+from raftlog.raft.stable import os_error_of
 from raftlog.raft.stats import NodeStats
 from raftlog.raft.storage import LogStorage, SnapshotStorage, StableStorage
 from raftlog.raft.transport import Transport
@@ -733,7 +734,9 @@ class RaftNode:
             self._fatal(exc)
 
     def _fatal(self, exc: BaseException) -> None:
-        if isinstance(exc, OSError | DurabilityError):
+        # the OSError itself, or the one behind a failed save of the hard state
+        disk: BaseException | None = exc if isinstance(exc, DurabilityError) else os_error_of(exc)
+        if disk is not None:
             # A failed write or fsync (EIO and the like). Never retried: after a failed
             # fsync the page cache can no longer be trusted to hold what was written
             # (PostgreSQL's "fsyncgate"), so this log takes no more writes, acknowledges
@@ -754,7 +757,8 @@ class RaftNode:
         else:
             log.error("raft node %s stopped after a fatal error: %r", self.id, exc, exc_info=exc)
             failure = NodeFailedError(f"node {self.id!r} failed: {exc!r}")
-        failure.__cause__ = exc
+        # the disk error as the cause: DistributedLog answers it UNAVAILABLE/DISK_FAILED
+        failure.__cause__ = exc if disk is None else disk
         self._hand_over()
         self._failure = failure
         self._stopping = True
