@@ -61,6 +61,7 @@ def long_table(runs: list[dict[str, Any]]) -> str:
         "| node crashes | pytest RSS at the end (peak) | took | result |"
     )
     rows = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    runs = sorted(runs, key=lambda r: str(r.get("started_at", "")))  # oldest first
     for r in runs:
         nodes = str(r["nodes"])
         if r.get("nodes_at_start", r["nodes"]) != r["nodes"]:
@@ -94,7 +95,8 @@ def long_table(runs: list[dict[str, Any]]) -> str:
             f"checked on every replica; {r['linearizable_reads']:,} linearizable reads "
             f"({r['linearizable_answered']:,} answered); failed or unknown attempts by error: "
             f"{r['errors'] or 'none'}; agents restarted after the known Serf-spawn abort "
-            f"(counted as crashes here): {r.get('start_aborts_known_bug', 0)}."
+            f"(counted as crashes here): {r.get('start_aborts_known_bug', 0)}"
+            + (f"; what failed: {'; '.join(r['problems'][:5])}." if r.get("problems") else ".")
         )
     return "\n".join(lines)
 

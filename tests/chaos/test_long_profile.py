@@ -287,6 +287,10 @@ def test_the_report_writes_the_long_run_into_its_own_table(tmp_path: Path) -> No
     assert "| **1,234** |" in section and "kill 700, disk-eio 534" in section
     assert "delay: no sch_netem" in section and "| 3 → 4 |" in section
     assert "| pass |" in section
-    (results / "long-3.json").write_text(json.dumps(long_result(lost=2, passed=False)))
+    (results / "long-3.json").write_text(
+        json.dumps(long_result(lost=2, passed=False, problems=["acknowledged x is lost"]))
+    )
     assert report.main(["report.py", str(results), str(doc)]) == 0
-    assert "| FAIL |" in doc.read_text()
+    assert (
+        "| FAIL |" in doc.read_text() and "what failed: acknowledged x is lost" in doc.read_text()
+    )
