@@ -485,8 +485,14 @@ class RaftNode:
                 raise WaitTimeoutError(f"node {self.id}: {what} did not hold within {timeout} s")
             fut: asyncio.Future[None] = loop.create_future()
             self._watchers.append(fut)
+            # asyncio.timeout, not asyncio.wait_for: on Python 3.11 wait_for returns the
+            # result instead of raising when a cancellation arrives in the same loop turn
+            # as ``fut``'s result (CPython gh-86296), and a busy node resolves these every
+            # round: a cancelled waiter (the agent's health watcher, at shutdown) went on
+            # waiting, and so did the shutdown that awaited it
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(fut, min(left, self.config.tick_interval * 4))
+                async with asyncio.timeout(min(left, self.config.tick_interval * 4)):
+                    await fut
 
     async def wait_for_leader(self, timeout: float) -> NodeId:
         """Wait until a leader is known; return its id."""
