@@ -497,13 +497,18 @@ class DistributedLog:
 
     async def read_barrier(self, timeout_s: float | None = None) -> int:
         """Linearizable barrier on the leader: after it, reads here see every write
-        acknowledged before the call. NotLeaderError on a follower."""
+        acknowledged before the call. NotLeaderError on a follower; a node that stopped
+        (failed disk) or is closing answers as a write would (DiskFailedError, UnavailableError)."""
         try:
             return await self.node.read_barrier(timeout_s)
         except RaftNotLeaderError:
             raise self._not_leader() from None
         except TimeoutError as exc:
             raise DeadlineError(str(exc)) from None
+        except NodeClosedError:
+            raise UnavailableError("the node is shutting down") from None
+        except NodeFailedError as exc:
+            raise _node_failed(self.node.id, exc) from None
 
     async def read_consistent(self, offset: int, timeout_s: float | None = None) -> bytes:
         """``read`` after a read barrier (linearizable; leader only)."""

@@ -41,7 +41,7 @@ from raftlog.raft.observer import NO_METRICS, RaftMetrics
 from raftlog.raft.proposals import ProposalTracker
 from raftlog.raft.reads import ReadBarriers
 from raftlog.raft.snapshot_transfer import SnapshotSender
-from raftlog.raft.stable import StableState
+from raftlog.raft.stable import StableState, StableStoreError, os_error_of
 from raftlog.raft.stats import NodeStats
 from raftlog.raft.storage import LogStorage, SnapshotStorage, StableStorage
 from raftlog.raft.transport import Transport
@@ -251,17 +251,20 @@ class Driver:
         back to the entry before them, so pages whose fsync failed are never trusted),
         the node refuses new writes (``disk_full``), and the same attempt runs again every
         ``disk_full_retry_delay`` until there is room. Meanwhile nothing this Ready holds
-        back is sent: a follower does not acknowledge entries it could not persist. Any
-        other error (EIO) propagates: the node stops (see ``RaftNode._fatal``)."""
+        back is sent: a follower does not acknowledge entries it could not persist. The
+        hard state's file (the stable store, which wraps its OSError in a
+        StableStoreError) counts the same: rewritten whole on the retry. Any other error
+        (EIO) propagates: the node stops (see ``RaftNode._fatal``)."""
         while True:
             try:
                 await attempt()
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
+            except (OSError, StableStoreError) as exc:
+                os_exc = os_error_of(exc)
+                if os_exc is None or os_exc.errno != errno.ENOSPC:
                     raise
                 if not self._full:
                     self._full = True
-                    self._disk_full(exc)
+                    self._disk_full(os_exc)
                 if self._stopping():
                     raise NodeClosedError(
                         f"node {self.id!r} closed while its disk was full"

@@ -73,6 +73,7 @@ from raftlog.raft.peers import PeerTable
 from raftlog.raft.proposals import ApplyResult, Proposal, ProposalTracker
 from raftlog.raft.reads import ReadBarriers
 from raftlog.raft.snapshot_transfer import SnapshotReceiver, SnapshotSender
+from raftlog.raft.stable import os_error_of
 from raftlog.raft.stats import NodeStats
 from raftlog.raft.storage import LogStorage, SnapshotStorage, StableStorage
 from raftlog.raft.transport import Transport
@@ -484,8 +485,14 @@ class RaftNode:
                 raise WaitTimeoutError(f"node {self.id}: {what} did not hold within {timeout} s")
             fut: asyncio.Future[None] = loop.create_future()
             self._watchers.append(fut)
+            # asyncio.timeout, not asyncio.wait_for: on Python 3.11 wait_for returns the
+            # result instead of raising when a cancellation arrives in the same loop turn
+            # as ``fut``'s result (CPython gh-86296), and a busy node resolves these every
+            # round: a cancelled waiter (the agent's health watcher, at shutdown) went on
+            # waiting, and so did the shutdown that awaited it
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(fut, min(left, self.config.tick_interval * 4))
+                async with asyncio.timeout(min(left, self.config.tick_interval * 4)):
+                    await fut
 
     async def wait_for_leader(self, timeout: float) -> NodeId:
         """Wait until a leader is known; return its id."""
@@ -733,7 +740,9 @@ class RaftNode:
             self._fatal(exc)
 
     def _fatal(self, exc: BaseException) -> None:
-        if isinstance(exc, OSError | DurabilityError):
+        # the OSError itself, or the one behind a failed save of the hard state
+        disk: BaseException | None = exc if isinstance(exc, DurabilityError) else os_error_of(exc)
+        if disk is not None:
             # A failed write or fsync (EIO and the like). Never retried: after a failed
             # fsync the page cache can no longer be trusted to hold what was written
             # (PostgreSQL's "fsyncgate"), so this log takes no more writes, acknowledges
@@ -754,7 +763,8 @@ class RaftNode:
         else:
             log.error("raft node %s stopped after a fatal error: %r", self.id, exc, exc_info=exc)
             failure = NodeFailedError(f"node {self.id!r} failed: {exc!r}")
-        failure.__cause__ = exc
+        # the disk error as the cause: DistributedLog answers it UNAVAILABLE/DISK_FAILED
+        failure.__cause__ = exc if disk is None else disk
         self._hand_over()
         self._failure = failure
         self._stopping = True

@@ -43,6 +43,18 @@ class StableStoreError(Exception):
     """The stable store cannot be read or written."""
 
 
+def os_error_of(exc: BaseException) -> OSError | None:
+    """The OSError behind a failed write: ``exc`` itself, or the one a
+    :class:`StableStoreError` wraps (the hard state's file could not be written); else
+    None. The runtime tells a full disk (ENOSPC: refuse, retry, resume) and a failing one
+    (EIO: stop) by it, wherever the write failed."""
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, StableStoreError) and isinstance(exc.__cause__, OSError):
+        return exc.__cause__
+    return None
+
+
 class CorruptStableStateError(StableStoreError):
     """The stable file exists but is torn, altered or not ours; it is never reset silently.
 

@@ -10,10 +10,12 @@ replicated table (concurrent retries, failover, snapshot).
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -25,10 +27,16 @@ from raftlog.distributed import (
     decode_batch,
 )
 from raftlog.distributed.fsm import encode_batch
-from raftlog.domain.errors import NotLeaderError, SequenceTooOldError
+from raftlog.domain.errors import (
+    DiskFailedError,
+    NotLeaderError,
+    SequenceTooOldError,
+    UnavailableError,
+)
 from raftlog.domain.protocols import Appended
 from raftlog.log import OffsetOutOfRangeError
 from raftlog.raft import RaftConfig, Server
+from raftlog.raft.errors import NodeClosedError, NodeFailedError
 from raftlog.raft.node import NodeConfig, RaftNode
 from raftlog.raft.transport_inmem import InmemNetwork
 from raftlog.server.errors import code_of
@@ -368,3 +376,29 @@ async def test_a_join_for_a_live_members_id_at_another_address_is_refused(
     )
     await leader.dlog.join(follower.id, "elsewhere:1")
     assert leader.node.membership.address_of(follower.id) == "elsewhere:1"
+
+
+async def test_read_barrier_of_a_stopped_node_is_unavailable_not_internal() -> None:
+    """Seen in the long chaos run: a linearizable Consume on a node whose disk had failed
+    ended INTERNAL (the node's NodeFailedError was not mapped); it is DISK_FAILED now, as
+    for a write, and a closing node's is UNAVAILABLE."""
+
+    class Node:
+        id = "n1"
+
+        def __init__(self, exc: Exception) -> None:
+            self.exc = exc
+
+        async def read_barrier(self, timeout_s: float | None) -> int:
+            raise self.exc
+
+    failed = NodeFailedError("node 'n1' stopped: its disk failed")
+    failed.__cause__ = OSError(errno.EIO, "Input/output error")
+    for exc, expected in (
+        (failed, DiskFailedError),
+        (NodeClosedError("node 'n1' is closed"), UnavailableError),
+    ):
+        stub = SimpleNamespace(node=Node(exc))
+        with pytest.raises(expected) as info:
+            await DistributedLog.read_barrier(stub, 1.0)  # type: ignore[arg-type]
+        assert code_of(info.value) == grpc.StatusCode.UNAVAILABLE

@@ -25,6 +25,7 @@ from raftlog.raft.config import NodeConfig
 from raftlog.raft.errors import DiskFullError, NodeFailedError, NotLeaderError
 from raftlog.raft.inmem import InmemLogStore, InmemSnapshotStore, InmemStableStore
 from raftlog.raft.node import RaftNode
+from raftlog.raft.stable import StableState, StableStoreError
 from raftlog.raft.testing import ListFSM
 from raftlog.raft.transport_inmem import InmemNetwork
 from support.wait import wait_until
@@ -57,11 +58,30 @@ class FaultyLogStore(InmemLogStore):
         await super().sync_exclusive()
 
 
+class FaultyStableStore(InmemStableStore):
+    """The hard state in memory; while ``fault`` is set a save fails the way the disk
+    store's does: ``StableStoreError`` from ``OSError(fault)``, nothing saved."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fault = 0
+        self.failures = 0
+
+    async def save(self, state: StableState) -> None:
+        if self.fault:
+            self.failures += 1
+            raise StableStoreError(
+                f"cannot save raft-state: {os.strerror(self.fault)}"
+            ) from OSError(self.fault, os.strerror(self.fault))
+        await super().save(state)
+
+
 @dataclass
 class Cluster:
     nodes: dict[str, RaftNode]
     fsms: dict[str, ListFSM]
     logs: dict[str, FaultyLogStore]
+    stables: dict[str, FaultyStableStore]
 
     def leader(self) -> RaftNode | None:
         leaders = [n for n in self.nodes.values() if n.is_leader and n.failure is None]
@@ -77,6 +97,7 @@ async def cluster() -> AsyncIterator[Cluster]:
     nodes: dict[str, RaftNode] = {}
     fsms = {i: ListFSM() for i in IDS}
     logs = {i: FaultyLogStore() for i in IDS}
+    stables = {i: FaultyStableStore() for i in IDS}
     for i in IDS:
         nodes[i] = RaftNode(
             NodeConfig(
@@ -89,14 +110,14 @@ async def cluster() -> AsyncIterator[Cluster]:
             fsms[i],
             net.transport(i),
             log_store=logs[i],
-            stable_store=InmemStableStore(),
+            stable_store=stables[i],
             snapshot_store=InmemSnapshotStore(),
         )
     for n in nodes.values():
         await n.start()
     for n in nodes.values():
         await n.bootstrap([Server(i, i) for i in IDS])
-    c = Cluster(nodes, fsms, logs)
+    c = Cluster(nodes, fsms, logs, stables)
     await wait_until(lambda: c.leader() is not None, 10, "a leader")
     try:
         yield c
@@ -238,3 +259,53 @@ async def test_eio_on_a_follower_write_stops_it_acknowledging(cluster: Cluster) 
     assert c.logs[follower.id].failures == 1
     index = await _propose_via_leader(c, b"w2")  # the other two still commit
     assert leader.status().progress[follower.id].match < index
+
+
+async def test_enospc_saving_the_hard_state_is_a_full_disk_not_a_failure(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by the long chaos run (docs/reliability.md): ENOSPC on the hard state's file
+    (a new term or vote to save) stopped the node for good ("stopped after a fatal
+    error: StableStoreError(... [Errno 28] ...)") instead of refusing and resuming."""
+    c = cluster
+    leader = _leader(c)
+    full, other = c.others(leader.id)
+    c.stables[full.id].fault = errno.ENOSPC
+    term = leader.term
+    with caplog.at_level(logging.WARNING, logger="raftlog.raft.node"):
+        # a new term: every node has to save it before it answers anyone of that term
+        await leader.transfer_leadership(other.id, timeout=5)
+        await wait_until(lambda: full.disk_full is not None, 5, "the hard state's ENOSPC")
+    assert full.failure is None and not full.closed  # refused, retried, not fatal
+    assert not any("fatal error" in r.getMessage() for r in caplog.records)
+    with pytest.raises(DiskFullError, match="has no space left"):
+        await full.propose(b"refused")
+    index = await _propose_via_leader(c, b"while full")
+    c.stables[full.id].fault = 0
+    await wait_until(lambda: full.disk_full is None, 5, "the node to write again")
+    await full.wait_applied(index, 5)
+    assert full.term > term and c.stables[full.id].state is not None
+    assert c.stables[full.id].state.term == full.term
+    assert c.fsms[full.id].items == c.fsms[other.id].items
+    assert full.failure is None
+
+
+async def test_eio_saving_the_hard_state_is_a_disk_failure(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """EIO on the hard state's file stops the node as a failed disk (its cause the
+    OSError, so the API answers UNAVAILABLE/DISK_FAILED, not INTERNAL), once."""
+    c = cluster
+    leader = _leader(c)
+    failing, other = c.others(leader.id)
+    c.stables[failing.id].fault = errno.EIO
+    with caplog.at_level(logging.WARNING, logger="raftlog.raft.node"):
+        await leader.transfer_leadership(other.id, timeout=5)
+        await wait_until(lambda: failing.failure is not None, 5, "the node to stop")
+    failure = failing.failure
+    assert failure is not None and "disk failed" in str(failure)
+    assert isinstance(failure.__cause__, OSError) and failure.__cause__.errno == errno.EIO
+    assert any("DISK FAILURE" in r.getMessage() for r in caplog.records)
+    assert c.stables[failing.id].failures == 1  # never retried
+    with pytest.raises(NodeFailedError):
+        await failing.propose(b"z")

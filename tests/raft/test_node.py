@@ -416,6 +416,24 @@ async def test_read_barrier_on_leader_only(cluster: Cluster) -> None:
         await follower.read_barrier(timeout=5)
 
 
+async def test_a_cancelled_wait_for_is_cancelled_even_as_the_node_wakes_it(
+    cluster: Cluster,
+) -> None:
+    """A cancel that lands in the same loop turn as the wake-up of the waiter (a busy
+    node wakes its watchers every round) must cancel the wait. With asyncio.wait_for on
+    Python 3.11 it was swallowed and the wait went on: a shutdown awaiting the agent's
+    health watcher hung until SIGKILL (long chaos run of 2026-12-05, docs/reliability.md)."""
+    await cluster.start_all()
+    lead = await cluster.leader()
+    for _ in range(20):
+        waiter = asyncio.create_task(lead.wait_for(lambda: False, 30.0, "never"))
+        await asyncio.sleep(0)  # the waiter now waits on its watcher future
+        lead._notify()  # the wake-up of a round ...
+        waiter.cancel()  # ... and a cancel in the same turn
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(waiter, 5.0)
+
+
 async def test_leadership_transfer(cluster: Cluster) -> None:
     await cluster.start_all()
     lead = await cluster.leader()

@@ -12,6 +12,7 @@ in a :class:`History` that :mod:`support.chaos_checker` judges after healing.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import os
@@ -65,7 +66,7 @@ RAW_OPTIONS = [
 # -- history ---------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class Op:
     """One produce attempt: ``result`` ok (acknowledged at ``offset``), fail (certainly not
     appended) or info (outcome unknown)."""
@@ -78,7 +79,7 @@ class Op:
     error: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class LinRead:
     """One linearizable consume of an offset whose value was acknowledged before the read
     began: ``got`` is what the read returned (None if it failed), ``error`` why it failed."""
@@ -90,7 +91,7 @@ class LinRead:
     error: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class NemesisEvent:
     t: float
     op: str
@@ -279,9 +280,10 @@ class ChaosCluster(DevCluster):
             return None
         return max(set(views), key=views.count)
 
-    async def kill(self, name: str) -> None:
+    async def kill(self, name: str) -> int:
+        """SIGKILL node ``name``; its exit code (-SIGKILL unless it had exited already)."""
         self.signal(name, signal.SIGKILL)
-        await asyncio.to_thread(self.wait_exit, name, 10.0)
+        return await asyncio.to_thread(self.wait_exit, name, 10.0)
 
     def restart(self, name: str) -> None:
         others = [n.gossip_addr for n in self.nodes.values() if n.name != name and n.running]
@@ -362,6 +364,10 @@ class Nemesis:
     whole, even past the run's duration.
     """
 
+    #: default pace (seconds): a fault is held 1.5-4 s, then 0.5-2 s of quiet
+    HOLD_S = (1.5, 4.0)
+    GAP_S = (0.5, 2.0)
+
     MEMBERSHIP = frozenset({"leave-rejoin", "join-new"})
     #: how long a leaving node may take to exit, and a membership change to show (seconds)
     LEAVE_TIMEOUT_S = 20.0
@@ -370,6 +376,13 @@ class Nemesis:
     NETWORK = frozenset({"partition", "isolate-leader", "bridge", "slow", "flap", "loss", "delay"})
     #: disk faults through the agents' launcher (support.chaos_fsync.set_fault)
     DISK = frozenset({"disk-full", "disk-full-leader", "disk-eio", "disk-eio-leader"})
+    #: SIGKILL (+ restart), power loss (SIGKILL, files cut back to their last fsync), SIGSTOP
+    PROCESS = frozenset(
+        {"kill", "kill-leader", "kill-minority", "power-loss", "power-loss-minority"}
+        | {"pause", "pause-leader"}
+    )
+    #: every kind :meth:`inject` knows
+    KINDS = PROCESS | NETWORK | MEMBERSHIP | DISK
 
     def __init__(
         self,
@@ -378,8 +391,8 @@ class Nemesis:
         history: History,
         rng: random.Random,
         kinds: tuple[str, ...],
-        hold_s: tuple[float, float] = (1.5, 4.0),
-        gap_s: tuple[float, float] = (0.5, 2.0),
+        hold_s: tuple[float, float] = HOLD_S,
+        gap_s: tuple[float, float] = GAP_S,
         opening: tuple[str, ...] = (),
     ) -> None:
         self.cluster = cluster
@@ -390,7 +403,11 @@ class Nemesis:
         self.hold_s = hold_s
         self.gap_s = gap_s
         self.opening = opening
+        #: fault events: one per injection (a heal, a restart or a rejoin is not one)
         self.faults = 0
+        #: fault events by the kind actually injected (``join-new`` without a spare left
+        #: counts as the ``leave-rejoin`` it becomes)
+        self.by_kind: collections.Counter[str] = collections.Counter()
         #: membership changes seen through GetServers: left, rejoined, joined
         self.membership_changes = 0
         self._paused: set[str] = set()
@@ -405,6 +422,8 @@ class Nemesis:
             kind = opening.pop(0) if opening else self.rng.choice(self.kinds)
             await self.inject(kind)
             self.check_crashes()
+            if self.faults % 100 == 0:  # progress of a long run (shown with pytest -s)
+                print(f"nemesis: {self.faults} fault events after {self.history.now():.0f} s")
             await asyncio.sleep(self.rng.uniform(*self.gap_s))
 
     def check_crashes(self) -> None:
@@ -436,10 +455,11 @@ class Nemesis:
         await asyncio.sleep(self.rng.uniform(*self.hold_s))
 
     async def inject(self, kind: str) -> None:
-        self.faults += 1
         c, h, net = self.cluster, self.history, self.cluster.net
         if kind == "join-new" and not c.spares:
             kind = "leave-rejoin"
+        self.faults += 1
+        self.by_kind[kind] += 1
         if kind in self.MEMBERSHIP:
             await self._membership(kind)
         elif kind in ("kill", "kill-leader", "power-loss", "kill-minority", "power-loss-minority"):
@@ -451,7 +471,7 @@ class Nemesis:
             try:
                 for name in targets:
                     h.event(kind, name, "SIGKILL")
-                    await c.kill(name)
+                    await self._kill(name)
                     if kind.startswith("power-loss"):
                         await self._power_loss(name)
                 await self._hold()
@@ -548,11 +568,20 @@ class Nemesis:
         if fault == "eio":
             self._down.add(name)
             try:
-                await c.kill(name)
+                await self._kill(name)
                 c.restart(name)
                 h.event("restart", name, "after the disk failure")
             finally:
                 self._down.discard(name)
+
+    async def _kill(self, name: str) -> None:
+        """SIGKILL ``name`` and wait for it. A process that had already exited by itself
+        (its exit code is not -SIGKILL) is a crash the kill must not hide: a node that
+        died while its disk failed, say, and is killed and restarted after the hold."""
+        code = await self.cluster.kill(name)
+        if code != -signal.SIGKILL:
+            self.history.crashes.append(f"{name} exited with {code} before the nemesis's SIGKILL")
+            self.history.event("crash", name, f"exit code {code} before SIGKILL")
 
     async def _membership(self, kind: str) -> None:
         c, h = self.cluster, self.history
@@ -570,6 +599,10 @@ class Nemesis:
             return
         name = self.rng.choice([n for n in c.names if c.nodes[n].running] or c.names)
         wipe = self.rng.random() < 0.5
+        # a graceful leave needs a started agent: a SIGTERM that lands while the process
+        # is still importing (a node restarted by the previous fault a moment ago) ends it
+        # with -15 before it could install its handler, and it never leaves
+        await self._until_serving(name)
         self._down.add(name)
         try:
             h.event("leave", name, "SIGTERM (hand over, graceful Serf leave)")
@@ -587,6 +620,18 @@ class Nemesis:
             await self._expect_listed(name, True, "rejoined")
         finally:
             self._down.discard(name)
+
+    async def _until_serving(self, name: str) -> None:
+        """Wait (MEMBERSHIP_TIMEOUT_S at most) until node ``name`` answers GetServers."""
+        deadline = time.monotonic() + self.MEMBERSHIP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
+                await self.cluster.servers(name, self.tls, timeout_s=0.5)
+                return
+            await asyncio.sleep(0.2)
+        self.history.event(
+            "not-serving", name, f"for {self.MEMBERSHIP_TIMEOUT_S} s; leaving anyway"
+        )
 
     async def _expect_listed(self, name: str, listed: bool, what: str) -> None:
         """Record when the members' Raft configuration shows the change (or that it did

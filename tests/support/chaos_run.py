@@ -4,19 +4,24 @@ Settings (environment variables, read when a scenario runs):
 
 - ``CHAOS_DURATION``: seconds of faults per scenario (default 20; unset in the CI profile,
   a scenario's ``ci_duration_s`` applies when it has one).
-- ``CHAOS_PROFILE``: ``ci`` (default: 3-node scenarios) or ``full`` (adds the 5-node one).
+- ``CHAOS_PROFILE``: ``ci`` (default: 3-node scenarios), ``full`` (adds the 5-node one and
+  the disk one) or ``long`` (only the long run: one cluster under a stream of every
+  nemesis for ``CHAOS_DURATION`` seconds; ``make chaos PROFILE=long DURATION=1800``).
 - ``CHAOS_SEED``: the seed of every scenario (default: a fresh one, printed).
-- ``CHAOS_RESULTS``: directory of the results (default ``<repo>/.build/chaos``); one
-  ``<scenario>.json`` per scenario, read by ``tests/chaos/report.py``.
+- ``CHAOS_RESULTS``: directory of the results (default ``<repo>/.build/chaos``, and
+  ``<repo>/.build/chaos-long`` in the long profile, so that neither run wipes the other's
+  figures); one ``<scenario>.json`` per scenario, read by ``tests/chaos/report.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import datetime as dt
 import json
 import os
 import random
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +68,16 @@ class Scenario:
     #: seconds of random faults after the opening in the CI profile when CHAOS_DURATION is
     #: not set (None: the default of 20 s); keeps ``make test`` short
     ci_duration_s: float | None = None
+    #: the nemesis's pace: how long a fault is held, and the quiet gap after its heal
+    #: (uniform ranges, seconds; see :class:`Nemesis`)
+    hold_s: tuple[float, float] = Nemesis.HOLD_S
+    gap_s: tuple[float, float] = Nemesis.GAP_S
+    #: bound of the convergence after healing (sentinel, equal ends, every replica read
+    #: whole): a long run's log is hundreds of thousands of records
+    converge_s: float = 60.0
+    #: an agent that died while starting Serf (the fixed fork bug, test_known_bugs.py) is
+    #: restarted and counted apart as a start abort; with this set it is a node crash too
+    start_aborts_are_crashes: bool = False
 
     def duration_s(self) -> float:
         """Seconds of faults for this scenario in this run (the opening always runs whole)."""
@@ -80,7 +95,8 @@ def profile() -> str:
 
 
 def results_dir() -> Path:
-    out = Path(os.environ.get("CHAOS_RESULTS", str(REPO / ".build" / "chaos")))
+    default = REPO / ".build" / ("chaos-long" if profile() == "long" else "chaos")
+    out = Path(os.environ.get("CHAOS_RESULTS", str(default)))
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -98,6 +114,7 @@ async def _drive(
     workload_rng: random.Random,
     nemesis: Nemesis,
     fault_s: float,
+    converge_s: float = 60.0,
 ) -> dict[str, list[str]]:
     """Boot, run workload + nemesis, heal, stop the workload, converge: the final logs."""
     await cluster.boot(tls, history=history)
@@ -111,16 +128,39 @@ async def _drive(
         # the workload sees the healed cluster: a produce started after healing is acked
         healed = history.now()
         await wait_until(
-            lambda: any(op.t >= healed and op.result == "ok" for op in reversed(history.ops)),
+            lambda: acknowledged_since(history, healed),
             60,
             "a produce acknowledged by the healed cluster",
             interval=0.1,
         )
     finally:
         await workload.stop()
-    logs = await final_logs(cluster, tls, history)
+    logs = await final_logs(cluster, tls, history, timeout_s=converge_s)
     nemesis.check_crashes()
     return logs
+
+
+def acknowledged_since(history: History, t: float) -> bool:
+    """Whether a produce started at or after ``t`` was acknowledged. Ops are appended in
+    start order, so only the tail is scanned (a long run's history has ~10^5 ops)."""
+    for op in reversed(history.ops):
+        if op.t < t:
+            return False
+        if op.result == "ok":
+            return True
+    return False
+
+
+def rss_mb() -> tuple[float, float]:
+    """This process's resident memory now and at its peak (MiB): a long run's history
+    must stay bounded (Linux: /proc/self/status; ru_maxrss is in KiB)."""
+    now = 0.0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                now = int(line.split()[1]) / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return round(now, 1), round(peak, 1)
 
 
 @dataclass
@@ -133,6 +173,7 @@ class Outcome:
 async def run_scenario(scenario: Scenario, root: Path, seed: int) -> Outcome:
     """Boot the cluster, run workload + nemesis for :func:`duration_s`, heal, check."""
     started = time.monotonic()
+    started_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"chaos scenario {scenario.name}: seed {seed} (CHAOS_SEED={seed} to replay)")
     rng = random.Random(seed)
     names = [f"n{i + 1}" for i in range(scenario.nodes)]
@@ -149,7 +190,16 @@ async def run_scenario(scenario: Scenario, root: Path, seed: int) -> Outcome:
     tls = TLSConfig(certs["root"].cert_file, certs["root"].key_file, certs["root"].ca_file)
     history = History(seed=seed, scenario=scenario.name)
     cluster = ChaosCluster(root / "nodes", files, names, net, AGENT_ARGS, spares=spares)
-    nemesis = Nemesis(cluster, tls, history, rng, scenario.kinds, opening=scenario.opening)
+    nemesis = Nemesis(
+        cluster,
+        tls,
+        history,
+        rng,
+        scenario.kinds,
+        hold_s=scenario.hold_s,
+        gap_s=scenario.gap_s,
+        opening=scenario.opening,
+    )
     exit_codes: dict[str, int] = {}
     skipped: dict[str, str] = {}
     try:
@@ -162,7 +212,13 @@ async def run_scenario(scenario: Scenario, root: Path, seed: int) -> Outcome:
                 history.event("nemesis-skipped", kind, why)
             nemesis.kinds = tuple(k for k in scenario.kinds if k not in skipped)
         logs = await _drive(
-            cluster, tls, history, workload_rng=rng, nemesis=nemesis, fault_s=scenario.duration_s()
+            cluster,
+            tls,
+            history,
+            workload_rng=rng,
+            nemesis=nemesis,
+            fault_s=scenario.duration_s(),
+            converge_s=scenario.converge_s,
         )
     except BaseException as exc:
         # no verdict without converged replicas: keep the history and the node logs anyway
@@ -184,7 +240,11 @@ async def run_scenario(scenario: Scenario, root: Path, seed: int) -> Outcome:
     for name, code in exit_codes.items():
         if code != 0:
             history.crashes.append(f"{name} exited with {code} at the final SIGTERM")
+    if scenario.start_aborts_are_crashes:
+        for name in history.start_aborts:
+            history.crashes.append(f"{name} died while starting its Serf agent (start abort)")
     verdict = check(history, logs)
+    rss_now, rss_peak = rss_mb()
     result: dict[str, Any] = {
         "scenario": scenario.name,
         "description": scenario.description,
@@ -200,6 +260,13 @@ async def run_scenario(scenario: Scenario, root: Path, seed: int) -> Outcome:
         "skipped_nemeses": skipped,
         "loss_method": net.loss_method if net is not None else None,
         "fault_events": nemesis.faults,
+        "fault_events_by_kind": dict(nemesis.by_kind.most_common()),
+        "hold_s": list(scenario.hold_s),
+        "gap_s": list(scenario.gap_s),
+        "started_at": started_at,
+        "history_ops": len(history.ops),
+        "pytest_rss_mb": rss_now,
+        "pytest_max_rss_mb": rss_peak,
         "start_aborts_known_bug": len(history.start_aborts),
         "passed": verdict.ok,
         "errors": dict(
@@ -224,5 +291,11 @@ async def run_scenario(scenario: Scenario, root: Path, seed: int) -> Outcome:
         f"{verdict.linearizable_answered} linearizable reads answered, "
         f"{verdict.stale_reads} stale, "
         f"{verdict.crashes} crashes, {result['elapsed_s']} s (seed {seed})"
+    )
+    by_kind = ", ".join(f"{k} {n}" for k, n in nemesis.by_kind.most_common())
+    print(
+        f"chaos scenario {scenario.name}: fault events {nemesis.faults} ({by_kind}); "
+        f"skipped: {sorted(skipped) or 'none'}; pytest RSS {rss_now} MiB (peak {rss_peak} MiB) "
+        f"with {len(history.ops)} produce attempts in the history"
     )
     return Outcome(result, verdict, history_file)
