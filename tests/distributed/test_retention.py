@@ -4,64 +4,35 @@ reads below it are out of range; a newcomer restored from a snapshot agrees."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from raftlog.distributed import CommitLogFSM, DistributedConfig, DistributedLog
+from raftlog.distributed import DistributedConfig, DistributedLog
 from raftlog.log import LogConfig, OffsetOutOfRangeError
-from raftlog.raft import RaftConfig, Server
-from raftlog.raft.node import NodeConfig, RaftNode
-from raftlog.raft.transport_inmem import InmemNetwork
+from raftlog.raft import Server
+from support.inproc_cluster import InprocNodes
 from support.wait import wait_until
 
-TICK = 0.01
 #: About 20 records of 100 bytes per segment.
 SEGMENT = LogConfig(max_store_bytes=2160, max_index_bytes=12 * 64)
 RECORD = 100
 
 
-class Nodes:
+class Nodes(InprocNodes):
     def __init__(self, root: Path, config: DistributedConfig, snapshot_threshold: int) -> None:
-        self.root = root
-        self.net = InmemNetwork(seed=3)
-        self.config = config
-        self.snapshot_threshold = snapshot_threshold
-        self.logs: dict[str, DistributedLog] = {}
-
-    async def start(self, node_id: str) -> DistributedLog:
-        fsm = await asyncio.to_thread(CommitLogFSM.open, self.root / node_id / "fsm", SEGMENT)
-        raft = RaftConfig(
-            id=node_id,
-            snapshot_threshold=self.snapshot_threshold,
-            snapshot_trailing_entries=2,
+        super().__init__(
+            root,
+            config,
+            SEGMENT,
+            seed=3,
+            peers=("n1", "n2", "n3", "n4"),
+            raft={
+                "snapshot_threshold": snapshot_threshold,
+                "snapshot_trailing_entries": 2,
+            },
         )
-        node = await RaftNode.on_disk(
-            NodeConfig(raft=raft, data_dir=self.root / node_id / "raft", tick_interval=TICK),
-            fsm,
-            self.net.transport(node_id),
-            peers={m: m for m in ("n1", "n2", "n3", "n4")},
-        )
-        await node.start()
-        dlog = DistributedLog(node, fsm, config=self.config)
-        dlog.start()
-        self.logs[node_id] = dlog
-        return dlog
-
-    async def leader(self) -> DistributedLog:
-        def current() -> list[DistributedLog]:
-            return [d for d in self.logs.values() if d.node.is_leader]
-
-        await wait_until(lambda: bool(current()), 5.0, "a leader", interval=TICK)
-        return current()[0]
-
-    async def close(self) -> None:
-        for dlog in self.logs.values():
-            await dlog.close()
-            await dlog.node.close()
-            await dlog.fsm.close()
 
 
 @pytest.fixture

@@ -13,19 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from raftlog.distributed import CommitLogFSM, DistributedConfig, DistributedLog, forwarded_call
+from raftlog.distributed import DistributedConfig, DistributedLog, forwarded_call
 from raftlog.distributed import scrub as scrub_module
 from raftlog.distributed.fsm import CheckpointHash, decode_entry, encode_checkpoint_hash
 from raftlog.distributed.scrub import Scrubber, ScrubConfig, ScrubConfigError
 from raftlog.domain.errors import DataLossError
 from raftlog.log import LogConfig
 from raftlog.log.scrub import range_digest, rewrite_frame, spans_of
-from raftlog.raft import RaftConfig, Server
-from raftlog.raft.node import NodeConfig, RaftNode
-from raftlog.raft.transport_inmem import InmemNetwork
+from raftlog.raft import Server
+from support.inproc_cluster import TICK, InprocNodes
 from support.wait import wait_until
 
-TICK = 0.01
 #: About 20 records of 100 bytes per segment.
 SEGMENT = LogConfig(max_store_bytes=2160, max_index_bytes=12 * 64)
 IDS = ("n1", "n2", "n3")
@@ -53,38 +51,10 @@ class PeerReads:
             forwarded_call.reset(token)
 
 
-class Nodes:
+class Nodes(InprocNodes):
     def __init__(self, root: Path, config: DistributedConfig) -> None:
-        self.root = root
-        self.net = InmemNetwork(seed=5)
-        self.config = config
-        self.logs: dict[str, DistributedLog] = {}
+        super().__init__(root, config, SEGMENT, seed=5, peers=IDS)
         self.fetcher = PeerReads(self.logs)
-
-    async def start(self, node_id: str) -> DistributedLog:
-        fsm = await asyncio.to_thread(CommitLogFSM.open, self.root / node_id / "fsm", SEGMENT)
-        node = await RaftNode.on_disk(
-            NodeConfig(
-                raft=RaftConfig(id=node_id),
-                data_dir=self.root / node_id / "raft",
-                tick_interval=TICK,
-            ),
-            fsm,
-            self.net.transport(node_id),
-            peers={m: m for m in IDS},
-        )
-        await node.start()
-        dlog = DistributedLog(node, fsm, config=self.config, fetcher=self.fetcher)
-        dlog.start()
-        self.logs[node_id] = dlog
-        return dlog
-
-    async def leader(self) -> DistributedLog:
-        def current() -> list[DistributedLog]:
-            return [d for d in self.logs.values() if d.node.is_leader]
-
-        await wait_until(lambda: bool(current()), 5.0, "a leader", interval=TICK)
-        return current()[0]
 
     async def follower(self) -> DistributedLog:
         leader = await self.leader()
@@ -104,12 +74,6 @@ class Nodes:
     def identical(self, n: int) -> bool:
         want = [record(i) for i in range(n)]
         return all([d.read(i) for i in range(n)] == want for d in self.logs.values())
-
-    async def close(self) -> None:
-        for dlog in self.logs.values():
-            await dlog.close()
-            await dlog.node.close()
-            await dlog.fsm.close()
 
 
 @pytest.fixture
