@@ -25,33 +25,19 @@ from raftlog.api.contract import Key, Reason
 from raftlog.api.status import error_info_from_metadata
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.security import CertFiles
-from support.cluster import AGENT_ARGS, three_node_cluster_async
+from support.cluster import (
+    AGENT_ARGS,
+    RECORD,
+    numbered,
+    produce_numbered,
+    three_node_cluster_async,
+)
 from support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
 NAMES = ("n1", "n2", "n3")
 SEGMENT = 64 << 10
-RECORD = 1000
-BATCH = 50
-
-
-def value(i: int) -> bytes:
-    return b"%08d-" % i + b"r" * (RECORD - 9)
-
-
-async def produce(c: DevCluster, name: str, first: int, batches: int) -> int:
-    """``batches`` batches of BATCH records numbered from ``first`` through node ``name``;
-    the offset of the last one."""
-    assert c.client_tls is not None
-    last = -1
-    async with c.channel(name, c.client_tls) as ch:
-        stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
-        for b in range(batches):
-            records = [log_pb2.Record(value=value(first + b * BATCH + i)) for i in range(BATCH)]
-            resp = await stub.Produce(log_pb2.ProduceRequest(records=records), timeout=20)
-            last = resp.last_offset
-    return last
 
 
 async def offsets(c: DevCluster) -> dict[str, tuple[int, int]]:
@@ -119,8 +105,8 @@ async def check_reads(c: DevCluster, lowest: int, highest: int) -> None:
                 assert error.metadata[Key.LOWEST] == str(lowest), name
                 assert error.metadata[Key.HIGHEST] == str(highest), name
             got = await stub.Consume(log_pb2.ConsumeRequest(offset=lowest), timeout=5)
-            assert got.record.value == value(lowest), name
-            assert await _first_of_stream(stub, lowest) == value(lowest), name
+            assert got.record.value == numbered(lowest), name
+            assert await _first_of_stream(stub, lowest) == numbered(lowest), name
 
 
 async def _first_of_stream(stub: log_pb2_grpc.LogStub, offset: int) -> bytes:
@@ -174,8 +160,8 @@ async def test_size_retention_is_replicated_and_survives_restarts(
         leader = await c.wait_for(c.client_tls, members=3, timeout_s=40, every=True)
         follower = next(n for n in NAMES if n != leader)
         # 2,000 records of 1000 bytes (about 31 segments), half through a follower
-        last = await produce(c, leader, 0, 20)
-        last = await produce(c, follower, 1000, 20)
+        last = await produce_numbered(c, leader, 0, 20)
+        last = await produce_numbered(c, follower, 1000, 20)
         assert last == 1999
         kept = limit // RECORD  # at most the limit is kept (records + framing <= limit)
         lowest = await agreed(
@@ -188,7 +174,7 @@ async def test_size_retention_is_replicated_and_survives_restarts(
         # retention, and agrees
         c.signal(follower, signal.SIGKILL)
         c.wait_exit(follower, 20)
-        last = await produce(c, leader, 2000, 60)  # 60 entries: past the compaction point
+        last = await produce_numbered(c, leader, 2000, 60)  # 60 entries: past the compaction point
         assert last == 4999
         c.start(follower, join=[])
         await c.wait_for(c.client_tls, members=3, timeout_s=40, every=True)
@@ -207,7 +193,7 @@ async def test_size_retention_is_replicated_and_survives_restarts(
 
         # and retention goes on
         leader = await c.wait_for(c.client_tls, members=3, timeout_s=40, every=True)
-        last = await produce(c, leader, 5000, 20)
+        last = await produce_numbered(c, leader, 5000, 20)
         assert last == 5999
         later = await agreed(
             c, last, last + 1 - kept, lambda low: live_bytes(c, leader, low)[0] <= limit
@@ -232,7 +218,7 @@ async def test_age_retention_is_replicated(tmp_path: Path, dev_certs: dict[str, 
         assert c.client_tls is not None
         leader = await c.wait_for(c.client_tls, members=3, timeout_s=40, every=True)
         started = time.monotonic()
-        last = await produce(c, leader, 0, 20)  # about 15 segments
+        last = await produce_numbered(c, leader, 0, 20)  # about 15 segments
         if time.monotonic() - started < age / 2:  # too young to go yet
             assert {v[0] for v in (await offsets(c)).values()} == {0}
         # every sealed segment ages out: only the active one's records stay

@@ -24,32 +24,20 @@ from raftlog.api.status import error_info_from_metadata
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.log.scrub import rewrite_frame
 from raftlog.security import CertFiles
-from support.cluster import AGENT_ARGS, three_node_cluster_async
+from support.cluster import (
+    AGENT_ARGS,
+    RECORD,
+    numbered,
+    produce_numbered,
+    three_node_cluster_async,
+)
 from support.wait import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 NAMES = ("n1", "n2", "n3")
 SEGMENT = 64 << 10
-RECORD = 1000
 FRAME = RECORD + 8
-BATCH = 50
-
-
-def value(i: int) -> bytes:
-    return b"%08d-" % i + b"r" * (RECORD - 9)
-
-
-async def produce(c: DevCluster, name: str, first: int, batches: int) -> int:
-    assert c.client_tls is not None
-    last = -1
-    async with c.channel(name, c.client_tls) as ch:
-        stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
-        for b in range(batches):
-            records = [log_pb2.Record(value=value(first + b * BATCH + i)) for i in range(BATCH)]
-            resp = await stub.Produce(log_pb2.ProduceRequest(records=records), timeout=20)
-            last = resp.last_offset
-    return last
 
 
 async def read_all(c: DevCluster, name: str, highest: int) -> list[bytes]:
@@ -88,7 +76,7 @@ async def applied_everywhere(c: DevCluster, highest: int) -> None:
 
 
 async def identical(c: DevCluster, highest: int) -> None:
-    want = [value(i) for i in range(highest + 1)]
+    want = [numbered(i) for i in range(highest + 1)]
     for name in NAMES:
         got = await read_all(c, name, highest)
         assert got[: highest + 1] == want, f"{name} serves other records"
@@ -128,7 +116,7 @@ async def test_the_scrubber_finds_damage_on_a_follower_and_on_the_leader(
         assert c.client_tls is not None
         leader = await c.wait_for(c.client_tls, members=3, timeout_s=40, every=True)
         follower = next(n for n in NAMES if n != leader)
-        last = await produce(c, leader, 0, 8)  # 400 records: about 6 segments
+        last = await produce_numbered(c, leader, 0, 8)  # 400 records: about 6 segments
         await applied_everywhere(c, last)
 
         assert int(stores(c, follower)[-1].stem) > 131  # both victims in sealed segments
@@ -158,7 +146,7 @@ async def test_a_damaged_read_is_data_loss_and_a_diverging_replica_is_caught_by_
         assert c.client_tls is not None
         leader = await c.wait_for(c.client_tls, members=3, timeout_s=40, every=True)
         one, other = (n for n in NAMES if n != leader)
-        last = await produce(c, leader, 0, 4)  # 200 records: about 3 segments
+        last = await produce_numbered(c, leader, 0, 4)  # 200 records: about 3 segments
         await applied_everywhere(c, last)
 
         # No scrubber: the read finds the damage, answers DATA_LOSS, and starts the repair.
@@ -180,7 +168,7 @@ async def test_a_damaged_read_is_data_loss_and_a_diverging_replica_is_caught_by_
             assert error.metadata[Key.NODE_ID] == one
             await repaired(c, one, damaged)
             got = await stub.Consume(log_pb2.ConsumeRequest(offset=damaged), timeout=5)
-            assert got.record.value == value(damaged)
+            assert got.record.value == numbered(damaged)
         assert "found by a read" in c.log_text(one)
 
         # other bytes with a valid checksum, in the active segment (not hashed yet); the
@@ -190,7 +178,7 @@ async def test_a_damaged_read_is_data_loss_and_a_diverging_replica_is_caught_by_
             stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
             got = await stub.Consume(log_pb2.ConsumeRequest(offset=victim), timeout=5)
             assert got.record.value == b"X" * RECORD  # nothing but a hash can tell
-        last = await produce(c, leader, last + 1, 4)
+        last = await produce_numbered(c, leader, last + 1, 4)
         await applied_everywhere(c, last)
         await wait_until(
             lambda: "checkpoint hash mismatch" in c.log_text(other),

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from raftlog.agent.devcluster import DevCluster, DevClusterError, free_port
+from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.security import CertFiles
 from support.client_nodes import tls_of
 from support.cluster_files import dev_cluster_files
@@ -172,3 +173,28 @@ async def three_node_cluster_async(
         c.stop_all()
     if check_exit:
         assert_clean_exit(c)
+
+
+#: Size (bytes) of a record from :func:`numbered`, and records per Produce of
+#: :func:`produce_numbered`.
+RECORD = 1000
+BATCH = 50
+
+
+def numbered(i: int) -> bytes:
+    """Record number ``i``: its number first (readable in a dump), RECORD bytes in all."""
+    return b"%08d-" % i + b"r" * (RECORD - 9)
+
+
+async def produce_numbered(c: DevCluster, name: str, first: int, batches: int) -> int:
+    """``batches`` Produce calls of BATCH records numbered from ``first`` through node
+    ``name`` (a follower forwards them); the offset of the last one."""
+    assert c.client_tls is not None
+    last = -1
+    async with c.channel(name, c.client_tls) as ch:
+        stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
+        for b in range(batches):
+            records = [log_pb2.Record(value=numbered(first + b * BATCH + i)) for i in range(BATCH)]
+            resp = await stub.Produce(log_pb2.ProduceRequest(records=records), timeout=20)
+            last = resp.last_offset
+    return last
