@@ -11,8 +11,7 @@ from raftlog.agent.cluster import segment_config
 from raftlog.cmd.main import build_parser
 from raftlog.config import AgentConfig, ConfigError, load_config
 from raftlog.config.agent_config import parse_duration
-
-INSECURE = {"insecure": "true"}
+from support.config_check import INSECURE, assert_refused
 
 
 def test_defaults_are_no_limit_and_64_mib_segments() -> None:
@@ -92,9 +91,4 @@ def test_flags_env_and_file(tmp_path: Path) -> None:
 def test_bad_values_are_refused_clearly(
     tmp_path: Path, flags: dict[str, str], env: dict[str, str], file_text: str | None, message: str
 ) -> None:
-    cfg = None
-    if file_text is not None:
-        cfg = tmp_path / "node.yaml"
-        cfg.write_text(file_text)
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        load_config({**INSECURE, **flags}, env=env, config_file=cfg)
+    assert_refused(tmp_path, message, flags=flags, env=env, file_text=file_text)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from raftlog.cmd.main import build_parser
-from raftlog.config import AgentConfig, ConfigError, load_config
+from raftlog.config import AgentConfig, load_config
+from support.config_check import INSECURE, assert_refused
 
-INSECURE = {"insecure": "true"}
 KEYS = ("scrub_rate_mb_s", "scrub_interval", "checkpoint_hash_interval")
 
 
@@ -69,9 +69,4 @@ def test_help_names_the_units(capsys: pytest.CaptureFixture[str]) -> None:
 def test_bad_values_are_refused_clearly(
     tmp_path: Path, flags: dict[str, str], env: dict[str, str], file_text: str | None, message: str
 ) -> None:
-    cfg = None
-    if file_text is not None:
-        cfg = tmp_path / "node.yaml"
-        cfg.write_text(file_text)
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        load_config({**INSECURE, **flags}, env=env, config_file=cfg)
+    assert_refused(tmp_path, message, flags=flags, env=env, file_text=file_text)

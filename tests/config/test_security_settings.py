@@ -11,8 +11,7 @@ from raftlog.cmd.main import build_parser
 from raftlog.config import AgentConfig, ConfigError, load_config
 from raftlog.security import CertFiles
 from support.cluster_files import agent_tls
-
-INSECURE = {"insecure": "true"}
+from support.config_check import INSECURE
 
 
 def test_default_is_no_deny_list() -> None:
