@@ -10,6 +10,7 @@ from raftlog.agent import Agent
 from raftlog.auth import write_example_acl
 from raftlog.config import AgentConfig, ConfigError, load_config
 from raftlog.security import CertFiles
+from support.cluster_files import agent_tls
 
 
 def _config(tmp_path: Path, certs: dict[str, CertFiles], **changes: object) -> AgentConfig:
@@ -20,12 +21,7 @@ def _config(tmp_path: Path, certs: dict[str, CertFiles], **changes: object) -> A
         "rpc_port": 0,
         "acl_model_file": tmp_path / "acl" / "model.conf",
         "acl_policy_file": tmp_path / "acl" / "policy.csv",
-        "server_tls_cert_file": server.cert_file,
-        "server_tls_key_file": server.key_file,
-        "server_tls_ca_file": server.ca_file,
-        "peer_tls_cert_file": server.cert_file,
-        "peer_tls_key_file": server.key_file,
-        "peer_tls_ca_file": server.ca_file,
+        **agent_tls(server),
     }
     values.update(changes)
     return AgentConfig(**values)  # type: ignore[arg-type]
