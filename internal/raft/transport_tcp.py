@@ -434,6 +434,12 @@ class TcpTransport:
                 self.config.max_frame_size,
             )
             return
+        if peer.idle and peer.write_now(payload):
+            self._stats.enqueued += 1
+            self._stats.frames_written += 1
+            self._stats.write_batches += 1
+            self._stats.bytes_written += size
+            return
         if (
             len(peer.queue) >= self.config.queue_size
             or peer.queued_bytes + size > self.config.queue_bytes
