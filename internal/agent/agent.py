@@ -113,6 +113,7 @@ class Agent:
                 metrics=metrics,
                 tracer=telemetry.tracer,
                 disk_usage=telemetry.disk.measure,
+                budget=telemetry.budget,
             )
             self.cluster = cluster
             if metrics is not None:
@@ -250,6 +251,7 @@ class Agent:
             metrics=self._metrics,
             tracer=self.telemetry.tracer,
             audit=self.audit,
+            budget=self.telemetry.budget,
         )
         server.bind(config.bind_host, config.rpc_port, credentials)
         self.server = server

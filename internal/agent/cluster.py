@@ -60,7 +60,13 @@ from raftlog.log import LogConfig
 from raftlog.log.config import INDEX_ENTRY_BYTES
 from raftlog.mux import RAFT_MARKER, Mux, MuxConfig, PrivateSocketDir, remove_stale_socket_dirs
 from raftlog.raft import NO_METRICS, RaftConfig, RaftError, Server
-from raftlog.raft.node import NodeClosedError, NodeConfig, RaftNode, WaitTimeoutError
+from raftlog.raft.node import (
+    AGENT_COMMIT_BROADCAST_DELAY,
+    NodeClosedError,
+    NodeConfig,
+    RaftNode,
+    WaitTimeoutError,
+)
 from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
 from raftlog.security import TLSConfig, peer_common_name
 from raftlog.security.denylist import DenyList
@@ -73,6 +79,7 @@ from raftlog.server.forward import ForwardMarkInterceptor, GrpcForwarder
 from raftlog.server.http_api import HttpApi
 from raftlog.server.revocation import RevocationInterceptor
 from raftlog.telemetry import NO_AUDIT, AuditSink, NodeMetrics
+from raftlog.telemetry.budget import LatencyBudget
 
 logger = logging.getLogger("raftlog.agent")
 
@@ -136,6 +143,7 @@ class ClusterNode:
         metrics: NodeMetrics | None = None,
         tracer: trace.Tracer | None = None,
         disk_usage: Callable[[], Awaitable[int]] | None = None,
+        budget: LatencyBudget | None = None,
         deny_list: DenyList | None = None,
     ) -> None:
         if config.insecure:
@@ -148,6 +156,8 @@ class ClusterNode:
         self.metrics = metrics
         self.tracer = tracer
         self.disk_usage = disk_usage or _no_disk_usage
+        #: The latency budget (debug, ``latency_budget``): given to the server and the node.
+        self.budget = budget
         peer_ca, server_ca = config.peer_tls_ca_file, config.server_tls_ca_file
         distinct = not _same_pem(peer_ca, server_ca)
         #: Raft connections: peer certificates only, verified against the peer CA.
@@ -324,6 +334,9 @@ class ClusterNode:
                     fsync=config.sync == "always",
                     request_timeout=10.0,
                     disk_full_retry_delay=config.disk_full_retry_s,
+                    # followers learn a commit with the next write (or heartbeat), at most
+                    # 5 ms late: two messages fewer per follower per write (docs/performance.md)
+                    commit_broadcast_delay=AGENT_COMMIT_BROADCAST_DELAY,
                 ),
                 fsm,
                 transport,
@@ -342,6 +355,7 @@ class ClusterNode:
             await fsm.close()
             raise
         self.node = node
+        node.budget = self.budget
         forwarder = GrpcForwarder(
             self.forward_tls,
             server_hostname=config.peer_tls_server_name or None,
@@ -461,6 +475,7 @@ class ClusterNode:
             tracer=self.tracer,
             admin=AdminService(self.dlog, lambda: self.rpc_addr, self.disk_usage),
             audit=self.audit,
+            budget=self.budget,
         )
         bound = server.server.add_secure_port(
             self.sockdir.address,

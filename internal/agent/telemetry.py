@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from raftlog.config import AgentConfig
 from raftlog.telemetry import MetricsServer, NodeMetrics, build_tracer_provider
+from raftlog.telemetry.budget import LatencyBudget
 from raftlog.telemetry.tracing import TRACER_NAME
 
 if TYPE_CHECKING:
@@ -87,6 +88,11 @@ class NodeTelemetry:
             self.use_tracer_provider(
                 build_tracer_provider(config.node_name, otlp_endpoint=endpoint)
             )
+        #: The latency budget (debug setting ``latency_budget``; None when off).
+        self.budget: LatencyBudget | None = None
+        if config.latency_budget:
+            self.metrics.enable_stage_histogram()
+            self.budget = LatencyBudget(observer=self.metrics)
         self.server: MetricsServer | None = None
         self._ready: Callable[[], tuple[bool, str]] = lambda: (False, "starting")
 
@@ -116,6 +122,7 @@ class NodeTelemetry:
             host.strip("[]"),
             int(port),
             before_scrape=self._before_scrape,
+            budget=self.budget,
         )
         await server.start()
         self.server = server

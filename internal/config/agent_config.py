@@ -355,6 +355,16 @@ class AgentConfig:
             "addr_or_empty",
         ),
     )
+    latency_budget: bool = field(
+        default=False,
+        metadata=_doc(
+            "debug: trace every unary Produce through the node (interceptors, Raft rounds, "
+            "fsyncs, follower acks, apply) and serve p50/p99 per stage on "
+            "metrics_addr/debug/latency and as raftlog_debug_request_stage_seconds "
+            "(docs/performance.md); costs about 2 us per call; needs metrics_addr",
+            "bool",
+        ),
+    )
     otlp_endpoint: str = field(
         default="",
         metadata=_doc(
@@ -499,6 +509,11 @@ class AgentConfig:
             _split_addr(self.metrics_addr, "metrics_addr")
         if self.otlp_endpoint:
             _check_url(self.otlp_endpoint, "otlp_endpoint")
+        if self.latency_budget and not self.metrics_addr:
+            raise ConfigError(
+                "latency_budget: needs metrics_addr (its figures are served on that "
+                "listener's /debug/latency)"
+            )
         if self.event_loop not in EVENT_LOOPS:
             raise ConfigError(
                 f"event_loop: must be one of {', '.join(EVENT_LOOPS)}, got {self.event_loop!r}"

@@ -50,6 +50,14 @@ class RaftConfig:
             a follower (the core itself never sees snapshot data). Default 1 MiB.
         max_committed_per_ready: at most this many committed entries are handed to the
             state machine in one Ready, bounding the work of one apply step. Default 4096.
+        defer_commit_broadcast: when the leader's commit index moves, do not send every
+            follower an empty append at once to tell it (etcd-io/raft's way): mark it
+            (``RaftCore.commit_unsent``) and let the next append or heartbeat carry it, or
+            the runtime's ``RaftCore.broadcast_commit()``, whichever comes first. With
+            writes arriving one at a time this saves two messages per follower per write
+            (the empty append and its answer); followers learn of a commit a little later,
+            which Raft allows (commit knowledge is monotonic and only advisory to them).
+            Default False.
     """
 
     id: NodeId
@@ -65,6 +73,7 @@ class RaftConfig:
     snapshot_trailing_bytes: int = 8 << 20
     snapshot_chunk_bytes: int = 1 << 20
     max_committed_per_ready: int = 4096
+    defer_commit_broadcast: bool = False
 
     def validate(self) -> RaftConfig:
         """Check every field alone and against the others; return self or raise ConfigError."""
@@ -144,6 +153,11 @@ class NodeConfig:
         log_config: engine settings of the log store (segment sizes); None for the
             defaults of :func:`raftlog.raft.logstore.default_log_config`.
         seed: seed of the election-timeout randomness; None draws one from the OS.
+        commit_broadcast_delay: with a value above 0, a leader tells its followers of a new
+            commit index at most this long after it moved (sooner when an append or a
+            heartbeat carries it), instead of at once (``RaftConfig.defer_commit_broadcast``,
+            turned on by the node for it). Must be below ``tick_interval``. Default 0 (at
+            once); the agent uses :data:`raftlog.raft.node.AGENT_COMMIT_BROADCAST_DELAY`.
     """
 
     raft: RaftConfig
@@ -158,6 +172,7 @@ class NodeConfig:
     snapshot_retry_delay: float = 1.0
     disk_full_retry_delay: float = 0.5
     close_timeout: float = 5.0
+    commit_broadcast_delay: float = 0.0
     log_config: LogConfig | None = None
     seed: int | None = None
 
@@ -195,5 +210,11 @@ class NodeConfig:
         if self.snapshot_send_attempts < 1:
             raise ConfigError(
                 f"snapshot_send_attempts must be at least 1, got {self.snapshot_send_attempts}"
+            )
+        delay = self.commit_broadcast_delay
+        if not isinstance(delay, int | float) or not 0 <= delay < self.tick_interval:
+            raise ConfigError(
+                f"commit_broadcast_delay must be at least 0 s and below tick_interval "
+                f"({self.tick_interval} s: heartbeats carry the commit anyway), got {delay!r}"
             )
         return self

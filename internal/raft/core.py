@@ -121,6 +121,7 @@ class RaftCore:
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
         self._needs_bcast = False
+        self._commit_unsent = False
         self._prev_hs = self._hard_state()
         self._prev_ss: SoftState | None = None
         self._outstanding: Ready | None = None
@@ -438,7 +439,7 @@ class RaftCore:
             if me is not None:
                 me.maybe_update(lg.stable)
             if self._maybe_commit():
-                self._bcast_append()
+                self._commit_moved()
 
     # ===================================================================================
     # Queries
@@ -539,6 +540,7 @@ class RaftCore:
         self._reads_waiting = []
         self._pending_conf_index = 0
         self._needs_bcast = False
+        self._commit_unsent = False
 
     def _become_follower(self, term: int, lead: NodeId) -> None:
         self._reset(term)
@@ -752,7 +754,9 @@ class RaftCore:
             if self._maybe_commit():
                 if self.role is not Role.LEADER:
                     return  # the commit removed this leader
-                self._bcast_append()
+                self._commit_moved()
+                if was_paused:
+                    self._send_append(m.src)
             elif was_paused:
                 self._send_append(m.src)
             while self._send_append(m.src, send_empty=False):
@@ -850,7 +854,29 @@ class RaftCore:
         self._reads.add(self.log.committed, ctx, self.id)
         self._bcast_heartbeat(ctx)
 
+    def _commit_moved(self) -> None:
+        """The commit index moved: tell the followers now, or mark it for later
+        (``defer_commit_broadcast``)."""
+        if self.config.defer_commit_broadcast:
+            self._commit_unsent = True
+        else:
+            self._bcast_append()
+
+    @property
+    def commit_unsent(self) -> bool:
+        """A leader whose followers have not been sent its newest commit index yet (only
+        with ``defer_commit_broadcast``): the runtime calls :meth:`broadcast_commit`."""
+        return self._commit_unsent
+
+    def broadcast_commit(self) -> None:
+        """Send the commit index to every follower now if it is still unsent (an append
+        to each one that can take it; see ``RaftConfig.defer_commit_broadcast``)."""
+        if self._commit_unsent and self.role is Role.LEADER:
+            self._bcast_append()
+        self._commit_unsent = False
+
     def _bcast_append(self) -> None:
+        self._commit_unsent = False  # every append carries the commit index
         for i, pr in self._prs.items():
             if i != self.id and self._send_append(i):
                 # Pipelining: fill the window for followers known to be in sync.
@@ -860,6 +886,7 @@ class RaftCore:
                     pass
 
     def _bcast_heartbeat(self, ctx: bytes) -> None:
+        self._commit_unsent = False  # heartbeats carry it too (up to each one's match)
         for i, p in self._prs.items():
             if i != self.id:
                 self._send(

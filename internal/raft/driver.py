@@ -58,6 +58,7 @@ from raftlog.raft.types import (
     SnapshotMeta,
     SoftState,
 )
+from raftlog.telemetry.budget import LatencyBudget, RequestTrace, mark_all
 
 log = logging.getLogger("raftlog.raft.node")
 
@@ -121,6 +122,11 @@ class Driver:
         self._snap_task: asyncio.Task[None] | None = None
         self._snap_done: SnapshotMeta | None = None
         self._snap_retry_at = 0.0
+        #: The latency budget (debug; set by the agent when ``latency_budget`` is on): a
+        #: follower reports its rounds there, the leader stamps its proposals' traces.
+        self.budget: LatencyBudget | None = None
+        self._received_at = 0  # perf_counter_ns of the first append since the last round
+        self._round_traces: list[RequestTrace] = []
 
     # -- startup and bootstrap ------------------------------------------------------------
 
@@ -201,23 +207,41 @@ class Driver:
         """A snapshot was taken and waits for :meth:`finish_snapshot`."""
         return self._snap_done is not None
 
+    def appended_at(self, index: int) -> None:
+        """The transport delivered an append (entries through ``index``): with the budget
+        on, the follower's round is timed from the first one since its last round."""
+        if self.budget is not None and not self._received_at:
+            self._received_at = time.perf_counter_ns()
+
     async def round(self, core: RaftCore, rd: Ready) -> None:
         """Persist, send, apply one Ready (the order is the point: see the module doc)."""
         self._stats.rounds += 1
         self._before_round(rd.soft_state)
         if rd.entries and self._proposals.has_pending and rd.soft_state.role is not Role.LEADER:
             self._proposals.drop_overwritten(core.entry_term, rd.entries[0].index)
+        traces = self._round_traces = (
+            self._proposals.take_placed_traces() if self._proposals.placed_traces else []
+        )
         for m in rd.messages_before_persist:  # the core says these may go before the fsync
             self._send(m)
         self._stats.sent_early += len(rd.messages_before_persist)
+        if traces:
+            mark_all(traces, "sent")
         await self._until_written(lambda: self._persist(rd))
         for m in rd.messages_after_persist:
             self._send(m)
         self._stats.sent_late += len(rd.messages_after_persist)
+        if self._received_at and rd.entries and self.budget is not None:
+            self.budget.observe(
+                "follower_round", (time.perf_counter_ns() - self._received_at) / 1e9
+            )
+            self._received_at = 0
         if rd.snapshot is not None:
             await self._install_snapshot(rd.snapshot)
         if rd.committed_entries:
             committed = rd.committed_entries
+            if self._proposals.traced:
+                self._proposals.mark_traced(committed[-1].index, "committed")
             await self._until_written(lambda: self._apply_async(committed))
         if rd.read_states:
             self._reads.confirmed(rd.read_states)
@@ -293,6 +317,8 @@ class Driver:
             store.store(rd.entries)
             self._stats.entries_persisted += len(rd.entries)
             self._metrics.raft_appended(len(rd.entries))
+            if self._round_traces:
+                mark_all(self._round_traces, "written")
         hs = rd.hard_state
         save = hs is not None and (hs.term, hs.vote) != (self.saved_term, self.saved_vote)
         if not rd.must_sync and not save:
@@ -316,7 +342,12 @@ class Driver:
                     raise result
         if waits:
             self._stats.syncs += 1
-            self._metrics.raft_synced(time.perf_counter() - started)
+            took = time.perf_counter() - started
+            self._metrics.raft_synced(took)
+            if self._round_traces:
+                mark_all(self._round_traces, "synced")
+            elif self._received_at and self.budget is not None:
+                self.budget.observe("follower_fsync", took)
         if save:
             assert hs is not None
             self.saved_term, self.saved_vote = hs.term, hs.vote

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -91,8 +92,14 @@ from raftlog.raft.types import (
     SnapshotMeta,
     SoftState,
 )
+from raftlog.telemetry.budget import CURRENT as CURRENT_TRACE
+from raftlog.telemetry.budget import LatencyBudget
 
 log = logging.getLogger("raftlog.raft.node")
+
+#: The agent's ``commit_broadcast_delay`` (seconds): 5 ms. A write that arrives within it
+#: carries the new commit index to the followers; at most this late otherwise.
+AGENT_COMMIT_BROADCAST_DELAY = 0.005
 
 
 # =========================================================================================
@@ -132,7 +139,12 @@ class RaftNode:
         peers: Mapping[NodeId, str] | None = None,
         metrics: RaftMetrics = NO_METRICS,
     ) -> None:
-        self.config = config.validate()
+        config = config.validate()
+        if config.commit_broadcast_delay > 0 and not config.raft.defer_commit_broadcast:
+            config = dataclasses.replace(
+                config, raft=dataclasses.replace(config.raft, defer_commit_broadcast=True)
+            )
+        self.config = config
         self._metrics = metrics
         self.id: NodeId = config.raft.id
         if transport.node_id != self.id:
@@ -156,6 +168,10 @@ class RaftNode:
         # Tasks.
         self._wake = asyncio.Event()
         self._io_lock = asyncio.Lock()
+        #: The deferred commit broadcast (``commit_broadcast_delay``): its timer, and
+        #: whether it fired (the driver then sends the commit index before its next round).
+        self._commit_timer: asyncio.TimerHandle | None = None
+        self._commit_due = False
         self._drive_task: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._sender = SnapshotSender(
@@ -314,6 +330,9 @@ class RaftNode:
         timeout = self.config.close_timeout
         self._stopping = True
         self._wake.set()
+        if self._commit_timer is not None:
+            self._commit_timer.cancel()
+            self._commit_timer = None
         if self._ticker is not None:
             self._ticker.cancel()
         if self._drive_task is not None:
@@ -464,6 +483,15 @@ class RaftNode:
         """The core's status (role, term, indexes, membership, followers' progress)."""
         return self._require_core().status()
 
+    @property
+    def budget(self) -> LatencyBudget | None:
+        """The latency budget (debug): a follower reports its rounds there."""
+        return self._driver.budget
+
+    @budget.setter
+    def budget(self, value: LatencyBudget | None) -> None:
+        self._driver.budget = value
+
     def set_peer_addresses(self, peers: Mapping[NodeId, str]) -> None:
         """Replace the address hints (used on top of the membership's addresses)."""
         self._peers.set_hints(peers, self.membership)
@@ -536,13 +564,19 @@ class RaftNode:
         loop = asyncio.get_running_loop()
         t = self.config.request_timeout if timeout is None else timeout
         fut: asyncio.Future[list[ApplyResult]] = loop.create_future()
-        p = Proposal(items, fut, self._clock.now() + t)
+        trace = CURRENT_TRACE.get()
+        if trace is not None:
+            trace.mark("proposed")
+        p = Proposal(items, fut, self._clock.now() + t, trace)
         # Queued, not stepped: the driver hands every queued proposal to the core in one
         # call (one ticket) before its next round, so the core's per-call cost is paid
         # once per round, not once per proposal.
         self._proposals.queue(p, default_timeout=timeout is None)
         self._wake.set()
-        return await fut
+        results = await fut
+        if trace is not None:
+            trace.mark("resumed")
+        return results
 
     async def _conf_change(self, change: ConfChange, timeout: float | None) -> int:
         core = self._check_writable()
@@ -684,6 +718,11 @@ class RaftNode:
                     return
                 self._core.step(m)
                 self._wake.set()
+                if m.type is MessageType.APPEND_RESP:
+                    if self._proposals.traced and not m.reject:
+                        self._proposals.mark_traced(m.index, "acked")
+                elif m.type is MessageType.APPEND and m.entries:
+                    self._driver.appended_at(m.entries[-1].index)
             elif kind == KIND_CHUNK:
                 self._receiver.on_chunk(decode_snapshot_chunk(payload[1:]))
             elif kind == KIND_CHUNK_ACK:
@@ -721,11 +760,20 @@ class RaftNode:
                     self._driver.finish_snapshot(core)
                 if self._proposals.has_queued:
                     self._proposals.flush(core)
+                if self._commit_due:
+                    self._commit_due = False
+                    if core.commit_unsent:
+                        self.stats.commit_broadcasts += 1
+                        core.broadcast_commit()
                 if core.has_ready():
                     async with self._io_lock:
                         core = self._require_core()
                         if core.has_ready():
                             await self._driver.round(core, core.ready())
+                    if core.commit_unsent and self._commit_timer is None:
+                        self._commit_timer = asyncio.get_running_loop().call_later(
+                            self.config.commit_broadcast_delay, self._commit_fired
+                        )
                     continue
                 self._wake.clear()
                 if core.has_ready() or self._driver.snapshot_ready or self._proposals.has_queued:
@@ -738,6 +786,13 @@ class RaftNode:
             return  # closed while waiting for disk space
         except Exception as exc:
             self._fatal(exc)
+
+    def _commit_fired(self) -> None:
+        """The commit broadcast delay passed: the driver sends it if still unsent."""
+        self._commit_timer = None
+        if not self._stopping:
+            self._commit_due = True
+            self._wake.set()
 
     def _fatal(self, exc: BaseException) -> None:
         # the OSError itself, or the one behind a failed save of the hard state
@@ -870,6 +925,7 @@ class RaftNode:
 
 
 __all__ = [
+    "AGENT_COMMIT_BROADCAST_DELAY",
     "ApplyResult",
     "NodeClosedError",
     "NodeConfig",

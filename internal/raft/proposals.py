@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any
 from raftlog.raft.core import RaftCore
 from raftlog.raft.errors import ProposalTimeoutError, RaftError
 from raftlog.raft.types import Entry, EntryType, ProposalTicket
+from raftlog.telemetry.budget import RequestTrace
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,15 +46,18 @@ class Proposal:
     a second copy of a whole batch alive).
     """
 
-    __slots__ = ("deadline", "first", "future", "items", "last", "results", "term")
+    __slots__ = ("deadline", "first", "future", "items", "last", "results", "term", "trace")
 
     def __init__(
         self,
         items: Sequence[bytes],
         future: asyncio.Future[list[ApplyResult]],
         deadline: float,
+        trace: RequestTrace | None = None,
     ) -> None:
         self.items = items
+        #: The latency-budget trace of the call that made it (budget on only).
+        self.trace = trace
         self.future = future
         self.deadline = deadline
         self.term = 0
@@ -90,6 +95,10 @@ class ProposalTracker:
         self._fifo: deque[Proposal] = deque()
         self._deadlines: list[tuple[float, int, Proposal]] = []
         self._deadline_seq = itertools.count()
+        #: Traces (latency budget) of the proposals placed by the last :meth:`flush`, for
+        #: the driver's round; and of the placed ones still waiting for an answer.
+        self.placed_traces: list[RequestTrace] = []
+        self.traced: dict[int, RequestTrace] = {}
 
     # -- state ----------------------------------------------------------------------------
 
@@ -141,6 +150,10 @@ class ProposalTracker:
             for i in range(at, p.last + 1):
                 pending[i] = p
             at = p.last + 1
+            if p.trace is not None:
+                p.trace.mark("placed")
+                self.placed_traces.append(p.trace)
+                self.traced[p.last] = p.trace
         self._pending_max = max(self._pending_max, ticket.last_index)
 
     def track(self, p: Proposal, ticket: ProposalTicket) -> None:
@@ -191,9 +204,31 @@ class ProposalTracker:
                 continue
             p.results.append(ApplyResult(e.index, e.term, result))
             if e.index == p.last:
+                if p.trace is not None:
+                    p.trace.mark("applied")
                 p.future.set_result(p.results)
         if not pending:
             self._pending_max = 0
+
+    def take_placed_traces(self) -> list[RequestTrace]:
+        """The traces placed since the last call (the driver stamps them in its round)."""
+        traces, self.placed_traces = self.placed_traces, []
+        return traces
+
+    def mark_traced(self, through: int, name: str) -> None:
+        """Stamp ``name`` on the traces of placed proposals whose last entry is at or below
+        ``through``; they leave :attr:`traced` once stamped ``committed``."""
+        traced = self.traced
+        if not traced:
+            return
+        done = [i for i in traced if i <= through]
+        if not done:
+            return
+        at = time.perf_counter_ns()
+        for i in done:
+            traced[i].mark(name, at)
+            if name == "committed":
+                del traced[i]
 
     def fail(self, p: Proposal, exc: BaseException) -> None:
         if not p.future.done():
@@ -234,6 +269,8 @@ class ProposalTracker:
         self._deadlines = []
         self._fifo.clear()
         self._pending_max = 0
+        self.placed_traces = []
+        self.traced.clear()
 
 
 __all__ = ["ApplyResult", "Proposal", "ProposalTracker"]

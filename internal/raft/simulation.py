@@ -57,6 +57,11 @@ class SimConfig:
     pre_vote: bool = True
     check_every: int = 200
     settle_ticks: int = 400
+    defer_commit_broadcast: bool = False
+    """Leaders defer telling followers of a new commit (RaftConfig.defer_commit_broadcast)."""
+    commit_broadcast: float = 0.05
+    """With defer_commit_broadcast: probability per step that a leader's runtime sends its
+    unsent commit index (its timer firing)."""
 
 
 @dataclass(slots=True)
@@ -96,6 +101,7 @@ def simulate(seed: int, sc: SimConfig) -> SimReport:
             snapshot_trailing_entries=3,
             check_quorum=sc.check_quorum,
             pre_vote=sc.pre_vote,
+            defer_commit_broadcast=sc.defer_commit_broadcast,
         )
 
     faults = Faults(drop=sc.drop, duplicate=sc.duplicate, reorder=sc.reorder, overtake=sc.overtake)
@@ -128,6 +134,7 @@ def simulate(seed: int, sc: SimConfig) -> SimReport:
         ("transfer", sc.transfer),
         ("read", sc.read),
         ("membership", sc.membership),
+        ("commit", sc.commit_broadcast if sc.defer_commit_broadcast else 0.0),
     ]
     for step in range(sc.steps):
         r = rng.random()
@@ -178,6 +185,10 @@ def simulate(seed: int, sc: SimConfig) -> SimReport:
                 read_need[ctx] = need
             except RaftError:
                 pass
+        elif action == "commit" and leaders:
+            for lead in leaders:
+                if lead.c.commit_unsent:
+                    lead.c.broadcast_commit()
         elif action == "membership" and leaders:
             if _membership_step(rng.choice(leaders).c, rng, removed):
                 rep.conf_changes += 1

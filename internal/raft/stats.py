@@ -30,6 +30,9 @@ class NodeStats:
     #: Bytes of snapshot data sent to followers and received from leaders (chunk data).
     snapshot_bytes_sent: int = 0
     snapshot_bytes_received: int = 0
+    #: Commit indexes sent by the deferred-commit timer (``commit_broadcast_delay``), not
+    #: by an append or a heartbeat that happened to go first.
+    commit_broadcasts: int = 0
 
 
 __all__ = ["NodeStats"]

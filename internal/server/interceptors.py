@@ -50,6 +50,7 @@ from raftlog.domain.errors import (
 from raftlog.domain.protocols import Authorizer
 from raftlog.server.errors import status_for
 from raftlog.telemetry.audit import NO_AUDIT, AuditSink
+from raftlog.telemetry.budget import CURRENT, LatencyBudget, RequestTrace
 
 logger = logging.getLogger("raftlog.server.calls")
 
@@ -352,6 +353,10 @@ _DENIED = frozenset({grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHEN
 _ADMIN_PREFIX = f"/{ADMIN_SERVICE}/"
 
 
+#: The call the latency budget traces (raftlog.telemetry.budget).
+_TRACED_METHOD = "/log.v1.Log/Produce"
+
+
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     """Logs every call (method, subject, status code, duration) and counts them.
 
@@ -363,9 +368,17 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     timed there, once per call.
     """
 
-    def __init__(self, metrics: CallMetrics | None = None, audit: AuditSink | None = None) -> None:
+    def __init__(
+        self,
+        metrics: CallMetrics | None = None,
+        audit: AuditSink | None = None,
+        budget: LatencyBudget | None = None,
+    ) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
         self.metrics = metrics
+        #: The latency budget (debug, ``latency_budget``): every unary Produce is traced
+        #: from here, the outermost interceptor (raftlog.telemetry.budget).
+        self.budget = budget
         #: The audit log (docs/security.md): every refused call (UNAUTHENTICATED,
         #: PERMISSION_DENIED) and every call of the admin service, allowed or not.
         self.audit = audit if audit is not None else NO_AUDIT
@@ -476,6 +489,19 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                 raise
             finally:
                 record(method, who, started, code_of(context, failure))
+
+        budget = self.budget
+        if budget is not None and method == _TRACED_METHOD and not handler.request_streaming:
+            observed = unary
+
+            async def unary(request: Any, context: Context) -> Any:
+                trace = RequestTrace(budget)
+                token = CURRENT.set(trace)
+                try:
+                    return await observed(request, context)
+                finally:
+                    CURRENT.reset(token)
+                    trace.finish()
 
         factory_u = (
             grpc.stream_unary_rpc_method_handler

@@ -34,6 +34,7 @@ from raftlog.server.interceptors import (
 from raftlog.server.service import LogService, RecordMetrics
 from raftlog.server.tracing import TracingInterceptor
 from raftlog.telemetry.audit import AuditSink
+from raftlog.telemetry.budget import LatencyBudget
 
 logger = logging.getLogger("raftlog.server")
 
@@ -66,6 +67,7 @@ class LogServer:
     ``admin``: the admin service ``raftlog.admin.v1.Admin``, served beside ``log.v1.Log``
     behind the same TLS and interceptors (its rpcs need the ACL action ``admin``).
     ``audit``: the audit log of refused and admin calls (None: off).
+    ``budget``: the latency budget (debug; None: off) that traces every unary Produce.
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class LogServer:
         tracer: trace.Tracer | None = None,
         admin: AdminService | None = None,
         audit: AuditSink | None = None,
+        budget: LatencyBudget | None = None,
     ) -> None:
         if tls is None and not insecure:
             raise ValueError("a server without TLS needs insecure=True, explicitly")
@@ -91,7 +94,7 @@ class LogServer:
         self.tls = tls
         self.insecure = tls is None
         self.service = LogService(commit_log, servers, self.config, metrics=metrics)
-        self.observability = ObservabilityInterceptor(metrics, audit)
+        self.observability = ObservabilityInterceptor(metrics, audit, budget)
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if tracer is not None:
             interceptors.append(TracingInterceptor(tracer))  # outermost: spans see it all

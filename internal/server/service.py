@@ -65,6 +65,7 @@ from raftlog.log import OffsetOutOfRangeError as LogOffsetOutOfRangeError
 from raftlog.log import RecordTooLargeError as LogRecordTooLargeError
 from raftlog.server.config import ServerConfig
 from raftlog.server.errors import status_for
+from raftlog.telemetry import budget
 
 logger = logging.getLogger("raftlog.server")
 
@@ -224,6 +225,7 @@ class LogService(log_pb2_grpc.LogServicer):
         context: grpc.aio.ServicerContext[log_pb2.ProduceRequest, log_pb2.ProduceResponse],
     ) -> log_pb2.ProduceResponse:
         """Append one record (book) or a batch (``records``)."""
+        budget.mark("handler")
         try:
             records = self._records_of(request)
             producer_id, sequence = self._producer_of(request)

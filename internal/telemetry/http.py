@@ -7,7 +7,9 @@ certificates, so it serves nothing but numbers and yes/no answers (no records, n
 - ``/metrics``: every metric of the node in the Prometheus text format;
 - ``/healthz``: 200 ``ok`` while the process serves HTTP at all (liveness);
 - ``/readyz``: 200 ``ready`` when :data:`HealthCheck` says the node can serve (in a
-  cluster: it knows a leader), else 503 with the reason (readiness).
+  cluster: it knows a leader), else 503 with the reason (readiness);
+- ``/debug/latency``: only with the latency budget on (debug setting ``latency_budget``):
+  p50/p99 per stage of an acknowledged Produce as JSON (raftlog.telemetry.budget).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from raftlog.telemetry.budget import STAGES, LatencyBudget
 from raftlog.telemetry.metrics import CONTENT_TYPE, NodeMetrics
 
 logger = logging.getLogger("raftlog.telemetry")
@@ -30,6 +33,8 @@ SCRAPE_REFRESH_TIMEOUT_S = 2.0
 LIVENESS_PATH = "/healthz"
 READINESS_PATH = "/readyz"
 HEALTH_PATHS = (LIVENESS_PATH, READINESS_PATH)
+#: The latency budget's JSON (debug).
+BUDGET_PATH = "/debug/latency"
 
 #: Readiness: (ready, reason). Called on the event loop for every /readyz; must be quick.
 HealthCheck = Callable[[], tuple[bool, str]]
@@ -50,8 +55,10 @@ class MetricsServer:
         port: int,
         *,
         before_scrape: Callable[[], Awaitable[None]] | None = None,
+        budget: LatencyBudget | None = None,
     ) -> None:
         self.metrics = metrics
+        self.budget = budget
         self._before_scrape = before_scrape
         self._ready = ready
         self.host = host
@@ -61,6 +68,8 @@ class MetricsServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get(LIVENESS_PATH, self._healthz)
         app.router.add_get(READINESS_PATH, self._readyz)
+        if budget is not None:
+            app.router.add_get(BUDGET_PATH, self._budget)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         self._started = False
 
@@ -99,6 +108,16 @@ class MetricsServer:
                 logger.debug("refreshing metrics before a scrape failed: %r", exc)
         body = self.metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    async def _budget(self, request: web.Request) -> web.Response:
+        """The latency budget's percentiles per stage as JSON; ``?reset=1`` empties it after
+        reading (a benchmark reads once after its warm-up and once at the end)."""
+        budget = self.budget
+        assert budget is not None
+        body = {"stages": budget.summary(), "descriptions": STAGES}
+        if request.query.get("reset") in ("1", "true"):
+            budget.reset()
+        return web.json_response(body)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")

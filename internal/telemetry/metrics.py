@@ -33,6 +33,11 @@ FSYNC_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
     0.5, 1.0, 2.5,
 )  # fmt: skip
+#: Latency-budget stage buckets (seconds): 10 µs to 100 ms.
+STAGE_BUCKETS = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+    0.05, 0.1,
+)  # fmt: skip
 #: Entries per Raft append round: 1 to 8192.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
@@ -120,6 +125,32 @@ class NodeMetrics:
         )
         self._calls: dict[tuple[str, str], Callable[[float], None]] = {}
         self._call_counts: dict[tuple[str, str], Callable[[], None]] = {}
+
+        self._stages: Histogram | None = None
+        self._stage_observers: dict[str, Callable[[float], None]] = {}
+
+    def enable_stage_histogram(self) -> None:
+        """Register ``raftlog_debug_request_stage_seconds{stage}`` (the latency budget's
+        durations, debug: only when ``latency_budget`` is on)."""
+        if self._stages is None:
+            self._stages = Histogram(
+                "raftlog_debug_request_stage_seconds",
+                "Debug (latency_budget): duration of each stage of an acknowledged unary "
+                "Produce (see raftlog.telemetry.budget.STAGES), in seconds.",
+                ["stage"],
+                buckets=STAGE_BUCKETS,
+                registry=self.registry,
+            )
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        """One latency-budget duration (:class:`raftlog.telemetry.budget.StageObserver`)."""
+        observe = self._stage_observers.get(stage)
+        if observe is None:
+            if self._stages is None:
+                return
+            observe = self._stages.labels(stage).observe
+            self._stage_observers[stage] = observe
+        observe(seconds)
 
     # -- hot path: once per call or per batch ----------------------------------------------
 

@@ -248,3 +248,52 @@ def test_ready_says_which_messages_may_go_before_the_fsync() -> None:
     c.nodes["c"].c.campaign()
     crd = c.nodes["c"].c.ready()
     assert not crd.messages_before_persist and crd.messages_after_persist
+
+
+def test_deferred_commit_broadcast_waits_for_the_next_append_or_the_runtime() -> None:
+    c = MemCluster(["a", "b", "c"], config=raft_config(defer_commit_broadcast=True))
+    lead = c.elect("a")
+    lead.c.broadcast_commit()
+    c.stabilize()
+    sent: list[Message] = []
+    send = c.send
+
+    def counting(m: Message) -> None:
+        sent.append(m)
+        send(m)
+
+    c.send = counting  # type: ignore[method-assign]
+    t = lead.propose([b"x"])
+    assert t is not None
+    c.stabilize()
+    # committed on the leader, but no empty appends went out to say so
+    assert lead.c.commit_index == t.last_index
+    assert lead.c.commit_unsent
+    apps = [m for m in sent if m.type is MessageType.APPEND]
+    assert sorted(m.dst for m in apps) == ["b", "c"] and all(m.entries for m in apps)
+    assert all(c.nodes[f].c.commit_index < t.last_index for f in "bc")
+    # the next write's appends carry the commit index
+    t2 = lead.propose([b"y"])
+    assert t2 is not None
+    c.stabilize()
+    assert all(c.nodes[f].c.commit_index >= t.last_index for f in "bc")
+    # or the runtime sends it (its timer): empty appends with the commit index
+    assert lead.c.commit_unsent
+    sent.clear()
+    lead.c.broadcast_commit()
+    assert not lead.c.commit_unsent
+    c.stabilize()
+    empties = [m for m in sent if m.type is MessageType.APPEND and not m.entries]
+    assert sorted(m.dst for m in empties) == ["b", "c"]
+    assert all(m.commit == t2.last_index for m in empties)
+    assert all(c.nodes[f].c.commit_index == t2.last_index for f in "bc")
+
+
+def test_commit_broadcast_at_once_by_default() -> None:
+    c = MemCluster(["a", "b", "c"], config=raft_config())
+    lead = c.elect("a")
+    t = lead.propose([b"x"])
+    assert t is not None
+    c.stabilize()
+    assert not lead.c.commit_unsent
+    assert all(c.nodes[f].c.commit_index == t.last_index for f in "bc")

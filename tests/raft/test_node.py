@@ -595,8 +595,32 @@ async def test_bounded_waits_and_refusals(cluster: Cluster) -> None:
     cluster.net.heal()
 
 
+async def test_deferred_commit_broadcast_reaches_followers_without_more_writes(
+    tmp_path: Path,
+) -> None:
+    # Heartbeats rare (every 9 ticks): the commit reaches the followers by the timer.
+    c = Cluster(
+        tmp_path,
+        ["n1", "n2", "n3"],
+        raft={"heartbeat_tick": 9},
+        node={"commit_broadcast_delay": TICK / 3},
+    )
+    try:
+        await c.start_all()
+        lead = await c.leader()
+        assert lead.config.raft.defer_commit_broadcast
+        before = lead.stats.commit_broadcasts
+        await lead.propose(b"one")
+        await c.converge(1)
+        assert lead.stats.commit_broadcasts > before
+    finally:
+        await c.close()
+
+
 def test_node_config_validation_says_what_is_wrong(tmp_path: Path) -> None:
     raft = RaftConfig(id="n1")
+    with pytest.raises(ConfigError, match="commit_broadcast_delay"):
+        NodeConfig(raft=raft, tick_interval=0.05, commit_broadcast_delay=0.05).validate()
     with pytest.raises(ConfigError, match="tick_interval"):
         NodeConfig(raft=raft, data_dir=tmp_path, tick_interval=0).validate()
     with pytest.raises(ConfigError, match="snapshot_idle_timeout"):

@@ -46,6 +46,13 @@ def test_five_nodes_with_membership_changes(seed: int) -> None:
     assert rep.leaders >= 1
 
 
+@pytest.mark.parametrize("seed", SEED_LIST[:50], ids=lambda s: f"seed{s}")
+def test_three_nodes_deferred_commit_broadcast(seed: int) -> None:
+    """Leaders that tell followers of commits late (the agent's setting) stay safe."""
+    rep = run(3000 + seed, SimConfig(nodes=3, steps=STEPS, defer_commit_broadcast=True))
+    assert rep.leaders >= 1 and rep.acked > 0
+
+
 @pytest.mark.parametrize(
     ("check_quorum", "pre_vote"), [(False, True), (True, False), (False, False)]
 )
