@@ -511,13 +511,13 @@ class ClusterNode:
         assert node is not None
         while True:
             try:
-                await node.wait_for(lambda: node.failure is not None, 3600.0, "a failure")
+                failure = await node.wait_failure(3600.0)
                 break
             except WaitTimeoutError:
                 continue
             except NodeClosedError:
                 return
-        logger.error("node %s reports NOT_SERVING: %s", self.config.node_name, node.failure)
+        logger.error("node %s reports NOT_SERVING: %s", self.config.node_name, failure)
         await server.set_serving(False)
 
     # -- http --------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from raftlog.log import Log, LogConfig, SyncPolicy
 from raftlog.log.config import INDEX_ENTRY_BYTES
+from raftlog.log.syncthread import SyncThread
 from raftlog.raft.errors import CodecError
 from raftlog.raft.types import Entry, EntryType
 
@@ -101,6 +102,9 @@ class RaftLogStore:
     def __init__(self, log: Log, *, fsync: bool = True) -> None:
         self.log = log
         self.fsync = fsync
+        #: The thread that runs :meth:`sync_exclusive`'s fsyncs (started on first use,
+        #: stopped by :meth:`close`).
+        self._syncer = SyncThread(f"raft-log-fsync {Path(log.directory).name}")
 
     @classmethod
     def open(
@@ -189,14 +193,15 @@ class RaftLogStore:
     async def sync_exclusive(self) -> None:
         """:meth:`sync` for a caller that does not touch the store until it returns.
 
-        Runs the engine's blocking fsync in the default executor: one thread hand-off and
-        no task, against a future chain and a task for :meth:`sync` (about 100 us of event
-        loop CPU less per call here). Only safe while nothing else reads or writes the
-        store meanwhile, which holds for the node's driver (its single user, which awaits
-        every round's fsync before the next); use :meth:`sync` anywhere else.
+        Runs the engine's blocking fsync in the store's own thread
+        (:class:`raftlog.log.syncthread.SyncThread`: one hand-off, no task, no executor
+        future; about 100 us of event-loop CPU less per call than :meth:`sync`, and 30 us
+        less than the default executor, here). Only safe while nothing else reads or writes
+        the store meanwhile, which holds for the node's driver (its single user, which
+        awaits every round's fsync before the next); use :meth:`sync` anywhere else.
         """
         if self.fsync:
-            await asyncio.get_running_loop().run_in_executor(None, self.log.sync_blocking)
+            await self._syncer.run(self.log.sync_blocking)
 
     async def flush(self) -> None:
         """Make every write so far durable now, even in a store opened with ``fsync``
@@ -281,6 +286,7 @@ class RaftLogStore:
         try:
             await self.sync()
         finally:
+            await asyncio.to_thread(self._syncer.stop)
             await self.log.close()
 
     def close_sync(self) -> None:
@@ -290,4 +296,5 @@ class RaftLogStore:
         try:
             self.sync_blocking()
         finally:
+            self._syncer.stop()
             self.log.close_sync()

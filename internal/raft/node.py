@@ -172,6 +172,8 @@ class RaftNode:
         #: whether it fired (the driver then sends the commit index before its next round).
         self._commit_timer: asyncio.TimerHandle | None = None
         self._commit_due = False
+        #: Set once the node failed or began to close (:meth:`wait_failure`).
+        self._ended = asyncio.Event()
         self._drive_task: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._sender = SnapshotSender(
@@ -330,6 +332,7 @@ class RaftNode:
         timeout = self.config.close_timeout
         self._stopping = True
         self._wake.set()
+        self._ended.set()
         if self._commit_timer is not None:
             self._commit_timer.cancel()
             self._commit_timer = None
@@ -521,6 +524,20 @@ class RaftNode:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(left, self.config.tick_interval * 4)):
                     await fut
+
+    async def wait_failure(self, timeout: float) -> NodeFailedError:
+        """Wait until this node fails (:attr:`failure`) and return why. Unlike
+        :meth:`wait_for` nothing wakes it before then (a watcher that would re-check a
+        predicate after every round costs every round a task switch). Raises
+        NodeClosedError if the node closes first, WaitTimeoutError after ``timeout`` s."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._ended.wait()
+        except TimeoutError:
+            raise WaitTimeoutError(f"node {self.id}: no failure within {timeout} s") from None
+        if self._failure is None:
+            raise NodeClosedError(f"node {self.id!r} closed")
+        return self._failure
 
     async def wait_for_leader(self, timeout: float) -> NodeId:
         """Wait until a leader is known; return its id."""
@@ -825,6 +842,7 @@ class RaftNode:
         self._stopping = True
         self._fail_all(failure)
         self._notify()
+        self._ended.set()
 
     def _hand_over(self) -> None:
         """A leader that stops tells its most caught-up voter to campaign now (TIMEOUT_NOW,

@@ -617,6 +617,20 @@ async def test_deferred_commit_broadcast_reaches_followers_without_more_writes(
         await c.close()
 
 
+async def test_wait_failure_times_out_and_ends_with_the_close(cluster: Cluster) -> None:
+    await cluster.start_all()
+    lead = await cluster.leader()
+    rounds = lead.stats.rounds
+    with pytest.raises(WaitTimeoutError):
+        await lead.wait_failure(0.05)
+    waiter = asyncio.create_task(lead.wait_failure(WAIT))
+    await lead.propose(b"x")  # rounds go by: the waiter is not woken by them
+    assert lead.stats.rounds > rounds and not waiter.done()
+    await cluster.stop(lead.id)
+    with pytest.raises(NodeClosedError):
+        await waiter
+
+
 def test_node_config_validation_says_what_is_wrong(tmp_path: Path) -> None:
     raft = RaftConfig(id="n1")
     with pytest.raises(ConfigError, match="commit_broadcast_delay"):
