@@ -162,7 +162,7 @@ class _Inbound:
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
-        self.handshake: asyncio.Task[tuple[str, str] | None] | None = None
+        self.handshake: asyncio.Task[tuple[str, str, InboundFrames] | None] | None = None
 
     def end(self) -> None:
         if self.handshake is not None and not self.handshake.done():
@@ -568,7 +568,7 @@ class TcpTransport:
             accepted = handshake.result()
             if accepted is None:
                 return
-            remote_id, subject = accepted
+            remote_id, subject, frames = accepted
             self._stats.accepted += 1
             log.debug(
                 "raft transport %s: accepted %s (subject %r) from %s",
@@ -579,15 +579,22 @@ class TcpTransport:
             )
             if self._closed:
                 return
-            await self._read_loop(remote_id, reader)
+            await frames.ended
         finally:
             abort(writer)
             self._untrack(conn)
 
     async def _accept_handshake(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> tuple[str, str] | None:
-        """Ack the marker, TLS (server side), authorize, hello; (peer id, subject) or None."""
+    ) -> tuple[str, str, InboundFrames] | None:
+        """Ack the marker, TLS (server side), authorize, hello; (peer id, subject, the
+        protocol that now reads the connection) or None.
+
+        Right after the hello, before its ack, the connection's protocol becomes an
+        :class:`InboundFrames`: the dialer sends nothing between its hello and our ack, so
+        no byte is left behind in ``reader``, and every later frame is delivered from the
+        transport's callback (no reader task to wake: one event-loop hop less per message).
+        """
         subject: str | None = None
         try:
             async with asyncio.timeout(self.config.handshake_timeout):
@@ -602,8 +609,13 @@ class TcpTransport:
                 if hello is None:
                     raise HandshakeError("connection closed before the hello frame")
                 remote_id = decode_hello(HELLO_MAGIC, hello)
+                transport = writer.transport
+                assert isinstance(transport, asyncio.Transport)
+                frames = InboundFrames(self, remote_id, transport)
+                transport.set_protocol(frames)
+                # a few bytes into an empty buffer: sent without a drain (whose flow
+                # control belonged to the stream protocol just replaced)
                 writer.write(encode_frame(encode_hello(HELLO_ACK_MAGIC, self.node_id)))
-                await writer.drain()
         except CONNECTION_ERRORS as exc:
             self._refuse(writer, subject, describe(exc))
             return None
@@ -611,42 +623,7 @@ class TcpTransport:
             log.exception("raft transport %s: handshake failed unexpectedly", self.node_id)
             self._refuse(writer, subject, describe(exc))
             return None
-        return remote_id, subject
-
-    async def _read_loop(self, remote_id: str, reader: asyncio.StreamReader) -> None:
-        decoder = FrameDecoder(self.config.max_frame_size)
-        try:
-            while True:
-                data = await reader.read(READ_CHUNK)
-                if not data:
-                    if decoder.pending:
-                        log.warning(
-                            "raft transport %s: connection from %s ended inside a frame "
-                            "(%d bytes of it received)",
-                            self.node_id,
-                            remote_id,
-                            decoder.pending,
-                        )
-                    return
-                for payload in decoder.feed(data):
-                    self._stats.bytes_received += len(payload)
-                    self._deliver(payload)
-                    if self._closed:
-                        return
-                if decoder.error is not None:
-                    raise decoder.error
-        except FrameTooLargeError as exc:
-            self._stats.oversized_frames += 1
-            log.error(
-                "raft transport %s: closing connection from %s: %s", self.node_id, remote_id, exc
-            )
-        except CONNECTION_ERRORS as exc:
-            log.debug(
-                "raft transport %s: connection from %s ended: %s",
-                self.node_id,
-                remote_id,
-                describe(exc),
-            )
+        return remote_id, subject, frames
 
     def _deliver(self, payload: bytes) -> None:
         handler = self._handler
@@ -695,3 +672,69 @@ class TcpTransport:
         self._inbound.discard(conn)
         if not self._inbound:
             self._inbound_empty.set()
+
+
+class InboundFrames(asyncio.Protocol):
+    """Reads an accepted peer connection once its handshake is done: splits the bytes into
+    frames (:class:`FrameDecoder`) and hands each payload to the transport's handler from
+    ``data_received``. :attr:`ended` resolves when the connection is gone (the accepting
+    task waits on it). A frame above ``max_frame_size`` or a transport that closed ends
+    the connection."""
+
+    def __init__(self, owner: TcpTransport, remote_id: str, transport: asyncio.Transport) -> None:
+        self._owner = owner
+        self._remote_id = remote_id
+        self._decoder = FrameDecoder(owner.config.max_frame_size)
+        # set_protocol() does not call connection_made: the transport is given here
+        self._transport = transport
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        owner = self._owner
+        decoder = self._decoder
+        try:
+            payloads = decoder.feed(data)
+        except FrameTooLargeError:
+            return  # already reported; the connection is being closed
+        for payload in payloads:
+            owner._stats.bytes_received += len(payload)
+            owner._deliver(payload)
+            if owner._closed:
+                self._close()
+                return
+        if decoder.error is not None:
+            owner._stats.oversized_frames += 1
+            log.error(
+                "raft transport %s: closing connection from %s: %s",
+                owner.node_id,
+                self._remote_id,
+                decoder.error,
+            )
+            self._close()
+
+    def eof_received(self) -> bool:
+        if self._decoder.pending:
+            log.warning(
+                "raft transport %s: connection from %s ended inside a frame "
+                "(%d bytes of it received)",
+                self._owner.node_id,
+                self._remote_id,
+                self._decoder.pending,
+            )
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            log.debug(
+                "raft transport %s: connection from %s ended: %s",
+                self._owner.node_id,
+                self._remote_id,
+                describe(exc),
+            )
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+    def _close(self) -> None:
+        # abort, as the accepting task does when it ends: a graceful TLS close would wait
+        # for the peer's close_notify, which a misbehaving peer never sends
+        self._transport.abort()
