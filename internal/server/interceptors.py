@@ -34,6 +34,7 @@ import time
 import urllib.parse
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -109,8 +110,24 @@ def peer_of(peer: str) -> str:
     return peer
 
 
+#: The subject of the call running in this task, read once by the outermost interceptor
+#: (:class:`ObservabilityInterceptor`) for the checks inside it; unset outside a call.
+_CALL_SUBJECT: ContextVar[str | None] = ContextVar("raftlog_call_subject")
+
+
 def subject_of(context: Context) -> str | None:
-    """The client certificate's common name (gRPC's ``x509_common_name``), if any."""
+    """The client certificate's common name (gRPC's ``x509_common_name``), if any.
+
+    Within a call the outermost interceptor reads it once (``auth_context()`` builds a
+    new dict from the TLS session on every call) and the checks inside it reuse it."""
+    try:
+        return _CALL_SUBJECT.get()
+    except LookupError:
+        pass
+    return _read_subject(context)
+
+
+def _read_subject(context: Context) -> str | None:
     names: Any = context.auth_context().get("x509_common_name")
     if not names:
         return None
@@ -263,6 +280,24 @@ def _checked(
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]
 
 
+class WrapCache:
+    """The wrapped handler of each method, built once: grpc.aio asks every interceptor for
+    the handler of every call, and the method's own handler is the same object each time,
+    so a wrapper made for it (closures and a handler tuple) can serve every later call.
+    Rebuilt if the inner handler changes."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+
+    def get(self, method: str, handler: Handler, build: Callable[[], Handler]) -> Handler:
+        hit = self._wrapped.get(method)
+        if hit is not None and hit[0] is handler:
+            return hit[1]
+        wrapped = build()
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+
 class CallMetrics(Protocol):
     """Where :class:`ObservabilityInterceptor` reports each call (the node's metrics)."""
 
@@ -276,13 +311,17 @@ class AuthenticationInterceptor(grpc.aio.ServerInterceptor):
     the rule hold for every method whatever the transport settings.
     """
 
+    def __init__(self) -> None:
+        self._wrapped = WrapCache()
+
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        return _checked(handler, handler_call_details.method, self._check)
+        method = handler_call_details.method
+        return self._wrapped.get(method, handler, lambda: _checked(handler, method, self._check))
 
     @staticmethod
     def _check(method: str, context: Context) -> None:
@@ -307,6 +346,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
         self._actions = dict(DEFAULT_ACTIONS if actions is None else actions)
         self._cache: dict[tuple[str, str], bool] = {}
         self._cache_generation = self._generation()
+        self._wrapped = WrapCache()
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -316,9 +356,13 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method in OPEN_METHODS:
             return handler
         if method in self._actions:
-            return _checked(handler, method, self._check, self._generation)
+            return self._wrapped.get(
+                method, handler, lambda: _checked(handler, method, self._check, self._generation)
+            )
         if method.startswith(GUARDED_SERVICES):
-            return _checked(handler, method, self._refuse_undeclared)
+            return self._wrapped.get(
+                method, handler, lambda: _checked(handler, method, self._refuse_undeclared)
+            )
         return handler
 
     @staticmethod
@@ -382,6 +426,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         #: The audit log (docs/security.md): every refused call (UNAUTHENTICATED,
         #: PERMISSION_DENIED) and every call of the admin service, allowed or not.
         self.audit = audit if audit is not None else NO_AUDIT
+        self._wrapped = WrapCache()
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -389,7 +434,8 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        return self._observed(handler, handler_call_details.method)
+        method = handler_call_details.method
+        return self._wrapped.get(method, handler, lambda: self._observed(handler, method))
 
     def _record(
         self, method: str, who: tuple[str, str], started: float, code: grpc.StatusCode
@@ -437,7 +483,11 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     def _who(context: Context) -> tuple[str, str]:
         # Read while the call is alive: grpc.aio's auth context and peer must not be touched
         # after a client cancelled (the call's core object is gone; it can crash the process).
-        return subject_of(context) or "-", peer_of(context.peer())
+        # The subject is kept for the checks inside this interceptor (subject_of): each call
+        # runs in a task of its own, so the variable is this call's.
+        subject = _read_subject(context)
+        _CALL_SUBJECT.set(subject)
+        return subject or "-", peer_of(context.peer())
 
     @staticmethod
     def _code(context: Context, exc: BaseException | None) -> grpc.StatusCode:
@@ -587,13 +637,17 @@ class DecodeGuardInterceptor(grpc.aio.ServerInterceptor):
     written for it, e.g. reflection) is answered the same way here.
     """
 
+    def __init__(self) -> None:
+        self._wrapped = WrapCache()
+
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
-        return self._guarded(handler, handler_call_details.method)
+        method = handler_call_details.method
+        return self._wrapped.get(method, handler, lambda: self._guarded(handler, method))
 
     @staticmethod
     def _guarded(handler: Handler, method: str) -> Handler:

@@ -16,7 +16,7 @@ from cryptography import x509
 
 from raftlog.domain.errors import UnauthenticatedError
 from raftlog.security.denylist import DenyList
-from raftlog.server.interceptors import Continuation, Handler, _checked, subject_of
+from raftlog.server.interceptors import Continuation, Handler, WrapCache, _checked, subject_of
 
 #: Parsed serial numbers kept per certificate (PEM bytes -> serial).
 _SERIAL_CACHE_MAX = 1024
@@ -28,6 +28,7 @@ class RevocationInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, deny_list: DenyList) -> None:
         self._deny = deny_list
         self._serials: OrderedDict[bytes, int] = OrderedDict()
+        self._wrapped = WrapCache()
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -35,7 +36,10 @@ class RevocationInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        return _checked(handler, handler_call_details.method, self._check, self._generation)
+        method = handler_call_details.method
+        return self._wrapped.get(
+            method, handler, lambda: _checked(handler, method, self._check, self._generation)
+        )
 
     def _generation(self) -> int:
         return self._deny.generation
