@@ -107,6 +107,10 @@ from raftlog.telemetry.audit import NO_AUDIT, AuditSink
 
 log = logging.getLogger("raftlog.distributed")
 
+#: Longest a follower waits, after a write it forwarded was acknowledged by the leader, to
+#: have applied it itself before answering (read-your-writes on the node called), seconds.
+FORWARD_APPLY_WAIT_S = 1.0
+
 
 class ProposalObserver(Protocol):
     """Told how long each batch this leader proposed took to commit and apply (metrics)."""
@@ -345,6 +349,10 @@ class DistributedLog:
                     await self._pause(loop, deadline)
                     continue
                 self.local_appends += 1
+                if forwarded:
+                    # the follower that forwarded it waits to have applied it (below):
+                    # tell the followers of this commit now, not with the next write
+                    node.broadcast_commit()
                 return self._outcome(res.result, res.index, len(records))
             if forwarded:
                 raise self._not_leader()
@@ -393,7 +401,19 @@ class DistributedLog:
                 await self._pause(loop, deadline)
                 continue
             self.forwarded += 1
+            await self._applied_here(node, result.last, min(left, FORWARD_APPLY_WAIT_S))
             return result
+
+    async def _applied_here(self, node: RaftNode, last: int, timeout_s: float) -> None:
+        """Read-your-writes on the node the client called: after a forwarded write, wait
+        (up to ``timeout_s``) until this follower's commit log holds ``last``, so that a read
+        here right after the acknowledgement sees the write. The write is acknowledged by
+        the leader either way: past the wait the answer goes out regardless."""
+        fsm = self.fsm
+        if fsm.highest_offset >= last or timeout_s <= 0:
+            return
+        with contextlib.suppress(WaitTimeoutError, NodeClosedError, NodeFailedError):
+            await node.wait_for(lambda: fsm.highest_offset >= last, timeout_s, f"offset {last}")
 
     async def _propose(self, data: bytes, timeout_s: float, count: int) -> ApplyResult:
         """``node.propose`` measured (observer) and traced (a ``raftlog.raft.propose``

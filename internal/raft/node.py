@@ -804,6 +804,13 @@ class RaftNode:
         except Exception as exc:
             self._fatal(exc)
 
+    def broadcast_commit(self) -> None:
+        """Tell the followers of the commit index now rather than after
+        ``commit_broadcast_delay`` (a follower waits to apply a write it forwarded)."""
+        if self._core is not None and self._core.commit_unsent and not self._stopping:
+            self._commit_due = True
+            self._wake.set()
+
     def _commit_fired(self) -> None:
         """The commit broadcast delay passed: the driver sends it if still unsent."""
         self._commit_timer = None

@@ -38,6 +38,7 @@ import socket
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import cast
 
 from raftlog.raft.tcp_common import (
     CONNECTION_ERRORS,
@@ -609,8 +610,8 @@ class TcpTransport:
                 if hello is None:
                     raise HandshakeError("connection closed before the hello frame")
                 remote_id = decode_hello(HELLO_MAGIC, hello)
-                transport = writer.transport
-                assert isinstance(transport, asyncio.Transport)
+                # (uvloop's TLS transport has the Transport methods without the base class)
+                transport = cast(asyncio.Transport, writer.transport)
                 frames = InboundFrames(self, remote_id, transport)
                 transport.set_protocol(frames)
                 # a few bytes into an empty buffer: sent without a drain (whose flow
