@@ -6,7 +6,9 @@ at once; this process is the client, with ``--window`` messages in flight on one
 (the same loop as ``bench_grpc.produce_stream``). Prints messages/s and the CPU time per
 message of each side. ``--server-style`` picks how the server handles the stream:
 ``yield`` (``async for`` over the requests, ``yield`` each response: what a servicer
-usually does) or ``rw`` (``context.read()`` / ``context.write()``).
+usually does), ``rw`` (``context.read()`` / ``context.write()``) or ``burst``
+(ProduceStream's shape without the log: requests queued by a reader task, every queued one
+answered at once, after ``--burst-wait-ms`` standing in for the append).
 
     .venv/bin/python bench/bench_grpc_echo.py --duration 3
 """
@@ -34,7 +36,7 @@ from raftlog.security.grpc_tls import grpc_channel_credentials, grpc_server_cred
 METHOD = "/log.v1.Log/ProduceStream"
 
 
-async def serve(certs_dir: Path, style: str) -> None:
+async def serve(certs_dir: Path, style: str, burst_wait_s: float) -> None:
     certs = write_dev_certs(certs_dir)
     server_tls = certs["server"]
     tls = TLSConfig(server_tls.cert_file, server_tls.key_file, server_tls.ca_file)
@@ -49,8 +51,38 @@ async def serve(certs_dir: Path, style: str) -> None:
         while (await read()) is not eof:
             await write(response)
 
+    async def echo_burst(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        # ProduceStream's shape without the log: a reader task queues the requests, the
+        # handler answers every queued one at once (after a pause standing in for an
+        # append: --burst-wait-ms)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def reader() -> None:
+            async for request in requests:
+                queue.put_nowait(request)
+            queue.put_nowait(None)
+
+        task = asyncio.create_task(reader())
+        try:
+            while (await queue.get()) is not None:
+                if burst_wait_s:
+                    await asyncio.sleep(burst_wait_s)
+                n = 1 + queue.qsize()  # what arrived meanwhile joins the burst
+                ended = False
+                for _ in range(n - 1):
+                    if queue.get_nowait() is None:
+                        ended = True
+                        n -= 1
+                for _ in range(n):
+                    yield response
+                if ended:
+                    break
+        finally:
+            task.cancel()
+
+    handlers = {"yield": echo_yield, "rw": echo_rw, "burst": echo_burst}
     handler = grpc.stream_stream_rpc_method_handler(
-        echo_yield if style == "yield" else echo_rw,
+        handlers[style],
         log_pb2.ProduceRequest.FromString,
         log_pb2.ProduceResponse.SerializeToString,
     )
@@ -95,7 +127,8 @@ def main() -> int:
     p.add_argument("--size", type=int, default=100)
     p.add_argument("--window", type=int, default=1000)
     p.add_argument("--max-records", type=int, default=300_000)
-    p.add_argument("--server-style", choices=("yield", "rw"), default="yield")
+    p.add_argument("--server-style", choices=("yield", "rw", "burst"), default="yield")
+    p.add_argument("--burst-wait-ms", type=float, default=0.0)
     p.add_argument(
         "--switch-interval", type=float, default=0.0, help="sys.setswitchinterval, both sides"
     )
@@ -104,7 +137,7 @@ def main() -> int:
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
     if args.serve:
-        asyncio.run(serve(Path(args.serve), args.server_style))
+        asyncio.run(serve(Path(args.serve), args.server_style, args.burst_wait_ms / 1e3))
         return 0
     with tempfile.TemporaryDirectory(prefix="raftlog-echo-") as tmp:
         proc = subprocess.Popen(
