@@ -434,17 +434,35 @@ class LogService(log_pb2_grpc.LogServicer):
         Ends with None (the client half-closed) or an error (a bad request, a broken
         stream); requests after a bad one are not read.
         """
+        limit = self.config.max_message_bytes
+        put = queue.put_nowait
         try:
             async for request in requests:
-                records = self._records_of(request)
-                producer_id, sequence = self._producer_of(request)
-                size = _REQUEST_OVERHEAD_BYTES + sum(map(len, records))
-                await window.acquire(size)
-                queue.put_nowait((records, size, producer_id, sequence, request.ByteSize()))
+                # the book's request (one record, not idempotent) checked inline: the
+                # same checks as _records_of and _producer_of, without their calls
+                if (
+                    not request.producer_id
+                    and not request.sequence
+                    and not request.records
+                    and request.HasField("record")
+                ):
+                    value = request.record.value
+                    if len(value) > limit:
+                        raise RecordTooLargeError(len(value), limit)
+                    records = [value]
+                    size = _REQUEST_OVERHEAD_BYTES + len(value)
+                    producer_id, sequence = "", 0
+                else:
+                    records = self._records_of(request)
+                    producer_id, sequence = self._producer_of(request)
+                    size = _REQUEST_OVERHEAD_BYTES + sum(map(len, records))
+                if not window.take(size):  # waits only when the window is full
+                    await window.acquire(size)
+                put((records, size, producer_id, sequence, request.ByteSize()))
         except Exception as exc:
-            queue.put_nowait(exc)
+            put(exc)
             return
-        queue.put_nowait(None)
+        put(None)
 
 
 #: What one queued request counts against a ProduceStream's byte window besides its
@@ -459,6 +477,13 @@ class _ByteWindow:
         self.limit = limit
         self.used = 0
         self._freed = asyncio.Event()
+
+    def take(self, n: int) -> bool:
+        """Take ``n`` bytes if they fit now (a lone request always fits); else False."""
+        if self.used and self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
 
     async def acquire(self, n: int) -> None:
         """Wait until ``n`` more bytes fit (a lone request always fits), then take them."""

@@ -335,6 +335,58 @@ async def test_produce_stream_with_a_tiny_window_still_answers_everything_in_ord
         assert n.local_log.read(199) == bytes([199]) * 500
 
 
+async def test_single_record_stream_with_many_in_flight_answers_each_message_in_order(
+    tmp_path: Path, dev_certs: dict[str, CertFiles]
+) -> None:
+    """The benchmark's shape (bench/bench_stream_x1.py): one record per message, hundreds
+    of messages unacknowledged, read and written at once. Gathered appends of at most 64
+    requests, an idempotent request (appended on its own) and a batch request among them:
+    one response per message, in order, at strictly consecutive offsets, and the log
+    holds the records in the order they were sent."""
+    total, in_flight = 3000, 400
+    config = ServerConfig(produce_stream_max_requests=64)
+
+    def request(i: int) -> log_pb2.ProduceRequest:
+        if i == 1234:
+            return log_pb2.ProduceRequest(
+                record=Record(value=b"%06d" % i), producer_id="p-1", sequence=1
+            )
+        if i == 2345:
+            return log_pb2.ProduceRequest(records=[Record(value=b"%06d" % i)] * 3)
+        return log_pb2.ProduceRequest(record=Record(value=b"%06d" % i))
+
+    async with running_node(tmp_path, dev_certs, config=config) as n, n.channel() as ch:
+        call = n.stub(ch).ProduceStream()
+        slots = asyncio.Semaphore(in_flight)
+        responses: list[log_pb2.ProduceResponse] = []
+
+        async def writer() -> None:
+            for i in range(total):
+                await slots.acquire()
+                await call.write(request(i))
+            await call.done_writing()
+
+        async def reader() -> None:
+            while (response := await call.read()) is not grpc.aio.EOF:
+                responses.append(response)
+                slots.release()
+
+        async with asyncio.timeout(60):
+            await asyncio.gather(writer(), reader())
+        assert len(responses) == total
+        expected = 0
+        for i, response in enumerate(responses):
+            n_records = 3 if i == 2345 else 1
+            assert (response.offset, response.last_offset) == (expected, expected + n_records - 1)
+            assert not response.duplicate
+            expected += n_records
+        assert n.local_log.read(0) == b"000000"
+        assert n.local_log.read(1234) == b"001234"
+        assert n.local_log.read(2345) == n.local_log.read(2347) == b"002345"
+        assert n.local_log.read(expected - 1) == b"%06d" % (total - 1)
+        assert n.local_log.highest_offset == expected - 1
+
+
 def _flip_payload_byte(local_log: object, offset: int) -> None:
     """Bit rot: flip one payload byte of the record at ``offset`` in its store file."""
     commit_log = local_log._log  # type: ignore[attr-defined]
