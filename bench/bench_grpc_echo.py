@@ -133,7 +133,7 @@ def main() -> int:
         "--switch-interval", type=float, default=0.0, help="sys.setswitchinterval, both sides"
     )
     p.add_argument("--serve", metavar="CERTS_DIR", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args, _unknown = p.parse_known_args()  # bench/run.py passes its own
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
     if args.serve:

@@ -130,7 +130,7 @@ def main() -> int:
         help="sample the leader with py-spy (on PATH) into FILE (collapsed stacks)",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    args = p.parse_args()
+    args, _unknown = p.parse_known_args()  # bench/run.py passes its own
     with tempfile.TemporaryDirectory(prefix="raftlog-x1-") as tmp:
         cluster, tls = bench_cluster.start_cluster(Path(tmp), args.sync)
         try:
