@@ -76,7 +76,7 @@ $(SERF):
 	    echo "error: serf not found and apt-get is not available;" \
 	         "install HashiCorp Serf 0.9+ on PATH and run make again" >&2; exit 1; \
 	fi
-	@$(SERF) version | head -1
+	@$(SERF) version | sed -n 1p  # sed reads it all: head could end serf with SIGPIPE (pipefail)
 
 # Prometheus (server and promtool) for the metrics tests: Debian's package, extracted like
 # Serf (its postinst would start a system service), never installed.
@@ -99,7 +99,7 @@ $(PROMETHEUS):
 	         "install Prometheus 2.x (server and promtool) on PATH and run make again" >&2; \
 	    exit 1; \
 	fi
-	@$(PROMETHEUS) --version 2>&1 | head -1
+	@$(PROMETHEUS) --version 2>&1 | sed -n 1p
 
 certs: $(CERTS) ## development CA, server/peer and client certificates, gossip key in certs/
 $(CERTS) &: | $(STAMP) $(GEN)
