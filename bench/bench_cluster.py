@@ -54,7 +54,12 @@ SIZES = (100, 1024)
 ETCD_SCRIPT = _peers.PEERS / "bench_etcd.py"
 
 
-def start_cluster(root: Path, sync: str, *, metrics: bool = False) -> tuple[DevCluster, TLSConfig]:
+def start_cluster(
+    root: Path, sync: str, *, metrics: bool = False, nodes: int = 3, budget: bool = False
+) -> tuple[DevCluster, TLSConfig]:
+    """``nodes`` agents under ``root`` (dev certificates, the example ACL), started and
+    agreed on a leader; ``metrics``: each with ``--metrics-addr`` on a free port
+    (:func:`metrics_addrs`), ``budget``: also ``--latency-budget``."""
     certs = write_dev_certs(root / "certs")
     write_example_acl(root / "certs")
     client = certs["root"]
@@ -64,17 +69,19 @@ def start_cluster(root: Path, sync: str, *, metrics: bool = False) -> tuple[DevC
         ClusterFiles.from_dir(root / "certs"),
         agent_args=("--serf-profile", "local", "--sync", sync, "--log-level", "warning"),
     )
-    names = ["n1", "n2", "n3"]
+    names = [f"n{i + 1}" for i in range(nodes)]
     for name in names:
         node = cluster.add_node(name)
-        if metrics:
-            extra = ("--metrics-addr", f"127.0.0.1:{free_port()}")
+        if metrics or budget:
+            extra: tuple[str, ...] = ("--metrics-addr", f"127.0.0.1:{free_port()}")
+            if budget:
+                extra += ("--latency-budget",)
             cluster.nodes[name] = dataclasses.replace(node, extra=extra)
-    cluster.start("n1", bootstrap=True, join=[])
+    cluster.start(names[0], bootstrap=True, join=[])
     for name in names[1:]:
-        cluster.start(name, join=[cluster.nodes["n1"].gossip_addr])
+        cluster.start(name, join=[cluster.nodes[names[0]].gossip_addr])
     try:
-        asyncio.run(cluster.wait_for(tls, members=3, timeout_s=60))
+        asyncio.run(cluster.wait_for(tls, members=nodes, timeout_s=60))
     except BaseException:
         cluster.stop_all()
         raise

@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import sys
 import tempfile
 import urllib.request
 from pathlib import Path
 
+import bench_cluster
 import bench_grpc
 
-from raftlog.agent.devcluster import ClusterFiles, DevCluster, free_port
+from raftlog.agent.devcluster import DevCluster
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
-from raftlog.auth import write_example_acl
-from raftlog.security import TLSConfig, write_dev_certs
+from raftlog.security import TLSConfig
 from raftlog.telemetry.budget import STAGES
 
 #: Leader stages in path order, then the followers' own.
@@ -37,30 +36,10 @@ FOLLOWER_ROWS = [s for s in STAGES if s.startswith("follower_")]
 
 
 def start(root: Path, nodes: int, sync: str) -> tuple[DevCluster, TLSConfig, dict[str, str]]:
-    certs = write_dev_certs(root / "certs")
-    write_example_acl(root / "certs")
-    client = certs["root"]
-    tls = TLSConfig(client.cert_file, client.key_file, client.ca_file)
-    cluster = DevCluster(
-        root / "data",
-        ClusterFiles.from_dir(root / "certs"),
-        agent_args=("--serf-profile", "local", "--sync", sync, "--log-level", "warning"),
-    )
-    names = [f"n{i + 1}" for i in range(nodes)]
-    http: dict[str, str] = {}
-    for name in names:
-        node = cluster.add_node(name)
-        http[name] = f"127.0.0.1:{free_port()}"
-        extra = ("--metrics-addr", http[name], "--latency-budget")
-        cluster.nodes[name] = dataclasses.replace(node, extra=extra)
-    cluster.start(names[0], bootstrap=True, join=[])
-    for name in names[1:]:
-        cluster.start(name, join=[cluster.nodes[names[0]].gossip_addr])
-    try:
-        asyncio.run(cluster.wait_for(tls, members=nodes, timeout_s=60))
-    except BaseException:
-        cluster.stop_all()
-        raise
+    """The cluster (bench_cluster.start_cluster with the budget on) and each node's
+    metrics listener (name -> HOST:PORT)."""
+    cluster, tls = bench_cluster.start_cluster(root, sync, nodes=nodes, budget=True)
+    http = {name: node.extra[1] for name, node in cluster.nodes.items()}
     return cluster, tls, http
 
 
