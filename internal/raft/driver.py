@@ -207,10 +207,11 @@ class Driver:
         """A snapshot was taken and waits for :meth:`finish_snapshot`."""
         return self._snap_done is not None
 
-    def appended_at(self, index: int) -> None:
-        """The transport delivered an append (entries through ``index``): with the budget
-        on, the follower's round is timed from the first one since its last round."""
-        if self.budget is not None and not self._received_at:
+    def append_received(self) -> None:
+        """The transport delivered an append with entries (the caller checked that the
+        budget is on): the follower's round is timed from the first one since its last
+        round."""
+        if not self._received_at:
             self._received_at = time.perf_counter_ns()
 
     async def round(self, core: RaftCore, rd: Ready) -> None:

@@ -738,8 +738,8 @@ class RaftNode:
                 if m.type is MessageType.APPEND_RESP:
                     if self._proposals.traced and not m.reject:
                         self._proposals.mark_traced(m.index, "acked")
-                elif m.type is MessageType.APPEND and m.entries:
-                    self._driver.appended_at(m.entries[-1].index)
+                elif m.entries and self._driver.budget is not None:
+                    self._driver.append_received()  # (only appends carry entries)
             elif kind == KIND_CHUNK:
                 self._receiver.on_chunk(decode_snapshot_chunk(payload[1:]))
             elif kind == KIND_CHUNK_ACK:
@@ -814,9 +814,7 @@ class RaftNode:
     def _commit_fired(self) -> None:
         """The commit broadcast delay passed: the driver sends it if still unsent."""
         self._commit_timer = None
-        if not self._stopping:
-            self._commit_due = True
-            self._wake.set()
+        self.broadcast_commit()
 
     def _fatal(self, exc: BaseException) -> None:
         # the OSError itself, or the one behind a failed save of the hard state
