@@ -133,6 +133,17 @@ def _renew(c: DevCluster, name: str) -> None:
     )
 
 
+def serve_metrics(cluster: DevCluster, *extra: str) -> dict[str, str]:
+    """Give every registered node ``--metrics-addr 127.0.0.1:<free port>`` (and the agent
+    flags ``extra``); name -> that address."""
+    addrs = {}
+    for name, node in cluster.nodes.items():
+        addrs[name] = f"127.0.0.1:{free_port()}"
+        flags = (*node.extra, "--metrics-addr", addrs[name], *extra)
+        cluster.nodes[name] = dataclasses.replace(node, extra=flags)
+    return addrs
+
+
 def assert_clean_exit(c: DevCluster) -> None:
     """Every node that was started exited with status 0 (after ``stop_all``)."""
     for name, node in c.nodes.items():

@@ -5,17 +5,15 @@ on every node and the ``raftlog_debug_request_stage_seconds`` histogram."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from raftlog.agent.devcluster import free_port
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.security import CertFiles, TLSConfig
 from raftlog.telemetry.budget import STAGES
-from support.cluster import assert_clean_exit, new_cluster, start_cluster
+from support.cluster import assert_clean_exit, new_cluster, serve_metrics, start_cluster
 from support.config_check import assert_refused
 
 pytestmark = pytest.mark.timeout(120)
@@ -38,11 +36,7 @@ async def test_every_stage_of_a_replicated_write_is_measured(
     root = dev_certs["root"]
     tls = TLSConfig(root.cert_file, root.key_file, root.ca_file)
     cluster = new_cluster(tmp_path, dev_certs, static_peers=True)
-    http_addr = {}
-    for name, node in cluster.nodes.items():
-        http_addr[name] = f"127.0.0.1:{free_port()}"
-        extra = (*node.extra, "--metrics-addr", http_addr[name], "--latency-budget")
-        cluster.nodes[name] = dataclasses.replace(node, extra=extra)
+    http_addr = serve_metrics(cluster, "--latency-budget")
     try:
         leader = await start_cluster(cluster, static_peers=True)
         async with cluster.channel(leader, tls) as ch:

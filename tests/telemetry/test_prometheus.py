@@ -11,7 +11,6 @@ Grafana dashboard naming only metrics that exist.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import re
 import subprocess
@@ -21,10 +20,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from raftlog.agent.devcluster import DevCluster, free_port
+from raftlog.agent.devcluster import free_port
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.security import CertFiles, TLSConfig
-from support.cluster import assert_clean_exit, new_cluster, start_cluster
+from support.cluster import assert_clean_exit, new_cluster, serve_metrics, start_cluster
 from support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -36,16 +35,6 @@ DASHBOARD = REPO / "deploy" / "grafana" / "raftlog.json"
 
 #: Records produced by the test: batches to the leader, one batch through a follower.
 BATCHES, PER_BATCH, FORWARDED = 5, 20, 7
-
-
-def serve_metrics(cluster: DevCluster) -> dict[str, str]:
-    """Give every registered node ``--metrics-addr 127.0.0.1:<free port>``; name -> addr."""
-    addrs = {}
-    for name, node in cluster.nodes.items():
-        addrs[name] = f"127.0.0.1:{free_port()}"
-        extra = (*node.extra, "--metrics-addr", addrs[name])
-        cluster.nodes[name] = dataclasses.replace(node, extra=extra)
-    return addrs
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
