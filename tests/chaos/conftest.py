@@ -3,7 +3,9 @@ network namespaces before the first scenario (those a killed earlier run left be
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 
 import pytest
 
@@ -20,9 +22,16 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def _fresh_start() -> None:
     """Results of an earlier run are removed (the report shows one run), and so are the
-    namespaces and bridges of runs that died before their finalizers."""
+    namespaces and bridges of runs that died before their finalizers.
+
+    Under pytest-xdist every worker runs this fixture: a file may already be gone (another
+    worker removed it), and a file newer than this worker's start is this run's result (a
+    scenario takes 20 s or more, so it cannot finish before a worker starts), kept."""
+    started = time.time() - 1.0
     for old in results_dir().glob("*.json"):
-        old.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            if old.stat().st_mtime < started:
+                old.unlink()
     if os.geteuid() == 0:
         removed = chaos_net.clean_stale()
         if removed:

@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -855,11 +855,38 @@ class Workload:
 # -- convergence -----------------------------------------------------------------------------
 
 
+def silent_nodes_report(cluster: ChaosCluster, names: Iterable[str], tail: int = 20) -> str:
+    """For each node that did not answer: its process state and the tail of its log."""
+    parts = []
+    for name in names:
+        node = cluster.nodes[name]
+        code = node.proc.poll() if node.proc is not None else None
+        state = (
+            "not started"
+            if node.proc is None
+            else f"exited {code}"
+            if code is not None
+            else "running"
+        )
+        lines = cluster.log_since_start(name).splitlines()[-tail:]
+        parts.append(f"{name} ({state}); last {len(lines)} log lines:\n  " + "\n  ".join(lines))
+    return "\n".join(parts)
+
+
 async def final_logs(
-    cluster: ChaosCluster, tls: TLSConfig, history: History, timeout_s: float = 60.0
+    cluster: ChaosCluster,
+    tls: TLSConfig,
+    history: History,
+    timeout_s: float = 60.0,
+    poll: Callable[[], None] | None = None,
 ) -> dict[str, list[str]]:
     """After healing: wait for a leader, write a sentinel through it, wait until every
-    replica reports the same end twice in a row, then read every replica whole."""
+    replica reports the same end twice in a row, then read every replica whole.
+
+    ``poll`` runs on every round (the nemesis's crash check: a node that died after the
+    last fault is recorded and restarted, not waited for in silence). On timeout the error
+    names each replica that did not answer, with its process state and its log's tail.
+    """
     deadline = time.monotonic() + timeout_s
     await cluster.wait_members(tls, len(cluster.names), timeout_s / 2, history)
     async with LogClient(
@@ -872,7 +899,13 @@ async def final_logs(
         ends: dict[str, int] = {}
         while stable < 2:
             if time.monotonic() > deadline:
-                raise DevClusterError(f"replicas did not converge: ends {ends}")
+                silent = [n for n in channels if n not in ends]
+                raise DevClusterError(
+                    f"replicas did not converge: ends {ends}\n"
+                    + silent_nodes_report(cluster, silent)
+                )
+            if poll is not None:
+                poll()
             now: dict[str, int] = {}
             for name, ch in channels.items():
                 stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]

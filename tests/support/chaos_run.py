@@ -135,7 +135,7 @@ async def _drive(
         )
     finally:
         await workload.stop()
-    logs = await final_logs(cluster, tls, history, timeout_s=converge_s)
+    logs = await final_logs(cluster, tls, history, timeout_s=converge_s, poll=nemesis.check_crashes)
     nemesis.check_crashes()
     return logs
 
