@@ -859,15 +859,14 @@ def silent_nodes_report(cluster: ChaosCluster, names: Iterable[str], tail: int =
     """For each node that did not answer: its process state and the tail of its log."""
     parts = []
     for name in names:
-        node = cluster.nodes[name]
-        code = node.proc.poll() if node.proc is not None else None
-        state = (
-            "not started"
-            if node.proc is None
-            else f"exited {code}"
-            if code is not None
-            else "running"
-        )
+        proc = cluster.nodes[name].proc
+        code = None if proc is None else proc.poll()
+        if proc is None:
+            state = "not started"
+        elif code is None:
+            state = "running"
+        else:
+            state = f"exited {code}"
         lines = cluster.log_since_start(name).splitlines()[-tail:]
         parts.append(f"{name} ({state}); last {len(lines)} log lines:\n  " + "\n  ".join(lines))
     return "\n".join(parts)
