@@ -538,10 +538,26 @@ async def test_forwarded_writes_from_a_non_peer_are_not_trusted(env: Env) -> Non
 
 
 async def next_offset(env: Env) -> int:
-    async with env.channel("n2") as ch:
-        stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
-        resp = await stub.GetOffsets(log_pb2.GetOffsetsRequest(), timeout=10)
-        return int(resp.next_offset)
+    """The log's next offset once every node has applied the same records (10 s deadline).
+
+    A write is acknowledged once the leader has committed it; a follower applies it a moment
+    later. Reading one follower right after a write (``assert_healthy`` writes through each
+    node) could count that write before or after: CI once saw a "denied" stream "write" one
+    record that was the previous test's."""
+    agreed: list[int] = []
+
+    async def all_nodes_agree() -> bool:
+        offsets = set()
+        for name in env.cluster.names:
+            async with env.channel(name) as ch:
+                stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
+                resp = await stub.GetOffsets(log_pb2.GetOffsetsRequest(), timeout=10)
+                offsets.add(int(resp.next_offset))
+        agreed[:] = list(offsets)
+        return len(offsets) == 1
+
+    await wait_until(all_nodes_agree, 10, "every node to apply the same records", interval=0.05)
+    return agreed[0]
 
 
 async def test_acl_denies_every_action_not_in_the_policy(env: Env) -> None:
