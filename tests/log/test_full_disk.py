@@ -2,7 +2,7 @@
 
 A full disk must be an ``OSError(ENOSPC)`` from an append, never a SIGBUS: the index is a
 sparse memory-mapped file, and a store into one of its pages that the file system cannot
-allocate kills the process. So its blocks are allocated (``posix_fallocate``) before
+allocate kills the process. So its blocks are allocated (zeros written ahead) before
 entries are written into them. The append that fails leaves nothing behind; once space
 is freed, appends go on; every acknowledged record reads back, also after a reopen.
 
