@@ -34,7 +34,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml setup.py | $(PY)
+$(STAMP): pyproject.toml setup.py internal/log/_frames.c | $(PY)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 

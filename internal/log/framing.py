@@ -11,9 +11,13 @@ CRC-32 on 1 KiB records here, which is what bounded batched appends). It is inve
 that an all-zero header (what a preallocated or zero-filled tail looks like after a crash)
 is never a valid frame: the empty payload's CRC is 0, its stored check is 0xFFFFFFFF.
 
-Per-record Python work bounds the throughput of a batch, so a batch is encoded with one
-``map`` per column (lengths, checksums), one numpy array for all headers, one list
-interleave and one ``bytes.join``: no Python loop body runs per record.
+Per-record Python work bounds the throughput of a batch. Where the native helper
+:mod:`raftlog.log._frames` is built and the CPU has a CRC-32C instruction (x86-64 with
+SSE 4.2), a batch is framed and checksummed in one C call (1000 x 1 KiB: about 110 us,
+against about 350 us below) and many payloads are checked in one call on reads and
+recovery. Otherwise a batch is encoded with one ``map`` per column (lengths, checksums), one
+numpy array for all headers, one list interleave and one ``bytes.join``: no Python loop body
+runs per record. Both paths write the same bytes (tests/log/test_native_frames.py).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import mmap
 import struct
 from collections.abc import Sequence
+from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +33,15 @@ from crc32c import crc32c as crc
 
 from raftlog.log.config import FRAME_HEADER_BYTES
 from raftlog.log.errors import RecordTooLargeError
+
+_frames: ModuleType | None
+try:
+    from raftlog.log import _frames
+except ImportError:  # not built (no compiler at install time): the numpy path below
+    _frames = None
+
+#: True when batches are framed and checked by the native helper (see the module doc).
+NATIVE = _frames is not None and bool(_frames.HARDWARE)
 
 #: XOR mask applied to the CRC so that a zeroed header never validates.
 CHECK_MASK = 0xFFFFFFFF
@@ -52,6 +66,51 @@ def encode_batch(records: Sequence[bytes]) -> tuple[bytes, U64Array]:
 
     Raises :class:`RecordTooLargeError` if a record does not fit a u32 length.
     """
+    if _frames is not None and NATIVE:
+        try:
+            data, sizes = _frames.encode(records)
+        except OverflowError as exc:
+            raise RecordTooLargeError(str(exc)) from None
+        return data, np.frombuffer(sizes, dtype=np.uint64)
+    return encode_batch_numpy(records)
+
+
+class FrameBuffer:
+    """A reusable output buffer for framing batches (one per log; not thread-safe).
+
+    Why: a fresh ``bytes`` of 1 MiB per batch costs its page faults again on every batch.
+    Here, 1000 x 1 KiB: ``bytes.join`` + ``pwrite`` 270 us, ``pwrite`` from a buffer that is
+    reused 175 us. The buffer grows (doubling) up to ``MAX_BYTES``; a larger batch is
+    framed into a fresh object instead, so one huge batch does not pin its size for good.
+
+    :meth:`encode` returns a view of the buffer, valid until the next call: write it out
+    and drop it. Without the native helper it is :func:`encode_batch`.
+    """
+
+    #: Largest batch framed into the reused buffer, in bytes (default 8 MiB).
+    MAX_BYTES = 8 << 20
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def encode(self, records: Sequence[bytes]) -> tuple[bytes | memoryview, U64Array]:
+        if _frames is None or not NATIVE:
+            return encode_batch(records)
+        try:
+            n, sizes = _frames.encode_into(self._buf, records)
+            if sizes is None:
+                if n > self.MAX_BYTES:
+                    return encode_batch(records)
+                # a new object, never a resize: a view of the old one may still be alive
+                self._buf = bytearray(min(self.MAX_BYTES, max(n, 2 * len(self._buf))))
+                n, sizes = _frames.encode_into(self._buf, records)
+        except OverflowError as exc:
+            raise RecordTooLargeError(str(exc)) from None
+        return memoryview(self._buf)[:n], np.frombuffer(sizes, dtype=np.uint64)
+
+
+def encode_batch_numpy(records: Sequence[bytes]) -> tuple[bytes, U64Array]:
+    """:func:`encode_batch` without the native helper (and the reference it is tested on)."""
     n = len(records)
     lengths = np.fromiter(map(len, records), dtype=np.uint64, count=n)
     if n and int(lengths.max()) > MAX_RECORD_BYTES:
@@ -113,14 +172,21 @@ def bad_checksums(
     """Indices of the frames whose payload ``buf[start+8:end]`` does not match its check."""
     view = memoryview(buf)
     payload_starts = [s + FRAME_HEADER_BYTES for s in starts]
-    payloads = map(view.__getitem__, map(slice, payload_starts, ends))
-    got = np.fromiter(map(crc, payloads), dtype=np.uint64, count=len(starts))
-    got ^= CHECK_MASK
-    return np.flatnonzero(got != checks)
+    payloads = list(map(view.__getitem__, map(slice, payload_starts, ends)))
+    return bad_payload_checksums(payloads, checks)
 
 
-def bad_payload_checksums(payloads: list[bytes], checks: U64Array) -> npt.NDArray[np.intp]:
-    """Indices of the payloads whose checksum differs from ``checks``."""
+def stored_checks(payloads: Sequence[bytes | memoryview]) -> U64Array:
+    """The stored check value of every payload (one native call where there is one)."""
+    if _frames is not None and NATIVE:
+        return np.frombuffer(_frames.checks(payloads), dtype=np.uint32).astype(np.uint64)
     got = np.fromiter(map(crc, payloads), dtype=np.uint64, count=len(payloads))
     got ^= CHECK_MASK
-    return np.flatnonzero(got != checks)
+    return got
+
+
+def bad_payload_checksums(
+    payloads: Sequence[bytes | memoryview], checks: U64Array
+) -> npt.NDArray[np.intp]:
+    """Indices of the payloads whose checksum differs from ``checks``."""
+    return np.flatnonzero(stored_checks(payloads) != checks)
