@@ -6,10 +6,10 @@ from the code under test:
 - :data:`KAFKA_UTILS_TEST`: Kafka's own unit test, ``UtilsTest.testMurmur2`` in
   apache/kafka ``clients/src/test/java/org/apache/kafka/common/utils/UtilsTest.java``
   (read at commit f55581dc73953c3509a4702433aeeeddc2970779).
-- :data:`JAVA_GENERATED`: the table in tulios/kafkajs
-  ``src/producer/partitioners/defaultJava/murmur2.spec.js``, "generated with" a Java
-  program (``src/producer/partitioners/default/Test.java`` in the same repository) that
-  runs Kafka's ``Utils.murmur2`` on the keys and prints the results.
+- :data:`JAVA_GENERATED`: the table of kafkajs' Java-compatible murmur2 test, tulios/kafkajs
+  ``src/producer/partitioners/defaultJava/murmur2.spec.js``, which says it was generated
+  with a Java program running Kafka's ``Utils.murmur2`` (the repository keeps one such
+  program as ``src/producer/partitioners/default/Test.java``, printing the first 16 keys).
 - :data:`JAVA_PARTITIONS_OF_1000`: dpkp/kafka-python ``test/test_partitioner.py``,
   ``test_murmur2_java_compatibility``: the partitions of six keys on a 1000-partition topic,
   "compare[d] with output from Kafka's org.apache.kafka.clients.producer.Partitioner".

@@ -267,7 +267,8 @@ def measure_movement(seed: int, steps: int, r: int) -> tuple[float, float, float
 def test_a_join_or_leave_moves_close_to_the_ideal_share(r: int) -> None:
     # Ideal for one join or leave among N nodes: 1/N of the replica slots (the newcomer's
     # share, or the leaver's), touching R/N of the partitions (each changes one replica).
-    # hash % N would move most of them.
+    # hash % N would move most of them. (Each touched partition changes exactly one slot,
+    # so the two ratios agree; both are asserted as the two ways to state the promise.)
     slot_ratio, partition_ratio, slot_fraction = measure_movement(seed=r, steps=400, r=r)
     figures = (
         f"R={r}: mean moved slot fraction {slot_fraction:.4f}, "
