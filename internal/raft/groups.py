@@ -29,12 +29,9 @@ id (an address change seen by one group first), the group that updated last wins
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
-from raftlog.raft.transport import Handler, Transport, TransportStats
-
-log = logging.getLogger(__name__)
+from raftlog.raft.transport import Handler, Transport, TransportStats, deliver
 
 #: The group whose payloads travel without an envelope (what a one-group node sends).
 DEFAULT_GROUP = ""
@@ -221,13 +218,4 @@ class GroupTransport:
         return self._stats.copy()
 
     def _deliver(self, payload: bytes) -> None:
-        handler = self._handler
-        if handler is None:
-            self._stats.dropped_no_handler += 1
-            return
-        self._stats.delivered += 1
-        try:
-            handler(payload)
-        except Exception:
-            self._stats.handler_errors += 1
-            log.exception("raft group %r: handler failed on an inbound payload", self.group)
+        deliver(self._handler, payload, self._stats, f"{self.node_id} group {self.group!r}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import struct
 from collections.abc import Callable, Mapping
 from typing import Protocol, runtime_checkable
@@ -42,6 +43,8 @@ MAX_NODE_ID_BYTES = 255
 
 #: The callback that receives every inbound payload, in arrival order, on the event loop.
 Handler = Callable[[bytes], None]
+
+log = logging.getLogger("raftlog.raft.transport")
 
 
 class TransportError(Exception):
@@ -148,6 +151,22 @@ class Transport(Protocol):
     def stats(self) -> TransportStats:
         """A copy of the counters."""
         ...
+
+
+def deliver(handler: Handler | None, payload: bytes, stats: TransportStats, who: str) -> None:
+    """Hand one inbound payload to ``handler`` and count it (``delivered``, or
+    ``dropped_no_handler``). A handler that raises is counted (``handler_errors``) and
+    logged naming ``who``, never raised into the transport's read path: one bad payload must
+    not close a peer's connection."""
+    if handler is None:
+        stats.dropped_no_handler += 1
+        return
+    stats.delivered += 1
+    try:
+        handler(payload)
+    except Exception:
+        stats.handler_errors += 1
+        log.exception("raft transport %s: handler failed on an inbound payload", who)
 
 
 def validate_max_frame_size(value: int, what: str = "max_frame_size") -> None:

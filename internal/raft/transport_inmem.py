@@ -34,6 +34,7 @@ from raftlog.raft.transport import (
     TransportConfigError,
     TransportError,
     TransportStats,
+    deliver,
     validate_max_frame_size,
 )
 
@@ -433,13 +434,4 @@ class InmemTransport:
         return self._stats.copy()
 
     def _receive(self, payload: bytes) -> None:
-        handler = self._handler
-        if handler is None:
-            self._stats.dropped_no_handler += 1
-            return
-        self._stats.delivered += 1
-        try:
-            handler(payload)
-        except Exception:
-            self._stats.handler_errors += 1
-            log.exception("raft transport %s: handler failed on an inbound payload", self._node_id)
+        deliver(self._handler, payload, self._stats, self._node_id)

@@ -62,6 +62,7 @@ from raftlog.raft.transport import (
     TransportError,
     TransportStats,
     decode_hello,
+    deliver,
     encode_frame,
     encode_hello,
     read_frame,
@@ -627,16 +628,7 @@ class TcpTransport:
         return remote_id, subject, frames
 
     def _deliver(self, payload: bytes) -> None:
-        handler = self._handler
-        if handler is None:
-            self._stats.dropped_no_handler += 1
-            return
-        self._stats.delivered += 1
-        try:
-            handler(payload)
-        except Exception:
-            self._stats.handler_errors += 1
-            log.exception("raft transport %s: handler failed on an inbound payload", self.node_id)
+        deliver(self._handler, payload, self._stats, self.node_id)
 
     def _refuse(self, writer: asyncio.StreamWriter, subject: str | None, why: str) -> None:
         self._stats.refused += 1
