@@ -9,6 +9,11 @@ them should lead it (docs/partitions.md):
 - :func:`placement`: the replicas of every partition of every topic.
 - :func:`preferred_leaders`: a leader per partition, spread evenly over the nodes.
 - :func:`moved`: how many replicas a change of placement creates (its copying cost).
+- :class:`ClusterMetadata`: the controller group's replicated state (nodes, topics, the
+  assignment of every partition), changed only by applying commands
+  (:class:`CreateTopic`, :class:`NodeDown`, :class:`LearnerAdded`, ...).
+- :func:`plan`: the next move steps (:class:`AddLearner`, :class:`Promote`,
+  :class:`RemoveReplica`) towards the ring's placement; :func:`leaders_to_transfer`.
 
 The key -> partition rule (Kafka's murmur2) is part of the wire contract, in
 :mod:`raftlog.api.partitioning`, so that clients can route without this package.
@@ -16,6 +21,43 @@ The key -> partition rule (Kafka's murmur2) is part of the wire contract, in
 Imports allowed here: the standard library only, so any layer may use it.
 """
 
+from raftlog.partitions.metadata import (
+    DEFAULT_REPLICATION,
+    DEFAULT_TOPIC,
+    MAX_PARTITIONS,
+    MAX_REPLICATION,
+    MAX_TOPIC_NAME,
+    Applied,
+    Assignment,
+    ClusterMetadata,
+    Command,
+    CreateTopic,
+    DeleteTopic,
+    LearnerAdded,
+    LearnerCaughtUp,
+    LearnerPromoted,
+    MetadataDecodeError,
+    NodeDown,
+    NodeUp,
+    PartitionKey,
+    Reason,
+    Rejected,
+    ReplicaRemoved,
+    Result,
+    SetRetention,
+    TopicSpec,
+    topic_name_problem,
+    topic_spec_problem,
+)
+from raftlog.partitions.moves import (
+    DEFAULT_GRACE_S,
+    AddLearner,
+    Promote,
+    RemoveReplica,
+    Step,
+    leaders_to_transfer,
+    plan,
+)
 from raftlog.partitions.ring import (
     VNODES,
     EmptyRingError,
@@ -29,13 +71,46 @@ from raftlog.partitions.ring import (
 )
 
 __all__ = [
+    "DEFAULT_GRACE_S",
+    "DEFAULT_REPLICATION",
+    "DEFAULT_TOPIC",
+    "MAX_PARTITIONS",
+    "MAX_REPLICATION",
+    "MAX_TOPIC_NAME",
     "VNODES",
+    "AddLearner",
+    "Applied",
+    "Assignment",
+    "ClusterMetadata",
+    "Command",
+    "CreateTopic",
+    "DeleteTopic",
     "EmptyRingError",
+    "LearnerAdded",
+    "LearnerCaughtUp",
+    "LearnerPromoted",
+    "MetadataDecodeError",
+    "NodeDown",
+    "NodeUp",
+    "PartitionKey",
     "Placement",
+    "Promote",
+    "Reason",
+    "Rejected",
+    "RemoveReplica",
+    "ReplicaRemoved",
+    "Result",
     "Ring",
+    "SetRetention",
+    "Step",
+    "TopicSpec",
+    "leaders_to_transfer",
     "moved",
     "partition_label",
     "placement",
+    "plan",
     "position",
     "preferred_leaders",
+    "topic_name_problem",
+    "topic_spec_problem",
 ]
