@@ -97,9 +97,9 @@ def plan(metadata: ClusterMetadata, now: float, grace_s: float = DEFAULT_GRACE_S
 
     1. A learner is in flight: remove it if its node is down or no longer a target (the
        membership changed under the move); promote it once caught up; else wait.
-    2. More voters than the target size: remove one voter that is not a target (a node
-       down for ``grace_s`` or more first, then a live one; by node id) but never a voter
-       still within its grace period.
+    2. More voters than the target size: remove one voter that is not a target, never one
+       still within its grace period: first one down for ``grace_s`` or more, else a live
+       one if as many live voters as the target size remain (by node id).
     3. Fewer target nodes among the voters than wanted, beyond the slots kept for voters
        within their grace period: add the first missing target node (ring order) as a
        learner.
@@ -139,7 +139,13 @@ def _next_step(
     stale = [v for v in current.voters if v not in target and v not in held]
     if stale and len(current.voters) > len(target):
         gone = sorted(v for v in stale if v not in metadata.live)
-        return RemoveReplica(topic, partition, (gone or sorted(stale))[0])
+        if gone:
+            return RemoveReplica(topic, partition, gone[0])
+        # A live voter goes only if as many live voters as the target wants remain: with a
+        # voter held in its grace period, removing it could leave the data on down nodes.
+        live_voters = [v for v in current.voters if v in metadata.live]
+        if len(live_voters) - 1 >= len(target):
+            return RemoveReplica(topic, partition, sorted(stale)[0])
     missing = [n for n in target if n not in current.voters]
     if len(missing) > len(held):
         return AddLearner(topic, partition, missing[0])
