@@ -15,7 +15,8 @@ state, applying is a pure function of (state, command, ``now``):
 The commands, in two families:
 
 - Facts from outside: :class:`CreateTopic`, :class:`DeleteTopic`, :class:`SetRetention`
-  (an operator's admin rpc), :class:`NodeUp`, :class:`NodeDown` (Serf's member events).
+  (an operator's admin rpc), :class:`NodeUp`, :class:`NodeDown`, :class:`ForgetNode`
+  (Serf's member events).
 - The steps of a replica move, recorded as they happen (docs/partitions.md, "The
   controller's metadata and moves"): :class:`LearnerAdded`, :class:`LearnerCaughtUp`,
   :class:`LearnerPromoted`, :class:`ReplicaRemoved`. :mod:`raftlog.partitions.moves` plans
@@ -154,6 +155,16 @@ class NodeDown:
 
 
 @dataclass(frozen=True)
+class ForgetNode:
+    """Forget the down ``node`` for good (Serf reaped it, or an operator removed it), so
+    that ``down_since`` does not grow with every node that ever left. Rejected for a node
+    never seen (``UNKNOWN_NODE``), a live one (``NODE_LIVE``) and one that still holds a
+    replica (``HOLDS_REPLICAS``: the planner removes those after the grace period)."""
+
+    node: str
+
+
+@dataclass(frozen=True)
 class LearnerAdded:
     """Start a move: ``node`` becomes a learner of the partition (it receives the log but
     does not vote). Recorded before the partition's group is asked to add it, so a new
@@ -202,6 +213,7 @@ Command: TypeAlias = (
     | SetRetention
     | NodeUp
     | NodeDown
+    | ForgetNode
     | LearnerAdded
     | LearnerCaughtUp
     | LearnerPromoted
@@ -222,6 +234,8 @@ class Reason(enum.Enum):
     UNKNOWN_PARTITION = "unknown_partition"
     UNKNOWN_NODE = "unknown_node"
     NODE_DOWN = "node_down"
+    NODE_LIVE = "node_live"
+    HOLDS_REPLICAS = "holds_replicas"
     ALREADY_A_REPLICA = "already_a_replica"
     MOVE_IN_PROGRESS = "move_in_progress"
     NOT_A_LEARNER = "not_a_learner"
@@ -268,8 +282,11 @@ class Assignment:
         learner: the node being added (it receives the log, does not vote), or None. At
             most one: one change in flight per partition.
         caught_up: the learner has caught up with the log (:class:`LearnerCaughtUp`).
-        epoch: goes up by one on every change of this assignment, so a node or client
-            can tell a newer assignment from an older one. 0 = never placed.
+        epoch: the assignment's version, taken from the state's cluster-wide counter
+            (:attr:`ClusterMetadata.epoch`) on every change: it goes up on each change of
+            this partition and is never reused, not even by a topic deleted and created
+            again under the same name, so a node or client can always tell a newer
+            assignment from an older one. 0 = never placed.
     """
 
     voters: tuple[str, ...] = ()
@@ -335,6 +352,8 @@ class ClusterMetadata:
         topics: name -> settings.
         assignments: (topic, partition) -> :class:`Assignment`, for every partition of
             every topic.
+        epoch: the last epoch given to an assignment (0 before the first placement); each
+            change of an assignment takes the next one.
     """
 
     live: set[str] = field(default_factory=set)
@@ -345,6 +364,7 @@ class ClusterMetadata:
     assignments: dict[PartitionKey, Assignment] = field(
         default_factory=lambda: {(DEFAULT_TOPIC, 0): Assignment()}
     )
+    epoch: int = 0
 
     # --- reading --------------------------------------------------------------------
 
@@ -387,6 +407,8 @@ class ClusterMetadata:
                 return self._node_up(command)
             case NodeDown():
                 return self._node_down(command, float(now))
+            case ForgetNode():
+                return self._forget_node(command)
             case LearnerAdded():
                 return self._learner_added(command)
             case LearnerCaughtUp():
@@ -448,6 +470,20 @@ class ClusterMetadata:
             self.down_since[node] = now
         return Applied()
 
+    def _forget_node(self, command: ForgetNode) -> Result:
+        node = command.node
+        if not isinstance(node, str) or (node not in self.live and node not in self.down_since):
+            return Rejected(Reason.UNKNOWN_NODE, f"node {node!r} was never seen")
+        if node in self.live:
+            return Rejected(Reason.NODE_LIVE, f"node {node!r} is live")
+        holding = sorted(k for k, a in self.assignments.items() if node in a.replicas)
+        if holding:
+            return Rejected(
+                Reason.HOLDS_REPLICAS, f"node {node!r} still holds {len(holding)} replicas"
+            )
+        del self.down_since[node]
+        return Applied()
+
     def _place_unplaced(self) -> tuple[PartitionKey, ...]:
         """Place every partition never placed yet on the ring's replicas over the live
         nodes (no data, so no move: the group is created with these voters)."""
@@ -457,7 +493,7 @@ class ClusterMetadata:
         ring = Ring.of(self.live)
         for key in unplaced:
             voters = ring.replicas(key[0], key[1], self.topics[key[0]].replication)
-            self.assignments[key] = Assignment(voters, epoch=self.assignments[key].epoch + 1)
+            self.assignments[key] = Assignment(voters, epoch=self._next_epoch())
         return tuple(unplaced)
 
     def _partition(self, topic: object, partition: object, node: object) -> Assignment | Rejected:
@@ -523,6 +559,10 @@ class ClusterMetadata:
         voters = tuple(v for v in found.voters if v != command.node)
         return self._set(command.topic, command.partition, voters, found.learner, found.caught_up)
 
+    def _next_epoch(self) -> int:
+        self.epoch += 1
+        return self.epoch
+
     def _set(
         self,
         topic: str,
@@ -532,8 +572,7 @@ class ClusterMetadata:
         caught_up: bool,
     ) -> Applied:
         key = (topic, partition)
-        epoch = self.assignments[key].epoch + 1
-        self.assignments[key] = Assignment(voters, learner, caught_up, epoch)
+        self.assignments[key] = Assignment(voters, learner, caught_up, self._next_epoch())
         return Applied((key,))
 
     # --- snapshots ------------------------------------------------------------------
@@ -543,6 +582,7 @@ class ClusterMetadata:
         equal states encode to the same bytes on every node."""
         doc = {
             "version": FORMAT_VERSION,
+            "epoch": self.epoch,
             "live": sorted(self.live),
             "down_since": dict(sorted(self.down_since.items())),
             "topics": {
@@ -589,6 +629,7 @@ class ClusterMetadata:
             down_since={str(n): float(t) for n, t in doc["down_since"].items()},
             topics={},
             assignments={},
+            epoch=int(doc["epoch"]),
         )
         for name, raw in doc["topics"].items():
             spec = TopicSpec(
@@ -607,6 +648,11 @@ class ClusterMetadata:
                 bool(raw["caught_up"]),
                 int(raw["epoch"]),
             )
+        for key, a in state.assignments.items():
+            if len(set(a.replicas)) != len(a.replicas) or (a.caught_up and a.learner is None):
+                raise MetadataDecodeError(f"inconsistent assignment of {key!r}: {a!r}")
+            if a.epoch > state.epoch:
+                raise MetadataDecodeError(f"{key!r} has an epoch above the state's")
         expected = {(t, p) for t, s in state.topics.items() for p in range(s.partitions)}
         if set(state.assignments) != expected or state.live & set(state.down_since):
             raise MetadataDecodeError("assignments do not match the topics, or nodes overlap")

@@ -28,6 +28,7 @@ from raftlog.partitions import (
     Command,
     CreateTopic,
     DeleteTopic,
+    ForgetNode,
     LearnerAdded,
     LearnerCaughtUp,
     LearnerPromoted,
@@ -119,17 +120,30 @@ def test_create_topic_places_every_partition_on_the_ring_target() -> None:
     assert result.changed == tuple(("orders", p) for p in range(5))
     assert state.topics["orders"] == spec
     want = placement(Ring.of("abcd"), {"orders": 5}, 2)
+    epoch = state.epoch - 5
     for key, replicas in want.items():
-        assert state.assignments[key] == Assignment(replicas, epoch=1)
+        epoch += 1  # each new assignment takes the next cluster-wide epoch, in key order
+        assert state.assignments[key] == Assignment(replicas, epoch=epoch)
 
 
 def test_a_topic_created_with_no_live_node_is_placed_on_the_next_node_up() -> None:
     state = ClusterMetadata()
     assert ok(state, CreateTopic("t", TopicSpec(2))).changed == ()
     assert state.assignments[("t", 1)] == Assignment()
-    ok(state, NodeUp("a"))
-    assert state.assignments[("t", 0)] == Assignment(("a",), epoch=1)
-    assert state.assignments[("t", 1)] == Assignment(("a",), epoch=1)
+    assert ok(state, NodeUp("a")).changed == ((DEFAULT_TOPIC, 0), ("t", 0), ("t", 1))
+    assert state.assignments[(DEFAULT_TOPIC, 0)] == Assignment(("a",), epoch=1)
+    assert state.assignments[("t", 0)] == Assignment(("a",), epoch=2)
+    assert state.assignments[("t", 1)] == Assignment(("a",), epoch=3)
+    assert state.epoch == 3
+
+
+def test_epochs_are_never_reused_even_by_a_topic_created_again() -> None:
+    state = cluster("a", "b", "c")
+    ok(state, CreateTopic("t", TopicSpec(1)))
+    old = state.assignments[("t", 0)].epoch
+    ok(state, DeleteTopic("t"))
+    ok(state, CreateTopic("t", TopicSpec(1)))
+    assert state.assignments[("t", 0)].epoch == old + 1 == state.epoch
 
 
 def test_replication_is_capped_at_the_live_nodes_then_grown_by_adding() -> None:
@@ -167,6 +181,27 @@ def test_node_down_records_the_first_time_and_node_up_clears_it() -> None:
     ok(state, NodeUp("a"), now=25.0)
     assert state.down_since == {}
     assert state.live == {"a", "b"}
+
+
+def test_forget_node_drops_a_down_node_that_holds_nothing() -> None:
+    state = cluster("a", "b", "c", "d")
+    gone = state.assignments[(DEFAULT_TOPIC, 0)].voters[0]
+    live = next(n for n in "abcd" if n != gone)
+    ok(state, NodeDown(gone), now=0.0)
+    for command, reason in [
+        (ForgetNode("zz"), Reason.UNKNOWN_NODE),
+        (ForgetNode(live), Reason.NODE_LIVE),
+        (ForgetNode(gone), Reason.HOLDS_REPLICAS),
+    ]:
+        before = state.encode()
+        result = state.apply(command, 1.0)
+        assert isinstance(result, Rejected)
+        assert result.reason is reason
+        assert state.encode() == before
+    settle(state, 100.0)  # past the grace period: its replicas are replaced and removed
+    ok(state, ForgetNode(gone), now=100.0)
+    assert state.down_since == {}
+    assert state.live == set("abcd") - {gone}
 
 
 def test_a_move_records_each_step_and_raises_the_epoch_each_time() -> None:
@@ -259,6 +294,8 @@ class Bad:
             "node up not a str": NodeUp(["a"]),  # type: ignore[arg-type]
             "node down unknown": NodeDown("zz"),
             "node down unhashable": NodeDown(["a"]),  # type: ignore[arg-type]
+            "forget unknown": ForgetNode("zz"),
+            "forget live": ForgetNode("a"),
             "learner unknown topic": LearnerAdded("nope", 0, "a"),
             "learner unknown partition": LearnerAdded("t", 2, outsider),
             "learner negative partition": LearnerAdded("t", -1, outsider),
@@ -300,6 +337,8 @@ BAD = [
     Bad("node up not a str", Reason.INVALID_ARGUMENT),
     Bad("node down unknown", Reason.UNKNOWN_NODE),
     Bad("node down unhashable", Reason.UNKNOWN_NODE),
+    Bad("forget unknown", Reason.UNKNOWN_NODE),
+    Bad("forget live", Reason.NODE_LIVE),
     Bad("learner unknown topic", Reason.UNKNOWN_TOPIC),
     Bad("learner unknown partition", Reason.UNKNOWN_PARTITION),
     Bad("learner negative partition", Reason.UNKNOWN_PARTITION),
@@ -374,12 +413,17 @@ def test_encode_decode_round_trips() -> None:
 
 
 def test_encode_is_sorted_json_independent_of_insertion_order() -> None:
-    one = cluster("a", "b", "c")
-    two = cluster("a", "b", "c")
+    one = cluster("a", "b", "c", "d")
     for name in ("x", "y"):
         ok(one, CreateTopic(name, TopicSpec(2)))
-    for name in ("y", "x"):
-        ok(two, CreateTopic(name, TopicSpec(2)))
+    ok(one, NodeDown("d"), now=1.0)
+    ok(one, NodeDown("c"), now=2.0)
+    two = ClusterMetadata.decode(one.encode())
+    two.live = set(reversed(sorted(two.live)))
+    two.down_since = dict(reversed(two.down_since.items()))
+    two.topics = dict(reversed(two.topics.items()))
+    two.assignments = dict(reversed(two.assignments.items()))
+    assert two == one
     assert one.encode() == two.encode()
     assert one.encode().startswith(b'{"assignments":[')
 
@@ -562,7 +606,9 @@ class Sim:
                 assert a.voters, f"{key} is unplaced with live nodes"
 
     def want(self, key: PartitionKey) -> int:
-        return min(self.state.topics[key[0]].replication, len(self.state.live))
+        want = self.state.replication_of(key[0])
+        assert want == min(self.state.topics[key[0]].replication, len(self.state.live))
+        return want
 
     def drive(self, partial: bool) -> list[Step]:
         """One round: plan, carry out the steps (some of them if ``partial``), then let
@@ -606,7 +652,9 @@ class Sim:
 
     def event(self) -> None:
         rng, state = self.rng, self.state
-        kind = rng.choice(["join", "join", "fail", "fail", "topic", "delete", "time", "time"])
+        kind = rng.choice(
+            ["join", "join", "fail", "fail", "forget", "topic", "delete", "time", "time"]
+        )
         if kind == "join":
             idle = [n for n in NODES if n not in state.live]
             if idle:
@@ -616,6 +664,14 @@ class Sim:
             node = rng.choice(live)
             if self.can_fail(node):
                 self.apply(NodeDown(node))
+        elif kind == "forget":
+            idle = [
+                n
+                for n in sorted(state.down_since)
+                if not any(n in a.replicas for a in state.assignments.values())
+            ]
+            if idle:
+                self.apply(ForgetNode(rng.choice(idle)))
         elif kind == "topic":
             free = [t for t in TOPICS if t not in state.topics]
             if free:
