@@ -24,6 +24,7 @@ Imports allowed here: the standard library only, so any layer may use it.
 from raftlog.partitions.metadata import (
     DEFAULT_REPLICATION,
     DEFAULT_TOPIC,
+    MAX_NODE_ID_BYTES,
     MAX_PARTITIONS,
     MAX_REPLICATION,
     MAX_TOPIC_NAME,
@@ -47,6 +48,7 @@ from raftlog.partitions.metadata import (
     Result,
     SetRetention,
     TopicSpec,
+    node_id_problem,
     topic_name_problem,
     topic_spec_problem,
 )
@@ -75,6 +77,7 @@ __all__ = [
     "DEFAULT_GRACE_S",
     "DEFAULT_REPLICATION",
     "DEFAULT_TOPIC",
+    "MAX_NODE_ID_BYTES",
     "MAX_PARTITIONS",
     "MAX_REPLICATION",
     "MAX_TOPIC_NAME",
@@ -108,6 +111,7 @@ __all__ = [
     "TopicSpec",
     "leaders_to_transfer",
     "moved",
+    "node_id_problem",
     "partition_label",
     "placement",
     "plan",

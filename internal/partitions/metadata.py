@@ -65,6 +65,9 @@ MAX_PARTITIONS: Final = 10_000
 #: a majority of 4+ nodes for no gain in practice.
 MAX_REPLICATION: Final = 7
 
+#: Longest node id, in bytes of UTF-8 (Serf node names are host names, far shorter).
+MAX_NODE_ID_BYTES: Final = 255
+
 #: Version written by :meth:`ClusterMetadata.encode`; :meth:`ClusterMetadata.decode`
 #: refuses any other.
 FORMAT_VERSION: Final = 1
@@ -316,6 +319,21 @@ def topic_name_problem(name: object) -> str:
     return ""
 
 
+def node_id_problem(node: object) -> str:
+    """What is wrong with ``node`` as a node id, or "" if it is usable: 1 to
+    :data:`MAX_NODE_ID_BYTES` bytes of UTF-8 (the ring hashes the UTF-8 bytes, so a string
+    that has none, such as a lone surrogate, could not be placed)."""
+    if not isinstance(node, str) or not node:
+        return "a node id is a non-empty string"
+    try:
+        size = len(node.encode("utf-8"))
+    except UnicodeEncodeError:
+        return f"node id {node!r} is not valid UTF-8"
+    if size > MAX_NODE_ID_BYTES:
+        return f"a node id has at most {MAX_NODE_ID_BYTES} bytes of UTF-8, not {size}"
+    return ""
+
+
 def _retention_problem(retention_bytes: object, retention_ms: object) -> str:
     for label, value in (("retention_bytes", retention_bytes), ("retention_ms", retention_ms)):
         if value is None:
@@ -394,7 +412,11 @@ class ClusterMetadata:
         Returns :class:`Applied` or :class:`Rejected`; never raises for a bad command, and
         a rejected command leaves the state exactly as it was.
         """
-        if isinstance(now, bool) or not isinstance(now, int | float) or not math.isfinite(now):
+        try:
+            finite = not isinstance(now, bool) and math.isfinite(now)
+        except (TypeError, OverflowError):  # not a number, or an int beyond any float
+            finite = False
+        if not finite:
             return Rejected(Reason.INVALID_ARGUMENT, f"now must be a finite number, not {now!r}")
         match command:
             case CreateTopic():
@@ -455,8 +477,9 @@ class ClusterMetadata:
         return Applied()
 
     def _node_up(self, command: NodeUp) -> Result:
-        if not isinstance(command.node, str) or not command.node:
-            return Rejected(Reason.INVALID_ARGUMENT, "a node id is a non-empty string")
+        problem = node_id_problem(command.node)
+        if problem:
+            return Rejected(Reason.INVALID_ARGUMENT, problem)
         self.live.add(command.node)
         self.down_since.pop(command.node, None)
         return Applied(self._place_unplaced())
@@ -498,8 +521,9 @@ class ClusterMetadata:
 
     def _partition(self, topic: object, partition: object, node: object) -> Assignment | Rejected:
         """The assignment a move command names, or why the command is rejected."""
-        if not isinstance(node, str) or not node:
-            return Rejected(Reason.INVALID_ARGUMENT, "a node id is a non-empty string")
+        problem = node_id_problem(node)
+        if problem:
+            return Rejected(Reason.INVALID_ARGUMENT, problem)
         if not isinstance(topic, str) or topic not in self.topics:
             return Rejected(Reason.UNKNOWN_TOPIC, f"no topic {topic!r}")
         key = (topic, partition)
@@ -624,6 +648,10 @@ class ClusterMetadata:
     def _from_doc(cls, doc: Mapping[str, Any]) -> ClusterMetadata:
         if doc["version"] != FORMAT_VERSION:
             raise MetadataDecodeError(f"format version {doc['version']!r}, not {FORMAT_VERSION}")
+        nodes = [*doc["live"], *doc["down_since"]]
+        problem = next((p for p in map(node_id_problem, nodes) if p), "")
+        if problem:
+            raise MetadataDecodeError(problem)
         state = cls(
             live={str(n) for n in doc["live"]},
             down_since={str(n): float(t) for n, t in doc["down_since"].items()},
@@ -651,8 +679,10 @@ class ClusterMetadata:
         for key, a in state.assignments.items():
             if len(set(a.replicas)) != len(a.replicas) or (a.caught_up and a.learner is None):
                 raise MetadataDecodeError(f"inconsistent assignment of {key!r}: {a!r}")
-            if a.epoch > state.epoch:
-                raise MetadataDecodeError(f"{key!r} has an epoch above the state's")
+            if not set(a.replicas) <= state.live | set(state.down_since):
+                raise MetadataDecodeError(f"{key!r} has a replica on a node never seen")
+            if not 0 <= a.epoch <= state.epoch:
+                raise MetadataDecodeError(f"{key!r} has an epoch below 0 or above the state's")
         expected = {(t, p) for t, s in state.topics.items() for p in range(s.partitions)}
         if set(state.assignments) != expected or state.live & set(state.down_since):
             raise MetadataDecodeError("assignments do not match the topics, or nodes overlap")

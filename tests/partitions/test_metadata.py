@@ -292,6 +292,8 @@ class Bad:
             "retention zero": SetRetention("t", 0, None),
             "node up empty": NodeUp(""),
             "node up not a str": NodeUp(["a"]),  # type: ignore[arg-type]
+            "node up lone surrogate": NodeUp("n\ud800"),
+            "node up too long": NodeUp("n" * 256),
             "node down unknown": NodeDown("zz"),
             "node down unhashable": NodeDown(["a"]),  # type: ignore[arg-type]
             "forget unknown": ForgetNode("zz"),
@@ -335,6 +337,8 @@ BAD = [
     Bad("retention zero", Reason.INVALID_ARGUMENT),
     Bad("node up empty", Reason.INVALID_ARGUMENT),
     Bad("node up not a str", Reason.INVALID_ARGUMENT),
+    Bad("node up lone surrogate", Reason.INVALID_ARGUMENT),
+    Bad("node up too long", Reason.INVALID_ARGUMENT),
     Bad("node down unknown", Reason.UNKNOWN_NODE),
     Bad("node down unhashable", Reason.UNKNOWN_NODE),
     Bad("forget unknown", Reason.UNKNOWN_NODE),
@@ -388,7 +392,7 @@ def test_the_last_voter_cannot_be_removed() -> None:
     assert state.encode() == before
 
 
-@pytest.mark.parametrize("now", [math.nan, math.inf, "1", True])
+@pytest.mark.parametrize("now", [math.nan, math.inf, -math.inf, 10**400, "1", None, True])
 def test_a_bad_time_is_rejected(now: object) -> None:
     state = cluster("a", "b")
     before = state.encode()
@@ -439,6 +443,8 @@ def test_encode_is_sorted_json_independent_of_insertion_order() -> None:
         ClusterMetadata().encode().replace(b'"partitions":1', b'"partitions":2'),
         ClusterMetadata().encode().replace(b'"partitions":1', b'"partitions":0'),
         b"\xff\xfe",
+        ClusterMetadata().encode().replace(b'"live":[]', b'"live":["\\ud800"]'),
+        ClusterMetadata().encode().replace(b'"epoch":0', b'"epoch":-1'),
     ],
 )
 def test_decode_refuses_what_encode_did_not_write(data: bytes) -> None:
@@ -600,6 +606,7 @@ class Sim:
         }
         for key, a in state.assignments.items():
             assert len(set(a.replicas)) == len(a.replicas), f"two replicas of {key} on one node"
+            assert set(a.replicas) <= state.live | set(state.down_since), (key, a)
             assert a.voters or (a.epoch == 0 and a.learner is None), (key, a)
             assert a.learner is not None or not a.caught_up
             if state.live:
