@@ -106,7 +106,10 @@ def plan(metadata: ClusterMetadata, now: float, grace_s: float = DEFAULT_GRACE_S
 
     ``now`` and ``grace_s`` are seconds (``grace_s`` default :data:`DEFAULT_GRACE_S`, 30).
     Partitions not placed yet and every partition when no node is live get no step.
+    Raises :class:`ValueError` for a ``grace_s`` that is negative or not a number.
     """
+    if not grace_s >= 0:  # also catches NaN
+        raise ValueError(f"grace_s is a number of seconds >= 0, not {grace_s!r}")
     steps: list[Step] = []
     for key, target in sorted(metadata.target().items()):
         step = _next_step(metadata, key, target, now, grace_s)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import pytest
 
@@ -392,6 +392,67 @@ def test_the_last_voter_cannot_be_removed() -> None:
     assert state.encode() == before
 
 
+COMMANDS = [
+    CreateTopic,
+    DeleteTopic,
+    SetRetention,
+    NodeUp,
+    NodeDown,
+    ForgetNode,
+    LearnerAdded,
+    LearnerCaughtUp,
+    LearnerPromoted,
+    ReplicaRemoved,
+]
+VALUES: list[object] = [
+    *"abcdef",
+    "",
+    "t",
+    DEFAULT_TOPIC,
+    "n\ud800",
+    "x" * 300,
+    0,
+    1,
+    2,
+    -1,
+    2**70,
+    1.5,
+    math.nan,
+    None,
+    True,
+    [],
+    {},
+    TopicSpec(1),
+    TopicSpec(3, 2, 100, 100),
+    TopicSpec(0),
+    TopicSpec(2, 9),
+    TopicSpec("1"),  # type: ignore[arg-type]
+]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_apply_never_raises_and_a_rejection_changes_nothing(seed: int) -> None:
+    """Commands with fields drawn from a pool of good and bad values: each is applied or
+    rejected, a rejected one leaves the same bytes, the invariants hold, planning works."""
+    rng = random.Random(seed)
+    sim = Sim(seed)
+    sim.state = moving_state()
+    accepted = 0
+    for _ in range(1500):
+        kind = rng.choice(COMMANDS)
+        command = kind(*(rng.choice(VALUES) for _ in fields(kind)))
+        before = sim.state.encode()
+        result = sim.state.apply(command, rng.choice([0.0, 5.0, 50.0]))
+        if isinstance(result, Rejected):
+            assert sim.state.encode() == before, (command, result)
+        else:
+            accepted += 1
+            sim.check()
+            plan(sim.state, 100.0)
+            leaders_to_transfer(sim.state, {k: "a" for k in sim.state.assignments})
+    assert accepted > 50
+
+
 @pytest.mark.parametrize("now", [math.nan, math.inf, -math.inf, 10**400, "1", None, True])
 def test_a_bad_time_is_rejected(now: object) -> None:
     state = cluster("a", "b")
@@ -544,6 +605,12 @@ def test_a_partition_shrinks_when_nodes_are_gone_for_good() -> None:
     ok(state, NodeDown("c"), now=0.0)
     assert plan(state, 10.0) == []
     assert plan(state, 30.0) == [RemoveReplica(DEFAULT_TOPIC, 0, "c")]
+
+
+@pytest.mark.parametrize("grace_s", [-1.0, math.nan])
+def test_a_negative_grace_period_is_refused(grace_s: float) -> None:
+    with pytest.raises(ValueError, match="grace_s"):
+        plan(cluster("a"), 0.0, grace_s)
 
 
 def test_no_live_node_means_no_steps() -> None:
