@@ -795,4 +795,8 @@ def test_random_membership_changes_keep_the_invariants_and_converge(seed: int) -
     for command, now in sim.log:
         assert isinstance(replay.apply(command, now), Applied)
     assert replay.encode() == state.encode()
+    ok(replay, NodeDown(sorted(replay.live)[0]), now=sim.now)
+    ok(state, NodeDown(sorted(state.live)[0]), now=sim.now)
+    later = sim.now + GRACE
+    assert plan(replay, later, GRACE) == plan(state, later, GRACE)
     assert ClusterMetadata.decode(state.encode()).encode() == state.encode()
