@@ -58,6 +58,16 @@ class RaftConfig:
             (the empty append and its answer); followers learn of a commit a little later,
             which Raft allows (commit knowledge is monotonic and only advisory to them).
             Default False.
+        quiesce_after_ticks: a leader whose group has been idle this many ticks in a row
+            (nothing proposed, every replica holding and knowing every committed entry, no
+            read, transfer or snapshot under way) sends its followers a QUIESCE heartbeat and
+            stops ticking; a follower that got it and holds everything stops counting
+            election time. Any message wakes a node, and so do a proposal, a read or a
+            transfer on the leader. So an idle group sends nothing: what makes many idle
+            partitions per node cheap. The price: a follower of a quiesced group no longer
+            notices on its own that the leader died; the runtime must tell it
+            (``RaftCore.wake_quiesced``, from its node-level failure detection). 0 never
+            quiesces. Default 0.
     """
 
     id: NodeId
@@ -74,6 +84,7 @@ class RaftConfig:
     snapshot_chunk_bytes: int = 1 << 20
     max_committed_per_ready: int = 4096
     defer_commit_broadcast: bool = False
+    quiesce_after_ticks: int = 0
 
     def validate(self) -> RaftConfig:
         """Check every field alone and against the others; return self or raise ConfigError."""
@@ -85,6 +96,11 @@ class RaftConfig:
             raise ConfigError(
                 f"election_tick ({self.election_tick}) must be greater than heartbeat_tick "
                 f"({self.heartbeat_tick}), or followers would time out between heartbeats"
+            )
+        if self.quiesce_after_ticks < 0:
+            raise ConfigError(
+                f"quiesce_after_ticks must be >= 0 (0 never quiesces), got "
+                f"{self.quiesce_after_ticks}"
             )
         if self.max_inflight_msgs < 1:
             raise ConfigError(f"max_inflight_msgs must be at least 1, got {self.max_inflight_msgs}")

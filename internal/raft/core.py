@@ -73,6 +73,15 @@ _VOTE_RESP = {
 }
 
 
+#: Messages only a leader sends: the receiver follows their sender.
+_FROM_LEADER = (
+    MessageType.APPEND,
+    MessageType.HEARTBEAT,
+    MessageType.SNAPSHOT,
+    MessageType.QUIESCE,
+)
+
+
 class RaftCore:
     """One Raft node's protocol state. See the module docstring and docs/raft.md.
 
@@ -125,6 +134,10 @@ class RaftCore:
         self._prev_hs = self._hard_state()
         self._prev_ss: SoftState | None = None
         self._outstanding: Ready | None = None
+        #: quiet: no heartbeats sent (leader) or no election time counted (follower) until
+        #: a message, a proposal or wake_quiesced (RaftConfig.quiesce_after_ticks)
+        self.quiesced = False
+        self._idle_ticks = 0
         self._become_follower(self.term, NO_NODE)
 
     # ===================================================================================
@@ -132,7 +145,11 @@ class RaftCore:
     # ===================================================================================
 
     def tick(self) -> None:
-        """Advance logical time by one tick (the runtime calls this at a fixed interval)."""
+        """Advance logical time by one tick (the runtime calls this at a fixed interval).
+
+        A quiesced node does nothing: its runtime may stop ticking it until it wakes."""
+        if self.quiesced:
+            return
         if self.role is Role.LEADER:
             self._tick_leader()
         else:
@@ -148,9 +165,12 @@ class RaftCore:
 
     def step(self, m: Message) -> None:
         """Feed one message from a peer (or, for SNAPSHOT, from the runtime once the snapshot
-        data has been fully received and stored). Messages for another node are ignored."""
+        data has been fully received and stored). Messages for another node are ignored.
+        Any message but QUIESCE wakes a quiesced node."""
         if m.dst != self.id or m.src == self.id:
             return
+        if self.quiesced and not self._quiet_message(m):
+            self._unquiesce()
         if m.term > self.term:
             if m.type in (MessageType.VOTE, MessageType.PRE_VOTE):
                 force = m.context == TRANSFER_CONTEXT
@@ -167,12 +187,12 @@ class RaftCore:
                 m.type is MessageType.PRE_VOTE_RESP and not m.reject
             ):
                 pass  # pre-vote traffic never changes anyone's term
-            elif m.type in (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT):
+            elif m.type in _FROM_LEADER:
                 self._become_follower(m.term, m.src)
             else:
                 self._become_follower(m.term, NO_NODE)
         elif m.term < self.term:
-            if m.type in (MessageType.APPEND, MessageType.HEARTBEAT) and (
+            if m.type in (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.QUIESCE) and (
                 self.config.check_quorum or self.config.pre_vote
             ):
                 # A stale leader: tell it our term so that it steps down (with pre-vote it
@@ -201,6 +221,7 @@ class RaftCore:
         self._require_leader()
         if not data:
             raise ValueError("propose needs at least one entry")
+        self._unquiesce()
         ticket = self._append([(EntryType.NORMAL, bytes(d)) for d in data])
         return ticket
 
@@ -220,6 +241,7 @@ class RaftCore:
         if not self._committed_in_term():
             raise ConfChangeInProgressError("the leader has not committed an entry of its term")
         new = apply_change(self.membership, change)
+        self._unquiesce()
         data = encode_conf_change_record(ConfChangeRecord(change, new))
         ticket = self._append([(EntryType.CONF_CHANGE, data)])
         self._pending_conf_index = ticket.last_index
@@ -244,6 +266,7 @@ class RaftCore:
             raise TransferError(f"cannot transfer leadership to {to!r}: not a voter")
         if self._transferee == to:
             return to
+        self._unquiesce()
         self._transferee = to
         self._election_elapsed = 0
         if self._prs[to].match == self.log.last_index:
@@ -264,6 +287,7 @@ class RaftCore:
             raise ValueError("a read context must be non-empty and not the transfer marker")
         if context in self._reads or context in self._reads_waiting:
             raise ValueError(f"read context {context!r} is already pending")
+        self._unquiesce()
         if not self._committed_in_term():
             # Until an entry of its term commits, the leader's commit index may lag the
             # cluster's; wait (thesis §6.4 step 1).
@@ -541,6 +565,8 @@ class RaftCore:
         self._pending_conf_index = 0
         self._needs_bcast = False
         self._commit_unsent = False
+        self.quiesced = False
+        self._idle_ticks = 0
 
     def _become_follower(self, term: int, lead: NodeId) -> None:
         self._reset(term)
@@ -656,6 +682,14 @@ class RaftCore:
             self.lead = m.src
             self.log.commit_to(min(m.commit, self.log.last_index))
             self._send(m.src, MessageType.HEARTBEAT_RESP, context=m.context)
+        elif t is MessageType.QUIESCE:
+            self._election_elapsed = 0
+            self.lead = m.src
+            self.log.commit_to(min(m.commit, self.log.last_index))
+            if self.log.committed == m.commit:
+                self.quiesced = True  # no answer: an answer would wake the leader
+            else:  # missing entries: answer, which wakes the leader, which sends them
+                self._send(m.src, MessageType.HEARTBEAT_RESP)
         elif t is MessageType.SNAPSHOT:
             self._election_elapsed = 0
             self.lead = m.src
@@ -665,7 +699,7 @@ class RaftCore:
 
     def _step_candidate(self, m: Message) -> None:
         t = m.type
-        if t in (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT):
+        if t in _FROM_LEADER:
             # Someone won this term.
             self._become_follower(self.term, m.src)
             self._step_follower(m)
@@ -793,9 +827,79 @@ class RaftCore:
                 for i, p in self._prs.items():
                     p.recent_active = i == self.id
             self._transferee = NO_NODE  # a transfer that took an election timeout failed
+        if self.config.quiesce_after_ticks:
+            self._idle_ticks = self._idle_ticks + 1 if self._idle() else 0
+            if self._idle_ticks >= self.config.quiesce_after_ticks:
+                self._quiesce()  # QUIESCE is this tick's heartbeat: no other, no answer
+                return
         if self._heartbeat_elapsed >= self.config.heartbeat_tick:
             self._heartbeat_elapsed = 0
             self._bcast_heartbeat(self._reads.last_context())
+
+    def _idle(self) -> bool:
+        """Nothing under way: every replica holds every entry, all committed in this term;
+        no read, transfer, unsent commit or snapshot; every follower streamed (REPLICATE)."""
+        lg = self.log
+        if (
+            self._transferee
+            or len(self._reads)
+            or self._reads_waiting
+            or self._commit_unsent
+            or self._needs_bcast
+            or lg.committed != lg.last_index
+            or not self._committed_in_term()
+        ):
+            return False
+        for i, p in self._prs.items():
+            if p.match != lg.last_index:
+                return False
+            if i != self.id and p.state is not ProgressState.REPLICATE:
+                return False
+        return True
+
+    def _quiet_message(self, m: Message) -> bool:
+        """Messages that leave a quiesced node quiet: QUIESCE itself, and on a leader a late
+        answer to a heartbeat of its term without a read (it asks nothing of the leader)."""
+        if m.type is MessageType.QUIESCE:
+            return True
+        return (
+            self.role is Role.LEADER
+            and m.type is MessageType.HEARTBEAT_RESP
+            and m.term == self.term
+            and not m.context
+        )
+
+    def _quiesce(self) -> None:
+        """Tell every follower the group is idle (QUIESCE carries the commit index) and go
+        quiet. A follower that misses the message times out and campaigns: its (pre-)vote
+        wakes this leader, whose heartbeat then quiets it again."""
+        self.quiesced = True
+        self._idle_ticks = 0
+        for i, p in self._prs.items():
+            if i != self.id:
+                self._send(i, MessageType.QUIESCE, commit=min(p.match, self.log.committed))
+
+    def _unquiesce(self) -> None:
+        if not self.quiesced:
+            return
+        self.quiesced = False
+        self._idle_ticks = 0
+        if self.role is Role.LEADER:
+            # a fresh check-quorum period, and a heartbeat now so that the followers wake
+            self._election_elapsed = 0
+            self._heartbeat_elapsed = 0
+            for i, p in self._prs.items():
+                p.recent_active = i == self.id
+            self._bcast_heartbeat(self._reads.last_context())
+
+    def wake_quiesced(self, down: NodeId) -> None:
+        """The runtime's failure detection says node ``down`` is unreachable. A follower
+        quiesced under that leader wakes with the leader's lease over (it grants votes at
+        once), and so elects a new leader within an election timeout, as it would have if
+        the heartbeats had stopped. Does nothing otherwise."""
+        if self.quiesced and self.role is not Role.LEADER and self.lead == down:
+            self._unquiesce()
+            self._election_elapsed = self.config.election_tick
 
     def _require_leader(self, allow_transfer: bool = False) -> None:
         if self.role is not Role.LEADER:

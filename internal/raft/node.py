@@ -100,6 +100,9 @@ log = logging.getLogger("raftlog.raft.node")
 #: The agent's ``commit_broadcast_delay`` (seconds): 5 ms. A write that arrives within it
 #: carries the new commit index to the followers; at most this late otherwise.
 AGENT_COMMIT_BROADCAST_DELAY = 0.005
+#: Longest sleep of a quiesced node's ticker (seconds): a safety net, since any message,
+#: proposal or ``peer_unreachable`` wakes the node at once anyway. 2 s.
+QUIESCED_POLL_S = 2.0
 
 
 # =========================================================================================
@@ -167,6 +170,8 @@ class RaftNode:
         self._watchers: list[asyncio.Future[None]] = []
         # Tasks.
         self._wake = asyncio.Event()
+        #: set while the core is not quiesced: what a quiesced ticker waits on
+        self._awake = asyncio.Event()
         self._io_lock = asyncio.Lock()
         #: The deferred commit broadcast (``commit_broadcast_delay``): its timer, and
         #: whether it fired (the driver then sends the commit index before its next round).
@@ -764,15 +769,46 @@ class RaftNode:
             due = max(due + interval, now + interval / 2)
             core = self._core
             if core is not None and self._failure is None:
+                if core.quiesced and not self._proposals.has_deadlines:
+                    await self._sleep_quiesced()
+                    self._wake.set()  # the driver's wait stays bounded, as with ticks
+                    due = clock.now() + interval
+                    continue
                 core.tick()
                 self._wake.set()
             if self._proposals.has_deadlines:
                 self._proposals.expire(now)
 
+    async def _sleep_quiesced(self) -> None:
+        """A quiesced core needs no ticks: wait until it wakes (the driver sets ``_awake``
+        after the round that woke it), or ``QUIESCED_POLL_S`` at most."""
+        self._awake.clear()
+        core = self._core
+        if core is None or not core.quiesced:
+            return
+        waiter = asyncio.ensure_future(self._awake.wait())
+        sleeper = asyncio.ensure_future(self._clock.sleep(QUIESCED_POLL_S))
+        try:
+            await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            sleeper.cancel()
+
+    def peer_unreachable(self, peer: NodeId) -> None:
+        """The node's failure detection (for example the group router's liveness pings)
+        says ``peer`` is down: a group quiesced under that leader wakes and elects another
+        (``RaftCore.wake_quiesced``). Cheap and harmless otherwise."""
+        core = self._core
+        if core is not None and not self._stopping and core.quiesced:
+            core.wake_quiesced(peer)
+            self._wake.set()
+
     async def _drive(self) -> None:
         try:
             while not self._stopping:
                 core = self._require_core()
+                if not core.quiesced:
+                    self._awake.set()
                 if self._driver.snapshot_ready:
                     self._driver.finish_snapshot(core)
                 if self._proposals.has_queued:

@@ -63,7 +63,9 @@ class Ready:
 
 
 #: Message types a leader may send before its own write of the same Ready is durable.
-EARLY_TYPES = frozenset({MessageType.APPEND, MessageType.HEARTBEAT, MessageType.TIMEOUT_NOW})
+EARLY_TYPES = frozenset(
+    {MessageType.APPEND, MessageType.HEARTBEAT, MessageType.TIMEOUT_NOW, MessageType.QUIESCE}
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -195,6 +195,9 @@ class MessageType(enum.IntEnum):
     "the snapshot with this metadata has been fully received and stored"."""
     TIMEOUT_NOW = 10
     """Leadership transfer: the receiver campaigns at once, bypassing pre-vote and leases."""
+    QUIESCE = 11
+    """A heartbeat that also says "the group is idle: stop counting election time until you
+    hear from anyone again" (``RaftConfig.quiesce_after_ticks``); carries ``commit``."""
 
 
 @dataclass(frozen=True, slots=True)
