@@ -458,6 +458,11 @@ class RaftNode:
         return self._core is not None and self._core.is_leader and not self._stopping
 
     @property
+    def quiesced(self) -> bool:
+        """The group is idle and quiet (``RaftConfig.quiesce_after_ticks``)."""
+        return self._core is not None and self._core.quiesced
+
+    @property
     def term(self) -> int:
         return self._core.term if self._core else 0
 

@@ -50,11 +50,13 @@ async def _tcp(node_id: str, tls: TLSConfig) -> tuple[TcpTransport, str]:
 FSMS: weakref.WeakKeyDictionary[RaftNode, ListFSM] = weakref.WeakKeyDictionary()
 
 
-def _node(node_id: str, transport: Transport, peers: Mapping[str, str]) -> RaftNode:
+def _node(
+    node_id: str, transport: Transport, peers: Mapping[str, str], quiesce_after_ticks: int = 0
+) -> RaftNode:
     fsm = ListFSM()
     node = RaftNode(
         NodeConfig(
-            raft=RaftConfig(id=node_id),
+            raft=RaftConfig(id=node_id, quiesce_after_ticks=quiesce_after_ticks),
             tick_interval=0.03,
             close_timeout=2.0,
             seed=hash(node_id) & 0xFFFF,
@@ -279,3 +281,87 @@ async def test_router_bookkeeping() -> None:
     assert phys.closes == 1
     with pytest.raises(RuntimeError, match="closed"):
         router.group("g3")
+
+
+async def test_quiet_groups_send_nothing_but_pings_and_fail_over_on_liveness(
+    dev_certs: dict[str, CertFiles],
+) -> None:
+    """Idle groups quiesce: over many pings, no group sends a message. A proposal wakes
+    its group, commits, and it goes quiet again. When the node leading a quiet group
+    stops, the others' routers report it down and the group elects a new leader."""
+    tls = _tls(dev_certs)
+    ids = ["a", "b", "c"]
+    groups = ["p/0", "p/1"]
+    physical: dict[str, TcpTransport] = {}
+    addresses: dict[str, str] = {}
+    for i in ids:
+        physical[i], addresses[i] = await _tcp(i, tls)
+    routers = {
+        i: GroupRouter(physical[i], liveness_interval=0.1, liveness_timeout=0.6) for i in ids
+    }
+    nodes: dict[str, dict[str, RaftNode]] = {g: {} for g in groups}
+    try:
+        for g in groups:
+            for i in ids:
+                node = _node(i, routers[i].group(g), addresses, quiesce_after_ticks=3)
+                routers[i].add_down_listener(node.peer_unreachable)
+                await node.start()
+                nodes[g][i] = node
+        servers = [Server(i, addresses[i]) for i in ids]
+        for g in groups:
+            for node in nodes[g].values():
+                await node.bootstrap(servers)
+        for g in groups:
+            await _leader(list(nodes[g].values()))
+
+        def all_quiet() -> bool:
+            return all(n.quiesced for g in groups for n in nodes[g].values())
+
+        await wait_until(all_quiet, WAIT, "every group quiesced on every node")
+
+        def sent_by_groups() -> dict[tuple[str, str], int]:
+            return {(g, i): routers[i].group(g).stats().enqueued for g in groups for i in ids}
+
+        sent = sent_by_groups()
+        pings = {i: r.pings_sent for i, r in routers.items()}
+        await wait_until(
+            lambda: all(r.pings_sent >= pings[i] + 10 for i, r in routers.items()),
+            WAIT,
+            "five ping rounds",
+        )
+        assert sent_by_groups() == sent and all_quiet()
+
+        lead = await _leader(list(nodes["p/0"].values()))
+        await lead.propose(b"wake")
+        await wait_until(
+            lambda: all(b"wake" in _items(n) for n in nodes["p/0"].values()),
+            WAIT,
+            "the proposal applied everywhere",
+        )
+        await wait_until(all_quiet, WAIT, "quiet again after the write")
+
+        # the leader of p/1 stops (its transport too): the others elect a new one
+        lead = await _leader(list(nodes["p/1"].values()))
+        gone = lead.id
+        for g in groups:
+            await nodes[g][gone].close()
+        await routers[gone].close()
+        rest = [n for i, n in nodes["p/1"].items() if i != gone]
+        await wait_until(
+            lambda: any(n.is_leader for n in rest), WAIT, "a new leader of the quiet group"
+        )
+        new = await _leader(rest)
+        assert new.id != gone
+        await new.propose(b"after")
+        await wait_until(
+            lambda: all(b"after" in _items(n) for n in rest), WAIT, "the write after failover"
+        )
+        for i in ids:
+            if i != gone:
+                assert gone in routers[i].down
+    finally:
+        for g in groups:
+            for node in nodes[g].values():
+                await node.close()
+        for r in routers.values():
+            await r.close()
