@@ -1,0 +1,181 @@
+"""The partition replicas one node hosts: a DistributedLog per (topic, partition), each its
+own Raft group, all of them on the node's one :class:`~raftlog.raft.groups.GroupRouter`.
+
+Where a replica lives on disk (``data_dir`` is the node's data directory)::
+
+    data_dir/fsm, data_dir/raft                     the default topic's partition 0
+    data_dir/partitions/<topic>/<partition>/fsm     every other partition
+    data_dir/partitions/<topic>/<partition>/raft
+
+The default partition sits exactly where the one-group version keeps its commit log and its
+Raft files, so an existing data directory opens as that partition with no copy and no
+conversion (``tests/distributed/test_partition_host.py`` opens one written by a real
+``raftlog agent``). Its Raft group id is ``""``, which travels without an envelope, so it
+also keeps talking to nodes of the one-group version. Every other partition's group id is
+``"<topic>/<partition>"`` (topic names never contain ``/``: ``topic_name_problem``).
+
+The host opens and closes the replicas it is told to. Deciding which (the controller's
+metadata and move planner, :mod:`raftlog.partitions`) and bootstrapping a new partition's
+group with its initial voters are the caller's: opening never bootstraps, because
+bootstrapping a replica that should have joined an existing group would fork it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from raftlog.distributed.distributed_log import DistributedConfig, DistributedLog
+from raftlog.distributed.fsm import CommitLogFSM
+from raftlog.log import LogConfig
+from raftlog.partitions import DEFAULT_TOPIC, topic_name_problem
+from raftlog.raft import Server
+from raftlog.raft.config import NodeConfig
+from raftlog.raft.groups import DEFAULT_GROUP, GroupRouter
+from raftlog.raft.node import RaftNode
+
+log = logging.getLogger(__name__)
+
+#: (topic, partition number)
+PartitionKey = tuple[str, int]
+
+
+class PartitionHostError(ValueError):
+    """A replica that cannot be opened as asked (bad topic name or number, or open already)."""
+
+
+def group_id(topic: str, partition: int) -> str:
+    """The Raft group id of a partition: ``""`` for the default partition (no envelope on
+    the wire), ``"<topic>/<partition>"`` otherwise."""
+    if topic == DEFAULT_TOPIC and partition == 0:
+        return DEFAULT_GROUP
+    return f"{topic}/{partition}"
+
+
+def replica_dir(data_dir: Path, topic: str, partition: int) -> Path:
+    """The directory holding a replica's ``fsm`` (commit log) and ``raft`` folders."""
+    if topic == DEFAULT_TOPIC and partition == 0:
+        return data_dir
+    return data_dir / "partitions" / topic / str(partition)
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """How each replica is built.
+
+    Attributes:
+        node: the Raft runtime settings of every replica; its ``raft.id`` and ``data_dir``
+            are set per replica (the node id, the replica's ``raft`` folder).
+        distributed: the DistributedLog settings of every replica.
+        segment: the commit logs' segment settings (None: ``LogConfig()``'s defaults).
+    """
+
+    node: NodeConfig
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    segment: LogConfig | None = None
+
+
+class PartitionHost:
+    """The replicas this node hosts, by (topic, partition); see the module doc.
+
+    ``open`` and ``close`` are serialized (one lock), so concurrent reconciliations cannot
+    open one replica twice. ``close_all`` at the end closes every replica (not the router,
+    which the caller owns).
+    """
+
+    def __init__(
+        self, node_id: str, data_dir: Path, router: GroupRouter, settings: HostSettings
+    ) -> None:
+        self.node_id = node_id
+        self.data_dir = data_dir
+        self.router = router
+        self.settings = settings
+        self.replicas: dict[PartitionKey, DistributedLog] = {}
+        self._lock = asyncio.Lock()
+
+    def get(self, topic: str, partition: int) -> DistributedLog | None:
+        """The open replica of a partition, or None if this node does not host it."""
+        return self.replicas.get((topic, partition))
+
+    async def open(
+        self, topic: str, partition: int, peers: Mapping[str, str] | None = None
+    ) -> DistributedLog:
+        """Open (creating its folders if new) and start the replica of ``partition`` of
+        ``topic``: its commit log, its Raft node on the router's group, its DistributedLog.
+        ``peers``: node id -> Raft address of the other replicas, until the group's
+        membership names them. A replica with no Raft state waits to be bootstrapped
+        (:meth:`bootstrap`) or added to its group by the leader."""
+        problem = "" if topic == DEFAULT_TOPIC else topic_name_problem(topic)
+        if problem:
+            raise PartitionHostError(problem)
+        if partition < 0:
+            raise PartitionHostError(f"partition numbers start at 0, not {partition}")
+        key = (topic, partition)
+        async with self._lock:
+            if key in self.replicas:
+                raise PartitionHostError(f"partition {topic}/{partition} is open already")
+            directory = replica_dir(self.data_dir, topic, partition)
+            fsm = await asyncio.to_thread(
+                CommitLogFSM.open, directory / "fsm", self.settings.segment
+            )
+            base = self.settings.node
+            config = dataclasses.replace(
+                base,
+                raft=dataclasses.replace(base.raft, id=self.node_id),
+                data_dir=directory / "raft",
+            )
+            transport = self.router.group(group_id(topic, partition))
+            try:
+                node = await RaftNode.on_disk(config, fsm, transport, peers=peers)
+                self.router.add_down_listener(node.peer_unreachable)
+                await node.start()
+            except BaseException:
+                transport.detach()
+                await fsm.close()
+                raise
+            dlog = DistributedLog(node, fsm, config=self.settings.distributed)
+            dlog.start()
+            self.replicas[key] = dlog
+            log.info(
+                "partition %s/%d opened on %s (commit log %s, next offset %d)",
+                topic,
+                partition,
+                self.node_id,
+                directory / "fsm",
+                dlog.highest_offset + 1,
+            )
+            return dlog
+
+    async def bootstrap(self, topic: str, partition: int, voters: Iterable[Server]) -> None:
+        """Make the open replica a member of a brand-new group of ``voters`` (give every
+        initial voter the same list). Raises the node's BootstrapError if it has state."""
+        dlog = self.replicas.get((topic, partition))
+        if dlog is None:
+            raise PartitionHostError(f"partition {topic}/{partition} is not open here")
+        await dlog.node.bootstrap(voters)
+
+    async def close(self, topic: str, partition: int) -> None:
+        """Stop and close a replica (its files stay on disk)."""
+        async with self._lock:
+            dlog = self.replicas.pop((topic, partition), None)
+            if dlog is None:
+                return
+            await _close(dlog)
+
+    async def close_all(self) -> None:
+        async with self._lock:
+            replicas, self.replicas = list(self.replicas.values()), {}
+            for dlog in replicas:
+                await _close(dlog)
+
+
+async def _close(dlog: DistributedLog) -> None:
+    try:
+        await dlog.close()
+        await dlog.node.close()
+    finally:
+        await dlog.fsm.close()
