@@ -5,9 +5,10 @@
     mux         remove dead agents' socket dirs; bind --rpc-port; Raft marker ->
                 TcpTransport (peer mTLS, Casbin replicate); anything else -> grpc.aio on
                 a unix socket in a 0700 dir named after this pid      -> close, rm dir
-    raft        CommitLogFSM (data_dir/fsm) + RaftNode (data_dir/raft) over TcpTransport;
-                --bootstrap once (never when Raft state exists); DistributedLog
-                                                                -> close log, node, fsm
+    raft        CommitLogFSM (data_dir/fsm) + RaftNode (data_dir/raft) on the default
+                group of a GroupRouter over TcpTransport (raft/groups.py); --bootstrap
+                once (never when Raft state exists); DistributedLog
+                                              -> close log, node, router (transport), fsm
     server      log.v1.Log on the unix socket (client mTLS + ACL, end to end through the
                 mux); followers forward Produce to the leader     -> drain, stop
     membership  Serf agent subprocess + Membership (or StaticMembership); peer address
@@ -60,6 +61,7 @@ from raftlog.log import LogConfig
 from raftlog.log.config import INDEX_ENTRY_BYTES
 from raftlog.mux import RAFT_MARKER, Mux, MuxConfig, PrivateSocketDir, remove_stale_socket_dirs
 from raftlog.raft import NO_METRICS, RaftConfig, RaftError, Server
+from raftlog.raft.groups import DEFAULT_GROUP, GroupRouter
 from raftlog.raft.node import (
     AGENT_COMMIT_BROADCAST_DELAY,
     NodeClosedError,
@@ -181,6 +183,8 @@ class ClusterNode:
         self.materials: dict[str, ReloadableTLS] = {}
         self.forwarder: GrpcForwarder | None = None
         self.transport: TcpTransport | None = None
+        #: shares the transport between the node's Raft groups (raftlog.raft.groups)
+        self.router: GroupRouter | None = None
         self.sockdir: PrivateSocketDir | None = None
         self.mux: Mux | None = None
         self.fsm: CommitLogFSM | None = None
@@ -310,6 +314,10 @@ class ClusterNode:
         transport.check_certificate = self.deny_list.refuses_peercert
         transport.set_contexts(server=peer.server_context, client=peer.client_context())
         peer.on_reload(lambda new: transport.set_contexts(client=new.client))
+        # The node's Raft groups share the transport through a router; today there is one,
+        # the default partition's (group "", no envelope: the wire of earlier versions).
+        router = GroupRouter(transport)
+        self.router = router
         try:  # opening the disk stores may fail (as start() may): close the FSM then
             node = await RaftNode.on_disk(
                 NodeConfig(
@@ -339,11 +347,12 @@ class ClusterNode:
                     commit_broadcast_delay=AGENT_COMMIT_BROADCAST_DELAY,
                 ),
                 fsm,
-                transport,
+                router.group(DEFAULT_GROUP),
                 peers=parse_static_peers(config.peers) if config.peers else None,
                 metrics=self.metrics if self.metrics is not None else NO_METRICS,
             )
         except BaseException:
+            await router.close()
             await fsm.close()
             raise
         self.mux.register(
@@ -352,6 +361,7 @@ class ClusterNode:
         try:
             await node.start()
         except BaseException:
+            await router.close()
             await fsm.close()
             raise
         self.node = node
@@ -396,9 +406,12 @@ class ClusterNode:
                     await syncer
             try:
                 await dlog.close()
-                await node.close()
+                await node.close()  # detaches its group from the router
             finally:
-                await fsm.close()
+                try:
+                    await router.close()  # and the transport under it
+                finally:
+                    await fsm.close()
 
         try:
             await self._bootstrap_once(node)
