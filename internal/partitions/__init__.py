@@ -12,6 +12,8 @@ them should lead it (docs/partitions.md):
 - :class:`ClusterMetadata`: the controller group's replicated state (nodes, topics, the
   assignment of every partition), changed only by applying commands
   (:class:`CreateTopic`, :class:`NodeDown`, :class:`LearnerAdded`, ...).
+- :func:`encode_command` / :func:`decode_command`: a command and its time as a controller
+  log entry.
 - :func:`plan`: the next move steps (:class:`AddLearner`, :class:`Promote`,
   :class:`RemoveReplica`) towards the ring's placement; :func:`leaders_to_transfer`.
 
@@ -21,6 +23,12 @@ The key -> partition rule (Kafka's murmur2) is part of the wire contract, in
 Imports allowed here: the standard library only, so any layer may use it.
 """
 
+from raftlog.partitions.commands import (
+    COMMANDS,
+    CommandDecodeError,
+    decode_command,
+    encode_command,
+)
 from raftlog.partitions.metadata import (
     DEFAULT_REPLICATION,
     DEFAULT_TOPIC,
@@ -74,6 +82,7 @@ from raftlog.partitions.ring import (
 )
 
 __all__ = [
+    "COMMANDS",
     "DEFAULT_GRACE_S",
     "DEFAULT_REPLICATION",
     "DEFAULT_TOPIC",
@@ -87,6 +96,7 @@ __all__ = [
     "Assignment",
     "ClusterMetadata",
     "Command",
+    "CommandDecodeError",
     "CreateTopic",
     "DeleteTopic",
     "EmptyRingError",
@@ -109,6 +119,8 @@ __all__ = [
     "SetRetention",
     "Step",
     "TopicSpec",
+    "decode_command",
+    "encode_command",
     "leaders_to_transfer",
     "moved",
     "node_id_problem",

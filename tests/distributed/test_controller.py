@@ -1,0 +1,148 @@
+"""The controller group (raftlog.distributed.controller): commands as log entries, applied
+to ClusterMetadata on every node; voters and a learner over TCP+TLS on one GroupRouter
+each; a learner added late catches up through a snapshot of the metadata."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from raftlog.distributed.controller import CONTROLLER_GROUP, Controller, ControllerFSM
+from raftlog.partitions import (
+    DEFAULT_TOPIC,
+    Applied,
+    ClusterMetadata,
+    CreateTopic,
+    NodeUp,
+    Reason,
+    Rejected,
+    TopicSpec,
+    encode_command,
+)
+from raftlog.raft import Entry, Membership, NotLeaderError, RaftConfig, Server, SnapshotMeta
+from raftlog.raft.config import NodeConfig
+from raftlog.raft.groups import GroupRouter
+from raftlog.raft.node import RaftNode
+from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
+from raftlog.security import CertFiles, TLSConfig
+from support.wait import wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+WAIT = 20.0
+
+
+class Bytes:
+    """A SnapshotSource over bytes."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read(self, n: int = -1) -> bytes:
+        out, self.data = (self.data, b"") if n < 0 else (self.data[:n], self.data[n:])
+        return out
+
+
+def entry(index: int, data: bytes) -> Entry:
+    return Entry(1, index, data=data)
+
+
+def test_the_state_machine_applies_commands_rejects_garbage_and_snapshots() -> None:
+    fsm = ControllerFSM()
+    seen: list[ClusterMetadata] = []
+    fsm.watch(seen.append)
+    orders = CreateTopic("orders", TopicSpec(4, 2, None, None))
+    results = fsm.apply(
+        [
+            entry(1, encode_command(NodeUp("a"), 1.0)),
+            entry(2, encode_command(NodeUp("b"), 2.0)),
+            entry(3, encode_command(orders, 3.0)),
+            entry(4, b"not json"),
+            entry(5, encode_command(orders, 4.0)),
+        ]
+    )
+    assert isinstance(results[0], Applied) and isinstance(results[2], Applied)
+    assert isinstance(results[3], Rejected) and results[3].reason is Reason.UNKNOWN_COMMAND
+    assert isinstance(results[4], Rejected) and results[4].reason is Reason.TOPIC_EXISTS
+    assert fsm.applied == 5 and len(seen) == 1
+    assert sorted(fsm.metadata.topics) == [DEFAULT_TOPIC, "orders"]
+    assert all(len(fsm.metadata.assignments[("orders", p)].voters) == 2 for p in range(4))
+
+    copy = ControllerFSM()
+    copy.restore(Bytes(b"".join(fsm.snapshot())), SnapshotMeta(5, 1, Membership()))
+    assert copy.metadata.encode() == fsm.metadata.encode() and copy.applied == 5
+    with pytest.raises(ValueError, match="controller snapshot"):
+        copy.restore(Bytes(b"{}"), SnapshotMeta(6, 1, Membership()))
+
+
+def _tls(dev_certs: dict[str, CertFiles]) -> TLSConfig:
+    s = dev_certs["server"]
+    return TLSConfig(s.cert_file, s.key_file, s.ca_file)
+
+
+async def test_voters_and_a_late_learner_hold_the_same_metadata(
+    tmp_path: Path, dev_certs: dict[str, CertFiles]
+) -> None:
+    """Three controller voters commit commands submitted on the leader (a follower refuses
+    with NOT_LEADER); a fourth node added as a learner after a snapshot receives that
+    snapshot and ends with byte-identical metadata."""
+    tls = _tls(dev_certs)
+    ids = ["a", "b", "c", "d"]
+    routers: dict[str, GroupRouter] = {}
+    addresses: dict[str, str] = {}
+    for i in ids:
+        t = TcpTransport(
+            TcpTransportConfig(node_id=i, tls=tls, close_timeout=1.0),
+            authorize=lambda cn: cn == "server",
+        )
+        addresses[i] = await t.serve("127.0.0.1", 0)
+        routers[i] = GroupRouter(t)
+    fsms = {i: ControllerFSM() for i in ids}
+    nodes: dict[str, RaftNode] = {}
+    try:
+        for i in ids:
+            nodes[i] = await RaftNode.on_disk(
+                NodeConfig(
+                    raft=RaftConfig(id=i, snapshot_threshold=4, snapshot_trailing_entries=0),
+                    data_dir=tmp_path / i,
+                    tick_interval=0.02,
+                ),
+                fsms[i],
+                routers[i].group(CONTROLLER_GROUP),
+                peers=addresses,
+            )
+            await nodes[i].start()
+        voters = [Server(i, addresses[i]) for i in ids[:3]]
+        for i in ids[:3]:
+            await nodes[i].bootstrap(voters)
+        await wait_until(
+            lambda: sum(nodes[i].is_leader for i in ids[:3]) == 1, WAIT, "a controller leader"
+        )
+        leader = next(nodes[i] for i in ids[:3] if nodes[i].is_leader)
+        follower = next(nodes[i] for i in ids[:3] if not nodes[i].is_leader)
+        controller = Controller(leader, fsms[leader.id])
+        for i in ids:
+            assert isinstance(await controller.submit(NodeUp(i)), Applied)
+        created = await controller.submit(CreateTopic("orders", TopicSpec(6, 3, None, None)))
+        assert isinstance(created, Applied) and len(created.changed) == 6
+        again = await controller.submit(CreateTopic("orders", TopicSpec(6, 3, None, None)))
+        assert isinstance(again, Rejected) and again.reason is Reason.TOPIC_EXISTS
+        with pytest.raises(NotLeaderError):
+            await Controller(follower, fsms[follower.id]).submit(NodeUp("x"))
+
+        # enough entries for snapshots on the voters, then the learner joins
+        await wait_until(
+            lambda: all(nodes[i].snapshot_index > 0 for i in ids[:3]), WAIT, "voter snapshots"
+        )
+        await leader.add_learner("d", addresses["d"], timeout=WAIT)
+        want = fsms[leader.id].metadata.encode()
+        for i in ids:
+            await fsms[i].wait_until(lambda m: m.encode() == want, WAIT)
+        assert nodes["d"].stats.snapshots_received >= 1
+        assert fsms["d"].metadata.topics["orders"].partitions == 6
+    finally:
+        for node in nodes.values():
+            await node.close()
+        for r in routers.values():
+            await r.close()
