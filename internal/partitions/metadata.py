@@ -70,7 +70,7 @@ MAX_NODE_ID_BYTES: Final = 255
 
 #: Version written by :meth:`ClusterMetadata.encode`; :meth:`ClusterMetadata.decode`
 #: refuses any other.
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
 
 # Kafka's legal characters. No "/" above all: the ring places a partition at
 # position(f"{topic}/{partition}"), and "/" in names would let two partitions share a label.
@@ -290,12 +290,17 @@ class Assignment:
             this partition and is never reused, not even by a topic deleted and created
             again under the same name, so a node or client can always tell a newer
             assignment from an older one. 0 = never placed.
+        initial: the voters the partition's group was created with (set when it is first
+            placed, never changed). Only these nodes may bootstrap the group, each with
+            this same list; a node that joins later is added by the group's leader, since
+            bootstrapping it would fork the group.
     """
 
     voters: tuple[str, ...] = ()
     learner: str | None = None
     caught_up: bool = False
     epoch: int = 0
+    initial: tuple[str, ...] = ()
 
     @property
     def replicas(self) -> tuple[str, ...]:
@@ -516,7 +521,7 @@ class ClusterMetadata:
         ring = Ring.of(self.live)
         for key in unplaced:
             voters = ring.replicas(key[0], key[1], self.topics[key[0]].replication)
-            self.assignments[key] = Assignment(voters, epoch=self._next_epoch())
+            self.assignments[key] = Assignment(voters, epoch=self._next_epoch(), initial=voters)
         return tuple(unplaced)
 
     def _partition(self, topic: object, partition: object, node: object) -> Assignment | Rejected:
@@ -596,7 +601,8 @@ class ClusterMetadata:
         caught_up: bool,
     ) -> Applied:
         key = (topic, partition)
-        self.assignments[key] = Assignment(voters, learner, caught_up, self._next_epoch())
+        initial = self.assignments[key].initial
+        self.assignments[key] = Assignment(voters, learner, caught_up, self._next_epoch(), initial)
         return Applied((key,))
 
     # --- snapshots ------------------------------------------------------------------
@@ -626,6 +632,7 @@ class ClusterMetadata:
                     "learner": a.learner,
                     "caught_up": a.caught_up,
                     "epoch": a.epoch,
+                    "initial": list(a.initial),
                 }
                 for (topic, partition), a in sorted(self.assignments.items())
             ],
@@ -675,6 +682,7 @@ class ClusterMetadata:
                 None if learner is None else str(learner),
                 bool(raw["caught_up"]),
                 int(raw["epoch"]),
+                tuple(str(v) for v in raw["initial"]),
             )
         for key, a in state.assignments.items():
             if len(set(a.replicas)) != len(a.replicas) or (a.caught_up and a.learner is None):

@@ -109,7 +109,7 @@ def test_the_first_node_up_places_the_default_topic_directly() -> None:
     state = ClusterMetadata()
     result = ok(state, NodeUp("a"))
     assert result.changed == ((DEFAULT_TOPIC, 0),)
-    assert state.assignments[(DEFAULT_TOPIC, 0)] == Assignment(("a",), epoch=1)
+    assert state.assignments[(DEFAULT_TOPIC, 0)] == Assignment(("a",), epoch=1, initial=("a",))
     assert ok(state, NodeUp("a")).changed == ()  # repeated: nothing changes
 
 
@@ -123,7 +123,7 @@ def test_create_topic_places_every_partition_on_the_ring_target() -> None:
     epoch = state.epoch - 5
     for key, replicas in want.items():
         epoch += 1  # each new assignment takes the next cluster-wide epoch, in key order
-        assert state.assignments[key] == Assignment(replicas, epoch=epoch)
+        assert state.assignments[key] == Assignment(replicas, epoch=epoch, initial=replicas)
 
 
 def test_a_topic_created_with_no_live_node_is_placed_on_the_next_node_up() -> None:
@@ -131,9 +131,9 @@ def test_a_topic_created_with_no_live_node_is_placed_on_the_next_node_up() -> No
     assert ok(state, CreateTopic("t", TopicSpec(2))).changed == ()
     assert state.assignments[("t", 1)] == Assignment()
     assert ok(state, NodeUp("a")).changed == ((DEFAULT_TOPIC, 0), ("t", 0), ("t", 1))
-    assert state.assignments[(DEFAULT_TOPIC, 0)] == Assignment(("a",), epoch=1)
-    assert state.assignments[("t", 0)] == Assignment(("a",), epoch=2)
-    assert state.assignments[("t", 1)] == Assignment(("a",), epoch=3)
+    assert state.assignments[(DEFAULT_TOPIC, 0)] == Assignment(("a",), epoch=1, initial=("a",))
+    assert state.assignments[("t", 0)] == Assignment(("a",), epoch=2, initial=("a",))
+    assert state.assignments[("t", 1)] == Assignment(("a",), epoch=3, initial=("a",))
     assert state.epoch == 3
 
 
@@ -208,18 +208,20 @@ def test_a_move_records_each_step_and_raises_the_epoch_each_time() -> None:
     state = cluster("a", "b", "c")
     key = (DEFAULT_TOPIC, 0)
     voters, epoch = state.assignments[key].voters, state.assignments[key].epoch
+    initial = state.assignments[key].initial
     assert sorted(voters) == ["a", "b", "c"]
     ok(state, NodeUp("d"))
     assert ok(state, LearnerAdded(DEFAULT_TOPIC, 0, "d")).changed == (key,)
-    assert state.assignments[key] == Assignment(voters, "d", False, epoch + 1)
+    # the group's initial voters stay what they were through every step
+    assert state.assignments[key] == Assignment(voters, "d", False, epoch + 1, initial)
     assert state.assignments[key].replicas == (*voters, "d")
     ok(state, LearnerCaughtUp(DEFAULT_TOPIC, 0, "d"))
-    assert state.assignments[key] == Assignment(voters, "d", True, epoch + 2)
+    assert state.assignments[key] == Assignment(voters, "d", True, epoch + 2, initial)
     assert ok(state, LearnerCaughtUp(DEFAULT_TOPIC, 0, "d")).changed == ()  # repeated
     ok(state, LearnerPromoted(DEFAULT_TOPIC, 0, "d"))
-    assert state.assignments[key] == Assignment((*voters, "d"), None, False, epoch + 3)
+    assert state.assignments[key] == Assignment((*voters, "d"), None, False, epoch + 3, initial)
     ok(state, ReplicaRemoved(DEFAULT_TOPIC, 0, voters[0]))
-    assert state.assignments[key] == Assignment((*voters[1:], "d"), None, False, epoch + 4)
+    assert state.assignments[key] == Assignment((*voters[1:], "d"), None, False, epoch + 4, initial)
 
 
 def test_removing_a_learner_abandons_the_move() -> None:
@@ -229,7 +231,7 @@ def test_removing_a_learner_abandons_the_move() -> None:
     ok(state, LearnerAdded(DEFAULT_TOPIC, 0, spare))
     ok(state, ReplicaRemoved(DEFAULT_TOPIC, 0, spare))
     assert state.assignments[(DEFAULT_TOPIC, 0)] == Assignment(
-        before.voters, epoch=before.epoch + 2
+        before.voters, epoch=before.epoch + 2, initial=before.initial
     )
 
 
@@ -500,7 +502,7 @@ def test_encode_is_sorted_json_independent_of_insertion_order() -> None:
         b"not json",
         b"[]",
         b'{"version": 2}',
-        ClusterMetadata().encode().replace(b'"version":1', b'"version":9'),
+        ClusterMetadata().encode().replace(b'"version":2', b'"version":9'),
         ClusterMetadata().encode().replace(b'"partitions":1', b'"partitions":2'),
         ClusterMetadata().encode().replace(b'"partitions":1', b'"partitions":0'),
         b"\xff\xfe",
