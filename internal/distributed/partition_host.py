@@ -14,10 +14,12 @@ conversion (``tests/distributed/test_partition_host.py`` opens one written by a 
 also keeps talking to nodes of the one-group version. Every other partition's group id is
 ``"<topic>/<partition>"`` (topic names never contain ``/``: ``topic_name_problem``).
 
-The host opens and closes the replicas it is told to. Deciding which (the controller's
-metadata and move planner, :mod:`raftlog.partitions`) and bootstrapping a new partition's
-group with its initial voters are the caller's: opening never bootstraps, because
-bootstrapping a replica that should have joined an existing group would fork it.
+The host opens and closes the replicas it is told to (:meth:`PartitionHost.open`,
+:meth:`~PartitionHost.close`), or those the controller's metadata assigns to this node
+(:meth:`~PartitionHost.reconcile`). Opening never bootstraps by itself: bootstrapping a
+replica that should have joined an existing group would fork it. ``reconcile`` bootstraps
+a replica only if it has no Raft state and this node is one of the partition's initial
+voters (``Assignment.initial``), with that same list, as every initial voter does.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 from raftlog.distributed.distributed_log import DistributedConfig, DistributedLog
 from raftlog.distributed.fsm import CommitLogFSM
 from raftlog.log import LogConfig
-from raftlog.partitions import DEFAULT_TOPIC, topic_name_problem
+from raftlog.partitions import DEFAULT_TOPIC, ClusterMetadata, topic_name_problem
 from raftlog.raft import Server
 from raftlog.raft.config import NodeConfig
 from raftlog.raft.groups import DEFAULT_GROUP, GroupRouter
@@ -165,6 +167,45 @@ class PartitionHost:
             if dlog is None:
                 return
             await _close(dlog)
+
+    async def reconcile(
+        self, metadata: ClusterMetadata, addresses: Mapping[str, str]
+    ) -> tuple[list[PartitionKey], list[PartitionKey]]:
+        """Open the replicas ``metadata`` assigns to this node (voter or learner) that are
+        not open, and close those it no longer assigns (their files stay: a replica that
+        moved away is deleted once the move has committed, by whoever drives it). A new
+        replica on one of its partition's initial voters bootstraps the group with them.
+        ``addresses``: node id -> Raft address of every node. The default partition is left
+        alone: the node opens it at start and its membership is the cluster's. Returns the
+        keys opened and closed."""
+        mine = {
+            key: a
+            for key, a in metadata.assignments.items()
+            if self.node_id in a.replicas and key != (DEFAULT_TOPIC, 0)
+        }
+        opened: list[PartitionKey] = []
+        for key in sorted(set(mine) - set(self.replicas)):
+            a = mine[key]
+            peers = {n: addresses[n] for n in a.replicas if n in addresses}
+            dlog = await self.open(*key, peers=peers)
+            opened.append(key)
+            if self.node_id in a.initial and not dlog.node.has_state():
+                missing = [n for n in a.initial if n not in addresses]
+                if missing:
+                    log.warning(
+                        "partition %s/%d: no address yet for initial voters %s; not "
+                        "bootstrapped (the next reconcile tries again)",
+                        *key,
+                        missing,
+                    )
+                    await self.close(*key)
+                    opened.pop()
+                    continue
+                await dlog.node.bootstrap([Server(n, addresses[n]) for n in a.initial])
+        closed = sorted(k for k in self.replicas if k not in mine and k != (DEFAULT_TOPIC, 0))
+        for key in closed:
+            await self.close(*key)
+        return opened, closed
 
     async def close_all(self) -> None:
         async with self._lock:

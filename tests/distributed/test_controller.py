@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 
 from raftlog.distributed.controller import CONTROLLER_GROUP, Controller, ControllerFSM
+from raftlog.distributed.partition_host import HostSettings, PartitionHost
 from raftlog.partitions import (
     DEFAULT_TOPIC,
     Applied,
     ClusterMetadata,
     CreateTopic,
+    DeleteTopic,
     NodeUp,
     Reason,
     Rejected,
@@ -23,6 +25,7 @@ from raftlog.partitions import (
 from raftlog.raft import Entry, Membership, NotLeaderError, RaftConfig, Server, SnapshotMeta
 from raftlog.raft.config import NodeConfig
 from raftlog.raft.groups import GroupRouter
+from raftlog.raft.inmem import InmemLogStore, InmemSnapshotStore, InmemStableStore
 from raftlog.raft.node import RaftNode
 from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
 from raftlog.security import CertFiles, TLSConfig
@@ -142,6 +145,89 @@ async def test_voters_and_a_late_learner_hold_the_same_metadata(
         assert nodes["d"].stats.snapshots_received >= 1
         assert fsms["d"].metadata.topics["orders"].partitions == 6
     finally:
+        for node in nodes.values():
+            await node.close()
+        for r in routers.values():
+            await r.close()
+
+
+async def test_a_topic_created_through_the_controller_is_hosted_where_assigned(
+    tmp_path: Path, dev_certs: dict[str, CertFiles]
+) -> None:
+    """CreateTopic through the controller; every node reconciles its PartitionHost with
+    its own copy of the metadata: each partition opens on exactly its assigned nodes,
+    whose initial voters bootstrap it, and takes writes. DeleteTopic closes them."""
+    tls = _tls(dev_certs)
+    ids = ["a", "b", "c"]
+    routers: dict[str, GroupRouter] = {}
+    addresses: dict[str, str] = {}
+    for i in ids:
+        t = TcpTransport(
+            TcpTransportConfig(node_id=i, tls=tls, close_timeout=1.0),
+            authorize=lambda cn: cn == "server",
+        )
+        addresses[i] = await t.serve("127.0.0.1", 0)
+        routers[i] = GroupRouter(t)
+    fsms = {i: ControllerFSM() for i in ids}
+    nodes: dict[str, RaftNode] = {}
+    settings = HostSettings(node=NodeConfig(raft=RaftConfig(id="-"), tick_interval=0.02))
+    hosts = {i: PartitionHost(i, tmp_path / i, routers[i], settings) for i in ids}
+    try:
+        for i in ids:
+            nodes[i] = RaftNode(
+                NodeConfig(raft=RaftConfig(id=i), tick_interval=0.02),
+                fsms[i],
+                routers[i].group(CONTROLLER_GROUP),
+                log_store=InmemLogStore(),
+                stable_store=InmemStableStore(),
+                snapshot_store=InmemSnapshotStore(),
+                peers=addresses,
+            )
+            await nodes[i].start()
+        for i in ids:
+            await nodes[i].bootstrap([Server(n, addresses[n]) for n in ids])
+        await wait_until(lambda: any(n.is_leader for n in nodes.values()), WAIT, "a leader")
+        leader = next(n for n in nodes.values() if n.is_leader)
+        controller = Controller(leader, fsms[leader.id])
+        for i in ids:
+            await controller.submit(NodeUp(i))
+        assert isinstance(
+            await controller.submit(CreateTopic("orders", TopicSpec(4, 2, None, None))), Applied
+        )
+        for i in ids:
+            await fsms[i].wait_until(lambda m: "orders" in m.topics, WAIT)
+            opened, closed = await hosts[i].reconcile(fsms[i].metadata, addresses)
+            assert closed == []
+            want = sorted(
+                k
+                for k, a in fsms[i].metadata.assignments.items()
+                if i in a.replicas and k[0] == "orders"
+            )
+            assert opened == want and sorted(hosts[i].replicas) == want
+        assignments = fsms["a"].metadata.assignments
+        for p in range(4):
+            holders = [i for i in ids if hosts[i].get("orders", p) is not None]
+            assert sorted(holders) == sorted(assignments[("orders", p)].voters)
+            replicas = [hosts[i].get("orders", p) for i in holders]
+
+            def one_leads(rs: list[object] = replicas) -> bool:
+                return sum(bool(r.is_leader()) for r in rs) == 1  # type: ignore[attr-defined]
+
+            await wait_until(one_leads, WAIT, f"a leader of orders/{p}")
+            lead = next(r for r in replicas if r is not None and r.is_leader())
+            assert await lead.append([b"p%d" % p]) == (0, 0)
+        # a second reconcile changes nothing
+        for i in ids:
+            assert await hosts[i].reconcile(fsms[i].metadata, addresses) == ([], [])
+
+        assert isinstance(await controller.submit(DeleteTopic("orders")), Applied)
+        for i in ids:
+            await fsms[i].wait_until(lambda m: "orders" not in m.topics, WAIT)
+            _, closed = await hosts[i].reconcile(fsms[i].metadata, addresses)
+            assert closed and hosts[i].replicas == {}
+    finally:
+        for h in hosts.values():
+            await h.close_all()
         for node in nodes.values():
             await node.close()
         for r in routers.values():
