@@ -24,11 +24,10 @@ from raftlog.partitions import (
 )
 from raftlog.raft import Entry, Membership, NotLeaderError, RaftConfig, Server, SnapshotMeta
 from raftlog.raft.config import NodeConfig
-from raftlog.raft.groups import GroupRouter
 from raftlog.raft.inmem import InmemLogStore, InmemSnapshotStore, InmemStableStore
 from raftlog.raft.node import RaftNode
-from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
-from raftlog.security import CertFiles, TLSConfig
+from raftlog.security import CertFiles
+from support.raft_peers import peer_tls, routers
 from support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(90)
@@ -79,28 +78,14 @@ def test_the_state_machine_applies_commands_rejects_garbage_and_snapshots() -> N
         copy.restore(Bytes(b"{}"), SnapshotMeta(6, 1, Membership()))
 
 
-def _tls(dev_certs: dict[str, CertFiles]) -> TLSConfig:
-    s = dev_certs["server"]
-    return TLSConfig(s.cert_file, s.key_file, s.ca_file)
-
-
 async def test_voters_and_a_late_learner_hold_the_same_metadata(
     tmp_path: Path, dev_certs: dict[str, CertFiles]
 ) -> None:
     """Three controller voters commit commands submitted on the leader (a follower refuses
     with NOT_LEADER); a fourth node added as a learner after a snapshot receives that
     snapshot and ends with byte-identical metadata."""
-    tls = _tls(dev_certs)
     ids = ["a", "b", "c", "d"]
-    routers: dict[str, GroupRouter] = {}
-    addresses: dict[str, str] = {}
-    for i in ids:
-        t = TcpTransport(
-            TcpTransportConfig(node_id=i, tls=tls, close_timeout=1.0),
-            authorize=lambda cn: cn == "server",
-        )
-        addresses[i] = await t.serve("127.0.0.1", 0)
-        routers[i] = GroupRouter(t)
+    by_node, addresses = await routers(ids, peer_tls(dev_certs))
     fsms = {i: ControllerFSM() for i in ids}
     nodes: dict[str, RaftNode] = {}
     try:
@@ -112,7 +97,7 @@ async def test_voters_and_a_late_learner_hold_the_same_metadata(
                     tick_interval=0.02,
                 ),
                 fsms[i],
-                routers[i].group(CONTROLLER_GROUP),
+                by_node[i].group(CONTROLLER_GROUP),
                 peers=addresses,
             )
             await nodes[i].start()
@@ -147,7 +132,7 @@ async def test_voters_and_a_late_learner_hold_the_same_metadata(
     finally:
         for node in nodes.values():
             await node.close()
-        for r in routers.values():
+        for r in by_node.values():
             await r.close()
 
 
@@ -157,27 +142,18 @@ async def test_a_topic_created_through_the_controller_is_hosted_where_assigned(
     """CreateTopic through the controller; every node reconciles its PartitionHost with
     its own copy of the metadata: each partition opens on exactly its assigned nodes,
     whose initial voters bootstrap it, and takes writes. DeleteTopic closes them."""
-    tls = _tls(dev_certs)
     ids = ["a", "b", "c"]
-    routers: dict[str, GroupRouter] = {}
-    addresses: dict[str, str] = {}
-    for i in ids:
-        t = TcpTransport(
-            TcpTransportConfig(node_id=i, tls=tls, close_timeout=1.0),
-            authorize=lambda cn: cn == "server",
-        )
-        addresses[i] = await t.serve("127.0.0.1", 0)
-        routers[i] = GroupRouter(t)
+    by_node, addresses = await routers(ids, peer_tls(dev_certs))
     fsms = {i: ControllerFSM() for i in ids}
     nodes: dict[str, RaftNode] = {}
     settings = HostSettings(node=NodeConfig(raft=RaftConfig(id="-"), tick_interval=0.02))
-    hosts = {i: PartitionHost(i, tmp_path / i, routers[i], settings) for i in ids}
+    hosts = {i: PartitionHost(i, tmp_path / i, by_node[i], settings) for i in ids}
     try:
         for i in ids:
             nodes[i] = RaftNode(
                 NodeConfig(raft=RaftConfig(id=i), tick_interval=0.02),
                 fsms[i],
-                routers[i].group(CONTROLLER_GROUP),
+                by_node[i].group(CONTROLLER_GROUP),
                 log_store=InmemLogStore(),
                 stable_store=InmemStableStore(),
                 snapshot_store=InmemSnapshotStore(),
@@ -230,5 +206,5 @@ async def test_a_topic_created_through_the_controller_is_hosted_where_assigned(
             await h.close_all()
         for node in nodes.values():
             await node.close()
-        for r in routers.values():
+        for r in by_node.values():
             await r.close()

@@ -20,29 +20,15 @@ from raftlog.distributed.partition_host import (
 from raftlog.partitions import DEFAULT_TOPIC
 from raftlog.raft import RaftConfig, Server
 from raftlog.raft.config import NodeConfig
-from raftlog.raft.groups import GroupRouter
-from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
-from raftlog.security import CertFiles, TLSConfig
+from raftlog.security import CertFiles
 from support.cluster import new_cluster, numbered, produce_numbered, start_cluster
+from support.raft_peers import peer_tls, router, routers
 from support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
 WAIT = 20.0
 SETTINGS = HostSettings(node=NodeConfig(raft=RaftConfig(id="-"), tick_interval=0.02))
-
-
-def _tls(dev_certs: dict[str, CertFiles]) -> TLSConfig:
-    s = dev_certs["server"]
-    return TLSConfig(s.cert_file, s.key_file, s.ca_file)
-
-
-async def _router(node_id: str, tls: TLSConfig) -> tuple[GroupRouter, str]:
-    t = TcpTransport(
-        TcpTransportConfig(node_id=node_id, tls=tls, close_timeout=1.0),
-        authorize=lambda cn: cn == "server",
-    )
-    return GroupRouter(t), await t.serve("127.0.0.1", 0)
 
 
 async def _read_all(dlog: DistributedLog, count: int) -> list[bytes]:
@@ -74,8 +60,8 @@ async def test_an_agents_data_directory_opens_as_the_default_partition(
     data_dir = c.nodes["n1"].data_dir
     before = sorted(p.relative_to(data_dir) for p in data_dir.rglob("*") if p.is_file())
 
-    router, _ = await _router("n1", _tls(dev_certs))
-    host = PartitionHost("n1", data_dir, router, SETTINGS)
+    group_router, _ = await router("n1", peer_tls(dev_certs))
+    host = PartitionHost("n1", data_dir, group_router, SETTINGS)
     try:
         dlog = await host.open(DEFAULT_TOPIC, 0)
         assert dlog.highest_offset == last
@@ -91,19 +77,15 @@ async def test_an_agents_data_directory_opens_as_the_default_partition(
             await host.open(DEFAULT_TOPIC, 0)
     finally:
         await host.close_all()
-        await router.close()
+        await group_router.close()
 
 
 async def test_three_hosts_serve_partitions_with_offsets_of_their_own(
     tmp_path: Path, dev_certs: dict[str, CertFiles]
 ) -> None:
-    tls = _tls(dev_certs)
     ids = ["a", "b", "c"]
-    routers: dict[str, GroupRouter] = {}
-    addresses: dict[str, str] = {}
-    for i in ids:
-        routers[i], addresses[i] = await _router(i, tls)
-    hosts = {i: PartitionHost(i, tmp_path / i, routers[i], SETTINGS) for i in ids}
+    by_node, addresses = await routers(ids, peer_tls(dev_certs))
+    hosts = {i: PartitionHost(i, tmp_path / i, by_node[i], SETTINGS) for i in ids}
     keys = [(DEFAULT_TOPIC, 0)] + [("orders", p) for p in range(3)]
     voters = [Server(i, addresses[i]) for i in ids]
     try:
@@ -137,7 +119,7 @@ async def test_three_hosts_serve_partitions_with_offsets_of_their_own(
     finally:
         for h in hosts.values():
             await h.close_all()
-        for r in routers.values():
+        for r in by_node.values():
             await r.close()
 
 
@@ -162,8 +144,8 @@ async def leader_among(
 async def test_bad_names_and_numbers_are_refused(
     tmp_path: Path, dev_certs: dict[str, CertFiles]
 ) -> None:
-    router, _ = await _router("a", _tls(dev_certs))
-    host = PartitionHost("a", tmp_path, router, SETTINGS)
+    group_router, _ = await router("a", peer_tls(dev_certs))
+    host = PartitionHost("a", tmp_path, group_router, SETTINGS)
     try:
         with pytest.raises(PartitionHostError):
             await host.open("bad/name", 0)
@@ -173,4 +155,4 @@ async def test_bad_names_and_numbers_are_refused(
             await host.bootstrap("orders", 0, [Server("a", "x:1")])
         assert host.replicas == {}
     finally:
-        await router.close()
+        await group_router.close()

@@ -41,6 +41,7 @@ from raftlog.raft.transport import Transport
 from raftlog.raft.transport_inmem import Faults, InmemNetwork
 from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
 from raftlog.security import CertFiles, TLSConfig
+from support.raft_peers import peer_tls
 from support.raft_transport import TransportWrapper
 from support.wait import wait_until
 
@@ -660,15 +661,10 @@ def test_node_config_validation_says_what_is_wrong(tmp_path: Path) -> None:
 # =========================================================================================
 
 
-def _tls(dev_certs: dict[str, CertFiles]) -> TLSConfig:
-    s = dev_certs["server"]
-    return TLSConfig(s.cert_file, s.key_file, s.ca_file)
-
-
 async def test_tcp_cluster_replicates_survives_leader_stop_and_restart(
     tmp_path: Path, dev_certs: dict[str, CertFiles]
 ) -> None:
-    c = Cluster(tmp_path, ["t1", "t2", "t3"], tls=_tls(dev_certs))
+    c = Cluster(tmp_path, ["t1", "t2", "t3"], tls=peer_tls(dev_certs))
     try:
         await c.start_all()
         lead = await c.leader()
@@ -694,7 +690,7 @@ async def test_tcp_restarted_node_catches_up_by_install_snapshot(
     c = Cluster(
         tmp_path,
         ["s1", "s2", "s3"],
-        tls=_tls(dev_certs),
+        tls=peer_tls(dev_certs),
         raft={
             "snapshot_threshold": 50,
             "snapshot_trailing_entries": 0,

@@ -24,26 +24,14 @@ from raftlog.raft.inmem import InmemLogStore, InmemSnapshotStore, InmemStableSto
 from raftlog.raft.node import RaftNode
 from raftlog.raft.testing import ListFSM
 from raftlog.raft.transport import Handler, Transport, TransportStats
-from raftlog.raft.transport_tcp import TcpTransport, TcpTransportConfig
-from raftlog.security import CertFiles, TLSConfig
+from raftlog.raft.transport_tcp import TcpTransport
+from raftlog.security import CertFiles
+from support.raft_peers import peer_tls, serving_transport
 from support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
 WAIT = 20.0
-
-
-def _tls(dev_certs: dict[str, CertFiles]) -> TLSConfig:
-    s = dev_certs["server"]
-    return TLSConfig(s.cert_file, s.key_file, s.ca_file)
-
-
-async def _tcp(node_id: str, tls: TLSConfig) -> tuple[TcpTransport, str]:
-    t = TcpTransport(
-        TcpTransportConfig(node_id=node_id, tls=tls, close_timeout=1.0),
-        authorize=lambda cn: cn == "server",
-    )
-    return t, await t.serve("127.0.0.1", 0)
 
 
 #: each node's state machine (RaftNode keeps its own private)
@@ -95,13 +83,13 @@ async def test_three_groups_on_three_nodes_share_one_connection_per_peer(
 ) -> None:
     """Each group elects, replicates and applies only its own entries; each node dials
     each peer once, whatever the number of groups."""
-    tls = _tls(dev_certs)
+    tls = peer_tls(dev_certs)
     ids = ["a", "b", "c"]
     groups = [DEFAULT_GROUP, "orders/0", "orders/1"]
     physical: dict[str, TcpTransport] = {}
     addresses: dict[str, str] = {}
     for i in ids:
-        physical[i], addresses[i] = await _tcp(i, tls)
+        physical[i], addresses[i] = await serving_transport(i, tls)
     routers = {i: GroupRouter(physical[i]) for i in ids}
     nodes: dict[str, list[RaftNode]] = {g: [] for g in groups}
     try:
@@ -153,9 +141,9 @@ async def test_default_group_talks_to_a_one_group_node(dev_certs: dict[str, Cert
     """A node with a router (its default group, plus another group of its own) and a node
     of the one-group kind (a bare transport) form one Raft group: the default group's
     payloads carry no envelope."""
-    tls = _tls(dev_certs)
-    t_new, addr_new = await _tcp("new", tls)
-    t_old, addr_old = await _tcp("old", tls)
+    tls = peer_tls(dev_certs)
+    t_new, addr_new = await serving_transport("new", tls)
+    t_old, addr_old = await serving_transport("old", tls)
     addresses = {"new": addr_new, "old": addr_old}
     router = GroupRouter(t_new)
     new = _node("new", router.group(DEFAULT_GROUP), addresses)
@@ -289,13 +277,13 @@ async def test_quiet_groups_send_nothing_but_pings_and_fail_over_on_liveness(
     """Idle groups quiesce: over many pings, no group sends a message. A proposal wakes
     its group, commits, and it goes quiet again. When the node leading a quiet group
     stops, the others' routers report it down and the group elects a new leader."""
-    tls = _tls(dev_certs)
+    tls = peer_tls(dev_certs)
     ids = ["a", "b", "c"]
     groups = ["p/0", "p/1"]
     physical: dict[str, TcpTransport] = {}
     addresses: dict[str, str] = {}
     for i in ids:
-        physical[i], addresses[i] = await _tcp(i, tls)
+        physical[i], addresses[i] = await serving_transport(i, tls)
     routers = {
         i: GroupRouter(physical[i], liveness_interval=0.1, liveness_timeout=0.6) for i in ids
     }
