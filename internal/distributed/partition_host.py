@@ -33,8 +33,14 @@ from pathlib import Path
 
 from raftlog.distributed.distributed_log import DistributedConfig, DistributedLog
 from raftlog.distributed.fsm import CommitLogFSM
+from raftlog.domain import DomainError
 from raftlog.log import LogConfig
-from raftlog.partitions import DEFAULT_TOPIC, ClusterMetadata, topic_name_problem
+from raftlog.partitions import (
+    DEFAULT_TOPIC,
+    ClusterMetadata,
+    leaders_to_transfer,
+    topic_name_problem,
+)
 from raftlog.raft import Server
 from raftlog.raft.config import NodeConfig
 from raftlog.raft.groups import DEFAULT_GROUP, GroupRouter
@@ -206,6 +212,27 @@ class PartitionHost:
         for key in closed:
             await self.close(*key)
         return opened, closed
+
+    async def balance_leaders(
+        self, metadata: ClusterMetadata, timeout_s: float = 5.0
+    ) -> dict[PartitionKey, str]:
+        """Hand the leadership of each partition this node leads to its preferred leader
+        (``leaders_to_transfer``: spread evenly, within ``ceil(P*T/N)`` per node where the
+        placement allows it) when that node is live and a voter. Every node runs this for
+        the partitions it leads, so no one needs to know every leader. Returns the
+        transfers that succeeded (partition -> new leader); a refused or timed-out
+        transfer (``timeout_s`` seconds each) is logged and tried again next time."""
+        led = {key: self.node_id for key, dlog in self.replicas.items() if dlog.is_leader()}
+        done: dict[PartitionKey, str] = {}
+        for key, to in leaders_to_transfer(metadata, led).items():
+            dlog = self.replicas.get(key)
+            if dlog is None:
+                continue
+            try:
+                done[key] = await dlog.transfer_leadership(to, timeout_s=timeout_s)
+            except DomainError as exc:
+                log.info("partition %s/%d: leadership to %s not moved: %s", *key, to, exc)
+        return done
 
     async def close_all(self) -> None:
         async with self._lock:

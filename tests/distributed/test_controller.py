@@ -4,6 +4,7 @@ each; a learner added late catches up through a snapshot of the metadata."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from raftlog.partitions import (
     Rejected,
     TopicSpec,
     encode_command,
+    leaders_to_transfer,
 )
 from raftlog.raft import Entry, Membership, NotLeaderError, RaftConfig, Server, SnapshotMeta
 from raftlog.raft.config import NodeConfig
@@ -206,5 +208,60 @@ async def test_a_topic_created_through_the_controller_is_hosted_where_assigned(
             await h.close_all()
         for node in nodes.values():
             await node.close()
+        for r in by_node.values():
+            await r.close()
+
+
+async def test_leaders_move_to_their_preferred_nodes(
+    tmp_path: Path, dev_certs: dict[str, CertFiles]
+) -> None:
+    """Six partitions at R3 on three hosts, all led by node a to start with; each host
+    hands the partitions it leads to their preferred leaders until none is left to move.
+    The spread counts every partition of the metadata, the default one (led by its only
+    voter, a) included: 7 over 3 nodes, so no node leads more than ceil(7/3) = 3."""
+    ids = ["a", "b", "c"]
+    by_node, addresses = await routers(ids, peer_tls(dev_certs))
+    settings = HostSettings(node=NodeConfig(raft=RaftConfig(id="-"), tick_interval=0.02))
+    hosts = {i: PartitionHost(i, tmp_path / i, by_node[i], settings) for i in ids}
+    metadata = ClusterMetadata()
+    for i in ids:
+        metadata.apply(NodeUp(i), 1.0)
+    metadata.apply(CreateTopic("orders", TopicSpec(6, 3, None, None)), 2.0)
+    keys = [("orders", p) for p in range(6)]
+
+    def leaders() -> dict[tuple[str, int], str | None]:
+        out: dict[tuple[str, int], str | None] = {}
+        for key in keys:
+            leading = [i for i in ids if (d := hosts[i].get(*key)) and d.is_leader()]
+            out[key] = leading[0] if len(leading) == 1 else None
+        return out
+
+    try:
+        for i in ids:
+            await hosts[i].reconcile(metadata, addresses)
+        await wait_until(lambda: None not in leaders().values(), WAIT, "a leader everywhere")
+        # start from the worst spread: node a leads all six
+        for key, leader in leaders().items():
+            if leader != "a":
+                lead = hosts[leader].get(*key) if leader else None
+                assert lead is not None
+                await lead.transfer_leadership("a", timeout_s=WAIT)
+        await wait_until(
+            lambda: set(leaders().values()) == {"a"}, WAIT, "node a leading every partition"
+        )
+
+        async def balanced() -> bool:
+            for i in ids:
+                await hosts[i].balance_leaders(metadata)
+            current = leaders()
+            return None not in current.values() and not leaders_to_transfer(metadata, current)
+
+        await wait_until(balanced, WAIT, "leaders on their preferred nodes", interval=0.1)
+        counts = Counter(leaders().values())
+        counts["a"] += 1  # the default partition: its one voter leads it
+        assert sum(counts.values()) == 7 and max(counts.values()) <= 3, counts
+    finally:
+        for h in hosts.values():
+            await h.close_all()
         for r in by_node.values():
             await r.close()
