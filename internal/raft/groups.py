@@ -225,8 +225,7 @@ class GroupRouter:
         self._push_peers()
 
     def _detach(self, group: str) -> None:
-        if self._groups.get(group) is not None:
-            del self._groups[group]
+        self._groups.pop(group, None)
         if self._tables.pop(group, None) is not None and not self._closed:
             self._push_peers()
 
@@ -273,6 +272,8 @@ class GroupTransport:
         self._handler: Handler | None = None
         self._stats = TransportStats()
         self._attached = True
+        #: how a failing handler is named in the log (built once, not per payload)
+        self._who = f"{router.node_id} group {group!r}"
 
     @property
     def node_id(self) -> str:
@@ -308,4 +309,4 @@ class GroupTransport:
         return self._stats.copy()
 
     def _deliver(self, payload: bytes) -> None:
-        deliver(self._handler, payload, self._stats, f"{self.node_id} group {self.group!r}")
+        deliver(self._handler, payload, self._stats, self._who)
