@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +38,7 @@ from raftlog.log import LogConfig
 from raftlog.partitions import (
     DEFAULT_TOPIC,
     ClusterMetadata,
+    PartitionKey,
     leaders_to_transfer,
     topic_name_problem,
 )
@@ -47,9 +48,6 @@ from raftlog.raft.groups import DEFAULT_GROUP, GroupRouter
 from raftlog.raft.node import RaftNode
 
 log = logging.getLogger(__name__)
-
-#: (topic, partition number)
-PartitionKey = tuple[str, int]
 
 
 class PartitionHostError(ValueError):
@@ -103,6 +101,8 @@ class PartitionHost:
         self.router = router
         self.settings = settings
         self.replicas: dict[PartitionKey, DistributedLog] = {}
+        #: per open replica, what removes its node from the router's down listeners
+        self._unlisten: dict[PartitionKey, Callable[[], None]] = {}
         self._lock = asyncio.Lock()
 
     def get(self, topic: str, partition: int) -> DistributedLog | None:
@@ -139,12 +139,12 @@ class PartitionHost:
             transport = self.router.group(group_id(topic, partition))
             try:
                 node = await RaftNode.on_disk(config, fsm, transport, peers=peers)
-                self.router.add_down_listener(node.peer_unreachable)
                 await node.start()
             except BaseException:
                 transport.detach()
                 await fsm.close()
                 raise
+            self._unlisten[key] = self.router.add_down_listener(node.peer_unreachable)
             dlog = DistributedLog(node, fsm, config=self.settings.distributed)
             dlog.start()
             self.replicas[key] = dlog
@@ -172,6 +172,7 @@ class PartitionHost:
             dlog = self.replicas.pop((topic, partition), None)
             if dlog is None:
                 return
+            self._unlisten.pop((topic, partition))()
             await _close(dlog)
 
     async def reconcile(
@@ -237,6 +238,9 @@ class PartitionHost:
     async def close_all(self) -> None:
         async with self._lock:
             replicas, self.replicas = list(self.replicas.values()), {}
+            for unlisten in self._unlisten.values():
+                unlisten()
+            self._unlisten.clear()
             for dlog in replicas:
                 await _close(dlog)
 
