@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_stream_x1 import proc_cpu_s
+
 from raftlog.agent.devcluster import free_port
 from raftlog.raft import RaftConfig, Server
 from raftlog.raft.config import NodeConfig
@@ -87,12 +89,6 @@ async def child(args: argparse.Namespace) -> None:
         await router.close()
 
 
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) of process ``pid`` (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(
     groups: int, quiesce_ticks: int, seconds: float, root: Path, certs: Path
 ) -> tuple[list[float], list[int]]:
@@ -132,11 +128,11 @@ def measure(
             if not line or line[0] != "ready":
                 raise SystemExit(f"{n} with {groups} groups did not get ready")
             led.append(int(line[1]))
-        before = {n: cpu_s(p.pid) for n, p in procs.items()}
+        before = {n: proc_cpu_s(p.pid) for n, p in procs.items()}
         start = time.monotonic()
         time.sleep(seconds)  # the measurement window itself: nothing to wait on
         took = time.monotonic() - start
-        used = [(cpu_s(procs[n].pid) - before[n]) / took * 100 for n in names]
+        used = [(proc_cpu_s(procs[n].pid) - before[n]) / took * 100 for n in names]
         return used, led
     finally:
         for p in procs.values():
