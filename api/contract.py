@@ -30,6 +30,9 @@ FORWARDED_KEY: Final = "x-raftlog-forwarded"
 #: Full name of the admin service (``api/admin/v1/admin.proto``); every rpc of it needs
 #: :attr:`Action.ADMIN`.
 ADMIN_SERVICE: Final = "raftlog.admin.v1.Admin"
+#: Full name of the service the nodes of a cluster call each other on (controller commands,
+#: replica states); every rpc of it needs :attr:`Action.REPLICATE` (peer traffic).
+CLUSTER_SERVICE: Final = "raftlog.admin.v1.Cluster"
 
 
 class Reason:
@@ -67,6 +70,13 @@ class Reason:
     #: node: it is never served until repaired from a replica. Metadata :attr:`Key.OFFSET`
     #: and :attr:`Key.NODE_ID`; the same offset may be read from another node meanwhile.
     DATA_LOSS: Final = "DATA_LOSS"
+    #: The topic (or its partition) does not exist. Metadata :attr:`Key.TOPIC`.
+    UNKNOWN_TOPIC: Final = "UNKNOWN_TOPIC"
+    #: CreateTopic of a name that exists. Metadata :attr:`Key.TOPIC`.
+    TOPIC_EXISTS: Final = "TOPIC_EXISTS"
+    #: The controller refused a topic change in the cluster's present state (deleting the
+    #: default topic, ...); the message says why. Metadata :attr:`Key.TOPIC`.
+    TOPIC_REFUSED: Final = "TOPIC_REFUSED"
 
 
 class Key:
@@ -96,6 +106,8 @@ class Key:
     NODE_ID: Final = "node_id"
     #: A directory on that node (its data directory).
     DIRECTORY: Final = "directory"
+    #: A topic name.
+    TOPIC: Final = "topic"
 
 
 #: Object of every ACL check: the book authorizes on the whole log.

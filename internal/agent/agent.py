@@ -124,6 +124,7 @@ class Agent:
             self.steps: list[Step] = [
                 Step("mux", cluster.setup_mux),
                 Step("raft", cluster.setup_raft),
+                Step("topics", cluster.setup_topics),
                 Step("server", cluster.setup_server),
                 *([Step("http", cluster.setup_http)] if config.http_port else []),
                 Step("membership", cluster.setup_membership),

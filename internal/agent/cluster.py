@@ -9,6 +9,10 @@
                 group of a GroupRouter over TcpTransport (raft/groups.py); --bootstrap
                 once (never when Raft state exists); DistributedLog
                                               -> close log, node, router (transport), fsm
+    topics      the controller group (data_dir/controller) and a PartitionHost for every
+                other partition on the same router; the topics loop (liveness, controller
+                membership, reconcile, moves, leader balance: distributed/topics.py)
+                                              -> stop the loop, close replicas, controller
     server      log.v1.Log on the unix socket (client mTLS + ACL, end to end through the
                 mux); followers forward Produce to the leader     -> drain, stop
     membership  Serf agent subprocess + Membership (or StaticMembership); peer address
@@ -55,7 +59,9 @@ from raftlog.discovery import (
     parse_static_peers,
 )
 from raftlog.distributed import CommitLogFSM, DistributedConfig, DistributedLog
+from raftlog.distributed.partition_host import HostSettings, PartitionHost
 from raftlog.distributed.scrub import ScrubConfig
+from raftlog.distributed.topics import Topics, TopicsConfig, default_forwarder_factory
 from raftlog.domain.protocols import Authorizer
 from raftlog.log import LogConfig
 from raftlog.log.config import INDEX_ENTRY_BYTES
@@ -80,6 +86,7 @@ from raftlog.server.admin import AdminService
 from raftlog.server.forward import ForwardMarkInterceptor, GrpcForwarder
 from raftlog.server.http_api import HttpApi
 from raftlog.server.revocation import RevocationInterceptor
+from raftlog.server.topics import ClusterService, TopicAdmin
 from raftlog.telemetry import NO_AUDIT, AuditSink, NodeMetrics
 from raftlog.telemetry.budget import LatencyBudget
 
@@ -190,6 +197,10 @@ class ClusterNode:
         self.fsm: CommitLogFSM | None = None
         self.node: RaftNode | None = None
         self.dlog: DistributedLog | None = None
+        #: topics and partitions beyond the default one (the topics step)
+        self.topics: Topics | None = None
+        #: set when this start bootstrapped a new cluster (the controller group starts too)
+        self.bootstrapped = False
         self.server: LogServer | None = None
         self.serf: SerfAgent | None = None
         self.membership: Membership | StaticMembership | None = None
@@ -453,6 +464,7 @@ class ClusterNode:
             )
             return
         await node.bootstrap([Server(node.id, self.rpc_addr)])
+        self.bootstrapped = True
         await self._record_cluster(new_cluster_id())
         logger.info(
             "bootstrapped a new cluster %s with %s at %s",
@@ -468,6 +480,70 @@ class ClusterNode:
         if isinstance(self.membership, Membership):
             self.membership.cluster_id = cluster_id
         logger.info("node %s belongs to cluster %s", self.identity.node_id, cluster_id)
+
+    # -- topics ------------------------------------------------------------------------
+
+    def members(self) -> dict[str, str]:
+        """Node id -> rpc address of every member (the default group's membership)."""
+        node = self.node
+        if node is None:
+            return {}
+        return {s.id: s.address for s in node.membership}
+
+    def member_alive(self, node_id: str) -> bool | None:
+        """Serf's view of a member: alive or not (None: Serf does not know it, or runs not)."""
+        view = self.serf_view()
+        if view is None:
+            return None
+        member = view.get(node_id)
+        return None if member is None else member.status == "alive"
+
+    async def setup_topics(self) -> Teardown:
+        """The controller group and the other partitions' replicas (docs/partitions.md)."""
+        assert self.router is not None and self.dlog is not None
+        config = self.config
+        fsync = config.sync == "always"
+        controller_node = NodeConfig(
+            raft=RaftConfig(id=config.node_name, snapshot_threshold=1024),
+            data_dir=config.data_dir / "controller",
+            fsync=fsync,
+            request_timeout=10.0,
+            snapshot_retain=2,
+        )
+        replica_node = NodeConfig(
+            raft=RaftConfig(id=config.node_name, snapshot_threshold=config.snapshot_threshold),
+            fsync=fsync,
+            request_timeout=10.0,
+            snapshot_retain=1,
+            disk_full_retry_delay=config.disk_full_retry_s,
+            commit_broadcast_delay=AGENT_COMMIT_BROADCAST_DELAY,
+        )
+        forwarder = self.forwarder
+        host = PartitionHost(
+            config.node_name,
+            config.data_dir,
+            self.router,
+            HostSettings(node=replica_node, segment=segment_config(config.segment_bytes)),
+            forwarder_for=default_forwarder_factory(forwarder),
+        )
+        topics = Topics(
+            node_id=config.node_name,
+            rpc_addr=lambda: self.rpc_addr,
+            data_dir=config.data_dir,
+            router=self.router,
+            controller_node=controller_node,
+            host=host,
+            default=self.dlog,
+            members=self.members,
+            alive=self.member_alive,
+            peers=forwarder,
+            config=TopicsConfig(
+                controller_voters=config.controller_voters, grace_s=config.replica_grace_s
+            ),
+        )
+        await topics.start(bootstrap=self.bootstrapped)
+        self.topics = topics
+        return topics.close
 
     # -- server ------------------------------------------------------------------------
 
@@ -486,9 +562,16 @@ class ClusterNode:
             ],
             metrics=self.metrics,
             tracer=self.tracer,
-            admin=AdminService(self.dlog, lambda: self.rpc_addr, self.disk_usage),
+            admin=AdminService(
+                self.dlog,
+                lambda: self.rpc_addr,
+                self.disk_usage,
+                topics=TopicAdmin(self.topics) if self.topics is not None else None,
+            ),
             audit=self.audit,
             budget=self.budget,
+            partitions=self.topics,
+            cluster=ClusterService(self.topics) if self.topics is not None else None,
         )
         bound = server.server.add_secure_port(
             self.sockdir.address,

@@ -194,6 +194,23 @@ class AgentConfig:
             "seconds",
         ),
     )
+    controller_voters: int = field(
+        default=3,
+        metadata=_doc(
+            "members that vote in the controller group, which holds the topics and the "
+            "placement of their partitions (cluster mode): the first ones to join; the "
+            "others hold a non-voting copy. Odd: 3 survives one failure, 5 two",
+            "count",
+        ),
+    )
+    replica_grace_s: float = field(
+        default=30.0,
+        metadata=_doc(
+            "a partition replica on a node that is down is re-created on another node after "
+            "this many seconds (cluster mode): a restart or a short partition copies nothing",
+            "seconds",
+        ),
+    )
     disk_full_retry_s: float = field(
         default=0.5,
         metadata=_doc(
@@ -468,6 +485,15 @@ class AgentConfig:
             raise ConfigError(
                 f"serf_profile: must be one of {', '.join(SERF_PROFILES)}, "
                 f"got {self.serf_profile!r}"
+            )
+        if self.controller_voters < 1 or self.controller_voters % 2 == 0:
+            raise ConfigError(
+                f"controller_voters: must be an odd number >= 1 (3 or 5), got "
+                f"{self.controller_voters}"
+            )
+        if not (math.isfinite(self.replica_grace_s) and self.replica_grace_s >= 0):
+            raise ConfigError(
+                f"replica_grace_s: must be a number of seconds >= 0, got {self.replica_grace_s}"
             )
         if not (math.isfinite(self.failed_grace_s) and self.failed_grace_s >= 0):
             raise ConfigError(

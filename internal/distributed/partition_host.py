@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raftlog.distributed.distributed_log import DistributedConfig, DistributedLog
+from raftlog.distributed.forwarding import Forwarder
 from raftlog.distributed.fsm import CommitLogFSM
 from raftlog.domain import DomainError
 from raftlog.log import LogConfig
@@ -94,9 +95,17 @@ class PartitionHost:
     """
 
     def __init__(
-        self, node_id: str, data_dir: Path, router: GroupRouter, settings: HostSettings
+        self,
+        node_id: str,
+        data_dir: Path,
+        router: GroupRouter,
+        settings: HostSettings,
+        forwarder_for: Callable[[str, int], Forwarder | None] | None = None,
     ) -> None:
         self.node_id = node_id
+        #: builds a replica's forwarder (its follower's writes go to its leader); None:
+        #: replicas do not forward (a follower answers NOT_LEADER naming the leader)
+        self.forwarder_for = forwarder_for
         self.data_dir = data_dir
         self.router = router
         self.settings = settings
@@ -145,7 +154,8 @@ class PartitionHost:
                 await fsm.close()
                 raise
             self._unlisten[key] = self.router.add_down_listener(node.peer_unreachable)
-            dlog = DistributedLog(node, fsm, config=self.settings.distributed)
+            forwarder = self.forwarder_for(topic, partition) if self.forwarder_for else None
+            dlog = DistributedLog(node, fsm, config=self.settings.distributed, forwarder=forwarder)
             dlog.start()
             self.replicas[key] = dlog
             log.info(

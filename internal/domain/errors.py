@@ -160,6 +160,34 @@ class AdminRefusedError(DomainError):
     reason = Reason.ADMIN_REFUSED
 
 
+class UnknownTopicError(DomainError):
+    """The request names a topic that does not exist, or a partition beyond its count."""
+
+    reason = Reason.UNKNOWN_TOPIC
+
+    def __init__(self, message: str, topic: str) -> None:
+        super().__init__(message, {Key.TOPIC: topic})
+
+
+class TopicExistsError(DomainError):
+    """CreateTopic of a name that is taken."""
+
+    reason = Reason.TOPIC_EXISTS
+
+    def __init__(self, message: str, topic: str) -> None:
+        super().__init__(message, {Key.TOPIC: topic})
+
+
+class TopicRefusedError(DomainError):
+    """The controller refused a topic change (the message says why: the default topic
+    cannot be deleted, ...)."""
+
+    reason = Reason.TOPIC_REFUSED
+
+    def __init__(self, message: str, topic: str) -> None:
+        super().__init__(message, {Key.TOPIC: topic})
+
+
 class NoSpaceError(DomainError):
     """The node's disk is full: the write was refused (nothing of it was written) and the
     node keeps serving reads. Retriable: through another node, or here once space is

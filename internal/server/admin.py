@@ -11,6 +11,8 @@ declared action.
 - ``TransferLeadership(to)``, ``RemoveServer(id)``: on the leader (a follower answers
   UNAVAILABLE with reason NOT_LEADER and the leader's address, as for writes).
 - ``Snapshot``: take a snapshot on this node now and compact its Raft log behind it.
+- ``CreateTopic``, ``DeleteTopic``, ``ListTopics``, ``DescribeTopic``: topics and their
+  partitions (:mod:`raftlog.server.topics`).
 
 The work is :class:`AdminBackend`'s (the node's DistributedLog); domain errors become
 status codes through :mod:`raftlog.server.errors` like every other call's.
@@ -26,7 +28,9 @@ import grpc
 
 from raftlog.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from raftlog.distributed.status import NodeStatus
+from raftlog.domain.errors import UnsupportedError
 from raftlog.server.service import abort
+from raftlog.server.topics import TopicAdmin
 
 logger = logging.getLogger("raftlog.server.admin")
 
@@ -91,9 +95,15 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     """
 
     def __init__(
-        self, backend: AdminBackend, rpc_addr: Callable[[], str], disk_usage: DiskUsage
+        self,
+        backend: AdminBackend,
+        rpc_addr: Callable[[], str],
+        disk_usage: DiskUsage,
+        topics: TopicAdmin | None = None,
     ) -> None:
         self._backend = backend
+        #: the topic rpcs (None: this node serves no topics; they answer UNIMPLEMENTED)
+        self._topics = topics
         self._rpc_addr = rpc_addr
         self._disk_usage = disk_usage
 
@@ -149,6 +159,41 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             raise
         logger.info("admin: snapshot at index %d", index, extra={"index": index})
         return admin_pb2.SnapshotResponse(index=index)
+
+    async def _no_topics(self, context: Context) -> None:
+        await abort(context, UnsupportedError("this node serves no topics"))
+
+    async def CreateTopic(
+        self, request: admin_pb2.CreateTopicRequest, context: Context
+    ) -> admin_pb2.TopicDescription:
+        if self._topics is None:
+            await self._no_topics(context)
+        assert self._topics is not None
+        return await self._topics.CreateTopic(request, context)
+
+    async def DeleteTopic(
+        self, request: admin_pb2.DeleteTopicRequest, context: Context
+    ) -> admin_pb2.DeleteTopicResponse:
+        if self._topics is None:
+            await self._no_topics(context)
+        assert self._topics is not None
+        return await self._topics.DeleteTopic(request, context)
+
+    async def ListTopics(
+        self, request: admin_pb2.ListTopicsRequest, context: Context
+    ) -> admin_pb2.ListTopicsResponse:
+        if self._topics is None:
+            await self._no_topics(context)
+        assert self._topics is not None
+        return await self._topics.ListTopics(request, context)
+
+    async def DescribeTopic(
+        self, request: admin_pb2.DescribeTopicRequest, context: Context
+    ) -> admin_pb2.TopicDescription:
+        if self._topics is None:
+            await self._no_topics(context)
+        assert self._topics is not None
+        return await self._topics.DescribeTopic(request, context)
 
 
 def add_admin_service(service: AdminService, server: grpc.aio.Server) -> None:

@@ -37,8 +37,11 @@ from raftlog.domain.errors import (
     PermissionDeniedError,
     SequenceTooOldError,
     StorageError,
+    TopicExistsError,
+    TopicRefusedError,
     UnauthenticatedError,
     UnavailableError,
+    UnknownTopicError,
     UnsupportedError,
 )
 
@@ -61,6 +64,9 @@ STATUS_CODES: Mapping[type[DomainError], grpc.StatusCode] = {
     NoSpaceError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DiskFailedError: grpc.StatusCode.UNAVAILABLE,
     DataLossError: grpc.StatusCode.DATA_LOSS,
+    UnknownTopicError: grpc.StatusCode.NOT_FOUND,
+    TopicExistsError: grpc.StatusCode.ALREADY_EXISTS,
+    TopicRefusedError: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 

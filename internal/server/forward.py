@@ -40,12 +40,16 @@ from typing import Any
 
 import grpc
 
+from raftlog.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from raftlog.api.contract import FORWARDED_KEY, OBJECT_WILDCARD, Action, Key, Reason
 from raftlog.api.status import error_info_from_metadata
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.distributed.forwarding import ForwardError, forwarded_call
-from raftlog.domain.errors import PermissionDeniedError
+from raftlog.distributed.topics import ReplicaState
+from raftlog.domain.errors import PermissionDeniedError, UnavailableError
 from raftlog.domain.protocols import Appended, Authorizer
+from raftlog.partitions import Applied, Rejected, Result
+from raftlog.partitions import Reason as MetadataReason
 from raftlog.security import TLSConfig
 from raftlog.security.grpc_tls import grpc_channel_credentials
 from raftlog.server.errors import status_for
@@ -162,6 +166,9 @@ class GrpcForwarder:
             task.add_done_callback(self._retiring.discard)
 
     def _stub(self, address: str) -> log_pb2_grpc.LogStub:
+        return log_pb2_grpc.LogStub(self._channel(address))  # type: ignore[no-untyped-call]
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
             options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", 64 << 20)]
@@ -173,7 +180,52 @@ class GrpcForwarder:
             else:
                 channel = grpc.aio.insecure_channel(address, options=options)
             self._channels[address] = channel
-        return log_pb2_grpc.LogStub(channel)  # type: ignore[no-untyped-call]
+        return channel
+
+    # -- the cluster service (raftlog.distributed.topics.PeerClient) -----------------------
+
+    async def submit(self, address: str, entry: bytes, timeout_s: float) -> Result:
+        """Have the controller's leader at ``address`` commit ``entry``. Raises
+        UnavailableError when the call fails (no commit is assumed: the caller retries
+        on its next tick, and every command is idempotent or rejected when repeated)."""
+        if self._closed:
+            raise UnavailableError("forwarder is closed")
+        stub = admin_pb2_grpc.ClusterStub(self._channel(address))  # type: ignore[no-untyped-call]
+        try:
+            response = await stub.SubmitCommand(
+                admin_pb2.SubmitCommandRequest(entry=entry), timeout=timeout_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise UnavailableError(
+                f"controller command to {address}: {exc.code().name}: {exc.details()}"
+            ) from None
+        if response.applied:
+            return Applied()
+        try:
+            reason = MetadataReason(response.reason)
+        except ValueError:
+            reason = MetadataReason.UNKNOWN_COMMAND
+        return Rejected(reason, response.message)
+
+    async def local_replicas(
+        self, address: str, topic: str, timeout_s: float
+    ) -> list[ReplicaState]:
+        """The replicas of ``topic`` the node at ``address`` hosts, as it sees them."""
+        stub = admin_pb2_grpc.ClusterStub(self._channel(address))  # type: ignore[no-untyped-call]
+        response = await stub.LocalReplicas(
+            admin_pb2.LocalReplicasRequest(topic=topic), timeout=timeout_s
+        )
+        return [
+            ReplicaState(
+                topic=r.topic,
+                partition=r.partition,
+                node_id=r.node_id,
+                state=r.state,
+                leader_id=r.leader_id,
+                next_offset=r.next_offset,
+            )
+            for r in response.replicas
+        ]
 
     async def produce(
         self,
@@ -183,9 +235,12 @@ class GrpcForwarder:
         timeout_s: float,
         producer_id: str = "",
         sequence: int = 0,
+        topic: str = "",
+        partition: int | None = None,
     ) -> Appended:
         """Produce ``records`` on the node at ``address`` (with the idempotent producer's
-        pair when ``producer_id`` is set); the offsets and whether it was a duplicate."""
+        pair when ``producer_id`` is set, to ``topic``'s ``partition`` when given); the
+        offsets and whether it was a duplicate."""
         if self._closed:
             raise ForwardError("forwarder is closed", not_applied=True)
         stub = self._stub(address)
@@ -193,6 +248,8 @@ class GrpcForwarder:
             records=[log_pb2.Record(value=r) for r in records],
             producer_id=producer_id,
             sequence=sequence,
+            topic=topic,
+            partition=partition,
         )
         limit = self.max_request_bytes
         size = request.ByteSize() if limit else 0

@@ -41,7 +41,14 @@ from typing import Any, Protocol
 import grpc
 from google.protobuf.message import DecodeError
 
-from raftlog.api.contract import ADMIN_SERVICE, OBJECT_WILDCARD, Action, Key, Reason
+from raftlog.api.contract import (
+    ADMIN_SERVICE,
+    CLUSTER_SERVICE,
+    OBJECT_WILDCARD,
+    Action,
+    Key,
+    Reason,
+)
 from raftlog.domain.errors import (
     DomainError,
     InvalidArgumentError,
@@ -68,14 +75,24 @@ DEFAULT_ACTIONS: Mapping[str, str] = {
     f"/{ADMIN_SERVICE}/TransferLeadership": Action.ADMIN,
     f"/{ADMIN_SERVICE}/RemoveServer": Action.ADMIN,
     f"/{ADMIN_SERVICE}/Snapshot": Action.ADMIN,
+    f"/{ADMIN_SERVICE}/CreateTopic": Action.ADMIN,
+    f"/{ADMIN_SERVICE}/DeleteTopic": Action.ADMIN,
+    f"/{ADMIN_SERVICE}/ListTopics": Action.ADMIN,
+    f"/{ADMIN_SERVICE}/DescribeTopic": Action.ADMIN,
+    f"/{CLUSTER_SERVICE}/SubmitCommand": Action.REPLICATE,
+    f"/{CLUSTER_SERVICE}/LocalReplicas": Action.REPLICATE,
 }
 
 #: The service whose every method needs an ACL decision: a method of it that is neither in
 #: the actions nor in :data:`OPEN_METHODS` (an rpc added without one) is refused with
 #: PERMISSION_DENIED, never served open (fail closed).
 GUARDED_SERVICE = "/log.v1.Log/"
-#: Every service guarded that way: ``log.v1.Log`` and the admin service.
-GUARDED_SERVICES: tuple[str, ...] = (GUARDED_SERVICE, f"/{ADMIN_SERVICE}/")
+#: Every service guarded that way: ``log.v1.Log``, the admin service and the cluster's.
+GUARDED_SERVICES: tuple[str, ...] = (
+    GUARDED_SERVICE,
+    f"/{ADMIN_SERVICE}/",
+    f"/{CLUSTER_SERVICE}/",
+)
 #: Methods of the guarded service that any authenticated client may call.
 OPEN_METHODS: frozenset[str] = frozenset({"/log.v1.Log/GetServers"})
 #: The action named in the denial of a guarded method that has none declared.

@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 
-from raftlog.api.contract import ADMIN_SERVICE
+from raftlog.api.contract import ADMIN_SERVICE, CLUSTER_SERVICE
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.domain.protocols import Authorizer, CommitLog, ServerLister
 from raftlog.security import TLSConfig
@@ -31,7 +31,8 @@ from raftlog.server.interceptors import (
     DecodeGuardInterceptor,
     ObservabilityInterceptor,
 )
-from raftlog.server.service import LogService, RecordMetrics
+from raftlog.server.service import LogService, PartitionRouter, RecordMetrics
+from raftlog.server.topics import ClusterService, add_cluster_service
 from raftlog.server.tracing import TracingInterceptor
 from raftlog.telemetry.audit import AuditSink
 from raftlog.telemetry.budget import LatencyBudget
@@ -68,6 +69,9 @@ class LogServer:
     behind the same TLS and interceptors (its rpcs need the ACL action ``admin``).
     ``audit``: the audit log of refused and admin calls (None: off).
     ``budget``: the latency budget (debug; None: off) that traces every unary Produce.
+    ``partitions``: serves the requests that name a topic, partition or key (None: the
+    default topic only). ``cluster``: the nodes' own service ``raftlog.admin.v1.Cluster``
+    (ACL action ``replicate``).
     """
 
     def __init__(
@@ -86,6 +90,8 @@ class LogServer:
         admin: AdminService | None = None,
         audit: AuditSink | None = None,
         budget: LatencyBudget | None = None,
+        partitions: PartitionRouter | None = None,
+        cluster: ClusterService | None = None,
     ) -> None:
         if tls is None and not insecure:
             raise ValueError("a server without TLS needs insecure=True, explicitly")
@@ -93,7 +99,9 @@ class LogServer:
         self.config.validate()
         self.tls = tls
         self.insecure = tls is None
-        self.service = LogService(commit_log, servers, self.config, metrics=metrics)
+        self.service = LogService(
+            commit_log, servers, self.config, metrics=metrics, partitions=partitions
+        )
         self.observability = ObservabilityInterceptor(metrics, audit, budget)
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if tracer is not None:
@@ -124,6 +132,9 @@ class LogServer:
         if admin is not None:
             add_admin_service(admin, self.server)
             services.append(ADMIN_SERVICE)
+        if cluster is not None:
+            add_cluster_service(cluster, self.server)
+            services.append(CLUSTER_SERVICE)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(services, self.server)

@@ -63,6 +63,7 @@ from raftlog.log import (
 )
 from raftlog.log import OffsetOutOfRangeError as LogOffsetOutOfRangeError
 from raftlog.log import RecordTooLargeError as LogRecordTooLargeError
+from raftlog.partitions import DEFAULT_TOPIC
 from raftlog.server.config import ServerConfig
 from raftlog.server.errors import status_for
 from raftlog.telemetry import budget
@@ -74,10 +75,13 @@ _BOOK_READ_RECORDS = 256
 #: Most records in one batched ConsumeStream message, whatever the client asks.
 _MAX_RECORDS_PER_MESSAGE = 65536
 
+#: Where a request goes: (partition number, its log). The default topic's partition 0 is
+#: (0, the server's log).
+_Target = tuple[int, CommitLog]
 #: What the ProduceStream reader hands the appender: (records, bytes counted against the
-#: window, producer id, sequence, encoded size of the request) of one checked request, the
-#: end of the stream (None), or an error.
-_Request = tuple[list[bytes], int, str, int, int]
+#: window, producer id, sequence, encoded size of the request, target) of one checked
+#: request, the end of the stream (None), or an error.
+_Request = tuple[list[bytes], int, str, int, int, _Target]
 #: Room kept below the transport limit for what a forwarded Produce adds to the requests'
 #: records (its producer fields), bytes.
 _FORWARD_HEADROOM_BYTES = 1024
@@ -121,11 +125,33 @@ class RecordMetrics(Protocol):
     def consumed(self, records: int, nbytes: int) -> None: ...
 
 
+class PartitionRouter(Protocol):
+    """Finds the log of a topic's partition (:class:`raftlog.distributed.topics.Topics`)."""
+
+    def log_for(self, topic: str, partition: int | None, key: bytes) -> tuple[int, CommitLog]:
+        """(partition number, this node's replica of it) for ``topic`` ("" = the default
+        topic) and ``partition`` or ``key``. Raises a DomainError: UnknownTopicError, or
+        NotLeaderError naming a node that hosts the partition when this one does not."""
+        ...
+
+
+class _Targeted(Protocol):
+    """The request fields that name a topic and partition (Produce, Consume, GetOffsets)."""
+
+    topic: str
+    partition: int
+    key: bytes
+
+    def HasField(self, field_name: str) -> bool: ...
+
+
 class LogService(log_pb2_grpc.LogServicer):
     """Serves a :class:`CommitLog` and a :class:`ServerLister` as ``log.v1.Log``.
 
     ``metrics`` counts the records and bytes produced (acknowledged to a client; a write a
-    follower forwarded here was counted by that follower) and consumed."""
+    follower forwarded here was counted by that follower) and consumed. ``partitions``
+    serves requests that name a topic, a partition or a key (None: only the default
+    topic's partition 0, which is ``commit_log``)."""
 
     def __init__(
         self,
@@ -133,8 +159,10 @@ class LogService(log_pb2_grpc.LogServicer):
         servers: ServerLister,
         config: ServerConfig | None = None,
         metrics: RecordMetrics | None = None,
+        partitions: PartitionRouter | None = None,
     ) -> None:
         self._metrics = metrics
+        self._partitions = partitions
         self._log = commit_log
         self._idempotent = commit_log if isinstance(commit_log, IdempotentLog) else None
         self._servers = servers
@@ -151,14 +179,28 @@ class LogService(log_pb2_grpc.LogServicer):
         if self._stop_waiter is not None and not self._stop_waiter.done():
             self._stop_waiter.set_result(None)
 
-    async def _barrier(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def _barrier(self, context: grpc.aio.ServicerContext[Any, Any], log: CommitLog) -> None:
         """The read barrier of a linearizable read, bounded by ``read_barrier_timeout_s``
         and by the call's own deadline."""
         timeout = self.config.read_barrier_timeout_s
         remaining = context.time_remaining()
         if remaining is not None:
             timeout = min(timeout, max(remaining, 0.0))
-        await self._log.read_barrier(timeout)
+        await log.read_barrier(timeout)
+
+    def _target(self, request: _Targeted) -> _Target:
+        """The partition a request names (none named: the default topic's partition 0)."""
+        has_partition = request.HasField("partition")
+        if not request.topic and not has_partition and not request.key:
+            return 0, self._log
+        partition = request.partition if has_partition else None
+        if self._partitions is None:
+            if request.topic in ("", DEFAULT_TOPIC) and not request.key and not partition:
+                return 0, self._log
+            raise UnsupportedError(
+                "this server serves the default topic only (no topics, partitions or keys)"
+            )
+        return self._partitions.log_for(request.topic, partition, request.key)
 
     async def _follow(self, log: CommitLog, offset: int) -> None:
         """Sleep until ``offset`` is appended or the server begins shutdown, whichever
@@ -207,11 +249,12 @@ class LogService(log_pb2_grpc.LogServicer):
         return producer_id, sequence
 
     async def _append_idempotent(
-        self, records: list[bytes], producer_id: str, sequence: int
+        self, records: list[bytes], producer_id: str, sequence: int, log: CommitLog
     ) -> Appended:
-        if self._idempotent is None:
+        idempotent = self._idempotent if log is self._log else log
+        if not isinstance(idempotent, IdempotentLog):
             raise UnsupportedError("this server's log does not support idempotent producers")
-        return await self._idempotent.append_idempotent(records, producer_id, sequence)
+        return await idempotent.append_idempotent(records, producer_id, sequence)
 
     def _budget(self, request: log_pb2.ConsumeRequest) -> int:
         asked = request.max_bytes or self.config.consume_max_bytes
@@ -229,19 +272,23 @@ class LogService(log_pb2_grpc.LogServicer):
         try:
             records = self._records_of(request)
             producer_id, sequence = self._producer_of(request)
+            number, log = self._target(request)
             if producer_id:
-                done = await self._append_idempotent(records, producer_id, sequence)
+                done = await self._append_idempotent(records, producer_id, sequence, log)
                 if not done.duplicate:
                     self._count_produced(records)
                 return log_pb2.ProduceResponse(
-                    offset=done.first, last_offset=done.last, duplicate=done.duplicate
+                    offset=done.first,
+                    last_offset=done.last,
+                    duplicate=done.duplicate,
+                    partition=number,
                 )
-            first, last = await self._log.append(records)
+            first, last = await log.append(records)
         except Exception as exc:
             await abort(context, exc)
             raise  # unreachable: abort raises
         self._count_produced(records)
-        return log_pb2.ProduceResponse(offset=first, last_offset=last)
+        return log_pb2.ProduceResponse(offset=first, last_offset=last, partition=number)
 
     def _count_produced(self, records: list[bytes]) -> None:
         """Count an acknowledged write, unless a follower forwarded it (it counted it)."""
@@ -256,9 +303,10 @@ class LogService(log_pb2_grpc.LogServicer):
     ) -> log_pb2.ConsumeResponse:
         """Read the record at ``request.offset`` (after a read barrier if linearizable)."""
         try:
+            _, log = self._target(request)
             if request.linearizable:
-                await self._barrier(context)
-            value = self._log.read(request.offset)
+                await self._barrier(context, log)
+            value = log.read(request.offset)
         except Exception as exc:
             await abort(context, exc)
             raise
@@ -292,7 +340,12 @@ class LogService(log_pb2_grpc.LogServicer):
         context: grpc.aio.ServicerContext[log_pb2.GetOffsetsRequest, log_pb2.GetOffsetsResponse],
     ) -> log_pb2.GetOffsetsResponse:
         """The offsets the log holds now."""
-        lowest, highest = self._log.lowest_offset, self._log.highest_offset
+        try:
+            _, log = self._target(request)
+        except Exception as exc:
+            await abort(context, exc)
+            raise
+        lowest, highest = log.lowest_offset, log.highest_offset
         return log_pb2.GetOffsetsResponse(
             lowest_offset=lowest,
             highest_offset=max(highest, 0),
@@ -312,7 +365,6 @@ class LogService(log_pb2_grpc.LogServicer):
         Starting past the next offset is OUT_OF_RANGE (a follower starts at most at the
         next offset, where it waits for the next append).
         """
-        log = self._log
         offset = request.offset
         batched = request.max_records > 0
         max_records = min(request.max_records, _MAX_RECORDS_PER_MESSAGE)
@@ -320,8 +372,9 @@ class LogService(log_pb2_grpc.LogServicer):
         Record, ConsumeResponse = log_pb2.Record, log_pb2.ConsumeResponse
         metrics = self._metrics
         try:
+            _, log = self._target(request)
             if request.linearizable:
-                await self._barrier(context)
+                await self._barrier(context, log)
             if offset < log.lowest_offset or offset > log.highest_offset + 1:
                 raise OffsetOutOfRangeError(offset, log.lowest_offset, log.highest_offset)
             while True:
@@ -379,14 +432,18 @@ class LogService(log_pb2_grpc.LogServicer):
                     break
                 if isinstance(item, Exception):
                     raise item
-                records, size, producer_id, sequence, wire = item
+                records, size, producer_id, sequence, wire, target = item
+                number, log = target
                 if producer_id:
-                    done = await self._append_idempotent(records, producer_id, sequence)
+                    done = await self._append_idempotent(records, producer_id, sequence, log)
                     if not done.duplicate:
                         self._count_produced(records)
                     window.release(size)
                     yield ProduceResponse(
-                        offset=done.first, last_offset=done.last, duplicate=done.duplicate
+                        offset=done.first,
+                        last_offset=done.last,
+                        duplicate=done.duplicate,
+                        partition=number,
                     )
                     continue
                 # Gather what is queued already: one append, one fsync for all of it.
@@ -400,7 +457,12 @@ class LogService(log_pb2_grpc.LogServicer):
                         ended, pending = True, nxt
                         break
                     more = nxt[1] - _REQUEST_OVERHEAD_BYTES
-                    if nxt[2] or payload + more > max_payload or wire + nxt[4] > max_wire:
+                    if (
+                        nxt[2]
+                        or payload + more > max_payload
+                        or wire + nxt[4] > max_wire
+                        or nxt[5][1] is not log
+                    ):
                         held = nxt  # appended on its own or heads the next append
                         break
                     records.extend(nxt[0])  # a fresh list per request: ours to extend
@@ -408,11 +470,11 @@ class LogService(log_pb2_grpc.LogServicer):
                     taken += nxt[1]
                     payload += more
                     wire += nxt[4]
-                first, _ = await self._log.append(records)
+                first, _ = await log.append(records)
                 self._count_produced(records)
                 window.release(taken)
                 for n in counts:
-                    yield ProduceResponse(offset=first, last_offset=first + n - 1)
+                    yield ProduceResponse(offset=first, last_offset=first + n - 1, partition=number)
                     first += n
                 if pending is not None:
                     raise pending
@@ -436,6 +498,7 @@ class LogService(log_pb2_grpc.LogServicer):
         """
         limit = self.config.max_message_bytes
         put = queue.put_nowait
+        default: _Target = (0, self._log)
         try:
             async for request in requests:
                 # the book's request (one record, not idempotent) checked inline: the
@@ -444,7 +507,10 @@ class LogService(log_pb2_grpc.LogServicer):
                     not request.producer_id
                     and not request.sequence
                     and not request.records
+                    and not request.topic
+                    and not request.key
                     and request.HasField("record")
+                    and not request.HasField("partition")
                 ):
                     value = request.record.value
                     if len(value) > limit:
@@ -452,13 +518,15 @@ class LogService(log_pb2_grpc.LogServicer):
                     records = [value]
                     size = _REQUEST_OVERHEAD_BYTES + len(value)
                     producer_id, sequence = "", 0
+                    target = default
                 else:
                     records = self._records_of(request)
                     producer_id, sequence = self._producer_of(request)
                     size = _REQUEST_OVERHEAD_BYTES + sum(map(len, records))
+                    target = self._target(request)
                 if not window.take(size):  # waits only when the window is full
                     await window.acquire(size)
-                put((records, size, producer_id, sequence, request.ByteSize()))
+                put((records, size, producer_id, sequence, request.ByteSize(), target))
         except Exception as exc:
             put(exc)
             return
