@@ -156,6 +156,26 @@ class ReplicaState:
     next_offset: int
 
 
+@dataclass(frozen=True)
+class PartitionLeader:
+    """Where a client sends a partition's records: its leader, and its replicas."""
+
+    partition: int
+    leader_id: str
+    leader_addr: str
+    replica_addrs: tuple[str, ...]
+
+
+def leader_of(states: Sequence[ReplicaState]) -> str:
+    """A partition's leader from its replicas' own states: the one that says it leads,
+    else the leader most of the others name ("" when none is known)."""
+    for state in states:
+        if state.state == "leader":
+            return state.node_id
+    named = [s.leader_id for s in states if s.leader_id]
+    return max(set(named), key=named.count) if named else ""
+
+
 class PeerClient(Protocol):
     """Calls another node on the cluster's behalf (gRPC with the peer certificate)."""
 
@@ -487,6 +507,46 @@ class Topics:
             states.extend(found)
         return states
 
+    def replicas_of(self, key: PartitionKey) -> list[tuple[str, str]]:
+        """(node id, role) of a partition's replicas, voters first: the default
+        partition's from its group's membership (the cluster's), the others' from the
+        controller's assignment."""
+        if key == (DEFAULT_TOPIC, 0):
+            return [
+                (s.id, "voter" if s.is_voter else "learner") for s in self.default.node.membership
+            ]
+        assignment = self.metadata.assignments.get(key)
+        if assignment is None:
+            return []
+        roles = [(n, "voter") for n in assignment.voters]
+        if assignment.learner is not None:
+            roles.append((assignment.learner, "learner"))
+        return roles
+
+    async def leaders(self, topic: str, timeout_s: float) -> tuple[int, list[PartitionLeader]]:
+        """A topic's partition count and each partition's leader and replicas, from every
+        node's view of its own replicas (:meth:`replica_states`). UnknownTopicError."""
+        name = topic or DEFAULT_TOPIC
+        spec = self.metadata.topics.get(name)
+        if spec is None:
+            raise UnknownTopicError(f"topic {name!r} does not exist", name)
+        states = await self.replica_states(name, timeout_s)
+        members = self._members()
+        found: list[PartitionLeader] = []
+        for number in range(spec.partitions):
+            roles = self.replicas_of((name, number))
+            mine = [s for s in states if s.partition == number and s.topic == name]
+            leader = leader_of(mine)
+            found.append(
+                PartitionLeader(
+                    partition=number,
+                    leader_id=leader,
+                    leader_addr=members.get(leader, ""),
+                    replica_addrs=tuple(members[n] for n, _ in roles if n in members),
+                )
+            )
+        return spec.partitions, found
+
     # -- the loop ----------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -691,6 +751,7 @@ def default_forwarder_factory(
 __all__ = [
     "CAUGHT_UP_LAG",
     "PartitionForwarder",
+    "PartitionLeader",
     "PeerClient",
     "ReplicaState",
     "TargetedForwarder",
@@ -698,5 +759,6 @@ __all__ = [
     "TopicsConfig",
     "TopicsStats",
     "default_forwarder_factory",
+    "leader_of",
     "rejection_error",
 ]

@@ -94,7 +94,7 @@ GUARDED_SERVICES: tuple[str, ...] = (
     f"/{CLUSTER_SERVICE}/",
 )
 #: Methods of the guarded service that any authenticated client may call.
-OPEN_METHODS: frozenset[str] = frozenset({"/log.v1.Log/GetServers"})
+OPEN_METHODS: frozenset[str] = frozenset({"/log.v1.Log/GetServers", "/log.v1.Log/GetPartitions"})
 #: The action named in the denial of a guarded method that has none declared.
 UNDECLARED_ACTION = "call a method with no declared action"
 

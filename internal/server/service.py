@@ -42,6 +42,7 @@ import grpc
 
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.distributed.forwarding import forwarded_call
+from raftlog.distributed.topics import PartitionLeader
 from raftlog.domain.errors import (
     DataLossError,
     DeadlineError,
@@ -51,6 +52,7 @@ from raftlog.domain.errors import (
     RecordTooLargeError,
     StorageError,
     UnavailableError,
+    UnknownTopicError,
     UnsupportedError,
 )
 from raftlog.domain.producers import producer_id_problem
@@ -70,6 +72,8 @@ from raftlog.telemetry import budget
 
 logger = logging.getLogger("raftlog.server")
 
+#: How long GetPartitions waits for each other node's view of its replicas, seconds.
+_PARTITIONS_PEER_TIMEOUT_S = 2.0
 #: Records read per batch when a ConsumeStream sends one record per message (book mode).
 _BOOK_READ_RECORDS = 256
 #: Most records in one batched ConsumeStream message, whatever the client asks.
@@ -132,6 +136,10 @@ class PartitionRouter(Protocol):
         """(partition number, this node's replica of it) for ``topic`` ("" = the default
         topic) and ``partition`` or ``key``. Raises a DomainError: UnknownTopicError, or
         NotLeaderError naming a node that hosts the partition when this one does not."""
+        ...
+
+    async def leaders(self, topic: str, timeout_s: float) -> tuple[int, list[PartitionLeader]]:
+        """The topic's partition count and each partition's leader and replicas."""
         ...
 
 
@@ -201,6 +209,49 @@ class LogService(log_pb2_grpc.LogServicer):
                 "this server serves the default topic only (no topics, partitions or keys)"
             )
         return self._partitions.log_for(request.topic, partition, request.key)
+
+    async def GetPartitions(
+        self,
+        request: log_pb2.GetPartitionsRequest,
+        context: grpc.aio.ServicerContext[
+            log_pb2.GetPartitionsRequest, log_pb2.GetPartitionsResponse
+        ],
+    ) -> log_pb2.GetPartitionsResponse:
+        """A topic's partitions with their leaders and replicas."""
+        topic = request.topic or DEFAULT_TOPIC
+        try:
+            if self._partitions is not None:
+                count, leaders = await self._partitions.leaders(topic, _PARTITIONS_PEER_TIMEOUT_S)
+            elif topic == DEFAULT_TOPIC:
+                servers = await self._servers.get_servers()
+                leader = next((s for s in servers if s.is_leader), None)
+                count = 1
+                leaders = [
+                    PartitionLeader(
+                        partition=0,
+                        leader_id=leader.id if leader else "",
+                        leader_addr=leader.rpc_addr if leader else "",
+                        replica_addrs=tuple(s.rpc_addr for s in servers),
+                    )
+                ]
+            else:
+                raise UnknownTopicError(f"topic {topic!r} does not exist", topic)
+        except Exception as exc:
+            await abort(context, exc)
+            raise
+        return log_pb2.GetPartitionsResponse(
+            topic=topic,
+            partitions=count,
+            infos=[
+                log_pb2.PartitionInfo(
+                    partition=p.partition,
+                    leader_id=p.leader_id,
+                    leader_addr=p.leader_addr,
+                    replica_addrs=p.replica_addrs,
+                )
+                for p in leaders
+            ],
+        )
 
     async def _follow(self, log: CommitLog, offset: int) -> None:
         """Sleep until ``offset`` is appended or the server begins shutdown, whichever

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 from raftlog.api.admin.v1 import admin_pb2, admin_pb2_grpc
-from raftlog.distributed.topics import ReplicaState, Topics, rejection_error
+from raftlog.distributed.topics import ReplicaState, Topics, leader_of, rejection_error
 from raftlog.domain.errors import InvalidArgumentError, UnknownTopicError
 from raftlog.partitions import (
     DEFAULT_REPLICATION,
@@ -67,12 +67,12 @@ def describe(
     states: Iterable[ReplicaState],
     addresses: dict[str, str],
     preferred: dict[tuple[str, int], str],
-    default_members: Iterable[tuple[str, str, bool]] = (),
+    replicas: dict[int, list[tuple[str, str]]],
 ) -> admin_pb2.TopicDescription:
     """A TopicDescription from the metadata and the replicas' own states.
 
-    ``default_members``: (node id, address, is voter) of the default partition's group,
-    whose membership is the cluster's (not the controller's assignment)."""
+    ``replicas``: partition -> (node id, role) of its replicas
+    (:meth:`~raftlog.distributed.topics.Topics.replicas_of`)."""
     spec = metadata.topics[name]
     seen: dict[tuple[int, str], ReplicaState] = {}
     for state in states:
@@ -81,20 +81,8 @@ def describe(
     out = admin_pb2.TopicDescription(name=name, settings=settings_message(spec))
     for number in range(spec.partitions):
         assignment = metadata.assignments.get((name, number))
-        if name == DEFAULT_TOPIC and number == 0 and default_members:
-            roles = [(n, "voter" if voter else "learner") for n, _, voter in default_members]
-        elif assignment is not None:
-            roles = [(n, "voter") for n in assignment.voters]
-            if assignment.learner is not None:
-                roles.append((assignment.learner, "learner"))
-        else:
-            roles = []
-        leader = next(
-            (n for n, _ in roles if (s := seen.get((number, n))) and s.state == "leader"), ""
-        )
-        if not leader:  # the followers' view, when the leader itself did not answer
-            named = [s.leader_id for n, _ in roles if (s := seen.get((number, n))) and s.leader_id]
-            leader = max(set(named), key=named.count) if named else ""
+        roles = replicas.get(number, [])
+        leader = leader_of([s for n, _ in roles if (s := seen.get((number, n)))])
         top = seen[(number, leader)].next_offset if (number, leader) in seen else 0
         part = out.partitions.add(
             partition=number,
@@ -134,7 +122,7 @@ class TopicAdmin:
         md = topics.metadata
         if name not in md.topics:  # deleted meanwhile
             raise UnknownTopicError(f"topic {name!r} does not exist", name)
-        default = [(s.id, s.address, s.is_voter) for s in topics.default.node.membership]
+        replicas = {n: topics.replicas_of((name, n)) for n in range(md.topics[name].partitions)}
         preferred = {key: topics.preferred_leader(key) for key in md.assignments if key[0] == name}
         return describe(
             name,
@@ -142,7 +130,7 @@ class TopicAdmin:
             states=states,
             addresses=dict(topics.members()),
             preferred=preferred,
-            default_members=default,
+            replicas=replicas,
         )
 
     @staticmethod

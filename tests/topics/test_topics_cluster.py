@@ -56,6 +56,17 @@ async def test_a_topic_is_created_written_by_key_read_per_partition_and_deleted(
                 return all(p.leader_id for p in d.partitions)
 
             await wait_until(leaders, timeout=30, what="a leader for every partition")
+            described = await admin.DescribeTopic(admin_pb2.DescribeTopicRequest(name="orders"))
+            log = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
+            parts = await log.GetPartitions(log_pb2.GetPartitionsRequest(topic="orders"))
+            assert parts.partitions == 6
+            assert {(p.partition, p.leader_addr) for p in parts.infos} == {
+                (p.partition, p.leader_addr) for p in described.partitions
+            }
+            assert all(len(p.replica_addrs) == 3 for p in parts.infos)
+            default = await log.GetPartitions(log_pb2.GetPartitionsRequest())
+            assert default.topic == "default" and default.partitions == 1
+            assert default.infos[0].leader_addr in {n.rpc_addr for n in c.nodes.values()}
 
         keys = [b"customer-%d" % i for i in range(40)]
         expected: Counter[int] = Counter(partition_for_key(k, 6) for k in keys)
@@ -86,7 +97,9 @@ async def test_a_topic_is_created_written_by_key_read_per_partition_and_deleted(
             async with c.channel(host, tls) as ch:
                 log = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
 
-                async def caught_up(partition: int = p.partition) -> bool:
+                async def caught_up(
+                    partition: int = p.partition, log: log_pb2_grpc.LogStub = log
+                ) -> bool:
                     o = await log.GetOffsets(
                         log_pb2.GetOffsetsRequest(topic="orders", partition=partition)
                     )
@@ -95,9 +108,7 @@ async def test_a_topic_is_created_written_by_key_read_per_partition_and_deleted(
                 await wait_until(caught_up, timeout=10, what=f"partition {p.partition}")
                 for offset in range(expected[p.partition]):
                     rec = await log.Consume(
-                        log_pb2.ConsumeRequest(
-                            topic="orders", partition=p.partition, offset=offset
-                        )
+                        log_pb2.ConsumeRequest(topic="orders", partition=p.partition, offset=offset)
                     )
                     key = rec.record.value.removeprefix(b"order of ")
                     assert partition_for_key(key, 6) == p.partition
