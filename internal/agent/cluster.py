@@ -506,7 +506,8 @@ class ClusterNode:
         controller_node = NodeConfig(
             raft=RaftConfig(id=config.node_name, snapshot_threshold=1024),
             data_dir=config.data_dir / "controller",
-            fsync=fsync,
+            # a few small entries per topic or node change: durable unless --sync never
+            fsync=config.sync != "never",
             request_timeout=10.0,
             snapshot_retain=2,
         )
@@ -538,7 +539,9 @@ class ClusterNode:
             alive=self.member_alive,
             peers=forwarder,
             config=TopicsConfig(
-                controller_voters=config.controller_voters, grace_s=config.replica_grace_s
+                controller_voters=config.controller_voters,
+                grace_s=config.replica_grace_s,
+                flush_interval_s=INTERVAL_SYNC if config.sync == "interval" else 0.0,
             ),
         )
         await topics.start(bootstrap=self.bootstrapped)

@@ -119,12 +119,17 @@ class PartitionHost:
         return self.replicas.get((topic, partition))
 
     async def open(
-        self, topic: str, partition: int, peers: Mapping[str, str] | None = None
+        self,
+        topic: str,
+        partition: int,
+        peers: Mapping[str, str] | None = None,
+        distributed: DistributedConfig | None = None,
     ) -> DistributedLog:
         """Open (creating its folders if new) and start the replica of ``partition`` of
         ``topic``: its commit log, its Raft node on the router's group, its DistributedLog.
         ``peers``: node id -> Raft address of the other replicas, until the group's
-        membership names them. A replica with no Raft state waits to be bootstrapped
+        membership names them. ``distributed``: this replica's DistributedLog settings
+        (default: the host's). A replica with no Raft state waits to be bootstrapped
         (:meth:`bootstrap`) or added to its group by the leader."""
         problem = "" if topic == DEFAULT_TOPIC else topic_name_problem(topic)
         if problem:
@@ -155,7 +160,9 @@ class PartitionHost:
                 raise
             self._unlisten[key] = self.router.add_down_listener(node.peer_unreachable)
             forwarder = self.forwarder_for(topic, partition) if self.forwarder_for else None
-            dlog = DistributedLog(node, fsm, config=self.settings.distributed, forwarder=forwarder)
+            dlog = DistributedLog(
+                node, fsm, config=distributed or self.settings.distributed, forwarder=forwarder
+            )
             dlog.start()
             self.replicas[key] = dlog
             log.info(
@@ -204,7 +211,9 @@ class PartitionHost:
         for key in sorted(set(mine) - set(self.replicas)):
             a = mine[key]
             peers = {n: addresses[n] for n in a.replicas if n in addresses}
-            dlog = await self.open(*key, peers=peers)
+            dlog = await self.open(
+                *key, peers=peers, distributed=self._settings_of(metadata, key[0])
+            )
             opened.append(key)
             if self.node_id in a.initial and not dlog.node.has_state():
                 missing = [n for n in a.initial if n not in addresses]
@@ -223,6 +232,19 @@ class PartitionHost:
         for key in closed:
             await self.close(*key)
         return opened, closed
+
+    def _settings_of(self, metadata: ClusterMetadata, topic: str) -> DistributedConfig:
+        """The host's DistributedLog settings with ``topic``'s retention (a topic's
+        retention_ms becomes the age limit in seconds; None keeps everything). Read when
+        a replica opens: a later SetRetention applies from the next open."""
+        spec = metadata.topics.get(topic)
+        if spec is None:
+            return self.settings.distributed
+        return dataclasses.replace(
+            self.settings.distributed,
+            retention_bytes=spec.retention_bytes or 0,
+            retention_age_s=(spec.retention_ms or 0) / 1000,
+        )
 
     async def balance_leaders(
         self, metadata: ClusterMetadata, timeout_s: float = 5.0

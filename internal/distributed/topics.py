@@ -122,6 +122,9 @@ class TopicsConfig:
             elsewhere, seconds (the planner's grace period). Default 30.
         change_timeout_s: bound of one controller command or group change, seconds.
             Default 10.
+        flush_interval_s: when > 0, the replicas' Raft logs are fsynced this often, in
+            seconds (the agent's ``--sync interval``: rounds do not wait for fsync, so
+            something must flush); 0 (the default): their own fsync setting decides.
     """
 
     controller_voters: int = 3
@@ -129,6 +132,7 @@ class TopicsConfig:
     balance_interval_s: float = 5.0
     grace_s: float = DEFAULT_GRACE_S
     change_timeout_s: float = 10.0
+    flush_interval_s: float = 0.0
 
     def validate(self) -> TopicsConfig:
         if self.controller_voters < 1 or self.controller_voters % 2 == 0:
@@ -138,6 +142,8 @@ class TopicsConfig:
         for name in ("interval_s", "balance_interval_s", "change_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, not {getattr(self, name)!r}")
+        if not self.flush_interval_s >= 0:
+            raise ValueError(f"flush_interval_s must be >= 0, not {self.flush_interval_s!r}")
         if not self.grace_s >= 0:
             raise ValueError(f"grace_s must be >= 0, not {self.grace_s!r}")
         return self
@@ -305,6 +311,7 @@ class Topics:
         self.controller: Controller | None = None
         self.stats = TopicsStats()
         self._task: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
         self._clock = _Clock()
 
     # -- life --------------------------------------------------------------------------
@@ -326,13 +333,16 @@ class Topics:
             await node.bootstrap([Server(self.node_id, self._rpc_addr())])
             log.info("controller group bootstrapped on %s", self.node_id)
         self._task = asyncio.create_task(self._run(), name="topics-loop")
+        if self.config.flush_interval_s > 0:
+            self._flusher = asyncio.create_task(self._flush_loop(), name="topics-flush")
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._task, self._flusher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._flusher = None
         await self.host.close_all()
         if self.controller is not None:
             await self.controller.node.close()
@@ -426,13 +436,7 @@ class Topics:
             except (RaftError, TimeoutError) as exc:
                 raise UnavailableError(f"the controller did not commit: {exc}") from None
         else:
-            leader = node.leader_id
-            address = self._members().get(leader, "") if leader else ""
-            if not address or self._peers is None:
-                raise UnavailableError("the controller has no leader now; try again")
-            result = await self._peers.submit(
-                address, encode_command(command, time.time()), timeout
-            )
+            result = await self._submit_remote(command, timeout)
         self.stats.commands += 1
         if isinstance(result, Rejected):
             self.stats.rejected += 1
@@ -440,6 +444,36 @@ class Topics:
                 self.stats.reasons.get(result.reason.name, 0) + 1
             )
         return result
+
+    async def _submit_remote(self, command: Command, timeout_s: float) -> Result:
+        """Send ``command`` to the controller's leader: the one this node's replica knows,
+        else (a node the controller has not added yet) each other member in turn, the
+        default group's leader first; a member that does not lead the controller refuses
+        at once (UNAVAILABLE) and the next is asked."""
+        assert self.controller is not None
+        if self._peers is None:
+            raise UnavailableError("this node cannot reach the controller's leader")
+        members = self._members()
+        leader = self.controller.node.leader_id
+        if leader and leader in members:
+            candidates = [members[leader]]
+        else:
+            first = self.default.leader_id
+            others = sorted((n for n in members if n != self.node_id), key=lambda n: n != first)
+            candidates = [members[n] for n in others]
+        entry = encode_command(command, time.time())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        last: Exception = UnavailableError("the controller has no leader now; try again")
+        for address in candidates:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            try:
+                return await self._peers.submit(address, entry, left)
+            except UnavailableError as exc:
+                last = exc
+        raise last
 
     async def submit_entry(self, entry: bytes, timeout_s: float) -> Result:
         """A peer's command (:meth:`PeerClient.submit`), on the controller's leader: the
@@ -572,6 +606,18 @@ class Topics:
                     self.stats.loop_errors += 1
                     self.stats.last_error = f"{step.__name__}: {type(exc).__name__}: {exc}"
                     log.info("topics: %s failed: %s: %s", step.__name__, type(exc).__name__, exc)
+
+    async def _flush_loop(self) -> None:
+        """``--sync interval``: fsync every replica's Raft log every ``flush_interval_s``
+        (an acknowledged entry survives a process crash at once and an OS crash after at
+        most that long, as for the default partition)."""
+        while True:
+            await asyncio.sleep(self.config.flush_interval_s)
+            for key, dlog in list(self.host.replicas.items()):
+                try:
+                    await dlog.node.log_store.flush()
+                except Exception as exc:  # closed meanwhile, or a failing disk: say so
+                    log.warning("interval fsync of partition %s/%d failed: %s", *key, exc)
 
     async def _adopt_controller(self, now: float) -> None:
         """A data directory of the one-group version has no controller: a node that is the

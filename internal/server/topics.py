@@ -5,12 +5,15 @@ The admin rpcs need the ACL action ``admin``; the cluster service's ``replicate`
 peer certificate). Create and delete go to the controller's leader from whichever node is
 called (through :meth:`raftlog.distributed.topics.Topics.submit`), and answer once the
 called node's own copy of the metadata shows the change, so a DescribeTopic right after
-sees it. DescribeTopic asks every node for its replicas' state (leader, next offset) and
-reports each partition's leader and each replica's lag behind it.
+sees it; CreateTopic also waits (up to 10 s) until every partition has a leader and each
+replica is open, so a write right after it lands. DescribeTopic asks every node for its
+replicas' state (leader, next offset) and reports each partition's leader and each
+replica's lag behind it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -39,6 +42,10 @@ Context = grpc.aio.ServicerContext[Any, Any]
 DESCRIBE_PEER_TIMEOUT_S = 2.0
 #: How long a create or delete waits for the called node's metadata to show it, seconds.
 METADATA_WAIT_S = 10.0
+#: How long CreateTopic then waits for every partition to have a leader, seconds (it
+#: answers with the description as it is then: a partition may still be electing).
+LEADERS_WAIT_S = 10.0
+LEADERS_POLL_S = 0.1
 
 
 def settings_message(spec: TopicSpec) -> admin_pb2.TopicSettings:
@@ -133,6 +140,22 @@ class TopicAdmin:
             replicas=replicas,
         )
 
+    async def _led(self, name: str) -> admin_pb2.TopicDescription:
+        """The topic's description once every partition has a leader and every replica
+        is open on its node (so a write right after CreateTopic finds it), or after
+        :data:`LEADERS_WAIT_S` seconds as it is then."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEADERS_WAIT_S
+        while True:
+            described = await self.describe(name)
+            ready = all(
+                p.leader_id and all(r.state != "unknown" for r in p.replicas)
+                for p in described.partitions
+            )
+            if ready or loop.time() >= deadline:
+                return described
+            await asyncio.sleep(LEADERS_POLL_S)
+
     @staticmethod
     def _check(result: Result, name: str) -> None:
         if isinstance(result, Rejected):
@@ -150,7 +173,7 @@ class TopicAdmin:
             self._check(result, request.name)
             await self._settled(request.name, True)
             logger.info("admin: topic %s created", request.name, extra={"topic": request.name})
-            return await self.describe(request.name)
+            return await self._led(request.name)
         except Exception as exc:
             await abort(context, exc)
             raise
