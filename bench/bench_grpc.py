@@ -103,14 +103,22 @@ async def produce_stream(
     seconds: float,
     max_records: int,
     window: int,
+    *,
+    topic: str = "",
+    partition: int | None = None,
 ) -> tuple[int, float, int]:
-    """(records acknowledged, seconds, first offset) over one ProduceStream."""
+    """(records acknowledged, seconds, first offset) over one ProduceStream (to the
+    default topic, or to ``topic``'s ``partition``)."""
     payload = os.urandom(size)
     if per_message == 1:
-        request = log_pb2.ProduceRequest(record=log_pb2.Record(value=payload))
+        request = log_pb2.ProduceRequest(
+            record=log_pb2.Record(value=payload), topic=topic, partition=partition
+        )
     else:
         request = log_pb2.ProduceRequest(
-            records=[log_pb2.Record(value=payload) for _ in range(per_message)]
+            records=[log_pb2.Record(value=payload) for _ in range(per_message)],
+            topic=topic,
+            partition=partition,
         )
     call = stub.ProduceStream()
     slots = asyncio.Semaphore(window)

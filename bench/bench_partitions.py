@@ -1,0 +1,194 @@
+"""Partitions: produce throughput of one 3-node cluster with 1, 3 and 12 partitions.
+
+Three `raftlog agent` processes (real Serf, the mux, mutual TLS, --sync interval by
+default). Three topics are created through the admin API: p1 (1 partition), p3 (3) and
+p12 (12), all R3. Once every partition has a leader and leadership is spread (each node
+hands partitions to their preferred leaders), each topic is measured in turn, the three in
+alternating order for --rounds rounds: one ProduceStream per partition, to its leader
+(GetPartitions), 100 B records, --batch per message, the same records in flight overall
+(--window records, at least one message per partition). The figure is the aggregate
+records/s of the topic (median of the rounds) and the nodes' CPU µs per record.
+
+Printed: each topic's records/s and its ratio to p1 (issue 17's goal: p12 >= 0.9x p1),
+CPU per record, and how many partitions each node leads (the bound: ceil(T/N) + 1 for T
+partitions, the default topic's included, on N nodes).
+
+What the figures mean here: this machine has 2 cores for 3 nodes and the client, so one
+partition's leader already competes with the followers and the client for CPU; more
+partitions add parallel leaders but no CPU, and their cost shows as the ratio. With one core
+per node, a partition's leader is one event loop on one core: 12 partitions spread over 3
+leaders would use all three cores instead of one, and the aggregate would grow towards
+3x p1 (docs/partitions.md, "Throughput").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import math
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import bench_grpc
+from bench_cluster import cluster_cpu_s, start_cluster
+
+from raftlog.agent.devcluster import DevCluster
+from raftlog.api.admin.v1 import admin_pb2, admin_pb2_grpc
+from raftlog.api.v1 import log_pb2, log_pb2_grpc
+from raftlog.security import TLSConfig
+
+TOPICS = (("p1", 1), ("p3", 3), ("p12", 12))
+#: The default topic's one partition (group "" on the wire, no envelope) runs the same
+#: produce as a reference: p1 should match it.
+DEFAULT = ("default", 1)
+
+
+async def create_topics(cluster: DevCluster, tls: TLSConfig) -> None:
+    async with cluster.channel("n1", tls) as ch:
+        admin = admin_pb2_grpc.AdminStub(ch)  # type: ignore[no-untyped-call]
+        for name, partitions in TOPICS:
+            await admin.CreateTopic(
+                admin_pb2.CreateTopicRequest(
+                    name=name, settings=admin_pb2.TopicSettings(partitions=partitions)
+                ),
+                timeout=30,
+            )
+
+
+async def leaders(cluster: DevCluster, tls: TLSConfig, topic: str) -> list[str]:
+    """Each partition's leader address ("" while unknown)."""
+    async with cluster.channel("n1", tls) as ch:
+        stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
+        r = await stub.GetPartitions(log_pb2.GetPartitionsRequest(topic=topic), timeout=10)
+    return [p.leader_addr for p in sorted(r.infos, key=lambda p: p.partition)]
+
+
+async def spread(cluster: DevCluster, tls: TLSConfig, wait_s: float) -> dict[str, int]:
+    """Wait (up to ``wait_s``) until every partition has a leader and no node leads more
+    than ceil(T/N) + 1; partitions led per node address."""
+    total = 1 + sum(p for _, p in TOPICS)
+    bound = math.ceil(total / len(cluster.nodes)) + 1
+    loop = asyncio.get_running_loop()
+    end = loop.time() + wait_s
+    counts: collections.Counter[str] = collections.Counter()
+    while True:
+        counts = collections.Counter()
+        for topic in ("", *(t for t, _ in TOPICS)):
+            counts.update(await leaders(cluster, tls, topic))
+        if "" not in counts and max(counts.values()) <= bound:
+            return dict(counts)
+        if loop.time() > end:
+            print(f"  leaders not spread within {wait_s} s: {dict(counts)}", file=sys.stderr)
+            return dict(counts)
+        await asyncio.sleep(0.5)
+
+
+async def produce(
+    cluster: DevCluster, tls: TLSConfig, topic: str, partitions: int, args: argparse.Namespace
+) -> tuple[float, float]:
+    """(records/s, node CPU µs per record) of one run on ``topic``."""
+    addrs = await leaders(cluster, tls, "" if topic == DEFAULT[0] else topic)
+    by_addr = {n.rpc_addr: name for name, n in cluster.nodes.items()}
+    channels = {a: cluster.channel(by_addr[a], tls) for a in set(addrs)}
+    messages = max(partitions, args.window // args.batch)
+    per_partition = max(1, messages // partitions)
+    try:
+        stubs = [log_pb2_grpc.LogStub(channels[a]) for a in addrs]  # type: ignore[no-untyped-call]
+        for p, stub in enumerate(stubs):  # warm up every stream's connection
+            if topic != DEFAULT[0]:
+                await bench_grpc.produce_stream(stub, 100, 1, 0.1, 10, 1, topic=topic, partition=p)
+        cpu = cluster_cpu_s(cluster)
+        runs = await asyncio.gather(
+            *(
+                bench_grpc.produce_stream(
+                    stub,
+                    100,
+                    args.batch,
+                    args.duration,
+                    args.max_records // partitions,
+                    per_partition,
+                    topic="" if topic == DEFAULT[0] else topic,
+                    partition=None if topic == DEFAULT[0] else p,
+                )
+                for p, stub in enumerate(stubs)
+            )
+        )
+        cpu = cluster_cpu_s(cluster) - cpu
+    finally:
+        for ch in channels.values():
+            await ch.close()
+    records = sum(n for n, _, _ in runs)
+    seconds = max(el for _, el, _ in runs)
+    return records / seconds, cpu / records * 1e6
+
+
+def render(rates: dict[str, list[float]], cpu: dict[str, list[float]], led: dict[str, int]) -> str:
+    base = statistics.median(rates["p1"])
+    lines = [
+        "| topic | partitions | records/s (median) | vs p1 | node CPU µs/record |",
+        "|---|---|---|---|---|",
+    ]
+    for name, partitions in (DEFAULT, *TOPICS):
+        rate = statistics.median(rates[name])
+        lines.append(
+            f"| {name} | {partitions} | {rate:,.0f} | {rate / base:.2f}x | "
+            f"{statistics.median(cpu[name]):.1f} |"
+        )
+    total = 1 + sum(p for _, p in TOPICS)
+    lines.append("")
+    lines.append(
+        f"partitions led per node ({total} partitions, bound ceil({total}/3)+1 = "
+        f"{math.ceil(total / 3) + 1}): " + ", ".join(f"{a}: {n}" for a, n in sorted(led.items()))
+    )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=3.0, help="seconds per produce run")
+    ap.add_argument("--max-records", type=int, default=600_000, help="cap per produce run")
+    ap.add_argument("--window", type=int, default=1000, help="records in flight, overall")
+    ap.add_argument("--batch", type=int, default=100, help="records per batch message")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per topic")
+    ap.add_argument("--sync", default="interval", help="the agents' --sync")
+    ap.add_argument("--spread-wait", type=float, default=30.0, help="seconds to wait for leaders")
+    ap.add_argument("--json", default=None, help="also write the figures to this file")
+    args, _unknown = ap.parse_known_args()
+    rates: dict[str, list[float]] = {name: [] for name, _ in (DEFAULT, *TOPICS)}
+    cpu: dict[str, list[float]] = {name: [] for name, _ in (DEFAULT, *TOPICS)}
+    with tempfile.TemporaryDirectory(prefix="bench-partitions-") as tmp:
+        print(f"3-node cluster, sync={args.sync}", file=sys.stderr)
+        cluster, tls = start_cluster(Path(tmp), args.sync)
+        try:
+
+            async def run() -> dict[str, int]:
+                await create_topics(cluster, tls)
+                led = await spread(cluster, tls, args.spread_wait)
+                for r in range(args.rounds):
+                    order = (DEFAULT, *TOPICS)
+                    if r % 2:
+                        order = order[::-1]
+                    for name, partitions in order:
+                        rate, us = await produce(cluster, tls, name, partitions, args)
+                        rates[name].append(rate)
+                        cpu[name].append(us)
+                        print(
+                            f"  {name}: {rate:,.0f} records/s, {us:.1f} µs/record", file=sys.stderr
+                        )
+                return led
+
+            led = asyncio.run(run())
+        finally:
+            cluster.stop_all()
+    print(render(rates, cpu, led))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rates": rates, "cpu_us": cpu, "leaders": led}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
