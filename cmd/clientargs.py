@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -27,6 +28,7 @@ from raftlog.client import (
     SyncLogClient,
     UnauthenticatedError,
     UnavailableError,
+    UnknownTopicError,
     parse_addrs,
 )
 from raftlog.client.errors import describe as describe_error
@@ -87,6 +89,64 @@ def add_client_flags(parser: argparse.ArgumentParser) -> None:
             "included; for consume, the longest time without progress (default 10)"
         ),
     )
+
+
+def add_topic_flags(parser: argparse.ArgumentParser, reads: bool) -> None:
+    """--topic, --partition, --key (``reads``: the wording of consume)."""
+    group = parser.add_argument_group("topic and partition")
+    group.add_argument(
+        "--topic",
+        default=None,
+        metavar="NAME",
+        help="the topic (default: the default topic, the single log of a cluster without "
+        "topics); see `raftlog topic`",
+    )
+    group.add_argument(
+        "--partition",
+        type=int,
+        default=None,
+        metavar="P",
+        help=(
+            "the partition to read (default 0)"
+            if reads
+            else "the partition to write to (default: the one --key picks, else 0)"
+        ),
+    )
+    group.add_argument(
+        "--key",
+        default=None,
+        metavar="KEY",
+        help=(
+            "read the partition KEY (UTF-8) maps to, as produce --key writes it"
+            if reads
+            else "a key (UTF-8) for every record: its hash picks the partition (Kafka's "
+            "murmur2), so records of one key stay in one partition, in order"
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a command reads or writes: a topic ("" = the default topic) and a partition
+    number or a key (neither: partition 0)."""
+
+    topic: str
+    partition: int | None
+    key: bytes | None
+
+
+def target_of(args: argparse.Namespace) -> Target | None:
+    """The ``--topic/--partition/--key`` of a command; None when none was given (the
+    command then behaves as before topics existed). Usage error for both --partition and
+    --key, or a negative partition."""
+    if args.topic is None and args.partition is None and args.key is None:
+        return None
+    if args.partition is not None and args.key is not None:
+        raise CommandError("give --partition or --key, not both", EXIT_USAGE)
+    if args.partition is not None and args.partition < 0:
+        raise CommandError(f"--partition must be >= 0, got {args.partition}", EXIT_USAGE)
+    key = args.key.encode() if args.key is not None else None
+    return Target(args.topic or "", args.partition, key)
 
 
 def addrs_of(args: argparse.Namespace) -> list[str]:
@@ -178,6 +238,8 @@ def describe(exc: ClientError, args: argparse.Namespace) -> str:
         return f"permission denied: {exc.message}"
     if isinstance(exc, UnauthenticatedError):
         return f"not authenticated: {exc.message}"
+    if isinstance(exc, UnknownTopicError):
+        return f"{exc.message} (see `raftlog topic list`)"
     if isinstance(exc, DeadlineExceededError):
         last = describe_error(exc.last_error) if exc.last_error is not None else "none"
         return f"gave up after --timeout {args.timeout:g} s; last error: {last}"

@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "consume",
     "servers",
     "admin",
+    "topic",
     "cert",
 )
 

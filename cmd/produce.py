@@ -5,6 +5,10 @@ changes for up to ``--timeout`` seconds). Stdin batches are sent one after anoth
 log keeps the order of the lines. The client is an idempotent producer (a random producer
 id per run, a sequence per batch): a batch retried because its answer was lost is appended
 once.
+
+With ``--topic``, ``--partition`` or ``--key`` the records go to one partition of a topic
+(the one given, the one the key picks, else 0), through that partition's leader, and each
+line printed is ``PARTITION OFFSET``. ``--key`` gives every record (every stdin line) that key.
 """
 
 from __future__ import annotations
@@ -14,7 +18,16 @@ import sys
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from raftlog.cmd.clientargs import Progress, add_client_flags, log_client, run_command
+from raftlog.client import SyncLogClient
+from raftlog.cmd.clientargs import (
+    Progress,
+    Target,
+    add_client_flags,
+    add_topic_flags,
+    log_client,
+    run_command,
+    target_of,
+)
 
 #: Most records / payload bytes in one ProduceRequest read from stdin.
 BATCH_RECORDS = 1000
@@ -31,10 +44,13 @@ def register(sub: Any) -> None:
             "line of stdin (without its newline), sent in batches of up to "
             f"{BATCH_RECORDS} records (1 MiB) per request. Prints one offset per record. "
             "Several --addr may be given: writes find the leader. A batch retried after "
-            "a lost answer is appended once (idempotent producer)."
+            "a lost answer is appended once (idempotent producer). With --topic, "
+            "--partition or --key the records go to one partition of the topic, through "
+            "its leader, and each line printed is 'PARTITION OFFSET'."
         ),
     )
     parser.add_argument("values", nargs="*", metavar="VALUE", help="record values (UTF-8)")
+    add_topic_flags(parser, reads=False)
     add_client_flags(parser)
     parser.set_defaults(handler=lambda args: run_command(run, args, "produce"))
 
@@ -53,25 +69,31 @@ def _batches(stream: BinaryIO, interactive: bool) -> Iterator[list[bytes]]:
         yield batch
 
 
-def _print_offsets(offsets: list[int], out: Any) -> None:
-    out.write("".join(f"{o}\n" for o in offsets))
+def _send(client: SyncLogClient, target: Target | None, batch: list[bytes]) -> list[str]:
+    """Produce ``batch`` (one atomic request); the lines to print, one per record:
+    ``OFFSET``, or ``PARTITION OFFSET`` for a topic's partition."""
+    if target is None:
+        return [f"{o}\n" for o in client.produce_batch(batch)]
+    done = client.produce_to(target.topic, batch, key=target.key, partition=target.partition)
+    return [f"{done.partition} {o}\n" for o in done.offsets]
 
 
 def run(args: argparse.Namespace) -> int:
     """Produce and print offsets."""
     out = sys.stdout
+    target = target_of(args)
     with log_client(args) as client:
         if args.values:
-            _print_offsets(client.produce_batch([v.encode() for v in args.values]), out)
+            out.write("".join(_send(client, target, [v.encode() for v in args.values])))
             return 0
         progress = Progress("produced")
         interactive = sys.stdin.isatty()
         for batch in _batches(sys.stdin.buffer, interactive):
-            offsets = client.produce_batch(batch)
-            _print_offsets(offsets, out)
+            lines = _send(client, target, batch)
+            out.write("".join(lines))
             if interactive:
                 out.flush()
-            progress.add(len(offsets))
+            progress.add(len(lines))
         out.flush()
         progress.done()
     return 0

@@ -5,6 +5,10 @@
   produce to the leader and consume spread over the followers; the idempotent producer
   (a producer id per client, a sequence per request, reused by its retries) so that a
   retried produce is never appended twice.
+- Topics and partitions: ``produce_to`` (one partition, by key or number), ``produce_keyed``
+  (a batch of keyed records, one request per partition, concurrently), ``consume_from``,
+  ``stream_from``, ``partition_offsets``, ``partitions`` (GetPartitions); each partition's
+  writes go to its leader, from a per-topic cache (:mod:`~raftlog.client.topics`).
 - :class:`SyncLogClient`: the same calls for scripts without an event loop.
 - :class:`ClientConfig`: every setting, with its unit and default.
 - :mod:`~raftlog.client.errors`: what can go wrong, and whether the client retries it.
@@ -14,7 +18,15 @@ Internals: :mod:`~raftlog.client.resolver` (who is in the cluster, one channel p
 (coalescing ``produce()`` calls). The manual is ``docs/client.md``.
 """
 
-from raftlog.client.client import ClientStats, LogClient, Offsets, Record, parse_addrs
+from raftlog.client.client import (
+    ClientStats,
+    LogClient,
+    Offsets,
+    PartitionOffset,
+    Produced,
+    Record,
+    parse_addrs,
+)
 from raftlog.client.config import ClientConfig, ClientConfigError
 from raftlog.client.errors import (
     AttemptTimeoutError,
@@ -25,16 +37,20 @@ from raftlog.client.errors import (
     NoServersError,
     NotLeaderError,
     OffsetOutOfRangeError,
+    PartialProduceError,
     PermissionDeniedError,
     SequenceTooOldError,
     ServerError,
     UnauthenticatedError,
     UnavailableError,
+    UnknownTopicError,
 )
 from raftlog.client.resolver import ServerInfo
 from raftlog.client.sync import SyncLogClient
+from raftlog.client.topics import DEFAULT_TOPIC, PartitionInfo, TopicCache, TopicPartitions
 
 __all__ = [
+    "DEFAULT_TOPIC",
     "AttemptTimeoutError",
     "ClientClosedError",
     "ClientConfig",
@@ -48,13 +64,20 @@ __all__ = [
     "NotLeaderError",
     "OffsetOutOfRangeError",
     "Offsets",
+    "PartialProduceError",
+    "PartitionInfo",
+    "PartitionOffset",
     "PermissionDeniedError",
+    "Produced",
     "Record",
     "SequenceTooOldError",
     "ServerError",
     "ServerInfo",
     "SyncLogClient",
+    "TopicCache",
+    "TopicPartitions",
     "UnauthenticatedError",
     "UnavailableError",
+    "UnknownTopicError",
     "parse_addrs",
 ]

@@ -148,6 +148,40 @@ class ServerError(ClientError):
     """Any other failure the server reported (INTERNAL, storage errors); not retriable."""
 
 
+class UnknownTopicError(ClientError):
+    """The topic does not exist, or has no such partition (NOT_FOUND, reason
+    UNKNOWN_TOPIC); not retriable: create the topic, or ask for a partition it has."""
+
+    @property
+    def topic(self) -> str:
+        """The topic the server named ('' if it did not)."""
+        return self.metadata.get(Key.TOPIC, "")
+
+
+class PartialProduceError(ClientError):
+    """A keyed batch (``LogClient.produce_keyed``) was written to some partitions and not
+    to others: each partition's request is atomic, the batch as a whole is not.
+
+    ``produced`` maps each partition that took its records to its first offset;
+    ``errors`` maps each partition that did not to why (after the client's retries).
+    Producing the failed partitions' records again is safe for the others: they are not
+    sent again.
+    """
+
+    def __init__(
+        self, message: str, produced: Mapping[int, int], errors: Mapping[int, ClientError]
+    ) -> None:
+        first = next(iter(errors.values()), None)
+        super().__init__(
+            message,
+            code=first.code if first is not None else None,
+            reason="PARTIAL_PRODUCE",
+            addr=first.addr if first is not None else "",
+        )
+        self.produced: dict[int, int] = dict(produced)
+        self.errors: dict[int, ClientError] = dict(errors)
+
+
 class NoServersError(UnavailableError):
     """None of the bootstrap addresses answered: the client cannot learn the cluster."""
 
@@ -176,6 +210,7 @@ _BY_CODE: dict[grpc.StatusCode, type[ClientError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: InvalidArgumentError,  # message over gRPC's limit
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.NOT_FOUND: UnknownTopicError,  # the only NOT_FOUND of log.v1
 }
 
 
@@ -190,6 +225,8 @@ def from_rpc_error(exc: grpc.RpcError, addr: str = "") -> ClientError:
     metadata = dict(info.metadata) if info is not None else {}
     if reason == Reason.NOT_LEADER:
         cls: type[ClientError] = NotLeaderError
+    elif reason == Reason.UNKNOWN_TOPIC:
+        cls = UnknownTopicError
     elif reason == Reason.SEQUENCE_TOO_OLD:
         cls = SequenceTooOldError
     elif reason in (Reason.NO_SPACE, Reason.DISK_FAILED, Reason.DATA_LOSS):

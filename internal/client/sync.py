@@ -22,9 +22,10 @@ from typing import Any, TypeVar
 
 import grpc
 
-from raftlog.client.client import LogClient, Offsets, Record
+from raftlog.client.client import LogClient, Offsets, PartitionOffset, Produced, Record
 from raftlog.client.config import ClientConfig
 from raftlog.client.resolver import ServerInfo
+from raftlog.client.topics import TopicPartitions
 from raftlog.security.tls import TLSConfig
 
 T = TypeVar("T")
@@ -124,7 +125,10 @@ class SyncLogClient:
         self, from_offset: int = 0, *, linearizable: bool = False
     ) -> Generator[list[Record], None, None]:
         """Like :meth:`stream`, a batch at a time."""
-        agen = self._client.stream_batches(from_offset, linearizable=linearizable)
+        return self._batches(self._client.stream_batches(from_offset, linearizable=linearizable))
+
+    def _batches(self, agen: AsyncIterator[list[Record]]) -> Generator[list[Record], None, None]:
+        """The batches of ``agen`` (an async generator on the loop), fetched one at a time."""
         try:
             while True:
                 batch = self._call(_next_batch(agen))
@@ -134,6 +138,67 @@ class SyncLogClient:
         finally:
             if not self._closed and self._loop.is_running():
                 self._call(agen.aclose())  # type: ignore[attr-defined]
+
+    # -- topics and partitions -------------------------------------------------------------
+
+    def partitions(self, topic: str = "") -> TopicPartitions:
+        """The topic's partitions, leaders and replicas, asked now (see
+        :meth:`LogClient.partitions`)."""
+        return self._call(self._client.partitions(topic))
+
+    def partition_for(self, topic: str, key: bytes | None) -> int:
+        """The partition ``key`` picks in ``topic`` (see :meth:`LogClient.partition_for`)."""
+        return self._call(self._client.partition_for(topic, key))
+
+    def produce_to(
+        self,
+        topic: str,
+        values: Sequence[bytes],
+        *,
+        key: bytes | None = None,
+        partition: int | None = None,
+    ) -> Produced:
+        """Append ``values`` atomically to one partition of ``topic`` (see
+        :meth:`LogClient.produce_to`)."""
+        return self._call(self._client.produce_to(topic, values, key=key, partition=partition))
+
+    def produce_keyed(
+        self, topic: str, records: Sequence[tuple[bytes | None, bytes]]
+    ) -> list[PartitionOffset]:
+        """Append (key, value) records, one request per partition, concurrently (see
+        :meth:`LogClient.produce_keyed`)."""
+        return self._call(self._client.produce_keyed(topic, records))
+
+    def consume_from(
+        self, topic: str, partition: int, offset: int, *, linearizable: bool = False
+    ) -> Record:
+        """The record at ``offset`` of a topic's partition (see :meth:`LogClient.consume_from`)."""
+        return self._call(
+            self._client.consume_from(topic, partition, offset, linearizable=linearizable)
+        )
+
+    def partition_offsets(self, topic: str, partition: int) -> Offsets:
+        """The offsets a topic's partition holds now, as its leader sees them."""
+        return self._call(self._client.partition_offsets(topic, partition))
+
+    def stream_from(
+        self, topic: str, partition: int, from_offset: int = 0, *, linearizable: bool = False
+    ) -> Generator[Record, None, None]:
+        """Records of one partition from ``from_offset`` on (see :meth:`stream`)."""
+        for batch in self.stream_batches_from(
+            topic, partition, from_offset, linearizable=linearizable
+        ):
+            yield from batch
+
+    def stream_batches_from(
+        self, topic: str, partition: int, from_offset: int = 0, *, linearizable: bool = False
+    ) -> Generator[list[Record], None, None]:
+        """Like :meth:`stream_from`, a batch at a time."""
+        return self._batches(
+            self._client.stream_batches_from(
+                topic, partition, from_offset, linearizable=linearizable
+            )
+        )
 
     def servers(self) -> list[ServerInfo]:
         """The cluster's members, asked now."""
