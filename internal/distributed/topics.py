@@ -312,6 +312,7 @@ class Topics:
         self.stats = TopicsStats()
         self._task: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._unlisten: Callable[[], None] | None = None
         self._clock = _Clock()
 
     # -- life --------------------------------------------------------------------------
@@ -328,6 +329,8 @@ class Topics:
             peers={k: v for k, v in self._members().items() if k != self.node_id} or None,
         )
         await node.start()
+        # a quiet controller group wakes when the router reports its leader's node down
+        self._unlisten = self.router.add_down_listener(node.peer_unreachable)
         self.controller = Controller(node, self.fsm)
         if bootstrap and not node.has_state():
             await node.bootstrap([Server(self.node_id, self._rpc_addr())])
@@ -343,6 +346,9 @@ class Topics:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._task = self._flusher = None
+        if self._unlisten is not None:
+            self._unlisten()
+            self._unlisten = None
         await self.host.close_all()
         if self.controller is not None:
             await self.controller.node.close()
