@@ -5,9 +5,12 @@ default). Three topics are created through the admin API: p1 (1 partition), p3 (
 p12 (12), all R3. Once every partition has a leader and leadership is spread (each node
 hands partitions to their preferred leaders), each topic is measured in turn, the three in
 alternating order for --rounds rounds: one ProduceStream per partition, to its leader
-(GetPartitions), 100 B records, --batch per message, the same records in flight overall
-(--window records, at least one message per partition). The figure is the aggregate
-records/s of the topic (median of the rounds) and the nodes' CPU µs per record.
+(GetPartitions), 100 B records, --batch per message, under two loads: the same records in
+flight overall (--window records split over the partitions, at least one message each:
+each partition's Raft rounds carry fewer records) and the same records in flight on each
+partition (--window per partition: the load grows with the partitions, as it does when
+more producers use more partitions). The figure is the aggregate records/s of the topic
+(median of the rounds) and the nodes' CPU µs per record.
 
 Printed: each topic's records/s and its ratio to p1 (issue 17's goal: p12 >= 0.9x p1),
 CPU per record, and how many partitions each node leads (the bound: ceil(T/N) + 1 for T
@@ -28,9 +31,11 @@ import asyncio
 import collections
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import bench_grpc
@@ -88,14 +93,22 @@ async def spread(cluster: DevCluster, tls: TLSConfig, wait_s: float) -> dict[str
 
 
 async def produce(
-    cluster: DevCluster, tls: TLSConfig, topic: str, partitions: int, args: argparse.Namespace
+    cluster: DevCluster,
+    tls: TLSConfig,
+    topic: str,
+    partitions: int,
+    args: argparse.Namespace,
+    *,
+    shared: bool,
 ) -> tuple[float, float]:
-    """(records/s, node CPU µs per record) of one run on ``topic``."""
+    """(records/s, node CPU µs per record) of one run on ``topic``: with ``shared``,
+    --window records in flight overall (split over the partitions, at least one message
+    each); else --window records in flight on each partition."""
     addrs = await leaders(cluster, tls, "" if topic == DEFAULT[0] else topic)
     by_addr = {n.rpc_addr: name for name, n in cluster.nodes.items()}
     channels = {a: cluster.channel(by_addr[a], tls) for a in set(addrs)}
-    messages = max(partitions, args.window // args.batch)
-    per_partition = max(1, messages // partitions)
+    messages = max(1, args.window // args.batch)
+    per_partition = max(1, messages // partitions) if shared else messages
     try:
         stubs = [log_pb2_grpc.LogStub(channels[a]) for a in addrs]  # type: ignore[no-untyped-call]
         for p, stub in enumerate(stubs):  # warm up every stream's connection
@@ -126,18 +139,63 @@ async def produce(
     return records / seconds, cpu / records * 1e6
 
 
-def render(rates: dict[str, list[float]], cpu: dict[str, list[float]], led: dict[str, int]) -> str:
-    base = statistics.median(rates["p1"])
-    lines = [
-        "| topic | partitions | records/s (median) | vs p1 | node CPU µs/record |",
-        "|---|---|---|---|---|",
-    ]
-    for name, partitions in (DEFAULT, *TOPICS):
-        rate = statistics.median(rates[name])
-        lines.append(
-            f"| {name} | {partitions} | {rate:,.0f} | {rate / base:.2f}x | "
-            f"{statistics.median(cpu[name]):.1f} |"
+MODES = (
+    ("shared", "same records in flight overall"),
+    ("each", "same records in flight per partition"),
+)
+
+
+def node_cpu_s(cluster: DevCluster) -> dict[str, float]:
+    """CPU seconds (user + system) each agent process has used (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    for name, node in cluster.nodes.items():
+        if node.proc is not None:
+            stat = Path(f"/proc/{node.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            found[name] = (int(stat[11]) + int(stat[12])) / tick
+    return found
+
+
+async def idle_cpu(
+    cluster: DevCluster, tls: TLSConfig, args: argparse.Namespace
+) -> dict[str, float]:
+    """Create a topic of --idle-partitions partitions (R3), let it settle, then measure
+    each node's CPU over --idle-seconds with no traffic: percent of one core."""
+    async with cluster.channel("n1", tls) as ch:
+        admin = admin_pb2_grpc.AdminStub(ch)  # type: ignore[no-untyped-call]
+        await admin.CreateTopic(
+            admin_pb2.CreateTopicRequest(
+                name="idle",
+                settings=admin_pb2.TopicSettings(partitions=args.idle_partitions),
+            ),
+            timeout=120,
         )
+    await asyncio.sleep(args.idle_settle)  # elections, leader hand-overs, then quiet
+    before, t0 = node_cpu_s(cluster), time.monotonic()
+    await asyncio.sleep(args.idle_seconds)
+    after, elapsed = node_cpu_s(cluster), time.monotonic() - t0
+    return {n: (after[n] - before[n]) / elapsed * 100 for n in before}
+
+
+def render(
+    rates: dict[tuple[str, str], list[float]],
+    cpu: dict[tuple[str, str], list[float]],
+    led: dict[str, int],
+) -> str:
+    lines = [
+        "| topic | partitions | load | records/s (median) | vs p1 | node CPU µs/record |",
+        "|---|---|---|---|---|---|",
+    ]
+    for mode, label in MODES:
+        base = statistics.median(rates[("p1", mode)])
+        for name, partitions in (DEFAULT, *TOPICS):
+            if mode == "each" and name == DEFAULT[0]:
+                continue
+            rate = statistics.median(rates[(name, mode)])
+            lines.append(
+                f"| {name} | {partitions} | {label} | {rate:,.0f} | {rate / base:.2f}x | "
+                f"{statistics.median(cpu[(name, mode)]):.1f} |"
+            )
     total = 1 + sum(p for _, p in TOPICS)
     lines.append("")
     lines.append(
@@ -153,13 +211,17 @@ def main() -> int:
     ap.add_argument("--max-records", type=int, default=600_000, help="cap per produce run")
     ap.add_argument("--window", type=int, default=1000, help="records in flight, overall")
     ap.add_argument("--batch", type=int, default=100, help="records per batch message")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per topic")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds per topic")
     ap.add_argument("--sync", default="interval", help="the agents' --sync")
     ap.add_argument("--spread-wait", type=float, default=30.0, help="seconds to wait for leaders")
+    ap.add_argument("--idle-partitions", type=int, default=100, help="partitions of the idle topic")
+    ap.add_argument("--idle-settle", type=float, default=15.0, help="seconds before measuring")
+    ap.add_argument("--idle-seconds", type=float, default=10.0, help="seconds measured idle")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args, _unknown = ap.parse_known_args()
-    rates: dict[str, list[float]] = {name: [] for name, _ in (DEFAULT, *TOPICS)}
-    cpu: dict[str, list[float]] = {name: [] for name, _ in (DEFAULT, *TOPICS)}
+    keys = [(name, mode) for mode, _ in MODES for name, _ in (DEFAULT, *TOPICS)]
+    rates: dict[tuple[str, str], list[float]] = {k: [] for k in keys}
+    cpu: dict[tuple[str, str], list[float]] = {k: [] for k in keys}
     with tempfile.TemporaryDirectory(prefix="bench-partitions-") as tmp:
         print(f"3-node cluster, sync={args.sync}", file=sys.stderr)
         cluster, tls = start_cluster(Path(tmp), args.sync)
@@ -172,21 +234,43 @@ def main() -> int:
                     order = (DEFAULT, *TOPICS)
                     if r % 2:
                         order = order[::-1]
-                    for name, partitions in order:
-                        rate, us = await produce(cluster, tls, name, partitions, args)
-                        rates[name].append(rate)
-                        cpu[name].append(us)
-                        print(
-                            f"  {name}: {rate:,.0f} records/s, {us:.1f} µs/record", file=sys.stderr
-                        )
+                    for mode, _ in MODES:
+                        for name, partitions in order:
+                            if mode == "each" and name == DEFAULT[0]:
+                                continue  # the same run as "shared" for one partition
+                            rate, us = await produce(
+                                cluster, tls, name, partitions, args, shared=mode == "shared"
+                            )
+                            rates[(name, mode)].append(rate)
+                            cpu[(name, mode)].append(us)
+                            print(
+                                f"  {name} ({mode}): {rate:,.0f} records/s, {us:.1f} µs/record",
+                                file=sys.stderr,
+                            )
+                idle.update(await idle_cpu(cluster, tls, args))
                 return led
 
+            idle: dict[str, float] = {}
             led = asyncio.run(run())
         finally:
             cluster.stop_all()
     print(render(rates, cpu, led))
+    total = 1 + sum(p for _, p in TOPICS) + args.idle_partitions
+    print(
+        f"idle, {total} partitions at R3 on 3 nodes (goal < 10 % of a core each): "
+        + ", ".join(f"{n}: {pct:.1f} %" for n, pct in sorted(idle.items()))
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({"rates": rates, "cpu_us": cpu, "leaders": led}))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "rates": {f"{n}/{m}": v for (n, m), v in rates.items()},
+                    "cpu_us": {f"{n}/{m}": v for (n, m), v in cpu.items()},
+                    "leaders": led,
+                    "idle_cpu_percent": idle,
+                }
+            )
+        )
     return 0
 
 
