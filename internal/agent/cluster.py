@@ -499,10 +499,13 @@ class ClusterNode:
         return {s.id: s.address for s in node.membership}
 
     def member_alive(self, node_id: str) -> bool | None:
-        """Serf's view of a member: alive or not (None: Serf does not know it, or runs not)."""
+        """Serf's view of a member: alive or not (None: no opinion). Without Serf (static
+        peers), the Raft transport's liveness pings decide: a peer silent for 2 s is down
+        until it is heard again."""
         view = self.serf_view()
         if view is None:
-            return None
+            router = self.router
+            return False if router is not None and node_id in router.down else None
         member = view.get(node_id)
         return None if member is None else member.status == "alive"
 

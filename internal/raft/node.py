@@ -156,6 +156,10 @@ class RaftNode:
             )
         self._fsm = fsm
         self._transport = transport
+        #: how the logs name this node: its id, and its Raft group when it shares the
+        #: transport with others (raft/groups.py; the default group "" is not named)
+        group = getattr(transport, "group", "")
+        self._label = f"{self.id} (group {group})" if isinstance(group, str) and group else self.id
         self._peers = PeerTable(self.id, transport, peers)
         self._rng = random.Random(config.seed)
         self._clock: Clock = clock if clock is not None else MonotonicClock()
@@ -932,7 +936,7 @@ class RaftNode:
         if prev is None or prev.leader != ss.leader:
             log.info(
                 "raft node %s: term %d, role %s, leader %r",
-                self.id,
+                self._label,
                 ss.term,
                 ss.role.name,
                 ss.leader,

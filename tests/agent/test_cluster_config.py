@@ -39,7 +39,13 @@ def test_cluster_mode_is_chosen_by_flags_or_existing_raft_state(
     ):
         config = _config(tmp_path, dev_certs, **changes)
         assert config.cluster_mode, changes
-        assert [s.name for s in Agent(config).steps] == ["mux", "raft", "server", "membership"]
+        assert [s.name for s in Agent(config).steps] == [
+            "mux",
+            "raft",
+            "topics",
+            "server",
+            "membership",
+        ]
     (tmp_path / "data" / "raft").mkdir(parents=True)
     assert _config(tmp_path, dev_certs).cluster_mode  # a restarted member needs no flag
 

@@ -12,7 +12,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from raftlog.api.admin.v1 import admin_pb2
-from raftlog.api.contract import ADMIN_SERVICE, Action
+from raftlog.api.contract import ADMIN_SERVICE, CLUSTER_SERVICE, Action
 from raftlog.api.status import error_info_from_metadata
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.auth import (
@@ -201,15 +201,21 @@ async def _serving(
 
 def test_every_log_rpc_has_an_acl_decision() -> None:
     """A new rpc must be given an action (or be declared open) on purpose: every rpc of
-    log.v1.Log and of the admin service (whose rpcs all need ``admin``)."""
+    log.v1.Log, of the admin service (whose rpcs all need ``admin``) and of the nodes'
+    cluster service (whose rpcs all need ``replicate``)."""
     service = log_pb2.DESCRIPTOR.services_by_name["Log"]
     methods = {f"/log.v1.Log/{m.name}" for m in service.methods}
     admin = admin_pb2.DESCRIPTOR.services_by_name["Admin"]
     admin_methods = {f"/{admin.full_name}/{m.name}" for m in admin.methods}
+    cluster = admin_pb2.DESCRIPTOR.services_by_name["Cluster"]
+    cluster_methods = {f"/{cluster.full_name}/{m.name}" for m in cluster.methods}
     assert admin.full_name == ADMIN_SERVICE
-    assert methods | admin_methods == set(DEFAULT_ACTIONS) | OPEN_METHODS
+    assert cluster.full_name == CLUSTER_SERVICE
+    assert methods | admin_methods | cluster_methods == set(DEFAULT_ACTIONS) | OPEN_METHODS
     assert {DEFAULT_ACTIONS[m] for m in admin_methods} == {Action.ADMIN}
+    assert {DEFAULT_ACTIONS[m] for m in cluster_methods} == {Action.REPLICATE}
     assert not set(DEFAULT_ACTIONS) & OPEN_METHODS
+    assert {"/log.v1.Log/GetServers", "/log.v1.Log/GetPartitions"} == OPEN_METHODS
 
 
 async def test_a_log_rpc_without_a_declared_action_is_refused(

@@ -321,7 +321,10 @@ def test_fuzzed_raft_frames_never_crash_or_change_a_node(
     for name, node in c.nodes.items():
         assert node.running, f"{name} died"
         new = c.log_text(name)[logs_before[name] :]
-        assert ", role " not in new, f"{name} changed term or role:\n{new[-3000:]}"
+        # the log's own Raft group (the controller group "_controller", named in its
+        # lines, forms while the cluster starts and may still be adding this node)
+        default = "\n".join(line for line in new.splitlines() if "(group " not in line)
+        assert ", role " not in default, f"{name} changed term or role:\n{new[-3000:]}"
         for sign in ("restored from", "committed: index", "snapshot received"):
             assert sign not in new, f"{name}: {sign!r} after the fuzzer:\n{new[-3000:]}"
     assert sum(TRIED.values()) >= EXAMPLES // 2, TRIED

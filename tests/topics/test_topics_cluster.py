@@ -5,6 +5,7 @@ admin and log.v1 gRPC APIs a user calls, on whichever node."""
 
 from __future__ import annotations
 
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -161,3 +162,46 @@ async def test_a_topic_is_created_written_by_key_read_per_partition_and_deleted(
             with pytest.raises(grpc.aio.AioRpcError) as protected:
                 await admin.DeleteTopic(admin_pb2.DeleteTopicRequest(name="default"))
             assert protected.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_static_peers_report_a_dead_node_to_the_controller_through_liveness_pings(
+    tmp_path: Path, dev_certs: dict[str, CertFiles]
+) -> None:
+    """Without Serf (--peers), a node killed with SIGKILL is reported down to the
+    controller by the Raft transport's liveness pings; its replicas show as not live, and
+    the partitions keep a leader on the two others."""
+    async with three_node_cluster_async(
+        tmp_path, dev_certs, static_peers=True, check_exit=False
+    ) as c:
+        tls = c.client_tls
+        assert tls is not None
+        async with c.channel("n1", tls) as ch:
+            admin = admin_pb2_grpc.AdminStub(ch)  # type: ignore[no-untyped-call]
+
+            async def created() -> bool:
+                try:
+                    await admin.CreateTopic(
+                        admin_pb2.CreateTopicRequest(
+                            name="static", settings=admin_pb2.TopicSettings(partitions=3)
+                        ),
+                        timeout=20,
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code() == grpc.StatusCode.ALREADY_EXISTS
+                return True
+
+            await wait_until(created, timeout=30, what="the topic created")
+
+            async def replicas_live(expected: set[str]) -> bool:
+                d = await admin.DescribeTopic(admin_pb2.DescribeTopicRequest(name="static"))
+                live = {r.node_id for p in d.partitions for r in p.replicas if r.live}
+                return live == expected and all(p.leader_id for p in d.partitions)
+
+            await wait_until(
+                lambda: replicas_live({"n1", "n2", "n3"}), timeout=60, what="3 live replicas"
+            )
+            c.signal("n3", signal.SIGKILL)
+            c.wait_exit("n3", 10)
+            await wait_until(
+                lambda: replicas_live({"n1", "n2"}), timeout=30, what="n3 reported down"
+            )
