@@ -3,7 +3,8 @@
 Every expected value below comes from Kafka or from Java running Kafka's function, never
 from the code under test:
 
-- :data:`KAFKA_UTILS_TEST`: Kafka's own unit test, ``UtilsTest.testMurmur2`` in
+- ``KAFKA_UTILS_TEST`` (in ``support/kafka_keys.py``, shared with the routing tests):
+  Kafka's own unit test, ``UtilsTest.testMurmur2`` in
   apache/kafka ``clients/src/test/java/org/apache/kafka/common/utils/UtilsTest.java``
   (read at commit f55581dc73953c3509a4702433aeeeddc2970779).
 - :data:`JAVA_GENERATED`: the table of kafkajs' Java-compatible murmur2 test, tulios/kafkajs
@@ -13,7 +14,8 @@ from the code under test:
 - :data:`JAVA_PARTITIONS_OF_1000`: dpkp/kafka-python ``test/test_partitioner.py``,
   ``test_murmur2_java_compatibility``: the partitions of six keys on a 1000-partition topic,
   "compare[d] with output from Kafka's org.apache.kafka.clients.producer.Partitioner".
-- :data:`DERIVED_PARTITIONS`: Kafka's rule (``BuiltInPartitioner.partitionForKey``:
+- ``DERIVED_PARTITIONS`` (``support/kafka_keys.py``): Kafka's rule
+  (``BuiltInPartitioner.partitionForKey``:
   ``Utils.toPositive(Utils.murmur2(key)) % numPartitions``, ``toPositive`` being
   ``& 0x7fffffff``) applied by hand to the hashes of Kafka's own test; a test recomputes
   each row from :data:`KAFKA_UTILS_TEST` with that rule, independently of ``murmur2``.
@@ -26,15 +28,7 @@ import random
 import pytest
 
 from raftlog.api.partitioning import murmur2, partition_for_key
-
-KAFKA_UTILS_TEST: dict[bytes, int] = {
-    b"21": -973932308,
-    b"foobar": -790332482,
-    b"a-little-bit-long-string": -985981536,
-    b"a-little-bit-longer-string": -1486304829,
-    b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
-    b"abc": 479470107,
-}
+from support.kafka_keys import DERIVED_PARTITIONS, KAFKA_UTILS_TEST
 
 JAVA_GENERATED: dict[bytes, int] = {
     b"0": 971027396,
@@ -65,28 +59,6 @@ JAVA_PARTITIONS_OF_1000: dict[bytes, int] = {
     b"123456789": 566,
     b"\x00 ": 742,
 }
-
-#: (key, partitions, partition): Kafka's rule on the hashes of KAFKA_UTILS_TEST.
-DERIVED_PARTITIONS: list[tuple[bytes, int, int]] = [
-    (b"21", 1, 0),
-    (b"21", 3, 0),
-    (b"21", 12, 0),
-    (b"21", 100, 40),
-    (b"foobar", 6, 0),
-    (b"foobar", 12, 6),
-    (b"foobar", 100, 66),
-    (b"a-little-bit-long-string", 3, 2),
-    (b"a-little-bit-long-string", 12, 8),
-    (b"a-little-bit-long-string", 100, 12),
-    (b"a-little-bit-longer-string", 6, 5),
-    (b"a-little-bit-longer-string", 12, 11),
-    (b"a-little-bit-longer-string", 100, 19),
-    (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", 12, 5),
-    (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", 100, 77),
-    (b"abc", 3, 0),
-    (b"abc", 6, 3),
-    (b"abc", 100, 7),
-]
 
 
 @pytest.mark.parametrize(("key", "expected"), sorted(KAFKA_UTILS_TEST.items()))

@@ -15,6 +15,7 @@ import contextlib
 import os
 import random
 import signal
+import time
 from pathlib import Path
 
 import grpc
@@ -26,7 +27,7 @@ from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.security import CertFiles
 from raftlog.security.grpc_tls import grpc_channel_credentials
 from support.chaos_checker import check
-from support.chaos_harness import RAW_OPTIONS, History, Op
+from support.chaos_harness import RAW_OPTIONS, History, Op, read_whole
 from support.chaos_run import duration_s, seed_for
 from support.cluster import new_cluster, start_cluster
 from support.wait import wait_until
@@ -113,27 +114,6 @@ async def _ends(c: DevCluster, partition: int) -> dict[str, int]:
     return found
 
 
-async def _read_whole(c: DevCluster, name: str, partition: int, end: int) -> list[str]:
-    out: list[str] = []
-    if end == 0:
-        return out
-    async with _channel(c, name) as ch:
-        stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
-        call = stub.ConsumeStream(
-            log_pb2.ConsumeRequest(topic=TOPIC, partition=partition, offset=0, max_records=1000),
-            timeout=30,
-        )
-        async for resp in call:
-            for r in resp.records:
-                if r.offset != len(out):
-                    out.append(f"<offset {r.offset} where {len(out)} was expected>")
-                out.append(r.value.decode(errors="replace"))
-            if len(out) >= end:
-                call.cancel()
-                break
-    return out
-
-
 async def test_partitions_under_kills_lose_nothing_duplicate_nothing_and_agree(
     tmp_path: Path, dev_certs: dict[str, CertFiles]
 ) -> None:
@@ -189,7 +169,12 @@ async def test_partitions_under_kills_lose_nothing_duplicate_nothing_and_agree(
                 converged, timeout=60, what=f"partition {partition}'s replicas converged"
             )
             end = stable[-1]
-            logs = {n: await _read_whole(c, n, partition, end[n]) for n in c.nodes}
+            logs: dict[str, list[str]] = {}
+            for n in c.nodes:
+                async with _channel(c, n) as ch:
+                    logs[n] = await read_whole(
+                        ch, end[n], time.monotonic() + 30, topic=TOPIC, partition=partition
+                    )
             verdict = check(histories[partition], logs)
             assert verdict.ok, (seed, partition, events, verdict.problems)
             assert verdict.acknowledged > 0, (partition, events)

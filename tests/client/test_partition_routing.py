@@ -28,22 +28,14 @@ from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.client import ClientConfig, LogClient, PartitionInfo, TopicPartitions
 from raftlog.security import CertFiles
 from support.cluster import three_node_cluster_async
+from support.kafka_keys import DERIVED_PARTITIONS
 from support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
-#: (key, partitions, partition): Kafka's rule on the hashes of Kafka's own murmur2 unit
-#: test, the rows of tests/api/test_partition_keys.py for topics of 6 and 12 partitions.
-KAFKA_PARTITIONS: list[tuple[bytes, int, int]] = [
-    (b"21", 12, 0),
-    (b"foobar", 6, 0),
-    (b"foobar", 12, 6),
-    (b"a-little-bit-long-string", 12, 8),
-    (b"a-little-bit-longer-string", 6, 5),
-    (b"a-little-bit-longer-string", 12, 11),
-    (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", 12, 5),
-    (b"abc", 6, 3),
-]
+#: (key, partitions, partition): Kafka's rule on Kafka's own murmur2 test hashes, the rows
+#: of the shared reference table for topics of 6 and 12 partitions.
+KAFKA_PARTITIONS = [row for row in DERIVED_PARTITIONS if row[1] in (6, 12)]
 TOPICS = {6: "six", 12: "twelve"}
 
 CONFIG = ClientConfig(

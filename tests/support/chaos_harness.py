@@ -917,22 +917,30 @@ async def final_logs(
             await asyncio.sleep(0.5)
         logs: dict[str, list[str]] = {}
         for name, ch in channels.items():
-            logs[name] = await _read_whole(ch, ends[name], deadline)
+            logs[name] = await read_whole(ch, ends[name], deadline)
         return logs
     finally:
         for ch in channels.values():
             await ch.close()
 
 
-async def _read_whole(ch: grpc.aio.Channel, end: int, deadline: float) -> list[str]:
-    """Every record below ``end`` on one replica; a gap or a reordered offset is kept as a
-    placeholder so the checker reports it."""
+async def read_whole(
+    ch: grpc.aio.Channel,
+    end: int,
+    deadline: float,
+    *,
+    topic: str = "",
+    partition: int | None = None,
+) -> list[str]:
+    """Every record below ``end`` on one replica (of the default topic, or of ``topic``'s
+    ``partition``); a gap or a reordered offset is kept as a placeholder so the checker
+    reports it."""
     stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
     out: list[str] = []
     if end == 0:
         return out
     call = stub.ConsumeStream(
-        log_pb2.ConsumeRequest(offset=0, max_records=1000),
+        log_pb2.ConsumeRequest(offset=0, max_records=1000, topic=topic, partition=partition),
         timeout=max(1.0, deadline - time.monotonic()),
     )
     async for resp in call:
