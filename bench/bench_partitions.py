@@ -100,14 +100,15 @@ async def produce(
     args: argparse.Namespace,
     *,
     shared: bool,
+    scale: int = 1,
 ) -> tuple[float, float]:
     """(records/s, node CPU µs per record) of one run on ``topic``: with ``shared``,
-    --window records in flight overall (split over the partitions, at least one message
-    each); else --window records in flight on each partition."""
+    ``scale`` x --window records in flight overall (split over the partitions, at least one
+    message each); else --window records in flight on each partition."""
     addrs = await leaders(cluster, tls, "" if topic == DEFAULT[0] else topic)
     by_addr = {n.rpc_addr: name for name, n in cluster.nodes.items()}
     channels = {a: cluster.channel(by_addr[a], tls) for a in set(addrs)}
-    messages = max(1, args.window // args.batch)
+    messages = max(1, scale * args.window // args.batch)
     per_partition = max(1, messages // partitions) if shared else messages
     try:
         stubs = [log_pb2_grpc.LogStub(channels[a]) for a in addrs]  # type: ignore[no-untyped-call]
@@ -156,6 +157,25 @@ def node_cpu_s(cluster: DevCluster) -> dict[str, float]:
     return found
 
 
+async def no_lag(cluster: DevCluster, tls: TLSConfig, timeout_s: float) -> bool:
+    """Wait (up to ``timeout_s``) until every replica of every topic is at its leader's
+    next offset (DescribeTopic's lag); whether they all are."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    names = ["default", *(t for t, _ in TOPICS)]
+    async with cluster.channel("n1", tls) as ch:
+        admin = admin_pb2_grpc.AdminStub(ch)  # type: ignore[no-untyped-call]
+        while loop.time() < end:
+            lagging = 0
+            for name in names:
+                d = await admin.DescribeTopic(admin_pb2.DescribeTopicRequest(name=name), timeout=10)
+                lagging += sum(1 for p in d.partitions for r in p.replicas if r.lag)
+            if not lagging:
+                return True
+            await asyncio.sleep(1.0)
+    return False
+
+
 async def idle_cpu(
     cluster: DevCluster, tls: TLSConfig, args: argparse.Namespace
 ) -> dict[str, float]:
@@ -170,6 +190,9 @@ async def idle_cpu(
             ),
             timeout=120,
         )
+    # followers that fell behind during the load catch up first (that is work, not idleness)
+    caught_up = await no_lag(cluster, tls, args.idle_catch_up)
+    print(f"  replicas caught up: {caught_up}", file=sys.stderr)
     await asyncio.sleep(args.idle_settle)  # elections, leader hand-overs, then quiet
     before, t0 = node_cpu_s(cluster), time.monotonic()
     await asyncio.sleep(args.idle_seconds)
@@ -196,6 +219,15 @@ def render(
                 f"| {name} | {partitions} | {label} | {rate:,.0f} | {rate / base:.2f}x | "
                 f"{statistics.median(cpu[(name, mode)]):.1f} |"
             )
+    most = max(p for _, p in TOPICS)
+    saturated = statistics.median(rates[("p1", "saturated")])
+    top = statistics.median(rates[(f"p{most}", "each")])
+    lines.append("")
+    lines.append(
+        f"p1 with {most} x --window records in flight (as many as p{most} per partition has in "
+        f"all): {saturated:,.0f} records/s; p{most} per partition / this: "
+        f"{top / saturated:.2f}x"
+    )
     total = 1 + sum(p for _, p in TOPICS)
     lines.append("")
     lines.append(
@@ -216,10 +248,14 @@ def main() -> int:
     ap.add_argument("--spread-wait", type=float, default=30.0, help="seconds to wait for leaders")
     ap.add_argument("--idle-partitions", type=int, default=100, help="partitions of the idle topic")
     ap.add_argument("--idle-settle", type=float, default=15.0, help="seconds before measuring")
+    ap.add_argument(
+        "--idle-catch-up", type=float, default=120.0, help="seconds to wait for lagging replicas"
+    )
     ap.add_argument("--idle-seconds", type=float, default=10.0, help="seconds measured idle")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args, _unknown = ap.parse_known_args()
     keys = [(name, mode) for mode, _ in MODES for name, _ in (DEFAULT, *TOPICS)]
+    keys.append(("p1", "saturated"))
     rates: dict[tuple[str, str], list[float]] = {k: [] for k in keys}
     cpu: dict[tuple[str, str], list[float]] = {k: [] for k in keys}
     with tempfile.TemporaryDirectory(prefix="bench-partitions-") as tmp:
@@ -247,6 +283,12 @@ def main() -> int:
                                 f"  {name} ({mode}): {rate:,.0f} records/s, {us:.1f} µs/record",
                                 file=sys.stderr,
                             )
+                    # one partition under as much load as the most partitioned topic gets
+                    most = max(p for _, p in TOPICS)
+                    rate, us = await produce(cluster, tls, "p1", 1, args, shared=True, scale=most)
+                    rates[("p1", "saturated")].append(rate)
+                    cpu[("p1", "saturated")].append(us)
+                    print(f"  p1 (x{most} in flight): {rate:,.0f} records/s", file=sys.stderr)
                 idle.update(await idle_cpu(cluster, tls, args))
                 return led
 
