@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import shutil
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,9 +197,9 @@ class PartitionHost:
         self, metadata: ClusterMetadata, addresses: Mapping[str, str]
     ) -> tuple[list[PartitionKey], list[PartitionKey]]:
         """Open the replicas ``metadata`` assigns to this node (voter or learner) that are
-        not open, and close those it no longer assigns (their files stay: a replica that
-        moved away is deleted once the move has committed, by whoever drives it). A new
-        replica on one of its partition's initial voters bootstraps the group with them.
+        not open, and close those it no longer assigns, deleting their files
+        (:meth:`remove_files`). A new replica on one of its partition's initial voters
+        bootstraps the group with them.
         ``addresses``: node id -> Raft address of every node. The default partition is left
         alone: the node opens it at start and its membership is the cluster's. Returns the
         keys opened and closed."""
@@ -231,7 +232,22 @@ class PartitionHost:
         closed = sorted(k for k in self.replicas if k not in mine and k != (DEFAULT_TOPIC, 0))
         for key in closed:
             await self.close(*key)
+            await self.remove_files(*key)
         return opened, closed
+
+    async def remove_files(self, topic: str, partition: int) -> None:
+        """Delete a closed replica's folder (its commit log and Raft files): the metadata no
+        longer assigns it here, because its topic was deleted or because the move that took
+        it away has committed (``ReplicaRemoved`` is recorded only once the group removed
+        this node), so nothing will ask for it again. Refused for an open replica and for
+        the default partition (the node's own data directory)."""
+        if (topic, partition) in self.replicas or (topic, partition) == (DEFAULT_TOPIC, 0):
+            raise PartitionHostError(f"partition {topic}/{partition} is open or the default")
+        directory = replica_dir(self.data_dir, topic, partition)
+        await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)
+        log.info(
+            "partition %s/%d: files removed from %s (%s)", topic, partition, self.node_id, directory
+        )
 
     def _settings_of(self, metadata: ClusterMetadata, topic: str) -> DistributedConfig:
         """The host's DistributedLog settings with ``topic``'s retention (a topic's

@@ -155,7 +155,16 @@ async def test_a_topic_is_created_written_by_key_read_per_partition_and_deleted(
 
         async with c.channel("n1", tls) as ch:
             admin = admin_pb2_grpc.AdminStub(ch)  # type: ignore[no-untyped-call]
+            folders = [n.data_dir / "partitions" / "orders" for n in c.nodes.values()]
+            assert all((f / "0").is_dir() for f in folders)
             await admin.DeleteTopic(admin_pb2.DeleteTopicRequest(name="orders"), timeout=30)
+            # every node closes its replicas and deletes their files (a topic created
+            # again under the name starts empty, not from the old Raft state)
+            await wait_until(
+                lambda: not any(f.exists() and any(f.iterdir()) for f in folders),
+                timeout=20,
+                what="the deleted topic's folders removed on every node",
+            )
             with pytest.raises(grpc.aio.AioRpcError) as gone:
                 await admin.DescribeTopic(admin_pb2.DescribeTopicRequest(name="orders"))
             assert gone.value.code() == grpc.StatusCode.NOT_FOUND
