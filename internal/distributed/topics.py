@@ -92,6 +92,8 @@ log = logging.getLogger(__name__)
 
 #: Entries a learner may still be behind its partition's leader to count as caught up.
 CAUGHT_UP_LAG = 16
+#: Bound of the leadership hand-overs a stopping node runs for the groups it leads (s).
+HAND_OVER_TIMEOUT_S = 3.0
 
 
 def rejection_error(result: Rejected, topic: str) -> DomainError:
@@ -349,9 +351,36 @@ class Topics:
         if self._unlisten is not None:
             self._unlisten()
             self._unlisten = None
+        await self.hand_over(HAND_OVER_TIMEOUT_S)
         await self.host.close_all()
         if self.controller is not None:
             await self.controller.node.close()
+
+    async def hand_over(self, timeout_s: float) -> int:
+        """Before this node stops: hand every partition it leads (and the controller, if
+        it leads it) to another voter, all at once, within ``timeout_s`` seconds, so that
+        their writes pause for a transfer rather than an election timeout. Returns how
+        many moved; a failed transfer is only logged (the group elects without it)."""
+        groups: list[tuple[str, RaftNode]] = [
+            (f"{k[0]}/{k[1]}", d.node) for k, d in self.host.replicas.items() if d.is_leader()
+        ]
+        if self.controller is not None and self.controller.node.is_leader:
+            groups.append((CONTROLLER_GROUP, self.controller.node))
+        groups = [(name, node) for name, node in groups if len(node.membership.voters) > 1]
+
+        async def one(name: str, node: RaftNode) -> bool:
+            try:
+                new = await node.transfer_leadership(timeout=timeout_s)
+            except (RaftError, TimeoutError) as exc:
+                log.info("%s: leadership not handed over before stopping: %s", name, exc)
+                return False
+            log.info("%s: leadership handed to %s before stopping", name, new)
+            return True
+
+        if not groups:
+            return 0
+        moved = await asyncio.gather(*(one(name, node) for name, node in groups))
+        return sum(moved)
 
     def members(self) -> Mapping[str, str]:
         """Node id -> rpc address of every member of the cluster (this node included)."""

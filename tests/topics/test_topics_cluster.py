@@ -5,6 +5,7 @@ admin and log.v1 gRPC APIs a user calls, on whichever node."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections import Counter
 from pathlib import Path
@@ -171,6 +172,13 @@ async def test_a_topic_is_created_written_by_key_read_per_partition_and_deleted(
             with pytest.raises(grpc.aio.AioRpcError) as protected:
                 await admin.DeleteTopic(admin_pb2.DeleteTopicRequest(name="default"))
             assert protected.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+            # a node stopped gracefully hands the partitions it leads over first
+            d = await admin.DescribeTopic(admin_pb2.DescribeTopicRequest(name="short"))
+            leader = d.partitions[0].leader_id
+        c.signal(leader, signal.SIGTERM)
+        assert await asyncio.to_thread(c.wait_exit, leader, 30) == 0
+        assert "short/0: leadership handed to" in c.log_text(leader), c.log_text(leader)[-3000:]
 
 
 async def test_static_peers_report_a_dead_node_to_the_controller_through_liveness_pings(
