@@ -166,6 +166,8 @@ def run_dev_cluster(args: argparse.Namespace) -> int:
             f"  {prog} servers --addr {addrs}",
             f"  {prog} produce --addr {addrs} hello world",
             f"  {prog} consume --addr {addrs} --from 0",
+            f"  {prog} topic create demo --partitions 3 --addr {addrs}",
+            f"  {prog} produce --addr {addrs} --topic demo --key user-1 hello",
             "stop every node with Ctrl-C (SIGINT) or SIGTERM",
         ]
         print("\n".join(lines), flush=True)

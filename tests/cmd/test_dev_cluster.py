@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from raftlog.agent.devcluster import port_is_free, unassigned_ports
+from raftlog.api.partitioning import partition_for_key
 from support.cli import RAFTLOG, run_raftlog
 from support.procs import serf_pids
 
@@ -172,6 +173,12 @@ async def test_make_run_cluster_serves_the_printed_commands_and_restarts(
         assert produced.split() == ["0", "1"], produced
         consumed = await run([*first.command("consume"), "--count", "2"], tmp_path)
         assert consumed.split() == ["hello", "world"], consumed
+        # the printed topic commands: a topic of 3 partitions, a keyed record in it
+        created = await run(first.command("topic"), tmp_path)
+        assert "demo" in created, created
+        keyed = next(x for x in first.banner if " produce " in x and "--topic demo" in x)
+        partition, offset = (await run(shlex.split(keyed)[1:], tmp_path)).split()
+        assert (int(partition), int(offset)) == (partition_for_key(b"user-1", 3), 0)
 
         # Long work shows progress on stderr when it is a terminal.
         lines = b"".join(b"line-%d\n" % i for i in range(3000))
