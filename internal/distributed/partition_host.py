@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import shutil
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -111,6 +112,8 @@ class PartitionHost:
         self.router = router
         self.settings = settings
         self.replicas: dict[PartitionKey, DistributedLog] = {}
+        #: the topic incarnation each open replica was opened for
+        self.incarnations: dict[PartitionKey, int] = {}
         #: per open replica, what removes its node from the router's down listeners
         self._unlisten: dict[PartitionKey, Callable[[], None]] = {}
         self._lock = asyncio.Lock()
@@ -125,13 +128,18 @@ class PartitionHost:
         partition: int,
         peers: Mapping[str, str] | None = None,
         distributed: DistributedConfig | None = None,
+        incarnation: int = 0,
     ) -> DistributedLog:
         """Open (creating its folders if new) and start the replica of ``partition`` of
         ``topic``: its commit log, its Raft node on the router's group, its DistributedLog.
         ``peers``: node id -> Raft address of the other replicas, until the group's
         membership names them. ``distributed``: this replica's DistributedLog settings
-        (default: the host's). A replica with no Raft state waits to be bootstrapped
-        (:meth:`bootstrap`) or added to its group by the leader."""
+        (default: the host's). ``incarnation``: the topic's
+        (:attr:`ClusterMetadata.incarnations`), written beside the replica's files: a
+        folder left by an older topic of the same name (this node was down when it was
+        deleted) is wiped first, never opened as the new topic's replica. A replica with no
+        Raft state waits to be bootstrapped (:meth:`bootstrap`) or added to its group by
+        the leader."""
         problem = "" if topic == DEFAULT_TOPIC else topic_name_problem(topic)
         if problem:
             raise PartitionHostError(problem)
@@ -142,6 +150,8 @@ class PartitionHost:
             if key in self.replicas:
                 raise PartitionHostError(f"partition {topic}/{partition} is open already")
             directory = replica_dir(self.data_dir, topic, partition)
+            if key != (DEFAULT_TOPIC, 0):
+                await asyncio.to_thread(_claim_incarnation, directory, incarnation)
             fsm = await asyncio.to_thread(
                 CommitLogFSM.open, directory / "fsm", self.settings.segment
             )
@@ -166,6 +176,7 @@ class PartitionHost:
             )
             dlog.start()
             self.replicas[key] = dlog
+            self.incarnations[key] = incarnation
             log.info(
                 "partition %s/%d opened on %s (commit log %s, next offset %d)",
                 topic,
@@ -188,6 +199,7 @@ class PartitionHost:
         """Stop and close a replica (its files stay on disk)."""
         async with self._lock:
             dlog = self.replicas.pop((topic, partition), None)
+            self.incarnations.pop((topic, partition), None)
             if dlog is None:
                 return
             self._unlisten.pop((topic, partition))()
@@ -208,12 +220,21 @@ class PartitionHost:
             for key, a in metadata.assignments.items()
             if self.node_id in a.replicas and key != (DEFAULT_TOPIC, 0)
         }
+        # an open replica of an older topic of the same name (deleted and created again
+        # before this node reconciled): closed and wiped, then opened anew below
+        for key in sorted(k for k in mine if k in self.replicas):
+            if self.incarnations.get(key, 0) != metadata.incarnation_of(key[0]):
+                await self.close(*key)
+                await self.remove_files(*key)
         opened: list[PartitionKey] = []
         for key in sorted(set(mine) - set(self.replicas)):
             a = mine[key]
             peers = {n: addresses[n] for n in a.replicas if n in addresses}
             dlog = await self.open(
-                *key, peers=peers, distributed=self._settings_of(metadata, key[0])
+                *key,
+                peers=peers,
+                distributed=self._settings_of(metadata, key[0]),
+                incarnation=metadata.incarnation_of(key[0]),
             )
             opened.append(key)
             if self.node_id in a.initial and not dlog.node.has_state():
@@ -291,6 +312,45 @@ class PartitionHost:
             self._unlisten.clear()
             for dlog in replicas:
                 await _close(dlog)
+
+
+#: The file in a replica's folder naming the topic incarnation its files belong to.
+INCARNATION_FILE = "incarnation"
+
+
+def _claim_incarnation(directory: Path, incarnation: int) -> None:
+    """Make ``directory`` the replica folder of topic incarnation ``incarnation``: a folder
+    of another incarnation (or of none, from a build before incarnations, when
+    ``incarnation`` is not 0) is removed first; the marker is written (fsynced) before
+    any of the replica's files."""
+    marker = directory / INCARNATION_FILE
+    try:
+        found: int | None = int(marker.read_text().strip() or "-1")
+    except FileNotFoundError:
+        found = None if any(directory.glob("*")) else incarnation
+    except ValueError:
+        found = -1
+    if found is not None and found != incarnation and directory.exists():
+        log.warning(
+            "%s holds incarnation %s of its topic, not %d: removing it",
+            directory,
+            found,
+            incarnation,
+        )
+        shutil.rmtree(directory)
+    elif found is None and incarnation != 0:
+        log.warning(
+            "%s has no incarnation mark: removing it (incarnation %d)", directory, incarnation
+        )
+        shutil.rmtree(directory)
+    if not marker.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, f"{incarnation}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 async def _close(dlog: DistributedLog) -> None:

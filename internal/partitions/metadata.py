@@ -69,8 +69,10 @@ MAX_REPLICATION: Final = 7
 MAX_NODE_ID_BYTES: Final = 255
 
 #: Version written by :meth:`ClusterMetadata.encode`; :meth:`ClusterMetadata.decode`
+#: reads it and version 2 (before topics had an incarnation: every topic's is then 0) and
 #: refuses any other.
-FORMAT_VERSION: Final = 2
+FORMAT_VERSION: Final = 3
+_READABLE_VERSIONS: Final = (2, 3)
 
 # Kafka's legal characters. No "/" above all: the ring places a partition at
 # position(f"{topic}/{partition}"), and "/" in names would let two partitions share a label.
@@ -377,6 +379,11 @@ class ClusterMetadata:
             every topic.
         epoch: the last epoch given to an assignment (0 before the first placement); each
             change of an assignment takes the next one.
+        incarnations: topic -> its incarnation, the value of ``topics_created`` when it
+            was created (0 for the default topic): a topic deleted and created again under
+            its name gets a new one, so a node can tell the replica files of the old topic
+            from the new one's.
+        topics_created: how many topics were ever created (never goes down).
     """
 
     live: set[str] = field(default_factory=set)
@@ -388,8 +395,14 @@ class ClusterMetadata:
         default_factory=lambda: {(DEFAULT_TOPIC, 0): Assignment()}
     )
     epoch: int = 0
+    incarnations: dict[str, int] = field(default_factory=dict)
+    topics_created: int = 0
 
     # --- reading --------------------------------------------------------------------
+
+    def incarnation_of(self, topic: str) -> int:
+        """The incarnation of ``topic`` (0 for the default topic and unknown topics)."""
+        return self.incarnations.get(topic, 0)
 
     def replication_of(self, topic: str) -> int:
         """The replicas a partition of ``topic`` should have now: its ``R``, capped at the
@@ -453,6 +466,8 @@ class ClusterMetadata:
         if command.name in self.topics:
             return Rejected(Reason.TOPIC_EXISTS, f"topic {command.name!r} exists")
         self.topics[command.name] = command.spec
+        self.topics_created += 1
+        self.incarnations[command.name] = self.topics_created
         for partition in range(command.spec.partitions):
             self.assignments[(command.name, partition)] = Assignment()
         return Applied(self._place_unplaced())
@@ -465,6 +480,7 @@ class ClusterMetadata:
                 Reason.PROTECTED_TOPIC, f"topic {DEFAULT_TOPIC!r} serves the book's API"
             )
         spec = self.topics.pop(command.name)
+        self.incarnations.pop(command.name, None)
         for partition in range(spec.partitions):
             del self.assignments[(command.name, partition)]
         return Applied(tuple((command.name, p) for p in range(spec.partitions)))
@@ -613,6 +629,7 @@ class ClusterMetadata:
         doc = {
             "version": FORMAT_VERSION,
             "epoch": self.epoch,
+            "topics_created": self.topics_created,
             "live": sorted(self.live),
             "down_since": dict(sorted(self.down_since.items())),
             "topics": {
@@ -621,6 +638,7 @@ class ClusterMetadata:
                     "replication": spec.replication,
                     "retention_bytes": spec.retention_bytes,
                     "retention_ms": spec.retention_ms,
+                    "incarnation": self.incarnation_of(name),
                 }
                 for name, spec in sorted(self.topics.items())
             },
@@ -653,8 +671,10 @@ class ClusterMetadata:
 
     @classmethod
     def _from_doc(cls, doc: Mapping[str, Any]) -> ClusterMetadata:
-        if doc["version"] != FORMAT_VERSION:
-            raise MetadataDecodeError(f"format version {doc['version']!r}, not {FORMAT_VERSION}")
+        if doc["version"] not in _READABLE_VERSIONS:
+            raise MetadataDecodeError(
+                f"format version {doc['version']!r}, not one of {_READABLE_VERSIONS}"
+            )
         nodes = [*doc["live"], *doc["down_since"]]
         problem = next((p for p in map(node_id_problem, nodes) if p), "")
         if problem:
@@ -665,6 +685,7 @@ class ClusterMetadata:
             topics={},
             assignments={},
             epoch=int(doc["epoch"]),
+            topics_created=int(doc["topics_created"]) if doc["version"] >= 3 else 0,
         )
         for name, raw in doc["topics"].items():
             spec = TopicSpec(
@@ -674,6 +695,11 @@ class ClusterMetadata:
             if problem:
                 raise MetadataDecodeError(problem)
             state.topics[name] = spec
+            incarnation = int(raw.get("incarnation", 0)) if doc["version"] >= 3 else 0
+            if not 0 <= incarnation <= state.topics_created:
+                raise MetadataDecodeError(f"topic {name!r}: incarnation {incarnation!r}")
+            if incarnation:
+                state.incarnations[name] = incarnation
         for raw in doc["assignments"]:
             key = (str(raw["topic"]), int(raw["partition"]))
             learner = raw["learner"]

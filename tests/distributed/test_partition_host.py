@@ -11,6 +11,7 @@ import pytest
 
 from raftlog.distributed import DistributedLog
 from raftlog.distributed.partition_host import (
+    INCARNATION_FILE,
     HostSettings,
     PartitionHost,
     PartitionHostError,
@@ -155,4 +156,32 @@ async def test_bad_names_and_numbers_are_refused(
             await host.bootstrap("orders", 0, [Server("a", "x:1")])
         assert host.replicas == {}
     finally:
+        await group_router.close()
+
+
+async def test_a_replica_folder_of_an_older_topic_incarnation_is_wiped_not_opened(
+    tmp_path: Path, dev_certs: dict[str, CertFiles]
+) -> None:
+    """A topic deleted and created again under its name while this node was away: the old
+    replica's folder (its records, its Raft state) must not become the new topic's."""
+    group_router, _ = await router("a", peer_tls(dev_certs))
+    host = PartitionHost("a", tmp_path, group_router, SETTINGS)
+    folder = replica_dir(tmp_path, "orders", 0)
+    try:
+        dlog = await host.open("orders", 0, incarnation=1)
+        await dlog.node.bootstrap([Server("a", "127.0.0.1:1")])
+        await wait_until(dlog.is_leader, WAIT, "a leader of the one-node group")
+        await dlog.append([b"old record"])
+        await host.close("orders", 0)
+        assert (folder / INCARNATION_FILE).read_text().strip() == "1"
+
+        again = await host.open("orders", 0, incarnation=1)  # the same topic: kept
+        assert again.highest_offset == 0 and again.node.has_state()
+        await host.close("orders", 0)
+
+        fresh = await host.open("orders", 0, incarnation=2)  # a new topic of that name
+        assert fresh.highest_offset == -1 and not fresh.node.has_state()
+        assert (folder / INCARNATION_FILE).read_text().strip() == "2"
+    finally:
+        await host.close_all()
         await group_router.close()

@@ -10,6 +10,7 @@ seed and replays exactly.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from dataclasses import dataclass, fields
@@ -493,7 +494,8 @@ def test_encode_is_sorted_json_independent_of_insertion_order() -> None:
         b"not json",
         b"[]",
         b'{"version": 2}',
-        ClusterMetadata().encode().replace(b'"version":2', b'"version":9'),
+        ClusterMetadata().encode().replace(b'"version":3', b'"version":9'),
+        ClusterMetadata().encode().replace(b'"incarnation":0', b'"incarnation":1'),
         ClusterMetadata().encode().replace(b'"partitions":1', b'"partitions":2'),
         ClusterMetadata().encode().replace(b'"partitions":1', b'"partitions":0'),
         b"\xff\xfe",
@@ -504,6 +506,36 @@ def test_encode_is_sorted_json_independent_of_insertion_order() -> None:
 def test_decode_refuses_what_encode_did_not_write(data: bytes) -> None:
     with pytest.raises(MetadataDecodeError):
         ClusterMetadata.decode(data)
+
+
+def test_a_topic_created_again_under_its_name_has_a_new_incarnation_kept_by_snapshots() -> None:
+    state = ClusterMetadata()
+    assert state.apply(NodeUp("a"), 1.0) == Applied(((DEFAULT_TOPIC, 0),))
+    assert state.incarnation_of(DEFAULT_TOPIC) == 0
+    assert isinstance(state.apply(CreateTopic("t", TopicSpec(2)), 2.0), Applied)
+    first = state.incarnation_of("t")
+    assert first == 1
+    assert isinstance(state.apply(DeleteTopic("t"), 3.0), Applied)
+    assert state.incarnation_of("t") == 0  # unknown again
+    assert isinstance(state.apply(CreateTopic("t", TopicSpec(2)), 4.0), Applied)
+    assert state.incarnation_of("t") == 2
+    copy = ClusterMetadata.decode(state.encode())
+    assert copy == state and copy.incarnation_of("t") == 2 and copy.topics_created == 2
+
+
+def test_a_version_2_snapshot_reads_with_every_incarnation_0() -> None:
+    """What the controller wrote before topics had an incarnation still restores."""
+    state = ClusterMetadata()
+    state.apply(NodeUp("a"), 1.0)
+    state.apply(CreateTopic("t", TopicSpec(1)), 2.0)
+    doc = json.loads(state.encode())
+    doc["version"] = 2
+    del doc["topics_created"]
+    for raw in doc["topics"].values():
+        del raw["incarnation"]
+    old = ClusterMetadata.decode(json.dumps(doc).encode())
+    assert old.topics == state.topics and old.assignments == state.assignments
+    assert old.incarnation_of("t") == 0 and old.topics_created == 0
 
 
 # --- the planner, rule by rule ----------------------------------------------------------

@@ -169,6 +169,23 @@ async def test_a_topic_is_created_written_by_key_read_per_partition_and_deleted(
             with pytest.raises(grpc.aio.AioRpcError) as gone:
                 await admin.DescribeTopic(admin_pb2.DescribeTopicRequest(name="orders"))
             assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+            # created again under its name: a new, empty topic (a new incarnation)
+            await admin.CreateTopic(
+                admin_pb2.CreateTopicRequest(
+                    name="orders", settings=admin_pb2.TopicSettings(partitions=2)
+                ),
+                timeout=30,
+            )
+            log = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
+            r = await log.Produce(
+                log_pb2.ProduceRequest(
+                    record=log_pb2.Record(value=b"new"), topic="orders", partition=0
+                ),
+                timeout=20,
+            )
+            assert r.offset == 0
+            assert all((f / "0" / "incarnation").read_text().strip() == "3" for f in folders)
+            await admin.DeleteTopic(admin_pb2.DeleteTopicRequest(name="orders"), timeout=30)
             with pytest.raises(grpc.aio.AioRpcError) as protected:
                 await admin.DeleteTopic(admin_pb2.DeleteTopicRequest(name="default"))
             assert protected.value.code() == grpc.StatusCode.FAILED_PRECONDITION
