@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import os
 import shutil
@@ -47,7 +48,7 @@ from raftlog.partitions import (
 )
 from raftlog.raft import Server
 from raftlog.raft.config import NodeConfig
-from raftlog.raft.groups import DEFAULT_GROUP, GroupRouter
+from raftlog.raft.groups import DEFAULT_GROUP, MAX_GROUP_ID_BYTES, GroupRouter
 from raftlog.raft.node import RaftNode
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,20 @@ class PartitionHostError(ValueError):
     """A replica that cannot be opened as asked (bad topic name or number, or open already)."""
 
 
-def group_id(topic: str, partition: int) -> str:
+def group_id(topic: str, partition: int, incarnation: int = 0) -> str:
     """The Raft group id of a partition: ``""`` for the default partition (no envelope on
-    the wire), ``"<topic>/<partition>"`` otherwise."""
+    the wire), ``"<topic>/<partition>"`` for incarnation 0 and
+    ``"<topic>/<partition>@<incarnation>"`` otherwise, so that a replica of a deleted topic
+    still running on a node that has not caught up never talks to the group of a topic
+    created again under its name. A name too long for the envelope (over
+    :data:`MAX_GROUP_ID_BYTES` with its suffix: topic names reach 249 characters) is
+    replaced by ``"#"`` and 16 hex digits of its BLAKE2b hash."""
     if topic == DEFAULT_TOPIC and partition == 0:
         return DEFAULT_GROUP
-    return f"{topic}/{partition}"
+    suffix = f"/{partition}@{incarnation}" if incarnation else f"/{partition}"
+    if len(topic.encode("utf-8")) + len(suffix) > MAX_GROUP_ID_BYTES:
+        topic = "#" + hashlib.blake2b(topic.encode("utf-8"), digest_size=8).hexdigest()
+    return topic + suffix
 
 
 def replica_dir(data_dir: Path, topic: str, partition: int) -> Path:
@@ -161,7 +170,7 @@ class PartitionHost:
                 raft=dataclasses.replace(base.raft, id=self.node_id),
                 data_dir=directory / "raft",
             )
-            transport = self.router.group(group_id(topic, partition))
+            transport = self.router.group(group_id(topic, partition, incarnation))
             try:
                 node = await RaftNode.on_disk(config, fsm, transport, peers=peers)
                 await node.start()

@@ -21,6 +21,7 @@ from raftlog.distributed.partition_host import (
 from raftlog.partitions import DEFAULT_TOPIC
 from raftlog.raft import RaftConfig, Server
 from raftlog.raft.config import NodeConfig
+from raftlog.raft.groups import encode_group_id
 from raftlog.security import CertFiles
 from support.cluster import new_cluster, numbered, produce_numbered, start_cluster
 from support.raft_peers import peer_tls, router, routers
@@ -43,6 +44,13 @@ def test_group_ids_and_directories() -> None:
     data = Path("/d")
     assert group_id(DEFAULT_TOPIC, 0) == "" and replica_dir(data, DEFAULT_TOPIC, 0) == data
     assert group_id("orders", 3) == "orders/3"
+    assert group_id("orders", 3, incarnation=7) == "orders/3@7"
+    long = "t" * 249  # the longest topic name, with the longest partition number
+    assert group_id(long, 9999) == f"{long}/9999"  # 254 bytes: fits the envelope
+    hashed = group_id(long, 9999, incarnation=12)
+    assert hashed.startswith("#") and hashed.endswith("/9999@12") and len(hashed) == 25
+    assert hashed != group_id("u" * 249, 9999, incarnation=12)
+    encode_group_id(group_id(long, 9999, incarnation=10**9))  # always fits
     assert replica_dir(data, "orders", 3) == data / "partitions" / "orders" / "3"
     assert replica_dir(data, DEFAULT_TOPIC, 1) == data / "partitions" / DEFAULT_TOPIC / "1"
 
