@@ -59,9 +59,11 @@ LIST_COLUMNS: tuple[str, ...] = (
 
 
 def register(sub: Any) -> None:
-    """Add ``topic`` (create, list, describe, delete)."""
+    """Add ``topic`` (create, list, describe, delete, set-retention)."""
     topic = sub.add_parser(
-        "topic", help="topics and their partitions: create, list, describe, delete (needs admin)"
+        "topic",
+        help="topics and their partitions: create, list, describe, delete, set-retention "
+        "(needs admin)",
     )
     actions = topic.add_subparsers(dest="action", metavar="ACTION", required=True)
 
@@ -129,6 +131,38 @@ def register(sub: Any) -> None:
     delete.add_argument("name", metavar="NAME", help="the topic's name")
     add_client_flags(delete)
     delete.set_defaults(handler=lambda args: run_command(run_delete, args, "topic delete"))
+
+    retention = actions.add_parser(
+        "set-retention",
+        help="replace a topic's retention (bytes and age; 0 = keep all)",
+        description=(
+            "Replace both retention settings of topic NAME: a partition's log may then be "
+            "trimmed to --retention-bytes bytes and records older than --retention-ms "
+            "milliseconds dropped (whole segments, oldest first; 0 = no limit). Every "
+            "replica applies it within about a second. Prints the topic as `topic describe` "
+            "does. The default topic's retention is the agents' own flags."
+        ),
+    )
+    retention.add_argument("name", metavar="NAME", help="the topic's name")
+    retention.add_argument(
+        "--retention-bytes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a partition's log may be trimmed to N bytes (default 0 = no byte limit)",
+    )
+    retention.add_argument(
+        "--retention-ms",
+        type=int,
+        default=0,
+        metavar="N",
+        help="records older than N milliseconds may be trimmed (default 0 = no age limit)",
+    )
+    _add_format(retention)
+    add_client_flags(retention)
+    retention.set_defaults(
+        handler=lambda args: run_command(run_set_retention, args, "topic set-retention")
+    )
 
 
 def _add_format(parser: argparse.ArgumentParser) -> None:
@@ -275,6 +309,26 @@ def _print_description(d: admin_pb2.TopicDescription, fmt: str) -> None:
 
 
 # -- commands -------------------------------------------------------------------------------
+
+
+def run_set_retention(args: argparse.Namespace) -> int:
+    """Replace the topic's retention; print its description."""
+    for flag, value in (
+        ("--retention-bytes", args.retention_bytes),
+        ("--retention-ms", args.retention_ms),
+    ):
+        if value < 0:
+            raise CommandError(f"{flag} must be >= 0, got {value}", EXIT_USAGE)
+    request = admin_pb2.SetTopicRetentionRequest(
+        name=args.name, retention_bytes=args.retention_bytes, retention_ms=args.retention_ms
+    )
+
+    async def alter(stub: admin_pb2_grpc.AdminStub, t: float) -> admin_pb2.TopicDescription:
+        response: admin_pb2.TopicDescription = await stub.SetTopicRetention(request, timeout=t)
+        return response
+
+    _print_description(_on_any(args, alter), args.format)
+    return 0
 
 
 def run_create(args: argparse.Namespace) -> int:

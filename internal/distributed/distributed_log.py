@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -272,6 +273,15 @@ class DistributedLog:
         if self._hasher is None and config.checkpoint_hash_interval > 0:
             self._hasher = asyncio.create_task(self._checkpoint_hash_loop(), name="raft-hash")
         self.scrubber.start()
+
+    def set_retention(self, retention_bytes: int, retention_age_s: float) -> None:
+        """Change the retention limits while running (a topic's settings changed): the
+        next retention check (every ``retention_interval``) applies them. 0 = no limit."""
+        self.config = dataclasses.replace(
+            self.config, retention_bytes=retention_bytes, retention_age_s=retention_age_s
+        ).validate()
+        if self._retainer is None and (retention_bytes or retention_age_s) and not self._closing:
+            self._retainer = asyncio.create_task(self._retention_loop(), name="raft-retention")
 
     # -- writes --------------------------------------------------------------------------
 

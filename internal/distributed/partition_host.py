@@ -259,6 +259,20 @@ class PartitionHost:
                     opened.pop()
                     continue
                 await dlog.node.bootstrap([Server(n, addresses[n]) for n in a.initial])
+        for key, dlog in self.replicas.items():  # a topic's retention changed meanwhile
+            wanted = self._settings_of(metadata, key[0])
+            current = dlog.config
+            if (current.retention_bytes, current.retention_age_s) != (
+                wanted.retention_bytes,
+                wanted.retention_age_s,
+            ):
+                dlog.set_retention(wanted.retention_bytes, wanted.retention_age_s)
+                log.info(
+                    "partition %s/%d: retention now %d bytes, %.0f s",
+                    *key,
+                    wanted.retention_bytes,
+                    wanted.retention_age_s,
+                )
         closed = sorted(k for k in self.replicas if k not in mine and k != (DEFAULT_TOPIC, 0))
         for key in closed:
             await self.close(*key)
@@ -281,8 +295,8 @@ class PartitionHost:
 
     def _settings_of(self, metadata: ClusterMetadata, topic: str) -> DistributedConfig:
         """The host's DistributedLog settings with ``topic``'s retention (a topic's
-        retention_ms becomes the age limit in seconds; None keeps everything). Read when
-        a replica opens: a later SetRetention applies from the next open."""
+        retention_ms becomes the age limit in seconds; None keeps everything): given to a
+        replica when it opens, and applied to the open ones by each reconcile."""
         spec = metadata.topics.get(topic)
         if spec is None:
             return self.settings.distributed

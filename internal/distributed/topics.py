@@ -75,6 +75,7 @@ from raftlog.partitions import (
     RemoveReplica,
     ReplicaRemoved,
     Result,
+    SetRetention,
     TopicSpec,
     decode_command,
     encode_command,
@@ -527,6 +528,11 @@ class Topics:
 
     async def delete_topic(self, name: str) -> Result:
         return await self.submit(DeleteTopic(name))
+
+    async def set_retention(
+        self, name: str, retention_bytes: int | None, retention_ms: int | None
+    ) -> Result:
+        return await self.submit(SetRetention(name, retention_bytes, retention_ms))
 
     # -- describing --------------------------------------------------------------------
 

@@ -195,6 +195,14 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         assert self._topics is not None
         return await self._topics.DescribeTopic(request, context)
 
+    async def SetTopicRetention(
+        self, request: admin_pb2.SetTopicRetentionRequest, context: Context
+    ) -> admin_pb2.TopicDescription:
+        if self._topics is None:
+            await self._no_topics(context)
+        assert self._topics is not None
+        return await self._topics.SetTopicRetention(request, context)
+
 
 def add_admin_service(service: AdminService, server: grpc.aio.Server) -> None:
     """Register ``service`` on ``server`` (beside log.v1.Log)."""

@@ -79,6 +79,7 @@ DEFAULT_ACTIONS: Mapping[str, str] = {
     f"/{ADMIN_SERVICE}/DeleteTopic": Action.ADMIN,
     f"/{ADMIN_SERVICE}/ListTopics": Action.ADMIN,
     f"/{ADMIN_SERVICE}/DescribeTopic": Action.ADMIN,
+    f"/{ADMIN_SERVICE}/SetTopicRetention": Action.ADMIN,
     f"/{CLUSTER_SERVICE}/SubmitCommand": Action.REPLICATE,
     f"/{CLUSTER_SERVICE}/LocalReplicas": Action.REPLICATE,
 }

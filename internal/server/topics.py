@@ -22,7 +22,7 @@ import grpc
 
 from raftlog.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from raftlog.distributed.topics import ReplicaState, Topics, leader_of, rejection_error
-from raftlog.domain.errors import InvalidArgumentError, UnknownTopicError
+from raftlog.domain.errors import InvalidArgumentError, TopicRefusedError, UnknownTopicError
 from raftlog.partitions import (
     DEFAULT_REPLICATION,
     DEFAULT_TOPIC,
@@ -191,6 +191,41 @@ class TopicAdmin:
             raise
         logger.info("admin: topic %s deleted", request.name, extra={"topic": request.name})
         return admin_pb2.DeleteTopicResponse()
+
+    async def SetTopicRetention(
+        self, request: admin_pb2.SetTopicRetentionRequest, context: Context
+    ) -> admin_pb2.TopicDescription:
+        """Replace a topic's retention (on the controller's leader, wherever called)."""
+        try:
+            if (request.name or DEFAULT_TOPIC) == DEFAULT_TOPIC:
+                raise TopicRefusedError(
+                    "the default topic's retention is the agents' --retention-bytes and "
+                    "--retention-age",
+                    DEFAULT_TOPIC,
+                )
+            result = await self.topics.set_retention(
+                request.name, request.retention_bytes or None, request.retention_ms or None
+            )
+            self._check(result, request.name)
+            wanted = (request.retention_bytes or None, request.retention_ms or None)
+            await self.topics.fsm.wait_until(
+                lambda md: (
+                    (s := md.topics.get(request.name)) is None
+                    or (s.retention_bytes, s.retention_ms) == wanted
+                ),
+                METADATA_WAIT_S,
+            )
+            logger.info(
+                "admin: topic %s retention %s bytes, %s ms",
+                request.name,
+                request.retention_bytes,
+                request.retention_ms,
+                extra={"topic": request.name},
+            )
+            return await self.describe(request.name)
+        except Exception as exc:
+            await abort(context, exc)
+            raise
 
     async def ListTopics(
         self, request: admin_pb2.ListTopicsRequest, context: Context

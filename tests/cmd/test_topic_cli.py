@@ -151,6 +151,24 @@ async def test_topic_commands_and_keyed_produce_consume(
         code, _, err = await raftlog("topic", "delete", "default")
         assert code == 1 and err.startswith("raftlog topic delete: ")
 
+        # retention replaced while running: no byte limit, a one-hour age limit
+        code, out, err = await raftlog(
+            "topic", "set-retention", "orders", "--retention-ms", "3600000"
+        )
+        assert code == 0, err
+        assert out.splitlines()[0] == (
+            f"topic orders: {PARTITIONS} partitions, replication 2, retention bytes -, "
+            "retention ms 3600000"
+        )
+        code, out, err = await raftlog("topic", "list")
+        assert ["orders", str(PARTITIONS), "2", "-", "3600000"] in [
+            line.split() for line in out.splitlines()
+        ], out
+        code, _, err = await raftlog("topic", "set-retention", "default", "--retention-ms", "1")
+        assert code == 1 and err.startswith("raftlog topic set-retention: "), err
+        code, _, err = await raftlog("topic", "set-retention", "orders", "--retention-ms", "-1")
+        assert code == 2 and "--retention-ms must be >= 0" in err
+
         code, out, err = await raftlog("topic", "delete", "orders")
         assert code == 0, err
         assert out == "deleted topic orders\n"
