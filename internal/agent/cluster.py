@@ -541,7 +541,19 @@ class ClusterNode:
             config.node_name,
             config.data_dir,
             self.router,
-            HostSettings(node=replica_node, segment=segment_config(config.segment_bytes)),
+            HostSettings(
+                node=replica_node,
+                segment=segment_config(config.segment_bytes),
+                # the default partition's integrity settings (a topic's own retention is
+                # added per replica)
+                distributed=DistributedConfig(
+                    checkpoint_hash_interval=config.checkpoint_hash_interval,
+                    scrub=ScrubConfig(
+                        rate_bytes_s=config.scrub_rate_mb_s * 1e6,
+                        pass_interval_s=config.scrub_interval,
+                    ),
+                ),
+            ),
             forwarder_for=default_forwarder_factory(forwarder),
         )
         topics = Topics(

@@ -37,6 +37,7 @@ from pathlib import Path
 from raftlog.distributed.distributed_log import DistributedConfig, DistributedLog
 from raftlog.distributed.forwarding import Forwarder
 from raftlog.distributed.fsm import CommitLogFSM
+from raftlog.distributed.scrub import RecordFetcher
 from raftlog.domain import DomainError
 from raftlog.log import LogConfig
 from raftlog.partitions import (
@@ -181,7 +182,12 @@ class PartitionHost:
             self._unlisten[key] = self.router.add_down_listener(node.peer_unreachable)
             forwarder = self.forwarder_for(topic, partition) if self.forwarder_for else None
             dlog = DistributedLog(
-                node, fsm, config=distributed or self.settings.distributed, forwarder=forwarder
+                node,
+                fsm,
+                config=distributed or self.settings.distributed,
+                forwarder=forwarder,
+                # the scrubber repairs damaged records from a peer's replica
+                fetcher=forwarder if isinstance(forwarder, RecordFetcher) else None,
             )
             dlog.start()
             self.replicas[key] = dlog

@@ -35,7 +35,7 @@ import struct
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from raftlog.distributed.fsm import CheckpointHash, CommitLogFSM, RestoringError
 from raftlog.log import Log
@@ -61,6 +61,7 @@ _FETCH_RECORDS = 4096
 CHECK_ATTEMPTS = 30
 
 
+@runtime_checkable
 class RecordFetcher(Protocol):
     """Reads committed records from another node (the agent injects the gRPC forwarder)."""
 

@@ -201,9 +201,10 @@ class PeerClient(Protocol):
 
 
 class PartitionForwarder:
-    """A partition's :class:`Forwarder`: the node's forwarder, with the partition named in
-    every forwarded Produce (the leader routes it to its replica). Closing it closes
-    nothing: the node's forwarder is shared and owned by the agent."""
+    """A partition's :class:`Forwarder` and scrub :class:`RecordFetcher`: the node's
+    forwarder, with the partition named in every forwarded Produce and every repair read
+    (the other node routes it to its replica). Closing it closes nothing: the node's
+    forwarder is shared and owned by the agent."""
 
     def __init__(self, inner: TargetedForwarder, topic: str, partition: int) -> None:
         self._inner = inner
@@ -229,6 +230,19 @@ class PartitionForwarder:
             partition=self._partition,
         )
 
+    async def fetch(
+        self, address: str, offset: int, count: int, *, timeout_s: float
+    ) -> list[bytes]:
+        """The partition's records on the node at ``address`` (the scrubber's repairs)."""
+        return await self._inner.fetch(
+            address,
+            offset,
+            count,
+            timeout_s=timeout_s,
+            topic=self._topic,
+            partition=self._partition,
+        )
+
     def forget(self, address: str) -> None:
         self._inner.forget(address)
 
@@ -250,6 +264,17 @@ class TargetedForwarder(Forwarder, Protocol):
         topic: str = "",
         partition: int | None = None,
     ) -> Appended: ...
+
+    async def fetch(
+        self,
+        address: str,
+        offset: int,
+        count: int,
+        *,
+        timeout_s: float,
+        topic: str = "",
+        partition: int | None = None,
+    ) -> list[bytes]: ...
 
 
 @dataclass

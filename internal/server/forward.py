@@ -289,7 +289,14 @@ class GrpcForwarder:
         return Appended(first, first + len(records) - 1, bool(response.duplicate))
 
     async def fetch(
-        self, address: str, offset: int, count: int, *, timeout_s: float
+        self,
+        address: str,
+        offset: int,
+        count: int,
+        *,
+        timeout_s: float,
+        topic: str = "",
+        partition: int | None = None,
     ) -> list[bytes]:
         """Up to ``count`` committed records from ``offset`` on the node at ``address``,
         read with ``log.v1.Log/Consume`` (one record) or ``ConsumeStream`` with
@@ -298,8 +305,9 @@ class GrpcForwarder:
         repair source of :mod:`raftlog.distributed.scrub`. The mark lets a peer read a
         range its own checkpoint hash made it refuse to clients (two replicas comparing
         the same range must see each other's copies); a record that fails its checksum
-        there is still refused. Raises ForwardError on any failure (the peer's copy
-        damaged: its DATA_LOSS)."""
+        there is still refused. ``topic`` and ``partition``: a partition's replica (default:
+        the default topic). Raises ForwardError on any failure (the peer's copy damaged:
+        its DATA_LOSS)."""
         if self._closed:
             raise ForwardError("forwarder is closed", not_applied=True)
         stub = self._stub(address)
@@ -307,12 +315,16 @@ class GrpcForwarder:
         try:
             if count <= 1:
                 response = await stub.Consume(
-                    log_pb2.ConsumeRequest(offset=offset), timeout=timeout_s, metadata=mark
+                    log_pb2.ConsumeRequest(offset=offset, topic=topic, partition=partition),
+                    timeout=timeout_s,
+                    metadata=mark,
                 )
                 return [response.record.value]
             out: list[bytes] = []
             call = stub.ConsumeStream(
-                log_pb2.ConsumeRequest(offset=offset, max_records=count),
+                log_pb2.ConsumeRequest(
+                    offset=offset, max_records=count, topic=topic, partition=partition
+                ),
                 timeout=timeout_s,
                 metadata=mark,
             )

@@ -19,6 +19,7 @@ import grpc
 import pytest
 
 from raftlog.agent.devcluster import DevCluster
+from raftlog.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from raftlog.api.contract import FORWARDED_KEY, Key, Reason
 from raftlog.api.status import error_info_from_metadata
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
@@ -205,3 +206,77 @@ async def test_a_damaged_read_is_data_loss_and_a_diverging_replica_is_caught_by_
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.Consume(log_pb2.ConsumeRequest(offset=0), timeout=5, metadata=marked)
             assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_partition_replica_is_scrubbed_and_repaired_from_its_peers(
+    tmp_path: Path, dev_certs: dict[str, CertFiles]
+) -> None:
+    """The same bit rot in a topic's partition: its replica's scrubber finds it and repairs
+    the record from another replica of that partition (read through the partition's own
+    Consume), as for the default partition."""
+    args = (*AGENT_ARGS, "--segment-bytes", str(SEGMENT), "--scrub-rate-mb-s", "20")
+    args += ("--scrub-interval", "1s", "--checkpoint-hash-interval", "0")
+    async with three_node_cluster_async(
+        tmp_path, dev_certs, names=NAMES, agent_args=args, static_peers=True
+    ) as c:
+        assert c.client_tls is not None
+        async with c.channel("n1", c.client_tls) as ch:
+            admin = admin_pb2_grpc.AdminStub(ch)  # type: ignore[no-untyped-call]
+
+            async def created() -> bool:
+                try:
+                    await admin.CreateTopic(
+                        admin_pb2.CreateTopicRequest(
+                            name="rot", settings=admin_pb2.TopicSettings(partitions=1)
+                        ),
+                        timeout=20,
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code() == grpc.StatusCode.ALREADY_EXISTS
+                return True
+
+            await wait_until(created, 40, "the topic created")
+
+            async def three_voters() -> str:
+                d = await admin.DescribeTopic(admin_pb2.DescribeTopicRequest(name="rot"))
+                p = d.partitions[0]
+                voters = [r for r in p.replicas if r.role == "voter"]
+                return p.leader_id if len(voters) == 3 else ""
+
+            await wait_until(three_voters, 40, "three voters and a leader")
+            leader = await three_voters()
+            log = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
+            for batch in range(8):  # 400 records: about 6 segments
+                await log.Produce(
+                    log_pb2.ProduceRequest(
+                        records=[log_pb2.Record(value=numbered(batch * 50 + i)) for i in range(50)],
+                        topic="rot",
+                        partition=0,
+                    ),
+                    timeout=20,
+                )
+        follower = next(n for n in NAMES if n != leader)
+        folder = c.nodes[follower].data_dir / "partitions" / "rot" / "0" / "fsm" / "log"
+
+        async def all_there() -> bool:
+            sealed = sorted(int(p.stem) for p in folder.glob("*.store"))
+            return len(sealed) > 2 and sealed[-1] > 70
+
+        await wait_until(all_there, 30, f"{follower}'s replica holding offset 70 sealed")
+        path = max(
+            (p for p in folder.glob("*.store") if int(p.stem) <= 70), key=lambda p: int(p.stem)
+        )
+        base = int(path.stem)
+        with open(path, "r+b") as f:
+            f.seek((70 - base) * FRAME + 8 + 100)
+            byte = f.read(1)
+            f.seek((70 - base) * FRAME + 8 + 100)
+            f.write(bytes([byte[0] ^ 0x20]))
+        await repaired(c, follower, 70)
+
+        async with c.channel(follower, c.client_tls) as ch:
+            stub = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
+            r = await stub.Consume(
+                log_pb2.ConsumeRequest(topic="rot", partition=0, offset=70), timeout=10
+            )
+        assert r.record.value == numbered(70)
