@@ -663,6 +663,7 @@ class ClusterNode:
             audit=self.audit,
             ssl_context=self.materials["server"].server_context,
             check_certificate=self.deny_list.refuses_peercert,
+            partitions=self.topics,
         )
         return stop
 

@@ -18,6 +18,7 @@ from raftlog.domain.protocols import Authorizer, CommitLog, ServerLister
 from raftlog.security import TLSConfig
 from raftlog.server import ServerConfig
 from raftlog.server.http_api import HttpApi, HttpApiConfig
+from raftlog.server.service import PartitionRouter
 from raftlog.telemetry.audit import AuditSink
 
 logger = logging.getLogger("raftlog.agent")
@@ -42,6 +43,7 @@ async def start_http_api(
     audit: AuditSink | None = None,
     ssl_context: ssl.SSLContext | None = None,
     check_certificate: Callable[[dict[str, Any] | None], str | None] | None = None,
+    partitions: PartitionRouter | None = None,
 ) -> tuple[HttpApi, Callable[[], Awaitable[None]]]:
     """Bind and start the HTTP API on the bind host at ``config.http_port``; its teardown."""
     api = HttpApi(
@@ -54,6 +56,7 @@ async def start_http_api(
         http_config=HttpApiConfig(shutdown_grace_s=max(config.shutdown_timeout_s / 2, 0.1)),
         peer_http_addrs=peer_http_addrs,
         audit=audit,
+        partitions=partitions,
     )
     api.ssl_context = ssl_context
     api.check_certificate = check_certificate

@@ -54,15 +54,17 @@ from raftlog.domain.errors import (
     StorageError,
     UnauthenticatedError,
     UnavailableError,
+    UnknownTopicError,
     UnsupportedError,
 )
 from raftlog.domain.producers import producer_id_problem
 from raftlog.domain.protocols import Authorizer, CommitLog, IdempotentLog, ServerLister
+from raftlog.partitions import DEFAULT_TOPIC
 from raftlog.security import TLSConfig
 from raftlog.security.tls import peer_common_name, server_ssl_context
 from raftlog.server.config import ServerConfig
 from raftlog.server.forward import produce_request_bytes
-from raftlog.server.service import to_api_error
+from raftlog.server.service import PartitionRouter, to_api_error
 from raftlog.telemetry.audit import NO_AUDIT, AuditSink
 
 logger = logging.getLogger("raftlog.server.http")
@@ -112,6 +114,8 @@ HTTP_STATUS: Final[Mapping[type[DomainError], int]] = {
     # gRPC's DATA_LOSS maps to 500 (google.rpc.Code): the server holds the record but
     # cannot serve it intact; the body's reason DATA_LOSS says another node may.
     DataLossError: 500,
+    # a topic (or a partition of it) that does not exist, as gRPC's NOT_FOUND
+    UnknownTopicError: 404,
 }
 
 
@@ -217,9 +221,13 @@ class HttpApi:
         insecure: bool = False,
         peer_http_addrs: Callable[[], Mapping[str, str]] = dict,
         audit: AuditSink | None = None,
+        partitions: PartitionRouter | None = None,
     ) -> None:
         if tls is None and not insecure:
             raise ValueError("an HTTP API without TLS needs insecure=True, explicitly")
+        #: serves the requests that name a topic, partition or key (None: the default
+        #: topic only), as for gRPC
+        self._partitions = partitions
         #: The audit log of refused requests (docs/security.md); None: off.
         self._audit = audit if audit is not None else NO_AUDIT
         self.config = config or ServerConfig()
@@ -371,8 +379,27 @@ class HttpApi:
 
     # -- handlers ----------------------------------------------------------------------
 
+    def _target(self, request: web.Request) -> tuple[int, CommitLog]:
+        """(partition, log) named by the query parameters ``topic``, ``partition`` and
+        ``key`` (UTF-8 text), as the gRPC fields (none: the default topic's partition 0)."""
+        topic = request.query.get("topic", "")
+        has_partition = "partition" in request.query
+        key = request.query.get("key", "").encode("utf-8")
+        if not topic and not has_partition and not key:
+            return 0, self._log
+        partition = _int_param(request, "partition", 0) if has_partition else None
+        if self._partitions is None:
+            if topic in ("", DEFAULT_TOPIC) and not key and not partition:
+                return 0, self._log
+            raise UnsupportedError(
+                "this server serves the default topic only (no topics, partitions or keys)"
+            )
+        return self._partitions.log_for(topic, partition, key)
+
     async def post_records(self, request: web.Request) -> web.Response:
-        """Append one record or a batch; the idempotent producer through two headers."""
+        """Append one record or a batch (to a topic's partition with ``topic`` and
+        ``partition`` or ``key``); the idempotent producer through two headers."""
+        number, log = self._target(request)
         size = request.content_length
         if size is not None and size > self._body_limit:
             raise RecordTooLargeError(size, self._body_limit, what="request body")
@@ -408,18 +435,23 @@ class HttpApi:
             problem = producer_id_problem(producer_id, sequence)
             if problem:
                 raise InvalidArgumentError(problem)
-            if self._idempotent is None:
+            idempotent = self._idempotent if log is self._log else log
+            if not isinstance(idempotent, IdempotentLog):
                 raise UnsupportedError("this server's log does not support idempotent producers")
-            done = await self._idempotent.append_idempotent(records, producer_id, sequence)
+            done = await idempotent.append_idempotent(records, producer_id, sequence)
             first, last, duplicate = done.first, done.last, done.duplicate
         else:
-            first, last = await self._log.append(records)
+            first, last = await log.append(records)
             duplicate = False
-        return web.json_response({"offset": first, "last_offset": last, "duplicate": duplicate})
+        answer: dict[str, object] = {"offset": first, "last_offset": last, "duplicate": duplicate}
+        if {"topic", "partition", "key"} & set(request.query):  # named: say which
+            answer["partition"] = number
+        return web.json_response(answer)
 
     async def get_records(self, request: web.Request) -> web.StreamResponse:
-        """Records from ``offset``: a JSON page, or (follow=true) an NDJSON stream."""
-        log = self._log
+        """Records from ``offset``: a JSON page, or (follow=true) an NDJSON stream (of a
+        topic's partition with ``topic`` and ``partition`` or ``key``)."""
+        _, log = self._target(request)
         offset = _int_param(request, "offset", 0)
         max_records = _int_param(request, "max_records", DEFAULT_MAX_RECORDS)
         if not 1 <= max_records <= MAX_RECORDS:
@@ -436,7 +468,14 @@ class HttpApi:
         if follow:
             if offset < log.lowest_offset or offset > log.highest_offset + 1:
                 raise OffsetOutOfRangeError(offset, log.lowest_offset, log.highest_offset)
-            return await self._follow(request, offset, max_records, budget, encoding)
+            return await self._follow(
+                request,
+                log=log,
+                offset=offset,
+                max_records=max_records,
+                budget=budget,
+                encoding=encoding,
+            )
         if offset < log.lowest_offset or offset > log.highest_offset:
             raise OffsetOutOfRangeError(offset, log.lowest_offset, log.highest_offset)
         values = log.read_batch(offset, budget, max_records)
@@ -446,11 +485,17 @@ class HttpApi:
         return web.json_response({"records": records})
 
     async def _follow(
-        self, request: web.Request, offset: int, max_records: int, budget: int, encoding: str
+        self,
+        request: web.Request,
+        *,
+        log: CommitLog,
+        offset: int,
+        max_records: int,
+        budget: int,
+        encoding: str,
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": NDJSON})
         await response.prepare(request)
-        log = self._log
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             while not self._stopping.is_set():
@@ -512,8 +557,10 @@ class HttpApi:
         )
 
     async def get_offsets(self, request: web.Request) -> web.Response:
-        """The offsets the log holds now (as GetOffsets)."""
-        lowest, highest = self._log.lowest_offset, self._log.highest_offset
+        """The offsets the log holds now (as GetOffsets; a topic's partition with ``topic``
+        and ``partition`` or ``key``)."""
+        _, log = self._target(request)
+        lowest, highest = log.lowest_offset, log.highest_offset
         return web.json_response(
             {
                 "lowest_offset": lowest,

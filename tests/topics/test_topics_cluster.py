@@ -10,14 +10,17 @@ import signal
 from collections import Counter
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 
+from raftlog.agent.devcluster import free_port
 from raftlog.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from raftlog.api.partitioning import partition_for_key
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.security import CertFiles
-from support.cluster import AGENT_ARGS, three_node_cluster_async
+from raftlog.security.tls import client_ssl_context
+from support.cluster import AGENT_ARGS, new_cluster, start_cluster, three_node_cluster_async
 from support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -262,3 +265,68 @@ async def test_static_peers_report_a_dead_node_to_the_controller_through_livenes
             await wait_until(
                 lambda: replicas_live({"n1", "n2"}), timeout=30, what="n3 reported down"
             )
+
+
+async def test_the_http_api_reads_and_writes_a_topics_partitions(
+    tmp_path: Path, dev_certs: dict[str, CertFiles]
+) -> None:
+    """POST and GET /v1/records and GET /v1/offsets with topic, partition or key, as
+    the gRPC fields: the same partitions, 404 for an unknown topic."""
+    c = new_cluster(tmp_path, dev_certs)
+    for node in c.nodes.values():
+        node.extra = ("--http-port", str(free_port()))
+    try:
+        await start_cluster(c)
+        assert c.client_tls is not None
+        async with c.channel("n1", c.client_tls) as ch:
+            admin = admin_pb2_grpc.AdminStub(ch)  # type: ignore[no-untyped-call]
+
+            async def created() -> bool:
+                try:
+                    await admin.CreateTopic(
+                        admin_pb2.CreateTopicRequest(
+                            name="web", settings=admin_pb2.TopicSettings(partitions=3)
+                        ),
+                        timeout=20,
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code() == grpc.StatusCode.ALREADY_EXISTS
+                return True
+
+            await wait_until(created, timeout=40, what="the topic created")
+        http_port = c.nodes["n2"].extra[1]
+        ctx = client_ssl_context(c.client_tls)
+        async with aiohttp.ClientSession(
+            f"https://127.0.0.1:{http_port}", connector=aiohttp.TCPConnector(ssl=ctx)
+        ) as http:
+            key = "customer-7"
+            want = partition_for_key(key.encode(), 3)
+            body = {"record": {"value": "hello", "encoding": "utf8"}}
+            async with http.post(
+                "/v1/records", params={"topic": "web", "key": key}, json=body
+            ) as r:
+                assert r.status == 200, await r.text()
+                assert await r.json() == {
+                    "offset": 0,
+                    "last_offset": 0,
+                    "duplicate": False,
+                    "partition": want,
+                }
+            params = {"topic": "web", "partition": str(want), "encoding": "utf8"}
+            async with http.get("/v1/records", params=params) as r:
+                assert r.status == 200, await r.text()
+                records = (await r.json())["records"]
+                assert [(x["offset"], x["value"]) for x in records] == [(0, "hello")]
+            other = (want + 1) % 3
+            async with http.get(
+                "/v1/offsets", params={"topic": "web", "partition": str(other)}
+            ) as r:
+                assert r.status == 200, await r.text()
+                assert (await r.json())["empty"] is True
+            async with http.get("/v1/offsets", params={"topic": "nope"}) as r:
+                assert r.status == 404
+                assert (await r.json())["error"]["reason"] == "UNKNOWN_TOPIC"
+            async with http.post("/v1/records", json=body) as r:  # no topic: the book's log
+                assert r.status == 200 and "partition" not in await r.json()
+    finally:
+        c.stop_all()
