@@ -294,6 +294,17 @@ async def test_the_http_api_reads_and_writes_a_topics_partitions(
                 return True
 
             await wait_until(created, timeout=40, what="the topic created")
+
+            # right after start R may be capped at the nodes then known live: wait for the
+            # moves that put a replica of every partition on every node
+            async def everywhere() -> bool:
+                d = await admin.DescribeTopic(admin_pb2.DescribeTopicRequest(name="web"))
+                return all(
+                    p.leader_id and sorted(r.role for r in p.replicas) == ["voter"] * 3
+                    for p in d.partitions
+                )
+
+            await wait_until(everywhere, timeout=60, what="3 voters and a leader per partition")
         http_port = c.nodes["n2"].extra[1]
         ctx = client_ssl_context(c.client_tls)
         async with aiohttp.ClientSession(
