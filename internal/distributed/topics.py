@@ -95,6 +95,10 @@ log = logging.getLogger(__name__)
 CAUGHT_UP_LAG = 16
 #: Bound of the leadership hand-overs a stopping node runs for the groups it leads (s).
 HAND_OVER_TIMEOUT_S = 3.0
+#: How often the default group's leader of a cluster without a controller asks the
+#: members whether one exists before creating it (s), and how long it waits for answers.
+FOUND_RETRY_S = 5.0
+FOUND_ASK_TIMEOUT_S = 2.0
 
 
 def rejection_error(result: Rejected, topic: str) -> DomainError:
@@ -199,6 +203,10 @@ class PeerClient(Protocol):
         """The replicas of ``topic`` the node at ``address`` hosts, as it sees them."""
         ...
 
+    async def has_controller(self, address: str, timeout_s: float) -> bool:
+        """Whether the node at ``address`` holds controller state (or is creating it)."""
+        ...
+
 
 class PartitionForwarder:
     """A partition's :class:`Forwarder` and scrub :class:`RecordFetcher`: the node's
@@ -284,6 +292,7 @@ class _Clock:
     balanced: float = 0.0
     reconciled_epoch: int = -1
     reconciled_at: float = 0.0
+    found_asked: float = -FOUND_RETRY_S
 
 
 @dataclass
@@ -341,6 +350,8 @@ class Topics:
         self._task: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._unlisten: Callable[[], None] | None = None
+        #: set while this node creates the controller group (answered as "has state")
+        self.founding = False
         self._clock = _Clock()
 
     # -- life --------------------------------------------------------------------------
@@ -685,21 +696,55 @@ class Topics:
                 except Exception as exc:  # closed meanwhile, or a failing disk: say so
                     log.warning("interval fsync of partition %s/%d failed: %s", *key, exc)
 
+    def has_controller(self) -> bool:
+        """Whether this node holds controller state, or is creating the group now (what
+        :meth:`PeerClient.has_controller` asks)."""
+        controller = self.controller
+        return self.founding or (controller is not None and controller.node.has_state())
+
     async def _adopt_controller(self, now: float) -> None:
-        """A data directory of the one-group version has no controller: a node that is the
-        only voter of the default group creates it (no other node can also be that)."""
+        """A cluster of the one-group version has no controller: its default group's
+        leader creates one, alone (the others join as the controller adds them).
+
+        Two leaders in a row must not both create one (two groups under one id would fork
+        the metadata), so the leader first asks every other member whether it holds
+        controller state or is creating it, and creates it only if every member answers
+        no (one that cannot be reached blocks it: it may be the one that did). Right before
+        creating it, the leader confirms it still leads with a read barrier (a quorum
+        round): a later leader can only be elected an election timeout after that quorum
+        last heard this one, and by then this node answers that it has the state. A node
+        that is the default group's only voter creates it at once."""
         controller = self.controller
         assert controller is not None
         node = controller.node
-        if node.has_state():
-            return
         default = self.default.node
+        if node.has_state() or not default.is_leader:
+            return
         voters = [s.id for s in default.membership if s.is_voter]
-        if voters == [self.node_id] and default.is_leader:
-            await node.bootstrap([Server(self.node_id, self._rpc_addr())])
-            log.info(
-                "controller group created on %s (the default group's only voter)", self.node_id
+        if voters != [self.node_id]:
+            if now - self._clock.found_asked < FOUND_RETRY_S or self._peers is None:
+                return
+            self._clock.found_asked = now
+            peers = self._peers
+            others = [a for n, a in self._members().items() if n != self.node_id]
+            answers = await asyncio.gather(
+                *(peers.has_controller(a, FOUND_ASK_TIMEOUT_S) for a in others),
+                return_exceptions=True,
             )
+            if any(answer is not False for answer in answers):
+                return  # a controller exists somewhere, or a member did not answer
+        self.founding = True
+        try:
+            await self.default.read_barrier(self.config.change_timeout_s)
+            if node.has_state() or not default.is_leader:
+                return
+            await node.bootstrap([Server(self.node_id, self._rpc_addr())])
+        finally:
+            self.founding = False
+        log.info(
+            "controller group created on %s (the default group's leader; no member had one)",
+            self.node_id,
+        )
 
     async def _controller_membership(self, now: float) -> None:
         """On the controller's leader: the first ``controller_voters`` members vote, every

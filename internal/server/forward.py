@@ -207,6 +207,12 @@ class GrpcForwarder:
             reason = MetadataReason.UNKNOWN_COMMAND
         return Rejected(reason, response.message)
 
+    async def has_controller(self, address: str, timeout_s: float) -> bool:
+        """Whether the node at ``address`` holds controller state (or is creating it)."""
+        stub = admin_pb2_grpc.ClusterStub(self._channel(address))  # type: ignore[no-untyped-call]
+        response = await stub.ControllerState(admin_pb2.ControllerStateRequest(), timeout=timeout_s)
+        return bool(response.has_state)
+
     async def local_replicas(
         self, address: str, topic: str, timeout_s: float
     ) -> list[ReplicaState]:

@@ -82,6 +82,7 @@ DEFAULT_ACTIONS: Mapping[str, str] = {
     f"/{ADMIN_SERVICE}/SetTopicRetention": Action.ADMIN,
     f"/{CLUSTER_SERVICE}/SubmitCommand": Action.REPLICATE,
     f"/{CLUSTER_SERVICE}/LocalReplicas": Action.REPLICATE,
+    f"/{CLUSTER_SERVICE}/ControllerState": Action.REPLICATE,
 }
 
 #: The service whose every method needs an ACL decision: a method of it that is neither in

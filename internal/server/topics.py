@@ -274,6 +274,11 @@ class ClusterService(admin_pb2_grpc.ClusterServicer):
             )
         return admin_pb2.SubmitCommandResponse(applied=True)
 
+    async def ControllerState(
+        self, request: admin_pb2.ControllerStateRequest, context: Context
+    ) -> admin_pb2.ControllerStateResponse:
+        return admin_pb2.ControllerStateResponse(has_state=self.topics.has_controller())
+
     async def LocalReplicas(
         self, request: admin_pb2.LocalReplicasRequest, context: Context
     ) -> admin_pb2.LocalReplicasResponse:

@@ -6,6 +6,7 @@ admin and log.v1 gRPC APIs a user calls, on whichever node."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 from collections import Counter
 from pathlib import Path
@@ -339,5 +340,55 @@ async def test_the_http_api_reads_and_writes_a_topics_partitions(
                 assert (await r.json())["error"]["reason"] == "UNKNOWN_TOPIC"
             async with http.post("/v1/records", json=body) as r:  # no topic: the book's log
                 assert r.status == 200 and "partition" not in await r.json()
+    finally:
+        c.stop_all()
+
+
+async def test_a_cluster_without_a_controller_gets_one_from_its_default_leader(
+    tmp_path: Path, dev_certs: dict[str, CertFiles]
+) -> None:
+    """A cluster of the one-group version (its data directories have no controller)
+    restarts on this version: the default group's leader asks every member, finds no
+    controller, creates it, and topics work; one controller only (every node sees the
+    same topics)."""
+    c = new_cluster(tmp_path, dev_certs)
+    try:
+        await start_cluster(c)
+        c.stop_all()
+        for node in c.nodes.values():  # what a data directory of the one-group version lacks
+            shutil.rmtree(node.data_dir / "controller")
+        names = list(c.nodes)
+        c.start(names[0], join=[])
+        for name in names[1:]:
+            c.start(name, join=[c.nodes[names[0]].gossip_addr])
+        assert c.client_tls is not None
+        await c.wait_for(c.client_tls, members=3, timeout_s=40, every=True)
+        async with c.channel("n2", c.client_tls) as ch:
+            admin = admin_pb2_grpc.AdminStub(ch)  # type: ignore[no-untyped-call]
+
+            async def created() -> bool:
+                try:
+                    await admin.CreateTopic(
+                        admin_pb2.CreateTopicRequest(
+                            name="after", settings=admin_pb2.TopicSettings(partitions=2)
+                        ),
+                        timeout=10,
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code() == grpc.StatusCode.ALREADY_EXISTS
+                return True
+
+            await wait_until(created, timeout=60, what="a controller created and the topic made")
+        founders = [n for n in names if "controller group created on" in c.log_text(n)]
+        assert len(founders) == 1, founders
+        for name in names:  # every node learns the same metadata from the one controller
+            async with c.channel(name, c.client_tls) as ch:
+                admin = admin_pb2_grpc.AdminStub(ch)  # type: ignore[no-untyped-call]
+
+                async def listed(admin: admin_pb2_grpc.AdminStub = admin) -> bool:
+                    r = await admin.ListTopics(admin_pb2.ListTopicsRequest())
+                    return {t.name for t in r.topics} == {"default", "after"}
+
+                await wait_until(listed, timeout=30, what=f"{name} lists the topic")
     finally:
         c.stop_all()
