@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 from raftlog.agent.devcluster import DevCluster
-from raftlog.api.admin.v1 import admin_pb2, admin_pb2_grpc
+from raftlog.api.admin.v1 import admin_pb2_grpc
 from raftlog.api.contract import FORWARDED_KEY, Key, Reason
 from raftlog.api.status import error_info_from_metadata
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
@@ -32,6 +32,7 @@ from support.cluster import (
     produce_numbered,
     three_node_cluster_async,
 )
+from support.topics import create_topic, wait_placed
 from support.wait import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -223,28 +224,10 @@ async def test_a_partition_replica_is_scrubbed_and_repaired_from_its_peers(
         async with c.channel("n1", c.client_tls) as ch:
             admin = admin_pb2_grpc.AdminStub(ch)  # type: ignore[no-untyped-call]
 
-            async def created() -> bool:
-                try:
-                    await admin.CreateTopic(
-                        admin_pb2.CreateTopicRequest(
-                            name="rot", settings=admin_pb2.TopicSettings(partitions=1)
-                        ),
-                        timeout=20,
-                    )
-                except grpc.aio.AioRpcError as exc:
-                    return exc.code() == grpc.StatusCode.ALREADY_EXISTS
-                return True
+            await create_topic(admin, "rot", 1, timeout=40, attempt_timeout=20)
 
-            await wait_until(created, 40, "the topic created")
-
-            async def three_voters() -> str:
-                d = await admin.DescribeTopic(admin_pb2.DescribeTopicRequest(name="rot"))
-                p = d.partitions[0]
-                voters = [r for r in p.replicas if r.role == "voter"]
-                return p.leader_id if len(voters) == 3 else ""
-
-            await wait_until(three_voters, 40, "three voters and a leader")
-            leader = await three_voters()
+            placed = await wait_placed(admin, "rot", timeout=40)
+            leader = placed.partitions[0].leader_id
             log = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
             for batch in range(8):  # 400 records: about 6 segments
                 await log.Produce(

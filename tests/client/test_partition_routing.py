@@ -19,16 +19,16 @@ import dataclasses
 from collections import Counter
 from pathlib import Path
 
-import grpc
 import pytest
 
-from raftlog.api.admin.v1 import admin_pb2, admin_pb2_grpc
+from raftlog.api.admin.v1 import admin_pb2_grpc
 from raftlog.api.partitioning import partition_for_key
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.client import ClientConfig, LogClient, PartitionInfo, TopicPartitions
 from raftlog.security import CertFiles
 from support.cluster import three_node_cluster_async
 from support.kafka_keys import DERIVED_PARTITIONS
+from support.topics import create_topic
 from support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -49,34 +49,6 @@ CONFIG = ClientConfig(
 )
 
 
-async def _create(admin: admin_pb2_grpc.AdminStub, name: str, partitions: int) -> None:
-    """CreateTopic, again while the controller group has no leader yet (UNAVAILABLE "try
-    again", right after the cluster starts); ALREADY_EXISTS after such a try counts as done
-    (that try was committed after all)."""
-    tried = False
-
-    async def created() -> bool:
-        nonlocal tried
-        try:
-            await admin.CreateTopic(
-                admin_pb2.CreateTopicRequest(
-                    name=name,
-                    settings=admin_pb2.TopicSettings(partitions=partitions, replication=1),
-                ),
-                timeout=10,
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.ALREADY_EXISTS and tried:
-                return True
-            if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise
-            tried = True
-            return False
-        return True
-
-    await wait_until(created, timeout=40, what=f"topic {name} created", interval=0.2)
-
-
 async def test_writes_go_to_each_partitions_leader_and_a_stale_cache_heals(
     tmp_path: Path, dev_certs: dict[str, CertFiles]
 ) -> None:
@@ -87,7 +59,7 @@ async def test_writes_go_to_each_partitions_leader_and_a_stale_cache_heals(
         async with c.channel("n2", tls) as ch:
             admin = admin_pb2_grpc.AdminStub(ch)  # type: ignore[no-untyped-call]
             for count, name in TOPICS.items():
-                await _create(admin, name, count)
+                await create_topic(admin, name, count, replication=1, attempt_timeout=10)
             log = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
             leaders: dict[tuple[str, int], str] = {}
 

@@ -22,6 +22,7 @@ from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.security import CertFiles
 from raftlog.security.tls import client_ssl_context
 from support.cluster import AGENT_ARGS, new_cluster, start_cluster, three_node_cluster_async
+from support.topics import create_topic, wait_placed
 from support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -72,15 +73,7 @@ async def test_a_topic_is_created_written_by_key_read_per_partition_and_deleted(
                 assert refused.value.code() == code, bad
 
             # every partition gets three voters and a leader
-            async def leaders() -> bool:
-                d = await admin.DescribeTopic(admin_pb2.DescribeTopicRequest(name="orders"))
-                return all(
-                    p.leader_id and sorted(r.role for r in p.replicas) == ["voter"] * 3
-                    for p in d.partitions
-                )
-
-            await wait_until(leaders, timeout=60, what="3 voters and a leader per partition")
-            described = await admin.DescribeTopic(admin_pb2.DescribeTopicRequest(name="orders"))
+            described = await wait_placed(admin, "orders")
             log = log_pb2_grpc.LogStub(ch)  # type: ignore[no-untyped-call]
             parts = await log.GetPartitions(log_pb2.GetPartitionsRequest(topic="orders"))
             assert parts.partitions == 6
@@ -239,19 +232,7 @@ async def test_static_peers_report_a_dead_node_to_the_controller_through_livenes
         async with c.channel("n1", tls) as ch:
             admin = admin_pb2_grpc.AdminStub(ch)  # type: ignore[no-untyped-call]
 
-            async def created() -> bool:
-                try:
-                    await admin.CreateTopic(
-                        admin_pb2.CreateTopicRequest(
-                            name="static", settings=admin_pb2.TopicSettings(partitions=3)
-                        ),
-                        timeout=20,
-                    )
-                except grpc.aio.AioRpcError as exc:
-                    return exc.code() == grpc.StatusCode.ALREADY_EXISTS
-                return True
-
-            await wait_until(created, timeout=30, what="the topic created")
+            await create_topic(admin, "static", 3, timeout=30, attempt_timeout=20)
 
             async def replicas_live(expected: set[str]) -> bool:
                 d = await admin.DescribeTopic(admin_pb2.DescribeTopicRequest(name="static"))
@@ -282,30 +263,11 @@ async def test_the_http_api_reads_and_writes_a_topics_partitions(
         async with c.channel("n1", c.client_tls) as ch:
             admin = admin_pb2_grpc.AdminStub(ch)  # type: ignore[no-untyped-call]
 
-            async def created() -> bool:
-                try:
-                    await admin.CreateTopic(
-                        admin_pb2.CreateTopicRequest(
-                            name="web", settings=admin_pb2.TopicSettings(partitions=3)
-                        ),
-                        timeout=20,
-                    )
-                except grpc.aio.AioRpcError as exc:
-                    return exc.code() == grpc.StatusCode.ALREADY_EXISTS
-                return True
-
-            await wait_until(created, timeout=40, what="the topic created")
+            await create_topic(admin, "web", 3, timeout=40, attempt_timeout=20)
 
             # right after start R may be capped at the nodes then known live: wait for the
             # moves that put a replica of every partition on every node
-            async def everywhere() -> bool:
-                d = await admin.DescribeTopic(admin_pb2.DescribeTopicRequest(name="web"))
-                return all(
-                    p.leader_id and sorted(r.role for r in p.replicas) == ["voter"] * 3
-                    for p in d.partitions
-                )
-
-            await wait_until(everywhere, timeout=60, what="3 voters and a leader per partition")
+            await wait_placed(admin, "web")
         http_port = c.nodes["n2"].extra[1]
         ctx = client_ssl_context(c.client_tls)
         async with aiohttp.ClientSession(
@@ -366,19 +328,7 @@ async def test_a_cluster_without_a_controller_gets_one_from_its_default_leader(
         async with c.channel("n2", c.client_tls) as ch:
             admin = admin_pb2_grpc.AdminStub(ch)  # type: ignore[no-untyped-call]
 
-            async def created() -> bool:
-                try:
-                    await admin.CreateTopic(
-                        admin_pb2.CreateTopicRequest(
-                            name="after", settings=admin_pb2.TopicSettings(partitions=2)
-                        ),
-                        timeout=10,
-                    )
-                except grpc.aio.AioRpcError as exc:
-                    return exc.code() == grpc.StatusCode.ALREADY_EXISTS
-                return True
-
-            await wait_until(created, timeout=60, what="a controller created and the topic made")
+            await create_topic(admin, "after", 2, timeout=60, attempt_timeout=10)
         founders = [n for n in names if "controller group created on" in c.log_text(n)]
         assert len(founders) == 1, founders
         for name in names:  # every node learns the same metadata from the one controller

@@ -23,6 +23,7 @@ from raftlog.api.status import error_info_from_metadata
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.security import CertFiles
 from support.cluster import AGENT_ARGS, new_cluster, start_cluster
+from support.topics import create_topic
 from support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(420)
@@ -125,20 +126,7 @@ async def test_five_nodes_keep_writing_through_a_kill_rebalance_onto_a_new_node_
         async with c.channel("n1", c.client_tls) as ch:
             admin = admin_pb2_grpc.AdminStub(ch)  # type: ignore[no-untyped-call]
 
-            async def controller_knows_everyone() -> bool:
-                try:
-                    await admin.CreateTopic(
-                        admin_pb2.CreateTopicRequest(
-                            name=TOPIC, settings=admin_pb2.TopicSettings(partitions=PARTITIONS)
-                        ),
-                        timeout=20,
-                    )
-                except grpc.aio.AioRpcError as exc:
-                    # a retry after an answer lost in a leader change finds it made
-                    return exc.code() == grpc.StatusCode.ALREADY_EXISTS
-                return True
-
-            await wait_until(controller_knows_everyone, timeout=30, what="the topic created")
+            await create_topic(admin, TOPIC, PARTITIONS, timeout=30)
         five = {"n1", "n2", "n3", "n4", "n5"}
 
         async def placed_on(nodes: set[str]) -> bool:
