@@ -59,12 +59,11 @@ from raftlog.domain.errors import (
 )
 from raftlog.domain.producers import producer_id_problem
 from raftlog.domain.protocols import Authorizer, CommitLog, IdempotentLog, ServerLister
-from raftlog.partitions import DEFAULT_TOPIC
 from raftlog.security import TLSConfig
 from raftlog.security.tls import peer_common_name, server_ssl_context
 from raftlog.server.config import ServerConfig
 from raftlog.server.forward import produce_request_bytes
-from raftlog.server.service import PartitionRouter, to_api_error
+from raftlog.server.service import PartitionRouter, resolve_target, to_api_error
 from raftlog.telemetry.audit import NO_AUDIT, AuditSink
 
 logger = logging.getLogger("raftlog.server.http")
@@ -382,19 +381,14 @@ class HttpApi:
     def _target(self, request: web.Request) -> tuple[int, CommitLog]:
         """(partition, log) named by the query parameters ``topic``, ``partition`` and
         ``key`` (UTF-8 text), as the gRPC fields (none: the default topic's partition 0)."""
-        topic = request.query.get("topic", "")
-        has_partition = "partition" in request.query
-        key = request.query.get("key", "").encode("utf-8")
-        if not topic and not has_partition and not key:
-            return 0, self._log
-        partition = _int_param(request, "partition", 0) if has_partition else None
-        if self._partitions is None:
-            if topic in ("", DEFAULT_TOPIC) and not key and not partition:
-                return 0, self._log
-            raise UnsupportedError(
-                "this server serves the default topic only (no topics, partitions or keys)"
-            )
-        return self._partitions.log_for(topic, partition, key)
+        partition = _int_param(request, "partition", 0) if "partition" in request.query else None
+        return resolve_target(
+            self._log,
+            self._partitions,
+            request.query.get("topic", ""),
+            partition,
+            request.query.get("key", "").encode("utf-8"),
+        )
 
     async def post_records(self, request: web.Request) -> web.Response:
         """Append one record or a batch (to a topic's partition with ``topic`` and

@@ -143,6 +143,29 @@ class PartitionRouter(Protocol):
         ...
 
 
+def resolve_target(
+    default: CommitLog,
+    partitions: PartitionRouter | None,
+    topic: str,
+    partition: int | None,
+    key: bytes,
+) -> tuple[int, CommitLog]:
+    """(partition number, log) a request names by ``topic`` ("" = the default topic),
+    ``partition`` (None: not given) and ``key``: ``default`` (the default topic's
+    partition 0) when it names none; with ``partitions`` None (a server without topics),
+    the default topic named explicitly, and UNIMPLEMENTED for anything else. The gRPC
+    service and the HTTP API both resolve requests here."""
+    if not topic and partition is None and not key:
+        return 0, default
+    if partitions is None:
+        if topic in ("", DEFAULT_TOPIC) and not key and not partition:
+            return 0, default
+        raise UnsupportedError(
+            "this server serves the default topic only (no topics, partitions or keys)"
+        )
+    return partitions.log_for(topic, partition, key)
+
+
 class _Targeted(Protocol):
     """The request fields that name a topic and partition (Produce, Consume, GetOffsets)."""
 
@@ -198,17 +221,8 @@ class LogService(log_pb2_grpc.LogServicer):
 
     def _target(self, request: _Targeted) -> _Target:
         """The partition a request names (none named: the default topic's partition 0)."""
-        has_partition = request.HasField("partition")
-        if not request.topic and not has_partition and not request.key:
-            return 0, self._log
-        partition = request.partition if has_partition else None
-        if self._partitions is None:
-            if request.topic in ("", DEFAULT_TOPIC) and not request.key and not partition:
-                return 0, self._log
-            raise UnsupportedError(
-                "this server serves the default topic only (no topics, partitions or keys)"
-            )
-        return self._partitions.log_for(request.topic, partition, request.key)
+        partition = request.partition if request.HasField("partition") else None
+        return resolve_target(self._log, self._partitions, request.topic, partition, request.key)
 
     async def GetPartitions(
         self,
