@@ -80,7 +80,7 @@ from raftlog.partitions import (
     decode_command,
     encode_command,
     plan,
-    preferred_leaders,
+    preferred_of,
 )
 from raftlog.raft import RaftError, Server
 from raftlog.raft.config import NodeConfig
@@ -352,6 +352,8 @@ class Topics:
         self._unlisten: Callable[[], None] | None = None
         #: set while this node creates the controller group (answered as "has state")
         self.founding = False
+        #: preferred_leaders() of the metadata at (its identity, the applied index)
+        self._preferred: tuple[tuple[int, int], Mapping[PartitionKey, str]] = ((0, -1), {})
         self._clock = _Clock()
 
     # -- life --------------------------------------------------------------------------
@@ -461,7 +463,7 @@ class Topics:
         assignment = self.metadata.assignments.get(key)
         members = self._members()
         hosts = [n for n in (assignment.voters if assignment else ()) if n in members]
-        preferred = self.preferred_leader(key)
+        preferred = self.preferred_leaders().get(key, "")
         if preferred in hosts:
             hosts.remove(preferred)
             hosts.insert(0, preferred)
@@ -479,15 +481,14 @@ class Topics:
         found = self.resolve(topic, partition, key)
         return found[1], self.replica(found)
 
-    def preferred_leader(self, key: PartitionKey) -> str:
-        """The node that should lead ``key`` ("" if none)."""
+    def preferred_leaders(self) -> Mapping[PartitionKey, str]:
+        """The node that should lead each partition (:func:`raftlog.partitions.preferred_of`,
+        the rule leadership is balanced by), computed once per change of the metadata."""
         md = self.metadata
-        live_voters = {
-            k: tuple(v for v in a.voters if v in md.live)
-            for k, a in md.assignments.items()
-            if any(v in md.live for v in a.voters)
-        }
-        return preferred_leaders(live_voters).get(key, "")
+        stamp = (id(md), self.fsm.applied)
+        if self._preferred[0] != stamp:
+            self._preferred = (stamp, preferred_of(md))
+        return self._preferred[1]
 
     # -- commands ----------------------------------------------------------------------
 

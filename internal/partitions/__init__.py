@@ -15,7 +15,8 @@ them should lead it (docs/partitions.md):
 - :func:`encode_command` / :func:`decode_command`: a command and its time as a controller
   log entry.
 - :func:`plan`: the next move steps (:class:`AddLearner`, :class:`Promote`,
-  :class:`RemoveReplica`) towards the ring's placement; :func:`leaders_to_transfer`.
+  :class:`RemoveReplica`) towards the ring's placement; :func:`preferred_of` and
+  :func:`leaders_to_transfer`.
 
 The key -> partition rule (Kafka's murmur2) is part of the wire contract, in
 :mod:`raftlog.api.partitioning`, so that clients can route without this package.
@@ -68,6 +69,7 @@ from raftlog.partitions.moves import (
     Step,
     leaders_to_transfer,
     plan,
+    preferred_of,
 )
 from raftlog.partitions.ring import (
     VNODES,
@@ -129,6 +131,7 @@ __all__ = [
     "plan",
     "position",
     "preferred_leaders",
+    "preferred_of",
     "topic_name_problem",
     "topic_spec_problem",
 ]

@@ -155,17 +155,11 @@ def _next_step(
     return None
 
 
-def leaders_to_transfer(
-    metadata: ClusterMetadata, current_leaders: Mapping[PartitionKey, str | None]
-) -> dict[PartitionKey, str]:
-    """The partitions whose leadership should move, and to which node.
-
-    The preferred leaders are :func:`~raftlog.partitions.preferred_leaders` over each
-    partition's live voters, in the ring's order of its target (so once converged they are
-    the preferred leaders of the ring's placement). A partition is listed when its current
-    leader is known, differs from the preferred one, and the preferred one is live and a
-    voter. Partitions unknown to ``metadata`` or without a known leader are skipped.
-    """
+def preferred_of(metadata: ClusterMetadata) -> dict[PartitionKey, str]:
+    """The node that should lead each partition that has a live voter:
+    :func:`~raftlog.partitions.preferred_leaders` over each partition's live voters, in the
+    ring's order of its target (so once converged they are the preferred leaders of the
+    ring's placement)."""
     target = metadata.target()
     live_voters: dict[PartitionKey, tuple[str, ...]] = {}
     for key, assignment in sorted(metadata.assignments.items()):
@@ -175,7 +169,18 @@ def leaders_to_transfer(
             live_voters[key] = tuple(
                 sorted(voters, key=lambda v: (order.index(v) if v in order else len(order), v))
             )
-    preferred = preferred_leaders(live_voters)
+    return preferred_leaders(live_voters)
+
+
+def leaders_to_transfer(
+    metadata: ClusterMetadata, current_leaders: Mapping[PartitionKey, str | None]
+) -> dict[PartitionKey, str]:
+    """The partitions whose leadership should move, and to which node (the preferred
+    leaders of :func:`preferred_of`). A partition is listed when its current leader is
+    known, differs from the preferred one, and the preferred one is live and a voter.
+    Partitions unknown to ``metadata`` or without a known leader are skipped.
+    """
+    preferred = preferred_of(metadata)
     transfers: dict[PartitionKey, str] = {}
     for key, leader in sorted(current_leaders.items(), key=lambda item: item[0]):
         want = preferred.get(key)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import grpc
@@ -73,7 +73,7 @@ def describe(
     *,
     states: Iterable[ReplicaState],
     addresses: dict[str, str],
-    preferred: dict[tuple[str, int], str],
+    preferred: Mapping[tuple[str, int], str],
     replicas: dict[int, list[tuple[str, str]]],
 ) -> admin_pb2.TopicDescription:
     """A TopicDescription from the metadata and the replicas' own states.
@@ -130,7 +130,7 @@ class TopicAdmin:
         if name not in md.topics:  # deleted meanwhile
             raise UnknownTopicError(f"topic {name!r} does not exist", name)
         replicas = {n: topics.replicas_of((name, n)) for n in range(md.topics[name].partitions)}
-        preferred = {key: topics.preferred_leader(key) for key in md.assignments if key[0] == name}
+        preferred = topics.preferred_leaders()
         return describe(
             name,
             md,
