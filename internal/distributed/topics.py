@@ -290,7 +290,7 @@ class _Clock:
     """When each periodic piece last ran (loop time, seconds)."""
 
     balanced: float = 0.0
-    reconciled_epoch: int = -1
+    reconciled: tuple[int, int] = (0, -1)
     reconciled_at: float = 0.0
     found_asked: float = -FOUND_RETRY_S
 
@@ -481,11 +481,16 @@ class Topics:
         found = self.resolve(topic, partition, key)
         return found[1], self.replica(found)
 
+    def _metadata_stamp(self) -> tuple[int, int]:
+        """Changes whenever the metadata does: (its object, replaced on a snapshot
+        restore; the index of the last command applied to it)."""
+        return (id(self.fsm.metadata), self.fsm.applied)
+
     def preferred_leaders(self) -> Mapping[PartitionKey, str]:
         """The node that should lead each partition (:func:`raftlog.partitions.preferred_of`,
         the rule leadership is balanced by), computed once per change of the metadata."""
         md = self.metadata
-        stamp = (id(md), self.fsm.applied)
+        stamp = self._metadata_stamp()
         if self._preferred[0] != stamp:
             self._preferred = (stamp, preferred_of(md))
         return self._preferred[1]
@@ -803,14 +808,15 @@ class Topics:
             await self.submit(ForgetNode(gone))
 
     async def _reconcile(self, now: float) -> None:
-        """Open the replicas the metadata assigns here, close the others: when the
-        metadata changed, and every few seconds (a bootstrap that had to wait for an
-        address)."""
+        """Open the replicas the metadata assigns here, close the others, apply topic
+        settings: when the metadata changed (any command: a retention change moves no
+        assignment), and every few seconds (a bootstrap that had to wait for an address)."""
         md = self.metadata
-        if md.epoch == self._clock.reconciled_epoch and now - self._clock.reconciled_at < 5.0:
+        stamp = self._metadata_stamp()
+        if stamp == self._clock.reconciled and now - self._clock.reconciled_at < 5.0:
             return
         opened, closed = await self.host.reconcile(md, self._members())
-        self._clock.reconciled_epoch, self._clock.reconciled_at = md.epoch, now
+        self._clock.reconciled, self._clock.reconciled_at = stamp, now
         if opened or closed:
             log.info("topics: opened %s, closed %s on %s", opened, closed, self.node_id)
 
@@ -818,6 +824,8 @@ class Topics:
         """For each partition this node leads: bring its group in line with the metadata
         (a learner the controller recorded, a promotion the group made on its own) and
         carry out the planner's step, recording it in the controller."""
+        if not any(dlog.is_leader() for dlog in self.host.replicas.values()):
+            return  # planning walks every partition: not for a node that leads none
         md = self.metadata
         members = self._members()
         timeout = self.config.change_timeout_s
