@@ -313,25 +313,35 @@ class PartitionHost:
         )
 
     async def balance_leaders(
-        self, metadata: ClusterMetadata, timeout_s: float = 5.0
+        self,
+        metadata: ClusterMetadata,
+        timeout_s: float = 5.0,
+        reachable: Callable[[str], bool] | None = None,
     ) -> dict[PartitionKey, str]:
         """Hand the leadership of each partition this node leads to its preferred leader
         (``leaders_to_transfer``: spread evenly, within ``ceil(P*T/N)`` per node where the
-        placement allows it) when that node is live and a voter. Every node runs this for
-        the partitions it leads, so no one needs to know every leader. Returns the
-        transfers that succeeded (partition -> new leader); a refused or timed-out
-        transfer (``timeout_s`` seconds each) is logged and tried again next time."""
+        placement allows it) when that node is live and a voter, and ``reachable`` (the
+        node's own failure detection, fresher than the metadata's live set) does not say it
+        is down. Every node runs this for the partitions it leads, so no one needs to know
+        every leader. The transfers run at once, each bounded by ``timeout_s`` seconds.
+        Returns those that succeeded (partition -> new leader); a refused or timed-out
+        transfer is logged and tried again next time."""
         led = {key: self.node_id for key, dlog in self.replicas.items() if dlog.is_leader()}
-        done: dict[PartitionKey, str] = {}
-        for key, to in leaders_to_transfer(metadata, led).items():
-            dlog = self.replicas.get(key)
-            if dlog is None:
-                continue
+        wanted = [
+            (key, to, dlog)
+            for key, to in leaders_to_transfer(metadata, led).items()
+            if (dlog := self.replicas.get(key)) is not None and (reachable is None or reachable(to))
+        ]
+
+        async def one(key: PartitionKey, to: str, dlog: DistributedLog) -> str | None:
             try:
-                done[key] = await dlog.transfer_leadership(to, timeout_s=timeout_s)
+                return await dlog.transfer_leadership(to, timeout_s=timeout_s)
             except DomainError as exc:
                 log.info("partition %s/%d: leadership to %s not moved: %s", *key, to, exc)
-        return done
+                return None
+
+        moved = await asyncio.gather(*(one(key, to, dlog) for key, to, dlog in wanted))
+        return {key: new for (key, _, _), new in zip(wanted, moved, strict=True) if new}
 
     async def close_all(self) -> None:
         async with self._lock:

@@ -896,7 +896,11 @@ class Topics:
             return
         self._clock.balanced = now
         done = await self.host.balance_leaders(
-            self.metadata, timeout_s=self.config.change_timeout_s
+            self.metadata,
+            timeout_s=self.config.change_timeout_s,
+            # not to a node already silent: the metadata learns it is down a tick later,
+            # and a transfer to it would hold this loop (and that liveness report) up
+            reachable=lambda node: self._alive(node) is not False,
         )
         self.stats.transfers += len(done)
         if done:
