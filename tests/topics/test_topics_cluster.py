@@ -239,6 +239,9 @@ async def test_static_peers_report_a_dead_node_to_the_controller_through_livenes
                 live = {r.node_id for p in d.partitions for r in p.replicas if r.live}
                 return live == expected and all(p.leader_id for p in d.partitions)
 
+            # every partition at 3 voters first: one still growing from the 1 replica it was
+            # made with (only n1 known live then) may have 2 voters, and lose its majority
+            await wait_placed(admin, "static")
             await wait_until(
                 lambda: replicas_live({"n1", "n2", "n3"}), timeout=60, what="3 live replicas"
             )
