@@ -22,7 +22,7 @@ import grpc
 import pytest
 
 from raftlog.agent.devcluster import DevCluster
-from raftlog.api.admin.v1 import admin_pb2, admin_pb2_grpc
+from raftlog.api.admin.v1 import admin_pb2_grpc
 from raftlog.api.v1 import log_pb2, log_pb2_grpc
 from raftlog.security import CertFiles
 from raftlog.security.grpc_tls import grpc_channel_credentials
@@ -30,6 +30,7 @@ from support.chaos_checker import check
 from support.chaos_harness import RAW_OPTIONS, History, Op, read_whole
 from support.chaos_run import duration_s, seed_for
 from support.cluster import new_cluster, start_cluster
+from support.topics import create_topic, wait_placed
 from support.wait import wait_until
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(240 + 2 * duration_s())]
@@ -125,18 +126,10 @@ async def test_partitions_under_kills_lose_nothing_duplicate_nothing_and_agree(
         await start_cluster(c)
         async with _channel(c, "n1") as ch:
             admin = admin_pb2_grpc.AdminStub(ch)  # type: ignore[no-untyped-call]
-            await admin.CreateTopic(
-                admin_pb2.CreateTopicRequest(
-                    name=TOPIC, settings=admin_pb2.TopicSettings(partitions=PARTITIONS)
-                ),
-                timeout=30,
-            )
-
-            async def led() -> bool:
-                d = await admin.DescribeTopic(admin_pb2.DescribeTopicRequest(name=TOPIC))
-                return all(p.leader_id for p in d.partitions)
-
-            await wait_until(led, timeout=30, what="a leader for every partition")
+            await create_topic(admin, TOPIC, PARTITIONS, attempt_timeout=30)
+            # 3 voters and a leader each before the faults: a partition still growing from
+            # the replicas it was made with may have 2 voters and lose its majority to a kill
+            await wait_placed(admin, TOPIC)
 
         histories = {p: History(seed, f"partitions-3/p{p}") for p in range(PARTITIONS)}
         stop = asyncio.Event()
