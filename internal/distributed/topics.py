@@ -99,6 +99,11 @@ HAND_OVER_TIMEOUT_S = 3.0
 #: members whether one exists before creating it (s), and how long it waits for answers.
 FOUND_RETRY_S = 5.0
 FOUND_ASK_TIMEOUT_S = 2.0
+#: How long CreateTopic waits for the controller to count every member this node sees
+#: alive as live before placing the topic (s). A cluster that just formed reports its
+#: members live over a few liveness periods; a topic placed before that starts with fewer
+#: replicas and grows through 2 voters, where one lost node stops it (docs/partitions.md).
+CREATE_LIVE_WAIT_S = 3.0
 
 
 def rejection_error(result: Rejected, topic: str) -> DomainError:
@@ -566,7 +571,31 @@ class Topics:
         return await self.submit(command, timeout_s)
 
     async def create_topic(self, name: str, spec: TopicSpec) -> Result:
+        """Create a topic through the controller, once the members this node sees alive
+        are live in the metadata (at most :data:`CREATE_LIVE_WAIT_S`; after that it is
+        placed on the nodes known live and completed by moves)."""
+        await self.wait_members_live(CREATE_LIVE_WAIT_S)
         return await self.submit(CreateTopic(name, spec))
+
+    async def wait_members_live(self, timeout_s: float) -> bool:
+        """Wait (up to ``timeout_s`` seconds, polling every 50 ms) until every cluster
+        member that this node does not see failed is live in its copy of the metadata;
+        whether they are."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            expected = {
+                m for m in self._members() if m == self.node_id or self._alive(m) is not False
+            }
+            if expected <= self.metadata.live:
+                return True
+            if loop.time() >= deadline:
+                log.info(
+                    "topics: placing a topic with %s not yet live",
+                    sorted(expected - self.metadata.live),
+                )
+                return False
+            await asyncio.sleep(0.05)
 
     async def delete_topic(self, name: str) -> Result:
         return await self.submit(DeleteTopic(name))

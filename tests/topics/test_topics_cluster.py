@@ -47,9 +47,10 @@ async def test_a_topic_is_created_written_by_key_read_per_partition_and_deleted(
             assert created.name == "orders" and created.settings.partitions == 6
             assert created.settings.replication == 3
             assert [p.partition for p in created.partitions] == list(range(6))
-            # R is capped at the nodes the controller knows live when the topic is made:
-            # right after start that may be fewer than 3; moves bring it to 3 (below)
-            assert all(1 <= len(p.replicas) <= 3 for p in created.partitions)
+            # right after start: CreateTopic waited for the controller to count the three
+            # members live, so the topic is placed at R3 at once (not grown from fewer
+            # replicas through 2 voters, where one lost node would stop a partition)
+            assert [len(p.replicas) for p in created.partitions] == [3] * 6
             with pytest.raises(grpc.aio.AioRpcError) as again:
                 await admin.CreateTopic(
                     admin_pb2.CreateTopicRequest(
@@ -233,14 +234,18 @@ async def test_static_peers_report_a_dead_node_to_the_controller_through_livenes
             admin = admin_pb2_grpc.AdminStub(ch)  # type: ignore[no-untyped-call]
 
             await create_topic(admin, "static", 3, timeout=30, attempt_timeout=20)
+            # placed at R3 at once: CreateTopic waited for the pings to report n2 and n3
+            made = await admin.DescribeTopic(admin_pb2.DescribeTopicRequest(name="static"))
+            assert [len(p.replicas) for p in made.partitions] == [3] * 3
 
             async def replicas_live(expected: set[str]) -> bool:
                 d = await admin.DescribeTopic(admin_pb2.DescribeTopicRequest(name="static"))
                 live = {r.node_id for p in d.partitions for r in p.replicas if r.live}
                 return live == expected and all(p.leader_id for p in d.partitions)
 
-            # every partition at 3 voters first: one still growing from the 1 replica it was
-            # made with (only n1 known live then) may have 2 voters, and lose its majority
+            # every partition at 3 voters first (CreateTopic waits at most 3 s for the
+            # members to be live; a partition placed on fewer and still growing may have
+            # 2 voters, and lose its majority)
             await wait_placed(admin, "static")
             await wait_until(
                 lambda: replicas_live({"n1", "n2", "n3"}), timeout=60, what="3 live replicas"
