@@ -64,40 +64,28 @@ class OutboundPeer:
         #: socket has not taken yet (the TLS transport's own buffer size leaves them out).
         self.raw: asyncio.WriteTransport | None = None
         #: The pump waits with an empty queue and nothing unsent: a payload may be written
-        #: by :meth:`write_now` instead of waking the pump (one event-loop hop less per
-        #: message on the commit path).
+        #: at once by :meth:`write_now` instead of waking the pump (one event-loop hop less
+        #: per message on the commit path).
         self.idle = False
-        #: A frame was written at once in this event-loop iteration: frames sent after it
-        #: in the same iteration wait in :attr:`pending` (headers and payloads, in order)
-        #: and are written as one at the start of the next (the transport's ``_flush``).
-        #: Every group of this node that sends to the peer in one iteration then shares
-        #: one TLS record and one syscall (and the peer reads them in one go), while a
-        #: lone frame goes out with no added latency.
-        self.wrote_in_iteration = False
-        self.pending: list[bytes] = []
-        self.pending_bytes = 0
-        self.pending_count = 0
 
-    def can_write_now(self) -> bool:
-        """The pump is idle with nothing queued, and the connection is open with an empty
-        socket buffer: a payload may bypass the queue (order and the one-drain-per-batch
-        flow control still hold)."""
+    def write_now(self, payload: bytes) -> bool:
+        """Write ``payload`` on the connection at once if the pump is idle and nothing is
+        buffered (so order and the one-drain-per-batch flow control hold); False when it
+        must be queued instead. Both buffers count: the TLS transport's own size leaves
+        out the bytes the TCP transport under it holds (those the socket has not taken),
+        so a peer that stops reading would otherwise let them grow without bound."""
         writer, raw = self.writer, self.raw
         if not self.idle or self.queue or writer is None or raw is None:
             return False
         transport = writer.transport
-        return (
-            not transport.is_closing()
-            and not transport.get_write_buffer_size()
-            and not raw.get_write_buffer_size()
-        )
-
-    def write_now(self, frames: list[bytes]) -> None:
-        """Write ``frames`` (headers and payloads, in order) on the connection as one
-        write; the caller checked :meth:`can_write_now`."""
-        writer = self.writer
-        assert writer is not None
-        writer.write(b"".join(frames))
+        if (
+            transport.is_closing()
+            or transport.get_write_buffer_size()
+            or raw.get_write_buffer_size()
+        ):
+            return False
+        writer.write(FRAME_HEADER.pack(len(payload)) + payload)
+        return True
 
     def drop_queue(self) -> int:
         n = len(self.queue)

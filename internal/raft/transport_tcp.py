@@ -50,7 +50,6 @@ from raftlog.raft.tcp_common import (
 from raftlog.raft.tcp_outbound import Dialer, OutboundPeer
 from raftlog.raft.transport import (
     DEFAULT_MAX_FRAME_SIZE,
-    FRAME_HEADER,
     HELLO_ACK_MAGIC,
     HELLO_MAGIC,
     MAX_NODE_ID_BYTES,
@@ -437,31 +436,11 @@ class TcpTransport:
                 self.config.max_frame_size,
             )
             return
-        if peer.pending_count or (peer.idle and peer.can_write_now()):
-            if not peer.wrote_in_iteration:
-                # The first frame of this loop iteration to the peer goes at once (no
-                # added latency); the flush ends the iteration's window.
-                peer.write_now([FRAME_HEADER.pack(size), payload])
-                peer.wrote_in_iteration = True
-                asyncio.get_running_loop().call_soon(self._flush, peer)
-                self._stats.enqueued += 1
-                self._stats.frames_written += 1
-                self._stats.write_batches += 1
-                self._stats.bytes_written += size
-                return
-            # Later frames of the same iteration (other groups' rounds) wait for the flush
-            # at the start of the next one and share its write.
-            if (
-                peer.pending_count >= self.config.queue_size
-                or peer.pending_bytes + size > self.config.queue_bytes
-            ):
-                self._stats.dropped_queue_full += 1
-                return
-            peer.pending.append(FRAME_HEADER.pack(size))
-            peer.pending.append(payload)
-            peer.pending_count += 1
-            peer.pending_bytes += size
+        if peer.idle and peer.write_now(payload):
             self._stats.enqueued += 1
+            self._stats.frames_written += 1
+            self._stats.write_batches += 1
+            self._stats.bytes_written += size
             return
         if (
             len(peer.queue) >= self.config.queue_size
@@ -472,28 +451,6 @@ class TcpTransport:
         peer.queue.append(payload)
         peer.queued_bytes += size
         self._stats.enqueued += 1
-        peer.wakeup.set()
-
-    def _flush(self, peer: OutboundPeer) -> None:
-        """End of a loop iteration's window for ``peer``: write the frames that waited in
-        it as one. Frames were waiting, so more may follow: the next iteration is a window
-        too (under load, groups' frames keep sharing writes). If the connection cannot
-        take them now, they go to the queue, for the pump."""
-        frames, count, size = peer.pending, peer.pending_count, peer.pending_bytes
-        peer.pending, peer.pending_count, peer.pending_bytes = [], 0, 0
-        peer.wrote_in_iteration = False
-        if not count or self._closed:
-            return
-        if peer.can_write_now():
-            peer.write_now(frames)
-            peer.wrote_in_iteration = True
-            asyncio.get_running_loop().call_soon(self._flush, peer)
-            self._stats.frames_written += count
-            self._stats.write_batches += 1
-            self._stats.bytes_written += size
-            return
-        peer.queue.extend(frames[1::2])
-        peer.queued_bytes += size
         peer.wakeup.set()
 
     def stats(self) -> TransportStats:
