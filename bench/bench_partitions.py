@@ -14,7 +14,11 @@ more producers use more partitions). The figure is the aggregate records/s of th
 
 Printed: each topic's records/s and its ratio to p1 (issue 17's goal: p12 >= 0.9x p1),
 CPU per record, and how many partitions each node leads (the bound: ceil(T/N) + 1 for T
-partitions, the default topic's included, on N nodes).
+partitions, the default topic's included, on N nodes). Idle CPU (issue 17's goal: < 10 %
+of a core per node): on a fresh cluster (after a load, every replica spends the next
+minute computing the checkpoint hashes of the records it wrote: work, not idleness), the
+same topics plus one of --idle-partitions partitions (100), each node's CPU over
+--idle-seconds with no traffic, once every replica has caught up and leaders settled.
 
 What the figures mean here: this machine has 2 cores for 3 nodes and the client, so one
 partition's leader already competes with the followers and the client for CPU; more
@@ -72,17 +76,23 @@ async def leaders(cluster: DevCluster, tls: TLSConfig, topic: str) -> list[str]:
     return [p.leader_addr for p in sorted(r.infos, key=lambda p: p.partition)]
 
 
-async def spread(cluster: DevCluster, tls: TLSConfig, wait_s: float) -> dict[str, int]:
-    """Wait (up to ``wait_s``) until every partition has a leader and no node leads more
-    than ceil(T/N) + 1; partitions led per node address."""
-    total = 1 + sum(p for _, p in TOPICS)
+async def spread(
+    cluster: DevCluster,
+    tls: TLSConfig,
+    wait_s: float,
+    topics: tuple[tuple[str, int], ...] = TOPICS,
+) -> dict[str, int]:
+    """Wait (up to ``wait_s``) until every partition of the default topic and ``topics``
+    has a leader and no node leads more than ceil(T/N) + 1 of those T partitions;
+    partitions led per node address."""
+    total = 1 + sum(p for _, p in topics)
     bound = math.ceil(total / len(cluster.nodes)) + 1
     loop = asyncio.get_running_loop()
     end = loop.time() + wait_s
     counts: collections.Counter[str] = collections.Counter()
     while True:
         counts = collections.Counter()
-        for topic in ("", *(t for t, _ in TOPICS)):
+        for topic in ("", *(t for t, _ in topics)):
             counts.update(await leaders(cluster, tls, topic))
         if "" not in counts and max(counts.values()) <= bound:
             return dict(counts)
@@ -176,20 +186,23 @@ async def no_lag(cluster: DevCluster, tls: TLSConfig, timeout_s: float) -> bool:
     return False
 
 
-async def idle_cpu(
-    cluster: DevCluster, tls: TLSConfig, args: argparse.Namespace
-) -> dict[str, float]:
-    """Create a topic of --idle-partitions partitions (R3), let it settle, then measure
-    each node's CPU over --idle-seconds with no traffic: percent of one core."""
+async def create_idle_topic(cluster: DevCluster, tls: TLSConfig, partitions: int) -> None:
+    """The idle topic: ``partitions`` partitions at R3 that take no writes."""
     async with cluster.channel("n1", tls) as ch:
         admin = admin_pb2_grpc.AdminStub(ch)  # type: ignore[no-untyped-call]
         await admin.CreateTopic(
             admin_pb2.CreateTopicRequest(
-                name="idle",
-                settings=admin_pb2.TopicSettings(partitions=args.idle_partitions),
+                name="idle", settings=admin_pb2.TopicSettings(partitions=partitions)
             ),
             timeout=120,
         )
+
+
+async def idle_cpu(
+    cluster: DevCluster, tls: TLSConfig, args: argparse.Namespace
+) -> dict[str, float]:
+    """Once every replica has caught up, let the cluster settle, then measure each node's
+    CPU over --idle-seconds with no traffic: percent of one core."""
     # followers that fell behind during the load catch up first (that is work, not idleness)
     caught_up = await no_lag(cluster, tls, args.idle_catch_up)
     print(f"  replicas caught up: {caught_up}", file=sys.stderr)
@@ -289,19 +302,44 @@ def main() -> int:
                     rates[("p1", "saturated")].append(rate)
                     cpu[("p1", "saturated")].append(us)
                     print(f"  p1 (x{most} in flight): {rate:,.0f} records/s", file=sys.stderr)
-                idle.update(await idle_cpu(cluster, tls, args))
                 return led
 
-            idle: dict[str, float] = {}
             led = asyncio.run(run())
         finally:
             cluster.stop_all()
+    idle: dict[str, float] = {}
+    idle_led: dict[str, int] = {}
+    if args.idle_partitions:
+        # A fresh cluster: after the load, every replica spends the next minute computing
+        # the checkpoint hashes of the records it wrote (docs/partitions.md), which is work.
+        with tempfile.TemporaryDirectory(prefix="bench-partitions-idle-") as tmp:
+            print("idle: a fresh 3-node cluster", file=sys.stderr)
+            cluster, tls = start_cluster(Path(tmp), args.sync)
+            try:
+
+                async def idle_run() -> None:
+                    await create_topics(cluster, tls)
+                    await create_idle_topic(cluster, tls, args.idle_partitions)
+                    every = (*TOPICS, ("idle", args.idle_partitions))
+                    idle.update(await idle_cpu(cluster, tls, args))
+                    idle_led.update(await spread(cluster, tls, args.spread_wait, every))
+
+                asyncio.run(idle_run())
+            finally:
+                cluster.stop_all()
     print(render(rates, cpu, led))
     total = 1 + sum(p for _, p in TOPICS) + args.idle_partitions
-    print(
-        f"idle, {total} partitions at R3 on 3 nodes (goal < 10 % of a core each): "
-        + ", ".join(f"{n}: {pct:.1f} %" for n, pct in sorted(idle.items()))
-    )
+    if idle:
+        print(
+            f"idle, {total} partitions at R3 on a fresh 3-node cluster "
+            "(goal < 10 % of a core each): "
+            + ", ".join(f"{n}: {pct:.1f} %" for n, pct in sorted(idle.items()))
+        )
+        print(
+            f"  partitions led per node there ({total} partitions, bound "
+            f"ceil({total}/3)+1 = {math.ceil(total / 3) + 1}): "
+            + ", ".join(f"{a}: {n}" for a, n in sorted(idle_led.items()))
+        )
     if args.json:
         Path(args.json).write_text(
             json.dumps(
