@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import mmap
 import struct
+import threading
 from collections.abc import Sequence
 from types import ModuleType
 
@@ -107,6 +108,26 @@ class FrameBuffer:
         except OverflowError as exc:
             raise RecordTooLargeError(str(exc)) from None
         return memoryview(self._buf)[:n], np.frombuffer(sizes, dtype=np.uint64)
+
+
+_THREAD = threading.local()
+
+
+def thread_frame_buffer() -> FrameBuffer:
+    """The :class:`FrameBuffer` of the calling thread, shared by every log appended to in
+    it.
+
+    Why shared: one buffer per log grew to ``MAX_BYTES`` (8 MiB) for each log that once got
+    a large batch, and a node hosting many partitions has two logs per replica (the commit
+    log and the Raft log): 117 partitions could pin 1.9 GB. A log frames a batch and writes
+    it in one synchronous call, never across an ``await`` or a thread switch, so the logs
+    of one thread never need the buffer at the same time; the memory held is at most
+    ``MAX_BYTES`` per thread that appends (the event loop and the few worker threads).
+    """
+    buf: FrameBuffer | None = getattr(_THREAD, "frame_buffer", None)
+    if buf is None:
+        buf = _THREAD.frame_buffer = FrameBuffer()
+    return buf
 
 
 def encode_batch_numpy(records: Sequence[bytes]) -> tuple[bytes, U64Array]:

@@ -27,7 +27,7 @@ from raftlog.log.errors import (
     LogError,
     OffsetOutOfRangeError,
 )
-from raftlog.log.framing import SMALL_BATCH, FrameBuffer, encode_small
+from raftlog.log.framing import SMALL_BATCH, encode_small, thread_frame_buffer
 from raftlog.log.segment import (
     INDEX_SUFFIX,
     STORE_SUFFIX,
@@ -103,8 +103,6 @@ class Log:
         self._sync_task: asyncio.Task[None] | None = None
         self._dirty: dict[int, Segment] = {}
         self._dir_dirty = False
-        #: where batches are framed before their write (reused: see FrameBuffer)
-        self._frame_buffer = FrameBuffer()
         self._undurable_names: set[str] = set()
         self._interval_timer: asyncio.TimerHandle | None = None
         # Lowest truncate_after point since the running fsync was prepared: that fsync
@@ -281,7 +279,9 @@ class Log:
                 if self.config.sync is SyncPolicy.INTERVAL:
                     self._schedule_interval_sync()
                 return first
-        data, sizes = self._frame_buffer.encode(records)
+        # the thread's buffer, shared with every other log (see thread_frame_buffer):
+        # ``data`` is written out before this call returns
+        data, sizes = thread_frame_buffer().encode(records)
         seg = self._segments[-1]
         fits = seg.store.size + len(data) <= self.config.max_store_bytes
         if seg.index.room >= n and fits:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import platform
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -107,4 +108,43 @@ def test_stores_written_by_either_path_are_identical(
                 got.extend(log.read_batch(len(got), 1 << 20, 10_000))
             assert got == flat
         finally:
+            asyncio.run(log.close())
+
+
+@native
+def test_logs_of_one_thread_share_one_frame_buffer_and_keep_their_own_records(
+    tmp_path: Path,
+) -> None:
+    """Every log appended to in one thread frames its batches in the thread's one buffer
+    (a node with many partitions holds one buffer per thread, not up to 8 MiB per log);
+    interleaved large batches to several logs each read back exactly; another thread has
+    its own buffer."""
+    logs = [Log.open(tmp_path / f"log{i}", LogConfig(sync=SyncPolicy.NEVER)) for i in range(4)]
+    expected: list[list[bytes]] = [[] for _ in logs]
+    try:
+        buf = framing.thread_frame_buffer()
+        for round_ in range(6):
+            for i, log in enumerate(logs):
+                # above SMALL_BATCH, sizes that make the buffer grow, in a different order
+                # per log
+                batch = [
+                    bytes([65 + i]) * (100 + 997 * ((round_ + i + j) % 7)) + b"%d" % j
+                    for j in range(200 + 150 * ((round_ + i) % 4))
+                ]
+                log.append_batch_nosync(batch)
+                expected[i].extend(batch)
+                assert framing.thread_frame_buffer() is buf
+        assert len(buf._buf) > 1 << 20, "the logs framed their batches in the thread's buffer"
+        for log, want in zip(logs, expected, strict=True):
+            got: list[bytes] = []
+            while len(got) < len(want):
+                got.extend(log.read_batch(len(got), 1 << 22, 100_000))
+            assert got == want
+        other: list[framing.FrameBuffer] = []
+        worker = threading.Thread(target=lambda: other.append(framing.thread_frame_buffer()))
+        worker.start()
+        worker.join(timeout=10)
+        assert other and other[0] is not buf
+    finally:
+        for log in logs:
             asyncio.run(log.close())
