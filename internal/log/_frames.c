@@ -334,10 +334,101 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(strip_doc,
+             "strip(frames, starts) -> (stripped: bytes | None, bad: int)\n\n"
+             "Check consecutive frames (frame i starts at starts[i], native uint64, and ends\n"
+             "where the next one starts, the last at the end of frames) and return them\n"
+             "without their check bytes: | length u32 LE | payload | for each, in order, with\n"
+             "bad = -1. At the first frame that is too short, whose length disagrees with\n"
+             "its size, or whose payload fails its check: (None, its index).");
+
+static PyObject *frames_strip(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "strip(frames, starts) takes 2 arguments");
+        return NULL;
+    }
+    Py_buffer buf, pos;
+    if (PyObject_GetBuffer(args[0], &buf, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    if (PyObject_GetBuffer(args[1], &pos, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    const unsigned char **src = NULL;
+    size_t *len = NULL;
+    uint32_t *out = NULL;
+    size_t n = (size_t)pos.len / sizeof(uint64_t);
+    const uint64_t *starts = (const uint64_t *)pos.buf;
+    const unsigned char *base = (const unsigned char *)buf.buf;
+    size_t total = (size_t)buf.len;
+    Py_ssize_t bad = -1;
+    src = PyMem_Malloc(sizeof(*src) * (n ? n : 1));
+    len = PyMem_Malloc(sizeof(*len) * (n ? n : 1));
+    out = PyMem_Malloc(sizeof(*out) * (n ? n : 1));
+    if (src == NULL || len == NULL || out == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (size_t i = 0; i < n && bad < 0; i++) {
+        uint64_t start = starts[i];
+        uint64_t end = i + 1 < n ? starts[i + 1] : (uint64_t)total;
+        if (end > total || start > end || end - start < HEADER_BYTES) {
+            bad = (Py_ssize_t)i;
+            break;
+        }
+        const unsigned char *h = base + start;
+        uint32_t length = (uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16 |
+                          (uint32_t)h[3] << 24;
+        if ((uint64_t)length != end - start - HEADER_BYTES) {
+            bad = (Py_ssize_t)i;
+            break;
+        }
+        src[i] = h + HEADER_BYTES;
+        len[i] = length;
+    }
+    if (bad < 0) {
+        int release = total >= RELEASE_GIL_BYTES;
+        PyThreadState *ts = release ? PyEval_SaveThread() : NULL;
+        checks(n, src, len, NULL, out);
+        for (size_t i = 0; i < n; i++) {
+            const unsigned char *h = src[i] - HEADER_BYTES;
+            uint32_t stored = (uint32_t)h[4] | (uint32_t)h[5] << 8 | (uint32_t)h[6] << 16 |
+                              (uint32_t)h[7] << 24;
+            if (stored != out[i]) {
+                bad = (Py_ssize_t)i;
+                break;
+            }
+        }
+        if (release) PyEval_RestoreThread(ts);
+    }
+    if (bad >= 0) {
+        result = Py_BuildValue("(On)", Py_None, bad);
+        goto done;
+    }
+    PyObject *stripped = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(total - 4 * n));
+    if (stripped == NULL) goto done;
+    unsigned char *dst = (unsigned char *)PyBytes_AS_STRING(stripped);
+    for (size_t i = 0; i < n; i++) {
+        memcpy(dst, src[i] - HEADER_BYTES, 4);
+        memcpy(dst + 4, src[i], len[i]);
+        dst += 4 + len[i];
+    }
+    result = Py_BuildValue("(Nn)", stripped, (Py_ssize_t)-1);
+done:
+    PyMem_Free(src);
+    PyMem_Free(len);
+    PyMem_Free(out);
+    PyBuffer_Release(&pos);
+    PyBuffer_Release(&buf);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"encode", frames_encode, METH_O, encode_doc},
     {"encode_into", (PyCFunction)(void (*)(void))frames_encode_into, METH_FASTCALL, encode_into_doc},
     {"checks", frames_checks, METH_O, checks_doc},
+    {"strip", (PyCFunction)(void (*)(void))frames_strip, METH_FASTCALL, strip_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -110,6 +110,11 @@ class FrameBuffer:
         return memoryview(self._buf)[:n], np.frombuffer(sizes, dtype=np.uint64)
 
 
+def native_module() -> ModuleType | None:
+    """The native helper when it is in use (built, and :data:`NATIVE`), else None."""
+    return _frames if NATIVE else None
+
+
 _THREAD = threading.local()
 
 

@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from raftlog.log import framing
 from raftlog.log.config import FRAME_HEADER_BYTES
 from raftlog.log.errors import LogError
-from raftlog.log.framing import checksum
+from raftlog.log.framing import bad_payload_checksums, checksum
 from raftlog.log.log import Log
 
 _HEADER = struct.Struct("<II")
@@ -169,8 +170,62 @@ def range_digest(records: Iterable[bytes]) -> bytes:
 
 
 def hash_span(span: Span, h: hashlib.blake2b) -> list[Damage]:
-    """Read ``span`` (:func:`read_span`) and add its records to ``h``; the damage found
-    (then ``h`` is left as it was). Blocking: a worker thread."""
+    """Read ``span`` and add its records to ``h`` (what :func:`digest_update` adds); the
+    damage found (then ``h`` is left as it was). Blocking: a worker thread.
+
+    Checked and hashed a span at a time, not a record at a time: frames are consecutive
+    in the store and a frame's header begins with the record's length in the digest's own
+    encoding (little-endian u32), so the digest's input is the span's bytes without each
+    header's 4 check bytes. With the native helper one call checks every frame and strips
+    the check bytes (``_frames.strip``); without it numpy does (about 2x the per-record
+    path). This matters because every replica hashes every record it holds once
+    (checkpoint hashes). A span with any damage goes through
+    :func:`hash_span_per_record`, which names each one.
+    """
+    n = span.count
+    if n == 0:
+        return []
+    base = int(span.positions[0])
+    fd = os.open(span.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        buf = os.pread(fd, span.end - base, base)
+    finally:
+        os.close(fd)
+    if len(buf) != span.end - base:  # the file ends before the span: cut short
+        return hash_span_per_record(span, h)
+    native = framing.native_module()
+    if native is not None:
+        stripped, _bad = native.strip(buf, (span.positions - np.uint64(base)).tobytes())
+        if stripped is None:
+            return hash_span_per_record(span, h)
+        h.update(stripped)
+        return []
+    starts = span.positions.astype(np.int64) - base
+    ends = np.empty(n, dtype=np.int64)
+    ends[:-1] = starts[1:]
+    ends[-1] = span.end - base
+    sizes = ends - starts
+    if int(sizes.min()) < FRAME_HEADER_BYTES:
+        return hash_span_per_record(span, h)
+    raw = np.frombuffer(buf, dtype=np.uint8)
+    header = raw[starts[:, None] + np.arange(FRAME_HEADER_BYTES)].view("<u4")
+    lengths, checks = header[:, 0].astype(np.int64), header[:, 1].astype(np.uint64)
+    if not np.array_equal(lengths, sizes - FRAME_HEADER_BYTES):
+        return hash_span_per_record(span, h)
+    view = memoryview(buf)
+    bounds = zip(starts.tolist(), ends.tolist(), strict=True)
+    payloads = [view[a + FRAME_HEADER_BYTES : b] for a, b in bounds]
+    if len(bad_payload_checksums(payloads, checks)):
+        return hash_span_per_record(span, h)
+    keep = np.ones(len(raw), dtype=bool)
+    keep[(starts[:, None] + np.arange(4, FRAME_HEADER_BYTES)).ravel()] = False
+    h.update(raw[keep].tobytes())
+    return []
+
+
+def hash_span_per_record(span: Span, h: hashlib.blake2b) -> list[Damage]:
+    """:func:`hash_span` a record at a time (:func:`read_span`): the reference, and the
+    path of a span with damage, which it names record by record."""
     records, damage = read_span(span)
     if not damage:
         digest_update(h, [r for r in records if r is not None])

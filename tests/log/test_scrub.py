@@ -3,13 +3,19 @@ record in place, the content digest, and the pacing math."""
 
 from __future__ import annotations
 
+import hashlib
+import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from raftlog.log import CorruptRecordError, Log, LogConfig, LogError, SyncPolicy
+from raftlog.log import CorruptRecordError, Log, LogConfig, LogError, SyncPolicy, framing
 from raftlog.log.scrub import (
+    Damage,
+    Span,
     hash_span,
+    hash_span_per_record,
     new_digest,
     pace_delay,
     range_digest,
@@ -132,4 +138,51 @@ def test_a_damaged_span_is_not_hashed(tmp_path: Path) -> None:
     empty = h.digest()
     damage = hash_span(span, h)
     assert [d.offset for d in damage] == [3] and h.digest() == empty
+    log.close_sync()
+
+
+def digest_and_damage(
+    fn: Callable[[Span, hashlib.blake2b], list[Damage]], spans: list[Span]
+) -> tuple[bytes, list[tuple[int, str]]]:
+    h = new_digest()
+    found: list[tuple[int, str]] = []
+    for span in spans:
+        found += [(d.offset, d.reason) for d in fn(span, h)]
+    return h.digest(), found
+
+
+@pytest.mark.parametrize("damage", ["none", "payload", "length", "check", "cut"])
+def test_the_span_at_a_time_hash_matches_the_record_at_a_time_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    """``hash_span`` checks and hashes a span in one go (native helper, or numpy without
+    it); it gives the digest and the damage ``hash_span_per_record`` gives, for records of
+    every size (empty ones too), over spans cut anywhere, with a damaged payload, length,
+    check, or a frame cut short."""
+    rng = random.Random(7)
+    log = Log.open(tmp_path, LogConfig(max_store_bytes=64 << 10, sync=SyncPolicy.NEVER))
+    for _ in range(30):
+        log.append_batch_nosync(
+            [
+                rng.randbytes(rng.choice([0, 1, 7, 8, 9, 100, 1500]))
+                for _ in range(rng.randint(1, 90))
+            ]
+        )
+    spans = [p for s in spans_of(log, 3, log.next_offset) for p in s.split(rng.randint(50, 4000))]
+    victim = spans[len(spans) // 2]
+    position, size = victim.frame(victim.count // 2)
+    if damage == "payload" and size > 8:
+        flip(victim.path, position + 8)
+    elif damage == "length":
+        flip(victim.path, position)
+    elif damage == "check":
+        flip(victim.path, position + 5)
+    elif damage == "cut":  # the last frame claims bytes beyond the end of the file
+        spans[-1] = Span(spans[-1].path, spans[-1].first, spans[-1].positions, spans[-1].end + 16)
+    reference = digest_and_damage(hash_span_per_record, spans)
+    assert digest_and_damage(hash_span, spans) == reference
+    monkeypatch.setattr(framing, "NATIVE", False)
+    assert framing.native_module() is None
+    assert digest_and_damage(hash_span, spans) == reference
+    assert bool(reference[1]) == (damage != "none" and not (damage == "payload" and size <= 8))
     log.close_sync()
