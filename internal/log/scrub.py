@@ -110,6 +110,17 @@ class Damage:
     reason: str
 
 
+def _span_bytes(span: Span) -> bytes:
+    """The bytes of ``span``'s frames (fewer if the file ends first): one ``pread`` on a
+    descriptor of its own. Blocking. OSError if the file is gone."""
+    base = int(span.positions[0])
+    fd = os.open(span.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        return os.pread(fd, span.end - base, base)
+    finally:
+        os.close(fd)
+
+
 def read_span(span: Span) -> tuple[list[bytes | None], list[Damage]]:
     """Every record of ``span`` (None for a damaged one) and the damage found. Blocking
     (a worker thread): one ``pread`` on a descriptor of its own. OSError if the file is
@@ -117,11 +128,7 @@ def read_span(span: Span) -> tuple[list[bytes | None], list[Damage]]:
     if span.count == 0:
         return [], []
     base = int(span.positions[0])
-    fd = os.open(span.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        buf = os.pread(fd, span.end - base, base)
-    finally:
-        os.close(fd)
+    buf = _span_bytes(span)
     records: list[bytes | None] = []
     damage: list[Damage] = []
     view = memoryview(buf)
@@ -186,11 +193,7 @@ def hash_span(span: Span, h: hashlib.blake2b) -> list[Damage]:
     if n == 0:
         return []
     base = int(span.positions[0])
-    fd = os.open(span.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        buf = os.pread(fd, span.end - base, base)
-    finally:
-        os.close(fd)
+    buf = _span_bytes(span)
     if len(buf) != span.end - base:  # the file ends before the span: cut short
         return hash_span_per_record(span, h)
     native = framing.native_module()
