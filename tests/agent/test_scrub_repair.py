@@ -39,6 +39,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 NAMES = ("n1", "n2", "n3")
 SEGMENT = 64 << 10
+#: Small segments, a fast scrubber that passes every second, no checkpoint hashes: the
+#: scrubber alone finds the damage.
+SCRUB_ARGS = (*AGENT_ARGS, "--segment-bytes", str(SEGMENT), "--scrub-rate-mb-s", "20")
+SCRUB_ARGS += ("--scrub-interval", "1s", "--checkpoint-hash-interval", "0")
 FRAME = RECORD + 8
 
 
@@ -110,10 +114,8 @@ async def repaired(c: DevCluster, name: str, offset: int) -> None:
 async def test_the_scrubber_finds_damage_on_a_follower_and_on_the_leader(
     tmp_path: Path, dev_certs: dict[str, CertFiles]
 ) -> None:
-    args = (*AGENT_ARGS, "--segment-bytes", str(SEGMENT), "--scrub-rate-mb-s", "20")
-    args += ("--scrub-interval", "1s", "--checkpoint-hash-interval", "0")
     async with three_node_cluster_async(
-        tmp_path, dev_certs, names=NAMES, agent_args=args, static_peers=True
+        tmp_path, dev_certs, names=NAMES, agent_args=SCRUB_ARGS, static_peers=True
     ) as c:
         assert c.client_tls is not None
         leader = await c.wait_for(c.client_tls, members=3, timeout_s=40, every=True)
@@ -215,10 +217,8 @@ async def test_a_partition_replica_is_scrubbed_and_repaired_from_its_peers(
     """The same bit rot in a topic's partition: its replica's scrubber finds it and repairs
     the record from another replica of that partition (read through the partition's own
     Consume), as for the default partition."""
-    args = (*AGENT_ARGS, "--segment-bytes", str(SEGMENT), "--scrub-rate-mb-s", "20")
-    args += ("--scrub-interval", "1s", "--checkpoint-hash-interval", "0")
     async with three_node_cluster_async(
-        tmp_path, dev_certs, names=NAMES, agent_args=args, static_peers=True
+        tmp_path, dev_certs, names=NAMES, agent_args=SCRUB_ARGS, static_peers=True
     ) as c:
         assert c.client_tls is not None
         async with c.channel("n1", c.client_tls) as ch:
